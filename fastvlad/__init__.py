@@ -1,0 +1,41 @@
+"""fastvlad: VLAD codes of CNN hypercolumns for microscopy image classification.
+
+Luo, Holm & Wang, "A transfer learning approach for improved classification of carbon
+nanomaterials from TEM images", Nanoscale Adv. 2021, 3, 206–213 — as a fast library.
+"""
+
+import os as _os
+
+# ONNX Runtime, OpenBLAS and Numba's OpenMP pool take turns on the same cores; idle OpenMP
+# threads that spin steal them from the others (measured: assignment 2× slower). Must be set
+# before libgomp is loaded, so it happens on import.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .errors import (  # noqa: E402
+    BackboneError,
+    DeviceUnavailableError,
+    FastVLADError,
+    ImageReadError,
+    InvalidDatasetError,
+    ModelFormatError,
+    NotFittedError,
+    ParameterError,
+)
+
+__version__ = "0.1.0"
+
+from .estimator import FastVLAD, load  # noqa: E402
+
+__all__ = [
+    "FastVLAD",
+    "load",
+    "BackboneError",
+    "DeviceUnavailableError",
+    "FastVLADError",
+    "ImageReadError",
+    "InvalidDatasetError",
+    "ModelFormatError",
+    "NotFittedError",
+    "ParameterError",
+    "__version__",
+]

@@ -1,0 +1,108 @@
+"""The CNN: one ONNX Runtime session whose outputs are the tap feature maps, channels-last.
+
+The default is fastvlad's own VGG16 graph (see ``weights.py``); any ONNX model whose tap
+tensors are named works too. A Transpose is appended to every tap inside the graph, so
+ONNX Runtime hands back ``(n, h, w, C)`` maps and each sampled pixel's channels are contiguous.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import weights
+from .errors import BackboneError
+
+log = logging.getLogger("fastvlad")
+
+DEFAULT_BACKBONE = "vgg16"
+
+
+def resolve_model(backbone: str | os.PathLike[str]) -> tuple[Path, tuple[str, ...] | None]:
+    """``"vgg16"`` → the cached converted model and its taps; a path → itself, taps unknown."""
+    if str(backbone) == DEFAULT_BACKBONE:
+        return weights.vgg16_path(), weights.VGG16_TAPS
+    path = Path(backbone)
+    if not path.is_file():
+        raise BackboneError(f"backbone {str(backbone)!r}: no such ONNX file; use 'vgg16' or a path to a .onnx model")
+    return path, None
+
+
+def _with_channels_last_taps(model, taps: Sequence[str]):  # type: ignore[no-untyped-def]
+    """The model with outputs replaced by ``<tap>:nhwc`` = Transpose(tap, NCHW→NHWC)."""
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    produced = {o for node in graph.node for o in node.output} | {i.name for i in graph.input}
+    missing = [t for t in taps if t not in produced]
+    if missing:
+        available = [o for node in graph.node for o in node.output if node.op_type in ("Relu", "Conv", "Clip")]
+        raise BackboneError(f"taps {missing} are not tensors of this model; some that are: {available[:12]}")
+    del graph.output[:]
+    for tap in taps:
+        graph.node.append(helper.make_node("Transpose", [tap], [f"{tap}:nhwc"], perm=[0, 2, 3, 1]))
+        graph.output.append(helper.make_tensor_value_info(f"{tap}:nhwc", onnx.TensorProto.FLOAT, None))
+    return model
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class Backbone:
+    """An ONNX Runtime session producing the taps of a batch.
+
+    ``backbone``: ``"vgg16"`` (default weights) or a path to an ONNX model with NCHW float
+    input. ``taps``: names of 4-D NCHW tensors in that model. ``providers``: ONNX Runtime
+    execution providers, in order of preference.
+    """
+
+    def __init__(self, backbone: str | os.PathLike[str] = DEFAULT_BACKBONE, taps: Sequence[str] | None = None,
+                 providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        path, default_taps = resolve_model(backbone)
+        self.path = path
+        self.taps = tuple(taps or default_taps or ())
+        if not self.taps:
+            raise BackboneError(f"{path}: name the tap tensors of this model (taps=[...] / --taps a,b,c)")
+        self.sha256 = weights.file_sha256(path)
+        try:
+            model = onnx.load(str(path))
+        except Exception as exc:
+            raise BackboneError(f"{path}: not a readable ONNX model ({exc})") from None
+        self.input_name = model.graph.input[0].name
+        model = _with_channels_last_taps(model, self.taps)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or _usable_cores()
+        # Spinning ORT threads would steal the cores from Numba and BLAS between batches.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=list(providers))
+        except Exception as exc:
+            raise BackboneError(f"{path}: ONNX Runtime cannot load the model ({exc})") from None
+        self.providers = tuple(self.session.get_providers())
+        self._outputs = [f"{t}:nhwc" for t in self.taps]
+        self._dims: tuple[int, ...] | None = None
+
+    def __call__(self, pixels: np.ndarray) -> list[np.ndarray]:
+        """(n, 3, H, W) float32 → one (n, h_l, w_l, C_l) float32 array per tap."""
+        try:
+            maps = self.session.run(self._outputs, {self.input_name: pixels})
+        except Exception as exc:
+            raise BackboneError(f"{self.path}: inference failed on a batch of shape {pixels.shape} ({exc})") from None
+        return maps
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """Channels of every tap (runs the model once on a small input the first time)."""
+        if self._dims is None:
+            self._dims = tuple(m.shape[3] for m in self(np.zeros((1, 3, 32, 32), np.float32)))
+        return self._dims

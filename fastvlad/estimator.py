@@ -1,0 +1,217 @@
+"""``FastVLAD``: the scikit-learn-style estimator — codebook + VLAD encoder + XGBoost classifier."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from . import __version__, backends, checks, classifier, model_file, pipeline
+from .backbone import DEFAULT_BACKBONE, Backbone
+from .errors import ModelFormatError, NotFittedError
+from .images import ImageSource
+
+
+class FastVLAD(ClassifierMixin, BaseEstimator):
+    """Classify micrographs from VLAD codes of CNN hypercolumns (Luo, Holm & Wang 2021).
+
+    Defaults are the paper's: 224×224 input, VGG16 taps block1_conv2 … block5_conv3
+    (1472 dims), density 10 % (5,000 random pixels per image), k = 100, intra + global L2,
+    100 boosting rounds of depth 3 at learning rate 0.1.
+
+    ``X`` is a sequence of image paths or arrays ((H, W) or (H, W, 3)); ``y`` the labels.
+    ``fit`` runs the CNN once per image, plus once for each of the ``codebook_images``
+    images the codebook is fitted on.
+    """
+
+    def __init__(self, density: float = 10.0, k: int = 100, *, image_size: int | tuple[int, int] | None = 224,
+                 resample: str = "bilinear", interpolation: str = "half_pixel", intra: bool = True,
+                 power: bool = False, codebook_images: int = 100, backbone: str = DEFAULT_BACKBONE,
+                 taps: Sequence[str] | None = None, n_estimators: int = 100, max_depth: int = 3,
+                 learning_rate: float = 0.1, max_bin: int = 256, colsample_bynode: float = 1.0,
+                 device: str = "auto", batch_size: int | None = None, on_error: str = "raise",
+                 random_state: int = 0) -> None:
+        self.density = density
+        self.k = k
+        self.image_size = image_size
+        self.resample = resample
+        self.interpolation = interpolation
+        self.intra = intra
+        self.power = power
+        self.codebook_images = codebook_images
+        self.backbone = backbone
+        self.taps = taps
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.max_bin = max_bin
+        self.colsample_bynode = colsample_bynode
+        self.device = device
+        self.batch_size = batch_size
+        self.on_error = on_error
+        self.random_state = random_state
+
+    # -- pieces derived from the parameters ------------------------------------------------
+    def _settings(self) -> pipeline.EncoderSettings:
+        return pipeline.EncoderSettings(self.density, checks.image_size(self.image_size), self.resample,
+                                        self.interpolation, self.intra, self.power, self.random_state)
+
+    def _booster_settings(self) -> classifier.BoosterSettings:
+        return classifier.BoosterSettings(self.n_estimators, self.max_depth, self.learning_rate, self.max_bin,
+                                          self.colsample_bynode)
+
+    def _backend(self) -> backends.Backend:
+        backend = backends.resolve(self.device)
+        if self.batch_size:
+            backend = backends.Backend(backend.device, backend.impl, backend.providers, int(self.batch_size))
+        return backend
+
+    def _get_backbone(self, backend: backends.Backend) -> Backbone:
+        key = (str(self.backbone), tuple(self.taps or ()), backend.providers)
+        cached = getattr(self, "_backbone_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, Backbone(self.backbone, self.taps, backend.providers))
+            self._backbone_cache = cached
+        return cached[1]
+
+    # -- fitting ------------------------------------------------------------------------------
+    def fit(self, X: Sequence[ImageSource], y: Sequence[Any]) -> FastVLAD:
+        """Fit the codebook on a sample of ``X``, encode every image once, train the booster."""
+        X, y_arr = checks.sources_and_labels(X, y)
+        t0 = time.perf_counter()
+        timings = pipeline.Timings()
+        self.fit_codebook(X, timings)
+        encoded = self.encode(X, timings)
+        self.skipped_ = self.describe_failures(X, encoded)
+        self.fit_codes(encoded.codes, y_arr[encoded.indices])
+        timings.seconds["total"] = time.perf_counter() - t0
+        self.timings_ = dict(timings.seconds)
+        return self
+
+    def fit_codebook(self, X: Sequence[ImageSource], timings: pipeline.Timings | None = None) -> FastVLAD:
+        """Fit only the k-means codebook, on ``codebook_images`` random images of ``X``."""
+        X = checks.sources(X)
+        checks.parameters(self)
+        backend = self._backend()
+        backbone = self._get_backbone(backend)
+        self.codebook_ = pipeline.fit_codebook(X, backbone, self.k, self._settings(), backend, self.codebook_images,
+                                               timings=timings, skip_errors=self.on_error == "skip")
+        self.backbone_sha256_ = backbone.sha256
+        self.taps_ = backbone.taps
+        return self
+
+    @staticmethod
+    def describe_failures(X: Sequence[ImageSource], encoded: pipeline.Encoded) -> list[tuple[str, str]]:
+        """(image name, reason) of every image that could not be read."""
+        return [(str(X[i]) if not isinstance(X[i], np.ndarray) else f"array #{i}", str(e)) for i, e in encoded.failed]
+
+    def fit_codes(self, codes: np.ndarray, y: Sequence[Any]) -> FastVLAD:
+        """Train only the booster, on codes from ``transform`` (used by cross-validation)."""
+        y_arr = np.asarray(y)
+        self.classes_, y_int = np.unique(y_arr, return_inverse=True)
+        checks.enough_classes(self.classes_)
+        t = time.perf_counter()
+        backend = self._backend()
+        self.booster_ = classifier.train(codes, y_int, len(self.classes_), self._booster_settings(),
+                                         backend.device, self.random_state)
+        self.train_info_ = {"n_images": int(len(codes)), "code_dim": int(codes.shape[1]),
+                            "classifier_seconds": time.perf_counter() - t,
+                            "data_sha256": hashlib.sha256(codes.tobytes() + y_arr.astype(str).tobytes()).hexdigest()}
+        return self
+
+    # -- using a fitted model ---------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "booster_") and not hasattr(self, "codebook_"):
+            raise NotFittedError("this FastVLAD is not fitted yet; call fit(X, y) or fastvlad.load(path)")
+
+    def encode(self, X: Sequence[ImageSource], timings: pipeline.Timings | None = None) -> pipeline.Encoded:
+        """Codes of the readable images and the failures (with ``on_error="skip"``)."""
+        self._check_fitted()
+        X = checks.sources(X)
+        backend = self._backend()
+        backbone = self._get_backbone(backend)
+        if getattr(self, "backbone_sha256_", backbone.sha256) != backbone.sha256:
+            raise ModelFormatError(f"this model was trained with backbone SHA-256 {self.backbone_sha256_[:12]}…, "
+                                   f"but {backbone.path} has {backbone.sha256[:12]}…; use the same backbone")
+        return pipeline.encode(X, backbone, self.codebook_, self._settings(), backend, timings,
+                               skip_errors=self.on_error == "skip")
+
+    def transform(self, X: Sequence[ImageSource]) -> np.ndarray:
+        """VLAD codes ``(n, k·dim)`` float32; rows of skipped images are NaN."""
+        X = checks.sources(X)
+        enc = self.encode(X)
+        out = np.full((len(X), self.codebook_.size), np.nan, dtype=np.float32)
+        out[enc.indices] = enc.codes
+        return out
+
+    def predict_proba(self, X: Sequence[ImageSource]) -> np.ndarray:
+        """Class probabilities ``(n, n_classes)`` float32, columns in ``classes_`` order."""
+        if not hasattr(self, "booster_"):
+            raise NotFittedError("this FastVLAD has no classifier yet; call fit(X, y) first")
+        return self.predict_proba_codes(self.transform(X))
+
+    def predict_proba_codes(self, codes: np.ndarray) -> np.ndarray:
+        """Probabilities from precomputed codes (NaN rows give NaN probabilities)."""
+        proba = classifier.predict_proba(self.booster_, codes)
+        proba[np.isnan(codes).any(axis=1)] = np.nan
+        return proba
+
+    def predict(self, X: Sequence[ImageSource]) -> np.ndarray:
+        """Predicted class names ``(n,)``."""
+        proba = self.predict_proba(X)
+        return self.classes_[np.nan_to_num(proba, nan=-1).argmax(axis=1)]
+
+    # -- persistence -------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the model as one file (see ``model_file``); atomic."""
+        if not hasattr(self, "booster_"):
+            raise NotFittedError("fit the model before saving it")
+        params = self.get_params()
+        params["taps"] = list(params["taps"]) if params["taps"] else None
+        params["image_size"] = list(params["image_size"]) if isinstance(params["image_size"], tuple) else params["image_size"]
+        config = {"params": params, "classes": [str(c) for c in self.classes_],
+                  "backbone_sha256": self.backbone_sha256_, "taps": list(self.taps_),
+                  "train": {**self.train_info_, "timings": getattr(self, "timings_", {})},
+                  "versions": versions()}
+        return model_file.save(path, model_file.ModelContents(config, self.codebook_,
+                                                              classifier.to_bytes(self.booster_)))
+
+
+def load(path: str | os.PathLike[str]) -> FastVLAD:
+    """A fitted ``FastVLAD`` from a model file; raises ``ModelFormatError`` on any damage."""
+    contents = model_file.load(path)
+    cfg = contents.config
+    try:
+        params = dict(cfg["params"])
+        if isinstance(params.get("image_size"), list):
+            params["image_size"] = tuple(params["image_size"])
+        model = FastVLAD(**params)
+        model.classes_ = np.array(cfg["classes"])
+        model.backbone_sha256_ = cfg["backbone_sha256"]
+        model.taps_ = tuple(cfg["taps"])
+        model.train_info_ = cfg.get("train", {})
+    except (KeyError, TypeError) as exc:
+        raise ModelFormatError(f"{path}: config.json lacks or mistypes a field ({exc})") from None
+    model.codebook_ = contents.codebook
+    try:
+        model.booster_ = classifier.from_bytes(contents.booster)
+    except Exception as exc:
+        raise ModelFormatError(f"{path}: the XGBoost model cannot be read ({exc})") from None
+    return model
+
+
+def versions() -> dict[str, str]:
+    """Versions of fastvlad and the libraries that decide its results."""
+    import numba
+    import onnxruntime
+    import xgboost
+
+    return {"fastvlad": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "numba": numba.__version__, "onnxruntime": onnxruntime.__version__, "xgboost": xgboost.__version__}

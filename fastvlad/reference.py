@@ -1,0 +1,101 @@
+"""The paper's method in plain NumPy, written the way its notebook did it.
+
+Slow on purpose and kept readable: every fast kernel in fastvlad is tested against
+these functions, and ``fastvlad bench`` uses them as the baseline. Nothing here is
+used on the production path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+
+
+def caffe_preprocess(rgb: np.ndarray) -> np.ndarray:
+    """Keras ``vgg16.preprocess_input`` (caffe): (H, W, 3) RGB 0..255 → (3, H, W) BGR minus mean."""
+    bgr = rgb[..., ::-1].astype(np.float32) - CAFFE_MEAN_BGR
+    return np.ascontiguousarray(bgr.transpose(2, 0, 1))
+
+
+def source_coords(out_size: int, in_size: int, mode: str = "half_pixel") -> np.ndarray:
+    """Continuous source coordinate of every output pixel along one axis, (out_size,) float64.
+
+    ``half_pixel``: pixel centres aligned (TF2 ``tf.image.resize``, PyTorch
+    ``align_corners=False``); ``asymmetric``: the legacy TF1 ``resize_images`` mapping.
+    """
+    scale = in_size / out_size
+    dst = np.arange(out_size, dtype=np.float64)
+    src = (dst + 0.5) * scale - 0.5 if mode == "half_pixel" else dst * scale
+    return np.clip(src, 0.0, in_size - 1)
+
+
+def upsample_bilinear(tap: np.ndarray, out_hw: tuple[int, int], mode: str = "half_pixel") -> np.ndarray:
+    """Bilinear upsampling of one feature map: (h, w, C) → (H, W, C) float32."""
+    h, w, _ = tap.shape
+    sy = source_coords(out_hw[0], h, mode)
+    sx = source_coords(out_hw[1], w, mode)
+    y0 = np.floor(sy).astype(np.intp)
+    x0 = np.floor(sx).astype(np.intp)
+    y1 = np.minimum(y0 + 1, h - 1)
+    x1 = np.minimum(x0 + 1, w - 1)
+    wy = (sy - y0).astype(np.float32)[:, None, None]
+    wx = (sx - x0).astype(np.float32)[None, :, None]
+    t = tap.astype(np.float32)
+    top = (1 - wx) * t[y0][:, x0] + wx * t[y0][:, x1]
+    bottom = (1 - wx) * t[y1][:, x0] + wx * t[y1][:, x1]
+    return (1 - wy) * top + wy * bottom
+
+
+def hypercolumn_map(taps: Sequence[np.ndarray], mode: str = "half_pixel") -> np.ndarray:
+    """Every tap (h_l, w_l, C_l) upsampled to the first tap's size and concatenated: (H, W, D)."""
+    out_hw = taps[0].shape[:2]
+    return np.concatenate([upsample_bilinear(t, out_hw, mode) for t in taps], axis=-1)
+
+
+def sample_hypercolumns(taps: Sequence[np.ndarray], points: np.ndarray, mode: str = "half_pixel") -> np.ndarray:
+    """The notebook's way: build the full (H, W, D) map, then index it at ``points`` (S, 2) [row, col]."""
+    full = hypercolumn_map(taps, mode)
+    return full[points[:, 0], points[:, 1]]
+
+
+def assign(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Nearest centre of every point by exact squared distances: (m, D), (k, D) → (m,) int64."""
+    d2 = ((x[:, None, :].astype(np.float64) - centres[None, :, :]) ** 2).sum(axis=-1)
+    return d2.argmin(axis=1)
+
+
+def vlad(x: np.ndarray, centres: np.ndarray, intra: bool = True, power: bool = False,
+         labels: np.ndarray | None = None) -> np.ndarray:
+    """VLAD of one image with a per-centre loop: (S, D) points → (k·D,) float32.
+
+    Hard assignment (exact distances unless ``labels`` are given); per-centre residual sum;
+    optional signed square root; per-centre L2 (an empty centre stays zero); global L2.
+    """
+    labels = assign(x, centres) if labels is None else labels
+    k, dim = centres.shape
+    v = np.zeros((k, dim), dtype=np.float64)
+    for j in range(k):
+        members = x[labels == j]
+        if len(members):
+            v[j] = (members.astype(np.float64) - centres[j]).sum(axis=0)
+    if power:
+        v = np.sign(v) * np.sqrt(np.abs(v))
+    if intra:
+        norms = np.linalg.norm(v, axis=1, keepdims=True)
+        v = np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
+    flat = v.ravel()
+    norm = np.linalg.norm(flat)
+    return (flat / norm if norm > 0 else flat).astype(np.float32)
+
+
+def minibatch_kmeans_sklearn(point_sets: Sequence[np.ndarray], k: int, random_state: int = 0) -> np.ndarray:
+    """The paper's codebook: scikit-learn ``MiniBatchKMeans``, ``partial_fit`` one image at a time."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    km = MiniBatchKMeans(n_clusters=k, random_state=random_state, n_init=1)
+    for pts in point_sets:
+        km.partial_fit(pts)
+    return km.cluster_centers_.astype(np.float32)

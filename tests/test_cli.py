@@ -1,0 +1,63 @@
+"""The command line on a small demo dataset: train, predict, evaluate, encode, info, errors."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fastvlad.cli import app
+
+SMALL = ["--density", "0.1", "-k", "8", "--image-size", "64"]
+
+
+@pytest.fixture(scope="module")
+def model_file(vgg16_path: Path, demo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model") / "m.fvl"
+    res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(out), *SMALL])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_predict_writes_csv(model_file: Path, demo_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preds.csv"
+    res = CliRunner().invoke(app, ["-q", "predict", str(model_file), str(demo_folder), "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 16
+    assert {"path", "predicted", "p_CNT-Cluster", "p_CNT-fiber", "p_CNT-Matrix", "p_CNT-MatrixSurface"} <= set(rows[0])
+    assert all(abs(sum(float(r[f"p_{c}"]) for c in ("CNT-Cluster", "CNT-fiber", "CNT-Matrix", "CNT-MatrixSurface")) - 1)
+               < 1e-4 for r in rows)
+
+
+def test_evaluate_grouped(vgg16_path: Path, demo_folder: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["-q", "evaluate", str(demo_folder), "--folds", "2", *SMALL,
+                                   "--confusion", str(tmp_path / "cm.png"), "--json", str(tmp_path / "cv.json")])
+    assert res.exit_code == 0, res.output
+    assert "2-fold grouped CV accuracy" in res.output
+    assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_encode(model_file: Path, demo_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "codes.npy"
+    res = CliRunner().invoke(app, ["-q", "encode", str(demo_folder), "-o", str(out), "--model", str(model_file)])
+    assert res.exit_code == 0, res.output
+    assert np.load(out).shape == (16, 8 * 1472)
+
+
+def test_info() -> None:
+    res = CliRunner().invoke(app, ["info"])
+    assert res.exit_code == 0 and "onnxruntime" in res.output and "cache" in res.output
+
+
+def test_error_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "fastvlad", "train", str(tmp_path), "-o", str(tmp_path / "m.fvl")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and "no images found" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "m.fvl").exists()

@@ -1,0 +1,112 @@
+"""End to end on demo data: fit, predict, save/load, the reference pipeline, scikit-learn conventions."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+import fastvlad
+from fastvlad import backends, pipeline, reference
+from fastvlad.backbone import Backbone
+from fastvlad.errors import ModelFormatError, NotFittedError, ParameterError
+from fastvlad.estimator import FastVLAD, load
+
+from .conftest import small_model_params
+
+
+@pytest.fixture(scope="module")
+def fitted(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.ndarray]) -> FastVLAD:
+    X, y = small_demo
+    return FastVLAD(**small_model_params()).fit(X, y)
+
+
+def test_fit_predict_shapes(fitted: FastVLAD, small_demo: tuple[list[np.ndarray], np.ndarray]) -> None:
+    X, y = small_demo
+    proba = fitted.predict_proba(X[:5])
+    assert proba.shape == (5, 4) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert set(fitted.predict(X[:5])) <= set(y)
+    codes = fitted.transform(X[:3])
+    assert codes.shape == (3, 8 * 1472) and codes.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(codes, axis=1), 1, rtol=1e-5)
+    assert fitted.score(X, y) > 0.5  # training accuracy on separable demo classes
+
+
+def test_deterministic_given_seed(fitted: FastVLAD, small_demo: tuple[list[np.ndarray], np.ndarray]) -> None:
+    X, y = small_demo
+    again = clone(fitted).fit(X, y)
+    np.testing.assert_array_equal(again.codebook_, fitted.codebook_)
+    np.testing.assert_array_equal(again.predict_proba(X[:4]), fitted.predict_proba(X[:4]))
+
+
+def test_codes_match_the_notebook_pipeline(fitted: FastVLAD, small_demo: tuple[list[np.ndarray], np.ndarray]) -> None:
+    """The fast path equals full-map upsampling + per-centre VLAD at the same sampled points."""
+    X, _ = small_demo
+    settings = fitted._settings()
+    pixels = np.stack([settings.preprocess(x) for x in X[:2]])
+    taps = Backbone(fitted.backbone)(pixels)
+    points = pipeline.sample_points(pixels, settings)
+    for i in range(2):
+        hc = reference.sample_hypercolumns([t[i] for t in taps], points[i])
+        expected = reference.vlad(hc, fitted.codebook_)
+        got = fitted.transform([X[i]])[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=2e-6)
+
+
+def test_save_load_roundtrip(fitted: FastVLAD, small_demo: tuple[list[np.ndarray], np.ndarray], tmp_path: Path) -> None:
+    X, _ = small_demo
+    path = fitted.save(tmp_path / "m.fvl")
+    loaded = fastvlad.load(path)
+    np.testing.assert_array_equal(loaded.predict_proba(X[:3]), fitted.predict_proba(X[:3]))
+    assert loaded.get_params() == fitted.get_params()
+    with zipfile.ZipFile(path) as zf:
+        assert set(zf.namelist()) == {"format.json", "config.json", "codebook.npy", "booster.ubj", "manifest.json"}
+        assert all(b"pickle" not in zf.read(n) for n in ("config.json", "format.json"))
+
+
+@pytest.mark.parametrize("member", ["config.json", "codebook.npy", "booster.ubj", "format.json"])
+def test_tampered_member_is_refused(fitted: FastVLAD, tmp_path: Path, member: str) -> None:
+    src = fitted.save(tmp_path / "m.fvl")
+    with zipfile.ZipFile(src) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    data = bytearray(members[member])
+    data[len(data) // 2] ^= 0x01
+    members[member] = bytes(data)
+    bad = tmp_path / "bad.fvl"
+    with zipfile.ZipFile(bad, "w") as zf:
+        for n, d in members.items():
+            zf.writestr(n, d)
+    with pytest.raises(ModelFormatError, match=member if member != "format.json" else "format|not a fastvlad"):
+        load(bad)
+
+
+def test_flipped_byte_in_file_is_refused(fitted: FastVLAD, tmp_path: Path) -> None:
+    path = fitted.save(tmp_path / "m.fvl")
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ModelFormatError):
+        load(path)
+
+
+def test_not_fitted_and_bad_params(small_demo: tuple[list[np.ndarray], np.ndarray]) -> None:
+    X, y = small_demo
+    with pytest.raises(NotFittedError):
+        FastVLAD().predict(X[:1])
+    with pytest.raises(ParameterError, match="density"):
+        FastVLAD(density=0).fit(X, y)
+    with pytest.raises(ParameterError, match="device"):
+        FastVLAD(device="tpu").fit(X, y)
+    with pytest.raises(ParameterError, match="k=1"):
+        FastVLAD(k=1).fit(X, y)
+
+
+def test_backend_resolution() -> None:
+    assert backends.resolve("cpu").impl == "numba"
+    assert backends.resolve("auto").device in ("cpu", "cuda")
+    if backends._cuda_problem() is not None:
+        with pytest.raises(fastvlad.DeviceUnavailableError, match="fastvlad\\[gpu\\]"):
+            backends.resolve("cuda")
