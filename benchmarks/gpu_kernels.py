@@ -1,9 +1,13 @@
-"""Time the three CUDA kernels against the Numba ones at the paper's working point.
+"""Time the CUDA kernels against the Numba ones at the paper's working point, and the GPU pipeline.
 
 Usage (needs CuPy and a GPU): ``python benchmarks/gpu_kernels.py [--n 64 --points 5000 --k 100]``.
 Prints a table and one JSON line. GPU times are CUDA-event medians after warm-up (the first
 call compiles the kernel); CPU times are wall-clock medians after the Numba JIT warm-up.
 The hypercolumn width is that of the VGG16 taps (64+128+256+512+512 = 1472) at 224².
+
+``--pipeline`` (needs onnxruntime-gpu too) also times the encoder after image decoding: VGG16 on
+ONNX Runtime's CUDA provider with IO binding (taps stay on the GPU, handed over by DLPack), then
+gather, assignment and VLAD on the GPU, codes copied to the host; images/s at 224², fp32 and fp16.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=100, help="centres")
     ap.add_argument("--repeats", type=int, default=10, help="timed GPU runs (CPU: a third of it, at least 1)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pipeline", action="store_true", help="also time CNN + kernels end to end (fp32, fp16)")
     args = ap.parse_args()
     n, s, k = args.n, args.points, args.k
     rng = np.random.default_rng(args.seed)
@@ -76,6 +81,9 @@ def main() -> None:
          lambda: hypercolumn.gather(taps_d, points_d, impl="cuda", out=out_d), 4 * n * s * (dim * 5 + 2)),
         ("assign", lambda: codebook.assign(x.reshape(-1, dim), centres, impl="numba"),
          lambda: codebook.assign(x_d.reshape(-1, dim), centres_d, impl="cuda"), 4 * n * s * (2 * dim + 2 * k + 2)),
+        ("assign_from_taps", lambda: codebook.nearest_from_taps(taps, points, centres, hc=x),
+         lambda: codebook.nearest_from_taps(taps_d, points_d, centres_d, impl="cuda", hc=x_d),
+         4 * n * s * (192 + 2 * k + 1)),
         ("residual_sums", lambda: vlad.residual_sums(x, labels, centres, impl="numba"),
          lambda: vlad.residual_sums(x_d, labels_d, centres_d, impl="cuda"), 4 * n * (s * (dim + 1) + k * dim)),
         ("residual_sums_fp16", lambda: vlad.residual_sums(x, labels, centres, impl="numba"),
@@ -95,7 +103,36 @@ def main() -> None:
     for r in rows:
         print(f"{r['kernel']:<20}{r['numba_ms']:>12.2f}{r['cuda_ms']:>12.3f}{r['speedup']:>10.1f}"
               f"{r['cuda_GBps']:>12.0f}{r['images_per_s_cuda']:>14.0f}")
-    print(json.dumps({"device": device, "n": n, "points": s, "dim": dim, "k": k, "results": rows}))
+    report: dict[str, Any] = {"device": device, "n": n, "points": s, "dim": dim, "k": k, "results": rows}
+    if args.pipeline:
+        report["pipeline"] = [pipeline_images_per_s(n, s, centres_d, fp16, args.repeats) for fp16 in (False, True)]
+        for r in report["pipeline"]:
+            print(f"pipeline {'fp16' if r['fp16'] else 'fp32'}: CNN {r['cnn_images_per_s']:.0f} img/s, "
+                  f"CNN + gather + assign + VLAD {r['images_per_s']:.0f} img/s (batch {n}, 224²)")
+    print(json.dumps(report))
+
+
+def pipeline_images_per_s(n: int, s: int, centres_d: Any, fp16: bool, repeats: int) -> dict[str, Any]:
+    """Images/s of the GPU encoder on random 224² batches (decoding excluded: it runs on the
+    prefetch thread), and of its CNN alone."""
+    from fastvlad.backbone import Backbone
+
+    backbone = Backbone(providers=("CUDAExecutionProvider", "CPUExecutionProvider"), fp16=fp16)
+    assert backbone.on_gpu, f"the CUDA provider did not load: {backbone.providers}"
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((n, 3, 224, 224), dtype=np.float32) * 255 - 120).astype(np.float32)
+    points = cp.asarray(np.stack([hypercolumn.sample_points(rng, s, 224, 224) for _ in range(n)]))
+    out = cp.empty((n, s, 1472), cp.float32)
+
+    def encode() -> np.ndarray:
+        taps = backbone(pixels)
+        x = hypercolumn.gather(taps, points, impl="cuda", out=out)
+        labels = codebook.nearest_from_taps(taps, points, centres_d, impl="cuda", hc=x)
+        return cp.asnumpy(vlad.encode(x, labels.reshape(n, s), centres_d, impl="cuda"))
+
+    t_cnn = gpu_ms(lambda: backbone(pixels), repeats)
+    t_all = gpu_ms(encode, repeats)
+    return {"fp16": fp16, "batch": n, "cnn_images_per_s": 1e3 * n / t_cnn, "images_per_s": 1e3 * n / t_all}
 
 
 if __name__ == "__main__":

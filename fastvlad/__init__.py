@@ -20,6 +20,7 @@ from .errors import (  # noqa: E402
     ModelFormatError,
     NotFittedError,
     ParameterError,
+    WriteError,
 )
 
 __version__ = "0.1.0"
@@ -37,5 +38,6 @@ __all__ = [
     "ModelFormatError",
     "NotFittedError",
     "ParameterError",
+    "WriteError",
     "__version__",
 ]

@@ -175,6 +175,22 @@ def assign(x: Any, centres: Any) -> tuple[Any, Any]:
     return labels, dist
 
 
+def argmin_rows(cross: Any, c_sq: Any, labels: Any) -> Any:
+    """labels[i] = argmin_j c_sq[j] − 2·cross[i, j] (lowest j on ties) for a ready ``(m, k)`` cross
+    term (``codebook.nearest_from_taps``); the assignment kernel with no ‖x‖² to compute."""
+    cp = _cupy()
+    cross = cp.ascontiguousarray(cp.asarray(cross), dtype=cp.float32)
+    c_sq = cp.ascontiguousarray(cp.asarray(c_sq), dtype=cp.float32)
+    m, k = cross.shape
+    if m:
+        dist = cp.empty(m, dtype=cp.float32)  # written by the kernel, not used
+        _function("assign", "argmin_rows_f32")(
+            (-(-m // _WARPS_PER_BLOCK),), (32 * _WARPS_PER_BLOCK,),
+            (cross, cross, c_sq, labels, dist, np.int32(m), np.int32(0), np.int32(k)),  # D = 0: no x is read
+        )
+    return labels
+
+
 def residual_sums(x: Any, labels: Any, centres: Any, out: Any) -> None:
     """Per-centre residual sums into out ``(n, k, D)``: x ``(n, S, D)`` float32/float16,
     labels ``(n, S)`` int32 in [0, k) (others are ignored), centres ``(k, D)``. Float32 accumulation

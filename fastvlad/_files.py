@@ -1,22 +1,39 @@
-"""Atomic file writes: readers (and a crash) never see half a file at the target path."""
+"""Atomic file writes: readers (and a crash) never see half a file at the target path.
+
+The data goes to a hidden temp file beside the target, ``.<name>.<host>.<pid>.<random>.part``,
+is fsynced, then renamed over the target (atomic on POSIX within one folder). An exception,
+Ctrl-C or SIGTERM removes the temp file; SIGKILL or a power cut can leave it behind, never a
+partial target. Leftovers of dead processes on this host are removed by the next write to
+the same target; nothing reads ``.part`` files.
+"""
 
 from __future__ import annotations
 
 import errno
 import os
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import FastVLADError
+from .errors import WriteError
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None], mode: int = 0o644) -> Path:
-    """Call ``write(f)`` on a temp file beside ``path``, fsync, then rename it over ``path``."""
+def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], object], mode: int = 0o644) -> Path:
+    """Call ``write(f)`` on a temp file beside ``path``, fsync, then rename it over ``path``.
+
+    Raises ``WriteError`` (naming the path, the problem and the fix) on any OS error.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{_part_prefix(target)}{os.getpid()}.",
+                                   suffix=".part")
+    except OSError as exc:
+        raise _write_error(target, exc) from None
     try:
         os.fchmod(fd, mode)  # mkstemp's 0600 would lock others out of shared folders
         with os.fdopen(fd, "wb") as f:
@@ -26,15 +43,57 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
         os.replace(tmp, target)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise FastVLADError(f"{target}: no space left on the device while writing; free some space") from None
-        raise
+        raise _write_error(target, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _remove_stale_parts(target)
     return target
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """``write_atomic`` for a bytes payload."""
-    return write_atomic(path, lambda f: f.write(data) and None)
+    def write(f: BinaryIO) -> None:
+        f.write(data)
+
+    return write_atomic(path, write)
+
+
+def _write_error(target: Path, exc: OSError) -> WriteError:
+    if exc.errno in _NO_SPACE:
+        return WriteError(f"{target}: no space left on the device while writing; free some space "
+                          "or write to another disk (nothing was written at this path)")
+    if target.is_dir():
+        return WriteError(f"{target} is a folder; give a file name to write to")
+    why = exc.strerror or str(exc)
+    return WriteError(f"cannot write {target}: {why}; check that its folder exists and is writable, "
+                      "or choose another path")
+
+
+def _part_prefix(target: Path) -> str:
+    # The host name keeps a writer on another machine (shared folder) from judging our pids.
+    host = socket.gethostname().replace(".", "_") or "host"
+    return f".{target.name}.{host}."
+
+
+def _remove_stale_parts(target: Path) -> None:
+    """Delete temp files that killed writers of ``target`` on this host left behind."""
+    prefix = _part_prefix(target)
+    try:
+        leftovers = [p for p in target.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(".part")]
+    except OSError:
+        return
+    for p in leftovers:
+        pid = p.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            p.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: exists, owned by someone else
+        return True
+    return True

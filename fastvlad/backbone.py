@@ -3,6 +3,10 @@
 The default is fastvlad's own VGG16 graph (see ``weights.py``); any ONNX model whose tap
 tensors are named works too. A Transpose is appended to every tap inside the graph, so
 ONNX Runtime hands back ``(n, h, w, C)`` maps and each sampled pixel's channels are contiguous.
+
+With the CUDA execution provider the taps never visit the host: outputs are bound to the GPU
+with IO binding and handed to CuPy through DLPack (zero copy). ``fp16=True`` runs a float16
+copy of the graph there (float32 input; float16 taps, which the CUDA kernels widen exactly).
 """
 
 from __future__ import annotations
@@ -50,6 +54,56 @@ def _with_channels_last_taps(model, taps: Sequence[str]):  # type: ignore[no-unt
     return model
 
 
+def _as_float16(model):  # type: ignore[no-untyped-def]
+    """The model computing in float16: float initializers and Constant tensors converted, the
+    float32 input cast on entry, the outputs declared float16. Intermediate type annotations are
+    dropped (ONNX Runtime infers them again)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    float_type = onnx.TensorProto.FLOAT
+
+    def half(t):  # type: ignore[no-untyped-def]
+        if t.data_type != float_type:
+            return t
+        converted = numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name)
+        t.CopyFrom(converted)
+        return t
+
+    for init in graph.initializer:
+        half(init)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                half(attr.t)
+    source = graph.input[0].name
+    cast_name = f"{source}:fp16"
+    for node in graph.node:
+        node.input[:] = [cast_name if i == source else i for i in node.input]
+    graph.node.insert(0, helper.make_node("Cast", [source], [cast_name], to=onnx.TensorProto.FLOAT16))
+    del graph.value_info[:]
+    for out in graph.output:
+        out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    return model
+
+
+def _to_cupy(value):  # type: ignore[no-untyped-def]
+    """A CUDA OrtValue as a CuPy array sharing its memory (which the array keeps alive)."""
+    import cupy
+
+    if hasattr(value, "__dlpack__"):  # ONNX Runtime ≥ 1.22
+        return cupy.from_dlpack(value)
+    # Older ONNX Runtime: wrap the device pointer; ``owner`` holds the OrtValue, so ORT's buffer
+    # lives as long as the array.
+    import onnx
+
+    dtype = np.dtype(np.float16 if value.element_type() == onnx.TensorProto.FLOAT16 else np.float32)
+    shape = tuple(int(d) for d in value.shape())
+    memory = cupy.cuda.UnownedMemory(value.data_ptr(), int(np.prod(shape)) * dtype.itemsize, value)
+    return cupy.ndarray(shape, dtype, cupy.cuda.MemoryPointer(memory, 0))
+
+
 def _usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -59,11 +113,13 @@ class Backbone:
 
     ``backbone``: ``"vgg16"`` (default weights) or a path to an ONNX model with NCHW float
     input. ``taps``: names of 4-D NCHW tensors in that model. ``providers``: ONNX Runtime
-    execution providers, in order of preference.
+    execution providers, in order of preference. ``fp16``: run a float16 copy of the graph
+    (meant for the CUDA provider; taps come back float16).
     """
 
     def __init__(self, backbone: str | os.PathLike[str] = DEFAULT_BACKBONE, taps: Sequence[str] | None = None,
-                 providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None) -> None:
+                 providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None,
+                 fp16: bool = False) -> None:
         import onnx
         import onnxruntime as ort
 
@@ -79,6 +135,9 @@ class Backbone:
             raise BackboneError(f"{path}: not a readable ONNX model ({exc})") from None
         self.input_name = model.graph.input[0].name
         model = _with_channels_last_taps(model, self.taps)
+        self.fp16 = fp16
+        if fp16:
+            model = _as_float16(model)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or _usable_cores()
         # Spinning ORT threads would steal the cores from Numba and BLAS between batches.
@@ -91,14 +150,28 @@ class Backbone:
         self.providers = tuple(self.session.get_providers())
         self._outputs = [f"{t}:nhwc" for t in self.taps]
         self._dims: tuple[int, ...] | None = None
+        self.on_gpu = self.providers[0] == "CUDAExecutionProvider"
+        options = self.session.get_provider_options().get("CUDAExecutionProvider", {})
+        self._device_id = int(options.get("device_id", 0))
 
-    def __call__(self, pixels: np.ndarray) -> list[np.ndarray]:
-        """(n, 3, H, W) float32 → one (n, h_l, w_l, C_l) float32 array per tap."""
+    def __call__(self, pixels: np.ndarray) -> list:  # type: ignore[type-arg]
+        """(n, 3, H, W) float32 → one (n, h_l, w_l, C_l) array per tap: NumPy float32 on the CPU,
+        CuPy on the GPU (float16 with ``fp16``)."""
         try:
-            maps = self.session.run(self._outputs, {self.input_name: pixels})
-        except Exception as exc:
+            if self.on_gpu:
+                return self._run_on_gpu(pixels)
+            return self.session.run(self._outputs, {self.input_name: pixels})
+        except Exception as exc:  # the message keeps ORT's text: errors.is_gpu_out_of_memory reads it
             raise BackboneError(f"{self.path}: inference failed on a batch of shape {pixels.shape} ({exc})") from None
-        return maps
+
+    def _run_on_gpu(self, pixels: np.ndarray) -> list:  # type: ignore[type-arg]
+        """IO binding: the batch is copied in once, the taps stay in GPU memory (no copy_outputs_to_cpu)."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.input_name, np.ascontiguousarray(pixels, dtype=np.float32))
+        for name in self._outputs:
+            binding.bind_output(name, "cuda", self._device_id)
+        self.session.run_with_iobinding(binding)  # synchronises the provider's stream before returning
+        return [_to_cupy(v) for v in binding.get_outputs()]
 
     @property
     def dims(self) -> tuple[int, ...]:
@@ -106,3 +179,4 @@ class Backbone:
         if self._dims is None:
             self._dims = tuple(m.shape[3] for m in self(np.zeros((1, 3, 32, 32), np.float32)))
         return self._dims
+

@@ -65,6 +65,10 @@ def _cuda_problem() -> str | None:
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return "ONNX Runtime has no CUDAExecutionProvider (the CPU-only 'onnxruntime' package is installed)"
+    import xgboost
+
+    if not xgboost.build_info().get("USE_CUDA", False):
+        return "XGBoost was built without CUDA (the 'xgboost-cpu' package is installed)"
     return None
 
 

@@ -2,69 +2,116 @@
 
 from __future__ import annotations
 
+import math
+import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import config
 from .backends import DEVICES
-from .errors import InvalidDatasetError, ParameterError
-from .hypercolumn import INTERPOLATION_MODES
-from .images import MIN_SIDE, RESAMPLE, ImageSource
+from .errors import ImageReadError, InvalidDatasetError, ParameterError
+from .hypercolumn import INTERPOLATION_MODES, points_for_density
+from .images import RESAMPLE, ImageSource, check_size, probe, source_name
 
 ON_ERROR = ("raise", "skip")
+#: How many unreadable images a fail-fast error lists by name.
+LISTED = 10
 
 
 def image_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     """``224`` → (224, 224); ``(H, W)`` as is; ``None`` → native size."""
-    if size is None:
-        return None
-    if isinstance(size, (int, np.integer)):
-        size = (int(size), int(size))
-    if len(size) != 2 or min(size) < MIN_SIDE:
-        raise ParameterError(f"image_size={size!r}: give one side or (height, width), each ≥ {MIN_SIDE}, or None")
-    return (int(size[0]), int(size[1]))
+    return check_size(size)
 
 
-def parameters(est: Any) -> None:
-    """Validate an estimator's parameters (ranges, names) before it touches any image."""
-    if not 0 < float(est.density) <= 100:
-        raise ParameterError(f"density={est.density}: must be in (0, 100] percent (the paper used 10)")
-    if int(est.k) < 2:
-        raise ParameterError(f"k={est.k}: a codebook needs at least 2 centres (the paper used 100)")
-    if est.device not in DEVICES:
-        raise ParameterError(f"device={est.device!r} is unknown; use one of {DEVICES}")
-    if est.on_error not in ON_ERROR:
-        raise ParameterError(f"on_error={est.on_error!r}: use 'raise' or 'skip'")
-    if est.interpolation not in INTERPOLATION_MODES:
-        raise ParameterError(f"interpolation={est.interpolation!r}: use one of {INTERPOLATION_MODES}")
-    if est.resample not in RESAMPLE:
-        raise ParameterError(f"resample={est.resample!r}: use one of {RESAMPLE}")
-    if int(est.codebook_images) < 1:
-        raise ParameterError(f"codebook_images={est.codebook_images}: must be ≥ 1")
-    for name in ("n_estimators", "max_depth"):
-        if int(getattr(est, name)) < 1:
-            raise ParameterError(f"{name}={getattr(est, name)}: must be ≥ 1")
-    image_size(est.image_size)
-    points = min(int(round(500 * float(est.density))), _pixels(est.image_size))
-    if int(est.k) > points * int(est.codebook_images):
-        raise ParameterError(f"k={est.k} exceeds the {points * int(est.codebook_images)} points the codebook is "
-                             "fitted on; lower k or raise density or codebook_images")
+def real(name: str, value: Any, lo: float, hi: float = math.inf, lo_open: bool = False, hint: str = "") -> float:
+    """``value`` as a finite float in [lo, hi] ((lo, hi] with ``lo_open``), or a ``ParameterError``."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    v = float(value) if ok else math.nan
+    if not (math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi):
+        span = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]" if math.isfinite(hi) else f"{'>' if lo_open else '≥'} {lo:g}"
+        raise ParameterError(f"{name}={value!r}: must be a number {span}{hint}")
+    return v
 
 
-def _pixels(size: int | Sequence[int] | None) -> int:
-    s = image_size(size)
-    return s[0] * s[1] if s else 1 << 62
+def integer(name: str, value: Any, lo: int, hint: str = "") -> int:
+    """``value`` as an int ≥ ``lo`` (integral floats accepted), or a ``ParameterError``."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if not ok or not math.isfinite(float(value)) or float(value) != int(value) or int(value) < lo:
+        raise ParameterError(f"{name}={value!r}: must be an integer ≥ {lo}{hint}")
+    return int(value)
+
+
+def choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ParameterError(f"{name}={value!r} is unknown; use one of {tuple(allowed)}")
+    return value
+
+
+def runtime(est: Any) -> None:
+    """The parameters a fitted model's ``encode``/``predict`` use (set_params may change them)."""
+    choice("device", est.device, DEVICES)
+    choice("on_error", est.on_error, ON_ERROR)
+    if est.batch_size is not None:
+        integer("batch_size", est.batch_size, 1)
+
+
+def parameters(est: Any, n_images: int | None = None) -> None:
+    """Validate an estimator's parameters (ranges, names) before it touches any image.
+
+    ``n_images``: how many images the codebook sample can draw from, when known.
+    """
+    density = real("density", est.density, 0, 100, lo_open=True, hint=" percent (the paper used 10)")
+    k = integer("k", est.k, 2, " (a codebook needs at least 2 centres; the paper used 100)")
+    runtime(est)
+    choice("interpolation", est.interpolation, INTERPOLATION_MODES)
+    choice("resample", est.resample, RESAMPLE)
+    codebook_images = integer("codebook_images", est.codebook_images, 1)
+    integer("n_estimators", est.n_estimators, 1)
+    integer("max_depth", est.max_depth, 1)
+    integer("max_bin", est.max_bin, 2)
+    integer("random_state", est.random_state, 0)
+    if getattr(est, "pca", None) is not None:
+        integer("pca", est.pca, 1, " (hypercolumn PCA components, or None for the full hypercolumn)")
+    real("learning_rate", est.learning_rate, 0, lo_open=True)
+    real("colsample_bynode", est.colsample_bynode, 0, 1, lo_open=True)
+    backbone_and_taps(est.backbone, est.taps)
+    size = image_size(est.image_size)
+    _enough_points(k, density, size, min(codebook_images, n_images or codebook_images))
+
+
+def backbone_and_taps(backbone: Any, taps: Any) -> None:
+    if not isinstance(backbone, (str, os.PathLike)):
+        raise ParameterError(f"backbone={backbone!r}: give 'vgg16' or the path of an ONNX model")
+    if taps is not None and (isinstance(taps, str) or not all(isinstance(t, str) and t for t in taps)):
+        raise ParameterError(f"taps={taps!r}: give a list of tensor names, e.g. ['conv1', 'conv2'] "
+                             "(CLI: --taps conv1,conv2)")
+
+
+def _enough_points(k: int, density: float, size: tuple[int, int] | None, n_images: int) -> None:
+    """k must not exceed the points the codebook is fitted on (as ``pipeline.fit_codebook`` samples them)."""
+    per_image = points_for_density(density)
+    if size is not None:
+        per_image = min(per_image, size[0] * size[1])
+    per_image = max(1, min(per_image, config.CODEBOOK_MAX_POINTS // n_images))
+    if k > per_image * n_images:
+        raise ParameterError(f"k={k} exceeds the {per_image * n_images} points the codebook is fitted on "
+                             f"({n_images} image(s) × {per_image} points); lower k, or raise density or the "
+                             "number of codebook images")
 
 
 def sources(X: Any) -> list[ImageSource]:
     """A list of paths or image arrays; a 3-D/4-D array is a stack of images."""
-    if isinstance(X, (str, Path)):
+    if isinstance(X, (str, os.PathLike)):
         raise ParameterError(f"X={str(X)!r}: pass a list of images (e.g. [path]), not a single path")
     if isinstance(X, np.ndarray):
         if X.ndim not in (3, 4):
             raise ParameterError(f"X has shape {X.shape}; an array of images must be (n, H, W) or (n, H, W, C)")
+        if len(X) == 0:
+            raise InvalidDatasetError("X is empty: no images to process")
         return list(X)
     try:
         items = list(X)
@@ -73,9 +120,36 @@ def sources(X: Any) -> list[ImageSource]:
     if not items:
         raise InvalidDatasetError("X is empty: no images to process")
     for i, item in enumerate(items):
-        if not isinstance(item, (str, Path, np.ndarray)):
-            raise ParameterError(f"X[{i}] is a {type(item).__name__}; each image must be a path or a NumPy array")
+        if isinstance(item, os.PathLike) and not isinstance(item, Path):
+            items[i] = Path(item)
+        elif not isinstance(item, (str, Path, np.ndarray)):
+            raise ParameterError(f"X[{i}] is {'None' if item is None else 'a ' + type(item).__name__}; each image "
+                                 "must be a path or a NumPy array")
     return items
+
+
+def readable(X: Sequence[ImageSource]) -> None:
+    """Fail fast, before the CNN starts: check every image's header (or array shape and dtype).
+
+    All unreadable images are named in one ``ImageReadError`` (the first ``LISTED``), rather
+    than the first one stopping a long run hours in. Damage past the header is found later,
+    when the image is decoded.
+    """
+    bad: list[ImageReadError] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's notes on damaged files: the errors say it
+        for i, src in enumerate(X):
+            try:
+                probe(src, source_name(src, i))
+            except ImageReadError as exc:
+                bad.append(exc)
+    if len(bad) == 1:
+        raise bad[0]
+    if bad:
+        listed = "\n  ".join(str(e) for e in bad[:LISTED])
+        more = f"\n  … and {len(bad) - LISTED} more" if len(bad) > LISTED else ""
+        raise ImageReadError(f"{len(bad)} of {len(X)} images", f"cannot be read:\n  {listed}{more}\n",
+                             "fix or remove them, or skip them with on_error='skip' (CLI: --on-error skip)")
 
 
 def sources_and_labels(X: Any, y: Any) -> tuple[list[ImageSource], np.ndarray]:
@@ -84,10 +158,21 @@ def sources_and_labels(X: Any, y: Any) -> tuple[list[ImageSource], np.ndarray]:
     labels = np.asarray(y)
     if labels.ndim != 1 or len(labels) != len(items):
         raise ParameterError(f"y has shape {labels.shape}; it must be one label per image ({len(items)})")
+    if not _plain_labels(labels):
+        raise ParameterError(f"y of dtype {labels.dtype}: labels must be strings or numbers, with no None or NaN")
     enough_classes(np.unique(labels))
     return items, labels
 
 
+def _plain_labels(labels: np.ndarray) -> bool:
+    if labels.dtype.kind == "f":
+        return bool(np.isfinite(labels).all())
+    if labels.dtype.kind == "O":
+        return all(isinstance(v, (str, int, np.integer)) and not isinstance(v, bool) for v in labels)
+    return labels.dtype.kind in "biuUS"
+
+
 def enough_classes(classes: np.ndarray) -> None:
     if len(classes) < 2:
-        raise InvalidDatasetError(f"only one class ({list(classes)}) in the training labels; need at least two")
+        raise InvalidDatasetError(f"only one class ({[c.item() if hasattr(c, 'item') else c for c in classes]}) in the "
+                                  "training labels; need at least two")

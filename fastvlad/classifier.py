@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from . import progress
+
 
 @dataclass(frozen=True)
 class BoosterSettings:
@@ -38,7 +40,21 @@ def train(codes: np.ndarray, y: np.ndarray, n_classes: int, settings: BoosterSet
     import xgboost as xgb
 
     dtrain = xgb.QuantileDMatrix(codes, label=y, max_bin=settings.max_bin)
-    return xgb.train(settings.params(n_classes, device, seed), dtrain, num_boost_round=settings.n_estimators)
+    with progress.bar(settings.n_estimators, "boosting", unit="round") as bar:
+        return xgb.train(settings.params(n_classes, device, seed), dtrain, num_boost_round=settings.n_estimators,
+                         callbacks=[_advance_per_round(bar)])
+
+
+def _advance_per_round(bar: progress.Progress):  # type: ignore[no-untyped-def]
+    """An XGBoost callback that advances ``bar`` after every boosting round."""
+    import xgboost as xgb
+
+    class Advance(xgb.callback.TrainingCallback):
+        def after_iteration(self, model, epoch, evals_log) -> bool:  # type: ignore[no-untyped-def]
+            bar.advance()
+            return False  # never stop training early
+
+    return Advance()
 
 
 def predict_proba(booster, codes: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]

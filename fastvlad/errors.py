@@ -26,6 +26,17 @@ class ImageReadError(FastVLADError):
         msg = f"{self.source}: {problem}"
         super().__init__(f"{msg}. {fix}" if fix else msg)
 
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        # The default would call ImageReadError(message) and lose the fields (pickled by
+        # worker processes and by copy).
+        return (_rebuild_image_error, (self.source, self.problem, str(self)))
+
+
+def _rebuild_image_error(source: str, problem: str, message: str) -> ImageReadError:
+    err = ImageReadError(source, problem)
+    err.args = (message,)
+    return err
+
 
 class InvalidDatasetError(FastVLADError):
     """A dataset folder or manifest is empty, inconsistent or unreadable."""
@@ -45,3 +56,31 @@ class DeviceUnavailableError(FastVLADError):
 
 class NotFittedError(FastVLADError, AttributeError):
     """An estimator method that needs ``fit`` was called before it."""
+
+
+class DistributedError(FastVLADError):
+    """A Dask cluster cannot be reached or used, or returned an image missing or twice."""
+
+
+class WriteError(FastVLADError):
+    """An output file (model, predictions, codes, cache) cannot be written."""
+
+
+# Type names and message fragments of out-of-memory errors from CuPy (allocator, cuBLAS,
+# runtime) and ONNX Runtime's CUDA provider (BFC arena, CUDA calls). Matched as text
+# because ONNX Runtime reports them as generic exceptions, and BackboneError wraps them.
+_OOM_TYPES = ("OutOfMemoryError",)
+_OOM_TEXT = ("out of memory", "cudaErrorMemoryAllocation", "CUDA_ERROR_OUT_OF_MEMORY",
+             "CUBLAS_STATUS_ALLOC_FAILED", "Failed to allocate memory", "cudnn_status_alloc_failed")
+
+
+def is_gpu_out_of_memory(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) is a GPU allocation failure."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__name__ in _OOM_TYPES or any(t.lower() in str(e).lower() for t in _OOM_TEXT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False

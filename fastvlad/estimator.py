@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from . import __version__, backends, checks, classifier, model_file, pipeline
 from .backbone import DEFAULT_BACKBONE, Backbone
-from .errors import ModelFormatError, NotFittedError
+from .errors import InvalidDatasetError, ModelFormatError, NotFittedError
 from .images import ImageSource
+from .projection import Projection
+
+
+#: The paper's settings (Luo, Holm & Wang 2021): full 1472-d hypercolumns, 147,200-d codes for k = 100,
+#: and the classifier of scikit-learn's ``GradientBoostingClassifier()`` (XGBoost hist, 256 bins).
+FAITHFUL_PARAMS: dict[str, Any] = {
+    "density": 10.0, "k": 100, "image_size": 224, "intra": True, "power": False, "pca": None, "whiten": False,
+    "n_estimators": 100, "max_depth": 3, "learning_rate": 0.1, "max_bin": 256, "colsample_bynode": 1.0,
+}
 
 
 class FastVLAD(ClassifierMixin, BaseEstimator):
@@ -33,7 +44,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
 
     def __init__(self, density: float = 10.0, k: int = 100, *, image_size: int | tuple[int, int] | None = 224,
                  resample: str = "bilinear", interpolation: str = "half_pixel", intra: bool = True,
-                 power: bool = False, codebook_images: int = 100, backbone: str = DEFAULT_BACKBONE,
+                 power: bool = False, pca: int | None = None, whiten: bool = False,
+                 codebook_images: int = 100, backbone: str = DEFAULT_BACKBONE,
                  taps: Sequence[str] | None = None, n_estimators: int = 100, max_depth: int = 3,
                  learning_rate: float = 0.1, max_bin: int = 256, colsample_bynode: float = 1.0,
                  device: str = "auto", batch_size: int | None = None, on_error: str = "raise",
@@ -45,6 +57,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.interpolation = interpolation
         self.intra = intra
         self.power = power
+        self.pca = pca
+        self.whiten = whiten
         self.codebook_images = codebook_images
         self.backbone = backbone
         self.taps = taps
@@ -58,10 +72,16 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.on_error = on_error
         self.random_state = random_state
 
+    @classmethod
+    def faithful(cls, **overrides: Any) -> FastVLAD:
+        """An estimator with the paper's settings (``FAITHFUL_PARAMS``), then ``overrides``."""
+        return cls(**{**FAITHFUL_PARAMS, **overrides})
+
     # -- pieces derived from the parameters ------------------------------------------------
     def _settings(self) -> pipeline.EncoderSettings:
         return pipeline.EncoderSettings(self.density, checks.image_size(self.image_size), self.resample,
-                                        self.interpolation, self.intra, self.power, self.random_state)
+                                        self.interpolation, self.intra, self.power, self.random_state,
+                                        pca=int(self.pca) if self.pca else None, whiten=bool(self.whiten))
 
     def _booster_settings(self) -> classifier.BoosterSettings:
         return classifier.BoosterSettings(self.n_estimators, self.max_depth, self.learning_rate, self.max_bin,
@@ -75,10 +95,11 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
 
     def _get_backbone(self, backend: backends.Backend) -> Backbone:
         key = (str(self.backbone), tuple(self.taps or ()), backend.providers)
-        cached = getattr(self, "_backbone_cache", None)
-        if cached is None or cached[0] != key:
-            cached = (key, Backbone(self.backbone, self.taps, backend.providers))
-            self._backbone_cache = cached
+        with _BACKBONE_LOCK:  # threads predicting with one model share one session
+            cached = getattr(self, "_backbone_cache", None)
+            if cached is None or cached[0] != key:
+                cached = (key, Backbone(self.backbone, self.taps, backend.providers))
+                self._backbone_cache = cached
         return cached[1]
 
     # -- fitting ------------------------------------------------------------------------------
@@ -90,19 +111,34 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.fit_codebook(X, timings)
         encoded = self.encode(X, timings)
         self.skipped_ = self.describe_failures(X, encoded)
+        if not len(encoded.indices):
+            raise InvalidDatasetError(f"none of the {len(X)} images could be read (e.g. {self.skipped_[0][1]})")
         self.fit_codes(encoded.codes, y_arr[encoded.indices])
+        timings.seconds["classifier"] = cast(float, self.train_info_["classifier_seconds"])
+        if self.projection_ is not None:
+            self.train_info_["pca_explained_variance"] = self.projection_.explained_variance_ratio
+        # What the model learnt from, for the model file: the images' own bytes, not only their codes.
+        names, counts = np.unique(y_arr[encoded.indices].astype(str), return_counts=True)
+        self.train_info_.update(images_sha256=model_file.data_sha256(X, y_arr), n_skipped=len(encoded.failed),
+                                class_counts={str(c): int(n) for c, n in zip(names, counts)})
+        self.train_info_["skipped"] = [[name, why] for name, why in self.skipped_]
         timings.seconds["total"] = time.perf_counter() - t0
         self.timings_ = dict(timings.seconds)
         return self
 
     def fit_codebook(self, X: Sequence[ImageSource], timings: pipeline.Timings | None = None) -> FastVLAD:
-        """Fit only the k-means codebook, on ``codebook_images`` random images of ``X``."""
+        """Fit only the hypercolumn PCA (with ``pca``) and the k-means codebook, on ``codebook_images``
+        random images of ``X``."""
         X = checks.sources(X)
-        checks.parameters(self)
+        checks.parameters(self, len(X))
+        if self.on_error == "raise":
+            checks.readable(X)
         backend = self._backend()
         backbone = self._get_backbone(backend)
-        self.codebook_ = pipeline.fit_codebook(X, backbone, self.k, self._settings(), backend, self.codebook_images,
-                                               timings=timings, skip_errors=self.on_error == "skip")
+        with _kernel_guard():
+            self.projection_, self.codebook_ = pipeline.fit_encoder(
+                X, backbone, self.k, self._settings(), backend, self.codebook_images, timings=timings,
+                skip_errors=self.on_error == "skip")
         self.backbone_sha256_ = backbone.sha256
         self.taps_ = backbone.taps
         return self
@@ -131,17 +167,26 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         if not hasattr(self, "booster_") and not hasattr(self, "codebook_"):
             raise NotFittedError("this FastVLAD is not fitted yet; call fit(X, y) or fastvlad.load(path)")
 
-    def encode(self, X: Sequence[ImageSource], timings: pipeline.Timings | None = None) -> pipeline.Encoded:
-        """Codes of the readable images and the failures (with ``on_error="skip"``)."""
-        self._check_fitted()
-        X = checks.sources(X)
-        backend = self._backend()
+    def _checked_backbone(self, backend: backends.Backend) -> Backbone:
+        """The backbone, refused unless it is the one the model was trained with."""
         backbone = self._get_backbone(backend)
         if getattr(self, "backbone_sha256_", backbone.sha256) != backbone.sha256:
             raise ModelFormatError(f"this model was trained with backbone SHA-256 {self.backbone_sha256_[:12]}…, "
                                    f"but {backbone.path} has {backbone.sha256[:12]}…; use the same backbone")
-        return pipeline.encode(X, backbone, self.codebook_, self._settings(), backend, timings,
-                               skip_errors=self.on_error == "skip")
+        return backbone
+
+    def encode(self, X: Sequence[ImageSource], timings: pipeline.Timings | None = None) -> pipeline.Encoded:
+        """Codes of the readable images and the failures (with ``on_error="skip"``)."""
+        self._check_fitted()
+        X = checks.sources(X)
+        checks.runtime(self)
+        if self.on_error == "raise":
+            checks.readable(X)
+        backend = self._backend()
+        backbone = self._checked_backbone(backend)
+        with _kernel_guard():
+            return pipeline.encode(X, backbone, self.codebook_, self._settings(), backend, timings,
+                                   skip_errors=self.on_error == "skip", proj=getattr(self, "projection_", None))
 
     def transform(self, X: Sequence[ImageSource]) -> np.ndarray:
         """VLAD codes ``(n, k·dim)`` float32; rows of skipped images are NaN."""
@@ -164,9 +209,15 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         return proba
 
     def predict(self, X: Sequence[ImageSource]) -> np.ndarray:
-        """Predicted class names ``(n,)``."""
+        """Predicted class names ``(n,)``; with ``on_error="skip"``, an object array with None
+        for the images that could not be read (never a made-up class)."""
         proba = self.predict_proba(X)
-        return self.classes_[np.nan_to_num(proba, nan=-1).argmax(axis=1)]
+        labels = self.classes_[np.nan_to_num(proba, nan=-1).argmax(axis=1)]
+        skipped = np.isnan(proba).any(axis=1)
+        if skipped.any():
+            labels = labels.astype(object)
+            labels[skipped] = None
+        return labels
 
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -180,8 +231,9 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                   "backbone_sha256": self.backbone_sha256_, "taps": list(self.taps_),
                   "train": {**self.train_info_, "timings": getattr(self, "timings_", {})},
                   "versions": versions()}
-        return model_file.save(path, model_file.ModelContents(config, self.codebook_,
-                                                              classifier.to_bytes(self.booster_)))
+        proj = getattr(self, "projection_", None)
+        return model_file.save(path, model_file.ModelContents(config, self.codebook_, classifier.to_bytes(self.booster_),
+                                                              proj.to_array() if proj is not None else None))
 
 
 def load(path: str | os.PathLike[str]) -> FastVLAD:
@@ -200,11 +252,46 @@ def load(path: str | os.PathLike[str]) -> FastVLAD:
     except (KeyError, TypeError) as exc:
         raise ModelFormatError(f"{path}: config.json lacks or mistypes a field ({exc})") from None
     model.codebook_ = contents.codebook
+    model.projection_ = _loaded_projection(path, model, contents)
     try:
         model.booster_ = classifier.from_bytes(contents.booster)
     except Exception as exc:
         raise ModelFormatError(f"{path}: the XGBoost model cannot be read ({exc})") from None
     return model
+
+
+def _loaded_projection(path: str | os.PathLike[str], model: FastVLAD,
+                       contents: model_file.ModelContents) -> Projection | None:
+    """The hypercolumn PCA of a loaded model, checked against its parameters and codebook."""
+    if contents.projection is None:
+        if model.pca:
+            raise ModelFormatError(f"{path}: the model was trained with pca={model.pca} but has no projection.npy")
+        return None
+    proj = Projection.from_array(contents.projection, cast(float, model.train_info_.get("pca_explained_variance", 0.0)))
+    if proj.components != contents.codebook.shape[1]:
+        raise ModelFormatError(f"{path}: projection.npy gives {proj.components} dims but the codebook has "
+                               f"{contents.codebook.shape[1]}; the file is inconsistent, re-save the model")
+    return proj
+
+
+_BACKBONE_LOCK = threading.Lock()
+_SERIAL = threading.RLock()
+
+
+def _kernel_guard() -> contextlib.AbstractContextManager[Any]:
+    """Serialises pipeline runs across threads when Numba's threading layer is not thread-safe.
+
+    Numba's OpenMP and TBB layers accept parallel kernels from several threads at once; its
+    fallback "workqueue" layer does not (it aborts the process). Which layer runs is only
+    known after the first parallel kernel, so until then runs are serialised too.
+    """
+    import numba
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet in this process
+        return _SERIAL
+    return _SERIAL if layer == "workqueue" else contextlib.nullcontext()
 
 
 def versions() -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Cross-validation that runs the CNN once per image.
 
-The codebook is unsupervised: it is fitted once on a sample of ALL images (labels unused),
-every image is encoded once, and only the classifier is refitted per fold. Folds are
+The hypercolumn PCA (with ``pca``) and the codebook are unsupervised: both are fitted once on
+one sample of ALL images (labels unused), every image is encoded once, and only the
+classifier (XGBoost, on the cached codes) is refitted per fold. Folds are
 grouped by the ``group`` column when there is one (tiles of one micrograph never straddle
 train and test), stratified otherwise.
 """
@@ -33,6 +34,8 @@ class CVResult:
     grouped: bool
     seconds: dict[str, float] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    indices: np.ndarray | None = None  # (n,) position of each row's image in the list given to cross_validate
+    backbone_sha256: str = ""
 
     @property
     def accuracy(self) -> float:
@@ -81,9 +84,10 @@ def cross_validate(estimator: FastVLAD, X: list, y: np.ndarray, groups: np.ndarr
     backend = est._backend()
     backbone = est._get_backbone(backend)
     timings = pipeline.Timings()
-    centres = pipeline.fit_codebook(X, backbone, est.k, est._settings(), backend, est.codebook_images,
-                                    timings=timings, skip_errors=est.on_error == "skip")
-    enc = pipeline.encode(X, backbone, centres, est._settings(), backend, timings, skip_errors=est.on_error == "skip")
+    proj, centres = pipeline.fit_encoder(X, backbone, est.k, est._settings(), backend, est.codebook_images,
+                                         timings=timings, skip_errors=est.on_error == "skip")
+    enc = pipeline.encode(X, backbone, centres, est._settings(), backend, timings, skip_errors=est.on_error == "skip",
+                          proj=proj)
     codes, y_ok = enc.codes, np.asarray(y)[enc.indices]
     g_ok = np.asarray(groups)[enc.indices] if groups is not None else None
     fold = folds(y_ok, g_ok, n_splits, est.random_state)
@@ -97,11 +101,12 @@ def cross_validate(estimator: FastVLAD, X: list, y: np.ndarray, groups: np.ndarr
             train, test = fold != f, fold == f
             model = clone(est).fit_codes(codes[train], y_ok[train])
             p = model.predict_proba_codes(codes[test])
-            cols = [classes.index(c) for c in model.classes_]
+            cols = np.array([classes.index(c) for c in model.classes_])
             proba[np.ix_(np.flatnonzero(test), cols)] = p
             pred[test] = model.classes_[p.argmax(axis=1)]
             accs.append(float((pred[test] == y_ok[test]).mean()))
             bar.advance()
     seconds = {**timings.seconds, "classifier": time.perf_counter() - t, "total": time.perf_counter() - t0}
     skipped = [(str(X[i]), str(e)) for i, e in enc.failed]
-    return CVResult(classes, y_ok, pred.astype(str), proba, fold, accs, groups is not None, seconds, skipped)
+    return CVResult(classes, y_ok, pred.astype(str), proba, fold, accs, groups is not None, seconds, skipped,
+                    enc.indices, backbone.sha256)

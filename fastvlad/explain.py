@@ -1,10 +1,278 @@
-"""``fastvlad explain`` (issue #5): which codeword each pixel went to and what it contributed."""
+"""Why an image got its label: the codeword of every sampled pixel and what each codeword contributed.
+
+XGBoost's exact TreeSHAP contributions (``pred_contribs``) are per feature of the VLAD code.
+The code is codeword-major — k blocks of ``dim = code_width // k`` features (see
+``vlad.normalise``) — so summing a block gives that codeword's contribution to a class's raw
+margin, and the k sums plus the bias equal the margin exactly (up to float rounding).
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
 import typer
 
+from . import codebook, pipeline, progress, vlad
+from ._files import write_bytes_atomic
+from .backends import Backend
+from .errors import NotFittedError, ParameterError
+from .images import ImageSource, iter_batches, read, to_rgb255
+from .reference import CAFFE_MEAN_BGR
 
-def explain_command() -> None:
-    """Draw the codeword overlay of one image (not implemented yet)."""
-    raise typer.Exit(1)
+log = logging.getLogger("fastvlad")
+
+
+@dataclass
+class Explanation:
+    """One image's sampled points, their codewords, and the per-codeword contributions."""
+
+    image: np.ndarray  # (H, W, 3) uint8, the image as read (its own size)
+    grid: tuple[int, int]  # (h, w) network input size; the points live in this grid
+    points: np.ndarray  # (S, 2) int32 [row, col]
+    codewords: np.ndarray  # (S,) int32 nearest centre of each point
+    classes: list[str]
+    proba: np.ndarray  # (C,) float32
+    target: int  # index of the explained class (the predicted one unless asked otherwise)
+    contributions: np.ndarray  # (C, k) float32: codeword j's share of class c's raw margin
+    bias: np.ndarray  # (C,) float32
+    margin: np.ndarray  # (C,) float32 raw margin (``output_margin=True``)
+
+    @property
+    def support(self) -> np.ndarray:
+        """(k,) contributions to the explained class: > 0 supports it, < 0 argues against it."""
+        return self.contributions[self.target]
+
+
+def codeword_contributions(booster: Any, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """TreeSHAP contributions summed per codeword: codes ``(n, k·dim)`` → ``(n, C, k)``, bias ``(n, C)``.
+
+    A single-output (binary) booster is returned as two classes, the first the negation of the second."""
+    import xgboost as xgb
+
+    if codes.shape[1] % k:
+        raise ParameterError(f"code width {codes.shape[1]} is not a multiple of k = {k}; the model file is inconsistent")
+    contribs = booster.predict(xgb.DMatrix(codes), pred_contribs=True)
+    if contribs.ndim == 2:
+        contribs = np.stack([-contribs, contribs], axis=1)
+    n, c, _ = contribs.shape
+    per_codeword = contribs[:, :, :-1].reshape(n, c, k, -1).sum(axis=3, dtype=np.float64)
+    return per_codeword.astype(np.float32), contribs[:, :, -1].astype(np.float32)
+
+
+def raw_margin(booster: Any, codes: np.ndarray) -> np.ndarray:
+    """Untransformed scores ``(n, C)`` float32 (binary boosters as ``[-m, m]``, like ``codeword_contributions``)."""
+    import xgboost as xgb
+
+    m = booster.predict(xgb.DMatrix(codes), output_margin=True)
+    return (np.stack([-m, m], axis=1) if m.ndim == 1 else m).astype(np.float32)
+
+
+@dataclass
+class _Encoded:
+    """One batch through the model, keeping what ``pipeline.encode`` throws away."""
+
+    indices: list[int]  # positions in the source list
+    pixels: np.ndarray  # (n, 3, h, w) float32 network input
+    points: np.ndarray  # (n, S, 2) int32
+    labels: np.ndarray  # (n, S) int32 codeword of every point
+    dist: np.ndarray  # (n, S) float32 squared distance to it
+    codes: np.ndarray  # (n, k·dim) float32
+
+
+def _encode_batches(model: Any, sources: Sequence[ImageSource], bar: progress.Progress | None = None
+                    ) -> Iterator[_Encoded]:
+    """The model's encoding, batch by batch, with the assignments (same stages as ``pipeline.encode``)."""
+    if not hasattr(model, "booster_"):
+        raise NotFittedError("this FastVLAD has no classifier yet; fit it or fastvlad.load(path) first")
+    backend = model._backend()
+    backbone = model._checked_backbone(backend)
+    settings = model._settings()
+    centres = backend.asarray(model.codebook_)
+    proj = getattr(model, "projection_", None)  # the hypercolumn PCA, when the model has one
+    proj = proj.to(backend.asarray) if proj is not None else None
+    workspace = pipeline.Workspace(backend)
+    for batch in iter_batches(sources, settings.preprocess, backend.batch_size, model.on_error == "skip"):
+        if batch.indices:
+            hc = pipeline.hypercolumns(backbone, batch.pixels, settings, workspace, pipeline.Timings(), proj=proj)
+            if hc.shape[2] != model.codebook_.shape[1]:
+                raise ParameterError(f"hypercolumns have {hc.shape[2]} dims but the codebook {model.codebook_.shape[1]};"
+                                     " explain needs the backbone, taps and PCA the model was trained with")
+            labels, dist = codebook.assign(hc.reshape(-1, hc.shape[2]), centres, impl=backend.impl)
+            labels = labels.reshape(hc.shape[:2])
+            codes = vlad.encode(hc, labels, centres, settings.intra, settings.power, impl=backend.impl)
+            yield _Encoded(batch.indices, batch.pixels, pipeline.sample_points(batch.pixels, settings),
+                           Backend.to_numpy(labels), Backend.to_numpy(dist).reshape(hc.shape[:2]),
+                           Backend.to_numpy(codes))
+        if bar is not None:
+            bar.advance(len(batch.indices) + len(batch.failed))
+
+
+def explain(model: Any, source: ImageSource, target: str | None = None) -> Explanation:
+    """Explain a fitted ``FastVLAD``'s prediction for one image (path or array).
+
+    ``target``: a class name to explain instead of the predicted class."""
+    enc = next(_encode_batches(model, [source]), None)
+    if enc is None:
+        raise ParameterError(f"{source if not isinstance(source, np.ndarray) else 'array'}: the image could not be read")
+    k = model.codebook_.shape[0]
+    contributions, bias = codeword_contributions(model.booster_, enc.codes, k)
+    proba = model.predict_proba_codes(enc.codes)[0]
+    classes = [str(c) for c in model.classes_]
+    if target is not None and target not in classes:
+        raise ParameterError(f"class {target!r} is not one of the model's classes {classes}")
+    t = classes.index(target) if target is not None else int(proba.argmax())
+    image = np.clip(to_rgb255(read(source)), 0, 255).astype(np.uint8)
+    return Explanation(image, (enc.pixels.shape[2], enc.pixels.shape[3]), enc.points[0], enc.labels[0].astype(np.int32),
+                       classes, proba, t, contributions[0], bias[0], raw_margin(model.booster_, enc.codes)[0])
+
+
+def save_overlay(expl: Explanation, path: str | Path) -> tuple[Path, Path]:
+    """Two PNGs of the image's own size: ``path`` the codeword of every sampled pixel (a colour
+    each), ``<stem>.support.png`` each pixel's nearest-point region shaded by its codeword's
+    contribution to the explained class (red supports, blue opposes)."""
+    from . import plots
+
+    path = Path(path)
+    support_path = path.with_name(f"{path.stem}.support{path.suffix or '.png'}")
+    k = len(expl.support)
+    plots.write_png(path, plots.codeword_panel(expl.image, expl.grid, expl.points, expl.codewords, k))
+    plots.write_png(support_path, plots.support_panel(expl.image, expl.grid, expl.points,
+                                                      expl.support[expl.codewords]))
+    return path, support_path
+
+
+@dataclass
+class CodewordRanking:
+    """Codewords ranked per class by mean |contribution| over a set of images, with example patches."""
+
+    classes: list[str]
+    mean_abs: np.ndarray  # (C, k) float64 mean |contribution| to each class's margin
+    mean: np.ndarray  # (C, k) float64 signed mean
+    patches: np.ndarray  # (k, M, P, P, 3) uint8: the M points nearest each centre, one per image at most
+    patch_dist: np.ndarray  # (k, M) float32 squared distance of each patch's point; inf = no patch
+    n_images: int
+
+    def top(self, cls: str, n: int) -> np.ndarray:
+        """Indices of the (at most ``n``) codewords with the largest non-zero mean |contribution| to ``cls``."""
+        score = self.mean_abs[self.classes.index(cls)]
+        order = np.argsort(-score, kind="stable")[:n]
+        return order[score[order] > 0]
+
+    def to_dict(self, n: int) -> dict[str, Any]:
+        return {"n_images": self.n_images, "classes": {
+            c: [{"codeword": int(j), "mean_abs": float(self.mean_abs[i, j]), "mean": float(self.mean[i, j])}
+                for j in self.top(c, n)] for i, c in enumerate(self.classes)}}
+
+
+def _rgb_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Undo caffe normalisation: (3, h, w) BGR minus mean → (h, w, 3) RGB uint8."""
+    return np.clip(pixels.transpose(1, 2, 0) + CAFFE_MEAN_BGR, 0, 255)[..., ::-1].astype(np.uint8)
+
+
+def _nearest_per_codeword(labels: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For one image: codewords present ``(m,)`` and the index of their nearest point ``(m,)``."""
+    order = np.lexsort((dist, labels))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = labels[order[1:]] != labels[order[:-1]]
+    return labels[order[first]], order[first]
+
+
+def _crop(padded: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
+    """A ``size``² patch centred on (row, col) of an image padded by ``size // 2`` on each side."""
+    return padded[row : row + size, col : col + size]
+
+
+def rank_codewords(model: Any, sources: Sequence[ImageSource], n_patches: int = 6, patch: int = 32) -> CodewordRanking:
+    """Mean |per-codeword contribution| to every class over ``sources``, and for every codeword
+    the ``n_patches`` points nearest its centre (one per image) as ``patch``² crops of the network input."""
+    k = model.codebook_.shape[0]
+    n_cls = len(model.classes_)
+    sum_abs = np.zeros((n_cls, k))
+    sum_signed = np.zeros((n_cls, k))
+    patches = np.zeros((k, n_patches, patch, patch, 3), dtype=np.uint8)
+    best = np.full((k, n_patches), np.inf, dtype=np.float32)
+    n_seen = 0
+    with progress.bar(len(sources), "explaining") as bar:
+        for enc in _encode_batches(model, sources, bar):
+            contrib, _ = codeword_contributions(model.booster_, enc.codes, k)
+            sum_abs += np.abs(contrib).sum(axis=0)
+            sum_signed += contrib.sum(axis=0)
+            n_seen += len(enc.indices)
+            for i in range(len(enc.indices)):
+                padded = np.pad(_rgb_uint8(enc.pixels[i]), ((patch // 2,) * 2, (patch // 2,) * 2, (0, 0)), mode="edge")
+                for j, p in zip(*_nearest_per_codeword(enc.labels[i], enc.dist[i])):
+                    slot = int(best[j].argmax())
+                    if enc.dist[i, p] < best[j, slot]:
+                        best[j, slot] = enc.dist[i, p]
+                        patches[j, slot] = _crop(padded, int(enc.points[i, p, 0]), int(enc.points[i, p, 1]), patch)
+    if n_seen == 0:
+        raise ParameterError("no readable image to rank codewords on")
+    order = np.argsort(best, axis=1, kind="stable")  # nearest first
+    return CodewordRanking([str(c) for c in model.classes_], sum_abs / n_seen, sum_signed / n_seen,
+                           np.take_along_axis(patches, order[:, :, None, None, None], axis=1),
+                           np.take_along_axis(best, order, axis=1), n_seen)
+
+
+def write_ranking(ranking: CodewordRanking, folder: str | Path, top: int = 5) -> list[Path]:
+    """``codewords.json`` and one ``codewords_<n>_<class>.png`` grid per class into ``folder``."""
+    from . import plots
+
+    folder = Path(folder)
+    written = [write_bytes_atomic(folder / "codewords.json", json.dumps(ranking.to_dict(top), indent=2).encode())]
+    for i, cls in enumerate(ranking.classes):
+        rows = ranking.top(cls, top)
+        if not len(rows):
+            log.info("%s: no codeword contributes to this class; no patch grid written", cls)
+            continue
+        labels = [f"#{j}  mean |c| {ranking.mean_abs[i, j]:.3g}  mean {ranking.mean[i, j]:+.3g}" for j in rows]
+        written.append(plots.patch_grid_png(ranking.patches[rows], ranking.patch_dist[rows] < np.inf, labels,
+                                            f"{cls}: codewords that matter most", folder / f"codewords_{i}_{plots.slug(cls)}.png"))
+    return written
+
+
+def _sample(n: int, max_images: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=min(n, max_images), replace=False))
+
+
+def explain_command(model_path: Path = typer.Argument(..., metavar="MODEL"),
+                    image: Path = typer.Argument(..., metavar="IMAGE",
+                                                 help="An image (→ overlay), or a folder/CSV of images (→ codeword ranking)."),
+                    output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                                          help="Overlay PNG (default overlay.png) or, for a dataset, "
+                                                               "a folder (default codewords/)."),
+                    target: Optional[str] = typer.Option(None, "--class", help="Explain this class, not the predicted one."),
+                    top: int = typer.Option(5, help="Codewords to list per class."),
+                    patches: int = typer.Option(6, help="Example patches per codeword (dataset mode)."),
+                    max_images: int = typer.Option(200, help="Random images to rank codewords on (dataset mode)."),
+                    device: str = typer.Option("auto", help="auto, cpu or cuda.")) -> None:
+    """Show which codeword each sampled pixel went to and what each codeword contributed (XGBoost TreeSHAP)."""
+    from . import datasets
+    from .estimator import load
+
+    model = load(model_path)
+    model.set_params(device=device)
+    if image.is_file() and image.suffix.lower() in datasets.IMAGE_SUFFIXES:
+        expl = explain(model, str(image), target)
+        written: Sequence[Path] = save_overlay(expl, output or Path("overlay.png"))
+        cls = expl.classes[expl.target]
+        typer.echo(f"{image}: {cls} (p = {expl.proba[expl.target]:.3f}); margin {expl.margin[expl.target]:+.3f} = "
+                   f"bias {expl.bias[expl.target]:+.3f} + codewords {expl.support.sum():+.3f}")
+        for j in np.argsort(-np.abs(expl.support), kind="stable")[:top]:
+            n = int((expl.codewords == j).sum())
+            # an empty codeword's all-zero block is evidence too (of absence); it has no region on the map
+            typer.echo(f"  codeword {j:>4}: {expl.support[j]:+.4f} ({f'{n} points' if n else 'absent from the image'})")
+    else:
+        ds = datasets.load(image, require_labels=False)
+        chosen = _sample(len(ds), max_images, model.random_state)
+        ranking = rank_codewords(model, [str(ds.paths[i]) for i in chosen], patches)
+        written = write_ranking(ranking, output or Path("codewords"), top)
+        for cls in ranking.classes:
+            typer.echo(f"{cls}: codewords {', '.join(str(j) for j in ranking.top(cls, top))}")
+    typer.echo("wrote " + ", ".join(str(p) for p in written))

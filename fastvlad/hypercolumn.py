@@ -11,10 +11,12 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numba import njit, prange
 
+from ._half import kernel_input, widen
 from .errors import ParameterError
 
 INTERPOLATION_MODES = ("half_pixel", "asymmetric")
@@ -28,14 +30,15 @@ def points_for_density(density: float) -> int:
 def image_rng(random_state: int, image: np.ndarray) -> np.random.Generator:
     """A generator seeded by the seed and the image's content, so an image's points do not
     depend on its position in a batch, a fold or a worker's partition."""
-    digest = zlib.crc32(np.ascontiguousarray(image).view(np.uint8).ravel())
+    digest = zlib.crc32(np.ascontiguousarray(image).view(np.uint8).data)
     return np.random.default_rng([random_state, digest])
 
 
 def sample_points(rng: np.random.Generator, n_points: int, height: int, width: int) -> np.ndarray:
     """``n_points`` distinct random pixels (all of them if fewer): (S, 2) int32 [row, col]."""
     n = min(n_points, height * width)
-    flat = rng.choice(height * width, size=n, replace=False)
+    # Sorted (row-major), so that the kernels walk the taps front to back; the draw is unchanged.
+    flat = np.sort(rng.choice(height * width, size=n, replace=False))
     return np.stack([flat // width, flat % width], axis=1).astype(np.int32)
 
 
@@ -81,53 +84,180 @@ def _gather_numpy(tap: np.ndarray, points: np.ndarray, ty: AxisTable, tx: AxisTa
     out[...] = (one - wy) * top + wy * bottom
 
 
-@njit(parallel=True, cache=True)
-def _gather_numba_kernel(tap, points, ylo, yhi, wyt, xlo, xhi, wxt, out):  # pragma: no cover - jitted
-    n, s_count = points.shape[0], points.shape[1]
-    channels = tap.shape[3]
+@njit(inline="always")  # pragma: no cover - jitted
+def _put(dst, ch, value, accumulate):  # type: ignore[no-untyped-def]
+    if accumulate:
+        dst[ch] += value
+    else:
+        dst[ch] = value
+
+
+@njit(cache=True)  # pragma: no cover - jitted
+def _bilinear(img, y0, y1, wy, x0, x1, wx, table, dst, accumulate):  # type: ignore[no-untyped-def]
+    # (1-wy)·((1-wx)·a + wx·b) + wy·((1-wx)·c + wx·d) in float32, in this order. A zero weight
+    # makes its term exactly 0 and its partner's factor exactly 1, so skipping the neighbours it
+    # multiplies changes no finite result (only the sign of a zero): the same-size first tap at
+    # half-pixel reads one row instead of four. ``accumulate`` adds the value to ``dst``.
     one = np.float32(1.0)
+    a = img[y0, x0]
+    if wy == 0 and wx == 0:
+        for ch in range(dst.shape[0]):
+            _put(dst, ch, widen(a[ch], table), accumulate)
+    elif wy == 0:
+        b = img[y0, x1]
+        for ch in range(dst.shape[0]):
+            _put(dst, ch, (one - wx) * widen(a[ch], table) + wx * widen(b[ch], table), accumulate)
+    elif wx == 0:
+        c = img[y1, x0]
+        for ch in range(dst.shape[0]):
+            _put(dst, ch, (one - wy) * widen(a[ch], table) + wy * widen(c[ch], table), accumulate)
+    else:
+        b, c, d = img[y0, x1], img[y1, x0], img[y1, x1]
+        for ch in range(dst.shape[0]):
+            top = (one - wx) * widen(a[ch], table) + wx * widen(b[ch], table)
+            bottom = (one - wx) * widen(c[ch], table) + wx * widen(d[ch], table)
+            _put(dst, ch, (one - wy) * top + wy * bottom, accumulate)
+
+
+@njit(cache=True)  # pragma: no cover - jitted
+def _row_order(points, height):  # type: ignore[no-untyped-def]
+    # Counting sort of one image's points by row: visiting them in this order makes consecutive
+    # points share neighbours in the coarse taps and walk the fine ones front to back.
+    counts = np.zeros(height + 1, dtype=np.int64)
+    for s in range(points.shape[0]):
+        counts[points[s, 0] + 1] += 1
+    for r in range(height):
+        counts[r + 1] += counts[r]
+    order = np.empty(points.shape[0], dtype=np.int64)
+    for s in range(points.shape[0]):
+        r = points[s, 0]
+        order[counts[r]] = s
+        counts[r] += 1
+    return order
+
+
+@njit(parallel=True, cache=True)  # pragma: no cover - jitted
+def _gather_kernel(taps, points, ylo, yhi, wyt, xlo, xhi, wxt, offsets, table, out, accumulate):  # type: ignore[no-untyped-def]
+    # One task per point: every tap's channels go straight into the point's output row
+    # (columns offsets[t]:offsets[t+1]; with ``accumulate`` every tap is added to the row instead).
+    n, s_count = points.shape[0], points.shape[1]
+    order = np.empty((n, s_count), dtype=np.int64)
+    for i in prange(n):
+        order[i] = _row_order(points[i], ylo.shape[1])
     for p in prange(n * s_count):
         i = p // s_count
-        s = p - i * s_count
+        s = order[i, p - i * s_count]
         r = points[i, s, 0]
         c = points[i, s, 1]
-        y0, y1, wy = ylo[r], yhi[r], wyt[r]
-        x0, x1, wx = xlo[c], xhi[c], wxt[c]
-        for ch in range(channels):
-            top = (one - wx) * np.float32(tap[i, y0, x0, ch]) + wx * np.float32(tap[i, y0, x1, ch])
-            bottom = (one - wx) * np.float32(tap[i, y1, x0, ch]) + wx * np.float32(tap[i, y1, x1, ch])
-            out[i, s, ch] = (one - wy) * top + wy * bottom
+        row = out[i, s]
+        for t in range(len(taps)):
+            dst = row if accumulate else row[offsets[t] : offsets[t + 1]]
+            _bilinear(taps[t][i], ylo[t, r], yhi[t, r], wyt[t, r], xlo[t, c], xhi[t, c], wxt[t, c], table, dst,
+                      accumulate)
 
 
-def _gather_numba(tap: np.ndarray, points: np.ndarray, ty: AxisTable, tx: AxisTable, out: np.ndarray) -> None:
-    _gather_numba_kernel(tap, points, ty.lo, ty.hi, ty.w, tx.lo, tx.hi, tx.w, out)
+def _gather_numba(taps: Sequence[np.ndarray], points: np.ndarray, tables: Sequence[tuple[AxisTable, AxisTable]],
+                  out: np.ndarray, accumulate: bool = False) -> None:
+    """All taps at once into ``out`` (n, S, sum C) float32 — or, with ``accumulate``, their sum added
+    to ``out`` (n, S, C) (all taps then have C channels); any layout and float dtype in."""
+    if not all(t.dtype == np.float16 for t in taps):  # one kernel dtype for all taps
+        taps = [t.astype(np.float32, copy=False) for t in taps]
+    inputs = [kernel_input(np.ascontiguousarray(t)) for t in taps]
+    table = inputs[0][1]
+    stack = [np.stack([getattr(tables[t][axis], f) for t in range(len(taps))]) for axis in (0, 1)
+             for f in ("lo", "hi", "w")]
+    offsets = np.concatenate([[0], np.cumsum([t.shape[3] for t in taps])]).astype(np.int64)
+    dense = out if out.flags.c_contiguous and out.dtype == np.float32 else np.empty(out.shape, np.float32)
+    if accumulate and dense is not out:
+        dense[...] = out
+    kernel: Any = _gather_kernel  # a Numba dispatcher: mypy cannot see its signature
+    kernel(tuple(a for a, _ in inputs), np.ascontiguousarray(points, dtype=np.int32), *stack, offsets, table, dense,
+           accumulate)
+    if dense is not out:
+        out[...] = dense
 
 
-def _gather_cupy(tap, points, ty: AxisTable, tx: AxisTable, out) -> None:  # type: ignore[no-untyped-def]
+def _gather_cupy(taps: Sequence[Any], points: Any, tables: Sequence[tuple[AxisTable, AxisTable]], out: Any) -> None:
     from . import _cuda
 
-    _cuda.gather_tap(tap, points, ty, tx, out)
+    offset = 0
+    for tap, (ty, tx) in zip(taps, tables):
+        _cuda.gather_tap(tap, points, ty, tx, out[:, :, offset : offset + tap.shape[3]])
+        offset += tap.shape[3]
 
 
-_GATHER = {"numpy": _gather_numpy, "numba": _gather_numba, "cuda": _gather_cupy}
+def _gather_numpy_taps(taps: Sequence[Any], points: Any, tables: Sequence[tuple[AxisTable, AxisTable]],
+                      out: Any) -> None:
+    offset = 0
+    for tap, (ty, tx) in zip(taps, tables):
+        _gather_numpy(tap, points, ty, tx, out[:, :, offset : offset + tap.shape[3]])
+        offset += tap.shape[3]
 
 
-def gather(taps: Sequence, points, mode: str = "half_pixel", impl: str = "numba", out=None):  # type: ignore[no-untyped-def]
-    """Hypercolumns of every image at its points.
+_GATHER = {"numpy": _gather_numpy_taps, "numba": _gather_numba, "cuda": _gather_cupy}
 
-    taps: ``(n, h_l, w_l, C_l)`` channels-last maps, float32 or float16 (NumPy, or CuPy for ``impl="cuda"``).
-    points: ``(n, S, 2)`` int32 [row, col] in the first tap's pixel grid.
-    Returns ``(n, S, sum C_l)`` float32, the first tap's channels first.
-    """
-    tables = tap_tables([t.shape[1:3] for t in taps], mode)
+
+def _check_points(points: Any, out_hw: tuple[int, int]) -> None:
+    """Points must be (n, S, 2) [row, col] inside the output grid (the kernels do not bounds-check)."""
+    if points.ndim != 3 or points.shape[2] != 2:
+        raise ParameterError(f"points must be (n, S, 2) [row, col]; got shape {tuple(points.shape)}")
+    if points.size and (int(points.min()) < 0 or int(points[..., 0].max()) >= out_hw[0]
+                        or int(points[..., 1].max()) >= out_hw[1]):
+        raise ParameterError(f"points lie outside the {out_hw[0]}×{out_hw[1]} pixel grid of the first tap")
+
+
+def _gather_into(taps: Sequence[Any], points: Any, tables: Sequence[tuple[AxisTable, AxisTable]], impl: str,
+                 out: Any) -> Any:
+    """Validate, allocate ``out`` when missing and run the ``impl`` gather."""
+    if impl not in _GATHER:
+        raise ParameterError(f"impl={impl!r} is unknown; use one of {tuple(_GATHER)}")
+    if any(t.ndim != 4 or t.shape[0] != points.shape[0] for t in taps):
+        raise ParameterError(f"taps must be (n, h, w, C) with n = {points.shape[0]} images, like the points; "
+                             f"got {[tuple(t.shape) for t in taps]}")
     n, s = points.shape[:2]
-    dim = sum(t.shape[3] for t in taps)
+    dim = sum(int(t.shape[3]) for t in taps)
     if out is None:
         xp = np if impl != "cuda" else __import__("cupy")
         out = xp.empty((n, s, dim), dtype=np.float32)
-    kernel = _GATHER[impl]
-    offset = 0
-    for tap, (ty, tx) in zip(taps, tables):
-        kernel(tap, points, ty, tx, out[:, :, offset : offset + tap.shape[3]])
-        offset += tap.shape[3]
+    elif tuple(out.shape) != (n, s, dim):
+        raise ParameterError(f"out has shape {tuple(out.shape)}, expected {(n, s, dim)}")
+    if n * s:
+        _GATHER[impl](taps, points, tables, out)
+    return out
+
+
+def gather(taps: Sequence[Any], points: Any, mode: str = "half_pixel", impl: str = "numba", out: Any = None) -> Any:
+    """Hypercolumns of every image at its points.
+
+    taps: ``(n, h_l, w_l, C_l)`` channels-last maps, float32 or float16, any strides (NumPy, or
+    CuPy for ``impl="cuda"``); contiguous taps of one dtype avoid a copy.
+    points: ``(n, S, 2)`` int32 [row, col] in the first tap's pixel grid.
+    Returns ``(n, S, sum C_l)`` float32, the first tap's channels first (written into ``out`` if given).
+    """
+    _check_points(points, (int(taps[0].shape[1]), int(taps[0].shape[2])))
+    tables = tap_tables([(int(t.shape[1]), int(t.shape[2])) for t in taps], mode)
+    return _gather_into(taps, points, tables, impl, out)
+
+
+def gather_tap(tap: Any, points: Any, out_hw: tuple[int, int], mode: str = "half_pixel", impl: str = "numba",
+               out: Any = None) -> Any:
+    """One tap ``(n, h, w, C)`` at points given in an ``out_hw`` pixel grid → ``(n, S, C)`` float32
+    (used by ``projection`` to interpolate maps that were projected first)."""
+    _check_points(points, out_hw)
+    tables = [(axis_table(out_hw[0], int(tap.shape[1]), mode), axis_table(out_hw[1], int(tap.shape[2]), mode))]
+    return _gather_into([tap], points, tables, impl, out)
+
+
+def gather_add(maps: Sequence[Any], points: Any, out: Any, out_hw: tuple[int, int], mode: str = "half_pixel",
+               impl: str = "numba") -> Any:
+    """Add every map's bilinear samples to ``out`` in place: maps ``(n, h_l, w_l, C)`` with the same C,
+    points ``(n, S, 2)`` in an ``out_hw`` grid, out ``(n, S, C)`` float32. Returns ``out``."""
+    _check_points(points, out_hw)
+    tables = [(axis_table(out_hw[0], int(m.shape[1]), mode), axis_table(out_hw[1], int(m.shape[2]), mode))
+              for m in maps]
+    if impl == "numba":
+        _gather_numba(maps, points, tables, out, accumulate=True)
+        return out
+    for m, table in zip(maps, tables):
+        out += _gather_into([m], points, [table], impl, None)
     return out

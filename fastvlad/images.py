@@ -2,27 +2,37 @@
 
 Conversion rules (documented in README, tested in tests/test_images.py):
 - gray → three equal channels; RGBA/LA → alpha dropped; palette, CMYK, YCbCr → RGB;
-  EXIF orientation applied; a multi-page TIFF uses its first page (with a warning).
-- uint8 as is; other unsigned integers scaled by 255 / dtype max (16-bit TIFF: /257);
-  signed integers and floats outside [0, 1] are min–max stretched to 0..255;
+  EXIF orientation (and the TIFF Orientation tag) applied; a multi-page TIFF or animated
+  GIF uses its first page (with a warning).
+- uint8 as is; bool → 0/255; other unsigned integers scaled by 255 / dtype max (16-bit:
+  /257); signed integers and floats outside [0, 1] are min–max stretched to 0..255;
   floats within [0, 1] are multiplied by 255. NaN or inf is an error.
+- Arrays: (H, W), (H, W, 1), (H, W, 2) gray + alpha, (H, W, 3) RGB, (H, W, 4) RGBA; any
+  other shape, and complex, object, string or date dtypes, are errors.
+
+Anything that goes wrong while turning one source into network input is an
+``ImageReadError`` naming the source, so a run can skip it (``on_error="skip"``).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import queue
+import stat
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
 from . import config
-from .errors import ImageReadError, ParameterError
+from .errors import FastVLADError, ImageReadError, ParameterError
 from .reference import CAFFE_MEAN_BGR
 
 log = logging.getLogger("fastvlad")
@@ -31,124 +41,298 @@ ImageSource = Union[str, Path, np.ndarray]
 RESAMPLE = ("bilinear", "nearest", "bicubic", "lanczos")
 #: Smallest side VGG16's five taps accept (four 2× poolings leave at least one pixel).
 MIN_SIDE = 16
+TIFF_SUFFIXES = (".tif", ".tiff")
+_UNREADABLE = ("check that the file is a complete image (PNG, JPEG, TIFF, BMP, GIF or WebP) and re-export it, "
+               "or skip unreadable images with on_error='skip' (CLI: --on-error skip)")
+_NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
+_PIL_DIRECT = ("1", "L", "RGB", "I", "F")  # modes NumPy reads as they are
+_warned_multipage = threading.Event()
 
 
-def _open_pil(path: Path):  # type: ignore[no-untyped-def]
-    from PIL import Image, ImageOps
-
-    Image.MAX_IMAGE_PIXELS = None  # our own limit below gives a clearer message
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > config.MAX_IMAGE_PIXELS:
-                raise ImageReadError(path, f"{w}×{h} pixels exceeds the limit of {config.MAX_IMAGE_PIXELS}",
-                                     "raise fastvlad.config.MAX_IMAGE_PIXELS if the image is genuine")
-            if getattr(im, "n_frames", 1) > 1:
-                log.warning("%s: %d pages, using the first", path, im.n_frames)
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return _pil_to_array(im, path)
-    except ImageReadError:
-        raise
-    except FileNotFoundError:
-        raise ImageReadError(path, "file not found") from None
-    except IsADirectoryError:
-        raise ImageReadError(path, "is a folder, not an image") from None
-    except PermissionError:
-        raise ImageReadError(path, "permission denied") from None
-    except Exception as exc:  # PIL raises many types for broken files
-        kind = "empty file" if path.is_file() and path.stat().st_size == 0 else f"cannot decode ({exc})"
-        raise ImageReadError(path, kind, "check that the file is a complete PNG, JPEG or TIFF image") from None
-
-
-def _pil_to_array(im, path: Path) -> np.ndarray:  # type: ignore[no-untyped-def]
-    mode = im.mode
-    if mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "RGBX", "LA", "1"):
-        im = im.convert("RGB" if mode not in ("LA", "1") else "L")
-    elif mode.startswith("I;16"):
-        return np.asarray(im, dtype=np.uint16)
-    return np.asarray(im)
-
-
-def _read_tiff(path: Path) -> np.ndarray:
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            if len(tif.pages) > 1:
-                log.warning("%s: %d pages, using the first", path, len(tif.pages))
-            page = tif.pages[0]
-            n_pixels = int(np.prod(page.shape[:2]))
-            if n_pixels > config.MAX_IMAGE_PIXELS:
-                raise ImageReadError(path, f"{n_pixels} pixels exceeds the limit of {config.MAX_IMAGE_PIXELS}")
-            arr = page.asarray()
-    except ImageReadError:
-        raise
-    except Exception:
-        return _open_pil(path)  # tifffile is stricter than PIL about some variants
-    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # planar RGB
-    return arr
+# -- sources → arrays -----------------------------------------------------------------------
+def source_name(source: object, index: int | None = None) -> str:
+    """How errors name a source: its path, or ``array #i``."""
+    if isinstance(source, np.ndarray):
+        return "array" if index is None else f"array #{index}"
+    return str(source)
 
 
 def read(source: ImageSource) -> np.ndarray:
     """Decode a file (or take an array) without changing its values: (H, W) or (H, W, C)."""
     if isinstance(source, np.ndarray):
         return source
+    path = _existing_file(source)
+    with _decoding(path):
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            return _read_tiff(path)
+        return _read_pil(path)
+
+
+def probe(source: ImageSource, name: object = None) -> None:
+    """Cheap check that ``source`` can be read, from its header only (no pixel decoding).
+
+    Finds missing, empty, non-image, oversized and unsupported files and bad array
+    shapes/dtypes in well under a millisecond each; a file damaged further in is only
+    found when it is decoded. Raises ``ImageReadError``.
+    """
+    if isinstance(source, np.ndarray):
+        _check_array(source, name if name is not None else "array")
+        return
+    path = _existing_file(source)
+    with _decoding(path):
+        if path.suffix.lower() in TIFF_SUFFIXES and _probe_tiff(path):
+            return
+        with _open_pil(path) as im:
+            _check_pixels(path, *im.size)
+
+
+def _probe_tiff(path: Path) -> bool:
+    """Header check by tifffile; False when tifffile cannot open it (then Pillow decides)."""
+    import tifffile
+
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception:
+        return False
+    with tif:
+        page: Any = tif.pages[0]
+        _check_pixels(path, page.imagewidth, page.imagelength, max(1, page.imagedepth))
+        _check_dtype(page.dtype, path)
+    return True
+
+
+def _existing_file(source: object) -> Path:
+    """``source`` as a Path to an existing, non-empty regular file, or an ``ImageReadError``."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise ImageReadError(source_name(source), f"a {type(source).__name__} is not an image",
+                             "give a file path or a NumPy array")
     path = Path(source)
-    if path.suffix.lower() in (".tif", ".tiff") and path.is_file():
-        return _read_tiff(path)
-    return _open_pil(path)
+    try:
+        st = path.stat()
+    except ValueError as exc:  # e.g. an embedded NUL byte
+        raise ImageReadError(path, f"not a valid path ({exc})") from None
+    except FileNotFoundError:
+        broken = " (a symbolic link to a missing file)" if path.is_symlink() else ""
+        raise ImageReadError(path, f"file not found{broken}",
+                             "check the path (paths in a CSV are relative to the CSV's folder)") from None
+    except PermissionError:
+        raise ImageReadError(path, "permission denied", "make the file and its folders readable") from None
+    except OSError as exc:
+        problem = "symbolic link loop" if exc.errno == errno.ELOOP else f"cannot access it ({exc.strerror})"
+        raise ImageReadError(path, problem, "fix or remove this path") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageReadError(path, "is a folder, not an image", "point at the image files inside it")
+    if not stat.S_ISREG(st.st_mode):  # reading a FIFO or a device could block or never end
+        raise ImageReadError(path, "not a regular file (a pipe, socket or device)", "copy the image to a file")
+    if st.st_size == 0:
+        raise ImageReadError(path, "empty file (0 bytes)", _UNREADABLE)
+    return path
+
+
+@contextmanager
+def _decoding(path: Path) -> Iterator[None]:
+    """Turn anything a decoder raises for one file into an ``ImageReadError`` naming it."""
+    try:
+        yield
+    except FastVLADError:
+        raise
+    except PermissionError:
+        raise ImageReadError(path, "permission denied", "make the file readable") from None
+    except MemoryError:
+        raise ImageReadError(path, "not enough memory to decode it",
+                             "free memory or lower fastvlad.config.MAX_IMAGE_PIXELS") from None
+    except Exception as exc:  # Pillow and tifffile raise many types for broken files
+        raise ImageReadError(path, f"cannot decode ({str(exc) or type(exc).__name__})", _UNREADABLE) from None
+
+
+def _check_pixels(path: object, width: int, height: int, depth: int = 1) -> None:
+    """The decompression-bomb guard, before any pixel is decoded."""
+    if width < 1 or height < 1:
+        raise ImageReadError(path, f"{width}×{height} pixels: the image is empty", _UNREADABLE)
+    if width * height * depth > config.MAX_IMAGE_PIXELS:
+        raise ImageReadError(path, f"{width}×{height}{f'×{depth}' if depth > 1 else ''} pixels exceeds the limit "
+                             f"of {config.MAX_IMAGE_PIXELS} (decompression-bomb guard)",
+                             "raise fastvlad.config.MAX_IMAGE_PIXELS if the image is genuine")
+
+
+def _note_pages(path: Path, n: int) -> None:
+    # Once per process at warning level: a folder of 10,000 stacks should not print 10,000 lines.
+    level = logging.DEBUG if _warned_multipage.is_set() else logging.WARNING
+    _warned_multipage.set()
+    log.log(level, "%s: %d pages, using the first (further multi-page files are logged at debug level)", path, n)
+
+
+def _open_pil(path: Path) -> Any:
+    from PIL import Image
+
+    # Process-wide, but only ever loosened: our own limit (_check_pixels) replaces Pillow's.
+    Image.MAX_IMAGE_PIXELS = None
+    return Image.open(path)
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    from PIL import ImageOps
+
+    with _open_pil(path) as im:
+        _check_pixels(path, *im.size)
+        if getattr(im, "n_frames", 1) > 1:
+            _note_pages(path, im.n_frames)
+        im.load()
+        try:
+            im = ImageOps.exif_transpose(im)
+        except Exception as exc:  # broken EXIF must not make the pixels unreadable
+            log.warning("%s: EXIF orientation unreadable (%s); using the image as stored", path, exc)
+        return _pil_to_array(im)
+
+
+def _pil_to_array(im: Any) -> np.ndarray:
+    """A Pillow image → (H, W) or (H, W, 3) array with the mode's own dtype; alpha dropped."""
+    mode = im.mode
+    if mode in _PIL_DIRECT or mode.startswith("I;16"):
+        return np.asarray(im)
+    return np.asarray(im.convert("L" if mode in ("LA", "La") else "RGB"))
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception:
+        return _read_pil(path)  # not a TIFF tifffile knows (or mislabelled): let Pillow try
+    with tif:
+        if len(tif.pages) > 1:
+            _note_pages(path, len(tif.pages))
+        page: Any = tif.pages[0]
+        _check_pixels(path, page.imagewidth, page.imagelength, max(1, page.imagedepth))
+        try:
+            arr = page.asarray()
+        except Exception:  # e.g. a compression without its codec installed: Pillow may have it
+            return _read_pil(path)
+        orientation = page.tags.get(274)
+    if arr.ndim == 3 and page.planarconfig == 2 and arr.shape[0] == page.samplesperpixel:
+        arr = np.moveaxis(arr, 0, -1)  # planar (separate) samples → channels last
+    return orient(arr, int(orientation.value) if orientation is not None else 1)
+
+
+def orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF/TIFF orientation (1–8) to (H, W[, C]): the image as a viewer shows it."""
+    ops = {
+        2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
+        7: lambda a: np.rot90(a, 2).swapaxes(0, 1), 8: lambda a: np.rot90(a, 1),
+    }  # fmt: skip
+    return ops[orientation](arr) if orientation in ops and arr.ndim >= 2 else arr
+
+
+# -- arrays → 0..255 RGB ---------------------------------------------------------------------
+def _check_dtype(dtype: np.dtype | None, name: object) -> None:
+    if dtype is not None and np.dtype(dtype).kind not in _NUMERIC_KINDS:
+        raise ImageReadError(name, f"dtype {dtype} is not an image type",
+                             "use a real-valued array: uint8, uint16, another integer type, float or bool")
+
+
+def _check_array(arr: np.ndarray, name: object) -> np.ndarray:
+    """Shape and dtype checks; returns (H, W) or (H, W, 3), alpha and single channels dropped."""
+    _check_dtype(arr.dtype, name)
+    if arr.ndim == 3 and arr.shape[2] in (1, 2, 4):
+        arr = arr[..., : max(1, arr.shape[2] - 1)]  # gray, gray + alpha, RGB + alpha
+        arr = arr[..., 0] if arr.shape[2] == 1 else arr
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        hint = ("move the channel axis last (np.moveaxis(a, 0, -1))" if arr.ndim == 3 and arr.shape[0] in (1, 2, 3, 4)
+                else "give one image per entry")
+        raise ImageReadError(name, f"shape {arr.shape} is not an image; expected (H, W), (H, W, 1), (H, W, 2), "
+                             "(H, W, 3) or (H, W, 4)", hint)
+    if min(arr.shape[:2]) < 1:
+        raise ImageReadError(name, f"shape {arr.shape} has no pixels")
+    return arr
 
 
 def to_rgb255(arr: np.ndarray, name: object = "array") -> np.ndarray:
     """Any supported image array → (H, W, 3) float32 in 0..255 (rules in the module docstring)."""
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise ImageReadError(name, f"dtype {arr.dtype} is not a numeric image type")
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 3 and arr.shape[2] in (2, 4):
-        arr = arr[..., : arr.shape[2] - 1]  # drop alpha
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
-        raise ImageReadError(name, f"shape {arr.shape} is not an image; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
-    if min(arr.shape[:2]) < 1:
-        raise ImageReadError(name, f"shape {arr.shape} has no pixels")
-    values = _scale_to_255(arr, name)
+    return _three_channels(to_255(arr, name))
+
+
+def to_255(arr: np.ndarray, name: object = "array") -> np.ndarray:
+    """``to_rgb255`` without copying gray into three channels: (H, W) or (H, W, 3) float32."""
+    return _scale_to_255(_check_array(np.asarray(arr), name), name)
+
+
+def _three_channels(values: np.ndarray) -> np.ndarray:
     return np.repeat(values[..., None], 3, axis=2) if values.ndim == 2 else values
 
 
 def _scale_to_255(arr: np.ndarray, name: object) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr.astype(np.float32)
-    if arr.dtype == bool:
+    if arr.dtype.kind == "b":
         return arr.astype(np.float32) * 255
-    if np.issubdtype(arr.dtype, np.unsignedinteger):
+    if arr.dtype.kind == "u":
         return (arr.astype(np.float64) * (255.0 / np.iinfo(arr.dtype).max)).astype(np.float32)
-    a = arr.astype(np.float64)
-    if not np.isfinite(a).all():
-        raise ImageReadError(name, "contains NaN or infinite values")
-    lo, hi = float(a.min()), float(a.max())
-    if np.issubdtype(arr.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
-        return (a * 255).astype(np.float32)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise ImageReadError(name, f"contains {bad} NaN or infinite value(s)",
+                             "replace them (e.g. np.nan_to_num) or drop this image")
+    lo, hi = arr.min(), arr.max()
+    if arr.dtype.kind == "f" and lo >= 0 and hi <= 1:
+        return (arr.astype(np.float64) * 255).astype(np.float32)
     if hi == lo:
-        return np.full(a.shape, 127.5 if not 0 <= lo <= 255 else lo, dtype=np.float32)
-    return ((a - lo) * (255.0 / (hi - lo))).astype(np.float32)
+        return np.full(arr.shape, float(lo) if 0 <= lo <= 255 else 127.5, dtype=np.float32)
+    if arr.dtype.itemsize > 8:  # long double: bring it into float64's range first
+        arr = arr / max(abs(lo), abs(hi))
+    # Divide by the largest magnitude first: hi − lo overflows near the dtype's limits, and
+    # 255 / (hi − lo) is infinite for a span of subnormals.
+    a = arr.astype(np.float64)
+    a /= max(abs(a.min()), abs(a.max()))
+    lo_u, hi_u = a.min(), a.max()
+    if hi_u == lo_u:
+        return np.full(arr.shape, 127.5, dtype=np.float32)
+    a -= lo_u  # in place: a big image has no room for temporaries
+    a /= hi_u - lo_u
+    a *= 255.0
+    return np.clip(a, 0.0, 255.0, out=a).astype(np.float32)  # clip: rounding can step just outside
 
 
-def resize(rgb: np.ndarray, size: tuple[int, int] | None, resample: str = "bilinear") -> np.ndarray:
-    """(H, W, 3) float32 → (height, width, 3) float32 with Pillow; ``None`` keeps the size."""
-    if size is None or tuple(rgb.shape[:2]) == tuple(size):
-        return rgb
+# -- network input ---------------------------------------------------------------------------
+def resize(img: np.ndarray, size: tuple[int, int] | None, resample: str = "bilinear") -> np.ndarray:
+    """(H, W[, C]) float32 → (height, width[, C]) float32 with Pillow, channel by channel;
+    ``None`` keeps the size."""
+    if size is None or tuple(img.shape[:2]) == tuple(size):
+        return img
     from PIL import Image
 
-    filt = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
-    chans = [Image.fromarray(np.ascontiguousarray(rgb[..., c])).resize((size[1], size[0]), filt[resample]) for c in range(3)]
-    return np.stack([np.asarray(ch, dtype=np.float32) for ch in chans], axis=2)
+    r = Image.Resampling
+    filt = {"bilinear": r.BILINEAR, "nearest": r.NEAREST, "bicubic": r.BICUBIC, "lanczos": r.LANCZOS}[resample]
+    planes = [img] if img.ndim == 2 else [img[..., c] for c in range(img.shape[2])]
+    out = [np.asarray(Image.fromarray(np.ascontiguousarray(p)).resize((size[1], size[0]), filt), dtype=np.float32)
+           for p in planes]
+    return out[0] if img.ndim == 2 else np.stack(out, axis=2)
 
 
 def caffe(rgb: np.ndarray) -> np.ndarray:
     """Keras ``vgg16.preprocess_input`` caffe mode: (H, W, 3) RGB → (3, H, W) BGR minus the ImageNet mean."""
     return np.ascontiguousarray((rgb[..., ::-1] - CAFFE_MEAN_BGR).transpose(2, 0, 1), dtype=np.float32)
+
+
+def check_size(size: object) -> tuple[int, int] | None:
+    """``image_size``: None (native), one side, or (height, width); each side ≥ MIN_SIDE."""
+    if size is None:
+        return None
+    sides: list[Any] = []
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        sides = [size]
+    elif isinstance(size, (tuple, list, np.ndarray)):
+        sides = list(size)
+    ok = len(sides) in (1, 2) and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in sides)
+    if not ok or min(sides) < MIN_SIDE:
+        raise ParameterError(f"image_size={size!r}: give one side or (height, width) as integers ≥ {MIN_SIDE}, "
+                             "or None for the native size (the paper: 224)")
+    h, w = int(sides[0]), int(sides[-1])
+    if h * w > config.MAX_INPUT_PIXELS:
+        raise ParameterError(f"image_size={size!r}: {h}×{w} exceeds the network input limit of "
+                             f"{config.MAX_INPUT_PIXELS} pixels (the taps alone take 488 bytes per pixel); use a "
+                             "smaller size or raise fastvlad.config.MAX_INPUT_PIXELS")
+    return (h, w)
 
 
 @dataclass(frozen=True)
@@ -161,18 +345,35 @@ class Preprocess:
     def __post_init__(self) -> None:
         if self.resample not in RESAMPLE:
             raise ParameterError(f"resample={self.resample!r} is unknown; use one of {RESAMPLE}")
-        if self.size is not None and min(self.size) < MIN_SIDE:
-            raise ParameterError(f"image_size={self.size} is too small; each side must be ≥ {MIN_SIDE}")
+        object.__setattr__(self, "size", check_size(self.size))
 
     def __call__(self, source: ImageSource, name: object = None) -> np.ndarray:
-        """One image → (3, H, W) float32 network input."""
-        label = name if name is not None else (source if not isinstance(source, np.ndarray) else "array")
-        rgb = to_rgb255(read(source), label)
-        if self.size is None and min(rgb.shape[:2]) < MIN_SIDE:
-            raise ImageReadError(label, f"{rgb.shape[1]}×{rgb.shape[0]} pixels is smaller than the {MIN_SIDE}×{MIN_SIDE} the network needs")
-        return caffe(resize(rgb, self.size, self.resample))
+        """One image → (3, H, W) float32 network input; any failure is an ``ImageReadError``."""
+        label = name if name is not None else source_name(source)
+        try:
+            values = to_255(read(source), label)  # gray stays one channel until resized: 3× less work
+            self._check_native(values, label)
+            return caffe(_three_channels(resize(values, self.size, self.resample)))
+        except FastVLADError:
+            raise
+        except MemoryError:
+            raise ImageReadError(label, "not enough memory to convert it", "use a smaller image_size") from None
+        except Exception as exc:  # a decoder or converter failing in a way we did not foresee
+            raise ImageReadError(label, f"cannot be converted ({type(exc).__name__}: {exc})", _UNREADABLE) from None
+
+    def _check_native(self, rgb: np.ndarray, label: object) -> None:
+        if self.size is not None:
+            return
+        h, w = rgb.shape[:2]
+        if min(h, w) < MIN_SIDE:
+            raise ImageReadError(label, f"{w}×{h} pixels is smaller than the {MIN_SIDE}×{MIN_SIDE} the network "
+                                 "needs at native size", f"set image_size (e.g. 224) to resize it")
+        if h * w > config.MAX_INPUT_PIXELS:
+            raise ImageReadError(label, f"{w}×{h} pixels at native size exceeds the network input limit of "
+                                 f"{config.MAX_INPUT_PIXELS}", "set image_size, or raise fastvlad.config.MAX_INPUT_PIXELS")
 
 
+# -- batches ---------------------------------------------------------------------------------
 @dataclass
 class Batch:
     """Network inputs of some images: ``indices`` into the source list, ``pixels`` (n, 3, H, W)."""
@@ -231,7 +432,7 @@ def _decode_batches(sources: Sequence[ImageSource], prep: Preprocess, batch_size
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                img = prep(src, name=src if not isinstance(src, np.ndarray) else f"array #{i}")
+                img = prep(src, name=source_name(src, i))
         except ImageReadError as exc:
             if not skip_errors:
                 raise

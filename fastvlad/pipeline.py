@@ -8,19 +8,23 @@ hypercolumns are gathered; nothing per-pixel is kept for the whole dataset.
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import codebook, config, hypercolumn, progress, vlad
+from . import codebook, config, hypercolumn, progress, projection, vlad
 from .backbone import Backbone
 from .backends import Backend
-from .errors import ImageReadError
+from .errors import ImageReadError, InvalidDatasetError, is_gpu_out_of_memory
 from .images import ImageSource, Preprocess, iter_batches
+from .projection import Projection
 
+log = logging.getLogger("fastvlad")
 
 @dataclass(frozen=True)
 class EncoderSettings:
@@ -33,6 +37,8 @@ class EncoderSettings:
     intra: bool = True
     power: bool = False
     random_state: int = 0
+    pca: int | None = None  # hypercolumn PCA components (None: the full hypercolumn)
+    whiten: bool = False  # divide the PCA axes by their standard deviations
 
     @property
     def n_points(self) -> int:
@@ -69,15 +75,52 @@ class Workspace:
     """Reused output buffers: a fresh (n, S, 1472) float32 array per batch (235 MB for 8
     images at d = 10 %) costs more in page faults than the gather that fills it."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, keep_taps: bool = False) -> None:
         self.backend = backend
         self._buffers: dict[tuple[int, ...], object] = {}
+        # With keep_taps, ``hypercolumns`` leaves the batch's (taps, points) here for the
+        # assignment (codebook.nearest_from_taps), which takes them back out.
+        self.keep_taps = keep_taps
+        self.taps: tuple[list, object] | None = None  # type: ignore[type-arg]
 
     def empty(self, shape: tuple[int, ...]):  # type: ignore[no-untyped-def]
         if shape not in self._buffers:
             self._buffers.clear()
             self._buffers[shape] = self.backend.xp.empty(shape, dtype=np.float32)
         return self._buffers[shape]
+
+
+class GpuMemoryRetry:
+    """Runs per-batch work on parts of at most ``size`` images. On a GPU out-of-memory error
+    it halves ``size`` (down to one image), says so, and retries that part; later batches
+    keep the smaller size. The codes do not change: each image's points are seeded by the
+    image itself, so how a batch is cut does not matter. Any other error passes through."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+
+    def run(self, n: int, work: Callable[[slice], None]) -> None:
+        start = 0
+        while start < n:
+            part = slice(start, min(n, start + self.size))
+            try:
+                work(part)
+            except Exception as exc:
+                if self.size == 1 or not is_gpu_out_of_memory(exc):
+                    raise
+                tried = part.stop - part.start
+                self.size = max(1, tried // 2)
+                log.warning("fastvlad: out of GPU memory with %d images at once; retrying with %d (%s)",
+                            tried, self.size, str(exc).splitlines()[0][:200])
+                _release_gpu_memory()
+                continue
+            start = part.stop
+
+
+def _release_gpu_memory() -> None:
+    cupy = sys.modules.get("cupy")  # only ever loaded by the GPU backend
+    if cupy is not None:
+        cupy.get_default_memory_pool().free_all_blocks()
 
 
 def sample_points(pixels: np.ndarray, settings: EncoderSettings) -> np.ndarray:
@@ -87,9 +130,10 @@ def sample_points(pixels: np.ndarray, settings: EncoderSettings) -> np.ndarray:
                                                settings.n_points, h, w) for img in pixels])
 
 
-def hypercolumns(backbone: Backbone, pixels: np.ndarray, settings: EncoderSettings, workspace: Workspace,
-                 timings: Timings):  # type: ignore[no-untyped-def]
-    """CNN taps of a batch, then their hypercolumns at sampled points: (n, S, dim) float32.
+def hypercolumns(backbone: Backbone, pixels: np.ndarray, settings: EncoderSettings,  # type: ignore[no-untyped-def]
+                 workspace: Workspace, timings: Timings, proj: Projection | None = None):
+    """CNN taps of a batch, then their hypercolumns at sampled points: (n, S, dim) float32,
+    or (n, S, p) when ``proj`` (on the backend's device) projects each tap before interpolation.
 
     The result lives in ``workspace`` and is overwritten by the next batch."""
     backend = workspace.backend
@@ -98,58 +142,131 @@ def hypercolumns(backbone: Backbone, pixels: np.ndarray, settings: EncoderSettin
     t = timings.add("cnn", t)
     points = sample_points(pixels, settings)
     taps = [backend.asarray(m) for m in taps]
+    if proj is not None:
+        out = workspace.empty((len(pixels), points.shape[1], proj.components))
+        projection.gather(taps, backend.asarray(points), proj, settings.interpolation, impl=backend.impl, out=out)
+        timings.add("hypercolumns", t)
+        return out
     out = workspace.empty((len(pixels), points.shape[1], sum(m.shape[3] for m in taps)))
-    hypercolumn.gather(taps, backend.asarray(points), settings.interpolation, impl=backend.impl, out=out)
+    points = backend.asarray(points)
+    hypercolumn.gather(taps, points, settings.interpolation, impl=backend.impl, out=out)
+    if workspace.keep_taps:
+        workspace.taps = (taps, points)
     timings.add("hypercolumns", t)
     return out
 
 
-def fit_codebook(sources: Sequence[ImageSource], backbone: Backbone, k: int, settings: EncoderSettings,
-                 backend: Backend, n_images: int = 100, max_points: int = config.CODEBOOK_MAX_POINTS,
-                 timings: Timings | None = None, skip_errors: bool = False) -> np.ndarray:
-    """K-means centres ``(k, dim)`` float32 from ``n_images`` random images, ``max_points`` points at most."""
+def codebook_sample(sources: Sequence[ImageSource], backbone: Backbone, settings: EncoderSettings,
+                    backend: Backend, n_images: int = 100, max_points: int = config.CODEBOOK_MAX_POINTS,
+                    timings: Timings | None = None, skip_errors: bool = False) -> np.ndarray:
+    """Full hypercolumns ``(m, dim)`` float32 of ``n_images`` random images, ``max_points`` points at most."""
     timings = timings or Timings()
     rng = np.random.default_rng(settings.random_state)
     chosen = np.sort(rng.choice(len(sources), size=min(n_images, len(sources)), replace=False))
     per_image = max(1, min(settings.n_points, max_points // len(chosen)))
     sample: list[np.ndarray] = []
+    failed: list[tuple[int, ImageReadError]] = []
     workspace = Workspace(backend)
+    retry = GpuMemoryRetry(backend.batch_size)
     with progress.bar(len(chosen), "codebook sample") as bar:
         for batch in iter_batches([sources[i] for i in chosen], settings.preprocess, backend.batch_size, skip_errors):
-            hc = Backend.to_numpy(hypercolumns(backbone, batch.pixels, settings, workspace, timings))
-            keep = rng.permuted(np.tile(np.arange(hc.shape[1]), (len(hc), 1)), axis=1)[:, :per_image]
-            sample.append(np.take_along_axis(hc, keep[..., None], axis=1).reshape(-1, hc.shape[2]))
+            failed += batch.failed
+            if batch.indices:
+                hc = _hypercolumns_in_parts(retry, backbone, batch.pixels, settings, workspace, timings)
+                keep = rng.permuted(np.tile(np.arange(hc.shape[1]), (len(hc), 1)), axis=1)[:, :per_image]
+                sample.append(np.take_along_axis(hc, keep[..., None], axis=1).reshape(-1, hc.shape[2]))
             bar.advance(len(batch.indices) + len(batch.failed))
+    if not sample:
+        raise InvalidDatasetError(f"none of the {len(chosen)} images sampled for the codebook could be read "
+                                  f"(e.g. {failed[0][1] if failed else 'no images'}); check the images")
+    return np.concatenate(sample)
+
+
+def _hypercolumns_in_parts(retry: GpuMemoryRetry, backbone: Backbone, pixels: np.ndarray, settings: EncoderSettings,
+                           workspace: Workspace, timings: Timings) -> np.ndarray:
+    """``hypercolumns`` of a batch on the host, computed in parts after a GPU out-of-memory error."""
+    parts: list[np.ndarray] = []
+
+    def work(part: slice) -> None:
+        hc = Backend.to_numpy(hypercolumns(backbone, pixels[part], settings, workspace, timings))
+        # A part smaller than the batch must be copied out of the workspace the next part reuses.
+        parts.append(hc if part.stop - part.start == len(pixels) else hc.copy())
+
+    retry.run(len(pixels), work)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def fit_codebook(sources: Sequence[ImageSource], backbone: Backbone, k: int, settings: EncoderSettings,
+                 backend: Backend, n_images: int = 100, max_points: int = config.CODEBOOK_MAX_POINTS,
+                 timings: Timings | None = None, skip_errors: bool = False) -> np.ndarray:
+    """K-means centres ``(k, dim)`` float32 of full hypercolumns (``settings.pca`` is ignored; see ``fit_encoder``)."""
+    timings = timings or Timings()
+    sample = codebook_sample(sources, backbone, settings, backend, n_images, max_points, timings, skip_errors)
     t = time.perf_counter()
-    centres, _ = codebook.fit_kmeans(np.concatenate(sample), k, random_state=settings.random_state)
+    centres, _ = codebook.fit_kmeans(sample, k, random_state=settings.random_state)
     timings.add("kmeans", t)
     return centres
 
 
+def fit_encoder(sources: Sequence[ImageSource], backbone: Backbone, k: int, settings: EncoderSettings,
+                backend: Backend, n_images: int = 100, max_points: int = config.CODEBOOK_MAX_POINTS,
+                timings: Timings | None = None, skip_errors: bool = False) -> tuple[Projection | None, np.ndarray]:
+    """The hypercolumn PCA (when ``settings.pca``) and the k-means centres ``(k, p or dim)``, both
+    fitted on one codebook sample."""
+    timings = timings or Timings()
+    sample = codebook_sample(sources, backbone, settings, backend, n_images, max_points, timings, skip_errors)
+    proj = None
+    t = time.perf_counter()
+    if settings.pca:
+        proj = projection.fit(sample, settings.pca, settings.whiten, settings.random_state)
+        sample = proj.apply(sample)
+        t = timings.add("pca", t)
+    centres, _ = codebook.fit_kmeans(sample, k, random_state=settings.random_state)
+    timings.add("kmeans", t)
+    return proj, centres
+
+
+def _nearest(hc, workspace: Workspace, centres, settings: EncoderSettings, backend: Backend):  # type: ignore[no-untyped-def]
+    """Nearest centre of every point of the batch: ``(n·S,)`` int32. When the workspace holds the
+    batch's taps, the coarse taps' share of the distances is computed on the tap grid (exact up to
+    float32 rounding; a third of the GEMM work at 224², see ``codebook.nearest_from_taps``)."""
+    if workspace.taps is None:
+        return codebook.nearest(hc.reshape(-1, hc.shape[2]), centres, impl=backend.impl)
+    (taps, points), workspace.taps = workspace.taps, None  # released before the next batch's CNN
+    return codebook.nearest_from_taps(taps, points, centres, settings.interpolation, backend.impl, hc=hc)
+
+
 def encode(sources: Sequence[ImageSource], backbone: Backbone, centres: np.ndarray, settings: EncoderSettings,
-           backend: Backend, timings: Timings | None = None, skip_errors: bool = False) -> Encoded:
-    """VLAD codes of every image: ``(n, k·dim)`` float32, one CNN pass each."""
+           backend: Backend, timings: Timings | None = None, skip_errors: bool = False,
+           proj: Projection | None = None) -> Encoded:
+    """VLAD codes of every image: ``(n, k·dim)`` float32 (dim = p with ``proj``), one CNN pass each."""
     timings = timings or Timings()
     dim = centres.shape[1]
     centres_dev = backend.asarray(centres)
+    proj_dev = proj.to(backend.asarray) if proj is not None else None
     codes = np.zeros((len(sources), centres.size), dtype=np.float32)
     done = np.zeros(len(sources), dtype=bool)
     failed: list[tuple[int, ImageReadError]] = []
-    workspace = Workspace(backend)
+    workspace = Workspace(backend, keep_taps=proj is None)
+    retry = GpuMemoryRetry(backend.batch_size)
     with progress.bar(len(sources), "encoding") as bar:
         for batch in iter_batches(sources, settings.preprocess, backend.batch_size, skip_errors):
             failed += batch.failed
-            if batch.indices:
-                hc = hypercolumns(backbone, batch.pixels, settings, workspace, timings)
+
+            def work(part: slice) -> None:
+                indices = batch.indices[part]  # noqa: B023 - run() calls it before the loop moves on
+                hc = hypercolumns(backbone, batch.pixels[part], settings, workspace, timings, proj_dev)  # noqa: B023
                 t = time.perf_counter()
-                labels, _ = codebook.assign(hc.reshape(-1, dim), centres_dev, impl=backend.impl)
+                labels = _nearest(hc, workspace, centres_dev, settings, backend)
                 t = timings.add("assign", t)
                 v = vlad.encode(hc, labels.reshape(hc.shape[:2]), centres_dev, settings.intra, settings.power,
                                 impl=backend.impl)
-                codes[batch.indices] = Backend.to_numpy(v)
-                done[batch.indices] = True
+                codes[indices] = Backend.to_numpy(v)
+                done[indices] = True
                 timings.add("vlad", t)
-                timings.images += len(batch.indices)
+                timings.images += len(indices)
+
+            retry.run(len(batch.indices), work)
             bar.advance(len(batch.indices) + len(batch.failed))
     ok = np.flatnonzero(done)
     return Encoded(codes[ok], ok, failed)

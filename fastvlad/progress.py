@@ -27,6 +27,8 @@ class _Rich:
 
 #: Set by the CLI (``--quiet`` / ``--verbose``); ``None`` means "when stderr is a terminal".
 ENABLED: bool | None = None
+#: The rich display now on screen, if any (innermost last).
+_LIVE: list = []
 
 
 @contextmanager
@@ -46,8 +48,20 @@ def bar(total: int, description: str, unit: str = "img") -> Iterator[Progress]:
         def render(self, task) -> Text:  # type: ignore[no-untyped-def]
             return Text(f"{task.speed:6.1f} {unit}/s" if task.speed else f"     ? {unit}/s")
 
+    if _LIVE:  # rich allows one live display: a nested bar becomes a line of the outer one
+        rp = _LIVE[-1]
+        task = rp.add_task(description, total=total)
+        try:
+            yield _Rich(rp, task)
+        finally:
+            rp.remove_task(task)
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Speed(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with RichProgress(*columns, console=Console(stderr=True)) as rp:
         task = rp.add_task(description, total=total)
-        yield _Rich(rp, task)
+        _LIVE.append(rp)
+        try:
+            yield _Rich(rp, task)
+        finally:
+            _LIVE.pop()

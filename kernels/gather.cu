@@ -43,10 +43,23 @@ __device__ __forceinline__ void gather_impl(
     const T* p10 = img + yhi[r] * row + (long long)xlo[c] * C;
     const T* p11 = img + yhi[r] * row + (long long)xhi[c] * C;
     float* dst = out + i * stride_n + s * stride_s;
-    for (int ch = lane; ch < C; ch += 32) {
-        const float top = __fadd_rn(__fmul_rn(one_wx, load_f(p00 + ch)), __fmul_rn(wx, load_f(p01 + ch)));
-        const float bottom = __fadd_rn(__fmul_rn(one_wx, load_f(p10 + ch)), __fmul_rn(wx, load_f(p11 + ch)));
-        dst[ch] = __fadd_rn(__fmul_rn(one_wy, top), __fmul_rn(wy, bottom));
+    // A zero weight makes its term exactly 0 and its partner's factor exactly 1, so the neighbours
+    // it multiplies are not read (as in the Numba kernel; no finite result changes, only the sign
+    // of a zero). The branch is per point, so uniform across the warp.
+    if (wy == 0.0f && wx == 0.0f) {
+        for (int ch = lane; ch < C; ch += 32) dst[ch] = load_f(p00 + ch);
+    } else if (wy == 0.0f) {
+        for (int ch = lane; ch < C; ch += 32)
+            dst[ch] = __fadd_rn(__fmul_rn(one_wx, load_f(p00 + ch)), __fmul_rn(wx, load_f(p01 + ch)));
+    } else if (wx == 0.0f) {
+        for (int ch = lane; ch < C; ch += 32)
+            dst[ch] = __fadd_rn(__fmul_rn(one_wy, load_f(p00 + ch)), __fmul_rn(wy, load_f(p10 + ch)));
+    } else {
+        for (int ch = lane; ch < C; ch += 32) {
+            const float top = __fadd_rn(__fmul_rn(one_wx, load_f(p00 + ch)), __fmul_rn(wx, load_f(p01 + ch)));
+            const float bottom = __fadd_rn(__fmul_rn(one_wx, load_f(p10 + ch)), __fmul_rn(wx, load_f(p11 + ch)));
+            dst[ch] = __fadd_rn(__fmul_rn(one_wy, top), __fmul_rn(wy, bottom));
+        }
     }
 }
 

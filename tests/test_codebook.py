@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn.cluster import KMeans
+from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.metrics import pairwise_distances_argmin
 
-from fastvlad import codebook, reference
+from fastvlad import codebook, hypercolumn, reference
 from fastvlad.errors import ParameterError
 
 IMPLS = ["numpy", "numba"]
@@ -48,13 +48,78 @@ def test_assign_edge_cases(impl: str) -> None:
     np.testing.assert_array_equal(codebook.assign(strided, c, impl=impl)[0], reference.assign(strided, c))
 
 
-@settings(max_examples=25, deadline=None)
-@given(m=st.integers(1, 300), k=st.integers(2, 20), dim=st.integers(1, 40))
-def test_assign_property(m: int, k: int, dim: int) -> None:
+@settings(max_examples=30, deadline=None)
+@given(m=st.integers(1, 300), k=st.integers(1, 20), dim=st.integers(1, 40), block=st.integers(1, 128),
+       half=st.booleans(), strided=st.booleans(), impl=st.sampled_from(IMPLS))
+def test_assign_property(m: int, k: int, dim: int, block: int, half: bool, strided: bool, impl: str) -> None:
+    """Any m (not a multiple of the block), k ≥ 1, float16 and strided input: sklearn's labels."""
     rng = np.random.default_rng(m * 7 + k)
-    x = rng.standard_normal((m, dim), dtype=np.float32)
+    x = rng.standard_normal((m, 2 * dim if strided else dim), dtype=np.float32)
+    x = x[:, ::2] if strided else x
+    x = x.astype(np.float16) if half else x
     c = rng.standard_normal((k, dim), dtype=np.float32)
-    _check_labels(x, c, codebook.assign(x, c)[0], reference.assign(x, c))
+    labels, dist = codebook.assign(x, c, impl=impl, block_rows=block)
+    x32 = x.astype(np.float32)
+    _check_labels(x32, c, labels, pairwise_distances_argmin(x32, c))
+    np.testing.assert_allclose(dist, ((x32 - c[labels]) ** 2).sum(1), rtol=1e-4, atol=1e-4 * (1 + (x32**2).sum(1).max()))
+    np.testing.assert_array_equal(codebook.nearest(x, c, impl=impl, block_rows=block), labels)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_assign_float16_equals_float32_widening(impl: str) -> None:
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((700, 33)).astype(np.float16)
+    c = rng.standard_normal((9, 33), dtype=np.float32)
+    for a, b in zip(codebook.assign(x, c, impl=impl, block_rows=256), codebook.assign(x.astype(np.float32), c, impl=impl)):
+        np.testing.assert_array_equal(a, b)
+
+
+def _tap_case(rng: np.random.Generator, n: int, hw: tuple[int, int], channels: tuple[int, ...], s: int, k: int):  # type: ignore[no-untyped-def]
+    taps, (h, w) = [], hw
+    for c in channels:
+        taps.append(np.maximum(rng.standard_normal((n, h, w, c), dtype=np.float32), 0))
+        h, w = max(h // 2, 1), max(w // 2, 1)
+    points = np.stack([hypercolumn.sample_points(rng, s, *hw) for _ in range(n)])
+    x = hypercolumn.gather(taps, points)
+    centres = x.reshape(-1, x.shape[2])[rng.choice(n * points.shape[1], k, replace=False)]
+    return taps, points, x, centres + 0.1 * rng.standard_normal(centres.shape, dtype=np.float32)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("with_hc", [True, False])
+def test_nearest_from_taps_matches_sklearn(impl: str, with_hc: bool) -> None:
+    """A VGG-like pyramid where the coarse taps go the tap-grid way and the fine ones the point way."""
+    rng = np.random.default_rng(9)
+    taps, points, x, centres = _tap_case(rng, 2, (48, 40), (4, 8, 64, 128, 128), 700, 23)
+    pixels = [t.shape[1] * t.shape[2] for t in taps]
+    sides = [codebook._project_first(p, 700, t.shape[3], 23, with_hc) for p, t in zip(pixels, taps)]
+    assert any(sides) and not all(sides)  # both ways are exercised
+    labels = codebook.nearest_from_taps(taps, points, centres, impl=impl, hc=x if with_hc else None)
+    flat = x.reshape(-1, x.shape[2])
+    _check_labels(flat, centres, labels, pairwise_distances_argmin(flat, centres))
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 2), h=st.integers(1, 24), w=st.integers(1, 24), s=st.integers(1, 80), k=st.integers(1, 12),
+       mode=st.sampled_from(hypercolumn.INTERPOLATION_MODES))
+def test_nearest_from_taps_property(n: int, h: int, w: int, s: int, k: int, mode: str) -> None:
+    rng = np.random.default_rng(h * 100 + w)
+    taps, (hh, ww) = [], (h, w)
+    for c in (3, 40, 40):
+        taps.append(rng.standard_normal((n, hh, ww, c), dtype=np.float32))
+        hh, ww = max(hh // 2, 1), max(ww // 2, 1)
+    points = np.stack([hypercolumn.sample_points(rng, s, h, w) for _ in range(n)])
+    x = hypercolumn.gather(taps, points, mode).reshape(-1, 83)
+    centres = rng.standard_normal((k, 83), dtype=np.float32)
+    labels = codebook.nearest_from_taps(taps, points, centres, mode)
+    _check_labels(x, centres, labels, pairwise_distances_argmin(x, centres))
+
+
+def test_nearest_from_taps_rejects_other_centres() -> None:
+    rng = np.random.default_rng(10)
+    taps, points, _, centres = _tap_case(rng, 1, (8, 8), (3, 4), 10, 2)
+    with pytest.raises(ParameterError, match="7 channels but the centres 6"):
+        codebook.nearest_from_taps(taps, points, centres[:, :6])
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -85,6 +150,31 @@ def test_kmeans_inertia_close_to_sklearn() -> None:
     assert inertia <= 1.10 * sk.inertia_ / len(x)  # within 10 % of full Lloyd k-means
     again, _ = codebook.fit_kmeans(x, 20, random_state=0)
     np.testing.assert_array_equal(ours, again)  # deterministic given the seed
+
+
+def test_kmeans_inertia_close_to_minibatch_kmeans() -> None:
+    """The paper's MiniBatchKMeans on overlapping, ReLU'd clusters (no discrete local optima to be
+    lucky or unlucky with): our mini-batch k-means within 5 % of its inertia."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 32)) * 1.5
+    x = np.maximum(centres[rng.integers(0, 40, 6000)] + rng.standard_normal((6000, 32)), 0).astype(np.float32)
+    _, inertia = codebook.fit_kmeans(x, 25, random_state=0)
+    sk = MiniBatchKMeans(25, n_init=1, random_state=0, batch_size=1024).fit(x)
+    assert inertia <= 1.05 * sk.inertia_ / len(x)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_minibatch_update_float16_and_strided(impl: str) -> None:
+    rng = np.random.default_rng(11)
+    batch = rng.standard_normal((100, 12)).astype(np.float16)
+    labels = rng.integers(0, 4, 100).astype(np.int32)
+    start = rng.standard_normal((4, 6), dtype=np.float32)
+    got_c, got_n = start.copy(), np.zeros(4)
+    codebook._UPDATE[impl](batch[:, ::2], labels, got_c, got_n)
+    want_c, want_n = start.copy(), np.zeros(4)
+    codebook._UPDATE[impl](np.ascontiguousarray(batch[:, ::2], dtype=np.float32), labels, want_c, want_n)
+    np.testing.assert_allclose(got_c, want_c, rtol=1e-6)
+    np.testing.assert_array_equal(got_n, want_n)
 
 
 def test_kmeans_rejects_bad_k() -> None:

@@ -1,5 +1,11 @@
 """The CUDA kernels against the Numba CPU kernels (the oracle), on random inputs and edge cases.
 
+Every test runs twice, through the ``cp`` fixture: on a GPU with CuPy (marked ``gpu``, skipped
+without one), and in the host emulator of ``tests/cuda_emu`` (g++ builds ``kernels/*.cu``
+against a shim header; CuPy is replaced by a NumPy stand-in), so the default run executes the
+kernels' code, not just compiles it. ``tests/cuda_emu/emu.h`` lists what the emulation cannot
+catch (races, timing, coalescing). With the emulator, assignment uses the CPU's BLAS for the GEMM.
+
 Tolerances, and why:
 - gather: bit-identical. Both sides evaluate the same float32 expression in the same order and
   the CUDA kernel uses non-contracting intrinsics (no FMA); fp16 → fp32 widening is exact.
@@ -9,26 +15,56 @@ Tolerances, and why:
   On a hand-made cross matrix (same input to both argmins) labels are identical, ties included.
 - residual sums: float32 accumulation on the GPU vs float64 on the CPU: rtol 1e-4 plus an
   absolute 1e-5 of the largest sum (cells that cancel to ~0); empty clusters exactly 0.
-The Numba kernels do not take float16, so fp16 inputs are checked against the CPU run on
-their (exact) float32 widening.
 """
 
 from __future__ import annotations
 
+import shutil
+import sys
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
 import numpy as np
 import pytest
 
-cp = pytest.importorskip("cupy")
-try:
-    _N_GPUS = cp.cuda.runtime.getDeviceCount()
-except Exception:  # no driver: CuPy raises instead of returning 0
-    _N_GPUS = 0
-if _N_GPUS == 0:
-    pytest.skip("no CUDA GPU visible to CuPy", allow_module_level=True)
+from fastvlad import _cuda, codebook, hypercolumn, vlad
 
-from fastvlad import _cuda, codebook, hypercolumn, vlad  # noqa: E402
+BACKENDS = [pytest.param("gpu", marks=pytest.mark.gpu), "emulator"]
 
-pytestmark = pytest.mark.gpu
+
+@pytest.fixture(scope="session")
+def emulator_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not installed, so the CUDA host emulator cannot be built")
+    from tests.cuda_emu import build
+
+    return build.build(tmp_path_factory.mktemp("cuda_emu"))
+
+
+@pytest.fixture(params=BACKENDS)
+def cp(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """CuPy on a GPU, or the emulator's stand-in installed as ``cupy`` for this test only."""
+    if request.param == "gpu":
+        cupy = pytest.importorskip("cupy")
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception:  # no driver: CuPy raises instead of returning 0
+            count = 0
+        if count == 0:
+            pytest.skip("no CUDA GPU visible to CuPy")
+        yield cupy
+        return
+    from tests.cuda_emu import fakecupy
+
+    fake = fakecupy.load(request.getfixturevalue("emulator_lib"))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(_cuda, "_MODULES", {})  # compiled "modules" and cached tables of the other backend
+    monkeypatch.setattr(_cuda, "_TABLES", OrderedDict())
+    monkeypatch.setattr(_cuda, "_checked", False)
+    yield fake
+    assert fake.LAUNCHES, "no kernel ran in the emulator"
 
 
 def _taps(rng: np.random.Generator, n: int, size: int, channels: list[int], dtype: type) -> list[np.ndarray]:
@@ -40,45 +76,41 @@ def _taps(rng: np.random.Generator, n: int, size: int, channels: list[int], dtyp
     return taps
 
 
-def _widen(a: np.ndarray) -> np.ndarray:
-    return a.astype(np.float32) if a.dtype == np.float16 else a
-
-
 @pytest.mark.parametrize("mode", hypercolumn.INTERPOLATION_MODES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize(("n", "s_count", "channels"), [(2, 1, [3]), (3, 13, [5, 33, 64]), (2, 777, [64, 128, 7, 1])])
-def test_gather_bit_identical(mode: str, dtype: type, n: int, s_count: int, channels: list[int]) -> None:
+def test_gather_bit_identical(cp: ModuleType, mode: str, dtype: type, n: int, s_count: int,
+                              channels: list[int]) -> None:
     rng = np.random.default_rng(0)
     taps = _taps(rng, n, 24, channels, dtype)
     h, w = taps[0].shape[1:3]
     points = np.stack([hypercolumn.sample_points(rng, s_count, h, w) for _ in range(n)])
-    want = hypercolumn.gather([_widen(t) for t in taps], points, mode, impl="numba")
+    want = hypercolumn.gather(taps, points, mode, impl="numba")
     got = hypercolumn.gather([cp.asarray(t) for t in taps], cp.asarray(points), mode, impl="cuda")
     assert got.dtype == cp.float32 and got.shape == want.shape
     np.testing.assert_array_equal(cp.asnumpy(got), want)
 
 
-def test_gather_host_points_and_strided_out() -> None:
+def test_gather_host_points_and_strided_out(cp: ModuleType) -> None:
     rng = np.random.default_rng(1)
     (tap,) = _taps(rng, 2, 9, [17], np.float32)
     ty, tx = hypercolumn.tap_tables([tap.shape[1:3]], "half_pixel")[0]
     points = np.stack([hypercolumn.sample_points(rng, 10, 9, 10) for _ in range(2)])
-    want = np.zeros((2, 10, 17), np.float32)
-    hypercolumn._gather_numba(np.ascontiguousarray(tap), points, ty, tx, want)
+    want = hypercolumn.gather([tap], points, impl="numba")
     full = cp.zeros((2, 10, 40), cp.float32)
     _cuda.gather_tap(tap, points, ty, tx, full[:, :, 20:37])  # NumPy inputs, column slice out
     np.testing.assert_array_equal(cp.asnumpy(full[:, :, 20:37]), want)
-    assert not full[:, :, :20].any() and not full[:, :, 37:].any()
+    assert not cp.asnumpy(full[:, :, :20]).any() and not cp.asnumpy(full[:, :, 37:]).any()
     host_out = np.empty_like(want)  # a NumPy out gets a copy back
     _cuda.gather_tap(cp.asarray(tap), cp.asarray(points), ty, tx, host_out)
     np.testing.assert_array_equal(host_out, want)
 
 
-def _check_assign(x: np.ndarray, centres: np.ndarray) -> None:
+def _check_assign(cp: ModuleType, x: np.ndarray, centres: np.ndarray) -> None:
     labels, dist = codebook.assign(x, centres, impl="cuda")
     labels, dist = cp.asnumpy(labels), cp.asnumpy(dist)
-    want_labels, want_dist = codebook.assign(_widen(x), centres, impl="numba")
-    x64, c64 = _widen(x).astype(np.float64), centres.astype(np.float64)
+    want_labels, want_dist = codebook.assign(x, centres, impl="numba")
+    x64, c64 = x.astype(np.float64), centres.astype(np.float64)
     x_sq, c_sq = (x64 * x64).sum(1), (c64 * c64).sum(1)
     exact = x_sq[:, None] - 2 * x64 @ c64.T + c_sq[None, :]
     two = np.sort(exact, axis=1)[:, :2]  # k ≥ 2 in every case
@@ -91,24 +123,24 @@ def _check_assign(x: np.ndarray, centres: np.ndarray) -> None:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize(("m", "dim", "k"), [(1, 3, 2), (1000, 1472, 100), (4099, 37, 2), (3001, 257, 256)])
-def test_assign_matches_cpu(dtype: type, m: int, dim: int, k: int) -> None:
+def test_assign_matches_cpu(cp: ModuleType, dtype: type, m: int, dim: int, k: int) -> None:
     rng = np.random.default_rng(2)
     x = rng.standard_normal((m, dim)).astype(dtype)
     centres = rng.standard_normal((k, dim)).astype(np.float32)
-    _check_assign(x, centres)
+    _check_assign(cp, x, centres)
 
 
-def test_assign_non_contiguous() -> None:
+def test_assign_non_contiguous(cp: ModuleType) -> None:
     rng = np.random.default_rng(3)
     x = np.asfortranarray(rng.standard_normal((500, 64), dtype=np.float32))[:, ::2]
     centres = rng.standard_normal((10, 32)).astype(np.float32)
-    _check_assign(x, centres)
+    _check_assign(cp, x, centres)
     labels, _ = codebook.assign(cp.asarray(x), cp.asarray(centres.T).T, impl="cuda")  # device arrays, F-ordered centres
     assert labels.dtype == cp.int32 and labels.shape == (500,)
 
 
 @pytest.mark.parametrize("k", [2, 37, 256])
-def test_argmin_kernel_ties_identical(k: int) -> None:
+def test_argmin_kernel_ties_identical(cp: ModuleType, k: int) -> None:
     """Same cross matrix into both argmins: identical labels (lowest index on ties, NaN rows → 0)."""
     rng = np.random.default_rng(4)
     m, dim = 1003, 19
@@ -116,19 +148,19 @@ def test_argmin_kernel_ties_identical(k: int) -> None:
     cross = rng.integers(0, 3, (m, k)).astype(np.float32)  # many exact ties
     cross[5] = np.nan
     c_sq = 2 * rng.integers(0, 2, k).astype(np.float32)  # even, like 2·cross: ties for every k
-    x_sq = np.einsum("ij,ij->i", x, x)
     want_labels, want_dist = np.empty(m, np.int32), np.empty(m, np.float32)
-    codebook._argmin_rows_kernel(cross, x_sq, c_sq, want_labels, want_dist)
+    codebook._argmin_rows_kernel(x, np.zeros(0, np.float32), cross, c_sq, want_labels, want_dist, True)
     labels, dist = cp.empty(m, cp.int32), cp.empty(m, cp.float32)
     kernel = _cuda._function("assign", "argmin_rows_f32")
     kernel(((m + 7) // 8,), (256,), (cp.asarray(x), cp.asarray(cross), cp.asarray(c_sq), labels, dist,
                                     np.int32(m), np.int32(dim), np.int32(k)))
     np.testing.assert_array_equal(cp.asnumpy(labels), want_labels)
-    np.testing.assert_allclose(cp.asnumpy(dist), want_dist, rtol=1e-6, atol=1e-5)  # x_sq summed in another order
+    # x_sq is summed in float32 on the GPU, in float64 on the CPU; a NaN row's distance is +inf on both.
+    np.testing.assert_allclose(cp.asnumpy(dist), want_dist, rtol=1e-6, atol=1e-5)
 
 
-def _check_residuals(x: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> None:
-    want = vlad.residual_sums(_widen(x), labels, centres, impl="numba")
+def _check_residuals(cp: ModuleType, x: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> None:
+    want = vlad.residual_sums(x, labels, centres, impl="numba")
     got = vlad.residual_sums(cp.asarray(x), cp.asarray(labels), cp.asarray(centres), impl="cuda")
     assert got.dtype == cp.float32 and got.shape == want.shape
     got = cp.asnumpy(got)
@@ -143,29 +175,29 @@ def _check_residuals(x: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> 
     ("n", "s_count", "dim", "k"),
     [(2, 1, 5, 2), (3, 1000, 1472, 100), (2, 13, 37, 256), (2, 501, 65, 193), (1, 300, 33, 500)],
 )
-def test_residual_sums_match_cpu(dtype: type, n: int, s_count: int, dim: int, k: int) -> None:
+def test_residual_sums_match_cpu(cp: ModuleType, dtype: type, n: int, s_count: int, dim: int, k: int) -> None:
     """Covers k ≤ 192 (64-column tiles), 192 < k ≤ 384 (32-column tiles), k > 384 (centre chunks)."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((n, s_count, dim)).astype(dtype)
     centres = rng.standard_normal((k, dim)).astype(np.float32)
     used = rng.choice(k, size=max(1, k // 2), replace=False)  # half the clusters stay empty
     labels = used[rng.integers(0, len(used), (n, s_count))].astype(np.int32)
-    _check_residuals(x, labels, centres)
+    _check_residuals(cp, x, labels, centres)
 
 
-def test_residual_sums_non_contiguous_and_encode() -> None:
+def test_residual_sums_non_contiguous_and_encode(cp: ModuleType) -> None:
     rng = np.random.default_rng(6)
     big = rng.standard_normal((3, 400, 90)).astype(np.float32)
     x = big[:, ::2, 3:80]  # strided points and columns
     centres = rng.standard_normal((7, 77)).astype(np.float32)
     labels = rng.integers(0, 7, (3, 200)).astype(np.int64)  # int64 labels are converted
-    _check_residuals(x, labels, centres)
+    _check_residuals(cp, x, labels, centres)
     want = vlad.encode(x, labels.astype(np.int32), centres, impl="numba")
     got = cp.asnumpy(vlad.encode(cp.asarray(x), cp.asarray(labels), cp.asarray(centres), impl="cuda"))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
-def test_stages_end_to_end() -> None:
+def test_stages_end_to_end(cp: ModuleType) -> None:
     """gather → assign → encode on the GPU equals the CPU chain (labels may flip only on near-ties)."""
     rng = np.random.default_rng(7)
     taps = _taps(rng, 2, 32, [8, 16, 12], np.float32)
@@ -180,3 +212,19 @@ def test_stages_end_to_end() -> None:
     codes_gpu = cp.asnumpy(vlad.encode(feats_gpu, labels_gpu.reshape(2, -1), cp.asarray(centres), impl="cuda"))
     codes = vlad.encode(feats, cp.asnumpy(labels_gpu).reshape(2, -1), centres, impl="numba")
     np.testing.assert_allclose(codes_gpu, codes, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_nearest_from_taps_matches_cpu(cp: ModuleType, dtype: type) -> None:
+    """Assignment from the taps (coarse taps' cross term on the tap grid) equals the CPU's."""
+    rng = np.random.default_rng(8)
+    taps = _taps(rng, 2, 40, [4, 8, 64, 96], dtype)
+    h, w = taps[0].shape[1:3]
+    points = np.stack([hypercolumn.sample_points(rng, 500, h, w) for _ in range(2)])
+    feats = hypercolumn.gather(taps, points, impl="numba")
+    centres = feats.reshape(-1, feats.shape[2])[rng.choice(1000, 17, replace=False)] + 0.05
+    want = codebook.nearest_from_taps(taps, points, centres, impl="numba", hc=feats)
+    taps_d, points_d = [cp.asarray(t) for t in taps], cp.asarray(points)
+    for hc in (None, hypercolumn.gather(taps_d, points_d, impl="cuda")):
+        got = cp.asnumpy(codebook.nearest_from_taps(taps_d, points_d, cp.asarray(centres), impl="cuda", hc=hc))
+        assert got.dtype == np.int32 and (got == want).mean() > 0.99  # a float32 near-tie may flip

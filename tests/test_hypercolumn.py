@@ -49,26 +49,84 @@ def test_gather_non_contiguous_and_single_point(impl: str) -> None:
                                rtol=1e-6, atol=1e-6)
 
 
-@settings(max_examples=25, deadline=None)
-@given(h=st.integers(2, 40), w=st.integers(2, 40), c=st.integers(1, 9), s=st.integers(1, 60),
-       mode=st.sampled_from(hypercolumn.INTERPOLATION_MODES))
-def test_gather_property(h: int, w: int, c: int, s: int, mode: str) -> None:
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 3), h=st.integers(1, 40), w=st.integers(1, 40), c=st.integers(1, 9), s=st.integers(1, 60),
+       mode=st.sampled_from(hypercolumn.INTERPOLATION_MODES), half=st.booleans(), impl=st.sampled_from(IMPLS))
+def test_gather_property(n: int, h: int, w: int, c: int, s: int, mode: str, half: bool, impl: str) -> None:
+    """Odd sizes (1-pixel taps included), float16 taps, any S: equal to the notebook's full-map way."""
     rng = np.random.default_rng(h * 1000 + w)
-    taps = _taps(rng, 1, (h, w), (c, c + 1))
-    points = hypercolumn.sample_points(rng, s, h, w)[None]
-    np.testing.assert_allclose(hypercolumn.gather(taps, points, mode), _reference(taps, points, mode),
-                               rtol=1e-6, atol=1e-6)
+    taps = _taps(rng, n, (h, w), (c, c + 1, 3))
+    if half:
+        taps = [t.astype(np.float16) for t in taps]
+    points = np.stack([hypercolumn.sample_points(rng, s, h, w) for _ in range(n)])
+    got = hypercolumn.gather(taps, points, mode, impl=impl)
+    want = _reference([t.astype(np.float32) for t in taps], points, mode)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
-def test_full_resolution_tap_is_copied_exactly_at_half_pixel() -> None:
-    tap = np.arange(5 * 7, dtype=np.float32).reshape(1, 5, 7, 1)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gather_float16_equals_its_float32_widening(impl: str) -> None:
+    """fp16 is widened exactly, then computed in float32: bit-identical to gathering the widened taps."""
+    rng = np.random.default_rng(3)
+    taps = [t.astype(np.float16) for t in _taps(rng, 2, (23, 17), (8, 16, 5))]
+    taps[1][0, 0, 0, :4] = [np.inf, -np.inf, 6e-8, -0.0]  # infinities, a subnormal, a signed zero
+    points = np.stack([hypercolumn.sample_points(rng, 40, 23, 17) for _ in range(2)])
+    got = hypercolumn.gather(taps, points, impl=impl)
+    want = hypercolumn.gather([t.astype(np.float32) for t in taps], points, impl=impl)
+    np.testing.assert_array_equal(got, want)
+    mixed = hypercolumn.gather([taps[0], taps[1].astype(np.float32), taps[2]], points, impl=impl)
+    np.testing.assert_array_equal(mixed, want)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gather_point_order_and_strided_out(impl: str) -> None:
+    """Rows follow the points' order (the kernel visits them sorted) and a column slice is a valid out."""
+    rng = np.random.default_rng(4)
+    taps = _taps(rng, 2, (30, 31), (4, 6, 3))
+    points = np.stack([hypercolumn.sample_points(rng, 50, 30, 31) for _ in range(2)])
+    want = hypercolumn.gather(taps, points, impl=impl)
+    perm = rng.permutation(50)
+    np.testing.assert_array_equal(hypercolumn.gather(taps, points[:, perm], impl=impl), want[:, perm])
+    wide = np.full((2, 50, 20), 7.0, np.float32)
+    hypercolumn.gather(taps, points, impl=impl, out=wide[:, :, 3:16])
+    np.testing.assert_array_equal(wide[:, :, 3:16], want)
+    assert (wide[:, :, :3] == 7).all() and (wide[:, :, 16:] == 7).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gather_no_points_and_bad_points(impl: str) -> None:
+    taps = _taps(np.random.default_rng(5), 2, (8, 8), (3, 2))
+    empty = hypercolumn.gather(taps, np.zeros((2, 0, 2), np.int32), impl=impl)
+    assert empty.shape == (2, 0, 5)
+    with pytest.raises(ParameterError, match="outside the 8×8"):
+        hypercolumn.gather(taps, np.full((2, 1, 2), 8, np.int32), impl=impl)
+    with pytest.raises(ParameterError, match="n = 3"):
+        hypercolumn.gather(taps, np.zeros((3, 1, 2), np.int32), impl=impl)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gather_add_sums_taps(impl: str) -> None:
+    rng = np.random.default_rng(6)
+    maps = [rng.standard_normal((2, h, h + 1, 5), dtype=np.float32) for h in (20, 10, 5)]
+    points = np.stack([hypercolumn.sample_points(rng, 33, 20, 21) for _ in range(2)])
+    base = rng.standard_normal((2, 33, 5), dtype=np.float32)
+    got = hypercolumn.gather_add(maps, points, base.copy(), (20, 21), impl=impl)
+    want = base + sum(hypercolumn.gather_tap(m, points, (20, 21), impl=impl) for m in maps)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", hypercolumn.INTERPOLATION_MODES)
+def test_full_resolution_tap_is_copied_exactly(mode: str) -> None:
+    tap = np.arange(5 * 7, dtype=np.float32).reshape(1, 5, 7, 1) / 3
     points = np.array([[[r, c] for r in range(5) for c in range(7)]], dtype=np.int32)
-    np.testing.assert_array_equal(hypercolumn.gather([tap], points)[0, :, 0], tap.ravel())
+    np.testing.assert_array_equal(hypercolumn.gather([tap], points, mode)[0, :, 0], tap.ravel())
 
 
 def test_sample_points_distinct_and_bounded() -> None:
     pts = hypercolumn.sample_points(np.random.default_rng(0), 500, 10, 60)
     assert len({tuple(p) for p in pts}) == 500
+    flat = pts[:, 0] * 60 + pts[:, 1]
+    assert (np.diff(flat) > 0).all()  # row-major order, for the kernels' memory locality
     assert pts[:, 0].max() < 10 and pts[:, 1].max() < 60
     assert len(hypercolumn.sample_points(np.random.default_rng(0), 500, 5, 5)) == 25  # capped at the pixel count
 

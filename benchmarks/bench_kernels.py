@@ -1,0 +1,197 @@
+"""fastvlad's CPU kernels against the NumPy reference and scikit-learn, at the paper's working point.
+
+``python -m pytest benchmarks/bench_kernels.py --benchmark-only`` (about a minute). Real VGG16 taps
+of 8 demo images at 224², 5,000 points each (d = 10 %), k = 100, 1,472 dims. Every number is a
+per-image median; the summary at the end prints the ratios the issue sets goals for:
+
+* post-CNN (gather + assignment + VLAD) / CNN ≤ 0.10;
+* assignment at least as fast as scikit-learn (``pairwise_distances_argmin``, ``MiniBatchKMeans.predict``);
+* VLAD ≥ 50× the reference's per-centre loop, both given the same labels (the loop is timed, not
+  the reference's float64 broadcast assignment).
+
+The reference's gather builds the full (224, 224, 1472) map of one image; its exact assignment is
+timed on 500 points and scaled to 5,000 (the broadcast needs points × k × 1472 × 8 bytes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from conftest import N_IMAGES
+
+from fastvlad import codebook, hypercolumn, pipeline, reference, vlad
+
+#: Per-image median seconds of every benchmark that ran, for the ratio summary.
+RESULTS: dict[str, float] = {}
+REFERENCE_ASSIGN_POINTS = 500
+
+
+def _record(benchmark, name: str, images: int, scale: float = 1.0) -> None:  # type: ignore[no-untyped-def]
+    if benchmark.stats is None:  # --benchmark-disable
+        return
+    per_image = benchmark.stats.stats.median * scale / images
+    benchmark.extra_info["per_image_ms"] = round(1e3 * per_image, 3)
+    RESULTS[name] = per_image
+
+
+def ratio_lines(r: dict[str, float]) -> list[str]:
+    """The goals of issue #3 as lines of text, for whichever benchmarks ran."""
+    lines = [f"{name:<28} {1e3 * s:9.2f} ms/image" for name, s in r.items()]
+
+    def ratio(label: str, num: str, den: str, goal: str) -> None:
+        if num in r and den in r:
+            lines.append(f"{label:<52} {r[num] / r[den]:8.3f}   (goal {goal})")
+
+    post = ("gather", "assign_from_taps", "vlad")
+    if all(p in r for p in post):
+        r["post_cnn_sum"] = sum(r[p] for p in post)
+    ratio("post-CNN stages (sum of the three) / CNN", "post_cnn_sum", "cnn", "<= 0.10")
+    ratio("post-CNN stages (one timed call) / CNN", "post_cnn", "cnn", "<= 0.10")
+    ratio("sklearn pairwise_distances_argmin / assign_from_taps", "sklearn_pairwise", "assign_from_taps", ">= 1")
+    ratio("sklearn MiniBatchKMeans.predict / assign_from_taps", "sklearn_predict", "assign_from_taps", ">= 1")
+    ratio("sklearn pairwise_distances_argmin / assign (GEMM)", "sklearn_pairwise", "assign_gemm", ">= 1")
+    ratio("sklearn MiniBatchKMeans.predict / assign (GEMM)", "sklearn_predict", "assign_gemm", ">= 1")
+    ratio("reference exact assign / assign_from_taps", "reference_assign", "assign_from_taps", "-")
+    ratio("reference VLAD loop / VLAD (same labels)", "reference_vlad", "vlad", ">= 50")
+    ratio("reference full-map gather / gather", "reference_gather", "gather", "-")
+    return lines
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ratio_report(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if RESULTS:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        write = reporter.write_line if reporter else print
+        write("")
+        write("fastvlad kernels, per image (medians) and the issue #3 ratios:")
+        for line in ratio_lines(dict(RESULTS)):
+            write("  " + line)
+
+
+@pytest.fixture(scope="module")
+def batch(backbone, demo_paths, settings):  # type: ignore[no-untyped-def]
+    """Pixels (8, 3, 224, 224), taps [(8, h, w, C)], points (8, 5000, 2) and hypercolumns (8, 5000, 1472)."""
+    pixels = np.stack([settings.preprocess(p) for p in demo_paths[:N_IMAGES]])
+    taps = backbone(pixels)
+    points = pipeline.sample_points(pixels, settings)
+    x = hypercolumn.gather(taps, points, settings.interpolation)
+    return pixels, taps, points, x
+
+
+@pytest.fixture(scope="module")
+def labels(batch, centres):  # type: ignore[no-untyped-def]
+    x = batch[3]
+    return codebook.nearest(x.reshape(-1, x.shape[2]), centres).reshape(x.shape[:2])
+
+
+@pytest.mark.benchmark(group="cnn")
+def test_cnn(benchmark, backbone, batch) -> None:  # type: ignore[no-untyped-def]
+    """The CNN on the batch of 8: the denominator of the post-CNN share."""
+    pixels = batch[0]
+    benchmark.pedantic(backbone, args=(pixels,), rounds=3, iterations=1, warmup_rounds=1)
+    _record(benchmark, "cnn", len(pixels))
+
+
+@pytest.mark.benchmark(group="hypercolumns")
+def test_gather(benchmark, batch, settings) -> None:  # type: ignore[no-untyped-def]
+    _, taps, points, x = batch
+    out = np.empty_like(x)
+    benchmark.pedantic(hypercolumn.gather, args=(taps, points, settings.interpolation), kwargs={"out": out},
+                       rounds=10, iterations=1, warmup_rounds=1)
+    np.testing.assert_array_equal(out, x)
+    _record(benchmark, "gather", len(points))
+
+
+@pytest.mark.benchmark(group="hypercolumns")
+def test_reference_gather(benchmark, batch, settings) -> None:  # type: ignore[no-untyped-def]
+    _, taps, points, x = batch
+    one = [t[0] for t in taps]
+    got = benchmark.pedantic(reference.sample_hypercolumns, args=(one, points[0], settings.interpolation),
+                             rounds=3, iterations=1)
+    np.testing.assert_allclose(got, x[0], rtol=1e-5, atol=1e-5)
+    _record(benchmark, "reference_gather", 1)
+
+
+@pytest.mark.benchmark(group="assign")
+def test_assign_gemm(benchmark, batch, centres, labels) -> None:  # type: ignore[no-untyped-def]
+    """Blocked float32 GEMM over the 40,000 hypercolumns + fused argmin."""
+    x = batch[3].reshape(-1, batch[3].shape[2])
+    got = benchmark.pedantic(codebook.nearest, args=(x, centres), rounds=10, iterations=1, warmup_rounds=1)
+    np.testing.assert_array_equal(got, labels.ravel())
+    _record(benchmark, "assign_gemm", len(batch[0]))
+
+
+@pytest.mark.benchmark(group="assign")
+def test_assign_from_taps(benchmark, batch, centres, labels, settings) -> None:  # type: ignore[no-untyped-def]
+    """The pipeline's assignment: coarse taps' share of the cross term on the tap grid."""
+    _, taps, points, x = batch
+    got = benchmark.pedantic(codebook.nearest_from_taps, args=(taps, points, centres, settings.interpolation),
+                             kwargs={"hc": x}, rounds=10, iterations=1, warmup_rounds=1)
+    assert (got == labels.ravel()).mean() > 0.999  # float32 rounding may flip a near-tie
+    _record(benchmark, "assign_from_taps", len(points))
+
+
+@pytest.mark.benchmark(group="assign")
+def test_sklearn_pairwise_distances_argmin(benchmark, batch, centres, labels) -> None:  # type: ignore[no-untyped-def]
+    from sklearn.metrics import pairwise_distances_argmin
+
+    x1 = batch[3][0]
+    got = benchmark.pedantic(pairwise_distances_argmin, args=(x1, centres), rounds=5, iterations=1, warmup_rounds=1)
+    assert (got == labels[0]).mean() > 0.999
+    _record(benchmark, "sklearn_pairwise", 1)
+
+
+@pytest.mark.benchmark(group="assign")
+def test_sklearn_minibatch_predict(benchmark, batch, centres, labels) -> None:  # type: ignore[no-untyped-def]
+    from sklearn.cluster import MiniBatchKMeans
+
+    x1 = batch[3][0]
+    km = MiniBatchKMeans(n_clusters=len(centres), n_init=1, max_iter=1, random_state=0).fit(x1)
+    km.cluster_centers_ = centres.copy()  # predict with the same centres
+    got = benchmark.pedantic(km.predict, args=(x1,), rounds=5, iterations=1, warmup_rounds=1)
+    assert (got == labels[0]).mean() > 0.999
+    _record(benchmark, "sklearn_predict", 1)
+
+
+@pytest.mark.benchmark(group="assign")
+def test_reference_assign(benchmark, batch, centres) -> None:  # type: ignore[no-untyped-def]
+    x1 = batch[3][0][:REFERENCE_ASSIGN_POINTS]
+    benchmark.pedantic(reference.assign, args=(x1, centres), rounds=3, iterations=1)
+    _record(benchmark, "reference_assign", 1, scale=batch[3].shape[1] / REFERENCE_ASSIGN_POINTS)
+
+
+@pytest.mark.benchmark(group="vlad")
+def test_vlad(benchmark, batch, centres, labels, settings) -> None:  # type: ignore[no-untyped-def]
+    x = batch[3]
+    codes = benchmark.pedantic(vlad.encode, args=(x, labels, centres, settings.intra, settings.power),
+                               rounds=10, iterations=1, warmup_rounds=1)
+    want = reference.vlad(x[0], centres, settings.intra, settings.power, labels=labels[0])
+    np.testing.assert_allclose(codes[0], want, rtol=1e-5, atol=1e-6)
+    _record(benchmark, "vlad", len(x))
+
+
+@pytest.mark.benchmark(group="vlad")
+def test_reference_vlad_loop(benchmark, batch, centres, labels, settings) -> None:  # type: ignore[no-untyped-def]
+    x1, l1 = batch[3][0], labels[0].astype(np.int64)
+    benchmark.pedantic(reference.vlad, args=(x1, centres, settings.intra, settings.power), kwargs={"labels": l1},
+                       rounds=5, iterations=1, warmup_rounds=1)
+    _record(benchmark, "reference_vlad", 1)
+
+
+@pytest.mark.benchmark(group="post-cnn")
+def test_post_cnn(benchmark, batch, centres, settings) -> None:  # type: ignore[no-untyped-def]
+    """What the encoder does after the CNN, as one call: gather, assignment from taps, VLAD."""
+    _, taps, points, x = batch
+    out = np.empty_like(x)
+
+    def post_cnn() -> np.ndarray:
+        hc = hypercolumn.gather(taps, points, settings.interpolation, out=out)
+        found = codebook.nearest_from_taps(taps, points, centres, settings.interpolation, hc=hc)
+        return vlad.encode(hc, found.reshape(hc.shape[:2]), centres, settings.intra, settings.power)
+
+    codes = benchmark.pedantic(post_cnn, rounds=10, iterations=1, warmup_rounds=1)
+    assert codes.shape == (len(points), centres.size)
+    _record(benchmark, "post_cnn", len(points))

@@ -1,0 +1,495 @@
+"""Scale out with Dask: fit, encode and predict on the workers of a ``dask.distributed`` cluster.
+
+The work is the local pipeline's, cut into partitions of the image list:
+
+- every worker process opens its backbone once and keeps it for all its partitions
+  (``_worker_backbone``); partitions on one worker take turns, because the backbone and the
+  kernels already use all the cores the worker is given (``FASTVLAD_THREADS``);
+- the codebook sample is the local one — the same images, the same points, in the same
+  order — gathered to the client, where k-means runs as in ``pipeline.fit_codebook``; the
+  centres are then broadcast to every worker;
+- every partition returns its images' positions with its codes, and the client checks that
+  each image came back exactly once, so a partition recomputed after a worker died can be
+  neither lost nor counted twice;
+- the booster is trained by ``xgboost.dask`` on a ``DaskQuantileDMatrix`` whose blocks stay
+  on the workers that encoded them.
+
+Image files must be readable at the same path on every worker (a shared file system).
+Dask is optional (``pip install 'fastvlad[dask]'``). With ``client=None`` each function
+runs the local path, so a caller such as the CLI needs no branch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sklearn.base import clone
+
+from . import backends, checks, codebook, config, pipeline, projection
+from .backbone import Backbone, _usable_cores
+from .errors import DistributedError, ImageReadError, InvalidDatasetError, ModelFormatError, ParameterError
+from .images import ImageSource, iter_batches
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+    from .estimator import FastVLAD
+
+log = logging.getLogger("fastvlad")
+
+#: Environment variable of a worker process: the cores its backbone, Numba and BLAS may use
+#: (unset: all the cores the process sees — right for one worker process per machine).
+THREADS_ENV = "FASTVLAD_THREADS"
+#: Largest partition: its codes come back in one message (256 × 147,200 float32 ≈ 150 MB).
+MAX_PARTITION = 256
+INSTALL = "pip install 'fastvlad[dask]'"
+
+
+# -- connecting -------------------------------------------------------------------------------
+def _require_dask() -> None:
+    try:
+        import distributed  # noqa: F401
+        import xgboost.dask  # noqa: F401
+    except ImportError as exc:
+        raise DistributedError(f"running on a Dask cluster needs Dask ({exc}); install it with {INSTALL}") from None
+
+
+def local_cluster(n_workers: int, device: str = "auto"):  # type: ignore[no-untyped-def]
+    """A ``LocalCluster`` of ``n_workers`` processes on 127.0.0.1, the cores split between them.
+
+    With ``dask-cuda`` installed and a usable GPU (``device`` auto or cuda), a
+    ``LocalCUDACluster`` instead: one worker process per GPU, ``n_workers`` GPUs at most."""
+    _require_dask()
+    if n_workers < 1:
+        raise ParameterError(f"--workers {n_workers}: start at least one worker process")
+    if device != "cpu" and backends._cuda_problem() is None:
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            log.info("fastvlad: dask-cuda is not installed; starting CPU-style workers (pip install dask-cuda)")
+        else:
+            return LocalCUDACluster(n_workers=n_workers, host="127.0.0.1", dashboard_address=None)
+    from distributed import LocalCluster
+
+    threads = str(max(1, _usable_cores() // n_workers))
+    env = {THREADS_ENV: threads, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
+           "MKL_NUM_THREADS": threads}
+    return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                        dashboard_address=None, env=env)
+
+
+@contextmanager
+def connect(scheduler: str | None = None, workers: int = 0, device: str = "auto",
+            timeout: float = 10.0) -> Iterator[Client | None]:
+    """A client of the scheduler at ``scheduler`` (tcp://HOST:PORT; ``timeout`` seconds to reach
+    it), or of a local cluster of ``workers`` processes; ``None`` when neither is asked for."""
+    if not scheduler and not workers:
+        yield None
+        return
+    if scheduler and workers:
+        raise ParameterError("--scheduler and --workers: give one of them (--workers starts a local cluster)")
+    _require_dask()
+    from distributed import Client
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout=timeout)
+        except OSError as exc:  # also TimeoutError
+            raise DistributedError(f"--scheduler {scheduler}: cannot connect ({exc}); start one with "
+                                   "'dask scheduler' and 'dask worker ADDRESS', or use --workers N") from None
+        with client:
+            yield client
+        return
+    with local_cluster(workers, device) as cluster, Client(cluster) as client:
+        yield client
+
+
+# -- what runs on the workers ---------------------------------------------------------------
+@dataclass(frozen=True)
+class _Spec:
+    """What a worker needs to rebuild the encoder: an unfitted copy of the estimator (its
+    parameters only) and the backbone hash the model was fitted with."""
+
+    estimator: Any  # FastVLAD, unfitted
+    backbone_sha256: str | None = None
+
+    @property
+    def skip_errors(self) -> bool:
+        return bool(self.estimator.on_error == "skip")
+
+
+@dataclass
+class _Part:
+    """One partition's result: rows for the images that could be read, and the others."""
+
+    indices: np.ndarray  # (n_ok,) int64 positions in the full list
+    values: np.ndarray  # (n_ok, ...) codes or probabilities, rows in ``indices`` order
+    failed: list[tuple[int, ImageReadError]]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# One backbone per worker process, reused by every partition it runs.
+_BACKBONES: dict[tuple[Any, ...], Backbone] = {}
+_TURN = threading.Lock()
+
+
+def _worker_threads() -> int:
+    text = os.environ.get(THREADS_ENV)
+    return max(1, int(text)) if text else _usable_cores()
+
+
+@contextmanager
+def _worker_turn() -> Iterator[None]:
+    """One partition at a time in this process, with BLAS and Numba held to its share of cores
+    (a Dask nanny sets OMP_NUM_THREADS=1, which would leave the assignment GEMM on one core)."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    threads = _worker_threads()
+    with _TURN, threadpool_limits(threads):
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
+        yield
+
+
+def _worker_backbone(spec: _Spec) -> tuple[backends.Backend, Backbone]:
+    """This process's backbone for ``spec``, opened on first use."""
+    est = spec.estimator
+    backend = est._backend()
+    threads = _worker_threads()
+    key = (str(est.backbone), tuple(est.taps or ()), backend.providers, threads)
+    if key not in _BACKBONES:
+        _BACKBONES[key] = Backbone(est.backbone, est.taps, backend.providers, threads=threads)
+    backbone = _BACKBONES[key]
+    if spec.backbone_sha256 and spec.backbone_sha256 != backbone.sha256:
+        raise ModelFormatError(f"this model was trained with backbone SHA-256 {spec.backbone_sha256[:12]}…, "
+                               f"but {backbone.path} on this worker has {backbone.sha256[:12]}…; "
+                               "give every worker the same backbone")
+    return backend, backbone
+
+
+def _points_per_image(sources: Sequence[ImageSource], start: int, spec: _Spec) -> list[int | ImageReadError]:
+    """Points each image gives after preprocessing, min(S, h·w), or why it cannot be read."""
+    settings = spec.estimator._settings()
+    out: list[int | ImageReadError] = []
+    for i, src in enumerate(sources):
+        try:
+            name = src if not isinstance(src, np.ndarray) else f"array #{start + i}"
+            h, w = settings.preprocess(src, name=name)[0].shape
+        except ImageReadError as exc:
+            if not spec.skip_errors:
+                raise
+            out.append(exc)
+            continue
+        out.append(min(settings.n_points, h * w))
+    return out
+
+
+@dataclass
+class _Sample:
+    """One partition of the codebook sample and the backbone that computed it."""
+
+    points: np.ndarray  # (Σ len(keep), dim) float32, image by image
+    seconds: dict[str, float]
+    backbone_sha256: str
+    taps: tuple[str, ...]
+
+
+def _check_readable(sources: Sequence[ImageSource]) -> None:
+    checks.readable(sources)
+
+
+def _sample_part(sources: Sequence[ImageSource], keeps: Sequence[np.ndarray], spec: _Spec) -> _Sample:
+    """Hypercolumns of each image at its chosen points (``keeps``: row indices per image)."""
+    settings = spec.estimator._settings()
+    timings = pipeline.Timings()
+    rows: list[np.ndarray] = []
+    with _worker_turn():
+        backend, backbone = _worker_backbone(spec)
+        workspace = pipeline.Workspace(backend)
+        for batch in iter_batches(sources, settings.preprocess, backend.batch_size):
+            hc = backends.Backend.to_numpy(pipeline.hypercolumns(backbone, batch.pixels, settings, workspace, timings))
+            rows += [hc[j, keeps[i]] for j, i in enumerate(batch.indices)]
+    return _Sample(np.concatenate(rows), dict(timings.seconds), backbone.sha256, backbone.taps)
+
+
+def _encode_part(sources: Sequence[ImageSource], start: int, encoder: tuple[np.ndarray, Any], spec: _Spec) -> _Part:
+    """VLAD codes of one partition (``pipeline.encode``), positions shifted by ``start``.
+    ``encoder``: the centres and the hypercolumn projection (or None)."""
+    timings = pipeline.Timings()
+    with _worker_turn():
+        backend, backbone = _worker_backbone(spec)
+        enc = pipeline.encode(sources, backbone, encoder[0], spec.estimator._settings(), backend, timings,
+                              skip_errors=spec.skip_errors, proj=encoder[1])
+    return _Part(enc.indices + start, enc.codes, [(i + start, e) for i, e in enc.failed], dict(timings.seconds))
+
+
+def _predict_part(part: _Part, booster: Any) -> _Part:
+    """Class probabilities of an encoded partition: values (n_ok, n_classes) float32."""
+    from . import classifier
+
+    proba = classifier.predict_proba(booster, part.values) if len(part.indices) else part.values[:, :0]
+    return _Part(part.indices, proba, part.failed, part.seconds)
+
+
+def _without_values(part: _Part) -> _Part:
+    return _Part(part.indices, np.empty((len(part.indices), 0), np.float32), part.failed, part.seconds)
+
+
+def _values(part: _Part) -> np.ndarray:
+    return part.values
+
+
+def _open_backbone(spec: _Spec) -> None:
+    _ = _worker_backbone(spec)[1].dims  # one tiny inference: ONNX Runtime allocates on its first run
+
+
+def _worker_device(device: str) -> str:
+    return backends.resolve(device).device
+
+
+# -- on the client --------------------------------------------------------------------------
+def _spec(model: FastVLAD) -> _Spec:
+    return _Spec(clone(model), getattr(model, "backbone_sha256_", None))
+
+
+def _partition_size(client: Client, n: int, requested: int | None) -> int:
+    """``requested``, or about four partitions per worker, between 8 and ``MAX_PARTITION`` images."""
+    if requested:
+        return max(1, int(requested))
+    workers = max(1, len(client.nthreads()))
+    return int(min(MAX_PARTITION, max(8, math.ceil(n / (4 * workers)))))
+
+
+def _cut(n: int, size: int) -> list[range]:
+    return [range(a, min(n, a + size)) for a in range(0, n, size)]
+
+
+def _shipped(X: Sequence[ImageSource], positions: Sequence[int] | np.ndarray) -> list[ImageSource]:
+    """The images at ``positions`` as sent to a worker: paths made absolute, since a worker's
+    working folder need not be the client's."""
+    items = [X[i] for i in positions]
+    return [x if isinstance(x, np.ndarray) else os.path.abspath(x) for x in items]
+
+
+def _gather(client: Client, futures: list[Future]) -> list[Any]:
+    """Results in submission order; the first error (an ``ImageReadError`` naming its file)
+    is raised as itself, and the other partitions are cancelled."""
+    try:
+        return list(client.gather(futures))
+    except BaseException:
+        client.cancel(futures)
+        raise
+
+
+def _check_complete(n: int, parts: Sequence[_Part]) -> None:
+    """Raise unless each of the ``n`` images is in exactly one part, as a row or a failure."""
+    seen = np.zeros(n, dtype=np.int64)
+    for p in parts:
+        np.add.at(seen, np.concatenate([p.indices, [i for i, _ in p.failed]]).astype(np.int64), 1)
+    missing, twice = np.flatnonzero(seen == 0), np.flatnonzero(seen > 1)
+    if len(missing) or len(twice):
+        raise DistributedError(f"the cluster returned {len(missing)} image(s) never (first: {missing[:5].tolist()}) "
+                               f"and {len(twice)} more than once (first: {twice[:5].tolist()}); "
+                               "the result is incomplete — run again, and report it if it repeats")
+
+
+def _assemble(n: int, parts: Sequence[_Part]) -> pipeline.Encoded:
+    """The parts as one ``Encoded`` in input order, after the completeness check."""
+    _check_complete(n, parts)
+    indices = np.concatenate([p.indices for p in parts]).astype(np.int64)
+    order = np.argsort(indices, kind="stable")
+    values = np.concatenate([p.values for p in parts])[order]
+    failed = sorted((f for p in parts for f in p.failed), key=lambda f: f[0])
+    return pipeline.Encoded(values, indices[order], failed)
+
+
+def _sum_seconds(parts: Sequence[_Part] | Sequence[_Sample], into: dict[str, float]) -> None:
+    """Add the workers' stage seconds (summed over workers: CPU time, not wall time)."""
+    for p in parts:
+        for stage, s in p.seconds.items():
+            into[stage] = into.get(stage, 0.0) + s
+
+
+def _submit_encode(client: Client, X: Sequence[ImageSource], model: FastVLAD,
+                   partition_size: int | None) -> list[Future]:
+    """One encoding task per partition; the centres and projection are sent once to every worker."""
+    spec = _spec(model)
+    encoder = client.scatter((model.codebook_, getattr(model, "projection_", None)), broadcast=True)
+    size = _partition_size(client, len(X), partition_size)
+    return [client.submit(_encode_part, _shipped(X, r), r.start, encoder, spec, pure=False)
+            for r in _cut(len(X), size)]
+
+
+def _sample_plan(client: Client, X: Sequence[ImageSource], model: FastVLAD,
+                 size: int) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """The images and points ``pipeline.fit_codebook`` samples with the same seed: the chosen
+    images and, for each, its kept point rows (None when it cannot be read and is skipped).
+
+    The local loop draws one permutation per readable image, in order, from one generator;
+    the number of points an image gives is known from the settings, or by decoding it on the
+    workers when the size is native or unreadable images are skipped."""
+    settings = model._settings()
+    rng = np.random.default_rng(settings.random_state)
+    chosen = np.sort(rng.choice(len(X), size=min(int(model.codebook_images), len(X)), replace=False))
+    per_image = max(1, min(settings.n_points, config.CODEBOOK_MAX_POINTS // len(chosen)))
+    if settings.image_size is not None and model.on_error != "skip":
+        h, w = settings.image_size
+        points: list[int | ImageReadError] = [min(settings.n_points, h * w)] * len(chosen)
+    else:
+        spec = _spec(model)
+        futures = [client.submit(_points_per_image, _shipped(X, chosen[r]), r.start, spec, pure=False)
+                   for r in _cut(len(chosen), size)]
+        points = [p for part in _gather(client, futures) for p in part]
+    keeps = [rng.permuted(np.arange(p))[:per_image] if isinstance(p, int) else None for p in points]
+    return chosen, keeps
+
+
+def warm_up(client: Client, model: FastVLAD) -> None:
+    """Open ``model``'s backbone on every worker now; otherwise each worker's first partition
+    pays for it (about a second for VGG16)."""
+    client.run(_open_backbone, _spec(model))
+
+
+def fit_codebook(client: Client | None, X: Sequence[ImageSource], model: FastVLAD,
+                 partition_size: int | None = None) -> FastVLAD:
+    """``model.fit_codebook(X)`` with the CNN on the workers: the same centres as the local
+    fit, since the sampled points are the same (k-means runs on the client)."""
+    if client is None:
+        return model.fit_codebook(X)
+    X = checks.sources(X)
+    checks.parameters(model, len(X))
+    if model.on_error == "raise":  # fail fast on unreadable headers, as the local fit does
+        _gather(client, [client.submit(_check_readable, _shipped(X, r), pure=False)
+                         for r in _cut(len(X), _partition_size(client, len(X), partition_size))])
+    size = _partition_size(client, min(len(X), int(model.codebook_images)), partition_size)
+    chosen, keeps = _sample_plan(client, X, model, size)
+    readable = [j for j, keep in enumerate(keeps) if keep is not None]
+    spec = _spec(model)
+    futures = [client.submit(_sample_part, _shipped(X, chosen[part]), [keeps[j] for j in part], spec, pure=False)
+               for part in (readable[r.start:r.stop] for r in _cut(len(readable), size))]
+    if not futures:
+        raise InvalidDatasetError(f"none of the {len(chosen)} images sampled for the codebook could be read; "
+                                  "check the images")
+    parts: list[_Sample] = _gather(client, futures)
+    model.timings_ = {}
+    model.projection_, model.codebook_ = _fit_on_sample(np.concatenate([p.points for p in parts]), model,
+                                                        model.timings_)
+    model.backbone_sha256_, model.taps_ = parts[0].backbone_sha256, parts[0].taps
+    _sum_seconds(parts, model.timings_)
+    return model
+
+
+def _fit_on_sample(sample: np.ndarray, model: FastVLAD, seconds: dict[str, float]) -> tuple[Any, np.ndarray]:
+    """The hypercolumn PCA (with ``pca``) and the k-means centres on the gathered sample, as
+    ``pipeline.fit_encoder`` fits them."""
+    settings = model._settings()
+    proj = None
+    t = time.perf_counter()
+    if settings.pca:
+        proj = projection.fit(sample, settings.pca, settings.whiten, settings.random_state)
+        sample = proj.apply(sample)
+        seconds["pca"], t = time.perf_counter() - t, time.perf_counter()
+    centres, _ = codebook.fit_kmeans(sample, int(model.k), random_state=settings.random_state)
+    seconds["kmeans"] = time.perf_counter() - t
+    return proj, centres
+
+
+def encode(client: Client | None, X: Sequence[ImageSource], model: FastVLAD,
+           partition_size: int | None = None) -> pipeline.Encoded:
+    """``model.encode(X)`` on the workers: codes ``(n_ok, k·dim)`` float32 in input order, the
+    positions of the readable images, and the failures (with ``on_error="skip"``).
+
+    Raises the worker's ``ImageReadError`` (naming the file) with ``on_error="raise"``, and
+    ``DistributedError`` if an image came back missing or twice."""
+    if client is None:
+        return model.encode(X)
+    model._check_fitted()
+    X = checks.sources(X)
+    return _assemble(len(X), _gather(client, _submit_encode(client, X, model, partition_size)))
+
+
+def predict_proba(client: Client | None, X: Sequence[ImageSource], model: FastVLAD,
+                  partition_size: int | None = None) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Class probabilities ``(n, n_classes)`` float32 in input order (NaN rows for skipped
+    images), computed where each partition was encoded, and the skipped (image, reason)."""
+    if client is None:
+        encoded = model.encode(X)
+        proba_ok = model.predict_proba_codes(encoded.codes)
+    else:
+        model._check_fitted()
+        X = checks.sources(X)
+        booster = client.scatter(model.booster_, broadcast=True)
+        futures = [client.submit(_predict_part, f, booster, pure=False)
+                   for f in _submit_encode(client, X, model, partition_size)]
+        encoded = _assemble(len(X), _gather(client, futures))
+        proba_ok = encoded.codes
+    proba = np.full((len(X), len(model.classes_)), np.nan, dtype=np.float32)
+    proba[encoded.indices] = proba_ok
+    return proba, model.describe_failures(X, encoded)
+
+
+def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any], model: FastVLAD,
+        partition_size: int | None = None) -> FastVLAD:
+    """``model.fit(X, y)`` on the cluster: codebook from the local sample, codes on the workers,
+    booster by ``xgboost.dask``. Returns ``model``, fitted, ready for ``save``."""
+    if client is None:
+        return model.fit(X, y)
+    X, y_arr = checks.sources_and_labels(X, y)
+    t0 = time.perf_counter()
+    fit_codebook(client, X, model, partition_size)
+    futures = _submit_encode(client, X, model, partition_size)
+    # Only positions and failures come back; the codes stay on the workers for training.
+    parts = _gather(client, [client.submit(_without_values, f, pure=False) for f in futures])
+    encoded = _assemble(len(X), parts)  # codes (n_ok, 0)
+    model.skipped_ = model.describe_failures(X, encoded)
+    if not len(encoded.indices):
+        raise InvalidDatasetError(f"none of the {len(X)} images could be read (e.g. {model.skipped_[0][1]})")
+    _sum_seconds(parts, model.timings_)
+    y_ok = y_arr[encoded.indices]
+    model.timings_["classifier"] = _train(client, model, futures, [len(p.indices) for p in parts], y_ok)
+    # The local fit's record, less the images' SHA-256 (it would read every file on the client).
+    names, counts = np.unique(y_ok.astype(str), return_counts=True)
+    info: dict[str, Any] = {
+        "n_images": len(y_ok), "code_dim": int(model.codebook_.size),
+        "classifier_seconds": model.timings_["classifier"],
+        "n_skipped": len(encoded.failed), "class_counts": {str(c): int(n) for c, n in zip(names, counts)},
+        "skipped": [[name, why] for name, why in model.skipped_], "workers": len(client.nthreads()),
+        "partitions": len(futures)}
+    if model.projection_ is not None:
+        info["pca_explained_variance"] = model.projection_.explained_variance_ratio
+    model.train_info_ = info
+    model.timings_["total"] = time.perf_counter() - t0
+    return model
+
+
+def _train(client: Client, model: FastVLAD, futures: list[Future], rows: list[int], y: np.ndarray) -> float:
+    """Train the booster with ``xgboost.dask`` on the encoded partitions (rows in input order);
+    sets ``classes_`` and ``booster_``, returns the seconds it took."""
+    import dask.array as da
+    import xgboost.dask as dxgb
+
+    model.classes_, y_int = np.unique(y, return_inverse=True)
+    checks.enough_classes(model.classes_)
+    t = time.perf_counter()
+    dim = model.codebook_.size
+    blocks = [da.from_delayed(client.submit(_values, f, pure=False), (r, dim), np.float32)
+              for f, r in zip(futures, rows) if r]
+    codes = da.concatenate(blocks)
+    labels = da.from_array(y_int, chunks=(tuple(r for r in rows if r),))
+    settings = model._booster_settings()
+    device = client.submit(_worker_device, model.device, pure=False).result()
+    dtrain = dxgb.DaskQuantileDMatrix(client, codes, labels, max_bin=settings.max_bin)
+    out = dxgb.train(client, settings.params(len(model.classes_), device, model.random_state), dtrain,
+                     num_boost_round=settings.n_estimators)
+    model.booster_ = out["booster"]
+    return time.perf_counter() - t
+

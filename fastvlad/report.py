@@ -1,0 +1,261 @@
+"""The evaluation report: one self-contained HTML page (images inlined as base64, inline CSS,
+no network) plus the same figures as PNG files, the numbers as JSON and the per-image
+out-of-fold predictions as CSV.
+
+Layout of ``DIR``: ``index.html``, ``report.json``, ``predictions.csv``, ``confusion.png``,
+``folds.png``, ``examples/<n>_<class>_{correct,wrong}_<i>.png``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime
+import html
+import io
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import plots
+from ._files import write_bytes_atomic
+from .datasets import Dataset
+from .errors import FastVLADError
+from .evaluate import CVResult
+from .images import read, to_rgb255
+from .model_file import data_sha256
+
+log = logging.getLogger("fastvlad")
+
+#: Thumbnails shown per class for correct and for wrong out-of-fold predictions.
+EXAMPLES_PER_KIND = 6
+THUMB_SIDE = 128
+
+
+@dataclass
+class Example:
+    """One thumbnail: the image's row in the CV result, its PNG, the predicted class and its probability."""
+
+    row: int
+    png: bytes
+    predicted: str
+    p: float
+
+
+def _json_safe(value: Any) -> Any:
+    """Parameters → JSON values (tuples → lists, anything odd → its string)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return str(value)
+
+
+def numbers(res: CVResult, est: Any, ds: Dataset) -> dict[str, Any]:
+    """Everything the report states, as JSON-ready values: CV metrics, settings, versions, data."""
+    from .estimator import versions
+
+    paths = _row_paths(res, ds)
+    n_groups = len(set(ds.groups.tolist())) if ds.groups is not None else None
+    return {**res.to_dict(),
+            "cv": "grouped" if res.grouped else "stratified",
+            "settings": _json_safe(est.get_params()),
+            "backbone_sha256": res.backbone_sha256,
+            "versions": versions(),
+            "data": {"root": str(ds.root), "n_images": len(ds), "n_groups": n_groups,
+                     "images_sha256": data_sha256(ds.paths, ds.labels)},
+            "predictions": [{"path": p, "fold": int(f), "true": t, "predicted": q}
+                            for p, f, t, q in zip(paths, res.fold, res.y_true.tolist(), res.y_pred.tolist())],
+            "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
+def _row_paths(res: CVResult, ds: Dataset) -> list[str]:
+    """The image path of every row of the CV result."""
+    return [str(ds.paths[i]) for i in _row_indices(res, ds)]
+
+
+def _row_indices(res: CVResult, ds: Dataset) -> np.ndarray:
+    """The position in ``ds`` of every row of the CV result (rows are the readable images, in order)."""
+    if res.indices is not None:
+        return np.asarray(res.indices)
+    if len(res.y_true) == len(ds):
+        return np.arange(len(ds))
+    raise FastVLADError("the CV result does not say which image each row is (no indices); "
+                        "re-run cross_validate from this fastvlad version")
+
+
+def _relative(path: str, root: Path) -> str:
+    p = Path(path)
+    return str(p.relative_to(root)) if p.is_relative_to(root) else path
+
+
+def choose_examples(res: CVResult, cls: str, correct: bool, n: int = EXAMPLES_PER_KIND,
+                    groups: np.ndarray | None = None) -> np.ndarray:
+    """Rows of true class ``cls`` predicted right (or wrong), most confident first: (≤ n,) int.
+
+    With ``groups`` (per row), one row per group comes before a second of any group: tiles of
+    one micrograph look alike, so the thumbnails show as many micrographs as they can."""
+    rows = np.flatnonzero((res.y_true == cls) & ((res.y_pred == res.y_true) == correct))
+    confidence = res.proba[rows, [res.classes.index(p) for p in res.y_pred[rows]]] if len(rows) else np.zeros(0)
+    rows = rows[np.argsort(-confidence, kind="stable")]
+    if groups is not None:
+        rows = rows[np.argsort(_nth_of_its_group(groups[rows]), kind="stable")]
+    return rows[:n]
+
+
+def _nth_of_its_group(groups: np.ndarray) -> np.ndarray:
+    """For each position, how many earlier positions share its group: (n,) int."""
+    seen: Counter[object] = Counter()
+    nth = np.empty(len(groups), dtype=np.int64)
+    for i, g in enumerate(groups.tolist()):
+        nth[i] = seen[g]
+        seen[g] += 1
+    return nth
+
+
+def _thumbnail_png(path: str) -> bytes | None:
+    try:
+        rgb = np.clip(to_rgb255(read(path), path), 0, 255).astype(np.uint8)
+    except FastVLADError as exc:  # the image was readable during CV; say so and carry on
+        log.warning("report: no thumbnail for %s (%s)", path, exc)
+        return None
+    return plots.png_bytes(plots.thumbnail(rgb, THUMB_SIDE))
+
+
+def examples(res: CVResult, paths: list[str], cls: str, correct: bool, groups: np.ndarray | None) -> list[Example]:
+    """Thumbnails of one class and kind (see ``choose_examples``)."""
+    out = []
+    for row in choose_examples(res, cls, correct, groups=groups):
+        png = _thumbnail_png(paths[row])
+        if png is not None:
+            p = float(res.proba[row, res.classes.index(res.y_pred[row])])
+            out.append(Example(int(row), png, str(res.y_pred[row]), p))
+    return out
+
+
+def predictions_csv(res: CVResult, paths: list[str], root: Path) -> bytes:
+    """Out-of-fold predictions, one row per image: path, fold, true, predicted, p_<class>…"""
+    text = io.StringIO()
+    w = csv.writer(text)
+    w.writerow(["path", "fold", "true", "predicted", *[f"p_{c}" for c in res.classes]])
+    for i, path in enumerate(paths):
+        w.writerow([_relative(path, root), int(res.fold[i]), res.y_true[i], res.y_pred[i],
+                    *[f"{v:.6f}" for v in res.proba[i]]])
+    return text.getvalue().encode()
+
+
+def write_report(folder: str | Path, res: CVResult, est: Any, ds: Dataset) -> Path:
+    """Write the report into ``folder``; returns the path of ``index.html``."""
+    folder = Path(folder)
+    paths = _row_paths(res, ds)
+    nums = numbers(res, est, ds)
+    write_bytes_atomic(folder / "report.json", json.dumps(nums, indent=2).encode())
+    write_bytes_atomic(folder / "predictions.csv", predictions_csv(res, paths, ds.root))
+    figures = {"confusion": plots.confusion_matrix_png(res.confusion(), res.classes, folder / "confusion.png"),
+               "folds": plots.fold_accuracy_png(res.fold_accuracy, folder / "folds.png")}
+    shown: dict[tuple[str, bool], list[Example]] = {}
+    groups = ds.groups[_row_indices(res, ds)] if ds.groups is not None else None
+    for n, cls in enumerate(res.classes):
+        for correct in (True, False):
+            shown[cls, correct] = examples(res, paths, cls, correct, groups)
+            for i, ex in enumerate(shown[cls, correct]):
+                kind = "correct" if correct else "wrong"
+                write_bytes_atomic(folder / "examples" / f"{n}_{plots.slug(cls)}_{kind}_{i}.png", ex.png)
+    page = render_html(nums, {k: p.read_bytes() for k, p in figures.items()}, shown, paths, ds.root)
+    return write_bytes_atomic(folder / "index.html", page.encode())
+
+
+# -- HTML ------------------------------------------------------------------------------------------
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:70em;
+     padding:0 1em;color:#222;line-height:1.4}
+h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+.headline{font-size:1.3em;margin:.6em 0} .muted{color:#666;font-size:.9em}
+table{border-collapse:collapse;margin:.5em 0} th,td{padding:.25em .7em;border-bottom:1px solid #eee;text-align:right}
+th:first-child,td:first-child{text-align:left} code{font-size:.85em;word-break:break-all}
+.figs{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start} .figs>img{max-width:30em;height:auto}
+.kind{font-size:.85em;font-weight:600;margin:.2em 0 0}
+.thumbs{display:flex;flex-wrap:wrap;gap:.6em;margin:.3em 0 1em}
+figure{margin:0;font-size:.75em;max-width:134px;text-align:center;overflow-wrap:anywhere}
+figure img{display:block;border:3px solid #3a3;max-width:128px} figure.wrong img{border-color:#c33}
+"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _metrics_section(nums: dict[str, Any], figures: dict[str, bytes]) -> str:
+    classes = nums["classes"]
+    per_class = [[c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])]
+                 for c, m in nums["per_class"].items()]
+    macro = [np.mean([m[k] for m in nums["per_class"].values()]) for k in ("precision", "recall", "f1")]
+    per_class.append(["macro average", *[f"{v:.3f}" for v in macro], str(nums["n_images"])])
+    confusion = [[c, *[str(v) for v in row]] for c, row in zip(classes, nums["confusion"])]
+    folds = ", ".join(f"{a:.3f}" for a in nums["fold_accuracy"])
+    return (f'<p class="headline">accuracy <b>{nums["accuracy_mean"]:.3f} ± {nums["accuracy_std"]:.3f}</b> '
+            f'(mean ± std over {len(nums["fold_accuracy"])} {nums["cv"]} folds)</p>'
+            f'<p class="muted">per fold: {folds}; pooled over all out-of-fold predictions: '
+            f'{nums["pooled_accuracy"]:.3f}</p>'
+            '<h2>Per class</h2>' + _table(["class", "precision", "recall", "F1", "images"], per_class) +
+            '<h2>Confusion</h2><div class="figs"><div>' +
+            _table(["true \\ predicted", *classes], confusion) + "</div>" +
+            _img(figures["confusion"], "confusion matrix") + _img(figures["folds"], "accuracy per fold") + "</div>")
+
+
+def _examples_section(classes: list[str], shown: dict[tuple[str, bool], list[Example]], paths: list[str],
+                      root: Path) -> str:
+    parts = ['<h2>Examples</h2><p class="muted">Out-of-fold predictions, most confident first; '
+             "green border: correct, red: wrong (caption: predicted class and its probability).</p>"]
+    for cls in classes:
+        parts.append(f"<h3>{html.escape(cls)}</h3>")
+        for correct in (True, False):
+            exs = shown[cls, correct]
+            label = "correct" if correct else "wrong"
+            if not exs:
+                parts.append(f'<p class="muted">no {label} predictions</p>')
+                continue
+            figs = "".join(f'<figure class="{label}" title="{html.escape(_relative(paths[e.row], root))}">'
+                           f"{_img(e.png, _relative(paths[e.row], root))}<figcaption>{html.escape(e.predicted)}"
+                           f"<br>p = {e.p:.2f}</figcaption></figure>" for e in exs)
+            parts.append(f'<p class="kind">{label}</p><div class="thumbs">{figs}</div>')
+    return "".join(parts)
+
+
+def _settings_section(nums: dict[str, Any]) -> str:
+    settings = [[k, json.dumps(v)] for k, v in sorted(nums["settings"].items())]
+    data = nums["data"]
+    info = [["images", str(data["n_images"])], ["groups", str(data["n_groups"] or "none")],
+            ["images SHA-256 (order-free)", data["images_sha256"]], ["backbone SHA-256", nums["backbone_sha256"]]]
+    seconds = [[k, f"{v:.1f}"] for k, v in nums["seconds"].items()]
+    versions = [[k, v] for k, v in nums["versions"].items()]
+    skipped = ("<h2>Skipped images</h2>" + _table(["image", "why"], [[a, b] for a, b in nums["skipped"]])
+               if nums["skipped"] else "")
+    return (skipped + '<h2>Settings</h2><div class="figs">' + _table(["parameter", "value"], settings) +
+            _table(["data", ""], info) + _table(["stage", "seconds"], seconds) +
+            _table(["library", "version"], versions) + "</div>")
+
+
+def render_html(nums: dict[str, Any], figures: dict[str, bytes], shown: dict[tuple[str, bool], list[Example]],
+                paths: list[str], root: Path) -> str:
+    """The report page: every image inlined, no external resource."""
+    title = f"fastvlad evaluation — {Path(nums['data']['root']).name}"
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p class=\"muted\">{html.escape(nums['data']['root'])} · "
+            f"{nums['n_images']} images, {len(nums['classes'])} classes · {html.escape(nums['created'])}</p>" +
+            _metrics_section(nums, figures) + _examples_section(nums["classes"], shown, paths, root) +
+            _settings_section(nums) + "</body></html>\n")

@@ -1,0 +1,1 @@
+"""Host emulator of the CUDA kernels (see emu.h), so the default test run executes them."""

@@ -1,0 +1,504 @@
+"""Bad input, generated here (no committed binaries): every kind is a FastVLADError with a
+message naming the problem, never another exception; a fail-fast header scan names them
+all at once; ``on_error="skip"`` reports every one and drops none silently.
+
+Property tests (hypothesis) throw arbitrary arrays and objects at the array API and at
+``FastVLAD.transform`` of a fitted tiny model.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import tifffile
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as npst
+from PIL import Image
+
+from fastvlad import checks, config
+from fastvlad.errors import FastVLADError, ImageReadError, InvalidDatasetError, ParameterError
+from fastvlad.images import Preprocess, iter_batches, probe, to_rgb255
+
+from . import tiny_model
+
+pytestmark = pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")  # Pillow, on damaged TIFFs
+RNG = np.random.default_rng(0)
+GRAY = RNG.integers(0, 256, (40, 50), dtype=np.uint8)
+PREP = Preprocess((32, 32))
+UNREADABLE = "cannot decode"
+
+
+# -- the corpus -----------------------------------------------------------------------------
+def _png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _encoded(arr: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "TIFF":
+        tifffile.imwrite(buf, arr)
+    else:
+        Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR claiming ``width``×``height``, then an empty IDAT and IEND."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def _flip_png_crc(data: bytes) -> bytes:
+    i = data.index(b"IDAT") + 4
+    return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+
+
+def _tiff_of(arr: np.ndarray, **kw: object) -> Callable[[Path], None]:
+    return lambda p: tifffile.imwrite(p, arr, **kw)
+
+
+class Bad(NamedTuple):
+    name: str  # file name (its suffix matters)
+    make: Callable[[Path], object]  # writes the file at the given path
+    match: str  # regex the error message must contain
+    header: bool  # found by the header scan (probe) without decoding pixels
+
+
+def _bytes(data: bytes) -> Callable[[Path], object]:
+    return lambda p: p.write_bytes(data)
+
+
+PNG = _png_bytes(GRAY)
+JPG = _encoded(np.dstack([GRAY] * 3), "JPEG")
+TIF = _encoded(GRAY, "TIFF")
+NAN = np.where(GRAY > 250, np.nan, GRAY / 255).astype(np.float32)
+
+BAD_FILES = [
+    Bad("empty.png", _bytes(b""), "empty file", True),
+    Bad("empty.tif", _bytes(b""), "empty file", True),
+    Bad("truncated.png", _bytes(PNG[: len(PNG) // 2]), f"{UNREADABLE}.*truncated", False),
+    Bad("truncated.jpg", _bytes(JPG[: len(JPG) // 2]), f"{UNREADABLE}.*truncated", False),
+    Bad("truncated.tif", _bytes(TIF[: len(TIF) // 2]), UNREADABLE, False),
+    Bad("header_only.jpg", _bytes(JPG[:20]), UNREADABLE, True),
+    Bad("header_only.tif", _bytes(TIF[:16]), UNREADABLE, True),
+    Bad("truncated.gif", _bytes(_encoded(GRAY, "GIF")[:-300]), UNREADABLE, False),
+    Bad("truncated.bmp", _bytes(_encoded(GRAY, "BMP")[:200]), UNREADABLE, False),
+    Bad("bad_crc.png", _bytes(_flip_png_crc(PNG)), UNREADABLE, False),
+    Bad("text.png", _bytes(b"hello, not an image\n"), f"{UNREADABLE}.*cannot identify", True),
+    Bad("text.tif", _bytes(b"II*\0 but then text"), UNREADABLE, True),
+    Bad("page.jpg", _bytes(b"<!DOCTYPE html><html><body>404 Not Found</body></html>"), UNREADABLE, True),
+    Bad("random.png", _bytes(RNG.integers(0, 256, 4096, dtype=np.uint8).tobytes()), UNREADABLE, True),
+    Bad("archive.webp", _bytes(b"PK\x03\x04" + bytes(100)), UNREADABLE, True),
+    Bad("zero_by_zero.png", _bytes(_png_header_only(0, 0)), UNREADABLE, True),
+    Bad("one_pixel.png", _bytes(_png_bytes(GRAY[:1, :1])), "1×1 pixels is smaller than the 16×16", False),
+    Bad("tiny.png", _bytes(_png_bytes(GRAY[:12, :8])), "8×12 pixels is smaller than the 16×16", False),
+    Bad("huge_header.png", _bytes(_png_header_only(100_000, 100_000)), "100000×100000 pixels exceeds the limit", True),
+    Bad("nan.tif", _tiff_of(NAN), "NaN or infinite", False),
+    Bad("inf.tif", _tiff_of(np.where(GRAY > 250, np.inf, 1.0).astype(np.float64)), "NaN or infinite", False),
+    Bad("complex.tif", _tiff_of((GRAY + 1j).astype(np.complex64)), "dtype complex64 is not an image type", True),
+    Bad("five_samples.tif", _tiff_of(RNG.integers(0, 255, (40, 50, 5), dtype=np.uint8), photometric="minisblack",
+                                     planarconfig="contig"), r"shape \(40, 50, 5\) is not an image", False),
+    Bad("volume.tif", _tiff_of(RNG.integers(0, 255, (4, 40, 50), dtype=np.uint8), volumetric=True,
+                               photometric="minisblack"), "is not an image", False),
+]
+NATIVE_ONLY = {"one_pixel.png", "tiny.png"}  # fine when resized, too small at native size
+
+
+def _special(tmp: Path) -> dict[str, tuple[Path, str, bool]]:
+    """Paths that are not files: folder, missing, broken link, link loop, named pipe, NUL in the name."""
+    (tmp / "folder.png").mkdir()
+    (tmp / "broken.png").symlink_to(tmp / "nowhere.png")
+    (tmp / "loop.png").symlink_to(tmp / "loop.png")
+    os.mkfifo(tmp / "pipe.png")  # opening it for reading would wait for a writer forever
+    return {"pipe.png": (tmp / "pipe.png", "not a regular file", True),
+            "nul.png": (Path("nul\0.png"), "not a valid path", True),"folder.png": (tmp / "folder.png", "is a folder, not an image", True),
+            "missing.png": (tmp / "missing.png", "file not found", True),
+            "broken.png": (tmp / "broken.png", "symbolic link to a missing file", True),
+            "loop.png": (tmp / "loop.png", "symbolic link loop", True)}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str, bool]]:
+    """name → (path, message regex, found by the header scan); and one good image."""
+    tmp = tmp_path_factory.mktemp("bad")
+    out = {}
+    for bad in BAD_FILES:
+        bad.make(tmp / bad.name)
+        out[bad.name] = (tmp / bad.name, bad.match, bad.header)
+    out.update(_special(tmp))
+    (tmp / "good.png").write_bytes(PNG)
+    out["good.png"] = (tmp / "good.png", "", False)
+    return out
+
+
+BAD_ARRAYS = {
+    "object": (np.array([[1, None], [2, 3]], dtype=object), "dtype object is not an image type"),
+    "complex": (GRAY.astype(np.complex128), "dtype complex128 is not an image type"),
+    "string": (np.full((20, 20), "a"), "dtype <U1 is not an image type"),
+    "datetime": (np.zeros((20, 20), "datetime64[s]"), r"dtype datetime64\[s\] is not an image type"),
+    "timedelta": (np.zeros((20, 20), "timedelta64[ms]"), "is not an image type"),
+    "structured": (np.zeros((20, 20), [("a", "u1"), ("b", "f4")]), "is not an image type"),
+    "scalar": (np.array(3.0), r"shape \(\) is not an image"),
+    "1-D": (np.arange(400, dtype=np.uint8), r"shape \(400,\) is not an image"),
+    "5-D": (np.zeros((2, 2, 20, 20, 3), np.uint8), "is not an image"),
+    "4-D": (np.zeros((2, 20, 20, 3), np.uint8), "give one image per entry"),
+    "H,W,5": (np.zeros((20, 20, 5), np.uint8), r"shape \(20, 20, 5\) is not an image"),
+    "channels first": (np.zeros((3, 20, 20), np.uint8), r"move the channel axis last"),
+    "no rows": (np.zeros((0, 20), np.uint8), "has no pixels"),
+    "no columns": (np.zeros((20, 0, 3), np.uint8), "has no pixels"),
+    "NaN": (np.where(GRAY > 200, np.nan, 0.5), r"contains \d+ NaN or infinite"),
+    "inf": (np.where(GRAY > 200, -np.inf, 0.5).astype(np.float16), "NaN or infinite"),
+}
+
+
+# -- every bad kind: the class and a message fragment ----------------------------------------
+@pytest.mark.parametrize("name", [b.name for b in BAD_FILES] + ["folder.png", "missing.png", "broken.png", "loop.png",
+                                                                  "pipe.png", "nul.png"])
+def test_bad_file(corpus: dict[str, tuple[Path, str, bool]], name: str) -> None:
+    path, match, _ = corpus[name]
+    prep = Preprocess(None) if name in NATIVE_ONLY else PREP
+    with pytest.raises(ImageReadError, match=match) as info:
+        prep(path)
+    assert str(path) in str(info.value)  # the message names the file
+    assert info.value.source == str(path)
+
+
+@pytest.mark.parametrize("name", list(BAD_ARRAYS))
+def test_bad_array(name: str) -> None:
+    arr, match = BAD_ARRAYS[name]
+    with pytest.raises(ImageReadError, match=match):
+        PREP(arr)
+
+
+def test_header_scan_finds_the_header_kinds(corpus: dict[str, tuple[Path, str, bool]]) -> None:
+    for name, (path, match, header) in corpus.items():
+        if not header:
+            probe(path)  # decodes nothing, so damage further in passes
+            continue
+        with pytest.raises(ImageReadError, match=match):
+            probe(path)
+
+
+def test_fail_fast_names_every_bad_image(corpus: dict[str, tuple[Path, str, bool]]) -> None:
+    header_bad = [p for p, _, header in corpus.values() if header]
+    sources: list[object] = [corpus["good.png"][0], *header_bad, np.zeros((5,), np.uint8)]
+    with pytest.raises(ImageReadError, match=f"{len(header_bad) + 1} of {len(sources)} images") as info:
+        checks.readable(sources)  # type: ignore[arg-type]
+    msg = str(info.value)
+    for p in header_bad[: checks.LISTED]:
+        assert str(p) in msg
+    assert "more" in msg and "--on-error skip" in msg
+
+
+def test_skip_reports_every_bad_file_and_drops_none(corpus: dict[str, tuple[Path, str, bool]]) -> None:
+    paths = [p for p, _, _ in corpus.values()]
+    batches = list(iter_batches(paths, PREP, batch_size=4, skip_errors=True))
+    ok = [i for b in batches for i in b.indices]
+    failed = {i: e for b in batches for i, e in b.failed}
+    assert sorted(ok + list(failed)) == list(range(len(paths)))  # each image once, either way
+    names = [p.name for p in paths]
+    expected_ok = {"good.png"} | NATIVE_ONLY
+    assert {names[i] for i in ok} == expected_ok
+    for i, err in failed.items():
+        assert err.source == str(paths[i])
+
+
+def test_decompression_bomb_limit_is_configurable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    zeros = np.zeros((600, 700), np.uint8)  # compresses to a few hundred bytes
+    png, tif, gif = tmp_path / "bomb.png", tmp_path / "bomb.tif", tmp_path / "bomb.gif"
+    png.write_bytes(_png_bytes(zeros))
+    tifffile.imwrite(tif, zeros, compression="zlib")
+    Image.fromarray(zeros).save(gif)
+    for p in (png, tif, gif):
+        assert PREP(p).shape == (3, 32, 32)
+    monkeypatch.setattr(config, "MAX_IMAGE_PIXELS", 100_000)
+    for p in (png, tif, gif):
+        with pytest.raises(ImageReadError, match="700×600 pixels exceeds the limit of 100000.*MAX_IMAGE_PIXELS"):
+            PREP(p)
+        with pytest.raises(ImageReadError, match="decompression-bomb"):
+            probe(p)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_permission_denied_for_real(tmp_path: Path) -> None:
+    path = tmp_path / "locked.png"
+    path.write_bytes(PNG)
+    path.chmod(0)
+    with pytest.raises(ImageReadError, match="permission denied"):
+        PREP(path)
+
+
+def test_permission_denied_simulated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Root ignores file modes, so the OS's answer for another user is simulated at open().
+    png, tif = tmp_path / "locked.png", tmp_path / "locked.tif"
+    png.write_bytes(PNG)
+    tif.write_bytes(TIF)
+    real_open = builtins.open
+
+    def deny(file: object, *args: object, **kw: object):  # type: ignore[no-untyped-def]
+        if str(file) in (str(png), str(tif)):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kw)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(builtins, "open", deny)
+    for p in (png, tif):
+        with pytest.raises(ImageReadError, match="locked.*permission denied"):
+            PREP(p)
+
+
+@pytest.mark.parametrize(("X", "error", "match"), [
+    ([GRAY, None], ParameterError, r"X\[1\] is None"),
+    ([GRAY, 3], ParameterError, r"X\[1\] is a int"),
+    ([GRAY, b"a.png"], ParameterError, r"X\[1\] is a bytes"),
+    ("a.png", ParameterError, "not a single path"),
+    (np.zeros((20, 20), np.uint8), ParameterError, r"shape \(20, 20\)"),
+    ([], InvalidDatasetError, "X is empty"),
+    (np.zeros((0, 20, 20), np.uint8), InvalidDatasetError, "X is empty"),
+    (42, ParameterError, "not a sequence of images"),
+])
+def test_bad_collections(X: object, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        checks.sources(X)
+
+
+def test_unpickled_error_keeps_its_fields() -> None:
+    import pickle
+
+    err = pickle.loads(pickle.dumps(ImageReadError("a.png", "empty file", "fix it")))
+    assert (err.source, err.problem, str(err)) == ("a.png", "empty file", "a.png: empty file. fix it")
+
+
+def _mutants(seed: int, n: int) -> list[tuple[str, bytes]]:
+    """``n`` damaged copies of valid files of every format: cut short, bytes overwritten, junk
+    inserted, or one header byte changed."""
+    rng = np.random.default_rng(seed)
+    rgb = RNG.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    seeds = {".png": _encoded(rgb, "PNG"), ".jpg": _encoded(rgb, "JPEG"), ".tif": _encoded(rgb, "TIFF"),
+             ".gif": _encoded(rgb, "GIF"), ".bmp": _encoded(rgb, "BMP"), ".webp": _encoded(rgb, "WEBP"),
+             "16.tif": _encoded(GRAY.astype(np.uint16) * 257, "TIFF"), "f.tif": _encoded(GRAY / 7.0, "TIFF")}
+    out = []
+    for i in range(n):
+        suffix, data = list(seeds.items())[i % len(seeds)]
+        b = bytearray(data)
+        op = i // len(seeds) % 4
+        if op == 0:
+            b = b[: rng.integers(1, len(b))]
+        elif op == 1:
+            for pos in rng.integers(0, len(b), rng.integers(1, 10)):
+                b[pos] = rng.integers(256)
+        elif op == 2:
+            pos = rng.integers(len(b))
+            b[pos:pos] = rng.integers(0, 256, rng.integers(1, 50), dtype=np.uint8).tobytes()
+        else:
+            b[rng.integers(min(64, len(b)))] ^= 1 << rng.integers(8)
+        out.append((f"m{i}{suffix}", bytes(b)))
+    return out
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_damaged_files_decode_or_raise_a_fastvlad_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unknown damage, the class rather than a list: 200 mutants, each decoded at a fixed size
+    and at native size and header-checked; only FastVLADError may come out (a tampered
+    header may claim a huge size: the lowered pixel limit keeps the test fast)."""
+    monkeypatch.setattr(config, "MAX_IMAGE_PIXELS", 1 << 20)
+    outcomes = {"ok": 0, "error": 0}
+    for name, data in _mutants(seed=1, n=200):
+        path = tmp_path / name
+        path.write_bytes(data)
+        for check in (probe, PREP, Preprocess(None)):
+            try:
+                check(path)
+                outcomes["ok"] += 1
+            except FastVLADError:
+                outcomes["error"] += 1
+    assert outcomes["ok"] > 100 and outcomes["error"] > 100  # both paths exercised
+
+
+# -- through the estimator -------------------------------------------------------------------
+def test_transform_raise_names_the_file_and_skip_gives_nan_rows(
+        vgg16_path: Path, corpus: dict[str, tuple[Path, str, bool]]) -> None:
+    good, (truncated, _, _) = corpus["good.png"][0], corpus["truncated.png"]
+    with pytest.raises(ImageReadError, match="truncated.png: cannot decode"):
+        tiny_model.fitted().transform([good, truncated])
+    codes = tiny_model.fitted_copy(on_error="skip").transform([good, truncated, GRAY, np.zeros(4)])
+    assert np.isfinite(codes[[0, 2]]).all() and np.isnan(codes[[1, 3]]).all()
+    np.testing.assert_allclose(np.linalg.norm(codes[[0, 2]], axis=1), 1, rtol=1e-5)
+    labels = tiny_model.fitted_copy(on_error="skip").predict([good, truncated, GRAY])
+    assert labels[1] is None and labels[0] in tiny_model.fitted().classes_  # no made-up class for a skipped image
+
+
+def test_fit_skip_records_skipped_images(vgg16_path: Path, corpus: dict[str, tuple[Path, str, bool]]) -> None:
+    images, labels = tiny_model.demo_images()
+    bad = [corpus["empty.png"][0], corpus["nan.tif"][0]]
+    X, y = [*images[:12], *bad], [*labels[:12], labels[0], labels[1]]
+    model = tiny_model.fitted_copy(on_error="skip", n_estimators=2)
+    model.fit(X, y)
+    assert [name for name, _ in model.skipped_] == [str(p) for p in bad]
+    assert model.train_info_["n_images"] == 12
+    assert model.train_info_["skipped"][1] == [str(bad[1]), model.skipped_[1][1]]
+    assert "NaN" in model.skipped_[1][1]
+
+
+def test_fit_when_nothing_is_readable(vgg16_path: Path, corpus: dict[str, tuple[Path, str, bool]]) -> None:
+    model = tiny_model.fitted_copy(on_error="skip")
+    with pytest.raises(InvalidDatasetError, match="none of the 2 images sampled for the codebook could be read"):
+        model.fit([corpus["empty.png"][0], corpus["text.png"][0]], ["a", "b"])
+
+
+# -- properties -------------------------------------------------------------------------------
+ANY_DTYPE = st.one_of(npst.scalar_dtypes(), npst.byte_string_dtypes(), npst.unicode_string_dtypes(),
+                      npst.array_dtypes(max_size=2), st.just(np.dtype(object)),
+                      st.sampled_from([np.dtype(np.longdouble), np.dtype(">u2"), np.dtype(">f8")]))
+NUMERIC_DTYPE = st.one_of(npst.boolean_dtypes(), npst.integer_dtypes(), npst.unsigned_integer_dtypes(),
+                          npst.floating_dtypes())
+SIDE = st.integers(0, 20)
+# Half the arrays look like images ((H, W) or (H, W, C) of a numeric dtype), so that the
+# properties are exercised on conversions that succeed as well as on errors.
+ANY_ARRAY = st.one_of(
+    npst.arrays(NUMERIC_DTYPE, st.one_of(st.tuples(SIDE, SIDE), st.tuples(SIDE, SIDE, st.integers(1, 5)))),
+    npst.arrays(ANY_DTYPE, npst.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=7)))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arr=ANY_ARRAY)
+def test_any_array_works_or_is_a_fastvlad_error(arr: np.ndarray) -> None:
+    try:
+        rgb = to_rgb255(arr)
+    except FastVLADError:
+        rgb = None
+    if rgb is not None:
+        assert rgb.dtype == np.float32 and rgb.ndim == 3 and rgb.shape[2] == 3
+        assert np.isfinite(rgb).all() and rgb.min() >= 0 and rgb.max() <= 255
+    try:
+        net = Preprocess((16, 16))(arr)
+    except FastVLADError:
+        assert rgb is None  # the network input fails only where the conversion did
+        event("error")
+        return
+    event("converted")
+    assert rgb is not None and net.shape == (3, 16, 16) and net.dtype == np.float32 and np.isfinite(net).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(obj=st.one_of(st.none(), st.integers(), st.floats(), st.text(max_size=20), st.binary(max_size=20),
+                     st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)))
+def test_any_object_works_or_is_a_fastvlad_error(obj: object) -> None:
+    try:
+        Preprocess((16, 16))(obj)  # type: ignore[arg-type]
+    except FastVLADError:
+        pass
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(X=st.one_of(st.lists(ANY_ARRAY, min_size=1, max_size=3), st.lists(ANY_ARRAY, min_size=1, max_size=3),
+                   npst.arrays(NUMERIC_DTYPE, npst.array_shapes(min_dims=1, max_dims=5, max_side=20)),
+                   st.sampled_from([None, 3, "a.png", {"a": 1}])),
+       skip=st.booleans())
+def test_transform_works_or_is_a_fastvlad_error(vgg16_path: Path, X: object, skip: bool) -> None:
+    model = tiny_model.fitted_copy(on_error="skip" if skip else "raise")
+    try:
+        codes = model.transform(X)  # type: ignore[arg-type]
+    except FastVLADError as exc:
+        event(f"error: {type(exc).__name__}")
+        return
+    event("encoded")
+    n = len(X)  # type: ignore[arg-type]
+    assert codes.shape == (n, model.codebook_.size) and codes.dtype == np.float32
+    items = list(X)  # type: ignore[call-overload]
+    for row, item in zip(codes, items):  # a row is finite exactly when its image converts
+        try:
+            model._settings().preprocess(item)
+            readable = True
+        except FastVLADError:
+            readable = False
+        assert np.isfinite(row).all() == readable and (readable or np.isnan(row).all())
+
+
+# -- parameters: checked before any image is read ----------------------------------------------
+@pytest.mark.parametrize(("params", "match"), [
+    ({"density": 0}, r"density=0: must be a number \(0, 100\] percent"),
+    ({"density": 100.5}, "density=100.5"),
+    ({"density": float("nan")}, "density=nan"),
+    ({"density": "10"}, "density='10'"),
+    ({"density": None}, "density=None"),
+    ({"k": 1}, r"k=1: must be an integer ≥ 2"),
+    ({"k": 2.5}, "k=2.5"),
+    ({"k": True}, "k=True"),
+    ({"k": 100, "density": 0.01}, r"k=100 exceeds the 15 points the codebook is fitted on \(3 image\(s\) × 5 points\)"),
+    ({"device": "tpu"}, r"device='tpu' is unknown; use one of \('auto', 'cpu', 'cuda'\)"),
+    ({"device": "CUDA"}, "device='CUDA' is unknown"),
+    ({"on_error": "ignore"}, "on_error='ignore' is unknown"),
+    ({"resample": "area"}, "resample='area' is unknown"),
+    ({"interpolation": "cubic"}, "interpolation='cubic' is unknown"),
+    ({"image_size": 8}, r"image_size=8: give one side or \(height, width\) as integers ≥ 16"),
+    ({"image_size": "224"}, "image_size='224'"),
+    ({"image_size": (100_000, 100_000)}, "exceeds the network input limit"),
+    ({"codebook_images": 0}, "codebook_images=0"),
+    ({"n_estimators": 0}, "n_estimators=0"),
+    ({"max_depth": -1}, "max_depth=-1"),
+    ({"learning_rate": 0}, "learning_rate=0"),
+    ({"colsample_bynode": 1.5}, "colsample_bynode=1.5"),
+    ({"random_state": None}, "random_state=None"),
+    ({"batch_size": 0}, "batch_size=0"),
+    ({"taps": "block1_conv2,block2_conv2"}, "taps='block1_conv2,block2_conv2': give a list of tensor names"),
+    ({"backbone": 3}, "backbone=3"),
+])
+def test_bad_parameter_before_any_image(params: dict[str, object], match: str) -> None:
+    from fastvlad.estimator import FastVLAD
+
+    X = [GRAY, GRAY, "/nonexistent/image.png"]  # reading it would be an ImageReadError
+    with pytest.raises(ParameterError, match=match):
+        FastVLAD(**{"density": 1, "k": 8, **params}).fit(X, ["a", "b", "a"])  # type: ignore[arg-type]
+
+
+def _tiny_onnx(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["input", "w"], ["conv1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv1"], ["relu1"])]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                            ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("relu1", TensorProto.FLOAT, None)], initializer=[w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    return path
+
+
+def test_unknown_taps_list_the_tensors_that_exist(tmp_path: Path) -> None:
+    from fastvlad.errors import BackboneError
+    from fastvlad.estimator import FastVLAD
+
+    model = FastVLAD(density=1, k=8, backbone=str(_tiny_onnx(tmp_path / "tiny.onnx")), taps=["relu1", "block9"],
+                     device="cpu")
+    with pytest.raises(BackboneError, match=r"taps \['block9'\] are not tensors of this model; some that are: "
+                                            r"\['conv1', 'relu1'\]"):
+        model.fit([GRAY, GRAY], ["a", "b"])
+    with pytest.raises(BackboneError, match="name the tap tensors of this model"):
+        FastVLAD(density=1, k=8, backbone=str(tmp_path / "tiny.onnx"), device="cpu").fit([GRAY, GRAY], ["a", "b"])
+    with pytest.raises(BackboneError, match="no such ONNX file"):
+        FastVLAD(density=1, k=8, backbone=str(tmp_path / "none.onnx"), device="cpu").fit([GRAY, GRAY], ["a", "b"])
+
+
+def test_bad_labels() -> None:
+    from fastvlad.estimator import FastVLAD
+
+    for y, match in ([["a"], r"y has shape \(1,\)"], [["a", None], "labels must be strings or numbers"],
+                     [[1.0, float("nan")], "no None or NaN"], [["a", "a"], r"only one class \(\['a'\]\)"]):
+        with pytest.raises(FastVLADError, match=match):
+            FastVLAD(density=1, k=8).fit([GRAY, GRAY], y)

@@ -1,0 +1,143 @@
+"""``fastvlad bench``: a tiny end-to-end run through the CLI, and the arithmetic behind its ratios."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fastvlad import bench
+from fastvlad._bench_baselines import LOWER_BOUND_SWAPS, REFERENCE_STEPS, ReferenceCosts, run_peers
+from fastvlad._bench_machine import PeakRSS
+from fastvlad._bench_scaling import image_counts, plot_scaling, streaming_growth
+from fastvlad.cli import app
+from fastvlad.errors import ParameterError
+
+TINY = ["--images", "4", "--demo-size", "64", "--image-size", "64", "--density", "0.1", "--k", "8",
+        "--reference-images", "4", "--cnn-images", "4"]
+
+
+@pytest.fixture(scope="module")
+def tiny_result(vgg16_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    res = CliRunner().invoke(app, ["-q", "bench", *TINY, "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    return json.loads(out.read_text()), res.output
+
+
+def test_bench_json_keys_and_ranges(tiny_result: tuple[dict, str]) -> None:
+    r, _ = tiny_result
+    for key in ("cnn_images_per_s", "encode_images_per_s", "post_cnn_fraction", "device", "reference_speedup",
+                "train_non_cnn_fraction", "stages", "machine", "reference", "extrapolated", "command"):
+        assert key in r, key
+    assert r["device"] == "cpu" and r["machine"]["versions"]["fastvlad"]
+    assert 0.0 <= r["post_cnn_fraction"] <= 1.0
+    shares = [s["share"] for s in r["stages"].values()]
+    assert all(0.0 <= s <= 1.0 for s in shares) and sum(shares) == pytest.approx(1.0)
+    assert list(r["stages"])[:2] == ["decode", "cnn"] and "classifier" in r["stages"]
+    assert r["reference_speedup"] > 0 and r["reference_speedup_lower_bound"] > 0
+    assert r["train_non_cnn_fraction"] > 0 and r["cnn_images_per_s"] > 0 and r["encode_images_per_s"] > 0
+    assert r["encoder"]["images"] == 4 and r["train"]["images"] == 4 and r["reference"]["images"] == 4
+    assert r["settings"]["k"] == 8 and r["settings"]["density"] == 0.1
+    assert r["command"].startswith("fastvlad bench --images 4")
+
+
+def test_bench_extrapolation_matches_its_parts(tiny_result: tuple[dict, str]) -> None:
+    """The extrapolated reference time is fixed + N × (sum of the per-image steps), recomputed here."""
+    r, _ = tiny_result
+    ref, x = r["reference"], r["extrapolated"]
+    assert set(ref["per_image_seconds"]) == set(REFERENCE_STEPS)
+    expected = sum(ref["fixed_seconds"].values()) + x["images"] * sum(ref["per_image_seconds"].values())
+    assert x["reference_seconds"] == pytest.approx(expected)
+    assert x["speedup"] == pytest.approx(x["reference_seconds"] / x["fastvlad_seconds"])
+    assert r["reference_speedup"] == pytest.approx(
+        r["reference_train_s_per_image"] / r["fastvlad_train_s_per_image"])
+
+
+def test_bench_report_names_every_part(tiny_result: tuple[dict, str]) -> None:
+    _, out = tiny_result
+    for text in ("images/s", "(a) CNN alone", "(b) encoder", "(c) the paper's pipeline", "(d) k-means",
+                 "sklearn_minibatch", "speed-up"):
+        assert text in out, text
+
+
+def test_reference_costs_arithmetic() -> None:
+    per = {s: 1.0 for s in REFERENCE_STEPS}
+    swaps = {"compiled_full_map": 0.25, "sklearn_assign": 0.5}
+    costs = ReferenceCosts(4, per, {"kmeans_init": 3.0}, swaps)
+    assert costs.seconds(10) == pytest.approx(3.0 + 10 * len(REFERENCE_STEPS))
+    saved = sum(per[s] - swaps[w] for s, w in LOWER_BOUND_SWAPS.items())  # 0.75 + 0.75 + 0.5
+    assert costs.seconds(10, lower_bound=True) == pytest.approx(costs.seconds(10) - 10 * saved)
+
+
+def test_fastvlad_seconds_model() -> None:
+    train = {"images": 10, "classifier_seconds": 2.0, "timings": {"kmeans": 5.0}, "params": {"codebook_images": 4}}
+    enc = {"images": 10, "seconds": 3.0, "stage_seconds": {"cnn": 1.5, "hypercolumns": 0.5}}
+    # 4 codebook images × 0.2 s + 5 s k-means + N × (0.3 s encode + 0.2 s classifier)
+    assert bench.fastvlad_seconds(100, train, enc) == pytest.approx(0.8 + 5.0 + 50.0)
+    assert bench.fastvlad_seconds(2, train, enc) == pytest.approx(0.4 + 5.0 + 1.0)
+
+
+def test_stratified_subset_holds_every_class() -> None:
+    labels = np.array(["a"] * 10 + ["b"] * 3 + ["c"] * 1)
+    idx = bench.stratified(labels, 5)
+    assert len(idx) == 5 and set(labels[idx]) == {"a", "b", "c"} and list(idx) == sorted(idx)
+
+
+def test_command_repeats_the_options() -> None:
+    assert bench.BenchConfig().command() == "fastvlad bench"
+    cfg = bench.BenchConfig(images=200, k=100, faithful=False, data=Path("my data"))
+    assert cfg.command() == "fastvlad bench --images 200 --data 'my data' --k 100 --no-faithful"
+
+
+def test_config_checks_name_the_option(tmp_path: Path) -> None:
+    with pytest.raises(ParameterError, match="--reference-images 1"):
+        bench.check_config(bench.BenchConfig(reference_images=1))
+    with pytest.raises(ParameterError, match="--data"):
+        bench.check_config(bench.BenchConfig(data=tmp_path / "missing"))
+
+
+def test_peak_rss_sees_an_allocation() -> None:
+    with PeakRSS() as mem:
+        a = np.ones(50_000_000, dtype=np.float32)  # 200 MB, touched
+        del a
+    assert mem.delta > 150e6
+
+
+def test_peers_agree_on_inertia() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 10, (8, 16))
+    x = (centres[rng.integers(8, size=4000)] + rng.normal(size=(4000, 16))).astype(np.float32)
+    peers = run_peers(x, 8, 0)
+    assert {"fastvlad", "sklearn_minibatch"} <= set(peers)
+    best = min(p["inertia"] for p in peers.values())
+    assert peers["fastvlad"]["inertia"] <= 1.5 * best  # well-separated blobs: all find them
+
+
+def test_streaming_growth_and_plots(tmp_path: Path) -> None:
+    assert image_counts(64, 8) == [8, 16, 32, 64] and image_counts(40, 8) == [8, 16, 32, 40]
+    assert image_counts(4, 8) == [2, 4] and image_counts(1, 8) == [1]
+    points = [{"series": "images", "value": n, "images": n, "ms_per_image": 100.0, "peak_rss_bytes": 1000 + 10 * n,
+               "rss_increase_bytes": 10 * n, "codes_bytes": 5 * n} for n in (4, 8)]
+    points.append({"series": "image_size", "value": "native", "images": 8, "ms_per_image": 90.0,
+                   "peak_rss_bytes": 1, "rss_increase_bytes": 1, "codes_bytes": 1})
+    g = streaming_growth(points)
+    assert g["peak_rss_growth_bytes"] == 40 and g["codes_growth_bytes"] == 40 and g["working_growth_bytes"] == 0
+    written = plot_scaling(points, tmp_path)
+    assert [p.name for p in written] == ["scaling_images.png", "scaling_image_size.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+@pytest.mark.slow
+def test_bench_scaling_end_to_end(vgg16_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(app, ["-q", "bench", *TINY, "--no-faithful", "--no-peers", "--scaling",
+                                   "--scaling-images", "4", "--json", str(out), "--plots", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    assert {p["series"] for p in r["scaling"]} == {"images", "density", "k", "image_size"}
+    assert [p["value"] for p in r["scaling"] if p["series"] == "density"] == [1.0, 5.0, 10.0, 25.0]
+    assert (tmp_path / "scaling_k.png").is_file()

@@ -1,0 +1,314 @@
+"""Faults: a process killed or interrupted while saving, a full disk, GPU out-of-memory
+(simulated), unexpected errors in the CLI, and several threads predicting with one model.
+
+The corrupt-cache → rebuild and two-processes-pulling cases are in tests/test_weights.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import fastvlad
+from fastvlad import _files, pipeline
+from fastvlad.backends import Backend
+from fastvlad.cli import app
+from fastvlad.errors import BackboneError, ModelFormatError, WriteError, is_gpu_out_of_memory
+
+from . import tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--density", "0.1", "-k", "8", "--image-size", "64"]
+
+# Runs the library's save or the CLI with every zip member write stalled for a minute, after
+# printing SAVING: the test signals the process while the model file is half written.
+HELPER = """
+import signal, sys, time, zipfile
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+real = zipfile.ZipFile.writestr
+
+def stalled(self, *args, **kwargs):
+    real(self, *args, **kwargs)
+    print("SAVING", flush=True)
+    time.sleep(60)
+
+zipfile.ZipFile.writestr = stalled
+if sys.argv[1] == "save":
+    import fastvlad
+    fastvlad.load(sys.argv[2]).save(sys.argv[3])
+else:
+    from fastvlad.cli import main
+    sys.argv = ["fastvlad", *sys.argv[2:]]
+    main()
+"""
+
+
+def _start_stalled(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    script = tmp_path / "stall.py"
+    script.write_text(HELPER)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # blocks until the save has started (or the process died)
+    if line.strip() != "SAVING":
+        proc.kill()
+        pytest.fail(f"the helper did not reach the save: {line!r} {proc.communicate(timeout=30)}")
+    return proc
+
+
+def _parts(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
+
+
+@pytest.fixture(scope="module")
+def saved_model(vgg16_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model.fitted().save(tmp_path_factory.mktemp("saved") / "tiny.fvl")
+
+
+# -- killed, interrupted, terminated while saving ----------------------------------------------
+def test_sigkill_mid_save_leaves_no_model(saved_model: Path, tmp_path: Path) -> None:
+    target = tmp_path / "out" / "model.fvl"
+    target.parent.mkdir()
+    proc = _start_stalled(tmp_path, "save", str(saved_model), str(target))
+    assert _parts(target.parent), "the temp file should exist while saving"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not target.exists()  # nothing at the target path, ever
+    stale = _parts(target.parent)
+    assert len(stale) == 1 and stale[0].startswith(f".model.fvl.{socket.gethostname().replace('.', '_')}.{proc.pid}.")
+    with pytest.raises(ModelFormatError, match="no such model file"):
+        fastvlad.load(target)
+    fastvlad.load(saved_model).save(target)  # the next save of that path removes the dead writer's leftover
+    assert _parts(target.parent) == []
+    fastvlad.load(target)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130),
+                                         pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])
+def test_interrupted_train_save_exits_cleanly_and_writes_nothing(vgg16_path: Path, demo_folder: Path, tmp_path: Path,
+                                                                  sig: int, code: int) -> None:
+    """Ctrl-C (SIGINT) or SIGTERM while ``fastvlad train`` writes the model: no traceback, the
+    conventional exit code, nothing at the target path and no temp file left."""
+    target = tmp_path / "model.fvl"
+    proc = _start_stalled(tmp_path, "cli", "-q", "train", str(demo_folder), "-o", str(target), *SMALL)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert not target.exists() and _parts(tmp_path) == []
+
+
+def test_stale_parts_of_live_writers_are_kept(tmp_path: Path) -> None:
+    prefix = f".m.bin.{socket.gethostname().replace('.', '_')}."
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / f"{prefix}{dead.stdout.strip()}.abc.part").write_bytes(b"x")
+    (tmp_path / f"{prefix}{os.getpid()}.def.part").write_bytes(b"x")  # a save in progress in this process
+    (tmp_path / ".m.bin.otherhost.1.ghi.part").write_bytes(b"x")  # not ours to judge
+    _files.write_bytes_atomic(tmp_path / "m.bin", b"data")
+    assert _parts(tmp_path) == sorted([f"{prefix}{os.getpid()}.def.part", ".m.bin.otherhost.1.ghi.part"])
+
+
+# -- full disk and other write failures -------------------------------------------------------
+def _no_space(*args: object, **kwargs: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["write", "fsync"])
+def test_full_disk_is_a_clear_error_and_keeps_the_old_model(saved_model: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    model = fastvlad.load(saved_model)
+    target = model.save(tmp_path / "m.fvl")
+    before = target.read_bytes()
+    if where == "fsync":
+        monkeypatch.setattr(os, "fsync", _no_space)
+    else:
+        monkeypatch.setattr(zipfile.ZipFile, "writestr", _no_space)
+    with pytest.raises(WriteError, match=r"m.fvl: no space left on the device.*free some space"):
+        model.save(target)
+    monkeypatch.undo()
+    assert target.read_bytes() == before and _parts(tmp_path) == []
+    fastvlad.load(target)
+
+
+def test_full_disk_in_the_cli(saved_model: Path, demo_folder: Path, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "fsync", _no_space)
+    res = CliRunner().invoke(app, ["-q", "predict", str(saved_model), str(demo_folder), "-o", str(tmp_path / "p.csv")])
+    assert isinstance(res.exception, WriteError) and "no space left" in str(res.exception)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("case", "match"), [("folder", "is a folder; give a file name"),
+                                             ("denied", "cannot write .*Permission denied")])
+def test_unwritable_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str, match: str) -> None:
+    target = tmp_path / "out"
+    if case == "folder":
+        target.mkdir()
+    else:  # root may write anywhere, so the OS's answer is simulated
+        def deny(*args: object, **kwargs: object) -> None:
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+        monkeypatch.setattr(_files.tempfile, "mkstemp", deny)
+    with pytest.raises(WriteError, match=match):
+        _files.write_bytes_atomic(target, b"x")
+
+
+# -- GPU out of memory: halve the batch and retry ----------------------------------------------
+class OutOfMemoryError(MemoryError):
+    """Named like ``cupy.cuda.memory.OutOfMemoryError``."""
+
+
+class FakeBackbone:
+    """Two cheap taps from the pixels themselves (NHWC, like ``Backbone``); fails with a GPU
+    out-of-memory error on more than ``limit`` images at once. Records the batch sizes."""
+
+    def __init__(self, limit: int = 1 << 30, error: Exception | None = None) -> None:
+        self.limit, self.error, self.calls = limit, error, []  # type: ignore[var-annotated]
+
+    def __call__(self, pixels: np.ndarray) -> list[np.ndarray]:
+        self.calls.append(len(pixels))
+        if len(pixels) > self.limit:
+            raise self.error or OutOfMemoryError(f"Out of memory allocating {len(pixels) << 20} bytes")
+        nhwc = np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
+        n, h, w, c = nhwc.shape
+        pooled = nhwc.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4), dtype=np.float32)
+        return [nhwc, np.ascontiguousarray(pooled)]
+
+
+SETTINGS = pipeline.EncoderSettings(density=0.1, image_size=(32, 32))
+BACKEND = Backend("cpu", "numba", ("CPUExecutionProvider",), 8)
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    return list(np.random.default_rng(0).integers(0, 256, (19, 32, 32), dtype=np.uint8))
+
+
+def test_gpu_oom_halves_the_batch_and_gives_the_same_codes(images: list[np.ndarray],
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    centres = np.random.default_rng(1).normal(size=(4, 6)).astype(np.float32) * 50
+    expected = pipeline.encode(images, FakeBackbone(), centres, SETTINGS, BACKEND)
+    fake = FakeBackbone(limit=3)
+    with caplog.at_level(logging.WARNING, logger="fastvlad"):
+        got = pipeline.encode(images, fake, centres, SETTINGS, BACKEND)
+    np.testing.assert_array_equal(got.codes, expected.codes)
+    np.testing.assert_array_equal(got.indices, expected.indices)
+    # 8 fails, 4 fails, then 2 at a time from there on (the last batch of 3: 2 + 1).
+    assert fake.calls[:4] == [8, 4, 2, 2] and max(fake.calls[4:]) == 2 and sum(c for c in fake.calls if c <= 3) == 19
+    assert "out of GPU memory with 8 images at once; retrying with 4" in caplog.text
+    assert "retrying with 2" in caplog.text
+
+
+def test_gpu_oom_in_the_codebook_sample(images: list[np.ndarray]) -> None:
+    expected = pipeline.codebook_sample(images, FakeBackbone(), SETTINGS, BACKEND, n_images=15)
+    got = pipeline.codebook_sample(images, FakeBackbone(limit=2), SETTINGS, BACKEND, n_images=15)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_onnxruntime_style_oom_is_recognised(images: list[np.ndarray]) -> None:
+    # ONNX Runtime's CUDA provider reports a failed allocation as a generic error, wrapped by Backbone.
+    ort = RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : BFCArena::AllocateRawInternal Failed to "
+                       "allocate memory for requested buffer of size 822083584")
+    wrapped = BackboneError(f"vgg16.onnx: inference failed on a batch of shape (8, 3, 224, 224) ({ort})")
+    assert is_gpu_out_of_memory(wrapped) and is_gpu_out_of_memory(OutOfMemoryError("x"))
+    assert not is_gpu_out_of_memory(ValueError("shapes do not match")) and not is_gpu_out_of_memory(MemoryError())
+    centres = np.zeros((4, 6), np.float32)
+    fake = FakeBackbone(limit=4, error=wrapped)
+    pipeline.encode(images[:8], fake, centres, SETTINGS, BACKEND)
+    assert fake.calls == [8, 4, 4]
+
+
+@pytest.mark.parametrize(("error", "limit"), [(ValueError("not a memory problem"), 3),
+                                              (OutOfMemoryError("even one image is too many"), 0)])
+def test_other_errors_and_oom_at_one_image_pass_through(images: list[np.ndarray], error: Exception,
+                                                        limit: int) -> None:
+    fake = FakeBackbone(limit=limit, error=error)
+    with pytest.raises(type(error), match=str(error)):
+        pipeline.encode(images[:8], fake, np.zeros((4, 6), np.float32), SETTINGS, BACKEND)
+    assert fake.calls == ([8] if limit else [8, 4, 2, 1])
+
+
+# -- the CLI on failures that are not ours ----------------------------------------------------
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_cli_bad_file_message_without_traceback(saved_model: Path, demo_folder: Path, tmp_path: Path,
+                                                command: str) -> None:
+    """A real subprocess: one line naming the file, a hint, exit code 2, nothing written."""
+    folder = tmp_path / "data"
+    for src in demo_folder.rglob("*.png"):
+        (folder / src.parent.name).mkdir(parents=True, exist_ok=True)
+        (folder / src.parent.name / src.name).write_bytes(src.read_bytes())
+    (folder / "CNT-fiber" / "notes.png").write_text("not an image")
+    target = tmp_path / "out"
+    args = ["train", str(folder), "-o", str(target), *SMALL] if command == "train" else \
+        ["predict", str(saved_model), str(folder), "-o", str(target)]
+    proc = subprocess.run([sys.executable, "-m", "fastvlad", "-q", *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: {folder / 'CNT-fiber' / 'notes.png'}: cannot decode")
+    assert "--on-error skip" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not target.exists()
+
+
+def test_cli_unexpected_error_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from fastvlad import cli
+
+    def boom() -> None:
+        raise RuntimeError("something broke")
+
+    monkeypatch.setattr(cli, "app", boom)
+    monkeypatch.setattr(cli, "_VERBOSE", False)
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err == "error: unexpected RuntimeError: something broke (run with -v for the traceback, and please " \
+                  "report it)\n"
+    monkeypatch.setattr(cli, "_VERBOSE", True)
+    with pytest.raises(RuntimeError):
+        cli.main()
+
+
+# -- threads --------------------------------------------------------------------------------
+def test_one_model_predicts_from_four_threads(vgg16_path: Path) -> None:
+    import numba
+
+    model = tiny_model.fitted()
+    images, _ = tiny_model.demo_images()
+    X = list(images[:12])
+    serial = model.predict_proba(X)
+    assert numba.threading_layer() != "workqueue"  # thread-safe layers only (else the estimator serialises)
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = model.predict_proba(X[i:] + X[:i])  # each thread its own order
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    for i in range(4):
+        np.testing.assert_array_equal(np.roll(results[i], i, axis=0), serial)
