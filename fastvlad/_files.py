@@ -51,6 +51,22 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
     return target
 
 
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """Fail now, not after hours of work, if ``path`` cannot be written: ``WriteError``."""
+    target = Path(path)
+    try:
+        if target.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=target.parent, prefix=f"{_part_prefix(target)}{os.getpid()}.",
+                                     suffix=".part")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise _write_error(target, exc) from None
+    return target
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """``write_atomic`` for a bytes payload."""
     def write(f: BinaryIO) -> None:

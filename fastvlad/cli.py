@@ -85,6 +85,13 @@ def _load(data: Path, on_error: str, require_labels: bool = True) -> datasets.Da
     return datasets.load(data, require_labels=require_labels, check_files=on_error != "skip")
 
 
+def _writable(output: Path) -> None:
+    """An unwritable output path is an error before the work, not after it."""
+    from ._files import check_writable
+
+    check_writable(output)
+
+
 @app.command()
 def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or a CSV manifest path,label[,group]."),
           output: Path = typer.Option(..., "-o", "--output", help="Model file to write."),
@@ -94,6 +101,7 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
     """Train a model on labelled images and save it as one file."""
     from . import distributed
 
+    _writable(output)
     ds = _load(data, on_error)
     model = _estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful)
     with distributed.connect(scheduler, workers, device) as client:
@@ -117,6 +125,7 @@ def predict(model_path: Path = typer.Argument(..., metavar="MODEL"),
 
     model = load(model_path)
     model.set_params(device=device, on_error=on_error)
+    _writable(output)
     ds = _load(data, on_error, require_labels=False)
     paths = [str(p) for p in ds.paths]
     with distributed.connect(scheduler, workers, device) as client:
@@ -198,6 +207,7 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
     from ._files import write_atomic, write_bytes_atomic
     from .estimator import load
 
+    _writable(output)
     ds = _load(data, on_error, require_labels=False)
     paths = [str(p) for p in ds.paths]
     if model_path:

@@ -3,6 +3,8 @@
 Distances are ``‖x‖² − 2x·c + ‖c‖²``: the cross term is one BLAS GEMM per block of rows
 (NumPy's BLAS on the CPU, cuBLAS through CuPy on the GPU) and the argmin is fused into a
 single pass over the block, so the (points × k × dim) broadcast is never formed.
+``nearest_from_taps`` (what the encoder uses) gets the same labels with a third of the GEMM
+work by computing the coarse taps' share of the cross term on the tap grid.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ log = logging.getLogger("fastvlad")
 
 
 @njit(parallel=True, cache=True)  # pragma: no cover - jitted
-def _argmin_rows_kernel(x, table, cross, c_sq, labels, dist, with_dist):  # type: ignore[no-untyped-def]
+def _argmin_rows_kernel(cross, x_sq, c_sq, labels, dist):  # type: ignore[no-untyped-def]
     # argmin_j ‖c_j‖² − 2 x·c_j (‖x‖² does not change the winner), lowest j on ties; the literal
-    # 2.0 makes the comparison float64, as on the GPU. ‖x‖² (float64) only when distances are asked for.
+    # 2.0 makes the comparison float64, as on the GPU. Distances only when ``dist`` has rows.
     m, k = cross.shape
     for i in prange(m):
         best = np.inf
@@ -35,22 +37,18 @@ def _argmin_rows_kernel(x, table, cross, c_sq, labels, dist, with_dist):  # type
                 best = d
                 arg = j
         labels[i] = arg
-        if with_dist:
-            x_sq = 0.0
-            for v in range(x.shape[1]):
-                w = np.float64(widen(x[i, v], table))
-                x_sq += w * w
-            dist[i] = max(best + x_sq, 0.0)
+        if dist.shape[0]:
+            dist[i] = max(best + x_sq[i], 0.0)
 
 
-def _argmin_rows_numpy(x, table, cross, c_sq, labels, dist, with_dist) -> None:  # type: ignore[no-untyped-def]
+def _argmin_rows_numpy(cross, x_sq, c_sq, labels, dist) -> None:  # type: ignore[no-untyped-def]
     d = c_sq[None, :] - 2.0 * cross
     labels[:] = d.argmin(axis=1)
-    if with_dist:
-        xf = x.astype(np.float64)
-        dist[:] = np.maximum(d[np.arange(len(d)), labels] + np.einsum("ij,ij->i", xf, xf), 0.0)
+    if len(dist):
+        dist[:] = np.maximum(d[np.arange(len(d)), labels] + x_sq, 0.0)
 
 
+_NONE = np.zeros(0, dtype=np.float32)  # "no distances" for the argmin kernels
 _ARGMIN: dict[str, Callable[..., None]] = {"numpy": _argmin_rows_numpy, "numba": _argmin_rows_kernel}
 
 
@@ -77,8 +75,9 @@ def _assign_blocks(x, centres, impl: str, block_rows: int, with_dist: bool):  # 
         xb = np.ascontiguousarray(x[start : start + block_rows], dtype=np.float32)
         cb = cross[: len(xb)]
         np.matmul(xb, c.T, out=cb)
-        xk, table = kernel_input(xb)
-        argmin(xk, table, cb, c_sq, labels[start : start + len(xb)], dist[start : start + len(xb)], with_dist)
+        # ‖x‖² by einsum: NumPy's SIMD pairwise sum (a jitted float reduction would be serial).
+        x_sq = np.einsum("ij,ij->i", xb, xb) if with_dist else _NONE
+        argmin(cb, x_sq, c_sq, labels[start : start + len(xb)], dist[start : start + len(xb)])
     return labels, dist if with_dist else None
 
 
@@ -133,16 +132,15 @@ def nearest_from_taps(taps: Sequence[Any], points: Any, centres: Any, mode: str 
         raise ParameterError(f"the taps have {offsets[-1]} channels but the centres {c.shape[1]}; "
                              "use the backbone and taps the codebook was fitted with")
     first = [_project_first(int(t.shape[1] * t.shape[2]), s, int(t.shape[3]), k, hc is not None) for t in taps]
-    cross = xp.zeros((n, s, k), dtype=xp.float32)
     at_points = [i for i, f in enumerate(first) if not f]
-    if at_points:
+    if at_points:  # one GEMM for all the point-side taps (usually the leading, fine ones)
         if hc is None:
             hc = hypercolumn.gather(taps, points, mode, impl=impl)
         cols = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in at_points])
-        contiguous = cols[-1] - cols[0] + 1 == len(cols)
-        x = hc.reshape(n * s, -1)
-        x = x[:, cols[0] : cols[-1] + 1] if contiguous else x[:, cols]
-        cross = (x @ c[:, cols].T).reshape(n, s, k)  # one GEMM for all the point-side taps
+        sel = slice(int(cols[0]), int(cols[-1]) + 1) if cols[-1] - cols[0] + 1 == len(cols) else xp.asarray(cols)
+        cross = (hc.reshape(n * s, -1)[:, sel] @ c[:, sel].T).reshape(n, s, k)
+    else:
+        cross = xp.zeros((n, s, k), dtype=xp.float32)
     maps = []
     for i in map(int, np.flatnonzero(first)):
         t = taps[i]
@@ -156,9 +154,7 @@ def nearest_from_taps(taps: Sequence[Any], points: Any, centres: Any, mode: str 
         from . import _cuda
 
         return _cuda.argmin_rows(cross.reshape(n * s, k), c_sq, labels)
-    argmin = _ARGMIN["numpy" if impl == "numpy" else "numba"]
-    argmin(np.zeros((0, 0), np.float32), np.zeros(0, np.float32), cross.reshape(n * s, k), c_sq, labels,
-           np.zeros(0, np.float32), False)
+    _ARGMIN["numpy" if impl == "numpy" else "numba"](cross.reshape(n * s, k), _NONE, c_sq, labels, _NONE)
     return labels
 
 

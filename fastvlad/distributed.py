@@ -6,8 +6,8 @@ The work is the local pipeline's, cut into partitions of the image list:
   (``_worker_backbone``); partitions on one worker take turns, because the backbone and the
   kernels already use all the cores the worker is given (``FASTVLAD_THREADS``);
 - the codebook sample is the local one — the same images, the same points, in the same
-  order — gathered to the client, where k-means runs as in ``pipeline.fit_codebook``; the
-  centres are then broadcast to every worker;
+  order — gathered to the client, where the PCA (if any) and k-means are fitted as in
+  ``pipeline.fit_encoder``; they are then broadcast to every worker;
 - every partition returns its images' positions with its codes, and the client checks that
   each image came back exactly once, so a partition recomputed after a worker died can be
   neither lost nor counted twice;
@@ -331,7 +331,7 @@ def _submit_encode(client: Client, X: Sequence[ImageSource], model: FastVLAD,
 
 def _sample_plan(client: Client, X: Sequence[ImageSource], model: FastVLAD,
                  size: int) -> tuple[np.ndarray, list[np.ndarray | None]]:
-    """The images and points ``pipeline.fit_codebook`` samples with the same seed: the chosen
+    """The images and points ``pipeline.codebook_sample`` takes with the same seed: the chosen
     images and, for each, its kept point rows (None when it cannot be read and is skipped).
 
     The local loop draws one permutation per readable image, in order, from one generator;

@@ -1,8 +1,9 @@
 """VLAD: per-centre residual sums of each image's hypercolumns, then the normalisations.
 
-Memory-bound: every point is read once. The Numba kernel gives each image its own
-``(k, dim)`` accumulator (thread-local, no atomics); the CUDA kernel keeps one centre's
-slice of the accumulator in shared memory per block.
+Memory-bound: every point is read once. The Numba kernel sorts each image's points by centre
+(a counting sort) and gives each (image, centre) task one float64 row that stays in L1, then
+applies the normalisations to that row before writing it: no atomics, no (n, k, dim) float64
+intermediate. The CUDA kernel keeps one centre's slice of the accumulator in shared memory per block.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._half import kernel_input, widen
+from .errors import ParameterError
 
 NORMALISATIONS = ("intra", "power")
 
@@ -108,7 +110,13 @@ def _global_l2(codes, row_sq):  # type: ignore[no-untyped-def]
 def _numba_args(x, labels, centres):  # type: ignore[no-untyped-def]
     """Kernel inputs: x as float32 or float16 bits (any strides), labels as integers, centres float32."""
     x, table = kernel_input(np.asarray(x))
-    return x, table, np.asarray(labels), np.ascontiguousarray(centres, dtype=np.float32)
+    labels, centres = np.asarray(labels), np.ascontiguousarray(centres, dtype=np.float32)
+    if x.ndim != 3 or labels.shape != x.shape[:2] or centres.ndim != 2 or centres.shape[1] != x.shape[2]:
+        raise ParameterError(f"x {x.shape} must be (n, S, dim), labels {labels.shape} (n, S) and centres "
+                             f"{centres.shape} (k, dim)")
+    if labels.dtype.kind not in "iu":
+        raise ParameterError(f"labels must be integers, not {labels.dtype}")
+    return x, table, labels, centres
 
 
 def _residual_sums_numba(x, labels, centres, out) -> None:  # type: ignore[no-untyped-def]

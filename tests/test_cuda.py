@@ -149,13 +149,13 @@ def test_argmin_kernel_ties_identical(cp: ModuleType, k: int) -> None:
     cross[5] = np.nan
     c_sq = 2 * rng.integers(0, 2, k).astype(np.float32)  # even, like 2·cross: ties for every k
     want_labels, want_dist = np.empty(m, np.int32), np.empty(m, np.float32)
-    codebook._argmin_rows_kernel(x, np.zeros(0, np.float32), cross, c_sq, want_labels, want_dist, True)
+    codebook._argmin_rows_kernel(cross, np.einsum("ij,ij->i", x, x), c_sq, want_labels, want_dist)
     labels, dist = cp.empty(m, cp.int32), cp.empty(m, cp.float32)
     kernel = _cuda._function("assign", "argmin_rows_f32")
     kernel(((m + 7) // 8,), (256,), (cp.asarray(x), cp.asarray(cross), cp.asarray(c_sq), labels, dist,
                                     np.int32(m), np.int32(dim), np.int32(k)))
     np.testing.assert_array_equal(cp.asnumpy(labels), want_labels)
-    # x_sq is summed in float32 on the GPU, in float64 on the CPU; a NaN row's distance is +inf on both.
+    # x_sq is summed in another order on the GPU; a NaN row's distance is +inf on both.
     np.testing.assert_allclose(cp.asnumpy(dist), want_dist, rtol=1e-6, atol=1e-5)
 
 

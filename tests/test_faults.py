@@ -168,6 +168,21 @@ def test_unwritable_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case
         _files.write_bytes_atomic(target, b"x")
 
 
+@pytest.mark.parametrize("command", ["train", "predict", "encode"])
+def test_cli_checks_the_output_before_the_work(saved_model: Path, demo_folder: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    from fastvlad import datasets
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the data should not have been touched")
+
+    monkeypatch.setattr(datasets, "load", no_work)
+    args = {"train": ["train", str(demo_folder), *SMALL], "predict": ["predict", str(saved_model), str(demo_folder)],
+            "encode": ["encode", str(demo_folder), "--model", str(saved_model)]}[command]
+    res = CliRunner().invoke(app, ["-q", *args, "-o", str(tmp_path)])  # a folder
+    assert isinstance(res.exception, WriteError) and "is a folder; give a file name" in str(res.exception)
+
+
 # -- GPU out of memory: halve the batch and retry ----------------------------------------------
 class OutOfMemoryError(MemoryError):
     """Named like ``cupy.cuda.memory.OutOfMemoryError``."""

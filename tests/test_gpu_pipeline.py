@@ -1,0 +1,89 @@
+"""The GPU side of the backbone: float16 graph (checked on the CPU too) and IO binding + DLPack
+(GPU only: needs onnxruntime-gpu, CuPy and a GPU; the CPU run is the oracle)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastvlad import backends, codebook, hypercolumn, pipeline, vlad
+from fastvlad.backbone import Backbone
+
+
+def _pixels(n: int = 2, size: int = 32) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return (rng.random((n, 3, size, size), dtype=np.float32) * 255 - 120).astype(np.float32)
+
+
+def test_fp16_graph_close_to_fp32(vgg16_path: Path) -> None:
+    """The float16 copy of VGG16 runs (here on the CPU provider) and gives float16 taps within
+    float16 rounding of the float32 ones, relative to each tap's scale."""
+    pixels = _pixels()
+    full = Backbone("vgg16", providers=("CPUExecutionProvider",))(pixels)
+    half = Backbone("vgg16", providers=("CPUExecutionProvider",), fp16=True)(pixels)
+    for a, b in zip(full, half):
+        assert b.dtype == np.float16 and b.shape == a.shape
+        assert np.abs(b.astype(np.float32) - a).max() <= 5e-3 * np.abs(a).max()
+
+
+def test_fp16_taps_flow_through_the_cpu_kernels(vgg16_path: Path) -> None:
+    """float16 taps are accepted by the Numba gather and equal gathering their float32 widening."""
+    taps = Backbone("vgg16", fp16=True)(_pixels())
+    points = np.stack([hypercolumn.sample_points(np.random.default_rng(i), 50, 32, 32) for i in range(2)])
+    got = hypercolumn.gather(taps, points)
+    np.testing.assert_array_equal(got, hypercolumn.gather([t.astype(np.float32) for t in taps], points))
+
+
+@pytest.fixture(scope="module")
+def gpu_backbone(vgg16_path: Path) -> Backbone:
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA GPU visible to CuPy")
+    except Exception:
+        pytest.skip("no CUDA driver")
+    backbone = Backbone("vgg16", providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+    if not backbone.on_gpu:
+        pytest.skip(f"ONNX Runtime has no CUDA provider here ({backbone.providers})")
+    return backbone
+
+
+@pytest.mark.gpu
+def test_io_binding_hands_cupy_taps(gpu_backbone: Backbone, vgg16_path: Path) -> None:
+    import cupy as cp
+
+    pixels = _pixels()
+    taps = gpu_backbone(pixels)
+    want = Backbone("vgg16")(pixels)
+    for got, ref in zip(taps, want):
+        assert isinstance(got, cp.ndarray) and got.shape == ref.shape and got.flags.c_contiguous
+        np.testing.assert_allclose(cp.asnumpy(got), ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fp16", [False, True])
+def test_gpu_encode_matches_cpu(gpu_backbone: Backbone, vgg16_path: Path, fp16: bool) -> None:
+    """The whole encoder on the GPU (CUDA provider, CuPy kernels) against the CPU path."""
+    settings = pipeline.EncoderSettings(density=0.2, image_size=(32, 32))
+    images = [np.random.default_rng(i).integers(0, 255, (40, 40), dtype=np.uint8) for i in range(3)]
+    cpu_backbone = Backbone("vgg16")
+    pixels = np.stack([settings.preprocess(im) for im in images])
+    x = hypercolumn.gather(cpu_backbone(pixels), pipeline.sample_points(pixels, settings))
+    centres = x.reshape(-1, x.shape[2])[:: max(1, x.shape[0] * x.shape[1] // 8)][:8].copy()
+    want = pipeline.encode(images, cpu_backbone, centres, settings, backends.CPU).codes
+    gpu = Backbone("vgg16", providers=gpu_backbone.providers, fp16=fp16)
+    got = pipeline.encode(images, gpu, centres, settings, backends.resolve("cuda")).codes
+    tol = 5e-2 if fp16 else 1e-3  # fp16 activations: a few labels may move to a near-tie neighbour
+    assert np.abs(got - want).max() <= tol or np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
+
+
+def test_numba_kernels_reject_mismatched_shapes() -> None:
+    from fastvlad.errors import ParameterError
+
+    x = np.zeros((2, 5, 3), np.float32)
+    with pytest.raises(ParameterError, match="labels"):
+        vlad.encode(x, np.zeros((2, 4), np.int32), np.zeros((2, 3), np.float32))
+    with pytest.raises(ParameterError, match="centres"):
+        codebook.assign(np.zeros((5, 3), np.float32), np.zeros((2, 4), np.float32))
