@@ -50,12 +50,9 @@ def _cupy() -> Any:
 
 
 def _source(name: str) -> str:
-    try:  # installed wheel: kernels/ is packaged as fastvlad.kernels
-        from fastvlad.kernels import source
+    from fastvlad.kernels import source
 
-        return source(name)
-    except ImportError:  # source checkout: kernels/ sits beside fastvlad/
-        return (Path(__file__).resolve().parents[1] / "kernels" / f"{name}.cu").read_text()
+    return source(name)
 
 
 def _function(module: str, name: str) -> Any:

@@ -35,7 +35,7 @@ class BoosterSettings:
 
 
 def train(codes: np.ndarray, y: np.ndarray, n_classes: int, settings: BoosterSettings, device: str = "cpu",
-          seed: int = 0):  # type: ignore[no-untyped-def]
+          seed: int = 0) -> Any:
     """Fit a booster on codes ``(n, dim)`` float32 and integer labels ``(n,)``."""
     import xgboost as xgb
 

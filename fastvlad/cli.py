@@ -9,13 +9,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import typer
 
 from . import datasets, progress
 from .errors import FastVLADError
+
+if TYPE_CHECKING:
+    from .estimator import FastVLAD
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="VLAD codes of CNN hypercolumns for microscopy image classification.")
@@ -61,7 +64,7 @@ def _image_size(text: str) -> int | tuple[int, int] | None:
 
 
 def _estimator(density: float, k: int, image_size: str, device: str, backbone: str, taps: Optional[str],
-               seed: int, on_error: str, faithful: bool = False, **extra: object):  # type: ignore[no-untyped-def]
+               seed: int, on_error: str, faithful: bool = False, **extra: Any) -> FastVLAD:
     from .estimator import FastVLAD
 
     make = FastVLAD.faithful if faithful else FastVLAD
@@ -105,7 +108,7 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
     ds = _load(data, on_error)
     model = _estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful)
     with distributed.connect(scheduler, workers, device) as client:
-        distributed.fit(client, [str(p) for p in ds.paths], ds.labels, model)
+        distributed.fit(client, [str(p) for p in ds.paths], ds.y, model)
     model.save(output)
     _report_skipped(model.skipped_)
     typer.echo(f"trained on {model.train_info_['n_images']} images, classes {list(model.classes_)}; "
@@ -164,7 +167,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
 
     ds = _load(data, on_error)
     est = _estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful)
-    res = cross_validate(est, [str(p) for p in ds.paths], ds.labels, ds.groups, folds)
+    res = cross_validate(est, [str(p) for p in ds.paths], ds.y, ds.groups, folds)
     _print_cv(res)
     if json_out:
         from ._files import write_bytes_atomic
@@ -248,7 +251,7 @@ def demo(n_train: int = typer.Option(30, help="Training images per class."),
     typer.echo(f"demo data: {len(train_ds)} training, {len(test_ds)} held-out images ({size}×{size}) in {folder}"
                f" ({time.perf_counter() - t:.1f} s)")
     model = (FastVLAD.faithful if faithful else FastVLAD)(density=density, k=k, device=device, random_state=seed)
-    model.fit([str(p) for p in train_ds.paths], train_ds.labels)
+    model.fit([str(p) for p in train_ds.paths], train_ds.y)
     t = time.perf_counter()
     acc = model.score([str(p) for p in test_ds.paths], test_ds.labels)
     predict_s = time.perf_counter() - t

@@ -49,6 +49,14 @@ class Dataset:
         return len(self.paths)
 
     @property
+    def y(self) -> np.ndarray:
+        """The labels ``(n,)`` str; ``InvalidDatasetError`` for unlabelled data."""
+        if self.labels is None:
+            raise InvalidDatasetError(f"{self.root}: the images have no labels; use class sub-folders or a "
+                                      "'label' column")
+        return self.labels
+
+    @property
     def classes(self) -> list[str]:
         return sorted(set(self.labels.tolist())) if self.labels is not None else []
 

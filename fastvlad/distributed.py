@@ -437,7 +437,7 @@ def predict_proba(client: Client | None, X: Sequence[ImageSource], model: FastVL
     return proba, model.describe_failures(X, encoded)
 
 
-def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any], model: FastVLAD,
+def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.ndarray, model: FastVLAD,
         partition_size: int | None = None) -> FastVLAD:
     """``model.fit(X, y)`` on the cluster: codebook from the local sample, codes on the workers,
     booster by ``xgboost.dask``. Returns ``model``, fitted, ready for ``save``."""

@@ -103,7 +103,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         return cached[1]
 
     # -- fitting ------------------------------------------------------------------------------
-    def fit(self, X: Sequence[ImageSource], y: Sequence[Any]) -> FastVLAD:
+    def fit(self, X: Sequence[ImageSource], y: Sequence[Any] | np.ndarray) -> FastVLAD:
         """Fit the codebook on a sample of ``X``, encode every image once, train the booster."""
         X, y_arr = checks.sources_and_labels(X, y)
         t0 = time.perf_counter()
@@ -148,7 +148,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         """(image name, reason) of every image that could not be read."""
         return [(str(X[i]) if not isinstance(X[i], np.ndarray) else f"array #{i}", str(e)) for i, e in encoded.failed]
 
-    def fit_codes(self, codes: np.ndarray, y: Sequence[Any]) -> FastVLAD:
+    def fit_codes(self, codes: np.ndarray, y: Sequence[Any] | np.ndarray) -> FastVLAD:
         """Train only the booster, on codes from ``transform`` (used by cross-validation)."""
         y_arr = np.asarray(y)
         self.classes_, y_int = np.unique(y_arr, return_inverse=True)

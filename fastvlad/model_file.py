@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ def _npy_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def save(path: str | Path, contents: ModelContents) -> Path:
+def save(path: str | os.PathLike[str], contents: ModelContents) -> Path:
     """Write the model file atomically: an interrupted save leaves nothing at ``path``."""
     members = {
         "format.json": json.dumps({"format": FORMAT, "version": VERSION}).encode(),
@@ -61,7 +62,7 @@ def save(path: str | Path, contents: ModelContents) -> Path:
     return write_atomic(path, write)
 
 
-def load(path: str | Path) -> ModelContents:
+def load(path: str | os.PathLike[str]) -> ModelContents:
     """Read and verify a model file; any damage or version mismatch is a ``ModelFormatError``."""
     path = Path(path)
     if not path.is_file():

@@ -9,15 +9,9 @@
 //             lanes go to the lower j, so the result is the CPU's lowest-index argmin)
 //   dist_i  = max(d_label + x_sq, 0)       (float32 on output)
 // A row whose d_j are all NaN or +inf gets label 0 and dist +inf, like the CPU.
-// Self-contained (no #include) so NVRTC needs no CUDA include path.
+// Needs no CUDA include path: load.cuh is inlined by fastvlad.kernels.source().
 
-__device__ __forceinline__ float load_f(const float* p) { return *p; }
-
-__device__ __forceinline__ float load_f(const unsigned short* p) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(*p));
-    return f;
-}
+#include "load.cuh"
 
 template <typename T>
 __device__ __forceinline__ void argmin_impl(

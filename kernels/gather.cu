@@ -1,8 +1,7 @@
 // Bilinear gather of one channels-last tap at sampled points (fastvlad.hypercolumn.gather, impl="cuda").
 //
 // One warp per point, its lanes striding over the channels, so each of the four neighbour reads
-// is C contiguous values: coalesced. Self-contained (no #include) so that NVRTC compiles it
-// without a CUDA include path; fp16 values arrive as raw 16-bit words and are widened with
+// is C contiguous values: coalesced. fp16 values arrive as raw 16-bit words and are widened with
 // one PTX instruction (exact, like NumPy's float16 -> float32).
 //
 // Rounding: every product and sum goes through __fmul_rn / __fadd_rn / __fsub_rn. These are
@@ -11,13 +10,7 @@
 //   (1-wy) * ((1-wx)*t[y0,x0] + wx*t[y0,x1]) + wy * ((1-wx)*t[y1,x0] + wx*t[y1,x1])
 // in float32 in exactly this order.
 
-__device__ __forceinline__ float load_f(const float* p) { return *p; }
-
-__device__ __forceinline__ float load_f(const unsigned short* p) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(*p));
-    return f;
-}
+#include "load.cuh"
 
 template <typename T>
 __device__ __forceinline__ void gather_impl(

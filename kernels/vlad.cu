@@ -9,15 +9,9 @@
 // walking s in increasing order: no atomics, no barriers, and a deterministic float32
 // summation order. x loads are coalesced along d; the label is one broadcast load per point;
 // the centre row is re-read from L1/L2 (k * D floats, small).
-// Labels outside [0, k) are ignored. Self-contained (no #include) for NVRTC.
+// Labels outside [0, k) are ignored. load.cuh is inlined by fastvlad.kernels.source().
 
-__device__ __forceinline__ float load_f(const float* p) { return *p; }
-
-__device__ __forceinline__ float load_f(const unsigned short* p) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(*p));
-    return f;
-}
+#include "load.cuh"
 
 template <typename T>
 __device__ __forceinline__ void residual_impl(

@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from fastvlad.kernels import source
+
 HERE = Path(__file__).resolve().parent
 KERNELS = HERE.parents[1] / "kernels"
 #: The one line of the kernels that is PTX, not C++: fp16 → fp32 widening. Replaced by emu_half.
@@ -22,7 +24,7 @@ def build(out: Path) -> Path:
     jobs: list[tuple[list[str], subprocess.Popen[str]]] = []
     objects = []
     for cu in sorted(KERNELS.glob("*.cu")):
-        text = cu.read_text()
+        text = source(cu.stem)
         if HALF_ASM not in text:
             raise RuntimeError(f"{cu.name}: the fp16 load is not the line tests/cuda_emu/build.py replaces; update HALF_ASM")
         src = out / f"{cu.stem}.emu.cpp"
