@@ -38,6 +38,8 @@ ENCODERS = {"full": (None, False), "pca64": (64, False), "pca128": (128, False),
 CLASSIFIERS = {
     "xgb": (None, {}),
     "xgb_bin32": (None, {"max_bin": 32}),
+    "xgb_bin64": (None, {"max_bin": 64}),
+    "xgb_bin16": (None, {"max_bin": 16}),
     "xgb_col0.3": (None, {"colsample_bynode": 0.3}),
     "cpca256_xgb": (256, {}),
     "cpca64_xgb": (64, {}),

@@ -15,7 +15,7 @@ import numpy as np
 import typer
 
 from . import datasets, progress
-from .errors import FastVLADError
+from .errors import FastVLADError, ParameterError
 
 if TYPE_CHECKING:
     from .estimator import FastVLAD
@@ -38,7 +38,10 @@ SEED = typer.Option(0, "--seed", help="Random seed (sampling, codebook, classifi
 ON_ERROR = typer.Option("raise", help="'raise' stops at the first unreadable image; 'skip' reports and skips it.")
 SCHEDULER = typer.Option(None, "--scheduler", help="Run on this Dask cluster (tcp://HOST:PORT); needs fastvlad[dask].")
 FAITHFUL = typer.Option(False, "--faithful", help="The paper's exact setting: full 1472-d hypercolumns (147,200-d "
-                        "codes at k=100), XGBoost 256 bins. Slower on a CPU; the default projects to 128 dims.")
+                        "codes at k=100), XGBoost 256 bins. Much slower on a CPU; the default projects "
+                        "hypercolumns to 64 dims and uses 32 bins (see README, Defaults).")
+PCA = typer.Option(None, "--pca", help="Hypercolumn PCA components: N, or 'none' for the full hypercolumn "
+                   "(default 64; 'none' with --faithful).")
 WORKERS = typer.Option(0, "--workers", help="Run on a local Dask cluster of N worker processes; needs fastvlad[dask].")
 
 
@@ -63,10 +66,24 @@ def _image_size(text: str) -> int | tuple[int, int] | None:
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
+def _pca(text: Optional[str]) -> dict[str, Any]:
+    """``--pca`` as an estimator parameter: {} when not given, {"pca": N or None} otherwise."""
+    if text is None:
+        return {}
+    if text.strip().lower() in ("none", "0", "off"):
+        return {"pca": None}
+    try:
+        return {"pca": int(text)}
+    except ValueError:
+        raise ParameterError(f"--pca {text!r}: give a number of components or 'none'") from None
+
+
 def _estimator(density: float, k: int, image_size: str, device: str, backbone: str, taps: Optional[str],
-               seed: int, on_error: str, faithful: bool = False, **extra: Any) -> FastVLAD:
+               seed: int, on_error: str, faithful: bool = False, pca: Optional[str] = None,
+               **extra: Any) -> FastVLAD:
     from .estimator import FastVLAD
 
+    extra.update(_pca(pca))
     make = FastVLAD.faithful if faithful else FastVLAD
     return make(density=density, k=k, image_size=_image_size(image_size), device=device, backbone=backbone,
                 taps=taps.split(",") if taps else None, random_state=seed, on_error=on_error, **extra)
@@ -100,13 +117,14 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
           output: Path = typer.Option(..., "-o", "--output", help="Model file to write."),
           density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
           backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
-          scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL) -> None:
+          scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
+          pca: Optional[str] = PCA) -> None:
     """Train a model on labelled images and save it as one file."""
     from . import distributed
 
     _writable(output)
     ds = _load(data, on_error)
-    model = _estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful)
+    model = _estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca)
     with distributed.connect(scheduler, workers, device) as client:
         distributed.fit(client, [str(p) for p in ds.paths], ds.y, model)
     model.save(output)
@@ -161,12 +179,12 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
              json_out: Optional[Path] = typer.Option(None, "--json", help="Write the numbers as JSON."),
              density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
              backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED,
-             on_error: str = ON_ERROR, faithful: bool = FAITHFUL) -> None:
+             on_error: str = ON_ERROR, faithful: bool = FAITHFUL, pca: Optional[str] = PCA) -> None:
     """Cross-validate (grouped by the 'group' column when present): accuracy, per-class P/R, confusion."""
     from .evaluate import cross_validate
 
     ds = _load(data, on_error)
-    est = _estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful)
+    est = _estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca)
     res = cross_validate(est, [str(p) for p in ds.paths], ds.y, ds.groups, folds)
     _print_cv(res)
     if json_out:
@@ -203,7 +221,8 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
            model_path: Optional[Path] = typer.Option(None, "--model", help="Use this model's codebook (else fit one)."),
            density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
            backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
-           scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL) -> None:
+           scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
+          pca: Optional[str] = PCA) -> None:
     """Write the VLAD codes (n, k·dim) float32 as .npy (NaN rows for skipped images), paths beside it
     (and, when images were skipped, <output>.errors.csv with why)."""
     from . import distributed
@@ -217,7 +236,7 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
         model = load(model_path)
         model.set_params(device=device, on_error=on_error)
     else:
-        model = _estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful)
+        model = _estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca)
     with distributed.connect(scheduler, workers, device) as client:
         if not model_path:
             distributed.fit_codebook(client, paths, model)
@@ -239,7 +258,7 @@ def demo(n_train: int = typer.Option(30, help="Training images per class."),
          size: int = typer.Option(224, help="Side of the generated images."),
          density: float = DENSITY, k: int = K, device: str = DEVICE, seed: int = SEED,
          keep: Optional[Path] = typer.Option(None, help="Write the demo images and model into this folder."),
-         faithful: bool = FAITHFUL) -> None:
+         faithful: bool = FAITHFUL, pca: Optional[str] = PCA) -> None:
     """Generate TEM-like demo images of the paper's four classes, train, and score held-out images."""
     from . import demo as demo_data
     from .estimator import FastVLAD
@@ -250,7 +269,8 @@ def demo(n_train: int = typer.Option(30, help="Training images per class."),
     test_ds = datasets.load(demo_data.write_dataset(folder / "test", n_test, size, random_state=seed + 1))
     typer.echo(f"demo data: {len(train_ds)} training, {len(test_ds)} held-out images ({size}×{size}) in {folder}"
                f" ({time.perf_counter() - t:.1f} s)")
-    model = (FastVLAD.faithful if faithful else FastVLAD)(density=density, k=k, device=device, random_state=seed)
+    model = (FastVLAD.faithful if faithful else FastVLAD)(density=density, k=k, device=device, random_state=seed,
+                                                          **_pca(pca))
     model.fit([str(p) for p in train_ds.paths], train_ds.y)
     t = time.perf_counter()
     acc = model.score([str(p) for p in test_ds.paths], test_ds.labels)

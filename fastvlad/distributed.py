@@ -380,27 +380,13 @@ def fit_codebook(client: Client | None, X: Sequence[ImageSource], model: FastVLA
         raise InvalidDatasetError(f"none of the {len(chosen)} images sampled for the codebook could be read; "
                                   "check the images")
     parts: list[_Sample] = _gather(client, futures)
-    model.timings_ = {}
-    model.projection_, model.codebook_ = _fit_on_sample(np.concatenate([p.points for p in parts]), model,
-                                                        model.timings_)
+    timings = pipeline.Timings()
+    model.projection_, model.codebook_ = pipeline.fit_on_sample(np.concatenate([p.points for p in parts]),
+                                                                int(model.k), model._settings(), timings)
+    model.timings_ = dict(timings.seconds)
     model.backbone_sha256_, model.taps_ = parts[0].backbone_sha256, parts[0].taps
     _sum_seconds(parts, model.timings_)
     return model
-
-
-def _fit_on_sample(sample: np.ndarray, model: FastVLAD, seconds: dict[str, float]) -> tuple[Any, np.ndarray]:
-    """The hypercolumn PCA (with ``pca``) and the k-means centres on the gathered sample, as
-    ``pipeline.fit_encoder`` fits them."""
-    settings = model._settings()
-    proj = None
-    t = time.perf_counter()
-    if settings.pca:
-        proj = projection.fit(sample, settings.pca, settings.whiten, settings.random_state)
-        sample = proj.apply(sample)
-        seconds["pca"], t = time.perf_counter() - t, time.perf_counter()
-    centres, _ = codebook.fit_kmeans(sample, int(model.k), random_state=settings.random_state)
-    seconds["kmeans"] = time.perf_counter() - t
-    return proj, centres
 
 
 def encode(client: Client | None, X: Sequence[ImageSource], model: FastVLAD,

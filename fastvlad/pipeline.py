@@ -196,18 +196,6 @@ def _hypercolumns_in_parts(retry: GpuMemoryRetry, backbone: Backbone, pixels: np
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def fit_codebook(sources: Sequence[ImageSource], backbone: Backbone, k: int, settings: EncoderSettings,
-                 backend: Backend, n_images: int = 100, max_points: int = config.CODEBOOK_MAX_POINTS,
-                 timings: Timings | None = None, skip_errors: bool = False) -> np.ndarray:
-    """K-means centres ``(k, dim)`` float32 of full hypercolumns (``settings.pca`` is ignored; see ``fit_encoder``)."""
-    timings = timings or Timings()
-    sample = codebook_sample(sources, backbone, settings, backend, n_images, max_points, timings, skip_errors)
-    t = time.perf_counter()
-    centres, _ = codebook.fit_kmeans(sample, k, random_state=settings.random_state)
-    timings.add("kmeans", t)
-    return centres
-
-
 def fit_encoder(sources: Sequence[ImageSource], backbone: Backbone, k: int, settings: EncoderSettings,
                 backend: Backend, n_images: int = 100, max_points: int = config.CODEBOOK_MAX_POINTS,
                 timings: Timings | None = None, skip_errors: bool = False) -> tuple[Projection | None, np.ndarray]:
@@ -215,9 +203,16 @@ def fit_encoder(sources: Sequence[ImageSource], backbone: Backbone, k: int, sett
     fitted on one codebook sample."""
     timings = timings or Timings()
     sample = codebook_sample(sources, backbone, settings, backend, n_images, max_points, timings, skip_errors)
+    return fit_on_sample(sample, k, settings, timings)
+
+
+def fit_on_sample(sample: np.ndarray, k: int, settings: EncoderSettings,
+                  timings: Timings) -> tuple[Projection | None, np.ndarray]:
+    """The PCA (when ``settings.pca`` is narrower than the hypercolumn ``(m, dim)`` sample; a
+    narrower backbone keeps its full hypercolumn) and k-means on its projection."""
     proj = None
     t = time.perf_counter()
-    if settings.pca:
+    if settings.pca and settings.pca < sample.shape[1]:
         proj = projection.fit(sample, settings.pca, settings.whiten, settings.random_state)
         sample = proj.apply(sample)
         t = timings.add("pca", t)

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fastvlad.cli import app
+from fastvlad.errors import ParameterError
 
 SMALL = ["--density", "0.1", "-k", "8", "--image-size", "64"]
 
@@ -47,7 +48,21 @@ def test_encode(model_file: Path, demo_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "codes.npy"
     res = CliRunner().invoke(app, ["-q", "encode", str(demo_folder), "-o", str(out), "--model", str(model_file)])
     assert res.exit_code == 0, res.output
-    assert np.load(out).shape == (16, 8 * 1472)
+    assert np.load(out).shape == (16, 8 * 64)  # k · pca (the default)
+
+
+@pytest.mark.parametrize(("flags", "width"), [(["--pca", "none"], 1472), (["--pca", "16"], 16),
+                                              (["--faithful"], 1472), (["--faithful", "--pca", "32"], 32)])
+def test_encode_pca_options(vgg16_path: Path, demo_folder: Path, tmp_path: Path, flags: list[str], width: int) -> None:
+    out = tmp_path / "codes.npy"
+    res = CliRunner().invoke(app, ["-q", "encode", str(demo_folder), "-o", str(out), *SMALL, *flags])
+    assert res.exit_code == 0, res.output
+    assert np.load(out).shape == (16, 8 * width)
+
+
+def test_bad_pca_option(demo_folder: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["-q", "encode", str(demo_folder), "-o", str(tmp_path / "c.npy"), "--pca", "lots"])
+    assert isinstance(res.exception, ParameterError) and "--pca 'lots'" in str(res.exception)
 
 
 def test_info() -> None:

@@ -104,7 +104,8 @@ def test_unreadable_file_surfaces_as_image_read_error(client: Client, data: tupl
         distributed.fit_codebook(client, paths, FastVLAD(**small_model_params()), partition_size=3)
 
     skipping = FastVLAD(**small_model_params(on_error="skip"))
-    skipping.codebook_, skipping.backbone_sha256_ = local_model.codebook_, local_model.backbone_sha256_
+    skipping.codebook_, skipping.projection_ = local_model.codebook_, local_model.projection_
+    skipping.backbone_sha256_ = local_model.backbone_sha256_
     enc = distributed.encode(client, paths, skipping, partition_size=3)
     assert [i for i, _ in enc.failed] == [5] and "broken.png" in str(enc.failed[0][1])
     np.testing.assert_array_equal(enc.indices, [i for i in range(len(paths)) if i != 5])

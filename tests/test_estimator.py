@@ -30,7 +30,7 @@ def test_fit_predict_shapes(fitted: FastVLAD, small_demo: tuple[list[np.ndarray]
     assert proba.shape == (5, 4) and np.allclose(proba.sum(1), 1, atol=1e-5)
     assert set(fitted.predict(X[:5])) <= set(y)
     codes = fitted.transform(X[:3])
-    assert codes.shape == (3, 8 * 1472) and codes.dtype == np.float32
+    assert codes.shape == (3, 8 * 64) and codes.dtype == np.float32  # k · pca (the default)
     np.testing.assert_allclose(np.linalg.norm(codes, axis=1), 1, rtol=1e-5)
     assert fitted.score(X, y) > 0.5  # training accuracy on separable demo classes
 
@@ -42,8 +42,20 @@ def test_deterministic_given_seed(fitted: FastVLAD, small_demo: tuple[list[np.nd
     np.testing.assert_array_equal(again.predict_proba(X[:4]), fitted.predict_proba(X[:4]))
 
 
-def test_codes_match_the_notebook_pipeline(fitted: FastVLAD, small_demo: tuple[list[np.ndarray], np.ndarray]) -> None:
-    """The fast path equals full-map upsampling + per-centre VLAD at the same sampled points."""
+@pytest.fixture(scope="module")
+def fitted_faithful(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.ndarray]) -> FastVLAD:
+    X, y = small_demo
+    params = {k: v for k, v in small_model_params().items() if k not in ("density", "k", "image_size")}
+    return FastVLAD.faithful(density=0.1, k=8, image_size=64, **params).fit(X, y)
+
+
+@pytest.mark.parametrize("model", ["fitted", "fitted_faithful"])
+def test_codes_match_the_notebook_pipeline(model: str, small_demo: tuple[list[np.ndarray], np.ndarray],
+                                           request: pytest.FixtureRequest) -> None:
+    """The fast path equals full-map upsampling (then the hypercolumn PCA, when there is one) +
+    per-centre VLAD at the same sampled points."""
+    fitted = request.getfixturevalue(model)
+    assert (fitted.projection_ is None) == (model == "fitted_faithful")
     X, _ = small_demo
     settings = fitted._settings()
     pixels = np.stack([settings.preprocess(x) for x in X[:2]])
@@ -51,6 +63,8 @@ def test_codes_match_the_notebook_pipeline(fitted: FastVLAD, small_demo: tuple[l
     points = pipeline.sample_points(pixels, settings)
     for i in range(2):
         hc = reference.sample_hypercolumns([t[i] for t in taps], points[i])
+        if fitted.projection_ is not None:
+            hc = fitted.projection_.apply(hc)
         expected = reference.vlad(hc, fitted.codebook_)
         got = fitted.transform([X[i]])[0]
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=2e-6)
@@ -63,7 +77,8 @@ def test_save_load_roundtrip(fitted: FastVLAD, small_demo: tuple[list[np.ndarray
     np.testing.assert_array_equal(loaded.predict_proba(X[:3]), fitted.predict_proba(X[:3]))
     assert loaded.get_params() == fitted.get_params()
     with zipfile.ZipFile(path) as zf:
-        assert set(zf.namelist()) == {"format.json", "config.json", "codebook.npy", "booster.ubj", "manifest.json"}
+        assert set(zf.namelist()) == {"format.json", "config.json", "codebook.npy", "booster.ubj", "projection.npy",
+                                      "manifest.json"}
         assert all(b"pickle" not in zf.read(n) for n in ("config.json", "format.json"))
 
 

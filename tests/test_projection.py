@@ -165,3 +165,16 @@ def test_faithful_settings() -> None:
     with pytest.raises(ParameterError, match="pca"):
         FastVLAD(pca=0).fit_codebook([np.zeros((64, 64), np.uint8)] * 2)
 
+
+
+@pytest.mark.parametrize("pca", [64, 100])
+def test_a_hypercolumn_no_wider_than_pca_is_kept_whole(vgg16_path: Path, tmp_path: Path, pca: int) -> None:
+    """block1_conv2 alone has 64 channels: pca=64 or more fits no projection, and the model still
+    saves, loads and predicts (the loader does not ask for a projection.npy it never had)."""
+    images, labels = demo.make_dataset(3, size=64, random_state=0)
+    est = FastVLAD(**small_model_params(taps=["block1_conv2"], pca=pca)).fit(images, labels)
+    assert est.projection_ is None and est.codebook_.shape == (8, 64)
+    loaded = fastvlad.load(est.save(tmp_path / "m.fvl"))
+    np.testing.assert_array_equal(loaded.predict_proba(images[:3]), est.predict_proba(images[:3]))
+    narrower = FastVLAD(**small_model_params(taps=["block1_conv2"], pca=63)).fit_codebook(images)
+    assert narrower.projection_ is not None and narrower.codebook_.shape == (8, 63)
