@@ -281,7 +281,6 @@ def demo(n_train: int = typer.Option(30, help="Training images per class."),
     typer.echo("training time per stage (s):")
     for stage, sec in model.timings_.items():
         typer.echo(f"  {stage:<14}{sec:8.2f}")
-    typer.echo(f"  {'classifier':<14}{model.train_info_['classifier_seconds']:8.2f}")
     typer.echo(f"prediction: {len(test_ds) / predict_s:.1f} images/s; model saved to {folder / 'model.fvl'}; "
                f"{n} training images")
 
