@@ -10,7 +10,6 @@ and says what to install, without it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -28,12 +28,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
     Raises ``WriteError`` (naming the path, the problem and the fix) on any OS error.
     """
     target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{_part_prefix(target)}{os.getpid()}.",
-                                   suffix=".part")
-    except OSError as exc:
-        raise _write_error(target, exc) from None
+    fd, tmp = _temp_beside(target)
     try:
         os.fchmod(fd, mode)  # mkstemp's 0600 would lock others out of shared folders
         with os.fdopen(fd, "wb") as f:
@@ -54,17 +49,22 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
 def check_writable(path: str | os.PathLike[str]) -> Path:
     """Fail now, not after hours of work, if ``path`` cannot be written: ``WriteError``."""
     target = Path(path)
+    if target.is_dir():
+        raise _write_error(target, IsADirectoryError(errno.EISDIR, "is a folder"))
+    fd, probe = _temp_beside(target)
+    os.close(fd)
+    os.unlink(probe)
+    return target
+
+
+def _temp_beside(target: Path) -> tuple[int, str]:
+    """A new temp file in ``target``'s folder (made if missing), named as ``_remove_stale_parts``
+    expects: (fd, path). ``WriteError`` on any OS error."""
     try:
-        if target.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "is a folder")
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=target.parent, prefix=f"{_part_prefix(target)}{os.getpid()}.",
-                                     suffix=".part")
-        os.close(fd)
-        os.unlink(probe)
+        return tempfile.mkstemp(dir=target.parent, prefix=f"{_part_prefix(target)}{os.getpid()}.", suffix=".part")
     except OSError as exc:
         raise _write_error(target, exc) from None
-    return target
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -15,6 +15,7 @@ import numpy as np
 import typer
 
 from . import datasets, progress
+from ._files import check_writable
 from .errors import FastVLADError, ParameterError
 
 if TYPE_CHECKING:
@@ -105,13 +106,6 @@ def _load(data: Path, on_error: str, require_labels: bool = True) -> datasets.Da
     return datasets.load(data, require_labels=require_labels, check_files=on_error != "skip")
 
 
-def _writable(output: Path) -> None:
-    """An unwritable output path is an error before the work, not after it."""
-    from ._files import check_writable
-
-    check_writable(output)
-
-
 @app.command()
 def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or a CSV manifest path,label[,group]."),
           output: Path = typer.Option(..., "-o", "--output", help="Model file to write."),
@@ -122,7 +116,7 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
     """Train a model on labelled images and save it as one file."""
     from . import distributed
 
-    _writable(output)
+    check_writable(output)  # an unwritable -o fails before the work, not after it
     ds = _load(data, on_error)
     model = _estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca)
     with distributed.connect(scheduler, workers, device) as client:
@@ -146,7 +140,7 @@ def predict(model_path: Path = typer.Argument(..., metavar="MODEL"),
 
     model = load(model_path)
     model.set_params(device=device, on_error=on_error)
-    _writable(output)
+    check_writable(output)  # an unwritable -o fails before the work, not after it
     ds = _load(data, on_error, require_labels=False)
     paths = [str(p) for p in ds.paths]
     with distributed.connect(scheduler, workers, device) as client:
@@ -222,14 +216,14 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
            density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
            backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
            scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
-          pca: Optional[str] = PCA) -> None:
+           pca: Optional[str] = PCA) -> None:
     """Write the VLAD codes (n, k·dim) float32 as .npy (NaN rows for skipped images), paths beside it
     (and, when images were skipped, <output>.errors.csv with why)."""
     from . import distributed
     from ._files import write_atomic, write_bytes_atomic
     from .estimator import load
 
-    _writable(output)
+    check_writable(output)  # an unwritable -o fails before the work, not after it
     ds = _load(data, on_error, require_labels=False)
     paths = [str(p) for p in ds.paths]
     if model_path:
