@@ -7,6 +7,7 @@ Every suite works at the paper's settings: 224² input, density 10 % (5,000 poin
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,19 @@ import pytest
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:
-    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
+    # A file named on the command line is collected by pytest itself: do not add it twice.
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The issue #3 ratios of ``bench_kernels`` (printed here: output of a fixture's teardown is captured)."""
+    kernels = sys.modules.get("bench_kernels")
+    if kernels is not None and kernels.RESULTS:
+        terminalreporter.write_sep("-", "fastvlad kernels, per image (medians) and the issue #3 ratios")
+        for line in kernels.ratio_lines(dict(kernels.RESULTS)):
+            terminalreporter.write_line("  " + line)
 
 
 #: Images per end-to-end batch: one CPU batch (fastvlad.config.CPU_BATCH_SIZE).

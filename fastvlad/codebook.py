@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from . import config, hypercolumn
+from . import _gemm, config, projection
 from ._half import kernel_input, widen
 from .errors import ParameterError
 
@@ -96,65 +96,50 @@ def nearest(x, centres, impl: str = "numba", block_rows: int = config.ASSIGN_BLO
     return _assign_blocks(x, centres, impl, block_rows, with_dist=False)[0]
 
 
-def _project_first(pixels: int, n_points: int, channels: int, k: int, gathered: bool) -> bool:
-    """Whether a tap's share of the cross term is cheaper on the tap grid than at the points.
+def nearest_from_taps(taps: Sequence[Any], points: Any, centres: Any, mode: str = "half_pixel",
+                      impl: str = "numba", gathered: Any = None) -> Any:
+    """The labels of ``nearest(hypercolumn.gather(taps, points), centres)``, without the hypercolumns.
 
-    Tap grid: a GEMM over every pixel (pixels·C·k) plus gathering k values per point (S·k·g).
-    Points: a GEMM over the points (S·C·k), plus gathering C values per point (S·C·g) unless the
-    hypercolumns are at hand already. A gathered value is weighted as g multiply-adds.
-    """
-    g = config.GATHER_COST
-    at_points = n_points * channels * k + (0 if gathered else n_points * channels * g)
-    return pixels * channels * k + n_points * k * g < at_points
-
-
-def nearest_from_taps(taps: Sequence[Any], points: Any, centres: Any, mode: str = "half_pixel", impl: str = "numba",
-                      hc: Any = None) -> Any:
-    """The labels of ``nearest(hypercolumn.gather(taps, points), centres)``, computed from the taps.
-
-    The cross term x·c is a sum over taps, and bilinear interpolation is linear, so a coarse
-    tap's share is interp(tap @ c_lᵀ): one GEMM over the tap's pixels (196 for block5 at 224²)
-    instead of over the S points. Each tap takes the cheaper side (``_project_first``); at 224²
-    with 5,000 points VGG16's GEMM work drops from 1.47 to about 0.45 GFLOP per image. Equal to
-    ``nearest`` up to float32 rounding of the cross term (labels differ only on near-ties).
+    Only the cross term x·c decides the winner, and it is a linear map of the hypercolumn: the
+    projection onto the centres, ``x @ centresᵀ``. ``projection.gather`` evaluates it tap by tap
+    on whichever side is cheaper (a coarse tap is mapped on its own grid, 196 pixels for block5 at
+    224², then interpolated): at 224² with 5,000 points VGG16's GEMM work drops from 1.47 to about
+    0.45 GFLOP per image. Equal to ``nearest`` up to float32 rounding (labels differ only on near-ties).
 
     taps: ``(n, h_l, w_l, C_l)``; points: ``(n, S, 2)`` in the first tap's grid; centres ``(k, sum C_l)``;
-    hc: the ``(n, S, sum C_l)`` hypercolumns when already gathered (their columns are reused).
+    gathered: the point-side taps' hypercolumns when at hand (see ``projection.gather``).
     Returns ``(n·S,)`` int32.
     """
     xp = np if impl != "cuda" else __import__("cupy")
-    n, s = points.shape[:2]
     c = xp.ascontiguousarray(xp.asarray(centres), dtype=xp.float32)
-    k = c.shape[0]
-    out_hw = (int(taps[0].shape[1]), int(taps[0].shape[2]))
-    offsets = np.concatenate([[0], np.cumsum([int(t.shape[3]) for t in taps])])
-    if offsets[-1] != c.shape[1]:
-        raise ParameterError(f"the taps have {offsets[-1]} channels but the centres {c.shape[1]}; "
-                             "use the backbone and taps the codebook was fitted with")
-    first = [_project_first(int(t.shape[1] * t.shape[2]), s, int(t.shape[3]), k, hc is not None) for t in taps]
-    at_points = [i for i, f in enumerate(first) if not f]
-    if at_points:  # one GEMM for all the point-side taps (usually the leading, fine ones)
-        if hc is None:
-            hc = hypercolumn.gather(taps, points, mode, impl=impl)
-        cols = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in at_points])
-        sel = slice(int(cols[0]), int(cols[-1]) + 1) if cols[-1] - cols[0] + 1 == len(cols) else xp.asarray(cols)
-        cross = (hc.reshape(n * s, -1)[:, sel] @ c[:, sel].T).reshape(n, s, k)
-    else:
-        cross = xp.zeros((n, s, k), dtype=xp.float32)
-    maps = []
-    for i in map(int, np.flatnonzero(first)):
-        t = taps[i]
-        flat = t.reshape(-1, t.shape[3]).astype(xp.float32, copy=False)
-        maps.append((flat @ c[:, offsets[i] : offsets[i + 1]].T).reshape(*t.shape[:3], k))
-    if maps:
-        hypercolumn.gather_add(maps, points, cross, out_hw, mode, impl)
+    if sum(int(t.shape[3]) for t in taps) != c.shape[1]:
+        raise ParameterError(f"the taps have {sum(int(t.shape[3]) for t in taps)} channels but the centres "
+                             f"{c.shape[1]}; use the backbone and taps the codebook was fitted with")
+    onto_centres = projection.Projection(c.T, xp.zeros(len(c), dtype=xp.float32))
+    return _nearest_from_cross(projection.gather(taps, points, onto_centres, mode, impl, gathered=gathered), c, impl)
+
+
+def nearest_per_image(x, centres, impl: str = "numba"):  # type: ignore[no-untyped-def]
+    """The labels of ``nearest`` for a batch ``(n, S, dim)``, one GEMM per image (``_gemm.per_image``:
+    no label depends on the batch): ``(n·S,)`` int32."""
+    xp = np if impl != "cuda" else __import__("cupy")
+    c = xp.ascontiguousarray(xp.asarray(centres), dtype=xp.float32)
+    if x.ndim != 3 or c.ndim != 2 or x.shape[2] != c.shape[1]:
+        raise ParameterError(f"x {tuple(x.shape)} must be (n, S, dim) and centres {tuple(c.shape)} (k, dim)")
+    return _nearest_from_cross(_gemm.per_image(x.astype(xp.float32, copy=False), c.T), c, impl)
+
+
+def _nearest_from_cross(cross, c, impl: str):  # type: ignore[no-untyped-def]
+    """argmin_j ‖c_j‖² − 2·cross[…, j] of a cross term ``(n, S, k)``: ``(n·S,)`` int32."""
+    cross = cross.reshape(-1, c.shape[0])
+    xp = np if impl != "cuda" else __import__("cupy")
     c_sq = (c * c).sum(axis=1)
-    labels = xp.empty(n * s, dtype=xp.int32)
+    labels = xp.empty(len(cross), dtype=xp.int32)
     if impl == "cuda":
         from . import _cuda
 
-        return _cuda.argmin_rows(cross.reshape(n * s, k), c_sq, labels)
-    _ARGMIN["numpy" if impl == "numpy" else "numba"](cross.reshape(n * s, k), _NONE, c_sq, labels, _NONE)
+        return _cuda.argmin_rows(cross, c_sq, labels)
+    _ARGMIN["numpy" if impl == "numpy" else "numba"](cross, _NONE, c_sq, labels, _NONE)
     return labels
 
 

@@ -64,10 +64,12 @@ def axis_table(out_size: int, in_size: int, mode: str) -> AxisTable:
     return AxisTable(lo, hi, (src - lo).astype(np.float32))
 
 
-def tap_tables(tap_hw: Sequence[tuple[int, int]], mode: str) -> list[tuple[AxisTable, AxisTable]]:
-    """(row table, column table) of every tap, relative to the first tap's size."""
-    out_h, out_w = tap_hw[0]
-    return [(axis_table(out_h, h, mode), axis_table(out_w, w, mode)) for h, w in tap_hw]
+def tap_tables(taps: Sequence[Any], mode: str, out_hw: tuple[int, int] | None = None
+               ) -> list[tuple[AxisTable, AxisTable]]:
+    """(row table, column table) of every tap ``(n, h, w, C)``, for points in the ``out_hw`` grid
+    (default: the first tap's)."""
+    out_h, out_w = out_hw or (int(taps[0].shape[1]), int(taps[0].shape[2]))
+    return [(axis_table(out_h, int(t.shape[1]), mode), axis_table(out_w, int(t.shape[2]), mode)) for t in taps]
 
 
 def _gather_numpy(tap: np.ndarray, points: np.ndarray, ty: AxisTable, tx: AxisTable, out: np.ndarray) -> None:
@@ -156,23 +158,30 @@ def _gather_kernel(taps, points, ylo, yhi, wyt, xlo, xhi, wxt, offsets, table, o
                       accumulate)
 
 
+def numba_tap_args(taps: Sequence[np.ndarray], points: np.ndarray,
+                   tables: Sequence[tuple[AxisTable, AxisTable]]) -> tuple[Any, ...]:
+    """What the Numba kernels that interpolate taps take (``_gather_kernel``, ``vlad``'s fused
+    kernel): the taps as one tuple of contiguous arrays of one kernel dtype, the points as int32,
+    the float16 table, the six stacked axis tables ``(n_taps, out)`` and the channel offsets."""
+    if not all(t.dtype == np.float16 for t in taps):  # one kernel dtype for all taps
+        taps = [t.astype(np.float32, copy=False) for t in taps]
+    inputs = [kernel_input(np.ascontiguousarray(t)) for t in taps]
+    stack = [np.stack([getattr(tables[t][axis], f) for t in range(len(taps))]) for axis in (0, 1)
+             for f in ("lo", "hi", "w")]
+    offsets = np.concatenate([[0], np.cumsum([t.shape[3] for t in taps])]).astype(np.int64)
+    return (tuple(a for a, _ in inputs), np.ascontiguousarray(points, dtype=np.int32), inputs[0][1], *stack, offsets)
+
+
 def _gather_numba(taps: Sequence[np.ndarray], points: np.ndarray, tables: Sequence[tuple[AxisTable, AxisTable]],
                   out: np.ndarray, accumulate: bool = False) -> None:
     """All taps at once into ``out`` (n, S, sum C) float32 — or, with ``accumulate``, their sum added
     to ``out`` (n, S, C) (all taps then have C channels); any layout and float dtype in."""
-    if not all(t.dtype == np.float16 for t in taps):  # one kernel dtype for all taps
-        taps = [t.astype(np.float32, copy=False) for t in taps]
-    inputs = [kernel_input(np.ascontiguousarray(t)) for t in taps]
-    table = inputs[0][1]
-    stack = [np.stack([getattr(tables[t][axis], f) for t in range(len(taps))]) for axis in (0, 1)
-             for f in ("lo", "hi", "w")]
-    offsets = np.concatenate([[0], np.cumsum([t.shape[3] for t in taps])]).astype(np.int64)
+    taps_in, points_in, table, *stack, offsets = numba_tap_args(taps, points, tables)
     dense = out if out.flags.c_contiguous and out.dtype == np.float32 else np.empty(out.shape, np.float32)
     if accumulate and dense is not out:
         dense[...] = out
     kernel: Any = _gather_kernel  # a Numba dispatcher: mypy cannot see its signature
-    kernel(tuple(a for a, _ in inputs), np.ascontiguousarray(points, dtype=np.int32), *stack, offsets, table, dense,
-           accumulate)
+    kernel(taps_in, points_in, *stack, offsets, table, dense, accumulate)
     if dense is not out:
         out[...] = dense
 
@@ -197,10 +206,15 @@ def _gather_numpy_taps(taps: Sequence[Any], points: Any, tables: Sequence[tuple[
 _GATHER = {"numpy": _gather_numpy_taps, "numba": _gather_numba, "cuda": _gather_cupy}
 
 
-def _check_points(points: Any, out_hw: tuple[int, int]) -> None:
-    """Points must be (n, S, 2) [row, col] inside the output grid (the kernels do not bounds-check)."""
+def check_points(taps: Sequence[Any], points: Any, out_hw: tuple[int, int] | None = None) -> None:
+    """Taps must be ``(n, h, w, C)`` and points ``(n, S, 2)`` [row, col] inside the ``out_hw`` grid
+    (default: the first tap's), for the same n images: the kernels do not bounds-check."""
     if points.ndim != 3 or points.shape[2] != 2:
         raise ParameterError(f"points must be (n, S, 2) [row, col]; got shape {tuple(points.shape)}")
+    if any(t.ndim != 4 or t.shape[0] != points.shape[0] for t in taps):
+        raise ParameterError(f"taps must be (n, h, w, C) with n = {points.shape[0]} images, like the points; "
+                             f"got {[tuple(t.shape) for t in taps]}")
+    out_hw = out_hw or (int(taps[0].shape[1]), int(taps[0].shape[2]))
     if points.size and (int(points.min()) < 0 or int(points[..., 0].max()) >= out_hw[0]
                         or int(points[..., 1].max()) >= out_hw[1]):
         raise ParameterError(f"points lie outside the {out_hw[0]}×{out_hw[1]} pixel grid of the first tap")
@@ -211,9 +225,6 @@ def _gather_into(taps: Sequence[Any], points: Any, tables: Sequence[tuple[AxisTa
     """Validate, allocate ``out`` when missing and run the ``impl`` gather."""
     if impl not in _GATHER:
         raise ParameterError(f"impl={impl!r} is unknown; use one of {tuple(_GATHER)}")
-    if any(t.ndim != 4 or t.shape[0] != points.shape[0] for t in taps):
-        raise ParameterError(f"taps must be (n, h, w, C) with n = {points.shape[0]} images, like the points; "
-                             f"got {[tuple(t.shape) for t in taps]}")
     n, s = points.shape[:2]
     dim = sum(int(t.shape[3]) for t in taps)
     if out is None:
@@ -226,35 +237,25 @@ def _gather_into(taps: Sequence[Any], points: Any, tables: Sequence[tuple[AxisTa
     return out
 
 
-def gather(taps: Sequence[Any], points: Any, mode: str = "half_pixel", impl: str = "numba", out: Any = None) -> Any:
+def gather(taps: Sequence[Any], points: Any, mode: str = "half_pixel", impl: str = "numba", out: Any = None,
+           out_hw: tuple[int, int] | None = None) -> Any:
     """Hypercolumns of every image at its points.
 
     taps: ``(n, h_l, w_l, C_l)`` channels-last maps, float32 or float16, any strides (NumPy, or
     CuPy for ``impl="cuda"``); contiguous taps of one dtype avoid a copy.
-    points: ``(n, S, 2)`` int32 [row, col] in the first tap's pixel grid.
+    points: ``(n, S, 2)`` int32 [row, col] in the ``out_hw`` pixel grid (default: the first tap's).
     Returns ``(n, S, sum C_l)`` float32, the first tap's channels first (written into ``out`` if given).
     """
-    _check_points(points, (int(taps[0].shape[1]), int(taps[0].shape[2])))
-    tables = tap_tables([(int(t.shape[1]), int(t.shape[2])) for t in taps], mode)
-    return _gather_into(taps, points, tables, impl, out)
-
-
-def gather_tap(tap: Any, points: Any, out_hw: tuple[int, int], mode: str = "half_pixel", impl: str = "numba",
-               out: Any = None) -> Any:
-    """One tap ``(n, h, w, C)`` at points given in an ``out_hw`` pixel grid → ``(n, S, C)`` float32
-    (used by ``projection`` to interpolate maps that were projected first)."""
-    _check_points(points, out_hw)
-    tables = [(axis_table(out_hw[0], int(tap.shape[1]), mode), axis_table(out_hw[1], int(tap.shape[2]), mode))]
-    return _gather_into([tap], points, tables, impl, out)
+    check_points(taps, points, out_hw)
+    return _gather_into(taps, points, tap_tables(taps, mode, out_hw), impl, out)
 
 
 def gather_add(maps: Sequence[Any], points: Any, out: Any, out_hw: tuple[int, int], mode: str = "half_pixel",
                impl: str = "numba") -> Any:
     """Add every map's bilinear samples to ``out`` in place: maps ``(n, h_l, w_l, C)`` with the same C,
     points ``(n, S, 2)`` in an ``out_hw`` grid, out ``(n, S, C)`` float32. Returns ``out``."""
-    _check_points(points, out_hw)
-    tables = [(axis_table(out_hw[0], int(m.shape[1]), mode), axis_table(out_hw[1], int(m.shape[2]), mode))
-              for m in maps]
+    check_points(maps, points, out_hw)
+    tables = tap_tables(maps, mode, out_hw)
     if impl == "numba":
         _gather_numba(maps, points, tables, out, accumulate=True)
         return out

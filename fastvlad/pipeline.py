@@ -75,13 +75,9 @@ class Workspace:
     """Reused output buffers: a fresh (n, S, 1472) float32 array per batch (235 MB for 8
     images at d = 10 %) costs more in page faults than the gather that fills it."""
 
-    def __init__(self, backend: Backend, keep_taps: bool = False) -> None:
+    def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._buffers: dict[tuple[int, ...], object] = {}
-        # With keep_taps, ``hypercolumns`` leaves the batch's (taps, points) here for the
-        # assignment (codebook.nearest_from_taps), which takes them back out.
-        self.keep_taps = keep_taps
-        self.taps: tuple[list, object] | None = None  # type: ignore[type-arg]
 
     def empty(self, shape: tuple[int, ...]):  # type: ignore[no-untyped-def]
         if shape not in self._buffers:
@@ -130,30 +126,41 @@ def sample_points(pixels: np.ndarray, settings: EncoderSettings) -> np.ndarray:
                                                settings.n_points, h, w) for img in pixels])
 
 
-def hypercolumns(backbone: Backbone, pixels: np.ndarray, settings: EncoderSettings,  # type: ignore[no-untyped-def]
-                 workspace: Workspace, timings: Timings, proj: Projection | None = None):
-    """CNN taps of a batch, then their hypercolumns at sampled points: (n, S, dim) float32,
-    or (n, S, p) when ``proj`` (on the backend's device) projects each tap before interpolation.
-
-    The result lives in ``workspace`` and is overwritten by the next batch."""
-    backend = workspace.backend
+def cnn_taps(backbone: Backbone, pixels: np.ndarray, settings: EncoderSettings, backend: Backend,  # type: ignore[no-untyped-def]
+             timings: Timings):
+    """The CNN taps of a batch ``[(n, h_l, w_l, C_l)]`` on the backend's device, and its sampled
+    points ``(n, S, 2)`` int32."""
     t = time.perf_counter()
     taps = backbone(pixels)
     t = timings.add("cnn", t)
-    points = sample_points(pixels, settings)
+    points = backend.asarray(sample_points(pixels, settings))
     taps = [backend.asarray(m) for m in taps]
+    timings.add("points", t)
+    return taps, points
+
+
+def gather_points(taps, points, settings: EncoderSettings, workspace: Workspace, timings: Timings,  # type: ignore[no-untyped-def]
+                  proj: Projection | None = None):
+    """Hypercolumns of a batch at its points: ``(n, S, dim)`` float32, or ``(n, S, p)`` when ``proj``
+    (on the backend's device) projects each tap first. Lives in ``workspace`` until the next batch."""
+    t = time.perf_counter()
+    impl = workspace.backend.impl
+    n, s = points.shape[:2]
     if proj is not None:
-        out = workspace.empty((len(pixels), points.shape[1], proj.components))
-        projection.gather(taps, backend.asarray(points), proj, settings.interpolation, impl=backend.impl, out=out)
-        timings.add("hypercolumns", t)
-        return out
-    out = workspace.empty((len(pixels), points.shape[1], sum(m.shape[3] for m in taps)))
-    points = backend.asarray(points)
-    hypercolumn.gather(taps, points, settings.interpolation, impl=backend.impl, out=out)
-    if workspace.keep_taps:
-        workspace.taps = (taps, points)
+        out = workspace.empty((n, s, proj.components))
+        projection.gather(taps, points, proj, settings.interpolation, impl=impl, out=out)
+    else:
+        out = workspace.empty((n, s, sum(m.shape[3] for m in taps)))
+        hypercolumn.gather(taps, points, settings.interpolation, impl=impl, out=out)
     timings.add("hypercolumns", t)
     return out
+
+
+def hypercolumns(backbone: Backbone, pixels: np.ndarray, settings: EncoderSettings,  # type: ignore[no-untyped-def]
+                 workspace: Workspace, timings: Timings, proj: Projection | None = None):
+    """``gather_points`` of a batch's CNN taps at its sampled points."""
+    taps, points = cnn_taps(backbone, pixels, settings, workspace.backend, timings)
+    return gather_points(taps, points, settings, workspace, timings, proj)
 
 
 def codebook_sample(sources: Sequence[ImageSource], backbone: Backbone, settings: EncoderSettings,
@@ -221,14 +228,29 @@ def fit_on_sample(sample: np.ndarray, k: int, settings: EncoderSettings,
     return proj, centres
 
 
-def _nearest(hc, workspace: Workspace, centres, settings: EncoderSettings, backend: Backend):  # type: ignore[no-untyped-def]
-    """Nearest centre of every point of the batch: ``(n·S,)`` int32. When the workspace holds the
-    batch's taps, the coarse taps' share of the distances is computed on the tap grid (exact up to
-    float32 rounding; a third of the GEMM work at 224², see ``codebook.nearest_from_taps``)."""
-    if workspace.taps is None:
-        return codebook.nearest(hc.reshape(-1, hc.shape[2]), centres, impl=backend.impl)
-    (taps, points), workspace.taps = workspace.taps, None  # released before the next batch's CNN
-    return codebook.nearest_from_taps(taps, points, centres, settings.interpolation, backend.impl, hc=hc)
+def vlad_codes(taps, points, centres, settings: EncoderSettings, backend: Backend, workspace: Workspace,  # type: ignore[no-untyped-def]
+               timings: Timings, proj: Projection | None = None):
+    """VLAD codes of a batch from its CNN taps ``(n, h_l, w_l, C_l)`` and points ``(n, S, 2)``:
+    ``(n, k·dim)`` float32 on the backend's device (dim = p with ``proj``)."""
+    n, s = points.shape[:2]
+    t = time.perf_counter()
+    if proj is not None:  # p-dim hypercolumns are small: gather them once for both stages
+        hc = gather_points(taps, points, settings, workspace, timings, proj)
+        t = time.perf_counter()
+        labels = codebook.nearest_per_image(hc, centres, impl=backend.impl)
+        t = timings.add("assign", t)
+        codes = vlad.encode(hc, labels.reshape(n, s), centres, settings.intra, settings.power, impl=backend.impl)
+    else:  # full width: the (n, S, dim) hypercolumns (29 MB per image at 1,472) are never built;
+        # the fine taps (block1/2) are gathered once for both stages, the coarse ones read on their grid
+        m = projection.points_side(taps, s, len(centres))
+        fine = gather_points(taps[:m], points, settings, workspace, timings) if m else None
+        t = time.perf_counter()
+        labels = codebook.nearest_from_taps(taps, points, centres, settings.interpolation, backend.impl, fine)
+        t = timings.add("assign", t)
+        codes = vlad.encode_from_taps(taps, points, labels.reshape(n, s), centres, settings.interpolation,
+                                      settings.intra, settings.power, backend.impl, fine)
+    timings.add("vlad", t)
+    return codes
 
 
 def encode(sources: Sequence[ImageSource], backbone: Backbone, centres: np.ndarray, settings: EncoderSettings,
@@ -236,13 +258,12 @@ def encode(sources: Sequence[ImageSource], backbone: Backbone, centres: np.ndarr
            proj: Projection | None = None) -> Encoded:
     """VLAD codes of every image: ``(n, k·dim)`` float32 (dim = p with ``proj``), one CNN pass each."""
     timings = timings or Timings()
-    dim = centres.shape[1]
     centres_dev = backend.asarray(centres)
     proj_dev = proj.to(backend.asarray) if proj is not None else None
     codes = np.zeros((len(sources), centres.size), dtype=np.float32)
     done = np.zeros(len(sources), dtype=bool)
     failed: list[tuple[int, ImageReadError]] = []
-    workspace = Workspace(backend, keep_taps=proj is None)
+    workspace = Workspace(backend)
     retry = GpuMemoryRetry(backend.batch_size)
     with progress.bar(len(sources), "encoding") as bar:
         for batch in iter_batches(sources, settings.preprocess, backend.batch_size, skip_errors):
@@ -250,15 +271,10 @@ def encode(sources: Sequence[ImageSource], backbone: Backbone, centres: np.ndarr
 
             def work(part: slice) -> None:
                 indices = batch.indices[part]  # noqa: B023 - run() calls it before the loop moves on
-                hc = hypercolumns(backbone, batch.pixels[part], settings, workspace, timings, proj_dev)  # noqa: B023
-                t = time.perf_counter()
-                labels = _nearest(hc, workspace, centres_dev, settings, backend)
-                t = timings.add("assign", t)
-                v = vlad.encode(hc, labels.reshape(hc.shape[:2]), centres_dev, settings.intra, settings.power,
-                                impl=backend.impl)
+                taps, points = cnn_taps(backbone, batch.pixels[part], settings, backend, timings)  # noqa: B023
+                v = vlad_codes(taps, points, centres_dev, settings, backend, workspace, timings, proj_dev)
                 codes[indices] = Backend.to_numpy(v)
                 done[indices] = True
-                timings.add("vlad", t)
                 timings.images += len(indices)
 
             retry.run(len(batch.indices), work)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.metrics import pairwise_distances_argmin
 
-from fastvlad import codebook, hypercolumn, reference
+from fastvlad import codebook, hypercolumn, projection, reference
 from fastvlad.errors import ParameterError
 
 IMPLS = ["numpy", "numba"]
@@ -70,7 +70,8 @@ def test_assign_float16_equals_float32_widening(impl: str) -> None:
     rng = np.random.default_rng(8)
     x = rng.standard_normal((700, 33)).astype(np.float16)
     c = rng.standard_normal((9, 33), dtype=np.float32)
-    for a, b in zip(codebook.assign(x, c, impl=impl, block_rows=256), codebook.assign(x.astype(np.float32), c, impl=impl)):
+    for a, b in zip(codebook.assign(x, c, impl=impl, block_rows=256), codebook.assign(x.astype(np.float32), c, impl=impl, block_rows=256)):
+        # Same blocks: BLAS may round differently for another block height.
         np.testing.assert_array_equal(a, b)
 
 
@@ -86,17 +87,18 @@ def _tap_case(rng: np.random.Generator, n: int, hw: tuple[int, int], channels: t
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("with_hc", [True, False])
-def test_nearest_from_taps_matches_sklearn(impl: str, with_hc: bool) -> None:
+def test_nearest_from_taps_matches_sklearn(impl: str) -> None:
     """A VGG-like pyramid where the coarse taps go the tap-grid way and the fine ones the point way."""
     rng = np.random.default_rng(9)
     taps, points, x, centres = _tap_case(rng, 2, (48, 40), (4, 8, 64, 128, 128), 700, 23)
-    pixels = [t.shape[1] * t.shape[2] for t in taps]
-    sides = [codebook._project_first(p, 700, t.shape[3], 23, with_hc) for p, t in zip(pixels, taps)]
-    assert any(sides) and not all(sides)  # both ways are exercised
-    labels = codebook.nearest_from_taps(taps, points, centres, impl=impl, hc=x if with_hc else None)
+    assert 0 < projection.points_side(taps, 700, 23) < len(taps)  # both ways are exercised
+    labels = codebook.nearest_from_taps(taps, points, centres, impl=impl)
     flat = x.reshape(-1, x.shape[2])
     _check_labels(flat, centres, labels, pairwise_distances_argmin(flat, centres))
+    m = projection.points_side(taps, 700, 23)
+    gathered = x[:, :, : sum(t.shape[3] for t in taps[:m])]  # the point-side taps' columns, given
+    np.testing.assert_array_equal(codebook.nearest_from_taps(taps, points, centres, impl=impl, gathered=gathered),
+                                  labels)
 
 
 @settings(max_examples=20, deadline=None)

@@ -94,7 +94,7 @@ def test_gather_bit_identical(cp: ModuleType, mode: str, dtype: type, n: int, s_
 def test_gather_host_points_and_strided_out(cp: ModuleType) -> None:
     rng = np.random.default_rng(1)
     (tap,) = _taps(rng, 2, 9, [17], np.float32)
-    ty, tx = hypercolumn.tap_tables([tap.shape[1:3]], "half_pixel")[0]
+    ty, tx = hypercolumn.tap_tables([tap], "half_pixel")[0]
     points = np.stack([hypercolumn.sample_points(rng, 10, 9, 10) for _ in range(2)])
     want = hypercolumn.gather([tap], points, impl="numba")
     full = cp.zeros((2, 10, 40), cp.float32)
@@ -212,6 +212,15 @@ def test_stages_end_to_end(cp: ModuleType) -> None:
     codes_gpu = cp.asnumpy(vlad.encode(feats_gpu, labels_gpu.reshape(2, -1), cp.asarray(centres), impl="cuda"))
     codes = vlad.encode(feats, cp.asnumpy(labels_gpu).reshape(2, -1), centres, impl="numba")
     np.testing.assert_allclose(codes_gpu, codes, rtol=1e-4, atol=1e-6)
+    # The pipeline's full-width path: one fused kernel on the CPU, gather then encode on the GPU.
+    fused_gpu = vlad.encode_from_taps([cp.asarray(t) for t in taps], cp.asarray(points), labels_gpu.reshape(2, -1),
+                                      cp.asarray(centres), impl="cuda")
+    fused = vlad.encode_from_taps(taps, points, cp.asnumpy(labels_gpu).reshape(2, -1), centres, impl="numba")
+    np.testing.assert_allclose(cp.asnumpy(fused_gpu), fused, rtol=1e-4, atol=1e-6)
+    # ... with the first tap gathered already (the encoder passes block1/2 so)
+    fused_gpu = vlad.encode_from_taps([cp.asarray(t) for t in taps], cp.asarray(points), labels_gpu.reshape(2, -1),
+                                      cp.asarray(centres), impl="cuda", gathered=feats_gpu[:, :, :8])
+    np.testing.assert_allclose(cp.asnumpy(fused_gpu), fused, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
@@ -223,8 +232,7 @@ def test_nearest_from_taps_matches_cpu(cp: ModuleType, dtype: type) -> None:
     points = np.stack([hypercolumn.sample_points(rng, 500, h, w) for _ in range(2)])
     feats = hypercolumn.gather(taps, points, impl="numba")
     centres = feats.reshape(-1, feats.shape[2])[rng.choice(1000, 17, replace=False)] + 0.05
-    want = codebook.nearest_from_taps(taps, points, centres, impl="numba", hc=feats)
+    want = codebook.nearest_from_taps(taps, points, centres, impl="numba")
     taps_d, points_d = [cp.asarray(t) for t in taps], cp.asarray(points)
-    for hc in (None, hypercolumn.gather(taps_d, points_d, impl="cuda")):
-        got = cp.asnumpy(codebook.nearest_from_taps(taps_d, points_d, cp.asarray(centres), impl="cuda", hc=hc))
-        assert got.dtype == np.int32 and (got == want).mean() > 0.99  # a float32 near-tie may flip
+    got = cp.asnumpy(codebook.nearest_from_taps(taps_d, points_d, cp.asarray(centres), impl="cuda"))
+    assert got.dtype == np.int32 and (got == want).mean() > 0.99  # a float32 near-tie may flip

@@ -111,7 +111,7 @@ def test_gather_add_sums_taps(impl: str) -> None:
     points = np.stack([hypercolumn.sample_points(rng, 33, 20, 21) for _ in range(2)])
     base = rng.standard_normal((2, 33, 5), dtype=np.float32)
     got = hypercolumn.gather_add(maps, points, base.copy(), (20, 21), impl=impl)
-    want = base + sum(hypercolumn.gather_tap(m, points, (20, 21), impl=impl) for m in maps)
+    want = base + sum(hypercolumn.gather([m], points, impl=impl, out_hw=(20, 21)) for m in maps)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 

@@ -91,8 +91,25 @@ def test_real_vgg16_taps_both_orders(vgg16_path: Path) -> None:
         got = projection.gather(taps, points, proj, order=order)[0]
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-6 * scale, err_msg=order)
     # the cost rule: gather block1/2 at the points, project block3/4/5 at their own resolution
-    firsts = [projection._project_first(t.shape[1] * t.shape[2], points.shape[1], t.shape[3], 128) for t in taps]
-    assert firsts == [False, False, True, True, True]
+    # (with 128 PCA components, and with the k = 100 centres of the assignment)
+    assert projection.points_side(taps, points.shape[1], 128) == 2
+    assert projection.points_side(taps, points.shape[1], 100) == 2
+    gathered = hypercolumn.gather(taps[:2], points)
+    np.testing.assert_array_equal(projection.gather(taps, points, proj, gathered=gathered),
+                                  projection.gather(taps, points, proj))
+
+
+def test_a_code_does_not_depend_on_its_batch() -> None:
+    """One GEMM per image: an image gives the same bits alone or with others, in any position."""
+    rng = np.random.default_rng(5)
+    taps = _taps(rng, 5, (40, 36), (8, 16, 32, 64))
+    points = np.stack([hypercolumn.sample_points(rng, 300, 40, 36) for _ in range(5)])
+    proj = _random_projection(rng, 120, 20)
+    assert projection.points_side(taps, 300, 20) == 2  # GEMMs on both sides
+    batch = projection.gather(taps, points, proj)
+    for i in (0, 3):
+        alone = projection.gather([t[i : i + 1] for t in taps], points[i : i + 1], proj)
+        np.testing.assert_array_equal(alone[0], batch[i])
 
 
 def test_projection_errors_and_roundtrip() -> None:
@@ -107,7 +124,10 @@ def test_projection_errors_and_roundtrip() -> None:
     with pytest.raises(ParameterError, match="pca=30"):
         projection.fit(rng.standard_normal((50, 21), dtype=np.float32), 30)
     with pytest.raises(ParameterError, match="order"):
-        projection.gather(taps, np.zeros((1, 4, 2), np.int32), proj, order="sideways")
+        projection.gather(taps, np.zeros((1, 4, 2), np.int32), _random_projection(rng, 8, 6), order="sideways")
+    with pytest.raises(ParameterError, match=r"gathered has shape \(1, 4, 5\), expected \(1, 4, 8\)"):
+        projection.gather(taps, np.zeros((1, 4, 2), np.int32), _random_projection(rng, 8, 6), order="gather_first",
+                          gathered=np.zeros((1, 4, 5), np.float32))
 
 
 # -- the estimator with pca ----------------------------------------------------------------------

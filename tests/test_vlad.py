@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastvlad import codebook, reference, vlad
+from fastvlad import codebook, hypercolumn, reference, vlad
+from fastvlad.errors import ParameterError
 
 IMPLS = ["numpy", "numba"]
 
@@ -107,3 +108,94 @@ def test_no_points_gives_zero_code(impl: str) -> None:
     c = np.ones((3, 4), np.float32)
     got = vlad.encode(np.zeros((2, 0, 4), np.float32), np.zeros((2, 0), np.int32), c, impl=impl)
     assert got.shape == (2, 12) and not got.any()
+
+
+# -- encode_from_taps: the fused gather + VLAD kernel -------------------------------------------------
+def _tap_case(rng: np.random.Generator, n: int, hw: tuple[int, int], channels: tuple[int, ...], s: int, k: int,
+              dtype: type = np.float32) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Taps as ONNX Runtime hands them over (NCHW viewed channels-last: not contiguous), halving in
+    size, with points and centres."""
+    taps, (h, w) = [], hw
+    for ch in channels:
+        taps.append(rng.standard_normal((n, ch, h, w)).astype(dtype).transpose(0, 2, 3, 1))
+        h, w = max(h // 2, 1), max(w // 2, 1)
+    points = np.stack([hypercolumn.sample_points(rng, s, *hw) for _ in range(n)])
+    return taps, points, rng.standard_normal((k, sum(channels)), dtype=np.float32)
+
+
+def _gather_first(taps, points, labels, c, mode="half_pixel", **kw):  # type: ignore[no-untyped-def]
+    """The reference: the notebook's full upsampled maps at the points, then its per-centre loop."""
+    x = np.stack([reference.sample_hypercolumns([t[i].astype(np.float32) for t in taps], points[i], mode)
+                  for i in range(len(points))])
+    return _reference(x, labels, c, **kw)
+
+
+@pytest.mark.parametrize("mode", hypercolumn.INTERPOLATION_MODES)
+@pytest.mark.parametrize("intra,power", [(True, False), (False, True)])
+def test_encode_from_taps_equals_gather_then_encode(mode: str, intra: bool, power: bool) -> None:
+    """Bit-identical to gathering first (same float32 values, same float64 sums), and to the reference."""
+    rng = np.random.default_rng(11)
+    taps, points, c = _tap_case(rng, 3, (30, 37), (5, 8, 16, 3), 400, 7)
+    labels = rng.integers(0, 7, size=(3, 400)).astype(np.int32)
+    got = vlad.encode_from_taps(taps, points, labels, c, mode, intra, power)
+    assert got.shape == (3, 7 * 32) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, vlad.encode(hypercolumn.gather(taps, points, mode), labels, c, intra, power))
+    np.testing.assert_allclose(got, _gather_first(taps, points, labels, c, mode, intra=intra, power=power),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["numpy", "numba"])
+@pytest.mark.parametrize("m", [0, 1, 2, 4])
+def test_encode_from_taps_reads_the_gathered_leading_taps(impl: str, m: int) -> None:
+    """Leading taps given as hypercolumns (the encoder's block1/2) give the same codes, none to all."""
+    rng = np.random.default_rng(15)
+    taps, points, c = _tap_case(rng, 2, (21, 26), (5, 8, 16, 3), 150, 6)
+    labels = rng.integers(0, 6, size=(2, 150)).astype(np.int32)
+    gathered = hypercolumn.gather(taps[:m], points, out_hw=(21, 26)) if m else None
+    got = vlad.encode_from_taps(taps, points, labels, c, impl=impl, gathered=gathered)
+    np.testing.assert_array_equal(got, vlad.encode_from_taps(taps, points, labels, c, impl=impl))
+
+
+@pytest.mark.parametrize("impl", ["numpy", "numba"])
+def test_encode_from_taps_empty_centres_and_single_point(impl: str) -> None:
+    rng = np.random.default_rng(12)
+    taps, points, c = _tap_case(rng, 2, (9, 9), (4, 6), 1, 5)
+    labels = np.array([[3], [0]], dtype=np.int32)
+    got = vlad.encode_from_taps(taps, points, labels, c, impl=impl).reshape(2, 5, 10)
+    assert not got[0, [0, 1, 2, 4]].any() and not got[1, 1:].any()
+    x = hypercolumn.gather(taps, points)
+    np.testing.assert_allclose(got[0, 3], (x[0, 0] - c[3]) / np.linalg.norm(x[0, 0] - c[3]), rtol=1e-6)
+
+
+def test_encode_from_taps_float16_equals_float32_widening() -> None:
+    rng = np.random.default_rng(13)
+    taps, points, c = _tap_case(rng, 2, (16, 20), (8, 12), 100, 4, np.float16)
+    labels = rng.integers(0, 4, size=(2, 100)).astype(np.int32)
+    np.testing.assert_array_equal(vlad.encode_from_taps(taps, points, labels, c),
+                                  vlad.encode_from_taps([t.astype(np.float32) for t in taps], points, labels, c))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 2), h=st.integers(1, 19), w=st.integers(1, 19), s=st.integers(0, 60), k=st.integers(1, 6),
+       mode=st.sampled_from(hypercolumn.INTERPOLATION_MODES))
+def test_encode_from_taps_property(n: int, h: int, w: int, s: int, k: int, mode: str) -> None:
+    """Any image and tap sizes (1 pixel, odd sizes), any number of points (none included)."""
+    rng = np.random.default_rng(h * 100 + w + s)
+    taps, points, c = _tap_case(rng, n, (h, w), (3, 5, 2), s, k)
+    labels = rng.integers(0, k, size=points.shape[:2]).astype(np.int32)
+    want = _gather_first(taps, points, labels, c, mode) if points.shape[1] else np.zeros((n, k * 10), np.float32)
+    np.testing.assert_allclose(vlad.encode_from_taps(taps, points, labels, c, mode), want, rtol=1e-5, atol=1e-6)
+
+
+def test_encode_from_taps_rejects_mismatched_inputs() -> None:
+    rng = np.random.default_rng(14)
+    taps, points, c = _tap_case(rng, 1, (8, 8), (3, 4), 10, 2)
+    labels = np.zeros((1, 10), np.int32)
+    with pytest.raises(ParameterError, match=r"centres \(2, 6\) must be \(k, 7\)"):
+        vlad.encode_from_taps(taps, points, labels, c[:, :6])
+    with pytest.raises(ParameterError, match="labels must be integers of shape"):
+        vlad.encode_from_taps(taps, points, labels[:, :5], c)
+    with pytest.raises(ParameterError, match="outside the 8×8 pixel grid"):
+        vlad.encode_from_taps(taps, points + 8, labels, c)
+    with pytest.raises(ParameterError, match=r"gathered has shape \(1, 10, 2\).*one of \[3, 7\]"):
+        vlad.encode_from_taps(taps, points, labels, c, gathered=np.zeros((1, 10, 2), np.float32))
