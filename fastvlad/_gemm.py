@@ -33,7 +33,8 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 
 def per_image(a: Any, b: Any, out: Any = None) -> Any:
-    """``a @ b`` for a batch ``(n, m, c)`` and a matrix ``(c, p)``: ``(n, m, p)`` float32 (into ``out``).
+    """``a @ b`` for a batch ``(n, m, c)`` and a matrix ``(c, p)`` or one per image ``(n, c, p)``:
+    ``(n, m, p)`` float32 (into ``out``).
 
     On the CPU the images are spread over as many threads as Numba uses (``numba.get_num_threads``)."""
     if not isinstance(a, np.ndarray):
@@ -41,12 +42,15 @@ def per_image(a: Any, b: Any, out: Any = None) -> Any:
     import numba
 
     if out is None:
-        out = np.empty((a.shape[0], a.shape[1], b.shape[1]), dtype=np.float32)
+        out = np.empty((a.shape[0], a.shape[1], b.shape[-1]), dtype=np.float32)
+    def one(i: int) -> None:
+        np.matmul(a[i], b[i] if b.ndim == 3 else b, out=out[i])
+
     threads = min(numba.get_num_threads(), len(a))
     with _blas_controller().limit(limits=1, user_api="blas"):
         if threads <= 1:
             for i in range(len(a)):
-                np.matmul(a[i], b, out=out[i])
+                one(i)
         else:
-            list(_pool(threads).map(lambda i: np.matmul(a[i], b, out=out[i]), range(len(a))))
+            list(_pool(threads).map(one, range(len(a))))
     return out

@@ -161,7 +161,8 @@ def gather(taps: Sequence, points, projection: Projection, mode: str = "half_pix
         out = xp.empty((n, s, p), dtype=np.float32)
     if m:
         _gemm.per_image(gathered, projection.weight[:split], out=out)
-        out += projection.bias
+        if projection.bias.any():  # (the assignment's projection onto the centres has none)
+            out += projection.bias
     else:
         out[...] = projection.bias
     maps, offset = [], split

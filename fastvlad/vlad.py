@@ -98,35 +98,16 @@ def _finish_row(acc, count, centre, power, intra, out_row):  # type: ignore[no-u
 
 
 @njit(parallel=True, cache=True)  # pragma: no cover - jitted
-def _vlad_numba(x, table, labels, centres, power, intra, out, row_sq):  # type: ignore[no-untyped-def]
-    # One task per (image, centre): its members' rows are summed into a float64 row that stays in
-    # L1 (the points are visited grouped by centre), then finished on that row before one write to
-    # ``out`` (float64 residual sums, or float32 codes before the global L2).
-    n, _, dim = x.shape
-    k = centres.shape[0]
-    orders, starts = _orders(labels, k)
-    for p in prange(n * k):
-        i = p // k
-        j = p - i * k
-        acc = np.zeros(dim, dtype=np.float64)
-        for m in range(starts[i, j], starts[i, j + 1]):
-            row = x[i, orders[i, m]]
-            for d in range(dim):
-                acc[d] += widen(row[d], table)
-        count = np.float64(starts[i, j + 1] - starts[i, j])
-        row_sq[i, j] = _finish_row(acc, count, centres[j], power, intra, out[i, j])
-
-
-@njit(parallel=True, cache=True)  # pragma: no cover - jitted
-def _vlad_taps_numba(x, x_table, taps, points, table, ylo, yhi, wyt, xlo, xhi, wxt, offsets, labels, centres,  # type: ignore[no-untyped-def]
-                     power, intra, out, row_sq):
-    # ``_vlad_numba`` with each member's hypercolumn built in the accumulator: its first columns
-    # read from ``x`` (the leading taps, gathered already), the others interpolated from the
-    # remaining taps. The (n, S, dim) hypercolumns (29 MB per image) are never written or read
-    # back, and the accumulator gets the same float32 values ``hypercolumn.gather`` writes.
-    n = points.shape[0]
+def _vlad_numba(x, x_table, taps, points, table, ylo, yhi, wyt, xlo, xhi, wxt, offsets, labels, centres,  # type: ignore[no-untyped-def]
+                power, intra, out, row_sq):
+    # One task per (image, centre): its members' hypercolumns are summed into a float64 row that
+    # stays in L1 (the points are visited grouped by centre), then finished on that row before
+    # one write to ``out`` (float64 residual sums, or float32 codes before the global L2).
+    # A member's first columns are read from ``x``; the rest, if any taps are given, are
+    # interpolated from them straight into the row (the same float32 values ``hypercolumn.gather``
+    # writes), so the hypercolumns of the fused path are never written or read back.
+    n, _, x_dim = x.shape
     k, dim = centres.shape
-    x_dim = x.shape[2]
     orders, starts = _orders(labels, k)
     for p in prange(n * k):
         i = p // k
@@ -137,13 +118,20 @@ def _vlad_taps_numba(x, x_table, taps, points, table, ylo, yhi, wyt, xlo, xhi, w
             row = x[i, s]
             for d in range(x_dim):
                 acc[d] += widen(row[d], x_table)
-            r = points[i, s, 0]
-            c = points[i, s, 1]
             for t in range(offsets.shape[0] - 1):
+                r, c = points[i, s, 0], points[i, s, 1]
                 _bilinear(taps[t][i], ylo[t, r], yhi[t, r], wyt[t, r], xlo[t, c], xhi[t, c], wxt[t, c], table,
                           acc[x_dim + offsets[t] : x_dim + offsets[t + 1]], True)
         count = np.float64(starts[i, j + 1] - starts[i, j])
         row_sq[i, j] = _finish_row(acc, count, centres[j], power, intra, out[i, j])
+
+
+def _no_taps(n: int) -> tuple[Any, ...]:
+    """``_vlad_numba``'s tap arguments when every column comes from ``x`` (the loop over taps is empty)."""
+    table = np.zeros((1, 1), dtype=np.int32)
+    weight = np.zeros((1, 1), dtype=np.float32)
+    return ((np.zeros((n, 1, 1, 1), np.float32),), np.zeros((n, 0, 2), np.int32), np.zeros(0, np.float32),
+            table, table, weight, table, table, weight, np.zeros(1, dtype=np.int64))
 
 
 @njit(parallel=True, cache=True)  # pragma: no cover - jitted
@@ -170,15 +158,17 @@ def _numba_args(x, labels, centres):  # type: ignore[no-untyped-def]
 
 def _residual_sums_numba(x, labels, centres, out) -> None:  # type: ignore[no-untyped-def]
     x, table, labels, centres = _numba_args(x, labels, centres)
-    _vlad_numba(x, table, labels, centres, False, False, out, np.empty(out.shape[:2]))
+    kernel: Any = _vlad_numba  # a Numba dispatcher: mypy cannot see its signature
+    kernel(x, table, *_no_taps(len(x)), labels, centres, False, False, out, np.empty(out.shape[:2]))
 
 
-def _encode_numba(x, labels, centres, intra: bool, power: bool):  # type: ignore[no-untyped-def]
-    """The whole VLAD in two kernels: ``(n, S, dim)`` → ``(n, k·dim)`` float32."""
-    x, table, labels, centres = _numba_args(x, labels, centres)
-    codes = np.empty((x.shape[0], centres.shape[0], x.shape[2]), dtype=np.float32)
+def _codes_numba(x, table, tap_args, labels, centres, intra: bool, power: bool):  # type: ignore[no-untyped-def]
+    """The whole VLAD in two kernels (``_vlad_numba``, then the global L2): ``(n, k·dim)`` float32."""
+    dim = centres.shape[1]
+    codes = np.empty((x.shape[0], centres.shape[0], dim), dtype=np.float32)
     row_sq = np.empty(codes.shape[:2])
-    _vlad_numba(x, table, labels, centres, power, intra, codes, row_sq)
+    kernel: Any = _vlad_numba  # a Numba dispatcher: mypy cannot see its signature
+    kernel(x, table, *tap_args, labels, centres, power, intra, codes, row_sq)
     _global_l2(codes, row_sq)
     return codes.reshape(len(codes), -1)
 
@@ -214,7 +204,8 @@ def residual_sums(x, labels, centres, impl: str = "numba"):  # type: ignore[no-u
 def encode(x, labels, centres, intra: bool = True, power: bool = False, impl: str = "numba"):  # type: ignore[no-untyped-def]
     """VLAD codes: ``(n, S, dim)`` points with their labels → ``(n, k·dim)`` float32."""
     if impl == "numba":
-        return _encode_numba(x, labels, centres, intra, power)
+        x, table, labels, centres = _numba_args(x, labels, centres)
+        return _codes_numba(x, table, _no_taps(len(x)), labels, centres, intra, power)
     return normalise(residual_sums(x, labels, centres, impl), intra=intra, power=power)
 
 
@@ -249,16 +240,12 @@ def encode_from_taps(taps, points, labels, centres, mode: str = "half_pixel", in
     dim = sum(int(t.shape[3]) for t in taps)
     if centres.ndim != 2 or centres.shape[1] != dim:
         raise ParameterError(f"centres {centres.shape} must be (k, {dim}): the taps have {dim} channels")
-    rest = taps[m:] or taps[:1]  # Numba needs a tuple of one array type; with no tap left it is not read
-    tables = hypercolumn.tap_tables(rest, mode, (int(taps[0].shape[1]), int(taps[0].shape[2])))
-    tap_args = hypercolumn.numba_tap_args(rest, points, tables)
-    offsets = tap_args[-1] if taps[m:] else np.zeros(1, dtype=np.int64)
-    codes = np.empty((points.shape[0], centres.shape[0], dim), dtype=np.float32)
-    row_sq = np.empty(codes.shape[:2])
-    kernel: Any = _vlad_taps_numba  # a Numba dispatcher: mypy cannot see its signature
-    kernel(*kernel_input(np.ascontiguousarray(x)), *tap_args[:-1], offsets, labels, centres, power, intra, codes, row_sq)
-    _global_l2(codes, row_sq)
-    return codes.reshape(len(codes), -1)
+    if taps[m:]:
+        tables = hypercolumn.tap_tables(taps[m:], mode, (int(taps[0].shape[1]), int(taps[0].shape[2])))
+        tap_args = hypercolumn.numba_tap_args(taps[m:], points, tables)
+    else:
+        tap_args = _no_taps(len(points))
+    return _codes_numba(*kernel_input(np.ascontiguousarray(x)), tap_args, labels, centres, intra, power)
 
 
 def _leading_taps(taps, points, gathered):  # type: ignore[no-untyped-def]
