@@ -6,7 +6,8 @@ Why not one big multithreaded GEMM per batch:
   Numba kernels that run next (measured on 2 cores: gather and VLAD twice as slow);
 * a multithreaded or taller GEMM may round a row differently, so an image's code would depend
   on the machine's core count and on the batch it came in. One single-threaded GEMM per image
-  gives the same bits for the same image, whatever the batch, partition or machine size.
+  gives the same bits for the same image, whatever the batch, partition, calling thread or
+machine size. (Only OpenBLAS is held to one thread; with another BLAS the GEMMs run as it likes.)
 
 CuPy arrays go to ``cupy.matmul`` (batched cuBLAS) unchanged.
 """
@@ -14,17 +15,64 @@ CuPy arrays go to ``cupy.matmul`` (batched cuBLAS) unchanged.
 from __future__ import annotations
 
 import functools
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 
 @functools.lru_cache(maxsize=1)
-def _blas_controller() -> Any:
-    from threadpoolctl import ThreadpoolController
+def _openblas_thread_setters() -> tuple[tuple[Any, Any], ...]:
+    """(get, set) of the thread count of every OpenBLAS loaded (NumPy's, SciPy's), through ctypes.
 
-    return ThreadpoolController()  # finds NumPy's BLAS once (about 2 ms)
+    Called directly, not through threadpoolctl: since 3.6 it lets only one Python thread (the
+    first to use it, while alive) change OpenBLAS's count, and the encoder runs in any thread."""
+    import ctypes
+
+    from threadpoolctl import threadpool_info
+
+    found = []
+    for lib in threadpool_info():
+        if lib.get("internal_api") != "openblas":
+            continue
+        dll = ctypes.CDLL(lib["filepath"])
+        names = [f"{pre}openblas_{{}}_num_threads{suf}" for pre in ("", "scipy_") for suf in ("", "64_")]
+        get = next((getattr(dll, n.format("get")) for n in names if hasattr(dll, n.format("get"))), None)
+        set_ = next((getattr(dll, n.format("set")) for n in names if hasattr(dll, n.format("set"))), None)
+        if get is not None and set_ is not None:
+            get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
+            found.append((get, set_))
+    return tuple(found)
+
+
+_LOCK = threading.Lock()
+_users = 0  # threads inside ``_single_threaded_blas`` now
+_saved: list[int] = []
+
+
+@contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """OpenBLAS on one thread while any caller is inside: the first in sets it, the last out
+    restores it (a per-call save and restore would race, the count being one per process)."""
+    global _users, _saved
+    libs = _openblas_thread_setters()
+    with _LOCK:
+        if _users == 0:
+            _saved = [get() for get, _ in libs]
+            for _, set_ in libs:
+                set_(1)
+        _users += 1
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _users -= 1
+            if _users == 0:
+                for (_, set_), n in zip(libs, _saved):
+                    set_(n)
 
 
 @functools.lru_cache(maxsize=8)
@@ -43,11 +91,12 @@ def per_image(a: Any, b: Any, out: Any = None) -> Any:
 
     if out is None:
         out = np.empty((a.shape[0], a.shape[1], b.shape[-1]), dtype=np.float32)
+
     def one(i: int) -> None:
         np.matmul(a[i], b[i] if b.ndim == 3 else b, out=out[i])
 
     threads = min(numba.get_num_threads(), len(a))
-    with _blas_controller().limit(limits=1, user_api="blas"):
+    with _single_threaded_blas():
         if threads <= 1:
             for i in range(len(a)):
                 one(i)

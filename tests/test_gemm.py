@@ -1,0 +1,55 @@
+"""The encoder's per-image GEMMs: equal to one matmul per image, BLAS left as it was found."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+from fastvlad import _gemm
+
+
+def _blas_threads() -> list[int]:
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+@pytest.mark.parametrize("per_image_b", [False, True])
+def test_per_image_equals_one_matmul_per_image(per_image_b: bool) -> None:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5, 37, 11), dtype=np.float32)[:, :, ::-1]  # strided rows
+    b = rng.standard_normal((5, 11, 7) if per_image_b else (11, 7), dtype=np.float32)
+    got = _gemm.per_image(a, b)
+    assert got.shape == (5, 37, 7) and got.dtype == np.float32
+    for i in range(5):
+        np.testing.assert_array_equal(got[i], a[i] @ (b[i] if per_image_b else b))
+    out = np.full((5, 37, 7), np.nan, np.float32)
+    assert _gemm.per_image(a, b, out=out) is out and np.array_equal(out, got)
+
+
+def test_blas_threads_restored_after_concurrent_callers() -> None:
+    """Four threads in and out of the single-threaded section at once: the process's BLAS thread
+    count is what it was before (per-call save/restore would race and could leave it at 1).
+    That the codes do not depend on the calling thread is tested end to end in
+    ``test_faults.test_one_model_predicts_from_four_threads``."""
+    before = _blas_threads()
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((4, 300, 64), dtype=np.float32)
+    b = rng.standard_normal((64, 50), dtype=np.float32)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(20):
+                _gemm.per_image(a, b)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert _blas_threads() == before
