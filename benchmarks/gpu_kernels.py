@@ -21,7 +21,7 @@ from typing import Any
 import cupy as cp
 import numpy as np
 
-from fastvlad import codebook, hypercolumn, vlad
+from fastvlad import backends, codebook, hypercolumn, pipeline, projection, vlad
 
 TAPS = [(64, 224), (128, 112), (256, 56), (512, 28), (512, 14)]  # (channels, side) of the VGG16 taps
 
@@ -72,6 +72,8 @@ def main() -> None:
     taps_d, points_d = [cp.asarray(t) for t in taps], cp.asarray(points)
     x_d, centres_d, labels_d = cp.asarray(x), cp.asarray(centres), cp.asarray(labels)
     x_half = x_d.astype(cp.float16)
+    fine = np.ascontiguousarray(x[:, :, : sum(c for c, _ in TAPS[: projection.points_side(taps, s, k)])])
+    fine_d = cp.asarray(fine)  # the point-side taps (block1/2), as the encoder gathers them once
     out_d = cp.empty((n, s, dim), cp.float32)
     cpu_repeats = max(1, args.repeats // 3)
 
@@ -81,9 +83,12 @@ def main() -> None:
          lambda: hypercolumn.gather(taps_d, points_d, impl="cuda", out=out_d), 4 * n * s * (dim * 5 + 2)),
         ("assign", lambda: codebook.assign(x.reshape(-1, dim), centres, impl="numba"),
          lambda: codebook.assign(x_d.reshape(-1, dim), centres_d, impl="cuda"), 4 * n * s * (2 * dim + 2 * k + 2)),
-        ("assign_from_taps", lambda: codebook.nearest_from_taps(taps, points, centres, hc=x),
-         lambda: codebook.nearest_from_taps(taps_d, points_d, centres_d, impl="cuda", hc=x_d),
-         4 * n * s * (192 + 2 * k + 1)),
+        ("assign_from_taps", lambda: codebook.nearest_from_taps(taps, points, centres, gathered=fine),
+         lambda: codebook.nearest_from_taps(taps_d, points_d, centres_d, impl="cuda", gathered=fine_d),
+         4 * n * s * (fine.shape[2] + 2 * k + 1)),
+        ("vlad_from_taps", lambda: vlad.encode_from_taps(taps, points, labels, centres, gathered=fine),
+         lambda: vlad.encode_from_taps(taps_d, points_d, labels_d, centres_d, impl="cuda", gathered=fine_d),
+         4 * n * (s * (dim + 1) + k * dim)),
         ("residual_sums", lambda: vlad.residual_sums(x, labels, centres, impl="numba"),
          lambda: vlad.residual_sums(x_d, labels_d, centres_d, impl="cuda"), 4 * n * (s * (dim + 1) + k * dim)),
         ("residual_sums_fp16", lambda: vlad.residual_sums(x, labels, centres, impl="numba"),
@@ -122,13 +127,15 @@ def pipeline_images_per_s(n: int, s: int, centres_d: Any, fp16: bool, repeats: i
     rng = np.random.default_rng(0)
     pixels = (rng.random((n, 3, 224, 224), dtype=np.float32) * 255 - 120).astype(np.float32)
     points = cp.asarray(np.stack([hypercolumn.sample_points(rng, s, 224, 224) for _ in range(n)]))
-    out = cp.empty((n, s, 1472), cp.float32)
+    # The encoder's own post-CNN step on a CUDA backend made by hand (backends.resolve would also
+    # ask for XGBoost's GPU build, which the encoder does not use).
+    backend = backends.Backend("cuda", "cuda", tuple(backbone.providers), n)
+    workspace, settings = pipeline.Workspace(backend), pipeline.EncoderSettings(density=s / 500)
 
     def encode() -> np.ndarray:
         taps = backbone(pixels)
-        x = hypercolumn.gather(taps, points, impl="cuda", out=out)
-        labels = codebook.nearest_from_taps(taps, points, centres_d, impl="cuda", hc=x)
-        return cp.asnumpy(vlad.encode(x, labels.reshape(n, s), centres_d, impl="cuda"))
+        return cp.asnumpy(pipeline.vlad_codes(taps, points, centres_d, settings, backend, workspace,
+                                              pipeline.Timings()))
 
     t_cnn = gpu_ms(lambda: backbone(pixels), repeats)
     t_all = gpu_ms(encode, repeats)

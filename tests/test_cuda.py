@@ -236,3 +236,22 @@ def test_nearest_from_taps_matches_cpu(cp: ModuleType, dtype: type) -> None:
     taps_d, points_d = [cp.asarray(t) for t in taps], cp.asarray(points)
     got = cp.asnumpy(codebook.nearest_from_taps(taps_d, points_d, cp.asarray(centres), impl="cuda"))
     assert got.dtype == np.int32 and (got == want).mean() > 0.99  # a float32 near-tie may flip
+
+
+def test_gpu_benchmark_script_runs(cp: ModuleType, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``benchmarks/gpu_kernels.py`` (its kernel table, small sizes) runs through: a session that is
+    lent a GPU must not lose its minutes to a stale call in the script."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_kernels.py"
+    spec = importlib.util.spec_from_file_location("gpu_kernels_under_test", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)  # imports ``cupy``: the fixture's
+    monkeypatch.setattr(sys, "argv", ["gpu_kernels.py", "--n", "2", "--points", "60", "--k", "4", "--repeats", "1"])
+    script.main()
+    out = capsys.readouterr().out
+    for kernel in ("gather", "assign_from_taps", "vlad_from_taps", "residual_sums_fp16"):
+        assert f"\n{kernel} " in out
+

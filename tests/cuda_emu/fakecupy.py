@@ -66,8 +66,28 @@ class _Runtime:
     def getDevice() -> int:  # noqa: N802
         return 0
 
+    @staticmethod
+    def getDeviceProperties(device: int) -> dict[str, Any]:  # noqa: N802
+        return {"name": b"host emulator"}
 
-cuda = types.SimpleNamespace(runtime=_Runtime)
+
+class _Event:
+    """A CUDA event's host-clock stand-in (for ``benchmarks/gpu_kernels.py``)."""
+
+    def record(self) -> None:
+        import time
+
+        self.t = time.perf_counter()
+
+    def synchronize(self) -> None:
+        pass
+
+
+def _elapsed_ms(start: _Event, stop: _Event) -> float:
+    return 1e3 * (stop.t - start.t)
+
+
+cuda = types.SimpleNamespace(runtime=_Runtime, Event=_Event, get_elapsed_time=_elapsed_ms)
 
 
 class RawModule:
