@@ -56,9 +56,16 @@ _saved: list[int] = []
 @contextmanager
 def _single_threaded_blas() -> Iterator[None]:
     """OpenBLAS on one thread while any caller is inside: the first in sets it, the last out
-    restores it (a per-call save and restore would race, the count being one per process)."""
+    restores it (a per-call save and restore would race, the count being one per process).
+    Another BLAS (MKL, BLIS) gets threadpoolctl's limit, which only one Python thread can set."""
     global _users, _saved
     libs = _openblas_thread_setters()
+    if not libs:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, user_api="blas"):
+            yield
+        return
     with _LOCK:
         if _users == 0:
             _saved = [get() for get, _ in libs]

@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from fastvlad import _gemm
 
@@ -53,3 +53,23 @@ def test_blas_threads_restored_after_concurrent_callers() -> None:
         t.join()
     assert not errors
     assert _blas_threads() == before
+
+
+def test_codes_do_not_depend_on_the_core_count() -> None:
+    """A Dask worker may run with one thread and the client with all cores: the same image must
+    give the same code bits (per-image single-threaded GEMMs, Numba kernels with one writer per value)."""
+    import numba
+
+    from .tiny_model import demo_images, fitted
+
+    model = fitted()
+    images = list(demo_images()[0][:6])
+    both = model.transform(images)
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with threadpool_limits(1):  # as distributed._worker_turn holds a one-thread worker
+            one = model.transform(images)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(one, both)
