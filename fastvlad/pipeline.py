@@ -2,8 +2,10 @@
 codebook (fit only) → VLAD codes. The classifier on the codes is in ``estimator.py``.
 
 One CNN pass per image: the codebook is fitted on a sample of images, then every image is
-encoded once. A batch's taps (24.5 MB per 224² image) are dropped as soon as its
-hypercolumns are gathered; nothing per-pixel is kept for the whole dataset.
+encoded once. A batch's taps (24.5 MB per 224² image) are dropped as soon as its codes are
+computed; nothing per-pixel is kept for the whole dataset. Without PCA the encoder never builds
+the full (n, S, 1472) hypercolumns: the assignment and VLAD read the coarse taps on their own
+grid (``vlad_codes``).
 """
 
 from __future__ import annotations
@@ -233,7 +235,6 @@ def vlad_codes(taps, points, centres, settings: EncoderSettings, backend: Backen
     """VLAD codes of a batch from its CNN taps ``(n, h_l, w_l, C_l)`` and points ``(n, S, 2)``:
     ``(n, k·dim)`` float32 on the backend's device (dim = p with ``proj``)."""
     n, s = points.shape[:2]
-    t = time.perf_counter()
     if proj is not None:  # p-dim hypercolumns are small: gather them once for both stages
         hc = gather_points(taps, points, settings, workspace, timings, proj)
         t = time.perf_counter()
