@@ -18,6 +18,7 @@ timed on 500 points and scaled to 5,000 (the broadcast needs points × k × 1472
 from __future__ import annotations
 
 import time
+
 import numpy as np
 import pytest
 from conftest import N_IMAGES

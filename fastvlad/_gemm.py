@@ -7,7 +7,8 @@ Why not one big multithreaded GEMM per batch:
 * a multithreaded or taller GEMM may round a row differently, so an image's code would depend
   on the machine's core count and on the batch it came in. One single-threaded GEMM per image
   gives the same bits for the same image, whatever the batch, partition, calling thread or
-machine size. (Only OpenBLAS is held to one thread; with another BLAS the GEMMs run as it likes.)
+  machine size. (OpenBLAS is held to one thread through its own API; another BLAS through
+  threadpoolctl, which only one Python thread can do.)
 
 CuPy arrays go to ``cupy.matmul`` (batched cuBLAS) unchanged.
 """
@@ -48,6 +49,13 @@ def _openblas_thread_setters() -> tuple[tuple[Any, Any], ...]:
     return tuple(found)
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()  # finds the BLAS libraries once (a few ms), not per call
+
+
 _LOCK = threading.Lock()
 _users = 0  # threads inside ``_single_threaded_blas`` now
 _saved: list[int] = []
@@ -61,9 +69,7 @@ def _single_threaded_blas() -> Iterator[None]:
     global _users, _saved
     libs = _openblas_thread_setters()
     if not libs:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(1, user_api="blas"):
+        with _blas_controller().limit(limits=1, user_api="blas"):
             yield
         return
     with _LOCK:

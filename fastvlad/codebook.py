@@ -112,9 +112,10 @@ def nearest_from_taps(taps: Sequence[Any], points: Any, centres: Any, mode: str 
     """
     xp = np if impl != "cuda" else __import__("cupy")
     c = xp.ascontiguousarray(xp.asarray(centres), dtype=xp.float32)
-    if sum(int(t.shape[3]) for t in taps) != c.shape[1]:
-        raise ParameterError(f"the taps have {sum(int(t.shape[3]) for t in taps)} channels but the centres "
-                             f"{c.shape[1]}; use the backbone and taps the codebook was fitted with")
+    channels = sum(int(t.shape[3]) for t in taps)
+    if channels != c.shape[1]:
+        raise ParameterError(f"the taps have {channels} channels but the centres {c.shape[1]}; "
+                             "use the backbone and taps the codebook was fitted with")
     onto_centres = projection.Projection(c.T, xp.zeros(len(c), dtype=xp.float32))
     return _nearest_from_cross(projection.gather(taps, points, onto_centres, mode, impl, gathered=gathered), c, impl)
 

@@ -252,8 +252,7 @@ def _leading_taps(taps, points, gathered):  # type: ignore[no-untyped-def]
     """How many leading taps ``gathered`` holds, and it (``(n, S, 0)`` when None)."""
     n, s = points.shape[:2]
     if gathered is None:
-        return 0, np.zeros((n, s, 0), dtype=np.float32) if isinstance(points, np.ndarray) else \
-            __import__("cupy").zeros((n, s, 0), dtype=np.float32)
+        return 0, _namespace(points).zeros((n, s, 0), dtype=np.float32)
     widths = np.cumsum([int(t.shape[3]) for t in taps])
     if gathered.ndim != 3 or tuple(gathered.shape[:2]) != (n, s) or gathered.shape[2] not in widths:
         raise ParameterError(f"gathered has shape {tuple(gathered.shape)}; expected ({n}, {s}, C) with C the "
