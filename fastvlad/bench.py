@@ -202,6 +202,7 @@ def fit_once(est: Any, work: Workload) -> dict[str, Any]:
     classifier = timings.get("classifier", est.train_info_.get("classifier_seconds", 0.0))
     return {"images": len(work.sources), "seconds": total, "timings": timings, "classifier_seconds": classifier,
             "codebook_images": min(int(est.codebook_images), len(work.sources)),
+            "codebook_pass": {k: float(v) for k, v in est.train_info_["codebook_pass_seconds"].items()},
             "non_cnn_fraction": (total - cnn) / cnn if cnn > 0 else float("nan"),
             "peak_rss_bytes": mem.peak, "rss_increase_bytes": mem.delta,
             "params": {k: v for k, v in est.get_params().items() if isinstance(v, (int, float, str, bool, type(None)))}}
@@ -239,14 +240,14 @@ def stage_table(cnn: dict[str, Any], enc: dict[str, Any], train: dict[str, Any])
 def fastvlad_seconds(n: int, train: dict[str, Any], enc: dict[str, Any]) -> float:
     """Training time of ``FastVLAD.fit`` on ``n`` images, from this run's measured parts.
 
-    codebook pass: min(codebook_images, n) × (CNN + points + hypercolumns per image) + the fit-only
-    stages (k-means, PCA: every ``timings_`` key that is not a per-image stage); then n × (encoder
-    wall time per image + classifier time per training image). Without PCA the encoder never
-    gathers full hypercolumns, so the codebook pass's gather (about 3 ms per image) is left out."""
-    sample = sum(enc["stage_seconds"].get(s, 0.0) for s in ("cnn", "points", "hypercolumns")) / enc["images"]
+    codebook pass: min(codebook_images, n) × its own per-image seconds (CNN, points, the full
+    hypercolumns it samples: ``train_info_["codebook_pass_seconds"]``) + its fit-only stages
+    (k-means, PCA); then n × (encoder wall time per image + classifier time per training image)."""
+    cb_pass = train["codebook_pass"]
+    sample = sum(v for s, v in cb_pass.items() if s in STAGE_ORDER) / max(train["codebook_images"], 1)
+    fit_only = sum(v for s, v in cb_pass.items() if s not in STAGE_ORDER)  # kmeans, pca
     per_image = enc["seconds"] / enc["images"] + train["classifier_seconds"] / train["images"]
     cb = min(int(train["params"].get("codebook_images", 100)), n)
-    fit_only = sum(v for s, v in train["timings"].items() if s not in STAGE_ORDER and s != "total")  # kmeans, pca
     return cb * sample + fit_only + n * per_image
 
 

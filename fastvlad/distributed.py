@@ -432,6 +432,7 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
     X, y_arr = checks.sources_and_labels(X, y)
     t0 = time.perf_counter()
     fit_codebook(client, X, model, partition_size)
+    codebook_pass = dict(model.timings_)  # summed over the workers, like the local fit's record
     futures = _submit_encode(client, X, model, partition_size)
     # Only positions and failures come back; the codes stay on the workers for training.
     parts = _gather(client, [client.submit(_without_values, f, pure=False) for f in futures])
@@ -449,7 +450,7 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
         "classifier_seconds": model.timings_["classifier"],
         "n_skipped": len(encoded.failed), "class_counts": {str(c): int(n) for c, n in zip(names, counts)},
         "skipped": [[name, why] for name, why in model.skipped_], "workers": len(client.nthreads()),
-        "partitions": len(futures)}
+        "partitions": len(futures), "codebook_pass_seconds": codebook_pass}
     if model.projection_ is not None:
         info["pca_explained_variance"] = model.projection_.explained_variance_ratio
     model.train_info_ = info

@@ -113,6 +113,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         t0 = time.perf_counter()
         timings = pipeline.Timings()
         self.fit_codebook(X, timings)
+        codebook_pass = dict(timings.seconds)  # before the encoder adds to the same stages
         encoded = self.encode(X, timings)
         self.skipped_ = self.describe_failures(X, encoded)
         if not len(encoded.indices):
@@ -126,6 +127,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.train_info_.update(images_sha256=model_file.data_sha256(X, y_arr), n_skipped=len(encoded.failed),
                                 class_counts={str(c): int(n) for c, n in zip(names, counts)})
         self.train_info_["skipped"] = [[name, why] for name, why in self.skipped_]
+        self.train_info_["codebook_pass_seconds"] = codebook_pass
         timings.seconds["total"] = time.perf_counter() - t0
         self.timings_ = dict(timings.seconds)
         return self

@@ -74,9 +74,11 @@ def test_reference_costs_arithmetic() -> None:
 
 
 def test_fastvlad_seconds_model() -> None:
-    train = {"images": 10, "classifier_seconds": 2.0, "timings": {"kmeans": 5.0}, "params": {"codebook_images": 4}}
-    enc = {"images": 10, "seconds": 3.0, "stage_seconds": {"cnn": 1.5, "points": 0.2, "hypercolumns": 0.3}}
-    # 4 codebook images × 0.2 s + 5 s k-means + N × (0.3 s encode + 0.2 s classifier)
+    train = {"images": 10, "classifier_seconds": 2.0, "codebook_images": 4, "params": {"codebook_images": 4},
+             "codebook_pass": {"cnn": 0.6, "points": 0.04, "hypercolumns": 0.16, "kmeans": 5.0}}
+    enc = {"images": 10, "seconds": 3.0, "stage_seconds": {"cnn": 1.5, "points": 0.2, "hypercolumns": 0.1}}
+    # 4 codebook images × 0.2 s (the pass's own gather, not the encoder's) + 5 s k-means
+    # + N × (0.3 s encode + 0.2 s classifier)
     assert bench.fastvlad_seconds(100, train, enc) == pytest.approx(0.8 + 5.0 + 50.0)
     assert bench.fastvlad_seconds(2, train, enc) == pytest.approx(0.4 + 5.0 + 1.0)
 
