@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._half import kernel_input, widen
+from ._prefetch import AHEAD, prefetch_row
 from .errors import ParameterError
 
 INTERPOLATION_MODES = ("half_pixel", "asymmetric")
@@ -121,6 +122,21 @@ def _bilinear(img, y0, y1, wy, x0, x1, wx, table, dst, accumulate):  # type: ign
             _put(dst, ch, (one - wy) * top + wy * bottom, accumulate)
 
 
+@njit(inline="always")  # pragma: no cover - jitted
+def prefetch_neighbours(taps, n_taps, i, r, c, ylo, yhi, wyt, xlo, xhi, wxt):  # type: ignore[no-untyped-def]
+    # Every row ``_bilinear`` will read for output pixel (r, c) of image i in the first n_taps taps.
+    for t in range(n_taps):
+        img = taps[t][i]
+        y0, y1, x0, x1 = ylo[t, r], yhi[t, r], xlo[t, c], xhi[t, c]
+        prefetch_row(img[y0, x0])
+        if wxt[t, c] != 0:
+            prefetch_row(img[y0, x1])
+        if wyt[t, r] != 0:
+            prefetch_row(img[y1, x0])
+            if wxt[t, c] != 0:
+                prefetch_row(img[y1, x1])
+
+
 @njit(cache=True)  # pragma: no cover - jitted
 def _row_order(points, height):  # type: ignore[no-untyped-def]
     # Counting sort of one image's points by row: visiting them in this order makes consecutive
@@ -142,13 +158,19 @@ def _row_order(points, height):  # type: ignore[no-untyped-def]
 def _gather_kernel(taps, points, ylo, yhi, wyt, xlo, xhi, wxt, offsets, table, out, accumulate):  # type: ignore[no-untyped-def]
     # One task per point: every tap's channels go straight into the point's output row
     # (columns offsets[t]:offsets[t+1]; with ``accumulate`` every tap is added to the row instead).
+    # The next point's neighbour rows are prefetched first (see _prefetch).
     n, s_count = points.shape[0], points.shape[1]
     order = np.empty((n, s_count), dtype=np.int64)
     for i in prange(n):
         order[i] = _row_order(points[i], ylo.shape[1])
     for p in prange(n * s_count):
         i = p // s_count
-        s = order[i, p - i * s_count]
+        q = p - i * s_count
+        if q + AHEAD < s_count:
+            ahead = order[i, q + AHEAD]
+            prefetch_neighbours(taps, len(taps), i, points[i, ahead, 0], points[i, ahead, 1], ylo, yhi, wyt, xlo, xhi,
+                                wxt)
+        s = order[i, q]
         r = points[i, s, 0]
         c = points[i, s, 1]
         row = out[i, s]

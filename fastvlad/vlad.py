@@ -19,8 +19,9 @@ from numba import njit, prange
 
 from . import hypercolumn
 from ._half import kernel_input, widen
+from ._prefetch import AHEAD, prefetch_row
 from .errors import ParameterError
-from .hypercolumn import _bilinear
+from .hypercolumn import _bilinear, prefetch_neighbours
 
 NORMALISATIONS = ("intra", "power")
 
@@ -113,7 +114,13 @@ def _vlad_numba(x, x_table, taps, points, table, ylo, yhi, wyt, xlo, xhi, wxt, o
         i = p // k
         j = p - i * k
         acc = np.zeros(dim, dtype=np.float64)
-        for m in range(starts[i, j], starts[i, j + 1]):
+        end = starts[i, j + 1]
+        for m in range(starts[i, j], end):
+            if m + AHEAD < end:  # the next member's rows, scattered over the image (see _prefetch)
+                ahead = orders[i, m + AHEAD]
+                prefetch_row(x[i, ahead])
+                prefetch_neighbours(taps, offsets.shape[0] - 1, i, points[i, ahead, 0], points[i, ahead, 1], ylo, yhi,
+                                    wyt, xlo, xhi, wxt)
             s = orders[i, m]
             row = x[i, s]
             for d in range(x_dim):
