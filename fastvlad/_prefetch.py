@@ -4,7 +4,8 @@ A point's bilinear neighbours are up to four rows of C channels (C/16 cache line
 apart in a tap of several MB: the loads miss every cache, and the out-of-order core finds only a
 few of them at a time while it works through the channel loop. Asking for every line of the next
 point's rows before working on the current one keeps those misses in flight together (measured
-on a 2-core Zen 5: the block1+2 gather 1.35 → 0.69 ms per image, the fused VLAD 2.6 → 2.0 ms).
+on a 2-core Zen 5, interleaved medians per image: the block1+2 gather 1.35 → 0.69 ms, the fused
+VLAD 2.09 → 1.74 ms; BENCHMARKS.md).
 """
 
 from __future__ import annotations
