@@ -81,6 +81,9 @@ def test_fastvlad_seconds_model() -> None:
     # + N × (0.3 s encode + 0.2 s classifier)
     assert bench.fastvlad_seconds(100, train, enc) == pytest.approx(0.8 + 5.0 + 50.0)
     assert bench.fastvlad_seconds(2, train, enc) == pytest.approx(0.4 + 5.0 + 1.0)
+    # the measured fit on its 10 images less the model there (0.8 + 5 + 10 × 0.5): a fixed setup cost
+    assert bench.fit_setup_seconds({**train, "seconds": 13.8}, enc) == pytest.approx(3.0)
+    assert bench.fit_setup_seconds({**train, "seconds": 9.0}, enc) == 0.0
 
 
 def test_stratified_subset_holds_every_class() -> None:
