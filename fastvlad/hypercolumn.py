@@ -123,9 +123,11 @@ def _bilinear(img, y0, y1, wy, x0, x1, wx, table, dst, accumulate):  # type: ign
 
 
 @njit(inline="always")  # pragma: no cover - jitted
-def prefetch_neighbours(taps, n_taps, i, r, c, ylo, yhi, wyt, xlo, xhi, wxt):  # type: ignore[no-untyped-def]
-    # Every row ``_bilinear`` will read for output pixel (r, c) of image i in the first n_taps taps.
+def prefetch_neighbours(taps, n_taps, points, i, s, ylo, yhi, wyt, xlo, xhi, wxt):  # type: ignore[no-untyped-def]
+    # Every row ``_bilinear`` will read for point s of image i in the first n_taps taps. The point
+    # is read inside the loop: with no taps, ``points`` may be empty (vlad's hypercolumn-only path).
     for t in range(n_taps):
+        r, c = points[i, s, 0], points[i, s, 1]
         img = taps[t][i]
         y0, y1, x0, x1 = ylo[t, r], yhi[t, r], xlo[t, c], xhi[t, c]
         prefetch_row(img[y0, x0])
@@ -167,9 +169,7 @@ def _gather_kernel(taps, points, ylo, yhi, wyt, xlo, xhi, wxt, offsets, table, o
         i = p // s_count
         q = p - i * s_count
         if q + AHEAD < s_count:
-            ahead = order[i, q + AHEAD]
-            prefetch_neighbours(taps, len(taps), i, points[i, ahead, 0], points[i, ahead, 1], ylo, yhi, wyt, xlo, xhi,
-                                wxt)
+            prefetch_neighbours(taps, len(taps), points, i, order[i, q + AHEAD], ylo, yhi, wyt, xlo, xhi, wxt)
         s = order[i, q]
         r = points[i, s, 0]
         c = points[i, s, 1]

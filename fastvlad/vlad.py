@@ -119,14 +119,13 @@ def _vlad_numba(x, x_table, taps, points, table, ylo, yhi, wyt, xlo, xhi, wxt, o
             if m + AHEAD < end:  # the next member's rows, scattered over the image (see _prefetch)
                 ahead = orders[i, m + AHEAD]
                 prefetch_row(x[i, ahead])
-                prefetch_neighbours(taps, offsets.shape[0] - 1, i, points[i, ahead, 0], points[i, ahead, 1], ylo, yhi,
-                                    wyt, xlo, xhi, wxt)
+                prefetch_neighbours(taps, offsets.shape[0] - 1, points, i, ahead, ylo, yhi, wyt, xlo, xhi, wxt)
             s = orders[i, m]
             row = x[i, s]
             for d in range(x_dim):
                 acc[d] += widen(row[d], x_table)
             for t in range(offsets.shape[0] - 1):
-                r, c = points[i, s, 0], points[i, s, 1]
+                r, c = points[i, s, 0], points[i, s, 1]  # in the loop: without taps ``points`` is empty
                 _bilinear(taps[t][i], ylo[t, r], yhi[t, r], wyt[t, r], xlo[t, c], xhi[t, c], wxt[t, c], table,
                           acc[x_dim + offsets[t] : x_dim + offsets[t + 1]], True)
         count = np.float64(starts[i, j + 1] - starts[i, j])
