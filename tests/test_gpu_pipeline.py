@@ -1,9 +1,13 @@
-"""The GPU side of the backbone: float16 graph (checked on the CPU too) and IO binding + DLPack
-(GPU only: needs onnxruntime-gpu, CuPy and a GPU; the CPU run is the oracle)."""
+"""The GPU side of the backbone: float16 graph and IO binding + DLPack, both checked on the CPU
+provider here (NumPy standing in for CuPy) and on a GPU when there is one (needs onnxruntime-gpu,
+CuPy and a GPU; the CPU run is the oracle)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -34,6 +38,26 @@ def test_fp16_taps_flow_through_the_cpu_kernels(vgg16_path: Path) -> None:
     points = np.stack([hypercolumn.sample_points(np.random.default_rng(i), 50, 32, 32) for i in range(2)])
     got = hypercolumn.gather(taps, points)
     np.testing.assert_array_equal(got, hypercolumn.gather([t.astype(np.float32) for t in taps], points))
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_io_binding_and_dlpack_on_the_cpu_provider(vgg16_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   fp16: bool) -> None:
+    """The GPU path's binding code (float32 and float16 graphs) against ONNX Runtime's real
+    IOBinding/OrtValue API, with outputs bound to the CPU and NumPy's from_dlpack as CuPy: the taps
+    equal session.run's, and arrays from one batch stay intact (they own ORT's buffers) after the
+    binding is gone and more batches ran."""
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(from_dlpack=np.from_dlpack))
+    backbone = Backbone("vgg16", fp16=fp16)
+    first, second = _pixels(2), _pixels(3, size=48)[:, :, ::-1]  # the second one non-contiguous
+    want = backbone(first)
+    got = backbone._run_bound(first, device="cpu")
+    backbone._run_bound(second, device="cpu")
+    for g, w in zip(got, want):
+        assert isinstance(g, np.ndarray) and g.shape == w.shape and g.dtype == w.dtype and g.flags.c_contiguous
+        np.testing.assert_array_equal(g, w)
+    again = backbone._run_bound(second, device="cpu")[2]
+    np.testing.assert_array_equal(again, backbone(np.ascontiguousarray(second))[2])
 
 
 @pytest.fixture(scope="module")
