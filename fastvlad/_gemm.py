@@ -94,8 +94,7 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 
 def per_image(a: Any, b: Any, out: Any = None) -> Any:
-    """``a @ b`` for a batch ``(n, m, c)`` and a matrix ``(c, p)`` or one per image ``(n, c, p)``:
-    ``(n, m, p)`` float32 (into ``out``).
+    """``a @ b`` for a batch ``(n, m, c)`` and a matrix ``(c, p)``: ``(n, m, p)`` float32 (into ``out``).
 
     On the CPU the images are spread over as many threads as Numba uses (``numba.get_num_threads``)."""
     if not isinstance(a, np.ndarray):
@@ -106,7 +105,7 @@ def per_image(a: Any, b: Any, out: Any = None) -> Any:
         out = np.empty((a.shape[0], a.shape[1], b.shape[-1]), dtype=np.float32)
 
     def one(i: int) -> None:
-        np.matmul(a[i], b[i] if b.ndim == 3 else b, out=out[i])
+        np.matmul(a[i], b, out=out[i])
 
     threads = min(numba.get_num_threads(), len(a))
     with _single_threaded_blas():
