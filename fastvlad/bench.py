@@ -399,7 +399,7 @@ def _reference_lines(r: dict[str, Any]) -> list[str]:
     per = ref["per_image_seconds"]
     lines = ["", f"(c) the paper's pipeline (reference.py) on {ref['images']} of the images, seconds per image:",
              "  " + ", ".join(f"{k} {v:.3f}" for k, v in per.items()),
-             f"  fixed: " + ", ".join(f"{k} {v:.2f} s" for k, v in ref["fixed_seconds"].items())]
+             "  fixed: " + ", ".join(f"{k} {v:.2f} s" for k, v in ref["fixed_seconds"].items())]
     lines += [f"  note: {n}" for n in ref["notes"]]
     lines += [f"  training per image: reference {r['reference_train_s_per_image']:.2f} s, fastvlad "
               f"{r['fastvlad_train_s_per_image']:.3f} s → speed-up {r['reference_speedup']:.1f}× "

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sklearn.base import clone
 
-from . import backends, checks, codebook, config, pipeline, projection
+from . import backends, checks, config, pipeline
 from .backbone import Backbone, _usable_cores
 from .errors import DistributedError, ImageReadError, InvalidDatasetError, ModelFormatError, ParameterError
 from .images import ImageSource, iter_batches

@@ -367,7 +367,7 @@ class Preprocess:
         h, w = rgb.shape[:2]
         if min(h, w) < MIN_SIDE:
             raise ImageReadError(label, f"{w}×{h} pixels is smaller than the {MIN_SIDE}×{MIN_SIDE} the network "
-                                 "needs at native size", f"set image_size (e.g. 224) to resize it")
+                                 "needs at native size", "set image_size (e.g. 224) to resize it")
         if h * w > config.MAX_INPUT_PIXELS:
             raise ImageReadError(label, f"{w}×{h} pixels at native size exceeds the network input limit of "
                                  f"{config.MAX_INPUT_PIXELS}", "set image_size, or raise fastvlad.config.MAX_INPUT_PIXELS")

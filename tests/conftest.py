@@ -1,8 +1,14 @@
-"""Shared fixtures: demo images, the default backbone (downloaded once per cache), real data."""
+"""Shared fixtures: demo images, the default backbone (downloaded once per cache), real data, and
+CuPy replaced by the CUDA host emulator."""
 
 from __future__ import annotations
 
+import shutil
+import sys
+from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -53,3 +59,28 @@ def small_model_params(**over: object) -> dict[str, object]:
                                      device="cpu", batch_size=8)
     params.update(over)
     return params
+
+
+@pytest.fixture(scope="session")
+def emulator_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``kernels/*.cu`` built for the host emulator of ``tests/cuda_emu`` (g++)."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not installed, so the CUDA host emulator cannot be built")
+    from tests.cuda_emu import build
+
+    return build.build(tmp_path_factory.mktemp("cuda_emu"))
+
+
+@pytest.fixture
+def fake_cupy(emulator_lib: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """The emulator's CuPy stand-in installed as ``cupy`` for one test; fails the test if no kernel ran."""
+    from fastvlad import _cuda
+    from tests.cuda_emu import fakecupy
+
+    fake = fakecupy.load(emulator_lib)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(_cuda, "_MODULES", {})  # compiled "modules" and cached tables of another backend
+    monkeypatch.setattr(_cuda, "_TABLES", OrderedDict())
+    monkeypatch.setattr(_cuda, "_checked", False)
+    yield fake
+    assert fake.LAUNCHES, "no kernel ran in the emulator"

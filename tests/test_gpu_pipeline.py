@@ -111,3 +111,31 @@ def test_numba_kernels_reject_mismatched_shapes() -> None:
         vlad.encode(x, np.zeros((2, 4), np.int32), np.zeros((2, 3), np.float32))
     with pytest.raises(ParameterError, match="centres"):
         codebook.assign(np.zeros((5, 3), np.float32), np.zeros((2, 4), np.float32))
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
+@pytest.mark.filterwarnings("ignore::UserWarning:xgboost")
+def test_estimator_on_the_cuda_backend_in_the_emulator(fake_cupy: types.ModuleType, vgg16_path: Path,
+                                                        small_demo: tuple[list[np.ndarray], np.ndarray],
+                                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``FastVLAD(device="cuda")`` end to end (fit, transform, predict, save, load) with CuPy replaced
+    by the CUDA host emulator, which refuses implicit host/device transfers as CuPy does; ONNX
+    Runtime and XGBoost run their CPU builds (the taps are moved to the "device" by the backend,
+    XGBoost falls back to its CPU). The estimator's glue on the GPU backend, against device="cpu"."""
+    from fastvlad import load
+    from fastvlad.estimator import FastVLAD
+
+    from .conftest import small_model_params
+
+    monkeypatch.setattr(backends, "_cuda_problem", lambda: None)
+    images, labels = small_demo
+    for pca in (None, 8):
+        cpu = FastVLAD(**small_model_params(pca=pca)).fit(images, labels)
+        gpu = FastVLAD(**small_model_params(pca=pca, device="cuda")).fit(images, labels)
+        assert gpu._backend().impl == "cuda"
+        np.testing.assert_allclose(gpu.codebook_, cpu.codebook_, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(gpu.transform(images[:6]), cpu.transform(images[:6]), rtol=1e-4, atol=1e-5)
+        assert list(gpu.predict(images[:6])) == list(cpu.predict(images[:6]))
+        again = load(gpu.save(tmp_path / f"gpu-{pca}.fvl"))
+        np.testing.assert_array_equal(again.predict_proba(images[:6]), gpu.predict_proba(images[:6]))
+    assert {name for name, *_ in fake_cupy.LAUNCHES} >= {"gather_f32", "argmin_rows_f32", "residual_sums_f32"}

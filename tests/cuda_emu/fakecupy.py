@@ -1,9 +1,14 @@
-"""A NumPy-backed stand-in for the part of CuPy that ``fastvlad._cuda`` and the CUDA tests use.
+"""A NumPy-backed stand-in for the part of CuPy that fastvlad's GPU path and the CUDA tests use.
 
-"Device" arrays are the ``ndarray`` subclass below; kernels launched through ``RawModule`` run in
-the host emulator (``emu.h``). Launches check what a GPU would require of their arguments: device
-arrays only (a NumPy array reaching a kernel is a bug in the launcher), C-contiguous except the
-gather's output (a column slice by design), and int32/int64 scalars typed as the kernel expects.
+"Device" arrays are the ``ndarray`` wrapper below (not a NumPy subclass), and they keep CuPy's
+rule against implicit transfers, so host/device mix-ups in fastvlad fail here as they would on a
+GPU: ``np.asarray(device)`` and NumPy functions writing a device array into a host one raise
+TypeError; ufuncs, methods and ``cupy.*`` functions refuse host arrays (TypeError), and a host
+array assigned into a device one raises ValueError. Everything else runs in NumPy on the wrapped
+host memory. Kernels launched through ``RawModule`` run in the host emulator (``emu.h``); launches
+check what a GPU would require of their arguments: device arrays only (a NumPy array reaching a
+kernel is a bug in the launcher), C-contiguous except the gather's output (a column slice by
+design), and int32/int64 scalars typed as the kernel expects.
 """
 
 from __future__ import annotations
@@ -14,16 +19,118 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib.mixins import NDArrayOperatorsMixin
 
 float16, float32, float64, int32, int64 = np.float16, np.float32, np.float64, np.int32, np.int64
 #: (kernel name, grid, block, shared bytes) of every launch, so tests can check a kernel ran.
 LAUNCHES: list[tuple[str, tuple[int, ...], tuple[int, ...], int]] = []
 _LIB: Any = None
+_IMPLICIT = "Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy array explicitly."
 
 
-class ndarray(np.ndarray):  # noqa: N801 - CuPy's name
+def _device(value: Any, where: str) -> Any:
+    """``value`` with device arrays unwrapped (in lists, tuples and dicts too); a host array in it
+    is refused like CuPy refuses it. Python and NumPy scalars pass."""
+    if isinstance(value, ndarray):
+        return value._a
+    if isinstance(value, np.ndarray):
+        raise TypeError(f"{where}: Unsupported type {type(value)} (a host array given to a device operation)")
+    if isinstance(value, (list, tuple)):
+        return type(value)(_device(v, where) for v in value)
+    if isinstance(value, dict):
+        return {k: _device(v, where) for k, v in value.items()}
+    return value
+
+
+def _wrap(value: Any) -> Any:
+    """NumPy results as device arrays (scalars from reductions as 0-d arrays, as CuPy returns them)."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return ndarray(np.asarray(value))
+    if isinstance(value, tuple):
+        return tuple(_wrap(v) for v in value)
+    if isinstance(value, list):
+        return [_wrap(v) for v in value]
+    return value
+
+
+class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - CuPy's name
+    """A device array: NumPy memory behind CuPy's interface and its no-implicit-transfer rule."""
+
+    __slots__ = ("_a",)
+    __array_priority__ = 100
+
+    def __init__(self, a: np.ndarray) -> None:
+        self._a = a
+
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    strides = property(lambda self: self._a.strides)
+    flags = property(lambda self: self._a.flags)
+    nbytes = property(lambda self: self._a.nbytes)
+    itemsize = property(lambda self: self._a.itemsize)
+    T = property(lambda self: ndarray(self._a.T))
+
     def get(self) -> np.ndarray:
-        return np.array(self)
+        return self._a.copy()
+
+    def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        raise TypeError(_IMPLICIT)
+
+    def __len__(self) -> int:
+        return len(self._a)
+
+    def __repr__(self) -> str:
+        return f"device{self._a!r}"
+
+    def __float__(self) -> float:
+        return float(self._a)
+
+    def __int__(self) -> int:
+        return int(self._a)
+
+    def __bool__(self) -> bool:
+        return bool(self._a)
+
+    def __getitem__(self, key: Any) -> Any:
+        return _wrap(self._a[key._a if isinstance(key, ndarray) else key])
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if isinstance(value, np.ndarray) and value.shape != ():
+            raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
+        self._a[key._a if isinstance(key, ndarray) else key] = value._a if isinstance(value, ndarray) else value
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("ctypes", "data", "base"):
+            # Not NumPy's array protocols (__array_interface__, ...) nor host pointers: through
+            # them NumPy would read the memory without asking, which a GPU array does not allow.
+            raise AttributeError(name)
+        attr = getattr(self._a, name)  # methods: reshape, astype, sum, copy, view, ...
+        if not callable(attr):
+            return _wrap(attr)
+        return lambda *args, **kwargs: _wrap(attr(*_device(args, name), **_device(kwargs, name)))
+
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        where = f"{ufunc.__name__}.{method}"
+        out = kwargs.get("out")
+        result = getattr(ufunc, method)(*_device(inputs, where), **_device(kwargs, where))
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        return _wrap(result)
+
+    def __array_function__(self, func: Any, types_: Any, args: Any, kwargs: Any) -> Any:
+        if "out" in kwargs and isinstance(kwargs["out"], np.ndarray):
+            raise TypeError(_IMPLICIT)  # a device result into host memory
+        return _wrap(func(*_device(args, func.__name__), **_device(kwargs, func.__name__)))
+
+
+def __getattr__(name: str) -> Any:
+    """``cupy.<name>`` for NumPy's functions (sqrt, where, matmul, ...): device arrays only."""
+    func = getattr(np, name)
+    if not callable(func) or isinstance(func, type):
+        raise AttributeError(name)
+    return lambda *args, **kwargs: _wrap(func(*_device(args, name), **_device(kwargs, name)))
 
 
 def load(lib: Path) -> types.ModuleType:
@@ -37,24 +144,39 @@ def load(lib: Path) -> types.ModuleType:
 
 
 def asarray(a: Any, dtype: Any = None) -> ndarray:
-    return np.asarray(a, dtype=dtype).view(ndarray)
+    """A device array: ``a`` itself (or a cast) when on the device, else a copy of the host data."""
+    if isinstance(a, ndarray):
+        return a if dtype is None or np.dtype(dtype) == a.dtype else ndarray(a._a.astype(dtype))
+    return ndarray(np.array(a, dtype=dtype))
 
 
-def ascontiguousarray(a: Any, dtype: Any = None) -> ndarray:
-    return np.ascontiguousarray(a, dtype=dtype).view(ndarray)
+def ascontiguousarray(a: ndarray, dtype: Any = None) -> ndarray:
+    return ndarray(np.ascontiguousarray(_device(a, "ascontiguousarray"), dtype=dtype))
 
 
 def empty(shape: Any, dtype: Any = np.float32) -> ndarray:
     """Uninitialised device memory: NaN (or -7 for integers), so unwritten outputs show."""
-    return np.full(shape, np.nan if np.dtype(dtype).kind == "f" else -7, dtype=dtype).view(ndarray)
+    return ndarray(np.full(shape, np.nan if np.dtype(dtype).kind == "f" else -7, dtype=dtype))
 
 
 def zeros(shape: Any, dtype: Any = np.float32) -> ndarray:
-    return np.zeros(shape, dtype=dtype).view(ndarray)
+    return ndarray(np.zeros(shape, dtype=dtype))
 
 
 def asnumpy(a: Any) -> np.ndarray:
-    return np.array(a)
+    return a.get() if isinstance(a, ndarray) else np.asarray(a)
+
+
+class _MemoryPool:
+    def free_all_blocks(self) -> None:
+        pass
+
+
+_POOL = _MemoryPool()
+
+
+def get_default_memory_pool() -> _MemoryPool:
+    return _POOL
 
 
 class _Runtime:
@@ -109,10 +231,11 @@ class _Function:
         cargs: list[Any] = []
         for pos, a in enumerate(args):
             if isinstance(a, np.ndarray):
-                assert type(a) is ndarray, f"{self.name} argument {pos}: a host array reached a kernel"
+                raise AssertionError(f"{self.name} argument {pos}: a host array reached a kernel")
+            if isinstance(a, ndarray):
                 strided_ok = self.name.startswith("gather") and pos == 8  # out: a column slice
                 assert strided_ok or a.flags.c_contiguous, f"{self.name} argument {pos}: strides {a.strides}"
-                cargs.append(ctypes.c_void_p(a.ctypes.data))
+                cargs.append(ctypes.c_void_p(a._a.ctypes.data))
             elif isinstance(a, np.int32):
                 cargs.append(ctypes.c_int(int(a)))
             elif isinstance(a, np.int64):
