@@ -42,6 +42,12 @@ class Backend:
         """Move a host array to this backend's memory (no copy on the CPU)."""
         return self.xp.asarray(a)
 
+    def synchronize(self) -> None:
+        """Wait for the work queued on the device. CUDA kernels return at launch, so a clock read
+        without this times the launch and bills the work to whatever synchronises next."""
+        if self.device == "cuda":
+            __import__("cupy").cuda.runtime.deviceSynchronize()
+
     @staticmethod
     def to_numpy(a) -> np.ndarray:  # type: ignore[no-untyped-def]
         """Any array (NumPy or CuPy) → NumPy."""

@@ -53,12 +53,17 @@ class EncoderSettings:
 
 @dataclass
 class Timings:
-    """Seconds per stage, summed over batches, and the number of images seen."""
+    """Seconds per stage, summed over batches, and the number of images seen. ``synchronize``
+    (the backend's, set by ``encode`` and ``codebook_sample``) runs before every clock read, so
+    that a GPU stage's time is its work, not its kernel launches."""
 
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     images: int = 0
+    synchronize: Callable[[], None] | None = None
 
     def add(self, stage: str, since: float) -> float:
+        if self.synchronize is not None:
+            self.synchronize()
         now = time.perf_counter()
         self.seconds[stage] += now - since
         return now
@@ -170,6 +175,7 @@ def codebook_sample(sources: Sequence[ImageSource], backbone: Backbone, settings
                     timings: Timings | None = None, skip_errors: bool = False) -> np.ndarray:
     """Full hypercolumns ``(m, dim)`` float32 of ``n_images`` random images, ``max_points`` points at most."""
     timings = timings or Timings()
+    timings.synchronize = backend.synchronize
     rng = np.random.default_rng(settings.random_state)
     chosen = np.sort(rng.choice(len(sources), size=min(n_images, len(sources)), replace=False))
     per_image = max(1, min(settings.n_points, max_points // len(chosen)))
@@ -259,6 +265,7 @@ def encode(sources: Sequence[ImageSource], backbone: Backbone, centres: np.ndarr
            proj: Projection | None = None) -> Encoded:
     """VLAD codes of every image: ``(n, k·dim)`` float32 (dim = p with ``proj``), one CNN pass each."""
     timings = timings or Timings()
+    timings.synchronize = backend.synchronize
     centres_dev = backend.asarray(centres)
     proj_dev = proj.to(backend.asarray) if proj is not None else None
     codes = np.zeros((len(sources), centres.size), dtype=np.float32)

@@ -291,3 +291,34 @@ def test_pipeline_on_the_cuda_backend(cp: ModuleType, pca: int | None, dtype: ty
     # The emulator's GEMM is the CPU's BLAS: every image agrees. On a GPU (cuBLAS) a near-tie label
     # may flip, changing one image's code.
     assert close.all() if cp.__name__.endswith("fakecupy") else close.sum() >= len(close) - 1
+
+
+def test_gpu_stage_times_include_the_device_work(fake_cupy: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CUDA backend every stage's clock is read after the device has finished (kernels
+    return at launch): with a device that takes 20 ms to drain, each stage of each batch is billed
+    at least that; on the CPU backend nothing waits."""
+    import time
+
+    from fastvlad import backends, pipeline
+
+    syncs: list[float] = []
+
+    def slow_drain() -> None:
+        syncs.append(time.perf_counter())
+        time.sleep(0.02)
+
+    monkeypatch.setattr(fake_cupy.cuda.runtime, "deviceSynchronize", slow_drain)
+    settings = pipeline.EncoderSettings(density=0.3, image_size=(32, 32))
+    images = [np.random.default_rng(i).integers(0, 255, (40, 40), dtype=np.uint8) for i in range(4)]
+    cnn = _toy_cnn()
+    centres = np.random.default_rng(0).standard_normal((5, 28)).astype(np.float32)
+    gpu = backends.Backend("cuda", "cuda", ("CUDAExecutionProvider",), 2)
+    timings = pipeline.Timings()
+    pipeline.encode(images, lambda p: [fake_cupy.asarray(t) for t in cnn(p)], centres, settings, gpu, timings)  # type: ignore[arg-type]
+    stages = [s for s in ("cnn", "points", "hypercolumns", "assign", "vlad") if s in timings.seconds]
+    assert {"cnn", "assign", "vlad"} <= set(stages)
+    for stage in stages:
+        assert timings.seconds[stage] >= 2 * 0.02, (stage, dict(timings.seconds))  # two batches
+    before = len(syncs)
+    pipeline.encode(images, cnn, centres, settings, backends.Backend("cpu", "numba", ("CPUExecutionProvider",), 2))  # type: ignore[arg-type]
+    assert len(syncs) == before
