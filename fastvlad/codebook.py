@@ -151,6 +151,7 @@ def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator, n_local_tri
     centres = np.empty((k, x.shape[1]), dtype=np.float32)
     centres[0] = x[rng.integers(m)]
     closest = assign(x, centres[:1])[1].astype(np.float64)
+    x_sq = (x * x).sum(axis=1)  # once: recomputing it for every centre was most of the seeding's time
     for j in range(1, k):
         total = closest.sum()
         if total <= 0:  # every point already coincides with a centre
@@ -158,7 +159,7 @@ def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator, n_local_tri
             break
         candidates = np.searchsorted(np.cumsum(closest), rng.random(trials) * total)
         candidates = np.minimum(candidates, m - 1)
-        cand_d = _sq_dist_to(x, x[candidates])  # (trials, m)
+        cand_d = _sq_dist_to(x, x_sq, x[candidates])  # (trials, m)
         new_closest = np.minimum(closest[None, :], cand_d)
         best = int(new_closest.sum(axis=1).argmin())
         centres[j] = x[candidates[best]]
@@ -166,9 +167,9 @@ def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator, n_local_tri
     return centres
 
 
-def _sq_dist_to(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Squared distances of all points to a few centres: (k, m) float64."""
-    d = (x * x).sum(axis=1)[None, :] - 2.0 * (c @ x.T) + (c * c).sum(axis=1)[:, None]
+def _sq_dist_to(x: np.ndarray, x_sq: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Squared distances of all points ``(m, dim)``, squared norms ``x_sq``, to a few centres: (k, m) float64."""
+    d = x_sq[None, :] - 2.0 * (c @ x.T) + (c * c).sum(axis=1)[:, None]
     return np.maximum(d, 0.0).astype(np.float64)
 
 
@@ -238,11 +239,14 @@ def fit_kmeans(
     update = _UPDATE["numba" if impl == "cuda" else impl]
     previous = np.inf
     inertia = np.inf
+    # One batch buffer for the whole fit: a fresh (4096, 1472) array per batch costs its page faults.
+    buffer = np.empty((min(batch_size, m), x.shape[1]), dtype=np.float32)
     for _ in range(max_epochs):
         order = rng.permutation(m)
         for start in range(0, m, batch_size):
-            batch = x[order[start : start + batch_size]]
-            labels = assign(batch, centres, impl="numba" if impl == "cuda" else impl)[0]
+            rows = order[start : start + batch_size]
+            batch = np.take(x, rows, axis=0, out=buffer[: len(rows)], mode="clip")  # "raise" would buffer out
+            labels = nearest(batch, centres, impl="numba" if impl == "cuda" else impl)
             update(batch, labels, centres, counts)
         labels, dist = assign(x, centres, impl="numba" if impl == "cuda" else impl)
         _reseed_empty(x, labels, dist, centres)
