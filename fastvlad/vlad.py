@@ -136,8 +136,9 @@ def _no_taps(n: int) -> tuple[Any, ...]:
     """``_vlad_numba``'s tap arguments when every column comes from ``x`` (the loop over taps is empty)."""
     table = np.zeros((1, 1), dtype=np.int32)
     weight = np.zeros((1, 1), dtype=np.float32)
-    return ((np.zeros((n, 1, 1, 1), np.float32),), np.zeros((n, 0, 2), np.int32), np.zeros(0, np.float32),
-            table, table, weight, table, table, weight, np.zeros(1, dtype=np.int64))
+    taps = hypercolumn.padded_taps([np.zeros((n, 1, 1, 1), np.float32)])
+    return (taps, np.zeros((n, 0, 2), np.int32), np.zeros(0, np.float32), table, table, weight, table, table, weight,
+            np.zeros(1, dtype=np.int64))
 
 
 @njit(parallel=True, cache=True)  # pragma: no cover - jitted
