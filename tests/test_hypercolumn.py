@@ -40,6 +40,17 @@ def test_gather_equals_full_map_upsampling(impl: str, mode: str, hw: tuple[int, 
     np.testing.assert_allclose(got, _reference(taps, points, mode), rtol=1e-6, atol=1e-6)
 
 
+def test_gather_more_taps_than_the_tuple_slots() -> None:
+    """A backbone with more taps than ``TAP_SLOTS`` (one compile for that count) and with exactly
+    one: the Numba gather equals the reference."""
+    rng = np.random.default_rng(11)
+    for count in (1, hypercolumn.TAP_SLOTS + 1):
+        taps = _taps(rng, 2, (20, 20), tuple(range(1, count + 1)))
+        points = np.stack([hypercolumn.sample_points(rng, 31, 20, 20) for _ in range(2)])
+        got = hypercolumn.gather(taps, points, impl="numba")
+        np.testing.assert_allclose(got, _reference(taps, points, "half_pixel"), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_gather_non_contiguous_and_single_point(impl: str) -> None:
     rng = np.random.default_rng(2)
