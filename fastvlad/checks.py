@@ -57,6 +57,8 @@ def runtime(est: Any) -> None:
     choice("on_error", est.on_error, ON_ERROR)
     if est.batch_size is not None:
         integer("batch_size", est.batch_size, 1)
+    if not isinstance(est.fp16, (bool, np.bool_)):
+        raise ParameterError(f"fp16={est.fp16!r}: give True (a float16 CNN) or False")
 
 
 def parameters(est: Any, n_images: int | None = None) -> None:

@@ -43,6 +43,8 @@ FAITHFUL = typer.Option(False, "--faithful", help="The paper's exact setting: fu
                         "hypercolumns to 64 dims and uses 32 bins (see README, Defaults).")
 PCA = typer.Option(None, "--pca", help="Hypercolumn PCA components: N, or 'none' for the full hypercolumn "
                    "(default 64; 'none' with --faithful).")
+FP16 = typer.Option(None, "--fp16/--fp32", help="Run the CNN in float16 (for a GPU's tensor cores) or float32 "
+                    "(default: float32, or the model's setting).")
 WORKERS = typer.Option(0, "--workers", help="Run on a local Dask cluster of N worker processes; needs fastvlad[dask].")
 
 
@@ -90,6 +92,17 @@ def _estimator(density: float, k: int, image_size: str, device: str, backbone: s
                 taps=taps.split(",") if taps else None, random_state=seed, on_error=on_error, **extra)
 
 
+def _loaded(model_path: Path, device: str, on_error: str, fp16: Optional[bool]) -> FastVLAD:
+    """A saved model with this run's device and error policy (and precision, when given)."""
+    from .estimator import load
+
+    model = load(model_path)
+    model.set_params(device=device, on_error=on_error)
+    if fp16 is not None:
+        model.set_params(fp16=fp16)
+    return model
+
+
 def _report_skipped(skipped: list[tuple[str, str]]) -> None:
     if skipped:
         typer.echo(f"skipped {len(skipped)} unreadable image(s):", err=True)
@@ -112,13 +125,13 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
           density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
           backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
           scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
-          pca: Optional[str] = PCA) -> None:
+          pca: Optional[str] = PCA, fp16: Optional[bool] = FP16) -> None:
     """Train a model on labelled images and save it as one file."""
     from . import distributed
 
     check_writable(output)  # an unwritable -o fails before the work, not after it
     ds = _load(data, on_error)
-    model = _estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca)
+    model = _estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, fp16=bool(fp16))
     with distributed.connect(scheduler, workers, device) as client:
         distributed.fit(client, [str(p) for p in ds.paths], ds.y, model)
     model.save(output)
@@ -132,14 +145,12 @@ def predict(model_path: Path = typer.Argument(..., metavar="MODEL"),
             data: Path = typer.Argument(..., help="Folder, CSV manifest or image file."),
             output: Path = typer.Option(Path("predictions.csv"), "--output", "-o"),
             device: str = DEVICE, on_error: str = ON_ERROR, scheduler: Optional[str] = SCHEDULER,
-            workers: int = WORKERS) -> None:
+            workers: int = WORKERS, fp16: Optional[bool] = FP16) -> None:
     """Write predictions: CSV with path, predicted and one p_<class> column per class."""
     from . import distributed
     from ._files import write_atomic
-    from .estimator import load
 
-    model = load(model_path)
-    model.set_params(device=device, on_error=on_error)
+    model = _loaded(model_path, device, on_error, fp16)
     check_writable(output)  # an unwritable -o fails before the work, not after it
     ds = _load(data, on_error, require_labels=False)
     paths = [str(p) for p in ds.paths]
@@ -216,21 +227,20 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
            density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
            backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
            scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
-           pca: Optional[str] = PCA) -> None:
+           pca: Optional[str] = PCA, fp16: Optional[bool] = FP16) -> None:
     """Write the VLAD codes (n, k·dim) float32 as .npy (NaN rows for skipped images), paths beside it
     (and, when images were skipped, <output>.errors.csv with why)."""
     from . import distributed
     from ._files import write_atomic, write_bytes_atomic
-    from .estimator import load
 
     check_writable(output)  # an unwritable -o fails before the work, not after it
     ds = _load(data, on_error, require_labels=False)
     paths = [str(p) for p in ds.paths]
     if model_path:
-        model = load(model_path)
-        model.set_params(device=device, on_error=on_error)
+        model = _loaded(model_path, device, on_error, fp16)
     else:
-        model = _estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca)
+        model = _estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca,
+                           fp16=bool(fp16))
     with distributed.connect(scheduler, workers, device) as client:
         if not model_path:
             distributed.fit_codebook(client, paths, model)

@@ -165,9 +165,9 @@ def _worker_backbone(spec: _Spec) -> tuple[backends.Backend, Backbone]:
     est = spec.estimator
     backend = est._backend()
     threads = _worker_threads()
-    key = (str(est.backbone), tuple(est.taps or ()), backend.providers, threads)
+    key = (str(est.backbone), tuple(est.taps or ()), backend.providers, threads, bool(est.fp16))
     if key not in _BACKBONES:
-        _BACKBONES[key] = Backbone(est.backbone, est.taps, backend.providers, threads=threads)
+        _BACKBONES[key] = Backbone(est.backbone, est.taps, backend.providers, threads=threads, fp16=bool(est.fp16))
     backbone = _BACKBONES[key]
     if spec.backbone_sha256 and spec.backbone_sha256 != backbone.sha256:
         raise ModelFormatError(f"this model was trained with backbone SHA-256 {spec.backbone_sha256[:12]}…, "

@@ -41,6 +41,9 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     sample, applied to each tap before interpolation: exact) and XGBoost uses ``max_bin=32``.
     ``FastVLAD.faithful()`` gives the paper's settings exactly (``FAITHFUL_PARAMS``).
 
+    ``fp16=True`` runs the CNN on a float16 copy of its graph (float16 taps, which every kernel
+    widens exactly): meant for a GPU's tensor cores; codes move by float16 rounding (see README).
+
     ``X`` is a sequence of image paths or arrays ((H, W) or (H, W, 3)); ``y`` the labels.
     ``fit`` runs the CNN once per image, plus once for each of the ``codebook_images``
     images the codebook is fitted on.
@@ -52,8 +55,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                  codebook_images: int = 100, backbone: str = DEFAULT_BACKBONE,
                  taps: Sequence[str] | None = None, n_estimators: int = 100, max_depth: int = 3,
                  learning_rate: float = 0.1, max_bin: int = 32, colsample_bynode: float = 1.0,
-                 device: str = "auto", batch_size: int | None = None, on_error: str = "raise",
-                 random_state: int = 0) -> None:
+                 device: str = "auto", batch_size: int | None = None, fp16: bool = False,
+                 on_error: str = "raise", random_state: int = 0) -> None:
         self.density = density
         self.k = k
         self.image_size = image_size
@@ -73,6 +76,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.colsample_bynode = colsample_bynode
         self.device = device
         self.batch_size = batch_size
+        self.fp16 = fp16
         self.on_error = on_error
         self.random_state = random_state
 
@@ -98,11 +102,11 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         return backend
 
     def _get_backbone(self, backend: backends.Backend) -> Backbone:
-        key = (str(self.backbone), tuple(self.taps or ()), backend.providers)
+        key = (str(self.backbone), tuple(self.taps or ()), backend.providers, bool(self.fp16))
         with _BACKBONE_LOCK:  # threads predicting with one model share one session
             cached = getattr(self, "_backbone_cache", None)
             if cached is None or cached[0] != key:
-                cached = (key, Backbone(self.backbone, self.taps, backend.providers))
+                cached = (key, Backbone(self.backbone, self.taps, backend.providers, fp16=bool(self.fp16)))
                 self._backbone_cache = cached
         return cached[1]
 

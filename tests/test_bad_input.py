@@ -455,6 +455,7 @@ def test_transform_works_or_is_a_fastvlad_error(vgg16_path: Path, X: object, ski
     ({"colsample_bynode": 1.5}, "colsample_bynode=1.5"),
     ({"random_state": None}, "random_state=None"),
     ({"batch_size": 0}, "batch_size=0"),
+    ({"fp16": "yes"}, "fp16='yes'"),
     ({"taps": "block1_conv2,block2_conv2"}, "taps='block1_conv2,block2_conv2': give a list of tensor names"),
     ({"backbone": 3}, "backbone=3"),
 ])

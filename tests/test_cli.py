@@ -51,6 +51,25 @@ def test_encode(model_file: Path, demo_folder: Path, tmp_path: Path) -> None:
     assert np.load(out).shape == (16, 8 * 64)  # k · pca (the default)
 
 
+def test_fp16_flag_runs_a_float16_cnn(model_file: Path, demo_folder: Path, tmp_path: Path) -> None:
+    """``--fp16`` on a model trained in float32: codes within float16 rounding of the float32 ones
+    (same labels for almost every point), not equal to them; ``--fp32`` gives the float32 codes back."""
+    codes = {}
+    for flag in ("--fp16", "--fp32"):
+        out = tmp_path / f"codes{flag}.npy"
+        res = CliRunner().invoke(app, ["-q", "encode", str(demo_folder), "-o", str(out), "--model", str(model_file),
+                                       flag])
+        assert res.exit_code == 0, res.output
+        codes[flag] = np.load(out)
+    res = CliRunner().invoke(app, ["-q", "encode", str(demo_folder), "-o", str(tmp_path / "c.npy"), "--model",
+                                   str(model_file)])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(codes["--fp32"], np.load(tmp_path / "c.npy"))
+    half, full = codes["--fp16"], codes["--fp32"]
+    assert not np.array_equal(half, full)
+    assert np.corrcoef(half.ravel(), full.ravel())[0, 1] > 0.99
+
+
 @pytest.mark.parametrize(("flags", "width"), [(["--pca", "none"], 1472), (["--pca", "16"], 16),
                                               (["--faithful"], 1472), (["--faithful", "--pca", "32"], 32)])
 def test_encode_pca_options(vgg16_path: Path, demo_folder: Path, tmp_path: Path, flags: list[str], width: int) -> None:

@@ -129,13 +129,15 @@ def test_estimator_on_the_cuda_backend_in_the_emulator(fake_cupy: types.ModuleTy
 
     monkeypatch.setattr(backends, "_cuda_problem", lambda: None)
     images, labels = small_demo
-    for pca in (None, 8):
-        cpu = FastVLAD(**small_model_params(pca=pca)).fit(images, labels)
-        gpu = FastVLAD(**small_model_params(pca=pca, device="cuda")).fit(images, labels)
+    for pca, fp16 in ((None, False), (8, False), (None, True)):
+        cpu = FastVLAD(**small_model_params(pca=pca, fp16=fp16)).fit(images, labels)
+        gpu = FastVLAD(**small_model_params(pca=pca, fp16=fp16, device="cuda")).fit(images, labels)
         assert gpu._backend().impl == "cuda"
         np.testing.assert_allclose(gpu.codebook_, cpu.codebook_, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(gpu.transform(images[:6]), cpu.transform(images[:6]), rtol=1e-4, atol=1e-5)
         assert list(gpu.predict(images[:6])) == list(cpu.predict(images[:6]))
-        again = load(gpu.save(tmp_path / f"gpu-{pca}.fvl"))
+        again = load(gpu.save(tmp_path / f"gpu-{pca}-{fp16}.fvl"))
         np.testing.assert_array_equal(again.predict_proba(images[:6]), gpu.predict_proba(images[:6]))
-    assert {name for name, *_ in fake_cupy.LAUNCHES} >= {"gather_f32", "argmin_rows_f32", "residual_sums_f32"}
+        assert gpu._get_backbone(gpu._backend()).fp16 == fp16 and again.fp16 == fp16
+    assert {name for name, *_ in fake_cupy.LAUNCHES} >= {"gather_f32", "argmin_rows_f32", "residual_sums_f32",
+                                                         "gather_f16"}
