@@ -12,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from . import config
 from .backends import Backend
 
 
@@ -24,11 +25,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (affinity), not the machine's total."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def memory_bytes() -> int | None:
@@ -67,7 +63,7 @@ def library_versions() -> dict[str, str]:
 
 def machine_info(backend: Backend) -> dict[str, Any]:
     """CPU model, cores, memory, OS, device, ONNX Runtime providers, GPU and versions."""
-    return {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "usable_cores": usable_cores(),
+    return {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "usable_cores": config.usable_cores(),
             "memory_bytes": memory_bytes(), "os": platform.platform(), "device": backend.device,
             "providers": list(backend.providers), "gpu": gpu_name(backend), "versions": library_versions()}
 

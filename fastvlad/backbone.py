@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import weights
+from . import config, weights
 from .errors import BackboneError
 
 log = logging.getLogger("fastvlad")
@@ -104,10 +104,6 @@ def _to_cupy(value):  # type: ignore[no-untyped-def]
     return cupy.ndarray(shape, dtype, cupy.cuda.MemoryPointer(memory, 0))
 
 
-def _usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 class Backbone:
     """An ONNX Runtime session producing the taps of a batch.
 
@@ -139,7 +135,7 @@ class Backbone:
         if fp16:
             model = _as_float16(model)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or _usable_cores()
+        opts.intra_op_num_threads = threads or config.usable_cores()
         # Spinning ORT threads would steal the cores from Numba and BLAS between batches.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -32,6 +32,7 @@ class Backend:
     impl: str  # kernel family for the stage functions: "numba" or "cuda"
     providers: tuple[str, ...]  # ONNX Runtime execution providers
     batch_size: int
+    decode_threads: int = 1  # threads decoding images ahead of the CNN (``images.iter_batches``)
 
     @property
     def xp(self) -> ModuleType:
@@ -86,7 +87,8 @@ def resolve(device: str = "auto") -> Backend:
         return CPU
     problem = _cuda_problem()
     if problem is None:
-        return Backend("cuda", "cuda", ("CUDAExecutionProvider", "CPUExecutionProvider"), config.GPU_BATCH_SIZE)
+        return Backend("cuda", "cuda", ("CUDAExecutionProvider", "CPUExecutionProvider"), config.GPU_BATCH_SIZE,
+                       min(config.GPU_DECODE_THREADS, config.usable_cores()))
     if device == "cuda":
         raise DeviceUnavailableError(f"device='cuda' is not available: {problem}. Install with {GPU_INSTALL}")
     _notice_cpu_fallback(problem)

@@ -9,6 +9,10 @@ from pathlib import Path
 CPU_BATCH_SIZE = 8
 #: Images per backbone call on the GPU (halved automatically on out-of-memory).
 GPU_BATCH_SIZE = 64
+#: Threads decoding images ahead of the GPU. One thread decodes and resizes about 400 demo images
+#: per second (Pillow and NumPy release the GIL: 2 threads gave 1.5-1.7x on 2 cores), far below
+#: what a GPU runs VGG16 at; on the CPU one thread keeps ahead of the CNN.
+GPU_DECODE_THREADS = 8
 #: Rows of the point matrix per GEMM block in assignment; 2048×1472 float32 = 12 MB.
 ASSIGN_BLOCK_ROWS = 2048
 #: Points kept in memory for fitting the codebook (50 000 × 1472 float32 ≈ 294 MB).
@@ -22,6 +26,11 @@ MAX_IMAGE_PIXELS = 1 << 28
 #: Largest network input, in pixels (image_size, or an image at native size): VGG16's five taps
 #: alone are 122 floats = 488 bytes per input pixel, so one 4096² image needs over 8 GB.
 MAX_INPUT_PIXELS = 4096 * 4096
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity), not the machine's total."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def cache_dir() -> Path:

@@ -35,7 +35,7 @@ import numpy as np
 from sklearn.base import clone
 
 from . import backends, checks, config, pipeline
-from .backbone import Backbone, _usable_cores
+from .backbone import Backbone
 from .errors import DistributedError, ImageReadError, InvalidDatasetError, ModelFormatError, ParameterError
 from .images import ImageSource, iter_batches
 
@@ -80,7 +80,7 @@ def local_cluster(n_workers: int, device: str = "auto"):  # type: ignore[no-unty
             return LocalCUDACluster(n_workers=n_workers, host="127.0.0.1", dashboard_address=None)
     from distributed import LocalCluster
 
-    threads = str(max(1, _usable_cores() // n_workers))
+    threads = str(max(1, config.usable_cores() // n_workers))
     env = {THREADS_ENV: threads, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
            "MKL_NUM_THREADS": threads}
     return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -144,7 +144,7 @@ _TURN = threading.Lock()
 
 def _worker_threads() -> int:
     text = os.environ.get(THREADS_ENV)
-    return max(1, int(text)) if text else _usable_cores()
+    return max(1, int(text)) if text else config.usable_cores()
 
 
 @contextmanager
@@ -215,7 +215,7 @@ def _sample_part(sources: Sequence[ImageSource], keeps: Sequence[np.ndarray], sp
     with _worker_turn():
         backend, backbone = _worker_backbone(spec)
         workspace = pipeline.Workspace(backend)
-        for batch in iter_batches(sources, settings.preprocess, backend.batch_size):
+        for batch in iter_batches(sources, settings.preprocess, backend.batch_size, threads=backend.decode_threads):
             hc = backends.Backend.to_numpy(pipeline.hypercolumns(backbone, batch.pixels, settings, workspace, timings))
             rows += [hc[j, keeps[i]] for j, i in enumerate(batch.indices)]
     return _Sample(np.concatenate(rows), dict(timings.seconds), backbone.sha256, backbone.taps)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import platform
@@ -98,7 +99,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     def _backend(self) -> backends.Backend:
         backend = backends.resolve(self.device)
         if self.batch_size:
-            backend = backends.Backend(backend.device, backend.impl, backend.providers, int(self.batch_size))
+            backend = dataclasses.replace(backend, batch_size=int(self.batch_size))
         return backend
 
     def _get_backbone(self, backend: backends.Backend) -> Backbone:

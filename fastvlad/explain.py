@@ -97,7 +97,8 @@ def _encode_batches(model: Any, sources: Sequence[ImageSource], bar: progress.Pr
     proj = getattr(model, "projection_", None)  # the hypercolumn PCA, when the model has one
     proj = proj.to(backend.asarray) if proj is not None else None
     workspace = pipeline.Workspace(backend)
-    for batch in iter_batches(sources, settings.preprocess, backend.batch_size, model.on_error == "skip"):
+    for batch in iter_batches(sources, settings.preprocess, backend.batch_size, model.on_error == "skip",
+                              threads=backend.decode_threads):
         if batch.indices:
             hc = pipeline.hypercolumns(backbone, batch.pixels, settings, workspace, pipeline.Timings(), proj=proj)
             if hc.shape[2] != model.codebook_.shape[1]:

@@ -24,6 +24,7 @@ import stat
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,19 +385,20 @@ class Batch:
 
 
 def iter_batches(sources: Sequence[ImageSource], prep: Preprocess, batch_size: int,
-                 skip_errors: bool = False, prefetch: int = 2) -> Iterator[Batch]:
-    """Decode ``sources`` on a background thread, ``batch_size`` at a time, while the caller computes.
+                 skip_errors: bool = False, prefetch: int = 2, threads: int = 1) -> Iterator[Batch]:
+    """Decode ``sources`` on background threads, ``batch_size`` at a time, while the caller computes.
 
     Images of one batch share a shape; with native sizes (``prep.size=None``) a batch is cut
     where the shape changes. A bad image raises ``ImageReadError`` at its position, or with
-    ``skip_errors`` is reported in ``Batch.failed`` and left out.
+    ``skip_errors`` is reported in ``Batch.failed`` and left out. ``threads`` images are decoded
+    at once (``Backend.decode_threads``); batches are the same whatever the number.
     """
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            for batch in _decode_batches(sources, prep, batch_size, skip_errors):
+            for batch in _decode_batches(sources, prep, batch_size, skip_errors, threads):
                 while not stop.is_set():
                     try:
                         q.put(batch, timeout=0.1)
@@ -423,20 +425,42 @@ def iter_batches(sources: Sequence[ImageSource], prep: Preprocess, batch_size: i
         stop.set()
 
 
+def _decoded(sources: Sequence[ImageSource], prep: Preprocess, chunk: int,
+             threads: int) -> Iterator[tuple[int, np.ndarray | ImageReadError]]:
+    """(position, pixels or why it could not be read) of every source, in order; ``threads``
+    threads decode ``chunk`` sources at a time (Pillow and NumPy release the GIL)."""
+
+    def one(i: int) -> np.ndarray | ImageReadError:
+        try:
+            return prep(sources[i], name=source_name(sources[i], i))
+        except ImageReadError as exc:
+            return exc
+
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="fastvlad-decode") if threads > 1 else None
+    try:
+        for start in range(0, len(sources), chunk):
+            positions = range(start, min(start + chunk, len(sources)))
+            # Entered by this thread alone, once per chunk: catch_warnings swaps process-wide
+            # state, and threads entering and leaving it at once could leave the filters changed.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                decoded = list(pool.map(one, positions)) if pool else [one(i) for i in positions]
+            yield from zip(positions, decoded)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
 def _decode_batches(sources: Sequence[ImageSource], prep: Preprocess, batch_size: int,
-                    skip_errors: bool) -> Iterator[Batch]:
+                    skip_errors: bool, threads: int = 1) -> Iterator[Batch]:
     indices: list[int] = []
     pixels: list[np.ndarray] = []
     failed: list[tuple[int, ImageReadError]] = []
-    for i, src in enumerate(sources):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                img = prep(src, name=source_name(src, i))
-        except ImageReadError as exc:
+    for i, img in _decoded(sources, prep, batch_size, threads):
+        if isinstance(img, ImageReadError):
             if not skip_errors:
-                raise
-            failed.append((i, exc))
+                raise img
+            failed.append((i, img))
             continue
         if pixels and (len(pixels) == batch_size or img.shape != pixels[0].shape):
             yield Batch(indices, np.stack(pixels), failed)

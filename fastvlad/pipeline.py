@@ -184,7 +184,8 @@ def codebook_sample(sources: Sequence[ImageSource], backbone: Backbone, settings
     workspace = Workspace(backend)
     retry = GpuMemoryRetry(backend.batch_size)
     with progress.bar(len(chosen), "codebook sample") as bar:
-        for batch in iter_batches([sources[i] for i in chosen], settings.preprocess, backend.batch_size, skip_errors):
+        for batch in iter_batches([sources[i] for i in chosen], settings.preprocess, backend.batch_size, skip_errors,
+                                  threads=backend.decode_threads):
             failed += batch.failed
             if batch.indices:
                 hc = _hypercolumns_in_parts(retry, backbone, batch.pixels, settings, workspace, timings)
@@ -274,7 +275,8 @@ def encode(sources: Sequence[ImageSource], backbone: Backbone, centres: np.ndarr
     workspace = Workspace(backend)
     retry = GpuMemoryRetry(backend.batch_size)
     with progress.bar(len(sources), "encoding") as bar:
-        for batch in iter_batches(sources, settings.preprocess, backend.batch_size, skip_errors):
+        for batch in iter_batches(sources, settings.preprocess, backend.batch_size, skip_errors,
+                                  threads=backend.decode_threads):
             failed += batch.failed
 
             def work(part: slice) -> None:

@@ -218,6 +218,29 @@ def test_skip_reports_every_bad_file_and_drops_none(corpus: dict[str, tuple[Path
         assert err.source == str(paths[i])
 
 
+def test_parallel_decoding_gives_the_same_batches(corpus: dict[str, tuple[Path, str, bool]]) -> None:
+    """``threads`` decoders (the GPU backend's) give exactly the batches one thread gives: order,
+    pixels, skipped files and their reasons, and without skipping the same first error; and they
+    leave the process's warning filters as they were (catch_warnings is entered by one thread)."""
+    import warnings
+
+    paths = [p for p, _, _ in corpus.values()] * 2
+    filters = list(warnings.filters)
+    one = list(iter_batches(paths, PREP, batch_size=3, skip_errors=True))
+    many = list(iter_batches(paths, PREP, batch_size=3, skip_errors=True, threads=4))
+    assert [b.indices for b in many] == [b.indices for b in one]
+    for a, b in zip(one, many):
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+        assert [(i, str(e)) for i, e in a.failed] == [(i, str(e)) for i, e in b.failed]
+    errors = []
+    for threads in (1, 4):
+        with pytest.raises(ImageReadError) as info:
+            list(iter_batches(paths, PREP, batch_size=3, threads=threads))
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
+    assert list(warnings.filters) == filters
+
+
 def test_decompression_bomb_limit_is_configurable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     zeros = np.zeros((600, 700), np.uint8)  # compresses to a few hundred bytes
     png, tif, gif = tmp_path / "bomb.png", tmp_path / "bomb.tif", tmp_path / "bomb.gif"

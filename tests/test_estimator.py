@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zipfile
 from pathlib import Path
 
@@ -125,3 +126,15 @@ def test_backend_resolution() -> None:
     if backends._cuda_problem() is not None:
         with pytest.raises(fastvlad.DeviceUnavailableError, match="fastvlad\\[gpu\\]"):
             backends.resolve("cuda")
+
+
+def test_gpu_backend_decodes_on_several_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One decoding thread cannot keep a GPU fed (BENCHMARKS.md): the CUDA backend decodes on up to
+    ``GPU_DECODE_THREADS``, the CPU backend on one; an estimator's batch_size keeps that."""
+    from fastvlad import config
+
+    monkeypatch.setattr(backends, "_cuda_problem", lambda: None)
+    monkeypatch.setattr(config, "usable_cores", lambda: 16)
+    gpu = backends.resolve("cuda")
+    assert gpu.decode_threads == config.GPU_DECODE_THREADS and backends.resolve("cpu").decode_threads == 1
+    assert FastVLAD(device="cuda", batch_size=3)._backend() == dataclasses.replace(gpu, batch_size=3)
