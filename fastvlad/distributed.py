@@ -37,7 +37,7 @@ from sklearn.base import clone
 from . import backends, checks, config, pipeline
 from .backbone import Backbone
 from .errors import DistributedError, ImageReadError, InvalidDatasetError, ModelFormatError, ParameterError
-from .images import ImageSource, iter_batches
+from .images import ImageSource
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -214,9 +214,11 @@ def _sample_part(sources: Sequence[ImageSource], keeps: Sequence[np.ndarray], sp
     rows: list[np.ndarray] = []
     with _worker_turn():
         backend, backbone = _worker_backbone(spec)
+        timings.synchronize = backend.synchronize
         workspace = pipeline.Workspace(backend)
-        for batch in iter_batches(sources, settings.preprocess, backend.batch_size, threads=backend.decode_threads):
-            hc = backends.Backend.to_numpy(pipeline.hypercolumns(backbone, batch.pixels, settings, workspace, timings))
+        for batch in pipeline.batches(sources, settings, backend):
+            hc = backends.Backend.to_numpy(pipeline.hypercolumns(backbone, batch.pixels, settings, workspace, timings,
+                                                                 points=batch.points))
             rows += [hc[j, keeps[i]] for j, i in enumerate(batch.indices)]
     return _Sample(np.concatenate(rows), dict(timings.seconds), backbone.sha256, backbone.taps)
 

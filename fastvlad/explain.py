@@ -22,7 +22,7 @@ from . import codebook, pipeline, progress, vlad
 from ._files import write_bytes_atomic
 from .backends import Backend
 from .errors import NotFittedError, ParameterError
-from .images import ImageSource, iter_batches, read, to_rgb255
+from .images import ImageSource, read, to_rgb255
 from .reference import CAFFE_MEAN_BGR
 
 log = logging.getLogger("fastvlad")
@@ -97,17 +97,18 @@ def _encode_batches(model: Any, sources: Sequence[ImageSource], bar: progress.Pr
     proj = getattr(model, "projection_", None)  # the hypercolumn PCA, when the model has one
     proj = proj.to(backend.asarray) if proj is not None else None
     workspace = pipeline.Workspace(backend)
-    for batch in iter_batches(sources, settings.preprocess, backend.batch_size, model.on_error == "skip",
-                              threads=backend.decode_threads):
+    for batch in pipeline.batches(sources, settings, backend, model.on_error == "skip"):
         if batch.indices:
-            hc = pipeline.hypercolumns(backbone, batch.pixels, settings, workspace, pipeline.Timings(), proj=proj)
+            assert batch.points is not None  # pipeline.batches samples them while decoding
+            hc = pipeline.hypercolumns(backbone, batch.pixels, settings, workspace, pipeline.Timings(), proj=proj,
+                                       points=batch.points)
             if hc.shape[2] != model.codebook_.shape[1]:
                 raise ParameterError(f"hypercolumns have {hc.shape[2]} dims but the codebook {model.codebook_.shape[1]};"
                                      " explain needs the backbone, taps and PCA the model was trained with")
             labels, dist = codebook.assign(hc.reshape(-1, hc.shape[2]), centres, impl=backend.impl)
             labels = labels.reshape(hc.shape[:2])
             codes = vlad.encode(hc, labels, centres, settings.intra, settings.power, impl=backend.impl)
-            yield _Encoded(batch.indices, batch.pixels, pipeline.sample_points(batch.pixels, settings),
+            yield _Encoded(batch.indices, batch.pixels, batch.points,
                            Backend.to_numpy(labels), Backend.to_numpy(dist).reshape(hc.shape[:2]),
                            Backend.to_numpy(codes))
         if bar is not None:

@@ -23,12 +23,12 @@ import queue
 import stat
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -377,28 +377,33 @@ class Preprocess:
 # -- batches ---------------------------------------------------------------------------------
 @dataclass
 class Batch:
-    """Network inputs of some images: ``indices`` into the source list, ``pixels`` (n, 3, H, W)."""
+    """Network inputs of some images: ``indices`` into the source list, ``pixels`` (n, 3, H, W),
+    and, when ``iter_batches`` was given ``points_of``, every image's points (n, S, 2) int32."""
 
     indices: list[int]
     pixels: np.ndarray
     failed: list[tuple[int, ImageReadError]] = field(default_factory=list)
+    points: np.ndarray | None = None
 
 
 def iter_batches(sources: Sequence[ImageSource], prep: Preprocess, batch_size: int,
-                 skip_errors: bool = False, prefetch: int = 2, threads: int = 1) -> Iterator[Batch]:
+                 skip_errors: bool = False, prefetch: int = 2, threads: int = 1,
+                 points_of: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[Batch]:
     """Decode ``sources`` on background threads, ``batch_size`` at a time, while the caller computes.
 
     Images of one batch share a shape; with native sizes (``prep.size=None``) a batch is cut
     where the shape changes. A bad image raises ``ImageReadError`` at its position, or with
     ``skip_errors`` is reported in ``Batch.failed`` and left out. ``threads`` images are decoded
     at once (``Backend.decode_threads``); batches are the same whatever the number.
+    ``points_of`` (pixels (3, H, W) → (S, 2)) runs on the decoding threads too, off the thread
+    that drives the CNN.
     """
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            for batch in _decode_batches(sources, prep, batch_size, skip_errors, threads):
+            for batch in _decode_batches(sources, prep, batch_size, skip_errors, threads, points_of):
                 while not stop.is_set():
                     try:
                         q.put(batch, timeout=0.1)
@@ -425,16 +430,20 @@ def iter_batches(sources: Sequence[ImageSource], prep: Preprocess, batch_size: i
         stop.set()
 
 
-def _decoded(sources: Sequence[ImageSource], prep: Preprocess, chunk: int,
-             threads: int) -> Iterator[tuple[int, np.ndarray | ImageReadError]]:
-    """(position, pixels or why it could not be read) of every source, in order; ``threads``
-    threads decode ``chunk`` sources at a time (Pillow and NumPy release the GIL)."""
+_Decoded = Union[tuple[np.ndarray, Optional[np.ndarray]], ImageReadError]
 
-    def one(i: int) -> np.ndarray | ImageReadError:
+
+def _decoded(sources: Sequence[ImageSource], prep: Preprocess, chunk: int, threads: int,
+             points_of: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[tuple[int, _Decoded]]:
+    """(position, (pixels, points) or why it could not be read) of every source, in order;
+    ``threads`` threads decode ``chunk`` sources at a time (Pillow and NumPy release the GIL)."""
+
+    def one(i: int) -> _Decoded:
         try:
-            return prep(sources[i], name=source_name(sources[i], i))
+            pixels = prep(sources[i], name=source_name(sources[i], i))
         except ImageReadError as exc:
             return exc
+        return pixels, points_of(pixels) if points_of is not None else None
 
     pool = ThreadPoolExecutor(threads, thread_name_prefix="fastvlad-decode") if threads > 1 else None
     try:
@@ -451,21 +460,30 @@ def _decoded(sources: Sequence[ImageSource], prep: Preprocess, chunk: int,
             pool.shutdown(cancel_futures=True)
 
 
-def _decode_batches(sources: Sequence[ImageSource], prep: Preprocess, batch_size: int,
-                    skip_errors: bool, threads: int = 1) -> Iterator[Batch]:
+def _decode_batches(sources: Sequence[ImageSource], prep: Preprocess, batch_size: int, skip_errors: bool,
+                    threads: int = 1, points_of: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[Batch]:
     indices: list[int] = []
     pixels: list[np.ndarray] = []
+    points: list[np.ndarray] = []
     failed: list[tuple[int, ImageReadError]] = []
-    for i, img in _decoded(sources, prep, batch_size, threads):
-        if isinstance(img, ImageReadError):
+
+    def batch() -> Batch:
+        stacked = np.stack(pixels) if pixels else np.empty((0, 3, 1, 1), np.float32)
+        return Batch(indices, stacked, failed, np.stack(points) if points_of is not None and points else None)
+
+    for i, item in _decoded(sources, prep, batch_size, threads, points_of):
+        if isinstance(item, ImageReadError):
             if not skip_errors:
-                raise img
-            failed.append((i, img))
+                raise item
+            failed.append((i, item))
             continue
+        img, img_points = item
         if pixels and (len(pixels) == batch_size or img.shape != pixels[0].shape):
-            yield Batch(indices, np.stack(pixels), failed)
-            indices, pixels, failed = [], [], []
+            yield batch()
+            indices, pixels, points, failed = [], [], [], []
         indices.append(i)
         pixels.append(img)
+        if img_points is not None:
+            points.append(img_points)
     if pixels or failed:
-        yield Batch(indices, np.stack(pixels) if pixels else np.empty((0, 3, 1, 1), np.float32), failed)
+        yield batch()

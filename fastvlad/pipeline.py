@@ -10,11 +10,12 @@ grid (``vlad_codes``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +24,7 @@ from . import codebook, config, hypercolumn, progress, projection, vlad
 from .backbone import Backbone
 from .backends import Backend
 from .errors import ImageReadError, InvalidDatasetError, is_gpu_out_of_memory
-from .images import ImageSource, Preprocess, iter_batches
+from .images import Batch, ImageSource, Preprocess, iter_batches
 from .projection import Projection
 
 log = logging.getLogger("fastvlad")
@@ -126,21 +127,33 @@ def _release_gpu_memory() -> None:
         cupy.get_default_memory_pool().free_all_blocks()
 
 
+def image_points(image: np.ndarray, settings: EncoderSettings) -> np.ndarray:
+    """Random pixels of one image (3, H, W), seeded by the seed and the image itself: (S, 2) int32."""
+    _, h, w = image.shape
+    return hypercolumn.sample_points(hypercolumn.image_rng(settings.random_state, image), settings.n_points, h, w)
+
+
 def sample_points(pixels: np.ndarray, settings: EncoderSettings) -> np.ndarray:
-    """Random pixels of every image, seeded by the seed and the image itself: (n, S, 2) int32."""
-    _, _, h, w = pixels.shape
-    return np.stack([hypercolumn.sample_points(hypercolumn.image_rng(settings.random_state, img),
-                                               settings.n_points, h, w) for img in pixels])
+    """``image_points`` of every image of a batch (n, 3, H, W): (n, S, 2) int32."""
+    return np.stack([image_points(img, settings) for img in pixels])
+
+
+def batches(sources: Sequence[ImageSource], settings: EncoderSettings, backend: Backend,
+            skip_errors: bool = False) -> Iterator[Batch]:
+    """The images decoded ``backend.batch_size`` at a time on the backend's decoding threads, which
+    also sample every image's points (about 0.3 ms per image, kept off the thread driving the CNN)."""
+    return iter_batches(sources, settings.preprocess, backend.batch_size, skip_errors, threads=backend.decode_threads,
+                        points_of=functools.partial(image_points, settings=settings))
 
 
 def cnn_taps(backbone: Backbone, pixels: np.ndarray, settings: EncoderSettings, backend: Backend,  # type: ignore[no-untyped-def]
-             timings: Timings):
-    """The CNN taps of a batch ``[(n, h_l, w_l, C_l)]`` on the backend's device, and its sampled
-    points ``(n, S, 2)`` int32."""
+             timings: Timings, points: np.ndarray | None = None):
+    """The CNN taps of a batch ``[(n, h_l, w_l, C_l)]`` on the backend's device, and its points
+    ``(n, S, 2)`` int32 there (``points``, or sampled here when not given)."""
     t = time.perf_counter()
     taps = backbone(pixels)
     t = timings.add("cnn", t)
-    points = backend.asarray(sample_points(pixels, settings))
+    points = backend.asarray(sample_points(pixels, settings) if points is None else points)
     taps = [backend.asarray(m) for m in taps]
     timings.add("points", t)
     return taps, points
@@ -164,9 +177,10 @@ def gather_points(taps, points, settings: EncoderSettings, workspace: Workspace,
 
 
 def hypercolumns(backbone: Backbone, pixels: np.ndarray, settings: EncoderSettings,  # type: ignore[no-untyped-def]
-                 workspace: Workspace, timings: Timings, proj: Projection | None = None):
-    """``gather_points`` of a batch's CNN taps at its sampled points."""
-    taps, points = cnn_taps(backbone, pixels, settings, workspace.backend, timings)
+                 workspace: Workspace, timings: Timings, proj: Projection | None = None,
+                 points: np.ndarray | None = None):
+    """``gather_points`` of a batch's CNN taps at its points (sampled here when not given)."""
+    taps, points = cnn_taps(backbone, pixels, settings, workspace.backend, timings, points)
     return gather_points(taps, points, settings, workspace, timings, proj)
 
 
@@ -184,11 +198,10 @@ def codebook_sample(sources: Sequence[ImageSource], backbone: Backbone, settings
     workspace = Workspace(backend)
     retry = GpuMemoryRetry(backend.batch_size)
     with progress.bar(len(chosen), "codebook sample") as bar:
-        for batch in iter_batches([sources[i] for i in chosen], settings.preprocess, backend.batch_size, skip_errors,
-                                  threads=backend.decode_threads):
+        for batch in batches([sources[i] for i in chosen], settings, backend, skip_errors):
             failed += batch.failed
             if batch.indices:
-                hc = _hypercolumns_in_parts(retry, backbone, batch.pixels, settings, workspace, timings)
+                hc = _hypercolumns_in_parts(retry, backbone, batch, settings, workspace, timings)
                 keep = rng.permuted(np.tile(np.arange(hc.shape[1]), (len(hc), 1)), axis=1)[:, :per_image]
                 sample.append(np.take_along_axis(hc, keep[..., None], axis=1).reshape(-1, hc.shape[2]))
             bar.advance(len(batch.indices) + len(batch.failed))
@@ -198,17 +211,19 @@ def codebook_sample(sources: Sequence[ImageSource], backbone: Backbone, settings
     return np.concatenate(sample)
 
 
-def _hypercolumns_in_parts(retry: GpuMemoryRetry, backbone: Backbone, pixels: np.ndarray, settings: EncoderSettings,
+def _hypercolumns_in_parts(retry: GpuMemoryRetry, backbone: Backbone, batch: Batch, settings: EncoderSettings,
                            workspace: Workspace, timings: Timings) -> np.ndarray:
     """``hypercolumns`` of a batch on the host, computed in parts after a GPU out-of-memory error."""
     parts: list[np.ndarray] = []
+    n = len(batch.pixels)
 
     def work(part: slice) -> None:
-        hc = Backend.to_numpy(hypercolumns(backbone, pixels[part], settings, workspace, timings))
+        points = batch.points[part] if batch.points is not None else None
+        hc = Backend.to_numpy(hypercolumns(backbone, batch.pixels[part], settings, workspace, timings, points=points))
         # A part smaller than the batch must be copied out of the workspace the next part reuses.
-        parts.append(hc if part.stop - part.start == len(pixels) else hc.copy())
+        parts.append(hc if part.stop - part.start == n else hc.copy())
 
-    retry.run(len(pixels), work)
+    retry.run(n, work)
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
@@ -275,13 +290,13 @@ def encode(sources: Sequence[ImageSource], backbone: Backbone, centres: np.ndarr
     workspace = Workspace(backend)
     retry = GpuMemoryRetry(backend.batch_size)
     with progress.bar(len(sources), "encoding") as bar:
-        for batch in iter_batches(sources, settings.preprocess, backend.batch_size, skip_errors,
-                                  threads=backend.decode_threads):
+        for batch in batches(sources, settings, backend, skip_errors):
             failed += batch.failed
 
             def work(part: slice) -> None:
                 indices = batch.indices[part]  # noqa: B023 - run() calls it before the loop moves on
-                taps, points = cnn_taps(backbone, batch.pixels[part], settings, backend, timings)  # noqa: B023
+                points = batch.points[part] if batch.points is not None else None  # noqa: B023
+                taps, points = cnn_taps(backbone, batch.pixels[part], settings, backend, timings, points)  # noqa: B023
                 v = vlad_codes(taps, points, centres_dev, settings, backend, workspace, timings, proj_dev)
                 codes[indices] = Backend.to_numpy(v)
                 done[indices] = True

@@ -138,3 +138,18 @@ def test_gpu_backend_decodes_on_several_threads(monkeypatch: pytest.MonkeyPatch)
     gpu = backends.resolve("cuda")
     assert gpu.decode_threads == config.GPU_DECODE_THREADS and backends.resolve("cpu").decode_threads == 1
     assert FastVLAD(device="cuda", batch_size=3)._backend() == dataclasses.replace(gpu, batch_size=3)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_points_are_sampled_while_decoding(small_demo: tuple[list[np.ndarray], np.ndarray], threads: int) -> None:
+    """``pipeline.batches`` samples every image's points on the decoding threads: the same points
+    ``sample_points`` gives for the batch, whatever the number of threads."""
+    images, _ = small_demo
+    settings = pipeline.EncoderSettings(density=0.1, image_size=(64, 64))
+    backend = dataclasses.replace(backends.CPU, batch_size=5, decode_threads=threads)
+    seen = []
+    for batch in pipeline.batches(images, settings, backend):
+        assert batch.points is not None and batch.points.dtype == np.int32
+        np.testing.assert_array_equal(batch.points, pipeline.sample_points(batch.pixels, settings))
+        seen += batch.indices
+    assert seen == list(range(len(images)))
