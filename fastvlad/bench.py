@@ -59,6 +59,7 @@ class BenchConfig:
     scaling: bool = False
     scaling_images: int = 64
     extrapolate_to: int = PAPER_IMAGES
+    fp16: bool = False
 
     def command(self) -> str:
         """The ``fastvlad bench`` command line that repeats this run."""
@@ -136,7 +137,7 @@ def make_estimator(cfg: BenchConfig, faithful: bool = False) -> Any:
     from .cli import _image_size
     from .estimator import FastVLAD
 
-    given: dict[str, Any] = {"density": cfg.density, "k": cfg.k, "batch_size": cfg.batch_size}
+    given: dict[str, Any] = {"density": cfg.density, "k": cfg.k, "batch_size": cfg.batch_size, "fp16": cfg.fp16}
     given = {k: v for k, v in given.items() if v is not None}
     if cfg.image_size is not None:
         given["image_size"] = _image_size(cfg.image_size)
@@ -478,6 +479,8 @@ def bench_command(
     extrapolate_to: int = typer.Option(PAPER_IMAGES, help="Images to extrapolate training times to."),
     paper_workload: bool = typer.Option(False, help="The paper's workload: 3,200 images, density 10 %, k = 100 "
                                                     "(about an hour per CNN pass on 2 CPU cores)."),
+    fp16: bool = typer.Option(False, help="Run the CNN on its float16 graph (for a GPU's tensor cores); the "
+                                          "paper's pipeline in (c) then shares that CNN."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON."),
     plots: Optional[Path] = typer.Option(None, help="Folder for PNG scaling curves (needs --scaling)."),
 ) -> None:
@@ -485,7 +488,8 @@ def bench_command(
     if paper_workload:
         images, density, k = PAPER_IMAGES, PAPER_DENSITY, PAPER_K
     cfg = BenchConfig(images, data, demo_size, density, k, image_size, device, batch_size, seed, cnn_images,
-                      reference_images, reference_points, faithful, peers, scaling, scaling_images, extrapolate_to)
+                      reference_images, reference_points, faithful, peers, scaling, scaling_images, extrapolate_to,
+                      fp16)
     with tempfile.TemporaryDirectory(prefix="fastvlad-bench-") as tmp:
         result = run(cfg, Path(tmp))
     for line in report_lines(result):

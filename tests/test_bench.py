@@ -96,6 +96,9 @@ def test_command_repeats_the_options() -> None:
     assert bench.BenchConfig().command() == "fastvlad bench"
     cfg = bench.BenchConfig(images=200, k=100, faithful=False, data=Path("my data"))
     assert cfg.command() == "fastvlad bench --images 200 --data 'my data' --k 100 --no-faithful"
+    half = bench.BenchConfig(fp16=True)
+    assert half.command() == "fastvlad bench --fp16" and bench.make_estimator(half).fp16 is True
+    assert bench.make_estimator(half, faithful=True).fp16 is True
 
 
 def test_config_checks_name_the_option(tmp_path: Path) -> None:
