@@ -18,15 +18,18 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 from filelock import FileLock
-from onnx import TensorProto, helper, numpy_helper
 
 from .config import cache_dir
 from ._files import write_bytes_atomic
 from .errors import BackboneError
+
+if TYPE_CHECKING:  # onnx is imported where a model is built, not by `import fastvlad`
+    import onnx
+    from onnx import TensorProto
 
 log = logging.getLogger("fastvlad")
 
@@ -136,6 +139,8 @@ def _conv_tensor(
     src: dict[str, TensorProto], tf_name: str, name: str, shape: tuple[int, ...]
 ) -> TensorProto:
     """Copy one tf2onnx tensor under our name, checking it fits the VGG16 layer."""
+    from onnx import numpy_helper
+
     if tf_name not in src:
         raise BackboneError(
             f"the source ONNX has no tensor {tf_name!r}: not the expected VGG16 export"
@@ -154,6 +159,9 @@ def build_vgg16_taps(src_onnx_bytes: bytes) -> onnx.ModelProto:
     (BGR, ImageNet mean subtracted, 0..255), as the Keras weights expect. Outputs: the
     five post-ReLU taps :data:`VGG16_TAPS`; each 2×2 max-pool floor-halves H and W.
     """
+    import onnx
+    from onnx import TensorProto, helper
+
     src = {t.name: t for t in onnx.load_model_from_string(src_onnx_bytes).graph.initializer}
     inits: list[TensorProto] = []
     nodes: list[onnx.NodeProto] = []
