@@ -188,9 +188,16 @@ TAP_SLOTS = 8
 
 
 def padded_taps(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
-    """``arrays`` (n, h, w, C) of one dtype, C-contiguous, as a tuple of at least ``TAP_SLOTS``."""
+    """``arrays`` (n, h, w, C) of one dtype, C-contiguous, as a tuple of at least ``TAP_SLOTS``
+    read-only views: the kernels only read taps, and a read-only array is another Numba type, so
+    views make one tuple type (indexable at run time) whether or not the caller's were writable."""
     filler = np.zeros((1, 1, 1, 1), dtype=arrays[0].dtype)
-    return (*arrays, *[filler] * (TAP_SLOTS - len(arrays)))
+    views = []
+    for a in (*arrays, *[filler] * (TAP_SLOTS - len(arrays))):
+        view = a.view()
+        view.flags.writeable = False
+        views.append(view)
+    return tuple(views)
 
 
 def numba_tap_args(taps: Sequence[np.ndarray], points: np.ndarray,

@@ -40,6 +40,21 @@ def test_gather_equals_full_map_upsampling(impl: str, mode: str, hw: tuple[int, 
     np.testing.assert_allclose(got, _reference(taps, points, mode), rtol=1e-6, atol=1e-6)
 
 
+def test_gather_read_only_and_mixed_taps() -> None:
+    """Taps the caller cannot write to (a memory map, a frozen array), alone or next to writable
+    ones, gather like writable taps (the kernels get read-only views of all of them)."""
+    rng = np.random.default_rng(12)
+    taps = _taps(rng, 2, (16, 16), (3, 5, 4))
+    points = np.stack([hypercolumn.sample_points(rng, 40, 16, 16) for _ in range(2)])
+    want = hypercolumn.gather(taps, points, impl="numba")
+    for frozen in ((0, 1, 2), (1,)):
+        copies = [t.copy() for t in taps]
+        for f in frozen:
+            copies[f].flags.writeable = False
+        np.testing.assert_array_equal(hypercolumn.gather(copies, points, impl="numba"), want)
+    assert all(t.flags.writeable for t in taps)  # the caller's arrays are left as they were
+
+
 def test_gather_more_taps_than_the_tuple_slots() -> None:
     """A backbone with more taps than ``TAP_SLOTS`` (one compile for that count) and with exactly
     one: the Numba gather equals the reference."""
