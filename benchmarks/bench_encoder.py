@@ -1,15 +1,22 @@
-"""End to end at the paper's settings: the CNN alone, fastvlad's encoder, and a full ``fit``.
+"""End to end at the paper's settings: the CNN alone (float32 and float16 graphs), decoding,
+fastvlad's encoder, and a full ``fit``.
 
 Compare ``images_per_s`` in the extra info: the encoder should stay within ~10 % of the CNN.
+Decoding (group ``decode``): one thread with the points sampled by the caller, as before
+``Backend.decode_threads``, against ``pipeline.batches`` on one and two threads.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 from conftest import N_IMAGES
 
 from fastvlad import FastVLAD, backends, pipeline
+from fastvlad.backbone import Backbone
+from fastvlad.images import iter_batches
 
 
 def _per_image(benchmark, n: int) -> None:  # type: ignore[no-untyped-def]
@@ -23,6 +30,48 @@ def test_cnn_alone(benchmark, backbone, demo_paths, settings) -> None:  # type: 
     backbone(batch)  # ONNX Runtime sizes its arena on the first call
     benchmark.pedantic(backbone, args=(batch,), rounds=3, iterations=1)
     _per_image(benchmark, N_IMAGES)
+
+
+@pytest.mark.benchmark(group="end-to-end")
+def test_cnn_alone_fp16(benchmark, demo_paths, settings) -> None:  # type: ignore[no-untyped-def]
+    """The float16 graph (``FastVLAD(fp16=True)``) on the CPU provider, for comparison with ``test_cnn_alone``."""
+    half = Backbone(fp16=True)
+    batch = np.stack([settings.preprocess(p) for p in demo_paths[:N_IMAGES]])
+    half(batch)
+    benchmark.pedantic(half, args=(batch,), rounds=3, iterations=1)
+    _per_image(benchmark, N_IMAGES)
+
+
+DECODE_IMAGES = 64
+
+
+def _decode_before(paths, settings) -> int:  # type: ignore[no-untyped-def]
+    n = 0
+    for batch in iter_batches(paths, settings.preprocess, 64):
+        pipeline.sample_points(batch.pixels, settings)  # on the consuming thread, as before
+        n += len(batch.indices)
+    return n
+
+
+def _decode_now(paths, settings, backend) -> int:  # type: ignore[no-untyped-def]
+    return sum(len(b.indices) for b in pipeline.batches(paths, settings, backend))
+
+
+@pytest.mark.benchmark(group="decode")
+def test_decode_one_thread_points_on_caller(benchmark, demo_paths, settings) -> None:  # type: ignore[no-untyped-def]
+    paths = (demo_paths * (DECODE_IMAGES // len(demo_paths) + 1))[:DECODE_IMAGES]
+    assert benchmark.pedantic(_decode_before, args=(paths, settings), rounds=5, iterations=1) == DECODE_IMAGES
+    _per_image(benchmark, DECODE_IMAGES)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.benchmark(group="decode")
+def test_decode_batches(benchmark, demo_paths, settings, threads: int) -> None:  # type: ignore[no-untyped-def]
+    """``pipeline.batches``: decoding and point sampling on ``threads`` threads (the CUDA backend's way)."""
+    paths = (demo_paths * (DECODE_IMAGES // len(demo_paths) + 1))[:DECODE_IMAGES]
+    backend = dataclasses.replace(backends.CPU, batch_size=64, decode_threads=threads)
+    assert benchmark.pedantic(_decode_now, args=(paths, settings, backend), rounds=5, iterations=1) == DECODE_IMAGES
+    _per_image(benchmark, DECODE_IMAGES)
 
 
 @pytest.mark.benchmark(group="end-to-end")
