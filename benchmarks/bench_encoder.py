@@ -3,7 +3,7 @@ fastvlad's encoder, and a full ``fit``.
 
 Compare ``images_per_s`` in the extra info: the encoder should stay within ~10 % of the CNN.
 Decoding (group ``decode``): one thread with the points sampled by the caller, as before
-``Backend.decode_threads``, against ``pipeline.batches`` on one and two threads.
+``Backend.decode_threads``, against ``Encoder.batches`` on one and two threads.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from conftest import N_IMAGES
 
-from fastvlad import FastVLAD, backends, pipeline
+from fastvlad import FastVLAD
+from fastvlad.backends.cpu import CPU
+from fastvlad.encoder import Encoder, sample_points
 from fastvlad.backbone import Backbone
 from fastvlad.images import iter_batches
 
@@ -48,13 +50,13 @@ DECODE_IMAGES = 64
 def _decode_before(paths, settings) -> int:  # type: ignore[no-untyped-def]
     n = 0
     for batch in iter_batches(paths, settings.preprocess, 64):
-        pipeline.sample_points(batch.pixels, settings)  # on the consuming thread, as before
+        sample_points(batch.pixels, settings)  # on the consuming thread, as before
         n += len(batch.indices)
     return n
 
 
 def _decode_now(paths, settings, backend) -> int:  # type: ignore[no-untyped-def]
-    return sum(len(b.indices) for b in pipeline.batches(paths, settings, backend))
+    return sum(len(b.indices) for b in Encoder(settings, backend, None).batches(paths))
 
 
 @pytest.mark.benchmark(group="decode")
@@ -67,9 +69,9 @@ def test_decode_one_thread_points_on_caller(benchmark, demo_paths, settings) -> 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.benchmark(group="decode")
 def test_decode_batches(benchmark, demo_paths, settings, threads: int) -> None:  # type: ignore[no-untyped-def]
-    """``pipeline.batches``: decoding and point sampling on ``threads`` threads (the CUDA backend's way)."""
+    """``Encoder.batches``: decoding and point sampling on ``threads`` threads (the CUDA backend's way)."""
     paths = (demo_paths * (DECODE_IMAGES // len(demo_paths) + 1))[:DECODE_IMAGES]
-    backend = dataclasses.replace(backends.CPU, batch_size=64, decode_threads=threads)
+    backend = dataclasses.replace(CPU, batch_size=64, decode_threads=threads)
     assert benchmark.pedantic(_decode_now, args=(paths, settings, backend), rounds=5, iterations=1) == DECODE_IMAGES
     _per_image(benchmark, DECODE_IMAGES)
 
@@ -78,9 +80,9 @@ def test_decode_batches(benchmark, demo_paths, settings, threads: int) -> None: 
 def test_encoder(benchmark, backbone, demo_paths, settings, centres) -> None:  # type: ignore[no-untyped-def]
     """Decode (prefetch thread), CNN, hypercolumns at 5,000 points, assignment, VLAD: one batch."""
     paths = demo_paths[:N_IMAGES]
-    pipeline.encode(paths[:1], backbone, centres, settings, backends.CPU)  # Numba kernels loaded
-    enc = benchmark.pedantic(pipeline.encode, args=(paths, backbone, centres, settings, backends.CPU),
-                             rounds=3, iterations=1)
+    encoder = Encoder(settings, CPU, backbone, centres=centres)
+    encoder.encode(paths[:1])  # Numba kernels loaded
+    enc = benchmark.pedantic(encoder.encode, args=(paths,), rounds=3, iterations=1)
     assert enc.codes.shape == (N_IMAGES, centres.size)
     _per_image(benchmark, N_IMAGES)
 

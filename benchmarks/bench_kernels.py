@@ -24,7 +24,8 @@ import pytest
 from conftest import N_IMAGES
 from numba import njit, prange
 
-from fastvlad import codebook, hypercolumn, pipeline, reference, vlad
+from fastvlad import codebook, hypercolumn, reference, vlad
+from fastvlad.encoder import Encoder, Timings, Workspace, sample_points
 
 #: Per-image median seconds of every benchmark that ran, for the ratio summary.
 RESULTS: dict[str, float] = {}
@@ -47,7 +48,7 @@ def ratio_lines(r: dict[str, float]) -> list[str]:
         if num in r and den in r:
             lines.append(f"{label:<52} {r[num] / r[den]:8.3f}   (goal {goal})")
 
-    ratio("post-CNN stages (pipeline.vlad_codes) / CNN", "post_cnn", "cnn", "<= 0.10")
+    ratio("post-CNN stages (Encoder.codes) / CNN", "post_cnn", "cnn", "<= 0.10")
     if "post_cnn_share" in r:
         lines.append(f"{'post-CNN / CNN, paired round by round (median)':<52} {r['post_cnn_share']:8.3f}   (goal <= 0.10)")
     ratio("sklearn pairwise_distances_argmin / assign_from_taps", "sklearn_pairwise", "assign_from_taps", ">= 1")
@@ -68,7 +69,7 @@ def batch(backbone, demo_paths, settings):  # type: ignore[no-untyped-def]
     """Pixels (8, 3, 224, 224), taps [(8, h, w, C)], points (8, 5000, 2) and hypercolumns (8, 5000, 1472)."""
     pixels = np.stack([settings.preprocess(p) for p in demo_paths[:N_IMAGES]])
     taps = backbone(pixels)
-    points = pipeline.sample_points(pixels, settings)
+    points = sample_points(pixels, settings)
     x = hypercolumn.gather(taps, points, settings.interpolation)
     return pixels, taps, points, x
 
@@ -220,15 +221,15 @@ def test_read_once(benchmark, batch) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.mark.benchmark(group="post-cnn")
 def test_post_cnn(benchmark, batch, centres, labels, settings) -> None:  # type: ignore[no-untyped-def]
-    """What the encoder does after the CNN, as it does it: ``pipeline.vlad_codes`` (no PCA) on a
+    """What the encoder does after the CNN, as it does it: ``Encoder.codes`` (no PCA) on a
     batch's taps: block1/2 gathered once, assignment from the taps, VLAD from the taps."""
-    from fastvlad.backends import CPU
+    from fastvlad.backends.cpu import CPU
 
     _, taps, points, x = batch
-    workspace = pipeline.Workspace(CPU)
-    codes = benchmark.pedantic(pipeline.vlad_codes, args=(taps, points, centres, settings, CPU, workspace,
-                                                          pipeline.Timings()),
-                               rounds=10, iterations=1, warmup_rounds=1)
+    workspace = Workspace(CPU)
+    post_cnn = Encoder(settings, CPU, None).codes
+    codes, _ = benchmark.pedantic(post_cnn, args=(taps, points, centres, None, workspace, Timings()),
+                                  rounds=10, iterations=1, warmup_rounds=1)
     want = vlad.encode(x, labels, centres, settings.intra, settings.power)
     assert np.mean(np.abs(codes - want).max(axis=1) < 1e-6) > 0.9  # a near-tie label may flip in an image
     _record(benchmark, "post_cnn", len(points))
@@ -236,20 +237,21 @@ def test_post_cnn(benchmark, batch, centres, labels, settings) -> None:  # type:
 
 @pytest.mark.benchmark(group="post-cnn")
 def test_post_cnn_share(benchmark, backbone, batch, centres, settings) -> None:  # type: ignore[no-untyped-def]
-    """The CNN on the batch, then ``pipeline.vlad_codes`` on its fresh taps, round after round; the
+    """The CNN on the batch, then ``Encoder.codes`` on its fresh taps, round after round; the
     share is the median of the per-round ratios, so drifts in the machine's speed (a shared VM's
     neighbours) cancel instead of landing on one side of the ratio."""
-    from fastvlad.backends import CPU
+    from fastvlad.backends.cpu import CPU
 
     pixels, _, points, _ = batch
-    workspace = pipeline.Workspace(CPU)
+    workspace = Workspace(CPU)
+    post_cnn = Encoder(settings, CPU, None).codes
     rounds: list[tuple[float, float]] = []  # (CNN, post-CNN) seconds of each round
 
     def cnn_then_post() -> None:
         t0 = time.perf_counter()
         taps = backbone(pixels)
         t1 = time.perf_counter()
-        pipeline.vlad_codes(taps, points, centres, settings, CPU, workspace, pipeline.Timings())
+        post_cnn(taps, points, centres, None, workspace, Timings())
         rounds.append((t1 - t0, time.perf_counter() - t1))
 
     benchmark.pedantic(cnn_then_post, rounds=7, iterations=1, warmup_rounds=1)

@@ -21,7 +21,11 @@ from typing import Any
 import cupy as cp
 import numpy as np
 
-from fastvlad import backends, codebook, hypercolumn, pipeline, projection, vlad
+from fastvlad import codebook, hypercolumn, projection, vlad
+from fastvlad.backends.cuda import CudaBackend
+from fastvlad.encoder import Encoder, EncoderSettings, Timings, Workspace
+
+GPU = CudaBackend()
 
 TAPS = [(64, 224), (128, 112), (256, 56), (512, 28), (512, 14)]  # (channels, side) of the VGG16 taps
 
@@ -66,7 +70,7 @@ def main() -> None:
 
     taps = [rng.random((n, side, side, c), dtype=np.float32) for c, side in TAPS]
     points = np.stack([hypercolumn.sample_points(rng, s, TAPS[0][1], TAPS[0][1]) for _ in range(n)])
-    x = hypercolumn.gather(taps, points, impl="numba")
+    x = hypercolumn.gather(taps, points)
     centres = x.reshape(-1, dim)[rng.choice(n * s, k, replace=False)].copy()
     labels = codebook.assign(x.reshape(-1, dim), centres)[0].reshape(n, s)
     taps_d, points_d = [cp.asarray(t) for t in taps], cp.asarray(points)
@@ -79,20 +83,20 @@ def main() -> None:
 
     # (name, numba call, cuda call, bytes the GPU kernel must move at least)
     cases = [
-        ("gather", lambda: hypercolumn.gather(taps, points, impl="numba", out=x),
-         lambda: hypercolumn.gather(taps_d, points_d, impl="cuda", out=out_d), 4 * n * s * (dim * 5 + 2)),
-        ("assign", lambda: codebook.assign(x.reshape(-1, dim), centres, impl="numba"),
-         lambda: codebook.assign(x_d.reshape(-1, dim), centres_d, impl="cuda"), 4 * n * s * (2 * dim + 2 * k + 2)),
+        ("gather", lambda: hypercolumn.gather(taps, points, out=x),
+         lambda: hypercolumn.gather(taps_d, points_d, backend=GPU, out=out_d), 4 * n * s * (dim * 5 + 2)),
+        ("assign", lambda: codebook.assign(x.reshape(-1, dim), centres),
+         lambda: codebook.assign(x_d.reshape(-1, dim), centres_d, backend=GPU), 4 * n * s * (2 * dim + 2 * k + 2)),
         ("assign_from_taps", lambda: codebook.nearest_from_taps(taps, points, centres, gathered=fine),
-         lambda: codebook.nearest_from_taps(taps_d, points_d, centres_d, impl="cuda", gathered=fine_d),
+         lambda: codebook.nearest_from_taps(taps_d, points_d, centres_d, backend=GPU, gathered=fine_d),
          4 * n * s * (fine.shape[2] + 2 * k + 1)),
         ("vlad_from_taps", lambda: vlad.encode_from_taps(taps, points, labels, centres, gathered=fine),
-         lambda: vlad.encode_from_taps(taps_d, points_d, labels_d, centres_d, impl="cuda", gathered=fine_d),
+         lambda: vlad.encode_from_taps(taps_d, points_d, labels_d, centres_d, backend=GPU, gathered=fine_d),
          4 * n * (s * (dim + 1) + k * dim)),
-        ("residual_sums", lambda: vlad.residual_sums(x, labels, centres, impl="numba"),
-         lambda: vlad.residual_sums(x_d, labels_d, centres_d, impl="cuda"), 4 * n * (s * (dim + 1) + k * dim)),
-        ("residual_sums_fp16", lambda: vlad.residual_sums(x, labels, centres, impl="numba"),
-         lambda: vlad.residual_sums(x_half, labels_d, centres_d, impl="cuda"), n * (s * (2 * dim + 4) + 4 * k * dim)),
+        ("residual_sums", lambda: vlad.residual_sums(x, labels, centres),
+         lambda: vlad.residual_sums(x_d, labels_d, centres_d, backend=GPU), 4 * n * (s * (dim + 1) + k * dim)),
+        ("residual_sums_fp16", lambda: vlad.residual_sums(x, labels, centres),
+         lambda: vlad.residual_sums(x_half, labels_d, centres_d, backend=GPU), n * (s * (2 * dim + 4) + 4 * k * dim)),
     ]
     rows = []
     for name, cpu_fn, gpu_fn, nbytes in cases:
@@ -129,13 +133,13 @@ def pipeline_images_per_s(n: int, s: int, centres_d: Any, fp16: bool, repeats: i
     points = cp.asarray(np.stack([hypercolumn.sample_points(rng, s, 224, 224) for _ in range(n)]))
     # The encoder's own post-CNN step on a CUDA backend made by hand (backends.resolve would also
     # ask for XGBoost's GPU build, which the encoder does not use).
-    backend = backends.Backend("cuda", "cuda", tuple(backbone.providers), n)
-    workspace, settings = pipeline.Workspace(backend), pipeline.EncoderSettings(density=s / 500)
+    backend = CudaBackend(providers=tuple(backbone.providers), batch_size=n)
+    workspace, settings = Workspace(backend), EncoderSettings(density=s / 500)
+    post_cnn = Encoder(settings, backend, backbone).codes
 
     def encode() -> np.ndarray:
         taps = backbone(pixels)
-        return cp.asnumpy(pipeline.vlad_codes(taps, points, centres_d, settings, backend, workspace,
-                                              pipeline.Timings()))
+        return cp.asnumpy(post_cnn(taps, points, centres_d, None, workspace, Timings())[0])
 
     t_cnn = gpu_ms(lambda: backbone(pixels), repeats)
     t_all = gpu_ms(encode, repeats)

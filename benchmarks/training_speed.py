@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fastvlad import backends, codebook, datasets, evaluate, hypercolumn, pipeline, projection, vlad
+from fastvlad import codebook, datasets, evaluate, hypercolumn, projection, vlad
+from fastvlad.backends.cpu import CPU
+from fastvlad.encoder import Encoder, EncoderSettings, Timings, sample_points
 from fastvlad.backbone import Backbone
 from fastvlad.images import iter_batches
 
@@ -84,12 +86,12 @@ def _tick(seconds: dict, stage: str, since: float) -> float:  # type: ignore[typ
 def encode_all(data: Path, work: Path, density: float, k: int, codebook_images: int, seed: int) -> None:
     ds = datasets.load(data)
     sources = [str(p) for p in ds.paths]
-    backend = backends.CPU
+    backend = CPU
     backbone = Backbone()
-    settings = pipeline.EncoderSettings(density=density, random_state=seed)
+    settings = EncoderSettings(density=density, random_state=seed)
     seconds: dict = defaultdict(lambda: defaultdict(float))  # type: ignore[type-arg]
-    timings = pipeline.Timings()
-    sample = pipeline.codebook_sample(sources, backbone, settings, backend, codebook_images, timings=timings)
+    timings = Timings()
+    sample = Encoder(settings, backend, backbone).codebook_sample(sources, codebook_images, timings=timings)
     seconds["codebook_sample"] = dict(timings.seconds)
     fitted = fit_encoders(sample, k, seed, seconds)
     codes = {name + pw: np.zeros((len(sources), k * (p or sample.shape[1])), np.float32)
@@ -99,7 +101,7 @@ def encode_all(data: Path, work: Path, density: float, k: int, codebook_images: 
         t = time.perf_counter()
         taps = backbone(batch.pixels)
         _tick(seconds["cnn"], "cnn", t)
-        points = pipeline.sample_points(batch.pixels, settings)
+        points = sample_points(batch.pixels, settings)
         for name, (proj, centres) in fitted.items():
             for pw, c in encode_batch(taps, points, proj, centres, seconds[name]).items():
                 codes[name + pw][batch.indices] = c
@@ -205,8 +207,9 @@ def timing(work: Path, n_images: int, faithful: bool, seed: int, overrides: dict
         t = time.perf_counter()
         loaded.predict([p])
         warm.append(time.perf_counter() - t)
-    backbone = loaded._get_backbone(loaded._backend())
-    pixels = loaded._settings().preprocess(paths[0])[None]
+    encoder = Encoder.of(loaded)
+    backbone = encoder.cnn
+    pixels = encoder.settings.preprocess(paths[0])[None]
     cnn_one = []
     for _ in range(5):
         t = time.perf_counter()

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from . import codebook, hypercolumn, pipeline, reference
+from . import codebook, hypercolumn, reference
 from .backbone import Backbone
+from .encoder import EncoderSettings, Timings, sample_points
 from .images import ImageSource, Preprocess
 
 log = logging.getLogger("fastvlad")
@@ -52,8 +53,8 @@ class ReferenceCosts:
                 "lower_bound_per_image_seconds": self.swaps, "notes": self.notes}
 
 
-def _image_pass(source: ImageSource, prep: Preprocess, backbone: Backbone, settings: pipeline.EncoderSettings,
-                timings: pipeline.Timings, suffix: str) -> tuple[list[np.ndarray], np.ndarray]:
+def _image_pass(source: ImageSource, prep: Preprocess, backbone: Backbone, settings: EncoderSettings,
+                timings: Timings, suffix: str) -> tuple[list[np.ndarray], np.ndarray]:
     """Decode, CNN on a batch of one (as the notebook did), full-resolution map indexed at the points.
 
     Returns the taps ``[(h, w, C)]`` and the hypercolumns ``(S, dim)`` float32."""
@@ -62,7 +63,7 @@ def _image_pass(source: ImageSource, prep: Preprocess, backbone: Backbone, setti
     t = timings.add(f"decode_{suffix}", t)
     taps = [m[0] for m in backbone(pixels)]
     t = timings.add(f"cnn_{suffix}", t)
-    points = pipeline.sample_points(pixels, settings)[0]
+    points = sample_points(pixels, settings)[0]
     x = reference.sample_hypercolumns(taps, points, settings.interpolation)
     timings.add(f"upsample_{suffix}", t)
     return taps, x
@@ -89,11 +90,11 @@ def _full_map_compiled(taps: list[np.ndarray], mode: str, out: dict[str, np.ndar
         rows, cols = np.divmod(np.arange(h * w, dtype=np.int32), np.int32(w))
         out["points"] = np.stack([rows, cols], axis=1)[None]
         out["map"] = np.empty((1, h * w, sum(t.shape[2] for t in taps)), np.float32)
-    hypercolumn.gather([t[None] for t in taps], out["points"], mode, impl="numba", out=out["map"])
+    hypercolumn.gather([t[None] for t in taps], out["points"], mode, out=out["map"])
 
 
 def run_reference(sources: Sequence[ImageSource], labels: np.ndarray, prep: Preprocess, backbone: Backbone,
-                  settings: pipeline.EncoderSettings, k: int, assign_points: int, seed: int) -> ReferenceCosts:
+                  settings: EncoderSettings, k: int, assign_points: int, seed: int) -> ReferenceCosts:
     """Run the paper's two-pass training on ``sources`` and time every step per image.
 
     Pass 1: decode, CNN, full-resolution upsampling, sampled pixels → ``MiniBatchKMeans.partial_fit``
@@ -105,7 +106,7 @@ def run_reference(sources: Sequence[ImageSource], labels: np.ndarray, prep: Prep
     from sklearn.metrics import pairwise_distances_argmin
 
     n = len(sources)
-    t1, t2, swaps = pipeline.Timings(), pipeline.Timings(), pipeline.Timings()
+    t1, t2, swaps = Timings(), Timings(), Timings()
     point_sets = [_image_pass(src, prep, backbone, settings, t1, "p1")[1] for src in sources]
     centres, kmeans_first, kmeans_steady = _time_kmeans(point_sets, k, seed)
     codes: list[np.ndarray] = []

@@ -1,7 +1,7 @@
 """``fastvlad bench --scaling``: encoding time and peak memory against the number of images,
 the density, k and the input size, one parameter at a time, and the curves as PNG files.
 
-Every point runs ``pipeline.encode`` (the faithful encoder: no projection) with a codebook of
+Every point runs ``Encoder.encode`` (the faithful encoder: no projection) with a codebook of
 k hypercolumns drawn at random from one image: assignment and VLAD cost the same whatever the
 centres are, and fitting a k-means per point would measure k-means instead.
 """
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from . import pipeline
 from ._bench_machine import PeakRSS
 from ._files import write_atomic
 from .backbone import Backbone
 from .backends import Backend
+from .encoder import Encoder, EncoderSettings, Timings, Workspace, sample_points
 from .images import ImageSource, Preprocess
 
 DENSITIES = (1.0, 5.0, 10.0, 25.0)
@@ -37,22 +37,23 @@ def image_counts(n: int, batch: int) -> list[int]:
     return [c for c in (batch, 2 * batch, 4 * batch, 8 * batch) if c < n] + [n]
 
 
-def centre_pool(source: ImageSource, backbone: Backbone, settings: pipeline.EncoderSettings,
+def centre_pool(source: ImageSource, backbone: Backbone, settings: EncoderSettings,
                 backend: Backend) -> np.ndarray:
     """Hypercolumns of one image at 25 % density: ``(S, dim)`` float32, to draw centres from."""
     dense = dataclasses.replace(settings, density=25.0)
     pixels = Preprocess(settings.image_size, settings.resample)(source)[None]
-    hc = pipeline.hypercolumns(backbone, pixels, dense, pipeline.Workspace(backend), pipeline.Timings())
-    return np.array(Backend.to_numpy(hc)[0])
+    encoder = Encoder(dense, backend, backbone)
+    taps, points = encoder.taps(pixels, sample_points(pixels, dense), Timings())
+    return np.array(backend.to_numpy(encoder.hypercolumns(taps, points, Workspace(backend), Timings()))[0])
 
 
 def _point(series: str, value: object, sources: Sequence[ImageSource], backbone: Backbone, centres: np.ndarray,
-           settings: pipeline.EncoderSettings, backend: Backend) -> dict[str, Any]:
+           settings: EncoderSettings, backend: Backend) -> dict[str, Any]:
     """Encode ``sources`` once: wall time, time per stage and peak RSS above the start."""
-    timings = pipeline.Timings()
+    timings = Timings()
     with PeakRSS() as mem:
         t = time.perf_counter()
-        pipeline.encode(sources, backbone, centres, settings, backend, timings)
+        Encoder(settings, backend, backbone, centres=centres).encode(sources, timings)
         wall = time.perf_counter() - t
     n = len(sources)
     return {"series": series, "value": value, "images": n, "seconds": wall, "images_per_s": n / wall,
@@ -60,7 +61,7 @@ def _point(series: str, value: object, sources: Sequence[ImageSource], backbone:
             "peak_rss_bytes": mem.peak, "rss_increase_bytes": mem.delta, "codes_bytes": n * centres.size * 4}
 
 
-def run_scaling(sources: Sequence[ImageSource], backbone: Backbone, settings: pipeline.EncoderSettings, k: int,
+def run_scaling(sources: Sequence[ImageSource], backbone: Backbone, settings: EncoderSettings, k: int,
                 backend: Backend, n_images: int, n_small: int, seed: int) -> list[dict[str, Any]]:
     """All four series, varying one parameter of ``settings``/``k`` at a time."""
     rng = np.random.default_rng(seed)
@@ -72,7 +73,7 @@ def run_scaling(sources: Sequence[ImageSource], backbone: Backbone, settings: pi
     small = list(sources[:n_small])
     base = centres(k)
     # Warm-up: ONNX Runtime's arena and the workspace reach their steady size before the first point.
-    pipeline.encode(small[: backend.batch_size], backbone, base, settings, backend)
+    Encoder(settings, backend, backbone, centres=base).encode(small[: backend.batch_size])
     points = [_point("images", n, sources[:n], backbone, base, settings, backend)
               for n in image_counts(n_images, backend.batch_size)]
     points += [_point("density", d, small, backbone, base, dataclasses.replace(settings, density=d), backend)
@@ -86,7 +87,7 @@ def run_scaling(sources: Sequence[ImageSource], backbone: Backbone, settings: pi
 def streaming_growth(points: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Growth of peak RSS from the fewest to the most images, with and without the codes matrix.
 
-    ``pipeline.encode`` holds the (n, k·dim) codes twice at the end (the matrix and its
+    ``Encoder.encode`` holds the (n, k·dim) codes twice at the end (the matrix and its
     readable rows), so the working memory is the RSS increase minus twice the codes."""
     series = sorted((p for p in points if p["series"] == "images"), key=lambda p: p["images"])
     first, last = series[0], series[-1]

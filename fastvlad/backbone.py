@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -178,3 +180,28 @@ class Backbone:
             self._dims = tuple(m.shape[3] for m in self(np.zeros((1, 3, 32, 32), np.float32)))
         return self._dims
 
+
+
+_SHARED: dict[tuple[Any, ...], Backbone] = {}
+_SHARED_LOCK = threading.Lock()
+#: Sessions kept open at once (each holds its weights, ~60 MB for VGG16, and ONNX Runtime's arena).
+SHARED_SESSIONS = 4
+
+
+def open_shared(backbone: str | os.PathLike[str] = DEFAULT_BACKBONE, taps: Sequence[str] | None = None,
+                providers: Sequence[str] = ("CPUExecutionProvider",), fp16: bool = False,
+                threads: int | None = None) -> Backbone:
+    """A ``Backbone`` shared by every caller in this process that asks for the same one: threads
+    predicting with one model, models with one backbone, the partitions a Dask worker runs. The
+    model file's size and modification time are part of the key, so an edited file is opened anew."""
+    path, _ = resolve_model(backbone)
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, tuple(taps or ()), tuple(providers), bool(fp16), threads)
+    with _SHARED_LOCK:
+        shared = _SHARED.pop(key, None)
+        if shared is None:
+            shared = Backbone(backbone, taps, providers, threads=threads, fp16=fp16)
+        _SHARED[key] = shared  # most recently used last
+        while len(_SHARED) > SHARED_SESSIONS:
+            _SHARED.pop(next(iter(_SHARED)))
+        return shared

@@ -10,6 +10,7 @@ for more images (the paper's 3,200) are extrapolated as fixed + N × per-image c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shlex
@@ -23,10 +24,11 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
-from . import pipeline
+from . import backends
 from ._bench_machine import PeakRSS
 from .backbone import Backbone
 from .backends import Backend
+from .encoder import Encoder, EncoderSettings, Timings, Workspace, sample_points
 from .errors import ParameterError
 from .images import Preprocess
 
@@ -145,12 +147,9 @@ def make_estimator(cfg: BenchConfig, faithful: bool = False) -> Any:
     return est.set_params(device=cfg.device, random_state=cfg.seed, **given)
 
 
-def encoder_settings(est: Any) -> pipeline.EncoderSettings:
-    """The encoder settings of an estimator's parameters (those the reference shares)."""
-    from . import checks
-
-    return pipeline.EncoderSettings(est.density, checks.image_size(est.image_size), est.resample,
-                                    est.interpolation, est.intra, est.power, est.random_state)
+def encoder_settings(est: Any) -> EncoderSettings:
+    """The encoder settings of an estimator's parameters that the reference shares (no PCA)."""
+    return dataclasses.replace(EncoderSettings.of(est), pca=None, whiten=False)
 
 
 # -- measurements ----------------------------------------------------------------------------------
@@ -158,12 +157,12 @@ def warm_up(est: Any, source: str) -> tuple[Backbone, Backend]:
     """The estimator's backbone session, run once; Numba kernels and XGBoost loaded, so no timing pays for it."""
     from . import classifier, codebook
 
-    backend = est._backend()
-    backbone = est._get_backbone(backend)
-    settings = encoder_settings(est)
-    pixels = settings.preprocess(source)[None]
-    hc = pipeline.hypercolumns(backbone, pixels, settings, pipeline.Workspace(backend), pipeline.Timings())
-    pipeline.encode([source], backbone, Backend.to_numpy(hc)[0, :2].copy(), settings, backend)
+    encoder = dataclasses.replace(Encoder.of(est, check_backbone=False), settings=encoder_settings(est))
+    backbone, backend = encoder.cnn, encoder.backend
+    pixels = encoder.settings.preprocess(source)[None]
+    taps, points = encoder.taps(pixels, sample_points(pixels, encoder.settings), Timings())
+    hc = encoder.hypercolumns(taps, points, Workspace(backend), Timings())
+    dataclasses.replace(encoder, centres=backend.to_numpy(hc)[0, :2].copy()).encode([source])
     codebook.fit_kmeans(np.random.default_rng(0).random((64, 8), dtype=np.float32), 2)
     # XGBoost's import and first training (thread pool, kernels) would otherwise be charged to the first fit.
     classifier.train(np.random.default_rng(0).random((8, 4), dtype=np.float32), np.arange(8) % 2, 2,
@@ -173,7 +172,7 @@ def warm_up(est: Any, source: str) -> tuple[Backbone, Backend]:
 
 def cnn_alone(sources: Sequence[str], prep: Preprocess, backbone: Backbone, batch_size: int) -> dict[str, Any]:
     """(a) Decode every image (one thread, timed), then time the backbone alone on the batches."""
-    timings = pipeline.Timings()
+    timings = Timings()
     t = time.perf_counter()
     decoded = []
     for src in sources:
@@ -210,8 +209,8 @@ def fit_once(est: Any, work: Workload) -> dict[str, Any]:
 
 
 def encode_once(est: Any, sources: Sequence[str]) -> dict[str, Any]:
-    """(b) The fitted model's encoder over every image, per stage from ``pipeline.Timings``."""
-    timings = pipeline.Timings()
+    """(b) The fitted model's encoder over every image, per stage from ``encoder.Timings``."""
+    timings = Timings()
     with PeakRSS() as mem:
         t = time.perf_counter()
         est.encode(list(sources), timings)
@@ -313,7 +312,7 @@ def measure_fastvlad(cfg: BenchConfig, work: Workload, est: Any, backbone: Backb
     """(a) the CNN alone, (b) ``fit`` (default, and faithful where it exists) and the encoder."""
     settings = encoder_settings(est)
     cnn = step("(a) CNN alone", cnn_alone, work.sources[: cfg.cnn_images], settings.preprocess, backbone,
-               int(est.batch_size or est._backend().batch_size))
+               int(est.batch_size or backends.resolve(est.device).batch_size))
     train = step("(b) FastVLAD.fit", fit_once, est, work)
     enc = step("(b) encoder", encode_once, est, work.sources)
     faithful = None
@@ -324,7 +323,7 @@ def measure_fastvlad(cfg: BenchConfig, work: Workload, est: Any, backbone: Backb
     return {"cnn_alone": cnn, "train": train, "encoder": enc, "train_faithful": faithful}
 
 
-def measure_baselines(cfg: BenchConfig, work: Workload, settings: pipeline.EncoderSettings, k: int,
+def measure_baselines(cfg: BenchConfig, work: Workload, settings: EncoderSettings, k: int,
                       backbone: Backbone, step: _Step) -> dict[str, Any]:
     """(c) the paper's pipeline on a stratified subset, (d) the k-means peers on its hypercolumns."""
     from . import _bench_baselines
@@ -430,7 +429,7 @@ def _peer_lines(r: dict[str, Any]) -> list[str]:
 def _scaling_lines(r: dict[str, Any]) -> list[str]:
     if not r["scaling"]:
         return []
-    lines = ["", "scaling (pipeline.encode, faithful encoder, random centres):",
+    lines = ["", "scaling (Encoder.encode, faithful encoder, random centres):",
              f"  {'series':<11}{'value':>9}{'images':>8}{'ms/image':>10}{'peak RSS':>11}{'RSS +':>10}{'codes':>10}"]
     for p in r["scaling"]:
         lines.append(f"  {p['series']:<11}{p['value']!s:>9}{p['images']:>8}{p['ms_per_image']:>10.1f}"

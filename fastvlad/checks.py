@@ -94,7 +94,7 @@ def backbone_and_taps(backbone: Any, taps: Any) -> None:
 
 
 def _enough_points(k: int, density: float, size: tuple[int, int] | None, n_images: int) -> None:
-    """k must not exceed the points the codebook is fitted on (as ``pipeline.fit_codebook`` samples them)."""
+    """k must not exceed the points the codebook is fitted on (as ``Encoder.codebook_sample`` samples them)."""
     per_image = points_for_density(density)
     if size is not None:
         per_image = min(per_image, size[0] * size[1])

@@ -23,6 +23,11 @@ class BoosterSettings:
     colsample_bynode: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, model: Any) -> BoosterSettings:
+        """The settings of an estimator's parameters (``FastVLAD``)."""
+        return cls(model.n_estimators, model.max_depth, model.learning_rate, model.max_bin, model.colsample_bynode)
+
     def params(self, n_classes: int, device: str, seed: int) -> dict[str, Any]:
         """XGBoost training parameters."""
         p = {"objective": "multi:softprob", "num_class": n_classes, "tree_method": "hist", "device": device,

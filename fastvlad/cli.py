@@ -309,7 +309,7 @@ def info() -> None:
     for name, v in versions().items():
         typer.echo(f"{name:<12}{v}")
     typer.echo(f"{'providers':<12}{', '.join(ort.get_available_providers())}")
-    problem = backends._cuda_problem()
+    problem = backends.cuda_problem()
     typer.echo(f"{'device':<12}{'cuda' if problem is None else 'cpu (' + problem + ')'}")
     typer.echo(f"{'cache':<12}{config.cache_dir()}")
 

@@ -3,11 +3,11 @@
 The work is the local pipeline's, cut into partitions of the image list:
 
 - every worker process opens its backbone once and keeps it for all its partitions
-  (``_worker_backbone``); partitions on one worker take turns, because the backbone and the
+  (``_worker_encoder``); partitions on one worker take turns, because the backbone and the
   kernels already use all the cores the worker is given (``FASTVLAD_THREADS``);
 - the codebook sample is the local one — the same images, the same points, in the same
-  order — gathered to the client, where the PCA (if any) and k-means are fitted as in
-  ``pipeline.fit_encoder``; they are then broadcast to every worker;
+  order (``Encoder.sample_plan``) — gathered to the client, where the PCA (if any) and k-means
+  are fitted as in ``Encoder.fit_codebook``; they are then broadcast to every worker;
 - every partition returns its images' positions with its codes, and the client checks that
   each image came back exactly once, so a partition recomputed after a worker died can be
   neither lost nor counted twice;
@@ -28,15 +28,16 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.base import clone
 
-from . import backends, checks, config, pipeline
-from .backbone import Backbone
+from . import backends, checks, classifier, config
+from .encoder import Encoded, Encoder, EncoderSettings, Timings, fit_centres, sample_plan
 from .errors import DistributedError, ImageReadError, InvalidDatasetError, ModelFormatError, ParameterError
+from .estimator import check_fitted
 from .images import ImageSource
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def local_cluster(n_workers: int, device: str = "auto"):  # type: ignore[no-unty
     _require_dask()
     if n_workers < 1:
         raise ParameterError(f"--workers {n_workers}: start at least one worker process")
-    if device != "cpu" and backends._cuda_problem() is None:
+    if device != "cpu" and backends.cuda_problem() is None:
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError:
@@ -137,8 +138,6 @@ class _Part:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-# One backbone per worker process, reused by every partition it runs.
-_BACKBONES: dict[tuple[Any, ...], Backbone] = {}
 _TURN = threading.Lock()
 
 
@@ -160,25 +159,20 @@ def _worker_turn() -> Iterator[None]:
         yield
 
 
-def _worker_backbone(spec: _Spec) -> tuple[backends.Backend, Backbone]:
-    """This process's backbone for ``spec``, opened on first use."""
-    est = spec.estimator
-    backend = est._backend()
-    threads = _worker_threads()
-    key = (str(est.backbone), tuple(est.taps or ()), backend.providers, threads, bool(est.fp16))
-    if key not in _BACKBONES:
-        _BACKBONES[key] = Backbone(est.backbone, est.taps, backend.providers, threads=threads, fp16=bool(est.fp16))
-    backbone = _BACKBONES[key]
-    if spec.backbone_sha256 and spec.backbone_sha256 != backbone.sha256:
+def _worker_encoder(spec: _Spec, encoder: tuple[np.ndarray, Any] | None = None) -> Encoder:
+    """This process's encoder for ``spec`` (its backbone opened once per process and kept, with this
+    worker's share of the cores), with the broadcast ``encoder`` (centres, projection) if given."""
+    enc = Encoder.of(spec.estimator, check_backbone=False, threads=_worker_threads())
+    if spec.backbone_sha256 and spec.backbone_sha256 != enc.cnn.sha256:
         raise ModelFormatError(f"this model was trained with backbone SHA-256 {spec.backbone_sha256[:12]}…, "
-                               f"but {backbone.path} on this worker has {backbone.sha256[:12]}…; "
+                               f"but {enc.cnn.path} on this worker has {enc.cnn.sha256[:12]}…; "
                                "give every worker the same backbone")
-    return backend, backbone
+    return enc if encoder is None else replace(enc, centres=encoder[0], projection=encoder[1])
 
 
 def _points_per_image(sources: Sequence[ImageSource], start: int, spec: _Spec) -> list[int | ImageReadError]:
     """Points each image gives after preprocessing, min(S, h·w), or why it cannot be read."""
-    settings = spec.estimator._settings()
+    settings = EncoderSettings.of(spec.estimator)
     out: list[int | ImageReadError] = []
     for i, src in enumerate(sources):
         try:
@@ -209,35 +203,24 @@ def _check_readable(sources: Sequence[ImageSource]) -> None:
 
 def _sample_part(sources: Sequence[ImageSource], keeps: Sequence[np.ndarray], spec: _Spec) -> _Sample:
     """Hypercolumns of each image at its chosen points (``keeps``: row indices per image)."""
-    settings = spec.estimator._settings()
-    timings = pipeline.Timings()
-    rows: list[np.ndarray] = []
+    timings = Timings()
     with _worker_turn():
-        backend, backbone = _worker_backbone(spec)
-        timings.synchronize = backend.synchronize
-        workspace = pipeline.Workspace(backend)
-        for batch in pipeline.batches(sources, settings, backend):
-            hc = backends.Backend.to_numpy(pipeline.hypercolumns(backbone, batch.pixels, settings, workspace, timings,
-                                                                 points=batch.points))
-            rows += [hc[j, keeps[i]] for j, i in enumerate(batch.indices)]
-    return _Sample(np.concatenate(rows), dict(timings.seconds), backbone.sha256, backbone.taps)
+        encoder = _worker_encoder(spec)
+        rows, _ = encoder.sample_hypercolumns(sources, keeps, None, timings)
+    return _Sample(np.concatenate(rows), dict(timings.seconds), encoder.cnn.sha256, encoder.cnn.taps)
 
 
 def _encode_part(sources: Sequence[ImageSource], start: int, encoder: tuple[np.ndarray, Any], spec: _Spec) -> _Part:
-    """VLAD codes of one partition (``pipeline.encode``), positions shifted by ``start``.
+    """VLAD codes of one partition (``Encoder.encode``), positions shifted by ``start``.
     ``encoder``: the centres and the hypercolumn projection (or None)."""
-    timings = pipeline.Timings()
+    timings = Timings()
     with _worker_turn():
-        backend, backbone = _worker_backbone(spec)
-        enc = pipeline.encode(sources, backbone, encoder[0], spec.estimator._settings(), backend, timings,
-                              skip_errors=spec.skip_errors, proj=encoder[1])
+        enc = _worker_encoder(spec, encoder).encode(sources, timings)
     return _Part(enc.indices + start, enc.codes, [(i + start, e) for i, e in enc.failed], dict(timings.seconds))
 
 
 def _predict_part(part: _Part, booster: Any) -> _Part:
     """Class probabilities of an encoded partition: values (n_ok, n_classes) float32."""
-    from . import classifier
-
     proba = classifier.predict_proba(booster, part.values) if len(part.indices) else part.values[:, :0]
     return _Part(part.indices, proba, part.failed, part.seconds)
 
@@ -251,7 +234,7 @@ def _values(part: _Part) -> np.ndarray:
 
 
 def _open_backbone(spec: _Spec) -> None:
-    _ = _worker_backbone(spec)[1].dims  # one tiny inference: ONNX Runtime allocates on its first run
+    _ = _worker_encoder(spec).cnn.dims  # one tiny inference: ONNX Runtime allocates on its first run
 
 
 def _worker_device(device: str) -> str:
@@ -304,14 +287,14 @@ def _check_complete(n: int, parts: Sequence[_Part]) -> None:
                                "the result is incomplete — run again, and report it if it repeats")
 
 
-def _assemble(n: int, parts: Sequence[_Part]) -> pipeline.Encoded:
+def _assemble(n: int, parts: Sequence[_Part]) -> Encoded:
     """The parts as one ``Encoded`` in input order, after the completeness check."""
     _check_complete(n, parts)
     indices = np.concatenate([p.indices for p in parts]).astype(np.int64)
     order = np.argsort(indices, kind="stable")
     values = np.concatenate([p.values for p in parts])[order]
     failed = sorted((f for p in parts for f in p.failed), key=lambda f: f[0])
-    return pipeline.Encoded(values, indices[order], failed)
+    return Encoded(values, indices[order], failed)
 
 
 def _sum_seconds(parts: Sequence[_Part] | Sequence[_Sample], into: dict[str, float]) -> None:
@@ -333,16 +316,15 @@ def _submit_encode(client: Client, X: Sequence[ImageSource], model: FastVLAD,
 
 def _sample_plan(client: Client, X: Sequence[ImageSource], model: FastVLAD,
                  size: int) -> tuple[np.ndarray, list[np.ndarray | None]]:
-    """The images and points ``pipeline.codebook_sample`` takes with the same seed: the chosen
-    images and, for each, its kept point rows (None when it cannot be read and is skipped).
+    """The images and points the local ``Encoder.codebook_sample`` takes with the same seed: the
+    chosen images and, for each, its kept point rows (None when it cannot be read and is skipped).
 
-    The local loop draws one permutation per readable image, in order, from one generator;
-    the number of points an image gives is known from the settings, or by decoding it on the
-    workers when the size is native or unreadable images are skipped."""
-    settings = model._settings()
-    rng = np.random.default_rng(settings.random_state)
-    chosen = np.sort(rng.choice(len(X), size=min(int(model.codebook_images), len(X)), replace=False))
-    per_image = max(1, min(settings.n_points, config.CODEBOOK_MAX_POINTS // len(chosen)))
+    ``SamplePlan.keep`` draws each readable image's rows in order from one generator; the number
+    of points an image gives is known from the settings, or by decoding it on the workers when the
+    size is native or unreadable images are skipped."""
+    settings = EncoderSettings.of(model)
+    plan = sample_plan(len(X), int(model.codebook_images), settings)
+    chosen = plan.chosen
     if settings.image_size is not None and model.on_error != "skip":
         h, w = settings.image_size
         points: list[int | ImageReadError] = [min(settings.n_points, h * w)] * len(chosen)
@@ -351,8 +333,7 @@ def _sample_plan(client: Client, X: Sequence[ImageSource], model: FastVLAD,
         futures = [client.submit(_points_per_image, _shipped(X, chosen[r]), r.start, spec, pure=False)
                    for r in _cut(len(chosen), size)]
         points = [p for part in _gather(client, futures) for p in part]
-    keeps = [rng.permuted(np.arange(p))[:per_image] if isinstance(p, int) else None for p in points]
-    return chosen, keeps
+    return chosen, [plan.keep(p) if isinstance(p, int) else None for p in points]
 
 
 def warm_up(client: Client, model: FastVLAD) -> None:
@@ -382,9 +363,9 @@ def fit_codebook(client: Client | None, X: Sequence[ImageSource], model: FastVLA
         raise InvalidDatasetError(f"none of the {len(chosen)} images sampled for the codebook could be read; "
                                   "check the images")
     parts: list[_Sample] = _gather(client, futures)
-    timings = pipeline.Timings()
-    model.projection_, model.codebook_ = pipeline.fit_on_sample(np.concatenate([p.points for p in parts]),
-                                                                int(model.k), model._settings(), timings)
+    timings = Timings()
+    model.projection_, model.codebook_ = fit_centres(np.concatenate([p.points for p in parts]), int(model.k),
+                                                     EncoderSettings.of(model), timings)
     model.timings_ = dict(timings.seconds)
     model.backbone_sha256_, model.taps_ = parts[0].backbone_sha256, parts[0].taps
     _sum_seconds(parts, model.timings_)
@@ -392,7 +373,7 @@ def fit_codebook(client: Client | None, X: Sequence[ImageSource], model: FastVLA
 
 
 def encode(client: Client | None, X: Sequence[ImageSource], model: FastVLAD,
-           partition_size: int | None = None) -> pipeline.Encoded:
+           partition_size: int | None = None) -> Encoded:
     """``model.encode(X)`` on the workers: codes ``(n_ok, k·dim)`` float32 in input order, the
     positions of the readable images, and the failures (with ``on_error="skip"``).
 
@@ -400,7 +381,7 @@ def encode(client: Client | None, X: Sequence[ImageSource], model: FastVLAD,
     ``DistributedError`` if an image came back missing or twice."""
     if client is None:
         return model.encode(X)
-    model._check_fitted()
+    check_fitted(model)
     X = checks.sources(X)
     return _assemble(len(X), _gather(client, _submit_encode(client, X, model, partition_size)))
 
@@ -413,7 +394,7 @@ def predict_proba(client: Client | None, X: Sequence[ImageSource], model: FastVL
         encoded = model.encode(X)
         proba_ok = model.predict_proba_codes(encoded.codes)
     else:
-        model._check_fitted()
+        check_fitted(model)
         X = checks.sources(X)
         booster = client.scatter(model.booster_, broadcast=True)
         futures = [client.submit(_predict_part, f, booster, pure=False)
@@ -474,7 +455,7 @@ def _train(client: Client, model: FastVLAD, futures: list[Future], rows: list[in
               for f, r in zip(futures, rows) if r]
     codes = da.concatenate(blocks)
     labels = da.from_array(y_int, chunks=(tuple(r for r in rows if r),))
-    settings = model._booster_settings()
+    settings = classifier.BoosterSettings.of(model)
     device = client.submit(_worker_device, model.device, pure=False).result()
     dtrain = dxgb.DaskQuantileDMatrix(client, codes, labels, max_bin=settings.max_bin)
     out = dxgb.train(client, settings.params(len(model.classes_), device, model.random_state), dtrain,

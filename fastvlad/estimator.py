@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import os
 import platform
@@ -16,8 +15,9 @@ from typing import Any, cast
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from . import __version__, backends, checks, classifier, model_file, pipeline
-from .backbone import DEFAULT_BACKBONE, Backbone
+from . import __version__, backends, checks, classifier, model_file
+from .backbone import DEFAULT_BACKBONE
+from .encoder import Encoded, Encoder, Timings
 from .errors import InvalidDatasetError, ModelFormatError, NotFittedError
 from .images import ImageSource
 from .projection import Projection
@@ -86,37 +86,12 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         """An estimator with the paper's settings (``FAITHFUL_PARAMS``), then ``overrides``."""
         return cls(**{**FAITHFUL_PARAMS, **overrides})
 
-    # -- pieces derived from the parameters ------------------------------------------------
-    def _settings(self) -> pipeline.EncoderSettings:
-        return pipeline.EncoderSettings(self.density, checks.image_size(self.image_size), self.resample,
-                                        self.interpolation, self.intra, self.power, self.random_state,
-                                        pca=int(self.pca) if self.pca else None, whiten=bool(self.whiten))
-
-    def _booster_settings(self) -> classifier.BoosterSettings:
-        return classifier.BoosterSettings(self.n_estimators, self.max_depth, self.learning_rate, self.max_bin,
-                                          self.colsample_bynode)
-
-    def _backend(self) -> backends.Backend:
-        backend = backends.resolve(self.device)
-        if self.batch_size:
-            backend = dataclasses.replace(backend, batch_size=int(self.batch_size))
-        return backend
-
-    def _get_backbone(self, backend: backends.Backend) -> Backbone:
-        key = (str(self.backbone), tuple(self.taps or ()), backend.providers, bool(self.fp16))
-        with _BACKBONE_LOCK:  # threads predicting with one model share one session
-            cached = getattr(self, "_backbone_cache", None)
-            if cached is None or cached[0] != key:
-                cached = (key, Backbone(self.backbone, self.taps, backend.providers, fp16=bool(self.fp16)))
-                self._backbone_cache = cached
-        return cached[1]
-
     # -- fitting ------------------------------------------------------------------------------
     def fit(self, X: Sequence[ImageSource], y: Sequence[Any] | np.ndarray) -> FastVLAD:
         """Fit the codebook on a sample of ``X``, encode every image once, train the booster."""
         X, y_arr = checks.sources_and_labels(X, y)
         t0 = time.perf_counter()
-        timings = pipeline.Timings()
+        timings = Timings()
         self.fit_codebook(X, timings)
         codebook_pass = dict(timings.seconds)  # before the encoder adds to the same stages
         encoded = self.encode(X, timings)
@@ -137,25 +112,24 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.timings_ = dict(timings.seconds)
         return self
 
-    def fit_codebook(self, X: Sequence[ImageSource], timings: pipeline.Timings | None = None) -> FastVLAD:
+    def fit_codebook(self, X: Sequence[ImageSource], timings: Timings | None = None) -> FastVLAD:
         """Fit only the hypercolumn PCA (with ``pca``) and the k-means codebook, on ``codebook_images``
         random images of ``X``."""
         X = checks.sources(X)
         checks.parameters(self, len(X))
         if self.on_error == "raise":
             checks.readable(X)
-        backend = self._backend()
-        backbone = self._get_backbone(backend)
-        with _kernel_guard():
-            self.projection_, self.codebook_ = pipeline.fit_encoder(
-                X, backbone, self.k, self._settings(), backend, self.codebook_images, timings=timings,
-                skip_errors=self.on_error == "skip")
-        self.backbone_sha256_ = backbone.sha256
-        self.taps_ = backbone.taps
+        encoder = Encoder.of(self, check_backbone=False)
+        with kernel_guard():
+            fitted = encoder.fit_codebook(X, int(self.k), int(self.codebook_images), timings=timings)
+        self.projection_ = fitted.projection
+        self.codebook_: np.ndarray = cast(np.ndarray, fitted.centres)
+        self.backbone_sha256_ = encoder.cnn.sha256
+        self.taps_ = encoder.cnn.taps
         return self
 
     @staticmethod
-    def describe_failures(X: Sequence[ImageSource], encoded: pipeline.Encoded) -> list[tuple[str, str]]:
+    def describe_failures(X: Sequence[ImageSource], encoded: Encoded) -> list[tuple[str, str]]:
         """(image name, reason) of every image that could not be read."""
         return [(str(X[i]) if not isinstance(X[i], np.ndarray) else f"array #{i}", str(e)) for i, e in encoded.failed]
 
@@ -165,39 +139,25 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.classes_, y_int = np.unique(y_arr, return_inverse=True)
         checks.enough_classes(self.classes_)
         t = time.perf_counter()
-        backend = self._backend()
-        self.booster_ = classifier.train(codes, y_int, len(self.classes_), self._booster_settings(),
-                                         backend.device, self.random_state)
+        device = backends.resolve(self.device).device
+        self.booster_ = classifier.train(codes, y_int, len(self.classes_), classifier.BoosterSettings.of(self),
+                                         device, self.random_state)
         self.train_info_ = {"n_images": int(len(codes)), "code_dim": int(codes.shape[1]),
                             "classifier_seconds": time.perf_counter() - t,
                             "data_sha256": hashlib.sha256(codes.tobytes() + y_arr.astype(str).tobytes()).hexdigest()}
         return self
 
     # -- using a fitted model ---------------------------------------------------------------------
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "booster_") and not hasattr(self, "codebook_"):
-            raise NotFittedError("this FastVLAD is not fitted yet; call fit(X, y) or fastvlad.load(path)")
-
-    def _checked_backbone(self, backend: backends.Backend) -> Backbone:
-        """The backbone, refused unless it is the one the model was trained with."""
-        backbone = self._get_backbone(backend)
-        if getattr(self, "backbone_sha256_", backbone.sha256) != backbone.sha256:
-            raise ModelFormatError(f"this model was trained with backbone SHA-256 {self.backbone_sha256_[:12]}…, "
-                                   f"but {backbone.path} has {backbone.sha256[:12]}…; use the same backbone")
-        return backbone
-
-    def encode(self, X: Sequence[ImageSource], timings: pipeline.Timings | None = None) -> pipeline.Encoded:
+    def encode(self, X: Sequence[ImageSource], timings: Timings | None = None) -> Encoded:
         """Codes of the readable images and the failures (with ``on_error="skip"``)."""
-        self._check_fitted()
+        check_fitted(self)
         X = checks.sources(X)
         checks.runtime(self)
         if self.on_error == "raise":
             checks.readable(X)
-        backend = self._backend()
-        backbone = self._checked_backbone(backend)
-        with _kernel_guard():
-            return pipeline.encode(X, backbone, self.codebook_, self._settings(), backend, timings,
-                                   skip_errors=self.on_error == "skip", proj=getattr(self, "projection_", None))
+        encoder = Encoder.of(self)
+        with kernel_guard():
+            return encoder.encode(X, timings)
 
     def transform(self, X: Sequence[ImageSource]) -> np.ndarray:
         """VLAD codes ``(n, k·dim)`` float32; rows of skipped images are NaN."""
@@ -285,11 +245,16 @@ def _loaded_projection(path: str | os.PathLike[str], model: FastVLAD,
     return proj
 
 
-_BACKBONE_LOCK = threading.Lock()
+def check_fitted(model: FastVLAD) -> None:
+    """Raise ``NotFittedError`` unless ``model`` has a codebook or a classifier."""
+    if not hasattr(model, "booster_") and not hasattr(model, "codebook_"):
+        raise NotFittedError("this FastVLAD is not fitted yet; call fit(X, y) or fastvlad.load(path)")
+
+
 _SERIAL = threading.RLock()
 
 
-def _kernel_guard() -> contextlib.AbstractContextManager[Any]:
+def kernel_guard() -> contextlib.AbstractContextManager[Any]:
     """Serialises pipeline runs across threads when Numba's threading layer is not thread-safe.
 
     Numba's OpenMP and TBB layers accept parallel kernels from several threads at once; its

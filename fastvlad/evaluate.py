@@ -18,7 +18,8 @@ from sklearn.base import clone
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from . import pipeline, progress
+from . import progress
+from .encoder import Encoder, Timings
 from .errors import InvalidDatasetError
 from .estimator import FastVLAD
 
@@ -81,13 +82,9 @@ def cross_validate(estimator: FastVLAD, X: list, y: np.ndarray, groups: np.ndarr
     t0 = time.perf_counter()
     est = clone(estimator)
     X = list(X)
-    backend = est._backend()
-    backbone = est._get_backbone(backend)
-    timings = pipeline.Timings()
-    proj, centres = pipeline.fit_encoder(X, backbone, est.k, est._settings(), backend, est.codebook_images,
-                                         timings=timings, skip_errors=est.on_error == "skip")
-    enc = pipeline.encode(X, backbone, centres, est._settings(), backend, timings, skip_errors=est.on_error == "skip",
-                          proj=proj)
+    timings = Timings()
+    encoder = Encoder.of(est).fit_codebook(X, int(est.k), int(est.codebook_images), timings=timings)
+    enc = encoder.encode(X, timings)
     codes, y_ok = enc.codes, np.asarray(y)[enc.indices]
     g_ok = np.asarray(groups)[enc.indices] if groups is not None else None
     fold = folds(y_ok, g_ok, n_splits, est.random_state)
@@ -109,4 +106,4 @@ def cross_validate(estimator: FastVLAD, X: list, y: np.ndarray, groups: np.ndarr
     seconds = {**timings.seconds, "classifier": time.perf_counter() - t, "total": time.perf_counter() - t0}
     skipped = [(str(X[i]), str(e)) for i, e in enc.failed]
     return CVResult(classes, y_ok, pred.astype(str), proba, fold, accs, groups is not None, seconds, skipped,
-                    enc.indices, backbone.sha256)
+                    enc.indices, encoder.cnn.sha256)

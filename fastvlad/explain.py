@@ -18,12 +18,11 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
-from . import codebook, pipeline, progress, vlad
+from . import progress
 from ._files import write_bytes_atomic
-from .backends import Backend
+from .encoder import Encoder, EncodedBatch
 from .errors import NotFittedError, ParameterError
-from .images import ImageSource, read, to_rgb255
-from .reference import CAFFE_MEAN_BGR
+from .images import CAFFE_MEAN_BGR, ImageSource, read, to_rgb255
 
 log = logging.getLogger("fastvlad")
 
@@ -73,46 +72,12 @@ def raw_margin(booster: Any, codes: np.ndarray) -> np.ndarray:
     return (np.stack([-m, m], axis=1) if m.ndim == 1 else m).astype(np.float32)
 
 
-@dataclass
-class _Encoded:
-    """One batch through the model, keeping what ``pipeline.encode`` throws away."""
-
-    indices: list[int]  # positions in the source list
-    pixels: np.ndarray  # (n, 3, h, w) float32 network input
-    points: np.ndarray  # (n, S, 2) int32
-    labels: np.ndarray  # (n, S) int32 codeword of every point
-    dist: np.ndarray  # (n, S) float32 squared distance to it
-    codes: np.ndarray  # (n, k·dim) float32
-
-
-def _encode_batches(model: Any, sources: Sequence[ImageSource], bar: progress.Progress | None = None
-                    ) -> Iterator[_Encoded]:
-    """The model's encoding, batch by batch, with the assignments (same stages as ``pipeline.encode``)."""
+def _encode_batches(model: Any, sources: Sequence[ImageSource]) -> Iterator[EncodedBatch]:
+    """The model's encoding, batch by batch, with every point's label and distance: the labels are
+    the ones behind ``predict``'s codes (``Encoder.encode_batches``)."""
     if not hasattr(model, "booster_"):
         raise NotFittedError("this FastVLAD has no classifier yet; fit it or fastvlad.load(path) first")
-    backend = model._backend()
-    backbone = model._checked_backbone(backend)
-    settings = model._settings()
-    centres = backend.asarray(model.codebook_)
-    proj = getattr(model, "projection_", None)  # the hypercolumn PCA, when the model has one
-    proj = proj.to(backend.asarray) if proj is not None else None
-    workspace = pipeline.Workspace(backend)
-    for batch in pipeline.batches(sources, settings, backend, model.on_error == "skip"):
-        if batch.indices:
-            assert batch.points is not None  # pipeline.batches samples them while decoding
-            hc = pipeline.hypercolumns(backbone, batch.pixels, settings, workspace, pipeline.Timings(), proj=proj,
-                                       points=batch.points)
-            if hc.shape[2] != model.codebook_.shape[1]:
-                raise ParameterError(f"hypercolumns have {hc.shape[2]} dims but the codebook {model.codebook_.shape[1]};"
-                                     " explain needs the backbone, taps and PCA the model was trained with")
-            labels, dist = codebook.assign(hc.reshape(-1, hc.shape[2]), centres, impl=backend.impl)
-            labels = labels.reshape(hc.shape[:2])
-            codes = vlad.encode(hc, labels, centres, settings.intra, settings.power, impl=backend.impl)
-            yield _Encoded(batch.indices, batch.pixels, batch.points,
-                           Backend.to_numpy(labels), Backend.to_numpy(dist).reshape(hc.shape[:2]),
-                           Backend.to_numpy(codes))
-        if bar is not None:
-            bar.advance(len(batch.indices) + len(batch.failed))
+    return Encoder.of(model).encode_batches(sources, keep=True)
 
 
 def explain(model: Any, source: ImageSource, target: str | None = None) -> Explanation:
@@ -120,7 +85,7 @@ def explain(model: Any, source: ImageSource, target: str | None = None) -> Expla
 
     ``target``: a class name to explain instead of the predicted class."""
     enc = next(_encode_batches(model, [source]), None)
-    if enc is None:
+    if enc is None or not enc.batch.indices:
         raise ParameterError(f"{source if not isinstance(source, np.ndarray) else 'array'}: the image could not be read")
     k = model.codebook_.shape[0]
     contributions, bias = codeword_contributions(model.booster_, enc.codes, k)
@@ -130,7 +95,8 @@ def explain(model: Any, source: ImageSource, target: str | None = None) -> Expla
         raise ParameterError(f"class {target!r} is not one of the model's classes {classes}")
     t = classes.index(target) if target is not None else int(proba.argmax())
     image = np.clip(to_rgb255(read(source)), 0, 255).astype(np.uint8)
-    return Explanation(image, (enc.pixels.shape[2], enc.pixels.shape[3]), enc.points[0], enc.labels[0].astype(np.int32),
+    pixels, points = enc.batch.pixels, enc.batch.points
+    return Explanation(image, (pixels.shape[2], pixels.shape[3]), points[0], enc.labels[0],  # type: ignore[index]
                        classes, proba, t, contributions[0], bias[0], raw_margin(model.booster_, enc.codes)[0])
 
 
@@ -201,18 +167,23 @@ def rank_codewords(model: Any, sources: Sequence[ImageSource], n_patches: int = 
     best = np.full((k, n_patches), np.inf, dtype=np.float32)
     n_seen = 0
     with progress.bar(len(sources), "explaining") as bar:
-        for enc in _encode_batches(model, sources, bar):
+        for enc in _encode_batches(model, sources):
+            bar.advance(len(enc.batch.indices) + len(enc.batch.failed))
+            if not enc.batch.indices:
+                continue
             contrib, _ = codeword_contributions(model.booster_, enc.codes, k)
             sum_abs += np.abs(contrib).sum(axis=0)
             sum_signed += contrib.sum(axis=0)
-            n_seen += len(enc.indices)
-            for i in range(len(enc.indices)):
-                padded = np.pad(_rgb_uint8(enc.pixels[i]), ((patch // 2,) * 2, (patch // 2,) * 2, (0, 0)), mode="edge")
-                for j, p in zip(*_nearest_per_codeword(enc.labels[i], enc.dist[i])):
+            n_seen += len(enc.batch.indices)
+            labels, dist, points = enc.labels, enc.dist, enc.batch.points
+            for i in range(len(enc.batch.indices)):
+                padded = np.pad(_rgb_uint8(enc.batch.pixels[i]), ((patch // 2,) * 2, (patch // 2,) * 2, (0, 0)),
+                                mode="edge")
+                for j, p in zip(*_nearest_per_codeword(labels[i], dist[i])):  # type: ignore[index]
                     slot = int(best[j].argmax())
-                    if enc.dist[i, p] < best[j, slot]:
-                        best[j, slot] = enc.dist[i, p]
-                        patches[j, slot] = _crop(padded, int(enc.points[i, p, 0]), int(enc.points[i, p, 1]), patch)
+                    if dist[i, p] < best[j, slot]:  # type: ignore[index]
+                        best[j, slot] = dist[i, p]  # type: ignore[index]
+                        patches[j, slot] = _crop(padded, int(points[i, p, 0]), int(points[i, p, 1]), patch)  # type: ignore[index]
     if n_seen == 0:
         raise ParameterError("no readable image to rank codewords on")
     order = np.argsort(best, axis=1, kind="stable")  # nearest first

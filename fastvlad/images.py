@@ -34,7 +34,6 @@ import numpy as np
 
 from . import config
 from .errors import FastVLADError, ImageReadError, ParameterError
-from .reference import CAFFE_MEAN_BGR
 
 log = logging.getLogger("fastvlad")
 
@@ -308,6 +307,10 @@ def resize(img: np.ndarray, size: tuple[int, int] | None, resample: str = "bilin
     out = [np.asarray(Image.fromarray(np.ascontiguousarray(p)).resize((size[1], size[0]), filt), dtype=np.float32)
            for p in planes]
     return out[0] if img.ndim == 2 else np.stack(out, axis=2)
+
+
+#: Keras ``vgg16.preprocess_input`` (caffe mode): the ImageNet mean per channel, in BGR order.
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
 def caffe(rgb: np.ndarray) -> np.ndarray:

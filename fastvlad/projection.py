@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _gemm, config, hypercolumn
+from . import config, hypercolumn
+from .backends import Backend
+from .backends.cpu import CPU
 from .errors import ParameterError
 
 log = logging.getLogger("fastvlad")
@@ -131,36 +133,35 @@ def points_side(taps: Sequence, n_points: int, components: int, order: str = "au
 
 
 def gather(taps: Sequence, points, projection: Projection, mode: str = "half_pixel",  # type: ignore[no-untyped-def]
-           impl: str = "numba", order: str = "auto", out=None, gathered=None):
+           backend: Backend = CPU, order: str = "auto", out=None, gathered=None):
     """Projected hypercolumns of every image at its points, without building the full hypercolumns.
 
-    taps: ``(n, h_l, w_l, C_l)`` channels-last maps (NumPy, or CuPy for ``impl="cuda"``), whose
+    taps: ``(n, h_l, w_l, C_l)`` channels-last maps on ``backend`` (NumPy or CuPy arrays), whose
     channels together are ``projection.dim``; points: ``(n, S, 2)`` int32 [row, col] in the
     first tap's grid. The first ``points_side(taps, S, p, order)`` taps are gathered at the points
     and projected there, the others projected on their grid and then interpolated; ``gathered``:
     those first taps' hypercolumns ``(n, S, C_0 + …)`` when the caller has them already. Returns
     ``(n, S, p)`` float32, equal to ``projection.apply(hypercolumn.gather(taps, points, mode))`` up
-    to float32 rounding. One GEMM per image (``_gemm.per_image``): no value depends on the batch.
+    to float32 rounding. One GEMM per image (``Backend.matmul_per_image``): no value depends on the batch.
     """
     channels = [int(t.shape[3]) for t in taps]
     if sum(channels) != projection.dim:
         raise ParameterError(f"the taps have {sum(channels)} channels but the projection expects {projection.dim}; "
                              "use the backbone and taps the model was trained with")
-    xp = np if impl != "cuda" else __import__("cupy")
     n, s = points.shape[:2]
     p = projection.components
     out_hw = (int(taps[0].shape[1]), int(taps[0].shape[2]))
     m = points_side(taps, s, p, order)
     split = sum(channels[:m])  # weight rows of the point-side taps
     if gathered is None and m:
-        gathered = hypercolumn.gather(taps[:m], points, mode, impl)
+        gathered = hypercolumn.gather(taps[:m], points, mode, backend)
     if gathered is not None and tuple(gathered.shape) != (n, s, split):
         raise ParameterError(f"gathered has shape {tuple(gathered.shape)}, expected {(n, s, split)}: the first {m} "
                              "taps at the points (see projection.points_side)")
     if out is None:
-        out = xp.empty((n, s, p), dtype=np.float32)
+        out = backend.xp.empty((n, s, p), dtype=np.float32)
     if m:
-        _gemm.per_image(gathered, projection.weight[:split], out=out)
+        backend.matmul_per_image(gathered, projection.weight[:split], out=out)
         if projection.bias.any():  # (the assignment's projection onto the centres has none)
             out += projection.bias
     else:
@@ -169,8 +170,8 @@ def gather(taps: Sequence, points, projection: Projection, mode: str = "half_pix
     for tap in taps[m:]:
         c = int(tap.shape[3])
         flat = tap.reshape(n, -1, c).astype(np.float32, copy=False)
-        maps.append(_gemm.per_image(flat, projection.weight[offset : offset + c]).reshape(*tap.shape[:3], p))
+        maps.append(backend.matmul_per_image(flat, projection.weight[offset : offset + c]).reshape(*tap.shape[:3], p))
         offset += c
     if maps:
-        hypercolumn.gather_add(maps, points, out, out_hw, mode, impl)
+        hypercolumn.gather_add(maps, points, out, out_hw, mode, backend)
     return out

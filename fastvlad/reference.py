@@ -2,7 +2,8 @@
 
 Slow on purpose and kept readable: every fast kernel in fastvlad is tested against
 these functions, and ``fastvlad bench`` uses them as the baseline. Nothing here is
-used on the production path.
+used on the production path, and nothing here calls a kernel: the oracles stay independent
+of what they check.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+#: Written out here, not imported from ``images``: the oracle must not share the code it checks.
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
@@ -99,3 +101,39 @@ def minibatch_kmeans_sklearn(point_sets: Sequence[np.ndarray], k: int, random_st
     for pts in point_sets:
         km.partial_fit(pts)
     return km.cluster_centers_.astype(np.float32)
+
+
+# -- vectorised NumPy twins of the kernels: oracles for the tests, each checked against the loops above --
+
+
+def gather(taps: Sequence[np.ndarray], points: np.ndarray, mode: str = "half_pixel",
+           out_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Bilinear samples of every tap ``(n, h_l, w_l, C_l)`` at the points ``(n, S, 2)`` of the
+    ``out_hw`` grid (default: the first tap's), evaluated at the points only: ``(n, S, ΣC_l)`` float32."""
+    out_h, out_w = out_hw or taps[0].shape[1:3]
+    rows, cols = points[..., 0], points[..., 1]
+    img = np.arange(points.shape[0])[:, None]
+    parts = []
+    for tap in taps:
+        sy, sx = source_coords(out_h, tap.shape[1], mode)[rows], source_coords(out_w, tap.shape[2], mode)[cols]
+        y0, x0 = np.floor(sy).astype(np.intp), np.floor(sx).astype(np.intp)
+        y1, x1 = np.minimum(y0 + 1, tap.shape[1] - 1), np.minimum(x0 + 1, tap.shape[2] - 1)
+        wy, wx = (sy - y0).astype(np.float32)[..., None], (sx - x0).astype(np.float32)[..., None]
+        t = tap.astype(np.float32)
+        one = np.float32(1)
+        top = (one - wx) * t[img, y0, x0] + wx * t[img, y0, x1]
+        bottom = (one - wx) * t[img, y1, x0] + wx * t[img, y1, x1]
+        parts.append((one - wy) * top + wy * bottom)
+    return np.concatenate(parts, axis=2) if parts else np.zeros((*points.shape[:2], 0), np.float32)
+
+
+def residual_sums(x: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Per-centre sums of ``x − c_label`` by one-hot matrix products: ``(n, S, D)``, ``(n, S)`` →
+    ``(n, k, D)`` float64 (labels outside [0, k) count for no centre)."""
+    k = centres.shape[0]
+    out = np.zeros((x.shape[0], k, x.shape[2]))
+    for i in range(x.shape[0]):
+        onehot = (labels[i][None, :] == np.arange(k)[:, None]).astype(np.float64)
+        out[i] = onehot @ x[i].astype(np.float64) - onehot.sum(axis=1)[:, None] * centres.astype(np.float64)
+    return out
+

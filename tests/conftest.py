@@ -74,7 +74,7 @@ def emulator_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def fake_cupy(emulator_lib: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """The emulator's CuPy stand-in installed as ``cupy`` for one test; fails the test if no kernel ran."""
-    from fastvlad import _cuda
+    from fastvlad.backends import cuda as _cuda
     from tests.cuda_emu import fakecupy
 
     fake = fakecupy.load(emulator_lib)

@@ -26,6 +26,7 @@ from hypothesis.extra import numpy as npst
 from PIL import Image
 
 from fastvlad import checks, config
+from fastvlad.encoder import EncoderSettings
 from fastvlad.errors import FastVLADError, ImageReadError, InvalidDatasetError, ParameterError
 from fastvlad.images import Preprocess, iter_batches, probe, to_rgb255
 
@@ -445,7 +446,7 @@ def test_transform_works_or_is_a_fastvlad_error(vgg16_path: Path, X: object, ski
     items = list(X)  # type: ignore[call-overload]
     for row, item in zip(codes, items):  # a row is finite exactly when its image converts
         try:
-            model._settings().preprocess(item)
+            EncoderSettings.of(model).preprocess(item)
             readable = True
         except FastVLADError:
             readable = False

@@ -10,9 +10,8 @@ from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.metrics import pairwise_distances_argmin
 
 from fastvlad import codebook, hypercolumn, projection, reference
+from fastvlad.backends import cpu
 from fastvlad.errors import ParameterError
-
-IMPLS = ["numpy", "numba"]
 
 
 def _check_labels(x: np.ndarray, c: np.ndarray, labels: np.ndarray, expected: np.ndarray) -> None:
@@ -24,53 +23,50 @@ def _check_labels(x: np.ndarray, c: np.ndarray, labels: np.ndarray, expected: np
     assert np.all((labels == expected) | (gap <= 1e-5 * scale))
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_assign_matches_sklearn(impl: str) -> None:
+def test_assign_matches_sklearn() -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3001, 67), dtype=np.float32)
     c = rng.standard_normal((13, 67), dtype=np.float32)
-    labels, dist = codebook.assign(x, c, impl=impl, block_rows=512)  # 3001 is not a multiple of 512
+    labels, dist = codebook.assign(x, c, block_rows=512)  # 3001 is not a multiple of 512
     _check_labels(x, c, labels, pairwise_distances_argmin(x, c))
     exact = ((x - c[labels]) ** 2).sum(1)
     np.testing.assert_allclose(dist, exact, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_assign_edge_cases(impl: str) -> None:
+def test_assign_edge_cases() -> None:
     c = np.array([[0, 0], [1, 1], [0, 0]], dtype=np.float32)  # duplicate centres: lowest index wins
-    labels, dist = codebook.assign(np.array([[0.1, 0.0]], np.float32), c, impl=impl)
+    labels, dist = codebook.assign(np.array([[0.1, 0.0]], np.float32), c)
     assert labels.tolist() == [0] and dist[0] == pytest.approx(0.01, rel=1e-5)
-    empty_l, empty_d = codebook.assign(np.zeros((0, 2), np.float32), c, impl=impl)
+    empty_l, empty_d = codebook.assign(np.zeros((0, 2), np.float32), c)
     assert empty_l.shape == (0,) and empty_d.shape == (0,)
     x16 = np.array([[0.9, 1.1]], dtype=np.float16)
-    assert codebook.assign(x16, c, impl=impl)[0].tolist() == [1]
+    assert codebook.assign(x16, c)[0].tolist() == [1]
     strided = np.asfortranarray(np.random.default_rng(1).standard_normal((50, 2), dtype=np.float32))[::2]
-    np.testing.assert_array_equal(codebook.assign(strided, c, impl=impl)[0], reference.assign(strided, c))
+    np.testing.assert_array_equal(codebook.assign(strided, c)[0], reference.assign(strided, c))
 
 
 @settings(max_examples=30, deadline=None)
 @given(m=st.integers(1, 300), k=st.integers(1, 20), dim=st.integers(1, 40), block=st.integers(1, 128),
-       half=st.booleans(), strided=st.booleans(), impl=st.sampled_from(IMPLS))
-def test_assign_property(m: int, k: int, dim: int, block: int, half: bool, strided: bool, impl: str) -> None:
+       half=st.booleans(), strided=st.booleans())
+def test_assign_property(m: int, k: int, dim: int, block: int, half: bool, strided: bool) -> None:
     """Any m (not a multiple of the block), k ≥ 1, float16 and strided input: sklearn's labels."""
     rng = np.random.default_rng(m * 7 + k)
     x = rng.standard_normal((m, 2 * dim if strided else dim), dtype=np.float32)
     x = x[:, ::2] if strided else x
     x = x.astype(np.float16) if half else x
     c = rng.standard_normal((k, dim), dtype=np.float32)
-    labels, dist = codebook.assign(x, c, impl=impl, block_rows=block)
+    labels, dist = codebook.assign(x, c, block_rows=block)
     x32 = x.astype(np.float32)
     _check_labels(x32, c, labels, pairwise_distances_argmin(x32, c))
     np.testing.assert_allclose(dist, ((x32 - c[labels]) ** 2).sum(1), rtol=1e-4, atol=1e-4 * (1 + (x32**2).sum(1).max()))
-    np.testing.assert_array_equal(codebook.nearest(x, c, impl=impl, block_rows=block), labels)
+    np.testing.assert_array_equal(codebook.nearest(x, c, block_rows=block), labels)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_assign_float16_equals_float32_widening(impl: str) -> None:
+def test_assign_float16_equals_float32_widening() -> None:
     rng = np.random.default_rng(8)
     x = rng.standard_normal((700, 33)).astype(np.float16)
     c = rng.standard_normal((9, 33), dtype=np.float32)
-    for a, b in zip(codebook.assign(x, c, impl=impl, block_rows=256), codebook.assign(x.astype(np.float32), c, impl=impl, block_rows=256)):
+    for a, b in zip(codebook.assign(x, c, block_rows=256), codebook.assign(x.astype(np.float32), c, block_rows=256)):
         # Same blocks: BLAS may round differently for another block height.
         np.testing.assert_array_equal(a, b)
 
@@ -86,18 +82,17 @@ def _tap_case(rng: np.random.Generator, n: int, hw: tuple[int, int], channels: t
     return taps, points, x, centres + 0.1 * rng.standard_normal(centres.shape, dtype=np.float32)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_nearest_from_taps_matches_sklearn(impl: str) -> None:
+def test_nearest_from_taps_matches_sklearn() -> None:
     """A VGG-like pyramid where the coarse taps go the tap-grid way and the fine ones the point way."""
     rng = np.random.default_rng(9)
     taps, points, x, centres = _tap_case(rng, 2, (48, 40), (4, 8, 64, 128, 128), 700, 23)
     assert 0 < projection.points_side(taps, 700, 23) < len(taps)  # both ways are exercised
-    labels = codebook.nearest_from_taps(taps, points, centres, impl=impl)
+    labels = codebook.nearest_from_taps(taps, points, centres)
     flat = x.reshape(-1, x.shape[2])
     _check_labels(flat, centres, labels, pairwise_distances_argmin(flat, centres))
     m = projection.points_side(taps, 700, 23)
     gathered = x[:, :, : sum(t.shape[3] for t in taps[:m])]  # the point-side taps' columns, given
-    np.testing.assert_array_equal(codebook.nearest_from_taps(taps, points, centres, impl=impl, gathered=gathered),
+    np.testing.assert_array_equal(codebook.nearest_from_taps(taps, points, centres, gathered=gathered),
                                   labels)
 
 
@@ -124,8 +119,7 @@ def test_nearest_from_taps_rejects_other_centres() -> None:
         codebook.nearest_from_taps(taps, points, centres[:, :6])
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_minibatch_update_kernels_agree(impl: str) -> None:
+def test_minibatch_update_kernels_agree() -> None:
     rng = np.random.default_rng(3)
     batch = rng.standard_normal((200, 9), dtype=np.float32)
     labels = rng.integers(0, 5, 200).astype(np.int32)
@@ -138,7 +132,7 @@ def test_minibatch_update_kernels_agree(impl: str) -> None:
         if len(members):
             expected[j] = (centres[j] * counts[j] + members.sum(0)) / (counts[j] + len(members))
     got_c, got_n = centres.copy(), counts.copy()
-    codebook._UPDATE[impl](batch, labels, got_c, got_n)
+    cpu.minibatch_update(batch, labels, got_c, got_n)
     np.testing.assert_allclose(got_c, expected, rtol=1e-5, atol=1e-6)
     assert got_n[4] == 7 and np.array_equal(got_c[4], centres[4]) and got_n[0] == (labels == 0).sum()
 
@@ -165,16 +159,15 @@ def test_kmeans_inertia_close_to_minibatch_kmeans() -> None:
     assert inertia <= 1.05 * sk.inertia_ / len(x)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_minibatch_update_float16_and_strided(impl: str) -> None:
+def test_minibatch_update_float16_and_strided() -> None:
     rng = np.random.default_rng(11)
     batch = rng.standard_normal((100, 12)).astype(np.float16)
     labels = rng.integers(0, 4, 100).astype(np.int32)
     start = rng.standard_normal((4, 6), dtype=np.float32)
     got_c, got_n = start.copy(), np.zeros(4)
-    codebook._UPDATE[impl](batch[:, ::2], labels, got_c, got_n)
+    cpu.minibatch_update(batch[:, ::2], labels, got_c, got_n)
     want_c, want_n = start.copy(), np.zeros(4)
-    codebook._UPDATE[impl](np.ascontiguousarray(batch[:, ::2], dtype=np.float32), labels, want_c, want_n)
+    cpu.minibatch_update(np.ascontiguousarray(batch[:, ::2], dtype=np.float32), labels, want_c, want_n)
     np.testing.assert_allclose(got_c, want_c, rtol=1e-6)
     np.testing.assert_array_equal(got_n, want_n)
 

@@ -28,7 +28,14 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from fastvlad import _cuda, codebook, hypercolumn, vlad
+from fastvlad import codebook, hypercolumn, vlad
+from fastvlad.backends import cuda as launchers
+from fastvlad.backends import cpu
+from fastvlad.backends.cpu import CpuBackend
+from fastvlad.backends.cuda import CudaBackend
+from fastvlad.encoder import Encoder, EncoderSettings, Timings, fit_centres
+
+GPU = CudaBackend()
 
 BACKENDS = [pytest.param("gpu", marks=pytest.mark.gpu), "emulator"]
 
@@ -67,8 +74,8 @@ def test_gather_bit_identical(cp: ModuleType, mode: str, dtype: type, n: int, s_
     taps = _taps(rng, n, 24, channels, dtype)
     h, w = taps[0].shape[1:3]
     points = np.stack([hypercolumn.sample_points(rng, s_count, h, w) for _ in range(n)])
-    want = hypercolumn.gather(taps, points, mode, impl="numba")
-    got = hypercolumn.gather([cp.asarray(t) for t in taps], cp.asarray(points), mode, impl="cuda")
+    want = hypercolumn.gather(taps, points, mode)
+    got = hypercolumn.gather([cp.asarray(t) for t in taps], cp.asarray(points), mode, backend=GPU)
     assert got.dtype == cp.float32 and got.shape == want.shape
     np.testing.assert_array_equal(cp.asnumpy(got), want)
 
@@ -78,20 +85,20 @@ def test_gather_host_points_and_strided_out(cp: ModuleType) -> None:
     (tap,) = _taps(rng, 2, 9, [17], np.float32)
     ty, tx = hypercolumn.tap_tables([tap], "half_pixel")[0]
     points = np.stack([hypercolumn.sample_points(rng, 10, 9, 10) for _ in range(2)])
-    want = hypercolumn.gather([tap], points, impl="numba")
+    want = hypercolumn.gather([tap], points)
     full = cp.zeros((2, 10, 40), cp.float32)
-    _cuda.gather_tap(tap, points, ty, tx, full[:, :, 20:37])  # NumPy inputs, column slice out
+    launchers.gather_tap(tap, points, ty, tx, full[:, :, 20:37])  # NumPy inputs, column slice out
     np.testing.assert_array_equal(cp.asnumpy(full[:, :, 20:37]), want)
     assert not cp.asnumpy(full[:, :, :20]).any() and not cp.asnumpy(full[:, :, 37:]).any()
     host_out = np.empty_like(want)  # a NumPy out gets a copy back
-    _cuda.gather_tap(cp.asarray(tap), cp.asarray(points), ty, tx, host_out)
+    launchers.gather_tap(cp.asarray(tap), cp.asarray(points), ty, tx, host_out)
     np.testing.assert_array_equal(host_out, want)
 
 
 def _check_assign(cp: ModuleType, x: np.ndarray, centres: np.ndarray) -> None:
-    labels, dist = codebook.assign(x, centres, impl="cuda")
+    labels, dist = codebook.assign(x, centres, backend=GPU)
     labels, dist = cp.asnumpy(labels), cp.asnumpy(dist)
-    want_labels, want_dist = codebook.assign(x, centres, impl="numba")
+    want_labels, want_dist = codebook.assign(x, centres)
     x64, c64 = x.astype(np.float64), centres.astype(np.float64)
     x_sq, c_sq = (x64 * x64).sum(1), (c64 * c64).sum(1)
     exact = x_sq[:, None] - 2 * x64 @ c64.T + c_sq[None, :]
@@ -117,7 +124,7 @@ def test_assign_non_contiguous(cp: ModuleType) -> None:
     x = np.asfortranarray(rng.standard_normal((500, 64), dtype=np.float32))[:, ::2]
     centres = rng.standard_normal((10, 32)).astype(np.float32)
     _check_assign(cp, x, centres)
-    labels, _ = codebook.assign(cp.asarray(x), cp.asarray(centres.T).T, impl="cuda")  # device arrays, F-ordered centres
+    labels, _ = codebook.assign(cp.asarray(x), cp.asarray(centres.T).T, backend=GPU)  # device arrays, F-ordered centres
     assert labels.dtype == cp.int32 and labels.shape == (500,)
 
 
@@ -131,9 +138,9 @@ def test_argmin_kernel_ties_identical(cp: ModuleType, k: int) -> None:
     cross[5] = np.nan
     c_sq = 2 * rng.integers(0, 2, k).astype(np.float32)  # even, like 2·cross: ties for every k
     want_labels, want_dist = np.empty(m, np.int32), np.empty(m, np.float32)
-    codebook._argmin_rows_kernel(cross, np.einsum("ij,ij->i", x, x), c_sq, want_labels, want_dist)
+    cpu._argmin_rows_kernel(cross, np.einsum("ij,ij->i", x, x), c_sq, want_labels, want_dist)
     labels, dist = cp.empty(m, cp.int32), cp.empty(m, cp.float32)
-    kernel = _cuda._function("assign", "argmin_rows_f32")
+    kernel = launchers._function("assign", "argmin_rows_f32")
     kernel(((m + 7) // 8,), (256,), (cp.asarray(x), cp.asarray(cross), cp.asarray(c_sq), labels, dist,
                                     np.int32(m), np.int32(dim), np.int32(k)))
     np.testing.assert_array_equal(cp.asnumpy(labels), want_labels)
@@ -142,8 +149,8 @@ def test_argmin_kernel_ties_identical(cp: ModuleType, k: int) -> None:
 
 
 def _check_residuals(cp: ModuleType, x: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> None:
-    want = vlad.residual_sums(x, labels, centres, impl="numba")
-    got = vlad.residual_sums(cp.asarray(x), cp.asarray(labels), cp.asarray(centres), impl="cuda")
+    want = vlad.residual_sums(x, labels, centres)
+    got = vlad.residual_sums(cp.asarray(x), cp.asarray(labels), cp.asarray(centres), backend=GPU)
     assert got.dtype == cp.float32 and got.shape == want.shape
     got = cp.asnumpy(got)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(np.abs(want).max(), 1.0))
@@ -174,8 +181,8 @@ def test_residual_sums_non_contiguous_and_encode(cp: ModuleType) -> None:
     centres = rng.standard_normal((7, 77)).astype(np.float32)
     labels = rng.integers(0, 7, (3, 200)).astype(np.int64)  # int64 labels are converted
     _check_residuals(cp, x, labels, centres)
-    want = vlad.encode(x, labels.astype(np.int32), centres, impl="numba")
-    got = cp.asnumpy(vlad.encode(cp.asarray(x), cp.asarray(labels), cp.asarray(centres), impl="cuda"))
+    want = vlad.encode(x, labels.astype(np.int32), centres)
+    got = cp.asnumpy(vlad.encode(cp.asarray(x), cp.asarray(labels), cp.asarray(centres), backend=GPU))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
@@ -184,24 +191,24 @@ def test_stages_end_to_end(cp: ModuleType) -> None:
     rng = np.random.default_rng(7)
     taps = _taps(rng, 2, 32, [8, 16, 12], np.float32)
     points = np.stack([hypercolumn.sample_points(rng, 300, 32, 33) for _ in range(2)])
-    feats = hypercolumn.gather(taps, points, impl="numba")
+    feats = hypercolumn.gather(taps, points)
     centres = feats.reshape(-1, feats.shape[2])[rng.choice(600, 5, replace=False)].copy()
-    feats_gpu = hypercolumn.gather([cp.asarray(t) for t in taps], cp.asarray(points), impl="cuda")
+    feats_gpu = hypercolumn.gather([cp.asarray(t) for t in taps], cp.asarray(points), backend=GPU)
     np.testing.assert_array_equal(cp.asnumpy(feats_gpu), feats)
-    labels_gpu, _ = codebook.assign(feats_gpu.reshape(-1, feats.shape[2]), cp.asarray(centres), impl="cuda")
-    labels, _ = codebook.assign(feats.reshape(-1, feats.shape[2]), centres, impl="numba")
+    labels_gpu, _ = codebook.assign(feats_gpu.reshape(-1, feats.shape[2]), cp.asarray(centres), backend=GPU)
+    labels, _ = codebook.assign(feats.reshape(-1, feats.shape[2]), centres)
     assert (cp.asnumpy(labels_gpu) == labels).mean() > 0.99
-    codes_gpu = cp.asnumpy(vlad.encode(feats_gpu, labels_gpu.reshape(2, -1), cp.asarray(centres), impl="cuda"))
-    codes = vlad.encode(feats, cp.asnumpy(labels_gpu).reshape(2, -1), centres, impl="numba")
+    codes_gpu = cp.asnumpy(vlad.encode(feats_gpu, labels_gpu.reshape(2, -1), cp.asarray(centres), backend=GPU))
+    codes = vlad.encode(feats, cp.asnumpy(labels_gpu).reshape(2, -1), centres)
     np.testing.assert_allclose(codes_gpu, codes, rtol=1e-4, atol=1e-6)
     # The pipeline's full-width path: one fused kernel on the CPU, gather then encode on the GPU.
     fused_gpu = vlad.encode_from_taps([cp.asarray(t) for t in taps], cp.asarray(points), labels_gpu.reshape(2, -1),
-                                      cp.asarray(centres), impl="cuda")
-    fused = vlad.encode_from_taps(taps, points, cp.asnumpy(labels_gpu).reshape(2, -1), centres, impl="numba")
+                                      cp.asarray(centres), backend=GPU)
+    fused = vlad.encode_from_taps(taps, points, cp.asnumpy(labels_gpu).reshape(2, -1), centres)
     np.testing.assert_allclose(cp.asnumpy(fused_gpu), fused, rtol=1e-4, atol=1e-6)
     # ... with the first tap gathered already (the encoder passes block1/2 so)
     fused_gpu = vlad.encode_from_taps([cp.asarray(t) for t in taps], cp.asarray(points), labels_gpu.reshape(2, -1),
-                                      cp.asarray(centres), impl="cuda", gathered=feats_gpu[:, :, :8])
+                                      cp.asarray(centres), backend=GPU, gathered=feats_gpu[:, :, :8])
     np.testing.assert_allclose(cp.asnumpy(fused_gpu), fused, rtol=1e-4, atol=1e-6)
 
 
@@ -212,11 +219,11 @@ def test_nearest_from_taps_matches_cpu(cp: ModuleType, dtype: type) -> None:
     taps = _taps(rng, 2, 40, [4, 8, 64, 96], dtype)
     h, w = taps[0].shape[1:3]
     points = np.stack([hypercolumn.sample_points(rng, 500, h, w) for _ in range(2)])
-    feats = hypercolumn.gather(taps, points, impl="numba")
+    feats = hypercolumn.gather(taps, points)
     centres = feats.reshape(-1, feats.shape[2])[rng.choice(1000, 17, replace=False)] + 0.05
-    want = codebook.nearest_from_taps(taps, points, centres, impl="numba")
+    want = codebook.nearest_from_taps(taps, points, centres)
     taps_d, points_d = [cp.asarray(t) for t in taps], cp.asarray(points)
-    got = cp.asnumpy(codebook.nearest_from_taps(taps_d, points_d, cp.asarray(centres), impl="cuda"))
+    got = cp.asnumpy(codebook.nearest_from_taps(taps_d, points_d, cp.asarray(centres), backend=GPU))
     assert got.dtype == np.int32 and (got == want).mean() > 0.99  # a float32 near-tie may flip
 
 
@@ -260,13 +267,11 @@ def _toy_cnn(channels: tuple[int, ...] = (6, 10, 12)):  # type: ignore[no-untype
 @pytest.mark.parametrize(("pca", "dtype"), [(None, np.float32), (4, np.float32), (None, np.float16), (4, np.float16)])
 def test_pipeline_on_the_cuda_backend(cp: ModuleType, pca: int | None, dtype: type,
                                       request: pytest.FixtureRequest) -> None:
-    """``pipeline.codebook_sample`` and ``pipeline.encode`` with the CUDA backend, taps arriving on
+    """``Encoder.codebook_sample`` and ``Encoder.encode`` with the CUDA backend, taps arriving on
     the device as IO binding hands them over, against the CPU backend: the GPU pipeline's glue, not
     only its kernels (full width and PCA, float32 and float16 taps). In the emulator the stand-in
     refuses implicit host/device transfers as CuPy does, so a NumPy call on a device array fails."""
-    from fastvlad import backends, pipeline
-
-    settings = pipeline.EncoderSettings(density=0.3, image_size=(32, 32), pca=pca)  # 150 points per image
+    settings = EncoderSettings(density=0.3, image_size=(32, 32), pca=pca)  # 150 points per image
     rng = np.random.default_rng(10)
     images = [rng.integers(0, 255, (40, 40), dtype=np.uint8) for _ in range(5)]
     cnn = _toy_cnn()
@@ -277,15 +282,15 @@ def test_pipeline_on_the_cuda_backend(cp: ModuleType, pca: int | None, dtype: ty
     def device(pixels: np.ndarray) -> list:  # type: ignore[type-arg]
         return [cp.asarray(t) for t in host(pixels)]
 
-    cpu = backends.Backend("cpu", "numba", ("CPUExecutionProvider",), 2)
-    gpu = backends.Backend("cuda", "cuda", ("CUDAExecutionProvider",), 2)
-    sample = pipeline.codebook_sample(images, host, settings, cpu, n_images=4)  # type: ignore[arg-type]
-    gpu_sample = pipeline.codebook_sample(images, device, settings, gpu, n_images=4)  # type: ignore[arg-type]
+    cpu = CpuBackend(batch_size=2)
+    gpu = CudaBackend(batch_size=2)
+    sample = Encoder(settings, cpu, host).codebook_sample(images, n_images=4)
+    gpu_sample = Encoder(settings, gpu, device).codebook_sample(images, n_images=4)
     assert isinstance(gpu_sample, np.ndarray)
     np.testing.assert_array_equal(gpu_sample, sample)  # the gather is bit-identical
-    proj, centres = pipeline.fit_on_sample(sample, 5, settings, pipeline.Timings())
-    want = pipeline.encode(images, host, centres, settings, cpu, proj=proj)  # type: ignore[arg-type]
-    got = pipeline.encode(images, device, centres, settings, gpu, proj=proj)  # type: ignore[arg-type]
+    proj, centres = fit_centres(sample, 5, settings)
+    want = Encoder(settings, cpu, host, proj, centres).encode(images)
+    got = Encoder(settings, gpu, device, proj, centres).encode(images)
     assert isinstance(got.codes, np.ndarray) and got.codes.shape == want.codes.shape == (5, 5 * (pca or 28))
     np.testing.assert_array_equal(got.indices, want.indices)
     close = np.isclose(got.codes, want.codes, rtol=1e-4, atol=1e-5).all(axis=1)
@@ -300,8 +305,6 @@ def test_gpu_stage_times_include_the_device_work(fake_cupy: ModuleType, monkeypa
     at least that; on the CPU backend nothing waits."""
     import time
 
-    from fastvlad import backends, pipeline
-
     syncs: list[float] = []
 
     def slow_drain() -> None:
@@ -309,19 +312,19 @@ def test_gpu_stage_times_include_the_device_work(fake_cupy: ModuleType, monkeypa
         time.sleep(0.02)
 
     monkeypatch.setattr(fake_cupy.cuda.runtime, "deviceSynchronize", slow_drain)
-    settings = pipeline.EncoderSettings(density=0.3, image_size=(32, 32))
+    settings = EncoderSettings(density=0.3, image_size=(32, 32))
     images = [np.random.default_rng(i).integers(0, 255, (40, 40), dtype=np.uint8) for i in range(4)]
     cnn = _toy_cnn()
     centres = np.random.default_rng(0).standard_normal((5, 28)).astype(np.float32)
-    gpu = backends.Backend("cuda", "cuda", ("CUDAExecutionProvider",), 2)
-    timings = pipeline.Timings()
-    pipeline.encode(images, lambda p: [fake_cupy.asarray(t) for t in cnn(p)], centres, settings, gpu, timings)  # type: ignore[arg-type]
+    gpu = CudaBackend(batch_size=2)
+    timings = Timings()
+    Encoder(settings, gpu, lambda p: [fake_cupy.asarray(t) for t in cnn(p)], centres=centres).encode(images, timings)
     stages = [s for s in ("cnn", "points", "hypercolumns", "assign", "vlad") if s in timings.seconds]
     assert {"cnn", "assign", "vlad"} <= set(stages)
     for stage in stages:
         assert timings.seconds[stage] >= 2 * 0.02, (stage, dict(timings.seconds))  # two batches
     before = len(syncs)
-    pipeline.encode(images, cnn, centres, settings, backends.Backend("cpu", "numba", ("CPUExecutionProvider",), 2))  # type: ignore[arg-type]
+    Encoder(settings, CpuBackend(batch_size=2), cnn, centres=centres).encode(images)
     assert len(syncs) == before
 
 

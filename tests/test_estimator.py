@@ -11,7 +11,9 @@ import pytest
 from sklearn.base import clone
 
 import fastvlad
-from fastvlad import backends, pipeline, reference
+from fastvlad import backends, reference
+from fastvlad.backends.cpu import CPU, CpuBackend
+from fastvlad.encoder import Encoder, EncoderSettings, sample_points
 from fastvlad.backbone import Backbone
 from fastvlad.errors import ModelFormatError, NotFittedError, ParameterError
 from fastvlad.estimator import FastVLAD, load
@@ -58,10 +60,10 @@ def test_codes_match_the_notebook_pipeline(model: str, small_demo: tuple[list[np
     fitted = request.getfixturevalue(model)
     assert (fitted.projection_ is None) == (model == "fitted_faithful")
     X, _ = small_demo
-    settings = fitted._settings()
+    settings = EncoderSettings.of(fitted)
     pixels = np.stack([settings.preprocess(x) for x in X[:2]])
     taps = Backbone(fitted.backbone)(pixels)
-    points = pipeline.sample_points(pixels, settings)
+    points = sample_points(pixels, settings)
     for i in range(2):
         hc = reference.sample_hypercolumns([t[i] for t in taps], points[i])
         if fitted.projection_ is not None:
@@ -121,35 +123,35 @@ def test_not_fitted_and_bad_params(small_demo: tuple[list[np.ndarray], np.ndarra
 
 
 def test_backend_resolution() -> None:
-    assert backends.resolve("cpu").impl == "numba"
+    assert isinstance(backends.resolve("cpu"), CpuBackend)
     assert backends.resolve("auto").device in ("cpu", "cuda")
-    if backends._cuda_problem() is not None:
+    if backends.cuda_problem() is not None:
         with pytest.raises(fastvlad.DeviceUnavailableError, match="fastvlad\\[gpu\\]"):
             backends.resolve("cuda")
 
 
 def test_gpu_backend_decodes_on_several_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     """One decoding thread cannot keep a GPU fed (BENCHMARKS.md): the CUDA backend decodes on up to
-    ``GPU_DECODE_THREADS``, the CPU backend on one; an estimator's batch_size keeps that."""
+    ``GPU_DECODE_THREADS``, the CPU backend on one; a batch size (an estimator's) keeps that."""
     from fastvlad import config
 
-    monkeypatch.setattr(backends, "_cuda_problem", lambda: None)
+    monkeypatch.setattr(backends, "cuda_problem", lambda: None)
     monkeypatch.setattr(config, "usable_cores", lambda: 16)
     gpu = backends.resolve("cuda")
     assert gpu.decode_threads == config.GPU_DECODE_THREADS and backends.resolve("cpu").decode_threads == 1
-    assert FastVLAD(device="cuda", batch_size=3)._backend() == dataclasses.replace(gpu, batch_size=3)
+    assert backends.resolve("cuda", batch_size=3) == dataclasses.replace(gpu, batch_size=3)
 
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_points_are_sampled_while_decoding(small_demo: tuple[list[np.ndarray], np.ndarray], threads: int) -> None:
-    """``pipeline.batches`` samples every image's points on the decoding threads: the same points
+    """``Encoder.batches`` samples every image's points on the decoding threads: the same points
     ``sample_points`` gives for the batch, whatever the number of threads."""
     images, _ = small_demo
-    settings = pipeline.EncoderSettings(density=0.1, image_size=(64, 64))
-    backend = dataclasses.replace(backends.CPU, batch_size=5, decode_threads=threads)
+    settings = EncoderSettings(density=0.1, image_size=(64, 64))
+    backend = dataclasses.replace(CPU, batch_size=5, decode_threads=threads)
     seen = []
-    for batch in pipeline.batches(images, settings, backend):
+    for batch in Encoder(settings, backend, None).batches(images):
         assert batch.points is not None and batch.points.dtype == np.int32
-        np.testing.assert_array_equal(batch.points, pipeline.sample_points(batch.pixels, settings))
+        np.testing.assert_array_equal(batch.points, sample_points(batch.pixels, settings))
         seen += batch.indices
     assert seen == list(range(len(images)))

@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from fastvlad import explain, plots
+from fastvlad import explain, plots, reference
+from fastvlad.backbone import Backbone
 from fastvlad.cli import app
+from fastvlad.encoder import Encoder, EncoderSettings, sample_points
 from fastvlad.errors import ParameterError
 from fastvlad.estimator import FastVLAD
 
@@ -52,10 +54,11 @@ def test_contributions_sum_to_the_raw_margin(model: FastVLAD, small_demo: tuple[
 
 
 def test_explained_codes_are_the_models_codes(model: FastVLAD, small_demo: tuple[list[np.ndarray], np.ndarray]) -> None:
-    """explain re-runs the pipeline to keep the assignments; its codes must be transform()'s."""
+    """explain re-runs the encoder to keep the assignments: its codes, and the labels behind them,
+    are transform()'s, bit for bit."""
     X, _ = small_demo
-    (enc,) = list(explain._encode_batches(model, X[:3]))
-    np.testing.assert_allclose(enc.codes, model.transform(X[:3]), rtol=1e-5, atol=1e-7)
+    (enc,) = list(Encoder.of(model).encode_batches(X[:3], keep=True))
+    np.testing.assert_array_equal(enc.codes, model.transform(X[:3]))
     counts = np.stack([np.bincount(lab, minlength=model.k) for lab in enc.labels])
     blocks = enc.codes.reshape(3, model.k, -1)
     # a codeword with no points has an all-zero VLAD block
@@ -117,10 +120,20 @@ def test_rank_codewords(model: FastVLAD, small_demo: tuple[list[np.ndarray], np.
     np.testing.assert_allclose(ranking.mean_abs, np.abs(contrib).mean(axis=0), rtol=1e-5, atol=1e-7)
     assert ranking.patches.shape == (model.k, 3, 16, 16, 3) and ranking.n_images == 12
     np.testing.assert_array_equal(ranking.patch_dist, np.sort(ranking.patch_dist, axis=1))  # nearest first
-    nearest = np.full(model.k, np.inf, np.float32)  # oracle: the closest point of each codeword, over all images
-    for enc in explain._encode_batches(model, X[:12]):
-        np.minimum.at(nearest, enc.labels.ravel(), enc.dist.ravel())
-    np.testing.assert_array_equal(ranking.patch_dist[:, 0], nearest)
+    # Oracle, without the encoder: the notebook's full maps at the same points, projected, exact
+    # float64 distances to every centre; the closest point of each codeword over all images.
+    settings = EncoderSettings.of(model)
+    pixels = np.stack([settings.preprocess(x) for x in X[:12]])
+    taps = Backbone(model.backbone)(pixels)
+    points = sample_points(pixels, settings)
+    nearest = np.full(model.k, np.inf)
+    for i in range(12):
+        hc = model.projection_.apply(reference.sample_hypercolumns([t[i] for t in taps], points[i]))
+        d = ((hc[:, None, :].astype(np.float64) - model.codebook_[None].astype(np.float64)) ** 2).sum(axis=2)
+        np.minimum.at(nearest, d.argmin(axis=1), d.min(axis=1))
+    np.testing.assert_array_equal(np.isinf(ranking.patch_dist[:, 0]), np.isinf(nearest))  # same codewords seen
+    seen = np.isfinite(nearest)
+    np.testing.assert_allclose(ranking.patch_dist[seen, 0], nearest[seen], rtol=1e-4, atol=1e-4 * nearest[seen].max())
     for c in ranking.classes:
         top = ranking.top(c, 4)
         score = ranking.mean_abs[ranking.classes.index(c)]
@@ -147,9 +160,9 @@ def test_explain_a_pca_model(vgg16_path: Path, small_demo: tuple[list[np.ndarray
     """With a hypercolumn PCA the blocks are p wide (dim = code_width // k); explain follows the model."""
     X, y = small_demo
     model = FastVLAD(**small_model_params(pca=16, n_estimators=10)).fit(X, y)
-    (enc,) = list(explain._encode_batches(model, X[:2]))
+    (enc,) = list(Encoder.of(model).encode_batches(X[:2], keep=True))
     assert enc.codes.shape == (2, model.k * 16)
-    np.testing.assert_allclose(enc.codes, model.transform(X[:2]), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(enc.codes, model.transform(X[:2]))
     e = explain.explain(model, X[1])
     assert e.contributions.shape == (4, model.k)
     np.testing.assert_allclose(e.contributions.sum(axis=1) + e.bias, e.margin, rtol=1e-5, atol=1e-5)

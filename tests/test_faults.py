@@ -22,8 +22,9 @@ import pytest
 from typer.testing import CliRunner
 
 import fastvlad
-from fastvlad import _files, pipeline
-from fastvlad.backends import Backend
+from fastvlad import _files
+from fastvlad.backends.cpu import CpuBackend
+from fastvlad.encoder import Encoder, EncoderSettings
 from fastvlad.cli import app
 from fastvlad.errors import BackboneError, ModelFormatError, WriteError, is_gpu_out_of_memory
 
@@ -205,8 +206,12 @@ class FakeBackbone:
         return [nhwc, np.ascontiguousarray(pooled)]
 
 
-SETTINGS = pipeline.EncoderSettings(density=0.1, image_size=(32, 32))
-BACKEND = Backend("cpu", "numba", ("CPUExecutionProvider",), 8)
+SETTINGS = EncoderSettings(density=0.1, image_size=(32, 32))
+BACKEND = CpuBackend(batch_size=8)
+
+
+def _encode(images: list[np.ndarray], cnn: FakeBackbone, centres: np.ndarray):  # type: ignore[no-untyped-def]
+    return Encoder(SETTINGS, BACKEND, cnn, centres=centres).encode(images)
 
 
 @pytest.fixture(scope="module")
@@ -217,10 +222,10 @@ def images() -> list[np.ndarray]:
 def test_gpu_oom_halves_the_batch_and_gives_the_same_codes(images: list[np.ndarray],
                                                           caplog: pytest.LogCaptureFixture) -> None:
     centres = np.random.default_rng(1).normal(size=(4, 6)).astype(np.float32) * 50
-    expected = pipeline.encode(images, FakeBackbone(), centres, SETTINGS, BACKEND)
+    expected = _encode(images, FakeBackbone(), centres)
     fake = FakeBackbone(limit=3)
     with caplog.at_level(logging.WARNING, logger="fastvlad"):
-        got = pipeline.encode(images, fake, centres, SETTINGS, BACKEND)
+        got = _encode(images, fake, centres)
     np.testing.assert_array_equal(got.codes, expected.codes)
     np.testing.assert_array_equal(got.indices, expected.indices)
     # 8 fails, 4 fails, then 2 at a time from there on (the last batch of 3: 2 + 1).
@@ -230,8 +235,8 @@ def test_gpu_oom_halves_the_batch_and_gives_the_same_codes(images: list[np.ndarr
 
 
 def test_gpu_oom_in_the_codebook_sample(images: list[np.ndarray]) -> None:
-    expected = pipeline.codebook_sample(images, FakeBackbone(), SETTINGS, BACKEND, n_images=15)
-    got = pipeline.codebook_sample(images, FakeBackbone(limit=2), SETTINGS, BACKEND, n_images=15)
+    expected = Encoder(SETTINGS, BACKEND, FakeBackbone()).codebook_sample(images, n_images=15)
+    got = Encoder(SETTINGS, BACKEND, FakeBackbone(limit=2)).codebook_sample(images, n_images=15)
     np.testing.assert_array_equal(got, expected)
 
 
@@ -244,7 +249,7 @@ def test_onnxruntime_style_oom_is_recognised(images: list[np.ndarray]) -> None:
     assert not is_gpu_out_of_memory(ValueError("shapes do not match")) and not is_gpu_out_of_memory(MemoryError())
     centres = np.zeros((4, 6), np.float32)
     fake = FakeBackbone(limit=4, error=wrapped)
-    pipeline.encode(images[:8], fake, centres, SETTINGS, BACKEND)
+    _encode(images[:8], fake, centres)
     assert fake.calls == [8, 4, 4]
 
 
@@ -254,7 +259,7 @@ def test_other_errors_and_oom_at_one_image_pass_through(images: list[np.ndarray]
                                                         limit: int) -> None:
     fake = FakeBackbone(limit=limit, error=error)
     with pytest.raises(type(error), match=str(error)):
-        pipeline.encode(images[:8], fake, np.zeros((4, 6), np.float32), SETTINGS, BACKEND)
+        _encode(images[:8], fake, np.zeros((4, 6), np.float32))
     assert fake.calls == ([8] if limit else [8, 4, 2, 1])
 
 

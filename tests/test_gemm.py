@@ -7,7 +7,7 @@ import threading
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from fastvlad import _gemm
+from fastvlad.backends import _blas as _gemm
 
 
 def _blas_threads() -> list[int]:

@@ -12,7 +12,9 @@ import types
 import numpy as np
 import pytest
 
-from fastvlad import backends, codebook, hypercolumn, pipeline, vlad
+from fastvlad import backends, codebook, hypercolumn, vlad
+from fastvlad.backends.cpu import CPU
+from fastvlad.encoder import Encoder, EncoderSettings, sample_points
 from fastvlad.backbone import Backbone
 
 
@@ -90,15 +92,15 @@ def test_io_binding_hands_cupy_taps(gpu_backbone: Backbone, vgg16_path: Path) ->
 @pytest.mark.parametrize("fp16", [False, True])
 def test_gpu_encode_matches_cpu(gpu_backbone: Backbone, vgg16_path: Path, fp16: bool) -> None:
     """The whole encoder on the GPU (CUDA provider, CuPy kernels) against the CPU path."""
-    settings = pipeline.EncoderSettings(density=0.2, image_size=(32, 32))
+    settings = EncoderSettings(density=0.2, image_size=(32, 32))
     images = [np.random.default_rng(i).integers(0, 255, (40, 40), dtype=np.uint8) for i in range(3)]
     cpu_backbone = Backbone("vgg16")
     pixels = np.stack([settings.preprocess(im) for im in images])
-    x = hypercolumn.gather(cpu_backbone(pixels), pipeline.sample_points(pixels, settings))
+    x = hypercolumn.gather(cpu_backbone(pixels), sample_points(pixels, settings))
     centres = x.reshape(-1, x.shape[2])[:: max(1, x.shape[0] * x.shape[1] // 8)][:8].copy()
-    want = pipeline.encode(images, cpu_backbone, centres, settings, backends.CPU).codes
+    want = Encoder(settings, CPU, cpu_backbone, centres=centres).encode(images).codes
     gpu = Backbone("vgg16", providers=gpu_backbone.providers, fp16=fp16)
-    got = pipeline.encode(images, gpu, centres, settings, backends.resolve("cuda")).codes
+    got = Encoder(settings, backends.resolve("cuda"), gpu, centres=centres).encode(images).codes
     tol = 5e-2 if fp16 else 1e-3  # fp16 activations: a few labels may move to a near-tie neighbour
     assert np.abs(got - want).max() <= tol or np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
 
@@ -127,17 +129,17 @@ def test_estimator_on_the_cuda_backend_in_the_emulator(fake_cupy: types.ModuleTy
 
     from .conftest import small_model_params
 
-    monkeypatch.setattr(backends, "_cuda_problem", lambda: None)
+    monkeypatch.setattr(backends, "cuda_problem", lambda: None)
     images, labels = small_demo
     for pca, fp16 in ((None, False), (8, False), (None, True)):
         cpu = FastVLAD(**small_model_params(pca=pca, fp16=fp16)).fit(images, labels)
         gpu = FastVLAD(**small_model_params(pca=pca, fp16=fp16, device="cuda")).fit(images, labels)
-        assert gpu._backend().impl == "cuda"
+        assert Encoder.of(gpu).backend.device == "cuda"
         np.testing.assert_allclose(gpu.codebook_, cpu.codebook_, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(gpu.transform(images[:6]), cpu.transform(images[:6]), rtol=1e-4, atol=1e-5)
         assert list(gpu.predict(images[:6])) == list(cpu.predict(images[:6]))
         again = load(gpu.save(tmp_path / f"gpu-{pca}-{fp16}.fvl"))
         np.testing.assert_array_equal(again.predict_proba(images[:6]), gpu.predict_proba(images[:6]))
-        assert gpu._get_backbone(gpu._backend()).fp16 == fp16 and again.fp16 == fp16
+        assert Encoder.of(gpu).cnn.fp16 == fp16 and again.fp16 == fp16
     assert {name for name, *_ in fake_cupy.LAUNCHES} >= {"gather_f32", "argmin_rows_f32", "residual_sums_f32",
                                                          "gather_f16"}

@@ -10,9 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastvlad import hypercolumn, reference
+from fastvlad.backends import cpu
 from fastvlad.errors import ParameterError
 
-IMPLS = ["numpy", "numba"]
+#: The CPU backend's gather, and the vectorised oracle other tests compare with (checked here too).
+IMPLS = ["cpu", "oracle"]
+
+
+def _gather(impl: str, taps: list[np.ndarray], points: np.ndarray, mode: str = "half_pixel") -> np.ndarray:
+    return hypercolumn.gather(taps, points, mode) if impl == "cpu" else reference.gather(taps, points, mode)
 
 
 def _taps(rng: np.random.Generator, n: int, hw: tuple[int, int], channels: tuple[int, ...]) -> list[np.ndarray]:
@@ -35,7 +41,7 @@ def test_gather_equals_full_map_upsampling(impl: str, mode: str, hw: tuple[int, 
     rng = np.random.default_rng(1)
     taps = _taps(rng, 2, hw, (3, 5, 7, 2, 4))
     points = np.stack([hypercolumn.sample_points(rng, 97, *hw) for _ in range(2)])
-    got = hypercolumn.gather(taps, points, mode, impl=impl)
+    got = _gather(impl, taps, points, mode)
     assert got.shape == (2, 97, 21) and got.dtype == np.float32
     np.testing.assert_allclose(got, _reference(taps, points, mode), rtol=1e-6, atol=1e-6)
 
@@ -46,12 +52,12 @@ def test_gather_read_only_and_mixed_taps() -> None:
     rng = np.random.default_rng(12)
     taps = _taps(rng, 2, (16, 16), (3, 5, 4))
     points = np.stack([hypercolumn.sample_points(rng, 40, 16, 16) for _ in range(2)])
-    want = hypercolumn.gather(taps, points, impl="numba")
+    want = hypercolumn.gather(taps, points)
     for frozen in ((0, 1, 2), (1,)):
         copies = [t.copy() for t in taps]
         for f in frozen:
             copies[f].flags.writeable = False
-        np.testing.assert_array_equal(hypercolumn.gather(copies, points, impl="numba"), want)
+        np.testing.assert_array_equal(hypercolumn.gather(copies, points), want)
     assert all(t.flags.writeable for t in taps)  # the caller's arrays are left as they were
 
 
@@ -59,10 +65,10 @@ def test_gather_more_taps_than_the_tuple_slots() -> None:
     """A backbone with more taps than ``TAP_SLOTS`` (one compile for that count) and with exactly
     one: the Numba gather equals the reference."""
     rng = np.random.default_rng(11)
-    for count in (1, hypercolumn.TAP_SLOTS + 1):
+    for count in (1, cpu.TAP_SLOTS + 1):
         taps = _taps(rng, 2, (20, 20), tuple(range(1, count + 1)))
         points = np.stack([hypercolumn.sample_points(rng, 31, 20, 20) for _ in range(2)])
-        got = hypercolumn.gather(taps, points, impl="numba")
+        got = hypercolumn.gather(taps, points)
         np.testing.assert_allclose(got, _reference(taps, points, "half_pixel"), rtol=1e-6, atol=1e-6)
 
 
@@ -72,7 +78,7 @@ def test_gather_non_contiguous_and_single_point(impl: str) -> None:
     base = rng.standard_normal((1, 20, 20, 6), dtype=np.float32)
     taps = [base[:, :, :, ::2], base[:, ::2, ::2, :5]]  # strided views
     points = np.array([[[19, 0]]], dtype=np.int32)
-    got = hypercolumn.gather(taps, points, impl=impl)
+    got = _gather(impl, taps, points)
     np.testing.assert_allclose(got, _reference([np.ascontiguousarray(t) for t in taps], points, "half_pixel"),
                                rtol=1e-6, atol=1e-6)
 
@@ -87,7 +93,7 @@ def test_gather_property(n: int, h: int, w: int, c: int, s: int, mode: str, half
     if half:
         taps = [t.astype(np.float16) for t in taps]
     points = np.stack([hypercolumn.sample_points(rng, s, h, w) for _ in range(n)])
-    got = hypercolumn.gather(taps, points, mode, impl=impl)
+    got = _gather(impl, taps, points, mode)
     want = _reference([t.astype(np.float32) for t in taps], points, mode)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
@@ -99,47 +105,44 @@ def test_gather_float16_equals_its_float32_widening(impl: str) -> None:
     taps = [t.astype(np.float16) for t in _taps(rng, 2, (23, 17), (8, 16, 5))]
     taps[1][0, 0, 0, :4] = [np.inf, -np.inf, 6e-8, -0.0]  # infinities, a subnormal, a signed zero
     points = np.stack([hypercolumn.sample_points(rng, 40, 23, 17) for _ in range(2)])
-    got = hypercolumn.gather(taps, points, impl=impl)
-    want = hypercolumn.gather([t.astype(np.float32) for t in taps], points, impl=impl)
+    got = _gather(impl, taps, points)
+    want = _gather(impl, [t.astype(np.float32) for t in taps], points)
     np.testing.assert_array_equal(got, want)
-    mixed = hypercolumn.gather([taps[0], taps[1].astype(np.float32), taps[2]], points, impl=impl)
+    mixed = _gather(impl, [taps[0], taps[1].astype(np.float32), taps[2]], points)
     np.testing.assert_array_equal(mixed, want)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_gather_point_order_and_strided_out(impl: str) -> None:
+def test_gather_point_order_and_strided_out() -> None:
     """Rows follow the points' order (the kernel visits them sorted) and a column slice is a valid out."""
     rng = np.random.default_rng(4)
     taps = _taps(rng, 2, (30, 31), (4, 6, 3))
     points = np.stack([hypercolumn.sample_points(rng, 50, 30, 31) for _ in range(2)])
-    want = hypercolumn.gather(taps, points, impl=impl)
+    want = hypercolumn.gather(taps, points)
     perm = rng.permutation(50)
-    np.testing.assert_array_equal(hypercolumn.gather(taps, points[:, perm], impl=impl), want[:, perm])
+    np.testing.assert_array_equal(hypercolumn.gather(taps, points[:, perm]), want[:, perm])
     wide = np.full((2, 50, 20), 7.0, np.float32)
-    hypercolumn.gather(taps, points, impl=impl, out=wide[:, :, 3:16])
+    hypercolumn.gather(taps, points, out=wide[:, :, 3:16])
     np.testing.assert_array_equal(wide[:, :, 3:16], want)
     assert (wide[:, :, :3] == 7).all() and (wide[:, :, 16:] == 7).all()
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_gather_no_points_and_bad_points(impl: str) -> None:
+def test_gather_no_points_and_bad_points() -> None:
     taps = _taps(np.random.default_rng(5), 2, (8, 8), (3, 2))
-    empty = hypercolumn.gather(taps, np.zeros((2, 0, 2), np.int32), impl=impl)
+    empty = hypercolumn.gather(taps, np.zeros((2, 0, 2), np.int32))
     assert empty.shape == (2, 0, 5)
     with pytest.raises(ParameterError, match="outside the 8×8"):
-        hypercolumn.gather(taps, np.full((2, 1, 2), 8, np.int32), impl=impl)
+        hypercolumn.gather(taps, np.full((2, 1, 2), 8, np.int32))
     with pytest.raises(ParameterError, match="n = 3"):
-        hypercolumn.gather(taps, np.zeros((3, 1, 2), np.int32), impl=impl)
+        hypercolumn.gather(taps, np.zeros((3, 1, 2), np.int32))
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_gather_add_sums_taps(impl: str) -> None:
+def test_gather_add_sums_taps() -> None:
     rng = np.random.default_rng(6)
     maps = [rng.standard_normal((2, h, h + 1, 5), dtype=np.float32) for h in (20, 10, 5)]
     points = np.stack([hypercolumn.sample_points(rng, 33, 20, 21) for _ in range(2)])
     base = rng.standard_normal((2, 33, 5), dtype=np.float32)
-    got = hypercolumn.gather_add(maps, points, base.copy(), (20, 21), impl=impl)
-    want = base + sum(hypercolumn.gather([m], points, impl=impl, out_hw=(20, 21)) for m in maps)
+    got = hypercolumn.gather_add(maps, points, base.copy(), (20, 21))
+    want = base + sum(reference.gather([m], points, out_hw=(20, 21)) for m in maps)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
@@ -183,7 +186,7 @@ def test_prefetch_emits_the_hint_and_leaves_data_alone(dtype: type) -> None:
     real prefetch instructions, on contiguous, strided and empty rows and past an array's end."""
     from numba import njit
 
-    from fastvlad._prefetch import _prefetch_element, prefetch_row
+    from fastvlad.backends._prefetch import _prefetch_element, prefetch_row
 
     @njit
     def rows(a):  # type: ignore[no-untyped-def]
@@ -214,15 +217,13 @@ def test_tap_tuples_of_any_count_share_one_numba_type() -> None:
     tap count (about 6 s each on 2 cores)."""
     import numba
 
-    from fastvlad import vlad
-
     rng = np.random.default_rng(0)
     points = np.zeros((2, 3, 2), np.int32)
     types = set()
-    for count in (1, 2, 3, 5, hypercolumn.TAP_SLOTS):
+    for count in (1, 2, 3, 5, cpu.TAP_SLOTS):
         taps = [rng.standard_normal((2, 8 >> min(t, 2), 8 >> min(t, 2), 4), dtype=np.float32) for t in range(count)]
-        args = hypercolumn.numba_tap_args(taps, points, hypercolumn.tap_tables(taps, "half_pixel"))
+        args = cpu.tap_args(taps, points, hypercolumn.tap_tables(taps, "half_pixel"))
         assert len(args[-1]) == count + 1  # the offsets say how many taps are real
         types.add(numba.typeof(args[0]))
-    types.add(numba.typeof(vlad._no_taps(2)[0]))
+    types.add(numba.typeof(cpu.no_taps(2)[0]))
     assert len(types) == 1, types

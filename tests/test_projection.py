@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 
 import fastvlad
-from fastvlad import demo, hypercolumn, pipeline, projection, reference
+from fastvlad import demo, hypercolumn, projection, reference
+from fastvlad.encoder import EncoderSettings, sample_points
 from fastvlad.backbone import Backbone
 from fastvlad.errors import ModelFormatError, ParameterError
 from fastvlad.estimator import FAITHFUL_PARAMS, FastVLAD
 
 from .conftest import small_model_params
-
-IMPLS = ["numpy", "numba"]
 
 
 def _taps(rng: np.random.Generator, n: int, hw: tuple[int, int], channels: tuple[int, ...]) -> list[np.ndarray]:
@@ -56,18 +55,17 @@ def test_whitened_projection_has_unit_covariance() -> None:
     np.testing.assert_allclose(np.cov(y, rowvar=False), np.eye(6), atol=1e-3)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("mode", hypercolumn.INTERPOLATION_MODES)
 @pytest.mark.parametrize("order", projection.ORDERS)
 @pytest.mark.parametrize("hw, n_points", [((37, 23), 60), ((19, 31), 500), ((9, 9), 81)])
-def test_project_before_interpolation_is_exact(impl: str, mode: str, order: str, hw: tuple[int, int],
+def test_project_before_interpolation_is_exact(mode: str, order: str, hw: tuple[int, int],
                                                n_points: int) -> None:
     """Every tap projected (before or after interpolation) equals interpolate-then-project."""
     rng = np.random.default_rng(hw[0] * 7 + n_points)
     taps = _taps(rng, 2, hw, (3, 5, 7, 2, 4))
     points = np.stack([hypercolumn.sample_points(rng, n_points, *hw) for _ in range(2)])
     proj = _random_projection(rng, 21, 6)
-    got = projection.gather(taps, points, proj, mode, impl=impl, order=order)
+    got = projection.gather(taps, points, proj, mode, order=order)
     oracle = np.stack([(reference.sample_hypercolumns([t[i] for t in taps], points[i], mode).astype(np.float64)
                         @ proj.weight + proj.bias) for i in range(2)])
     assert got.shape == (2, min(n_points, hw[0] * hw[1]), 6) and got.dtype == np.float32
@@ -79,10 +77,10 @@ def test_project_before_interpolation_is_exact(impl: str, mode: str, order: str,
 def test_real_vgg16_taps_both_orders(vgg16_path: Path) -> None:
     """On real VGG16 taps of a 224² demo image with the paper's 5,000 points and 128 components."""
     image = demo.make_dataset(1, size=224, random_state=3)[0][1]
-    settings = pipeline.EncoderSettings()
+    settings = EncoderSettings()
     pixels = settings.preprocess(image)[None]
     taps = Backbone()(pixels)  # the default VGG16 (vgg16_path makes sure it is cached)
-    points = pipeline.sample_points(pixels, settings)
+    points = sample_points(pixels, settings)
     full = hypercolumn.gather(taps, points)
     proj = projection.fit(full[0], 128)
     expected = full[0].astype(np.float64) @ proj.weight + proj.bias
@@ -142,10 +140,10 @@ def test_pca_codes_match_reference(fitted_pca: FastVLAD, small_demo: tuple[list[
     X, _ = small_demo
     proj = fitted_pca.projection_
     assert proj is not None and proj.components == 16 and fitted_pca.codebook_.shape == (8, 16)
-    settings = fitted_pca._settings()
+    settings = EncoderSettings.of(fitted_pca)
     pixels = np.stack([settings.preprocess(x) for x in X[:2]])
     taps = Backbone(fitted_pca.backbone)(pixels)
-    points = pipeline.sample_points(pixels, settings)
+    points = sample_points(pixels, settings)
     codes = fitted_pca.transform(X[:2])
     assert codes.shape == (2, 8 * 16)
     for i in range(2):

@@ -1,4 +1,5 @@
-"""CuPy launchers of the CUDA kernels in ``kernels/*.cu``: the ``impl="cuda"`` paths of the stages.
+"""The CUDA backend: CuPy arrays, the CUDA kernels of ``kernels/*.cu`` and cuBLAS, ONNX Runtime's
+CUDA provider, XGBoost on the GPU.
 
 Each ``.cu`` file is compiled by NVRTC through ``cupy.RawModule`` on first use (per device; CuPy
 also keeps the binary in its on-disk kernel cache). Inputs may be NumPy or CuPy, float32 or
@@ -10,14 +11,17 @@ and says what to install, without it.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from .errors import DeviceUnavailableError, ParameterError
-from .hypercolumn import AxisTable
+from .. import config
+from ..errors import DeviceUnavailableError, ParameterError
+from . import GPU_INSTALL, AxisTable, Tables, normalise
 
-GPU_INSTALL = "pip install 'fastvlad[gpu]' (CuPy for CUDA 12: cupy-cuda12x), or use device='cpu'"
 #: Dynamic shared memory a block may use without an opt-in attribute, on every architecture.
 SHARED_BYTES = 48 * 1024
 #: Bytes of float32 temporaries (fp32 copy of an fp16 block + the cross-product block) per GEMM block.
@@ -36,14 +40,15 @@ def _cupy() -> Any:
     try:
         import cupy
     except ImportError as exc:
-        raise DeviceUnavailableError(f"impl='cuda' needs CuPy, which is not installed: {GPU_INSTALL}") from exc
+        raise DeviceUnavailableError(f"the CUDA backend needs CuPy, which is not installed: {GPU_INSTALL}, "
+                                     "or use device='cpu'") from exc
     if not _checked:
         try:  # without a driver CuPy raises here instead of returning 0
             count = cupy.cuda.runtime.getDeviceCount()
         except Exception as exc:
-            raise DeviceUnavailableError(f"impl='cuda': CuPy cannot reach a GPU ({type(exc).__name__}: {exc})") from exc
+            raise DeviceUnavailableError(f"the CUDA backend: CuPy cannot reach a GPU ({type(exc).__name__}: {exc})") from exc
         if count < 1:
-            raise DeviceUnavailableError("impl='cuda': no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES)")
+            raise DeviceUnavailableError("the CUDA backend: no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES)")
         _checked = True
     return cupy
 
@@ -215,3 +220,74 @@ def residual_sums(x: Any, labels: Any, centres: Any, out: Any) -> None:
         )
     if not direct:
         _write_back(out, dst)
+
+
+# -- the backend object --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CudaBackend:
+    """CuPy arrays, the CUDA kernels above and cuBLAS, ONNX Runtime's CUDA provider, XGBoost on the GPU."""
+
+    device: str = "cuda"
+    providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    batch_size: int = config.GPU_BATCH_SIZE
+    decode_threads: int = 1  # ``backends.resolve`` sets min(GPU_DECODE_THREADS, cores)
+
+    @property
+    def xp(self) -> ModuleType:
+        return _cupy()
+
+    def asarray(self, a: Any) -> Any:
+        return _cupy().asarray(a)
+
+    def to_numpy(self, a: Any) -> np.ndarray:
+        return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+    def synchronize(self) -> None:
+        """CUDA kernels return at launch: without this a clock read times the launch and bills
+        the work to whatever synchronises next."""
+        _cupy().cuda.runtime.deviceSynchronize()
+
+    def release_memory(self) -> None:
+        _cupy().get_default_memory_pool().free_all_blocks()
+
+    def with_batch_size(self, batch_size: int) -> CudaBackend:
+        return replace(self, batch_size=batch_size)
+
+    def gather(self, taps: Sequence[Any], points: Any, tables: Tables, out: Any, accumulate: bool = False) -> None:
+        if accumulate:  # one tap at a time into a temporary, added to ``out``
+            for tap, table in zip(taps, tables):
+                part = _cupy().empty((*points.shape[:2], tap.shape[3]), dtype=np.float32)
+                self.gather([tap], points, [table], part)
+                out += part
+            return
+        offset = 0
+        for tap, (ty, tx) in zip(taps, tables):
+            gather_tap(tap, points, ty, tx, out[:, :, offset : offset + tap.shape[3]])
+            offset += tap.shape[3]
+
+    def matmul_per_image(self, a: Any, b: Any, out: Any = None) -> Any:
+        return _cupy().matmul(a, b, out=out)  # batched cuBLAS: one GEMM per image
+
+    def argmin_rows(self, cross: Any, c_sq: Any, labels: Any) -> Any:
+        return argmin_rows(cross, c_sq, labels)
+
+    def assign(self, x: Any, centres: Any, block_rows: int, with_dist: bool) -> tuple[Any, Any]:
+        labels, dist = assign(x, centres)  # blocks sized by ASSIGN_BLOCK_BYTES, not rows
+        return labels, dist if with_dist else None
+
+    def residual_sums(self, x: Any, labels: Any, centres: Any) -> Any:
+        out = _cupy().empty((x.shape[0], centres.shape[0], x.shape[2]), dtype=np.float32)
+        residual_sums(x, labels, centres, out)
+        return out
+
+    def vlad(self, x: Any, labels: Any, centres: Any, intra: bool, power: bool, taps: Sequence[Any] = (),
+             points: Any = None, tables: Tables = ()) -> Any:
+        if len(taps):  # no fused kernel here: the hypercolumns are gathered first
+            hc = _cupy().empty((*x.shape[:2], x.shape[2] + sum(int(t.shape[3]) for t in taps)), dtype=np.float32)
+            hc[..., : x.shape[2]] = x
+            if x.shape[0] * x.shape[1]:
+                self.gather(taps, points, tables, hc[..., x.shape[2] :])
+            x = hc
+        return normalise(self.residual_sums(x, labels, centres), intra, power, _cupy())

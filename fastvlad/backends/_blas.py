@@ -1,4 +1,4 @@
-"""The encoder's GEMMs: one image per thread, each on a single-threaded BLAS.
+"""The CPU backend's per-image GEMMs: one image per thread, each on a single-threaded BLAS.
 
 Why not one big multithreaded GEMM per batch:
 
@@ -9,8 +9,6 @@ Why not one big multithreaded GEMM per batch:
   gives the same bits for the same image, whatever the batch, partition, calling thread or
   machine size. (OpenBLAS is held to one thread through its own API; another BLAS through
   threadpoolctl, which only one Python thread can do.)
-
-CuPy arrays go to ``cupy.matmul`` (batched cuBLAS) unchanged.
 """
 
 from __future__ import annotations
@@ -97,8 +95,6 @@ def per_image(a: Any, b: Any, out: Any = None) -> Any:
     """``a @ b`` for a batch ``(n, m, c)`` and a matrix ``(c, p)``: ``(n, m, p)`` float32 (into ``out``).
 
     On the CPU the images are spread over as many threads as Numba uses (``numba.get_num_threads``)."""
-    if not isinstance(a, np.ndarray):
-        return __import__("cupy").matmul(a, b, out=out)
     import numba
 
     if out is None:

@@ -1,0 +1,401 @@
+"""The encoder, top to bottom: images → CNN taps → hypercolumns at sampled pixels →
+codebook (fit only) → VLAD codes. The classifier on the codes is in ``estimator.py``.
+
+```
+sources ─ batches ─→ (n, 3, H, W) pixels + (n, S, 2) points     images.iter_batches, on decoding threads
+        ─ taps ────→ [(n, h_l, w_l, C_l)] on the backend         backbone.Backbone (ONNX Runtime)
+        ─ hypercolumns → (n, S, dim or p)                        hypercolumn.gather / projection.gather
+        ─ codebook_sample → fit_codebook: PCA + k-means centres   projection.fit, codebook.fit_kmeans
+        ─ codes ───→ (n, k·dim) float32                          codebook.nearest_*, vlad.encode*
+```
+
+One CNN pass per image: the codebook is fitted on a sample of images, then every image is
+encoded once. A batch's taps (24.5 MB per 224² image) are dropped as soon as its codes are
+computed; nothing per-pixel is kept for the whole dataset. Without PCA the encoder never builds
+the full (n, S, 1472) hypercolumns: the assignment and VLAD read the coarse taps on their own
+grid (``Encoder.codes``). Everything that encodes — the estimator, cross-validation, Dask,
+explanations, the bench — goes through ``Encoder``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from . import backbone as backbones
+from . import backends, checks, codebook, config, hypercolumn, progress, projection, vlad
+from .backends import Backend
+from .errors import ImageReadError, InvalidDatasetError, ModelFormatError, is_gpu_out_of_memory
+from .images import Batch, ImageSource, Preprocess, iter_batches
+from .projection import Projection
+
+log = logging.getLogger("fastvlad")
+
+#: A CNN: (n, 3, H, W) float32 pixels → one (n, h_l, w_l, C_l) array per tap (``backbone.Backbone``).
+CNN = Callable[[np.ndarray], list]
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """Everything that decides the codes, apart from the backbone and the codebook."""
+
+    density: float = 10.0
+    image_size: tuple[int, int] | None = (224, 224)
+    resample: str = "bilinear"
+    interpolation: str = "half_pixel"
+    intra: bool = True
+    power: bool = False
+    random_state: int = 0
+    pca: int | None = None  # hypercolumn PCA components (None: the full hypercolumn)
+    whiten: bool = False  # divide the PCA axes by their standard deviations
+
+    @classmethod
+    def of(cls, model: Any) -> EncoderSettings:
+        """The settings of an estimator's parameters (``FastVLAD``)."""
+        return cls(model.density, checks.image_size(model.image_size), model.resample, model.interpolation,
+                   model.intra, model.power, model.random_state, pca=int(model.pca) if model.pca else None,
+                   whiten=bool(model.whiten))
+
+    @property
+    def n_points(self) -> int:
+        return hypercolumn.points_for_density(self.density)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(self.image_size, self.resample)
+
+
+@dataclass
+class Timings:
+    """Seconds per stage, summed over batches, and the number of images seen. ``synchronize``
+    (the backend's, set by the encoder) runs before every clock read, so that a GPU stage's time
+    is its work, not its kernel launches."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    images: int = 0
+    synchronize: Callable[[], None] | None = None
+
+    def add(self, stage: str, since: float) -> float:
+        if self.synchronize is not None:
+            self.synchronize()
+        now = time.perf_counter()
+        self.seconds[stage] += now - since
+        return now
+
+
+@dataclass
+class Encoded:
+    """Codes of the images that could be read, and the ones that could not."""
+
+    codes: np.ndarray  # (n_ok, k·dim) float32
+    indices: np.ndarray  # (n_ok,) positions in the source list
+    failed: list[tuple[int, ImageReadError]]
+
+
+@dataclass
+class EncodedBatch:
+    """One decoded batch and its codes; with ``keep``, the assignments behind them."""
+
+    batch: Batch  # indices, pixels (n, 3, H, W), points (n, S, 2), failed
+    codes: np.ndarray  # (n, k·dim) float32
+    labels: np.ndarray | None = None  # (n, S) int32 centre of every point
+    dist: np.ndarray | None = None  # (n, S) float32 squared distance of every point's hypercolumn to it
+
+
+class Workspace:
+    """Reused output buffers: a fresh (n, S, 1472) float32 array per batch (235 MB for 8
+    images at d = 10 %) costs more in page faults than the gather that fills it."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._buffers: dict[tuple[int, ...], object] = {}
+
+    def empty(self, shape: tuple[int, ...]):  # type: ignore[no-untyped-def]
+        if shape not in self._buffers:
+            self._buffers.clear()
+            self._buffers[shape] = self.backend.xp.empty(shape, dtype=np.float32)
+        return self._buffers[shape]
+
+
+class GpuMemoryRetry:
+    """Runs per-batch work on parts of at most ``size`` images. On a GPU out-of-memory error
+    it halves ``size`` (down to one image), says so, and retries that part; later batches
+    keep the smaller size. The codes do not change: each image's points are seeded by the
+    image itself, so how a batch is cut does not matter. Any other error passes through."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.size = max(1, backend.batch_size)
+
+    def run(self, n: int, work: Callable[[slice], None]) -> None:
+        start = 0
+        while start < n:
+            part = slice(start, min(n, start + self.size))
+            try:
+                work(part)
+            except Exception as exc:
+                if self.size == 1 or not is_gpu_out_of_memory(exc):
+                    raise
+                tried = part.stop - part.start
+                self.size = max(1, tried // 2)
+                log.warning("fastvlad: out of GPU memory with %d images at once; retrying with %d (%s)",
+                            tried, self.size, str(exc).splitlines()[0][:200])
+                self.backend.release_memory()
+                continue
+            start = part.stop
+
+
+def image_points(image: np.ndarray, settings: EncoderSettings) -> np.ndarray:
+    """Random pixels of one image (3, H, W), seeded by the seed and the image itself: (S, 2) int32."""
+    _, h, w = image.shape
+    return hypercolumn.sample_points(hypercolumn.image_rng(settings.random_state, image), settings.n_points, h, w)
+
+
+def sample_points(pixels: np.ndarray, settings: EncoderSettings) -> np.ndarray:
+    """``image_points`` of every image of a batch (n, 3, H, W): (n, S, 2) int32."""
+    return np.stack([image_points(img, settings) for img in pixels])
+
+
+@dataclass
+class SamplePlan:
+    """Which images and which of their points the codebook is fitted on: ``chosen`` positions, and
+    ``keep`` drawing each readable image's rows in order (the local and the Dask fit share it)."""
+
+    chosen: np.ndarray  # (m,) sorted positions in the source list
+    per_image: int  # rows kept of each image
+    rng: np.random.Generator
+
+    def keep(self, n_points: int) -> np.ndarray:
+        """Rows kept of the next readable image, which gave ``n_points`` points: (≤ per_image,) int64."""
+        return self.rng.permuted(np.arange(n_points))[: self.per_image]
+
+
+def sample_plan(n_sources: int, n_images: int, settings: EncoderSettings,
+                max_points: int = config.CODEBOOK_MAX_POINTS) -> SamplePlan:
+    """``n_images`` random positions of ``n_sources`` and the rows to keep of each, ``max_points`` in all."""
+    rng = np.random.default_rng(settings.random_state)
+    chosen = np.sort(rng.choice(n_sources, size=min(n_images, n_sources), replace=False))
+    per_image = max(1, min(settings.n_points, max_points // len(chosen)))
+    return SamplePlan(chosen, per_image, rng)
+
+
+def fit_centres(sample: np.ndarray, k: int, settings: EncoderSettings,
+                timings: Timings | None = None) -> tuple[Projection | None, np.ndarray]:
+    """The PCA (when ``settings.pca`` is narrower than the hypercolumn ``(m, dim)`` sample; a narrower
+    backbone keeps its full hypercolumn) and the k-means centres ``(k, p or dim)`` of its projection."""
+    timings = timings or Timings()
+    proj = None
+    t = time.perf_counter()
+    if settings.pca and settings.pca < sample.shape[1]:
+        proj = projection.fit(sample, settings.pca, settings.whiten, settings.random_state)
+        sample = proj.apply(sample)
+        t = timings.add("pca", t)
+    centres, _ = codebook.fit_kmeans(sample, k, random_state=settings.random_state)
+    timings.add("kmeans", t)
+    return proj, centres
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """The encoder of one estimator: settings, backend, CNN, and once fitted, PCA and centres.
+
+    Build it from an estimator with ``Encoder.of(model)``, or directly from its parts.
+    """
+
+    settings: EncoderSettings
+    backend: Backend
+    cnn: Any  # a backbone.Backbone, or any ``CNN`` (then ``of`` and the model file do not apply)
+    projection: Projection | None = None
+    centres: np.ndarray | None = None  # (k, p or dim) float32
+    skip_errors: bool = False  # unreadable images are reported in ``failed`` instead of raised
+
+    @classmethod
+    def of(cls, model: Any, check_backbone: bool = True, threads: int | None = None) -> Encoder:
+        """The encoder of a ``FastVLAD`` (its parameters, and what it has fitted). With
+        ``check_backbone``, a backbone whose SHA-256 differs from the one the model was fitted
+        with is refused (``ModelFormatError``). ``threads``: ONNX Runtime's (default: all cores)."""
+        backend = backends.resolve(model.device, model.batch_size)
+        cnn = backbones.open_shared(model.backbone, model.taps, backend.providers, bool(model.fp16), threads)
+        recorded = getattr(model, "backbone_sha256_", None)
+        if check_backbone and recorded is not None and recorded != cnn.sha256:
+            raise ModelFormatError(f"this model was trained with backbone SHA-256 {recorded[:12]}…, "
+                                   f"but {cnn.path} has {cnn.sha256[:12]}…; use the same backbone")
+        return cls(EncoderSettings.of(model), backend, cnn, getattr(model, "projection_", None),
+                   getattr(model, "codebook_", None), model.on_error == "skip")
+
+    # -- 1. images → batches of pixels and points -------------------------------------------------
+    def batches(self, sources: Sequence[ImageSource]) -> Iterator[Batch]:
+        """The images decoded ``backend.batch_size`` at a time on the backend's decoding threads, which
+        also sample every image's points (about 0.3 ms per image, kept off the thread driving the CNN)."""
+        return iter_batches(sources, self.settings.preprocess, self.backend.batch_size, self.skip_errors,
+                            threads=self.backend.decode_threads,
+                            points_of=functools.partial(image_points, settings=self.settings))
+
+    # -- 2. the CNN ---------------------------------------------------------------------------------
+    def taps(self, pixels: np.ndarray, points: np.ndarray, timings: Timings) -> tuple[list[Any], Any]:
+        """The CNN taps of a batch ``[(n, h_l, w_l, C_l)]`` and its points ``(n, S, 2)`` int32, both on
+        the backend's device."""
+        t = time.perf_counter()
+        taps = self.cnn(pixels)
+        t = timings.add("cnn", t)
+        points = self.backend.asarray(points)
+        taps = [self.backend.asarray(m) for m in taps]
+        timings.add("points", t)
+        return taps, points
+
+    # -- 3. hypercolumns at the points -------------------------------------------------------------
+    def hypercolumns(self, taps: list[Any], points: Any, workspace: Workspace, timings: Timings,
+                     proj: Projection | None = None) -> Any:
+        """Hypercolumns of a batch at its points: ``(n, S, dim)`` float32, or ``(n, S, p)`` when ``proj``
+        (on the backend's device) projects each tap first. Lives in ``workspace`` until the next batch."""
+        t = time.perf_counter()
+        n, s = points.shape[:2]
+        if proj is not None:
+            out = workspace.empty((n, s, proj.components))
+            projection.gather(taps, points, proj, self.settings.interpolation, self.backend, out=out)
+        else:
+            out = workspace.empty((n, s, sum(m.shape[3] for m in taps)))
+            hypercolumn.gather(taps, points, self.settings.interpolation, self.backend, out=out)
+        timings.add("hypercolumns", t)
+        return out
+
+    # -- 4. the codebook (fit only) ------------------------------------------------------------------
+    def sample_hypercolumns(self, sources: Sequence[ImageSource], keeps: Sequence[np.ndarray] | None,
+                            plan: SamplePlan | None, timings: Timings,
+                            bar: Callable[[int], None] | None = None) -> tuple[list[np.ndarray], list[tuple[int, ImageReadError]]]:
+        """Full hypercolumns of every readable image of ``sources`` at its kept rows, on the host:
+        ``keeps[i]`` given, or drawn from ``plan`` in order. Also the failures. ``bar(n)`` after each batch."""
+        timings.synchronize = self.backend.synchronize
+        rows: list[np.ndarray] = []
+        failed: list[tuple[int, ImageReadError]] = []
+        workspace = Workspace(self.backend)
+        retry = GpuMemoryRetry(self.backend)
+        for batch in self.batches(sources):
+            failed += batch.failed
+            if batch.indices:
+                hc = self._hypercolumns_in_parts(retry, batch, workspace, timings)
+                for j, i in enumerate(batch.indices):
+                    keep = keeps[i] if keeps is not None else plan.keep(hc.shape[1])  # type: ignore[union-attr]
+                    rows.append(hc[j, keep])
+            if bar is not None:
+                bar(len(batch.indices) + len(batch.failed))
+        return rows, failed
+
+    def _hypercolumns_in_parts(self, retry: GpuMemoryRetry, batch: Batch, workspace: Workspace,
+                               timings: Timings) -> np.ndarray:
+        """Full hypercolumns ``(n, S, dim)`` of a batch on the host, computed in parts after a GPU
+        out-of-memory error."""
+        parts: list[np.ndarray] = []
+        n = len(batch.pixels)
+
+        def work(part: slice) -> None:
+            taps, points = self.taps(batch.pixels[part], batch.points[part], timings)  # type: ignore[index]
+            hc = self.backend.to_numpy(self.hypercolumns(taps, points, workspace, timings))
+            # A part smaller than the batch must be copied out of the workspace the next part reuses.
+            parts.append(hc if part.stop - part.start == n else hc.copy())
+
+        retry.run(n, work)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def codebook_sample(self, sources: Sequence[ImageSource], n_images: int = 100,
+                        max_points: int = config.CODEBOOK_MAX_POINTS, timings: Timings | None = None) -> np.ndarray:
+        """Full hypercolumns ``(m, dim)`` float32 of ``n_images`` random images, ``max_points`` points at most."""
+        timings = timings or Timings()
+        plan = sample_plan(len(sources), n_images, self.settings, max_points)
+        with progress.bar(len(plan.chosen), "codebook sample") as bar:
+            rows, failed = self.sample_hypercolumns([sources[i] for i in plan.chosen], None, plan, timings,
+                                                    bar.advance)
+        if not rows:
+            raise InvalidDatasetError(f"none of the {len(plan.chosen)} images sampled for the codebook could be read "
+                                      f"(e.g. {failed[0][1] if failed else 'no images'}); check the images")
+        return np.concatenate(rows)
+
+    def fit_codebook(self, sources: Sequence[ImageSource], k: int, n_images: int = 100,
+                     max_points: int = config.CODEBOOK_MAX_POINTS, timings: Timings | None = None) -> Encoder:
+        """This encoder with the hypercolumn PCA (when ``settings.pca``) and the k-means centres
+        ``(k, p or dim)``, both fitted on one codebook sample of ``sources``."""
+        timings = timings or Timings()
+        sample = self.codebook_sample(sources, n_images, max_points, timings)
+        proj, centres = fit_centres(sample, k, self.settings, timings)
+        return replace(self, projection=proj, centres=centres)
+
+    # -- 5. VLAD codes --------------------------------------------------------------------------------
+    def codes(self, taps: list[Any], points: Any, centres: Any, proj: Projection | None, workspace: Workspace,
+              timings: Timings) -> tuple[Any, Any]:
+        """VLAD codes of a batch from its CNN taps ``(n, h_l, w_l, C_l)`` and points ``(n, S, 2)``:
+        ``(n, k·dim)`` float32 (dim = p with ``proj``), and the labels ``(n·S,)`` int32 behind them,
+        on the backend's device (``centres`` and ``proj`` there too)."""
+        n, s = points.shape[:2]
+        mode, settings = self.settings.interpolation, self.settings
+        if proj is not None:  # p-dim hypercolumns are small: gather them once for both stages
+            hc = self.hypercolumns(taps, points, workspace, timings, proj)
+            t = time.perf_counter()
+            labels = codebook.nearest_per_image(hc, centres, self.backend)
+            t = timings.add("assign", t)
+            codes = vlad.encode(hc, labels.reshape(n, s), centres, settings.intra, settings.power, self.backend)
+        else:  # full width: the (n, S, dim) hypercolumns (29 MB per image at 1,472) are never built;
+            # the fine taps (block1/2) are gathered once for both stages, the coarse ones read on their grid
+            m = projection.points_side(taps, s, len(centres))
+            fine = self.hypercolumns(taps[:m], points, workspace, timings) if m else None
+            t = time.perf_counter()
+            labels = codebook.nearest_from_taps(taps, points, centres, mode, self.backend, fine)
+            t = timings.add("assign", t)
+            codes = vlad.encode_from_taps(taps, points, labels.reshape(n, s), centres, mode, settings.intra,
+                                          settings.power, self.backend, fine)
+        timings.add("vlad", t)
+        return codes, labels
+
+    def encode_batches(self, sources: Sequence[ImageSource], timings: Timings | None = None,
+                       keep: bool = False) -> Iterator[EncodedBatch]:
+        """Codes of every image, one decoded batch at a time; with ``keep``, each point's label and
+        squared distance too (the hypercolumns are then gathered a second time, for the distances)."""
+        if self.centres is None:
+            raise ValueError("the encoder has no codebook yet: fit_codebook first")
+        timings = timings or Timings()
+        timings.synchronize = self.backend.synchronize
+        centres = self.backend.asarray(self.centres)
+        proj = self.projection.to(self.backend.asarray) if self.projection is not None else None
+        workspace = Workspace(self.backend)
+        retry = GpuMemoryRetry(self.backend)
+        for batch in self.batches(sources):
+            n = len(batch.indices)
+            codes = np.zeros((n, centres.size), dtype=np.float32)
+            kept = EncodedBatch(batch, codes)
+            if keep and n and batch.points is not None:
+                kept.labels = np.zeros(batch.points.shape[:2], dtype=np.int32)
+                kept.dist = np.zeros(batch.points.shape[:2], dtype=np.float32)
+
+            def work(part: slice) -> None:
+                taps, points = self.taps(batch.pixels[part], batch.points[part], timings)  # type: ignore[index]  # noqa: B023
+                c, labels = self.codes(taps, points, centres, proj, workspace, timings)
+                codes[part] = self.backend.to_numpy(c)  # noqa: B023 - run() calls it before the loop moves on
+                if kept.labels is not None:  # noqa: B023
+                    labels = labels.reshape(points.shape[:2])
+                    hc = self.hypercolumns(taps, points, workspace, timings, proj)
+                    kept.labels[part] = self.backend.to_numpy(labels)  # noqa: B023
+                    kept.dist[part] = self.backend.to_numpy(((hc - centres[labels]) ** 2).sum(axis=2))  # type: ignore[index]  # noqa: B023
+                timings.images += part.stop - part.start
+
+            retry.run(n, work)
+            yield kept
+
+    def encode(self, sources: Sequence[ImageSource], timings: Timings | None = None) -> Encoded:
+        """VLAD codes of every image: ``(n, k·dim)`` float32 (dim = p with a projection), one CNN pass each."""
+        codes = np.zeros((len(sources), self.centres.size if self.centres is not None else 0), dtype=np.float32)
+        done = np.zeros(len(sources), dtype=bool)
+        failed: list[tuple[int, ImageReadError]] = []
+        with progress.bar(len(sources), "encoding") as bar:
+            for enc in self.encode_batches(sources, timings):
+                failed += enc.batch.failed
+                codes[enc.batch.indices] = enc.codes
+                done[enc.batch.indices] = True
+                bar.advance(len(enc.batch.indices) + len(enc.batch.failed))
+        ok = np.flatnonzero(done)
+        return Encoded(codes[ok], ok, failed)
