@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from . import codebook, hypercolumn, pipeline, reference
-from .backbone import Backbone
-from .images import ImageSource, Preprocess
+from .. import codebook, hypercolumn, pipeline, reference
+from ..backbone import Backbone
+from ..images import ImageSource, Preprocess
 
 log = logging.getLogger("fastvlad")
 

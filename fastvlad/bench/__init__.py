@@ -23,12 +23,12 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
-from . import pipeline
-from ._bench_machine import PeakRSS
-from .backbone import Backbone
-from .backends import Backend
-from .errors import ParameterError
-from .images import Preprocess
+from .. import pipeline
+from ..backbone import Backbone
+from ..backends import Backend
+from ..errors import ParameterError
+from ..images import Preprocess
+from .machine import PeakRSS
 
 log = logging.getLogger("fastvlad")
 
@@ -96,7 +96,7 @@ def demo_workload(n: int, size: str, seed: int, folder: Path) -> Workload:
     """``n`` demo images (classes interleaved, as ``demo.make_dataset``) written as PNG files."""
     from PIL import Image
 
-    from . import demo
+    from .. import demo
 
     hw = _size(size)
     sources, labels = [], []
@@ -111,7 +111,7 @@ def demo_workload(n: int, size: str, seed: int, folder: Path) -> Workload:
 
 def data_workload(data: Path, n: int, seed: int) -> Workload:
     """``n`` images drawn at random from a dataset folder or CSV (all of them if fewer)."""
-    from . import datasets
+    from .. import datasets
 
     ds = datasets.load(data, require_labels=False)
     chosen = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
@@ -134,8 +134,8 @@ def stratified(labels: np.ndarray, n: int) -> np.ndarray:
 
 def make_estimator(cfg: BenchConfig, faithful: bool = False) -> Any:
     """``FastVLAD()`` (or ``FastVLAD.faithful()``) with the settings given on the command line."""
-    from .cli import _image_size
-    from .estimator import FastVLAD
+    from ..cli import _image_size
+    from ..estimator import FastVLAD
 
     given: dict[str, Any] = {"density": cfg.density, "k": cfg.k, "batch_size": cfg.batch_size, "fp16": cfg.fp16}
     given = {k: v for k, v in given.items() if v is not None}
@@ -147,7 +147,7 @@ def make_estimator(cfg: BenchConfig, faithful: bool = False) -> Any:
 
 def encoder_settings(est: Any) -> pipeline.EncoderSettings:
     """The encoder settings of an estimator's parameters (those the reference shares)."""
-    from . import checks
+    from .. import checks
 
     return pipeline.EncoderSettings(est.density, checks.image_size(est.image_size), est.resample,
                                     est.interpolation, est.intra, est.power, est.random_state)
@@ -156,7 +156,7 @@ def encoder_settings(est: Any) -> pipeline.EncoderSettings:
 # -- measurements ----------------------------------------------------------------------------------
 def warm_up(est: Any, source: str) -> tuple[Backbone, Backend]:
     """The estimator's backbone session, run once; Numba kernels and XGBoost loaded, so no timing pays for it."""
-    from . import classifier, codebook
+    from .. import classifier, codebook
 
     backend = est._backend()
     backbone = est._get_backbone(backend)
@@ -279,7 +279,8 @@ def ratios(cfg: BenchConfig, cnn: dict[str, Any], enc: dict[str, Any], train: di
 # -- the run -----------------------------------------------------------------------------------------
 def run(cfg: BenchConfig, workdir: Path) -> dict[str, Any]:
     """Every measurement of one bench run; returns the JSON-ready result."""
-    from . import _bench_machine, _bench_scaling
+    from . import machine as _bench_machine
+    from . import scaling as _bench_scaling
 
     check_config(cfg)
     work = (data_workload(cfg.data, cfg.images, cfg.seed) if cfg.data
@@ -327,7 +328,7 @@ def measure_fastvlad(cfg: BenchConfig, work: Workload, est: Any, backbone: Backb
 def measure_baselines(cfg: BenchConfig, work: Workload, settings: pipeline.EncoderSettings, k: int,
                       backbone: Backbone, step: _Step) -> dict[str, Any]:
     """(c) the paper's pipeline on a stratified subset, (d) the k-means peers on its hypercolumns."""
-    from . import _bench_baselines
+    from . import baselines as _bench_baselines
 
     subset = stratified(work.labels, cfg.reference_images)
     ref = step("(c) reference pipeline", _bench_baselines.run_reference, [work.sources[i] for i in subset],
@@ -452,7 +453,7 @@ def _json_default(o: Any) -> Any:
 
 def write_json(result: dict[str, Any], path: Path) -> Path:
     """The result as indented JSON, written atomically."""
-    from ._files import write_bytes_atomic
+    from .._files import write_bytes_atomic
 
     return write_bytes_atomic(path, json.dumps(result, indent=2, default=_json_default).encode())
 
@@ -501,7 +502,7 @@ def bench_command(
         if not result["scaling"]:
             typer.echo("--plots: nothing to plot without --scaling", err=True)
         else:
-            from ._bench_scaling import plot_scaling
+            from .scaling import plot_scaling
 
             for path in plot_scaling(result["scaling"], plots):
                 typer.echo(f"wrote {path}")
