@@ -16,7 +16,8 @@ from typing import Any, cast
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from . import __version__, backends, checks, classifier, model_file, pipeline
+from . import backends, checks, classifier, model_file, pipeline
+from ._version import __version__
 from .backbone import DEFAULT_BACKBONE, Backbone
 from .errors import InvalidDatasetError, ModelFormatError, NotFittedError
 from .images import ImageSource
