@@ -48,7 +48,7 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
         distributed.fit(client, [str(p) for p in ds.paths], ds.y, model)
     model.save(output)
     report_skipped(model.skipped_)
-    typer.echo(f"trained on {model.train_info_['n_images']} images, classes {list(model.classes_)}; "
+    typer.echo(f"trained on {model.train_info_['n_images']} images, classes {', '.join(map(str, model.classes_))}; "
                f"saved {output} ({model.timings_['total']:.1f} s)")
 
 
