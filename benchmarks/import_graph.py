@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE = "fastvlad"
@@ -143,7 +144,8 @@ def _shortest_path(edges: dict[str, dict[str, int]], start: str, goal: str, with
             if nxt in within and nxt not in prev:
                 prev[nxt] = node
                 queue.append(nxt)
-    path, node_or_none = [], goal
+    path: list[str] = []
+    node_or_none: str | None = goal
     while node_or_none is not None:
         path.append(node_or_none)
         node_or_none = prev[node_or_none]
@@ -234,15 +236,24 @@ print(json.dumps({"file": fastvlad.__file__, "package": [m for m in new if m.spl
 """
 
 
-def loaded_by(root: Path, module: str) -> dict[str, object]:
+@dataclass
+class Loaded:
+    """What one import loaded: the package's modules, the ``WATCHED`` packages, all modules (count)."""
+
+    package: list[str]
+    watched: list[str]
+    modules: int
+
+
+def loaded_by(root: Path, module: str) -> Loaded:
     """What ``import module`` loads in a fresh interpreter that finds the package under ``root``."""
     env = {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.run([sys.executable, "-c", _PROBE, module, json.dumps(WATCHED)], cwd=root, env=env,
                           capture_output=True, text=True, check=True)
-    out: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
     if not str(out["file"]).startswith(str(root)):
         raise RuntimeError(f"imported {out['file']}, not the tree under {root}")
-    return out
+    return Loaded(out["package"], out["watched"], out["modules"])
 
 
 def main(argv: list[str]) -> None:
@@ -273,12 +284,10 @@ def main(argv: list[str]) -> None:
         print(f"  {name}: " + ", ".join(f"{p} {n}" for p, n in counts.items() if n))
     for module in (PACKAGE, f"{PACKAGE}.explain"):
         info = loaded_by(root, module)
-        pkg = info["package"]
-        assert isinstance(pkg, list)
-        print(f"import {module}: {info['modules']} modules, {len(pkg)} of them {PACKAGE}'s; "
-              f"watched third-party: {', '.join(info['watched']) or 'none'}")  # type: ignore[arg-type]
-        print(f"  typer loaded: {'typer' in info['watched']}")  # type: ignore[operator]
-        print("  " + ", ".join(m.removeprefix(PACKAGE + ".") for m in pkg))
+        print(f"import {module}: {info.modules} modules, {len(info.package)} of them {PACKAGE}'s; "
+              f"watched third-party: {', '.join(info.watched) or 'none'}")
+        print(f"  typer loaded: {'typer' in info.watched}")
+        print("  " + ", ".join(m.removeprefix(PACKAGE + ".") for m in info.package))
 
 
 if __name__ == "__main__":
