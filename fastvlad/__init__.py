@@ -23,7 +23,7 @@ from .errors import (  # noqa: E402
     WriteError,
 )
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 from .estimator import FastVLAD, load  # noqa: E402
 

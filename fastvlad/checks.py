@@ -13,7 +13,7 @@ import numpy as np
 
 from . import config
 from .backends import DEVICES
-from .errors import ImageReadError, InvalidDatasetError, ParameterError
+from .errors import FastVLADError, ImageReadError, InvalidDatasetError, ParameterError
 from .hypercolumn import INTERPOLATION_MODES, points_for_density
 from .images import RESAMPLE, ImageSource, check_size, probe, source_name
 
@@ -25,6 +25,17 @@ LISTED = 10
 def image_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     """``224`` → (224, 224); ``(H, W)`` as is; ``None`` → native size."""
     return check_size(size)
+
+
+def parse_image_size(text: str) -> int | tuple[int, int] | None:
+    """``--image-size`` text (N, HxW or 'native') as an ``image_size`` parameter (the CLI's and the bench's)."""
+    if text.lower() == "native":
+        return None
+    try:
+        parts = [int(p) for p in text.lower().replace("×", "x").split("x")]
+    except ValueError:
+        raise FastVLADError(f"--image-size {text!r}: use N, HxW or 'native'") from None
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
 def real(name: str, value: Any, lo: float, hi: float = math.inf, lo_open: bool = False, hint: str = "") -> float:

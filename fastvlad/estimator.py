@@ -15,7 +15,8 @@ from typing import Any, cast
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from . import __version__, backends, checks, classifier, model_file
+from . import backends, checks, classifier, model_file
+from ._version import __version__
 from .backbone import DEFAULT_BACKBONE
 from .encoder import Encoded, Encoder, Timings
 from .errors import InvalidDatasetError, ModelFormatError, NotFittedError

@@ -18,11 +18,23 @@ SMALL = ["--density", "0.1", "-k", "8", "--image-size", "64"]
 
 
 @pytest.fixture(scope="module")
-def model_file(vgg16_path: Path, demo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(vgg16_path: Path, demo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``fastvlad train`` on the demo folder: the model file and what the command printed."""
     out = tmp_path_factory.mktemp("model") / "m.fvl"
     res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(out), *SMALL])
     assert res.exit_code == 0, res.output
-    return out
+    return out, res.output
+
+
+@pytest.fixture(scope="module")
+def model_file(trained: tuple[Path, str]) -> Path:
+    return trained[0]
+
+
+def test_train_prints_plain_class_names(trained: tuple[Path, str]) -> None:
+    (line,) = [line for line in trained[1].splitlines() if line.startswith("trained on")]
+    assert line.startswith("trained on 16 images, classes CNT-Cluster, CNT-Matrix, CNT-MatrixSurface, CNT-fiber; "
+                           f"saved {trained[0]} ("), line
 
 
 def test_predict_writes_csv(model_file: Path, demo_folder: Path, tmp_path: Path) -> None:

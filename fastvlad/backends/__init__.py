@@ -4,109 +4,24 @@ A backend is where the post-CNN stages run and how: its array module (``xp``: Nu
 its kernels (Numba in ``cpu.py``, CuPy launchers of ``kernels/*.cu`` in ``cuda.py``), the ONNX
 Runtime providers and the XGBoost device. Stage modules (``hypercolumn``, ``projection``,
 ``codebook``, ``vlad``) validate their inputs and call the backend's operations, the ``Backend``
-protocol below; they never ask which device they run on. A new backend is one module that
-implements the protocol, and a line in ``resolve``.
+protocol (``base.py``); they never ask which device they run on. A new backend is one module that
+implements it, and a line in ``resolve``.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
-from types import ModuleType
-from typing import Any, Protocol
-
-import numpy as np
 
 from .. import config
 from ..errors import DeviceUnavailableError, ParameterError
+from .base import GPU_INSTALL, AxisTable, Backend, Tables, normalise
+
+__all__ = ["DEVICES", "AxisTable", "Backend", "Tables", "cuda_problem", "normalise", "resolve"]
 
 log = logging.getLogger("fastvlad")
 
 DEVICES = ("auto", "cpu", "cuda")
-GPU_INSTALL = ("pip install 'fastvlad[gpu]' (CuPy for CUDA 12 and onnxruntime-gpu; "
-               "uninstall the CPU 'onnxruntime' first, see README 'GPU install')")
-
-
-@dataclass(frozen=True)
-class AxisTable:
-    """Bilinear interpolation along one axis: for every output index, two source indices and a weight."""
-
-    lo: np.ndarray  # (out,) int32
-    hi: np.ndarray  # (out,) int32
-    w: np.ndarray  # (out,) float32, weight of ``hi``
-
-
-#: (row table, column table) of every tap, as ``hypercolumn.tap_tables`` makes them.
-Tables = Sequence[tuple[AxisTable, AxisTable]]
-
-
-class Backend(Protocol):
-    """What the stages need of a device. Arrays in and out live on the backend (``asarray``);
-    shapes are checked by the stage that calls, not here."""
-
-    @property
-    def device(self) -> str:
-        """"cpu" or "cuda": the XGBoost device, and the backend's name in messages."""
-
-    @property
-    def providers(self) -> tuple[str, ...]:
-        """ONNX Runtime execution providers, in order of preference."""
-
-    @property
-    def batch_size(self) -> int:
-        """Images per CNN call."""
-
-    @property
-    def decode_threads(self) -> int:
-        """Threads decoding images ahead of the CNN (``images.iter_batches``)."""
-
-    @property
-    def xp(self) -> ModuleType:
-        """The array module: NumPy or CuPy."""
-
-    def asarray(self, a: Any) -> Any:
-        """A host array moved to this backend (no copy on the CPU)."""
-
-    def to_numpy(self, a: Any) -> np.ndarray:
-        """An array of this backend (or the host) as a NumPy array."""
-
-    def synchronize(self) -> None:
-        """Wait for queued device work (before reading a clock)."""
-
-    def release_memory(self) -> None:
-        """Hand cached device memory back (after an out-of-memory error)."""
-
-    def with_batch_size(self, batch_size: int) -> Backend:
-        """The same backend with another CNN batch size."""
-
-    def gather(self, taps: Sequence[Any], points: Any, tables: Tables, out: Any, accumulate: bool = False) -> None:
-        """Bilinear samples of every tap ``(n, h_l, w_l, C_l)`` at the points ``(n, S, 2)`` into
-        ``out`` ``(n, S, ΣC_l)`` float32, tap after tap; with ``accumulate`` every tap (all of C
-        channels) is added to ``out`` ``(n, S, C)`` instead."""
-
-    def matmul_per_image(self, a: Any, b: Any, out: Any = None) -> Any:
-        """``a @ b`` for a batch ``(n, m, c)`` and a matrix ``(c, p)``: ``(n, m, p)`` float32, one
-        GEMM per image, so that no image's result depends on its batch."""
-
-    def argmin_rows(self, cross: Any, c_sq: Any, labels: Any) -> Any:
-        """``labels[i] = argmin_j c_sq[j] − 2·cross[i, j]`` (lowest j on ties) of a cross term
-        ``(m, k)`` float32: ``labels`` ``(m,)`` int32, filled and returned."""
-
-    def assign(self, x: Any, centres: Any, block_rows: int, with_dist: bool) -> tuple[Any, Any]:
-        """Nearest centre of every row of ``x`` ``(m, D)`` (GEMM + fused argmin over row blocks):
-        labels ``(m,)`` int32 and, with ``with_dist``, squared distances ``(m,)`` float32 (else None)."""
-
-    def residual_sums(self, x: Any, labels: Any, centres: Any) -> Any:
-        """Per-centre sums of ``x − c_label``: ``(n, S, D)``, labels ``(n, S)``, centres ``(k, D)``
-        → ``(n, k, D)`` (float64 on the CPU, float32 on the GPU)."""
-
-    def vlad(self, x: Any, labels: Any, centres: Any, intra: bool, power: bool, taps: Sequence[Any] = (),
-             points: Any = None, tables: Tables = ()) -> Any:
-        """VLAD codes ``(n, k·D)`` float32 of hypercolumns whose first columns are ``x`` ``(n, S, D_x)``
-        and whose others are ``taps`` interpolated at ``points`` (``tables``), each point counted
-        for the centre ``labels`` gives it."""
 
 
 def resolve(device: str = "auto", batch_size: int | None = None) -> Backend:
@@ -159,16 +74,3 @@ def cuda_problem() -> str | None:
 def _notice_cpu_fallback(problem: str) -> None:
     """Say once per process why ``auto`` chose the CPU."""
     log.info("fastvlad: running on the CPU (%s)", problem)
-
-
-def normalise(v: Any, intra: bool = True, power: bool = False, xp: ModuleType = np) -> Any:
-    """Residual sums ``(n, k, D)`` → VLAD codes ``(n, k·D)`` float32: optional signed square root,
-    then per-centre L2 (a zero centre stays zero), then global L2. Written once against ``xp``."""
-    if power:
-        v = xp.sign(v) * xp.sqrt(xp.abs(v))
-    if intra:
-        norms = xp.sqrt((v * v).sum(axis=2, keepdims=True))
-        v = v / xp.where(norms > 0, norms, 1)
-    flat = v.reshape(v.shape[0], -1)
-    norms = xp.sqrt((flat * flat).sum(axis=1, keepdims=True))
-    return (flat / xp.where(norms > 0, norms, 1)).astype(np.float32)

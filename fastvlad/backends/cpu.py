@@ -22,7 +22,8 @@ import numpy as np
 from numba import njit, prange
 
 from .. import config
-from . import Tables, _blas
+from . import _blas
+from .base import Tables
 from ._half import kernel_input, widen
 from ._prefetch import AHEAD, prefetch_row
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import config
 from ..errors import DeviceUnavailableError, ParameterError
-from . import GPU_INSTALL, AxisTable, Tables, normalise
+from .base import GPU_INSTALL, AxisTable, Tables, normalise
 
 #: Dynamic shared memory a block may use without an opt-in attribute, on every architecture.
 SHARED_BYTES = 48 * 1024

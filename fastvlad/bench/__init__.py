@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import shlex
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -22,15 +21,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import typer
 
-from . import backends
-from ._bench_machine import PeakRSS
-from .backbone import Backbone
-from .backends import Backend
-from .encoder import Encoder, EncoderSettings, Timings, Workspace, sample_points
-from .errors import ParameterError
-from .images import Preprocess
+from .. import backends
+from ..backbone import Backbone
+from ..backends import Backend
+from ..encoder import Encoder, EncoderSettings, Timings, Workspace, sample_points
+from ..errors import ParameterError
+from ..images import Preprocess
+from .machine import PeakRSS
 
 log = logging.getLogger("fastvlad")
 
@@ -98,7 +96,7 @@ def demo_workload(n: int, size: str, seed: int, folder: Path) -> Workload:
     """``n`` demo images (classes interleaved, as ``demo.make_dataset``) written as PNG files."""
     from PIL import Image
 
-    from . import demo
+    from .. import demo
 
     hw = _size(size)
     sources, labels = [], []
@@ -113,7 +111,7 @@ def demo_workload(n: int, size: str, seed: int, folder: Path) -> Workload:
 
 def data_workload(data: Path, n: int, seed: int) -> Workload:
     """``n`` images drawn at random from a dataset folder or CSV (all of them if fewer)."""
-    from . import datasets
+    from .. import datasets
 
     ds = datasets.load(data, require_labels=False)
     chosen = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
@@ -136,8 +134,8 @@ def stratified(labels: np.ndarray, n: int) -> np.ndarray:
 
 def make_estimator(cfg: BenchConfig, faithful: bool = False) -> Any:
     """``FastVLAD()`` (or ``FastVLAD.faithful()``) with the settings given on the command line."""
-    from .cli import _image_size
-    from .estimator import FastVLAD
+    from ..checks import parse_image_size as _image_size
+    from ..estimator import FastVLAD
 
     given: dict[str, Any] = {"density": cfg.density, "k": cfg.k, "batch_size": cfg.batch_size, "fp16": cfg.fp16}
     given = {k: v for k, v in given.items() if v is not None}
@@ -155,7 +153,7 @@ def encoder_settings(est: Any) -> EncoderSettings:
 # -- measurements ----------------------------------------------------------------------------------
 def warm_up(est: Any, source: str) -> tuple[Backbone, Backend]:
     """The estimator's backbone session, run once; Numba kernels and XGBoost loaded, so no timing pays for it."""
-    from . import classifier, codebook
+    from .. import classifier, codebook
 
     encoder = dataclasses.replace(Encoder.of(est, check_backbone=False), settings=encoder_settings(est))
     backbone, backend = encoder.cnn, encoder.backend
@@ -278,7 +276,8 @@ def ratios(cfg: BenchConfig, cnn: dict[str, Any], enc: dict[str, Any], train: di
 # -- the run -----------------------------------------------------------------------------------------
 def run(cfg: BenchConfig, workdir: Path) -> dict[str, Any]:
     """Every measurement of one bench run; returns the JSON-ready result."""
-    from . import _bench_machine, _bench_scaling
+    from . import machine as _bench_machine
+    from . import scaling as _bench_scaling
 
     check_config(cfg)
     work = (data_workload(cfg.data, cfg.images, cfg.seed) if cfg.data
@@ -326,7 +325,7 @@ def measure_fastvlad(cfg: BenchConfig, work: Workload, est: Any, backbone: Backb
 def measure_baselines(cfg: BenchConfig, work: Workload, settings: EncoderSettings, k: int,
                       backbone: Backbone, step: _Step) -> dict[str, Any]:
     """(c) the paper's pipeline on a stratified subset, (d) the k-means peers on its hypercolumns."""
-    from . import _bench_baselines
+    from . import baselines as _bench_baselines
 
     subset = stratified(work.labels, cfg.reference_images)
     ref = step("(c) reference pipeline", _bench_baselines.run_reference, [work.sources[i] for i in subset],
@@ -451,56 +450,6 @@ def _json_default(o: Any) -> Any:
 
 def write_json(result: dict[str, Any], path: Path) -> Path:
     """The result as indented JSON, written atomically."""
-    from ._files import write_bytes_atomic
+    from .._files import write_bytes_atomic
 
     return write_bytes_atomic(path, json.dumps(result, indent=2, default=_json_default).encode())
-
-
-# -- the command ---------------------------------------------------------------------------------------
-def bench_command(
-    images: int = typer.Option(64, help="Images to encode and train on (demo images unless --data)."),
-    data: Optional[Path] = typer.Option(None, help="Dataset folder or CSV manifest instead of demo images."),
-    demo_size: str = typer.Option("306x448", help="Size HxW of the generated demo images."),
-    density: Optional[float] = typer.Option(None, help="Density in % (default: the estimator's)."),
-    k: Optional[int] = typer.Option(None, "--k", "-k", help="Codebook size (default: the estimator's)."),
-    image_size: Optional[str] = typer.Option(None, help="Network input N, HxW or 'native' (default: the estimator's)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per backbone call (default: the device's)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
-    cnn_images: int = typer.Option(64, help="Images for (a), the CNN alone on decoded batches."),
-    reference_images: int = typer.Option(8, help="Images for (c), the paper's pipeline (≈10 s each at d = 10 %)."),
-    reference_points: int = typer.Option(500, help="Points per image on which the reference's exact assignment is "
-                                                   "timed (then extrapolated linearly)."),
-    faithful: bool = typer.Option(True, help="Also time FastVLAD.faithful().fit when that exists."),
-    peers: bool = typer.Option(True, help="Time scikit-learn MiniBatchKMeans and faiss k-means."),
-    scaling: bool = typer.Option(False, help="Time and memory against images, density, k and image size."),
-    scaling_images: int = typer.Option(64, help="Most images in the --scaling image-count series."),
-    extrapolate_to: int = typer.Option(PAPER_IMAGES, help="Images to extrapolate training times to."),
-    paper_workload: bool = typer.Option(False, help="The paper's workload: 3,200 images, density 10 %, k = 100 "
-                                                    "(about an hour per CNN pass on 2 CPU cores)."),
-    fp16: bool = typer.Option(False, help="Run the CNN on its float16 graph (for a GPU's tensor cores); the "
-                                          "paper's pipeline in (c) then shares that CNN."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON."),
-    plots: Optional[Path] = typer.Option(None, help="Folder for PNG scaling curves (needs --scaling)."),
-) -> None:
-    """Measure throughput per stage, the speed-up over the paper's pipeline and k-means peers."""
-    if paper_workload:
-        images, density, k = PAPER_IMAGES, PAPER_DENSITY, PAPER_K
-    cfg = BenchConfig(images, data, demo_size, density, k, image_size, device, batch_size, seed, cnn_images,
-                      reference_images, reference_points, faithful, peers, scaling, scaling_images, extrapolate_to,
-                      fp16)
-    with tempfile.TemporaryDirectory(prefix="fastvlad-bench-") as tmp:
-        result = run(cfg, Path(tmp))
-    for line in report_lines(result):
-        typer.echo(line)
-    if json_path:
-        write_json(result, json_path)
-        typer.echo(f"wrote {json_path}")
-    if plots:
-        if not result["scaling"]:
-            typer.echo("--plots: nothing to plot without --scaling", err=True)
-        else:
-            from ._bench_scaling import plot_scaling
-
-            for path in plot_scaling(result["scaling"], plots):
-                typer.echo(f"wrote {path}")

@@ -12,8 +12,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from . import config
-from .backends import Backend
+from .. import config
+from ..backends import Backend
 
 
 def cpu_model() -> str:
@@ -49,7 +49,7 @@ def library_versions() -> dict[str, str]:
     """``estimator.versions()`` plus the baseline and peer libraries the bench uses."""
     import sklearn
 
-    from .estimator import versions
+    from ..estimator import versions
 
     out = {**versions(), "scikit-learn": sklearn.__version__}
     try:

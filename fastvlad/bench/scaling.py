@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from ._bench_machine import PeakRSS
-from ._files import write_atomic
-from .backbone import Backbone
-from .backends import Backend
-from .encoder import Encoder, EncoderSettings, Timings, Workspace, sample_points
-from .images import ImageSource, Preprocess
+from .._files import write_atomic
+from ..backbone import Backbone
+from ..backends import Backend
+from ..encoder import Encoder, EncoderSettings, Timings, Workspace, sample_points
+from ..images import ImageSource, Preprocess
+from .machine import PeakRSS
 
 DENSITIES = (1.0, 5.0, 10.0, 25.0)
 KS = (32, 100, 256)

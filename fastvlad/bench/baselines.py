@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from . import codebook, hypercolumn, reference
-from .backbone import Backbone
-from .encoder import EncoderSettings, Timings, sample_points
-from .images import ImageSource, Preprocess
+from .. import codebook, hypercolumn, reference
+from ..backbone import Backbone
+from ..encoder import EncoderSettings, Timings, sample_points
+from ..images import ImageSource, Preprocess
 
 log = logging.getLogger("fastvlad")
 

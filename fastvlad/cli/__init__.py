@@ -1,0 +1,90 @@
+"""The ``fastvlad`` command line: demo, train, predict, evaluate, encode, bench, explain, models, info.
+
+One module per command family (``model``: train, predict, encode; ``evaluate``; ``demo``;
+``models``; ``info``; ``bench``; ``explain``) and their shared options (``options``). This module
+holds the app, the global options and ``main`` (error messages, exit codes, SIGTERM) and
+registers the commands.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from .. import progress
+from ..errors import FastVLADError
+from . import bench, demo, evaluate, explain, info, model, models
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="VLAD codes of CNN hypercolumns for microscopy image classification.")
+app.add_typer(models.models_app, name="models")
+log = logging.getLogger("fastvlad")
+_VERBOSE = False
+
+
+@app.callback()
+def _global(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notices."),
+            verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging and tracebacks.")) -> None:
+    global _VERBOSE
+    _VERBOSE = verbose
+    progress.ENABLED = False if quiet else None
+    logging.basicConfig(format="%(message)s", stream=sys.stderr,
+                        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
+# The commands, in the order `fastvlad --help` lists them.
+app.command()(model.train)
+app.command()(model.predict)
+app.command()(evaluate.evaluate)
+app.command()(model.encode)
+app.command()(demo.demo)
+app.command()(info.info)
+app.command("bench")(bench.bench_command)
+app.command("explain")(explain.explain_command)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so atomic writes remove their temp files.
+    raise SystemExit(128 + signum)
+
+
+def main() -> None:
+    """Entry point: an error prints one message and exits non-zero (traceback with --verbose).
+
+    Exit codes: 2 bad input (FastVLADError) or usage, 1 other failures, 130 Ctrl-C, 143 SIGTERM.
+    """
+    import signal
+
+    from ..errors import ImageReadError
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        app()
+    except FastVLADError as exc:
+        if _VERBOSE:
+            raise
+        hint = " (to skip unreadable images and report them instead: --on-error skip)" \
+            if isinstance(exc, ImageReadError) and "--on-error skip" not in str(exc) else ""
+        typer.echo(f"error: {exc}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except (OSError, MemoryError) as exc:
+        if _VERBOSE:
+            raise
+        problem = "out of memory; lower --image-size, --density or the batch size" if isinstance(exc, MemoryError) \
+            else str(exc)
+        typer.echo(f"error: {problem}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # a bug: say what, and how to see where
+        if _VERBOSE:
+            raise
+        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback, and please "
+                   "report it)", err=True)
+        sys.exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

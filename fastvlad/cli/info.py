@@ -1,0 +1,20 @@
+"""``fastvlad info``: versions, ONNX Runtime providers, the device 'auto' picks, the cache folder."""
+
+from __future__ import annotations
+
+import typer
+
+
+def info() -> None:
+    """Versions, ONNX Runtime providers, the device 'auto' picks, and the cache folder."""
+    import onnxruntime as ort
+
+    from .. import backends, config
+    from ..estimator import versions
+
+    for name, v in versions().items():
+        typer.echo(f"{name:<12}{v}")
+    typer.echo(f"{'providers':<12}{', '.join(ort.get_available_providers())}")
+    problem = backends.cuda_problem()
+    typer.echo(f"{'device':<12}{'cuda' if problem is None else 'cpu (' + problem + ')'}")
+    typer.echo(f"{'cache':<12}{config.cache_dir()}")
