@@ -119,3 +119,13 @@ def test_reader_finds_every_kind_of_import(made_up: Path) -> None:
 def test_reader_finds_private_calls(made_up: Path) -> None:
     assert import_graph.private_methods(made_up) == {"_hidden"}
     assert import_graph.private_calls(made_up) == [(str(Path("fastvlad/e.py")), 2, "m._hidden")]
+
+
+def test_every_subpackage_ships() -> None:
+    """``pyproject.toml`` lists packages by name: a new sub-package left out of it works in the
+    editable install and is missing from the wheel (fastvlad.backends once was)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "fastvlad").rglob("__init__.py")}
+    assert found <= listed, f"sub-packages missing from [tool.setuptools] packages: {sorted(found - listed)}"
