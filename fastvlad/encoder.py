@@ -158,7 +158,7 @@ def image_points(image: np.ndarray, settings: EncoderSettings) -> np.ndarray:
     return hypercolumn.sample_points(hypercolumn.image_rng(settings.random_state, image), settings.n_points, h, w)
 
 
-def sample_points(pixels: np.ndarray, settings: EncoderSettings) -> np.ndarray:
+def batch_points(pixels: np.ndarray, settings: EncoderSettings) -> np.ndarray:
     """``image_points`` of every image of a batch (n, 3, H, W): (n, S, 2) int32."""
     return np.stack([image_points(img, settings) for img in pixels])
 

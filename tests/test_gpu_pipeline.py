@@ -14,7 +14,7 @@ import pytest
 
 from fastvlad import backends, codebook, hypercolumn, vlad
 from fastvlad.backends.cpu import CPU
-from fastvlad.encoder import Encoder, EncoderSettings, sample_points
+from fastvlad.encoder import Encoder, EncoderSettings, batch_points
 from fastvlad.backbone import Backbone
 
 
@@ -96,7 +96,7 @@ def test_gpu_encode_matches_cpu(gpu_backbone: Backbone, vgg16_path: Path, fp16: 
     images = [np.random.default_rng(i).integers(0, 255, (40, 40), dtype=np.uint8) for i in range(3)]
     cpu_backbone = Backbone("vgg16")
     pixels = np.stack([settings.preprocess(im) for im in images])
-    x = hypercolumn.gather(cpu_backbone(pixels), sample_points(pixels, settings))
+    x = hypercolumn.gather(cpu_backbone(pixels), batch_points(pixels, settings))
     centres = x.reshape(-1, x.shape[2])[:: max(1, x.shape[0] * x.shape[1] // 8)][:8].copy()
     want = Encoder(settings, CPU, cpu_backbone, centres=centres).encode(images).codes
     gpu = Backbone("vgg16", providers=gpu_backbone.providers, fp16=fp16)
