@@ -16,6 +16,7 @@ whose message names the field and the problem.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import struct
@@ -36,32 +37,69 @@ class BoosterError(ValueError):
 
 
 # -- UBJSON ------------------------------------------------------------------------------------
+_Q = struct.Struct(">q")
+_SCALAR = {m: struct.Struct(t.replace("i1", "b").replace("u1", "B").replace("i2", "h").replace("i4", "i")
+                            .replace("i8", "q").replace("f4", "f").replace("f8", "d")) for m, t in _TYPED.items()}
+
+
+class Typed:
+    """A UBJSON typed array, kept as its raw big-endian bytes (``marker``: the element type);
+    ``array()`` views it as NumPy. Checks join many of them before looking (one NumPy call per
+    field, not per tree), and ``encode`` writes the bytes back unchanged."""
+
+    __slots__ = ("marker", "raw")
+
+    def __init__(self, marker: str, raw: bytes) -> None:
+        self.marker, self.raw = marker, raw
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(_TYPED[self.marker])
+
+    def __len__(self) -> int:
+        return len(self.raw) // self.dtype.itemsize
+
+    def array(self) -> np.ndarray:
+        return np.frombuffer(self.raw, self.dtype)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Typed) and (self.marker, self.raw) == (other.marker, other.raw)
+
+
 class _Decoder:
     """Strict UBJSON (the subset XGBoost writes): no no-op, high-precision or char markers,
     no duplicate keys, no bytes after the value; counts bounded by the bytes left."""
 
     def __init__(self, data: bytes) -> None:
-        self.data = memoryview(data)
+        self.data = data
         self.pos = 0
 
     def fail(self, problem: str) -> BoosterError:
         return BoosterError(f"{problem} at byte {self.pos} (not an XGBoost UBJSON model)")
 
-    def take(self, n: int) -> memoryview:
+    def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
             raise self.fail(f"{n} bytes needed, {len(self.data) - self.pos} left")
-        out = self.data[self.pos : self.pos + n]
         self.pos += n
-        return out
+        return self.data[self.pos - n : self.pos]
 
     def marker(self) -> str:
-        return chr(self.take(1)[0])
+        if self.pos >= len(self.data):
+            raise self.fail("1 bytes needed, 0 left")
+        self.pos += 1
+        return chr(self.data[self.pos - 1])
+
+    def scalar(self, m: str) -> Any:
+        fmt = _SCALAR[m]
+        if self.pos + fmt.size > len(self.data):
+            raise self.fail(f"{fmt.size} bytes needed, {len(self.data) - self.pos} left")
+        self.pos += fmt.size
+        return fmt.unpack_from(self.data, self.pos - fmt.size)[0]
 
     def integer(self, m: str) -> int:
         if m not in _INT_MARKERS:
             raise self.fail(f"integer expected, found marker {m!r}")
-        dtype = np.dtype(_INT_MARKERS[m])
-        return int(np.frombuffer(self.take(dtype.itemsize), dtype)[0])
+        return int(self.scalar(m))
 
     def length(self) -> int:
         n = self.integer(self.marker())
@@ -71,17 +109,21 @@ class _Decoder:
 
     def text(self) -> str:
         try:
-            return bytes(self.take(self.length())).decode("utf-8")
+            return self.take(self.length()).decode("utf-8")
         except UnicodeDecodeError:
             raise self.fail("a string that is not UTF-8") from None
 
     def value(self, m: str, depth: int) -> Any:
+        if m == "[":  # the common containers first
+            if depth >= MAX_DEPTH:
+                raise self.fail(f"containers nested deeper than {MAX_DEPTH}")
+            return self.array(depth + 1)
         if m in _INT_MARKERS:
             return self.integer(m)
         if m == "d":
-            return np.frombuffer(self.take(4), ">f4")[0].astype(np.float32)
+            return np.float32(self.scalar(m))
         if m == "D":
-            return float(np.frombuffer(self.take(8), ">f8")[0])
+            return float(self.scalar(m))
         if m == "S":
             return self.text()
         if m in "TF":
@@ -95,16 +137,24 @@ class _Decoder:
         raise self.fail(f"marker {m!r} is not used by XGBoost models")
 
     def array(self, depth: int) -> Any:
+        data, pos = self.data, self.pos
+        if data[pos : pos + 1] == b"$" and data[pos + 2 : pos + 4] == b"#L" and chr(data[pos + 1]) in _TYPED \
+                and pos + 12 <= len(data):  # "$" type "#L" int64 count: how XGBoost writes its arrays
+            kind, count = chr(data[pos + 1]), _Q.unpack_from(data, pos + 4)[0]
+            self.pos += 12
+            if count < 0 or count * _SCALAR[kind].size > len(data) - self.pos:
+                raise self.fail(f"typed array of {count} values exceeds the bytes left")
+            return Typed(kind, self.take(count * _SCALAR[kind].size))
         m = self.marker()
         if m == "$":  # typed: "$" type "#" count, then the raw big-endian values
             kind = self.marker()
             if kind not in _TYPED or self.marker() != "#":
                 raise self.fail(f"typed array of {kind!r}")
-            dtype = np.dtype(_TYPED[kind])
+            size = _SCALAR[kind].size
             count = self.integer(self.marker())
-            if count < 0 or count * dtype.itemsize > len(self.data) - self.pos:
+            if count < 0 or count * size > len(self.data) - self.pos:
                 raise self.fail(f"typed array of {count} values exceeds the bytes left")
-            return np.frombuffer(self.take(count * dtype.itemsize), dtype).copy()
+            return Typed(kind, self.take(count * size))
         if m == "#":  # counted: each element has its marker, no closing bracket
             return [self.value(self.marker(), depth) for _ in range(self.length())]
         items = []
@@ -118,9 +168,21 @@ class _Decoder:
         m = self.marker()
         if m in "$#":
             raise self.fail("typed or counted objects are not used by XGBoost models")
+        data = self.data
         while m != "}":
-            self.pos -= 1  # the marker was the key length's integer marker
-            key = self.text()
+            if m == "L" and self.pos + 8 <= len(data):  # XGBoost's key lengths: the fast path
+                n = _Q.unpack_from(data, self.pos)[0]
+                if 0 <= n <= len(data) - self.pos - 8:
+                    self.pos += 8 + n
+                    try:
+                        key = data[self.pos - n : self.pos].decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise self.fail("a key that is not UTF-8") from None
+                else:
+                    raise self.fail(f"key length {n} exceeds the bytes left")
+            else:
+                self.pos -= 1  # the marker was the key length's integer marker
+                key = self.text()
             if key in out:
                 raise self.fail(f"duplicate key {key!r}")
             out[key] = self.value(self.marker(), depth)
@@ -129,8 +191,8 @@ class _Decoder:
 
 
 def decode(data: bytes) -> Any:
-    """Parse UBJSON: objects → dict, typed arrays → big-endian NumPy arrays, counted/plain arrays →
-    list, ``d`` → numpy.float32, ``D`` → float. Raises ``BoosterError``."""
+    """Parse UBJSON: objects → dict, typed arrays → ``Typed``, counted/plain arrays → list,
+    ``d`` → numpy.float32, ``D`` → float. Raises ``BoosterError``."""
     dec = _Decoder(bytes(data))
     out = dec.value(dec.marker(), 0)
     if dec.pos != len(dec.data):
@@ -142,50 +204,49 @@ def _int_bytes(v: int) -> bytes:
     for m, fmt, lo, hi in (("i", ">b", -128, 127), ("I", ">h", -(2**15), 2**15 - 1), ("l", ">i", -(2**31), 2**31 - 1)):
         if lo <= v <= hi:
             return m.encode() + struct.pack(fmt, v)
-    return b"L" + struct.pack(">q", v)
+    return b"L" + _Q.pack(v)
 
 
+@functools.lru_cache(maxsize=256)  # object keys repeat in every tree
 def _text_bytes(s: str) -> bytes:
     raw = s.encode("utf-8")
-    return b"L" + struct.pack(">q", len(raw)) + raw
+    return b"L" + _Q.pack(len(raw)) + raw
 
 
 def encode(obj: Any) -> bytes:
-    """UBJSON of ``decode``'s output (typed arrays keep their element type)."""
-    out = bytearray()
+    """UBJSON of ``decode``'s output (typed arrays keep their element type and bytes)."""
+    out: list[bytes] = []
 
     def put(v: Any) -> None:
         if isinstance(v, dict):
-            out.extend(b"{")
+            out.append(b"{")
             for k, item in v.items():
-                out.extend(_text_bytes(k))
+                out.append(_text_bytes(k))
                 put(item)
-            out.extend(b"}")
-        elif isinstance(v, np.ndarray):
-            marker = next(m for m, t in _TYPED.items() if np.dtype(t) == v.dtype.newbyteorder(">"))
-            out.extend(b"[$" + marker.encode() + b"#" + b"L" + struct.pack(">q", len(v)))
-            out.extend(v.astype(v.dtype.newbyteorder(">"), copy=False).tobytes())
+            out.append(b"}")
+        elif isinstance(v, Typed):
+            out.append(b"[$" + v.marker.encode() + b"#L" + _Q.pack(len(v)) + v.raw)
         elif isinstance(v, list):
-            out.extend(b"[#L" + struct.pack(">q", len(v)))
+            out.append(b"[#L" + _Q.pack(len(v)))
             for item in v:
                 put(item)
         elif isinstance(v, str):
-            out.extend(b"S" + _text_bytes(v))
+            out.append(b"S" + _text_bytes(v))
         elif isinstance(v, bool):
-            out.extend(b"T" if v else b"F")
+            out.append(b"T" if v else b"F")
         elif v is None:
-            out.extend(b"Z")
+            out.append(b"Z")
         elif isinstance(v, np.float32):
-            out.extend(b"d" + struct.pack(">f", float(v)))
+            out.append(b"d" + struct.pack(">f", float(v)))
         elif isinstance(v, float):
-            out.extend(b"D" + struct.pack(">d", v))
+            out.append(b"D" + struct.pack(">d", v))
         elif isinstance(v, int):
-            out.extend(_int_bytes(v))
+            out.append(_int_bytes(v))
         else:
             raise TypeError(f"cannot encode {type(v).__name__}")
 
     put(obj)
-    return bytes(out)
+    return b"".join(out)
 
 
 # -- the model's structure -----------------------------------------------------------------------
@@ -226,10 +287,10 @@ def _strings(v: Any, where: str, max_items: int = 0) -> None:
         raise BoosterError(f"{where} must be a list of at most {max_items} strings")
 
 
-def _typed(tree: dict[str, Any], name: str, where: str, kind: str, n: int) -> np.ndarray:
+def _typed(tree: dict[str, Any], name: str, where: str, kind: str, n: int) -> Typed:
     a = tree[name]
-    if not isinstance(a, np.ndarray) or a.dtype.kind not in kind or len(a) != n:
-        got = f"{a.dtype} × {len(a)}" if isinstance(a, np.ndarray) else type(a).__name__
+    if not isinstance(a, Typed) or a.dtype.kind not in kind or len(a) != n:
+        got = f"{a.dtype} × {len(a)}" if isinstance(a, Typed) else type(a).__name__
         raise BoosterError(f"{where}.{name} must be a typed array of {n} {'floats' if kind == 'f' else 'integers'}, "
                            f"not {got}")
     return a
@@ -248,7 +309,8 @@ def _base_score(v: Any, n_classes: int) -> None:
         raise BoosterError(f"learner_model_param.base_score {v[:80]!r}: expected 1 or {n_classes} finite numbers")
 
 
-def _tree(tree: Any, index: int, n_features: int) -> None:
+def _tree_fields(tree: Any, index: int, n_features: int) -> int:
+    """The per-tree fields (keys, id, tree_param, array types and lengths): the tree's node count."""
     where = f"tree {index}"
     tree = _obj(tree, where, _TREE_KEYS)
     if not isinstance(tree["id"], int) or isinstance(tree["id"], bool) or tree["id"] != index:
@@ -263,35 +325,66 @@ def _tree(tree: Any, index: int, n_features: int) -> None:
     if not 1 <= n < 2**31 - 1:
         raise BoosterError(f"{where} has {n} nodes")
     for name in _FLOAT_FIELDS:
-        if not np.isfinite(_typed(tree, name, where, "f", n)).all():
-            raise BoosterError(f"{where}.{name} holds NaN or infinite values")
-    left, right, parents, features, default_left, split_type = (
-        _typed(tree, name, where, "iu", n).astype(np.int64)
-        for name in ("left_children", "right_children", "parents", "split_indices", "default_left", "split_type"))
+        _typed(tree, name, where, "f", n)
+    for name in _INT_FIELDS:
+        _typed(tree, name, where, "iu", n)
     for name in _CATEGORY_FIELDS:
         if len(_typed(tree, name, where, "iu", 0)):
             raise BoosterError(f"{where}.{name}: fastvlad trains no categorical splits")
-    if split_type.any():
-        raise BoosterError(f"{where}.split_type: fastvlad trains numerical splits only")
-    if ((default_left != 0) & (default_left != 1)).any():
-        raise BoosterError(f"{where}.default_left must hold 0 or 1")
-    if ((features < 0) | (features >= n_features)).any():
-        raise BoosterError(f"{where}.split_indices must lie in [0, {n_features}): the code width")
+    return n
+
+
+def _joined(trees: list[dict[str, Any]], name: str) -> np.ndarray:
+    """Field ``name`` of every tree, end to end (one NumPy array; int64 or float64)."""
+    arrays = [t[name] for t in trees]
+    if len({a.marker for a in arrays}) == 1:  # the usual case: one dtype, one join
+        return np.frombuffer(b"".join(a.raw for a in arrays), arrays[0].dtype).astype(
+            np.float64 if arrays[0].dtype.kind == "f" else np.int64)
+    return np.concatenate([a.array().astype(np.float64 if a.dtype.kind == "f" else np.int64) for a in arrays])
+
+
+def _first_bad_tree(bad: np.ndarray, starts: np.ndarray) -> int:
+    return int(np.searchsorted(starts, np.flatnonzero(bad)[0], side="right") - 1)
+
+
+def _trees(trees: list[Any], n_features: int) -> None:
+    """Every tree's fields, then their arrays all at once: finite values, numerical splits on
+    features < ``n_features``, and children that come after their parent, each node (but the root)
+    the child of exactly one node, ``parents`` matching."""
+    sizes = np.array([_tree_fields(t, i, n_features) for i, t in enumerate(trees)], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    tree_of = np.repeat(np.arange(len(trees)), sizes)
+    local = np.arange(int(sizes.sum())) - starts[tree_of]  # each node's index within its tree
+    for name in _FLOAT_FIELDS:
+        bad = ~np.isfinite(_joined(trees, name))
+        if bad.any():
+            raise BoosterError(f"tree {_first_bad_tree(bad, starts)}.{name} holds NaN or infinite values")
+
+    def refuse(bad: np.ndarray, problem: str) -> None:
+        if bad.any():
+            raise BoosterError(f"tree {_first_bad_tree(bad, starts)}{problem}")
+
+    left, right = _joined(trees, "left_children"), _joined(trees, "right_children")
+    parents, features = _joined(trees, "parents"), _joined(trees, "split_indices")
+    default_left, split_type = _joined(trees, "default_left"), _joined(trees, "split_type")
+    refuse(split_type != 0, ".split_type: fastvlad trains numerical splits only")
+    refuse((default_left != 0) & (default_left != 1), ".default_left must hold 0 or 1")
+    refuse((features < 0) | (features >= n_features), f".split_indices must lie in [0, {n_features}): the code width")
     leaf = left == -1
-    if not np.array_equal(leaf, right == -1):
-        raise BoosterError(f"{where}: a node has one child (left and right children disagree on -1)")
-    nodes = np.arange(n)
-    inner = ~leaf
-    # Children come after their parent, so the nodes form a tree that prediction walks in finite steps.
+    refuse(leaf != (right == -1), ": a node has one child (left and right children disagree on -1)")
+    n_of = sizes[tree_of]
+    # Children come after their parent, so prediction walks each tree in finite steps.
     for name, child in (("left_children", left), ("right_children", right)):
-        if ((child[inner] <= nodes[inner]) | (child[inner] >= n)).any():
-            raise BoosterError(f"{where}.{name} must be -1 or a later node of the tree (< {n})")
-    children = np.concatenate([left[inner], right[inner]])
-    if len(children) != n - 1 or len(np.unique(children)) != n - 1:
-        raise BoosterError(f"{where}: every node but the root must be the child of exactly one node")
-    if parents[0] not in _ROOT_PARENT or not (np.array_equal(parents[left[inner]], nodes[inner])
-                                             and np.array_equal(parents[right[inner]], nodes[inner])):
-        raise BoosterError(f"{where}.parents do not match the children")
+        refuse(~leaf & ((child <= local) | (child >= n_of)), f".{name} must be -1 or a later node of the tree")
+    inner = ~leaf
+    children = np.concatenate([(left + starts[tree_of])[inner], (right + starts[tree_of])[inner]])
+    times_a_child = np.bincount(children, minlength=len(local))
+    refuse(times_a_child != (local != 0), ": every node but the root must be the child of exactly one node")
+    refuse((local == 0) & ~np.isin(parents, _ROOT_PARENT), ".parents do not match the children (root)")
+    owner = np.concatenate([np.flatnonzero(inner), np.flatnonzero(inner)])  # the global index of each child's parent
+    wrong = np.zeros(len(local), dtype=bool)
+    wrong[children] = parents[children] != local[owner]
+    refuse(wrong, ".parents do not match the children")
 
 
 def check(model: Any, n_classes: int, n_features: int) -> None:
@@ -335,23 +428,24 @@ def check(model: Any, n_classes: int, n_features: int) -> None:
         raise BoosterError("gradient_booster.model.trees must be a non-empty list")
     _equal(gp["num_trees"], "gbtree_model_param.num_trees", len(trees))
     info = gbm["tree_info"]
-    info_ok = isinstance(info, (list, np.ndarray)) and len(info) == len(trees) and all(
+    info = info.array().tolist() if isinstance(info, Typed) else info
+    info_ok = isinstance(info, list) and len(info) == len(trees) and all(
         isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < n_classes for c in info)
     if not info_ok:
         raise BoosterError(f"tree_info must give each of the {len(trees)} trees a class in [0, {n_classes})")
     if "iteration_indptr" in gbm:
         ptr = gbm["iteration_indptr"]
-        ok = isinstance(ptr, (list, np.ndarray)) and len(ptr) >= 2 and all(
+        ptr = ptr.array().tolist() if isinstance(ptr, Typed) else ptr
+        ok = isinstance(ptr, list) and len(ptr) >= 2 and all(
             isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in ptr)
         steps = np.diff(np.asarray(ptr, dtype=np.int64)) if ok else None
         if not ok or ptr[0] != 0 or ptr[-1] != len(trees) or steps is None or (steps != n_classes).any():
             raise BoosterError(f"iteration_indptr must run from 0 to {len(trees)} in steps of {n_classes}")
     if "cats" in gbm:
         cats = gbm["cats"]
-        if not isinstance(cats, dict) or any(not isinstance(v, (list, np.ndarray)) or len(v) for v in cats.values()):
+        if not isinstance(cats, dict) or any(not isinstance(v, (list, Typed)) or len(v) for v in cats.values()):
             raise BoosterError("gradient_booster.model.cats: fastvlad trains no categorical features")
-    for i, tree in enumerate(trees):
-        _tree(tree, i, n_features)
+    _trees(trees, n_features)
 
 
 def checked(data: bytes, n_classes: int, n_features: int) -> bytes:

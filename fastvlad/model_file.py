@@ -115,12 +115,10 @@ def _read_members(path: Path) -> dict[str, bytes]:
         if path.stat().st_size > MAX_TOTAL_BYTES:
             raise ModelFormatError(f"{path}: {path.stat().st_size} bytes is larger than a fastvlad model can be "
                                    f"({MAX_TOTAL_BYTES}); not a model file")
+        _check_directory(path)
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
             names = [i.filename for i in infos]
-            if len(infos) > len(MEMBER_LIMITS):
-                raise ModelFormatError(f"{path}: {len(infos)} members; a fastvlad model has at most "
-                                       f"{len(MEMBER_LIMITS)}")
             if len(set(names)) != len(names):
                 twice = sorted({n for n in names if names.count(n) > 1})
                 raise ModelFormatError(f"{path}: member name(s) {twice} appear more than once (file edited)")
@@ -141,6 +139,23 @@ def _read_members(path: Path) -> dict[str, bytes]:
         raise
     except _ZIP_ERRORS as exc:
         raise ModelFormatError(f"{path}: not a readable fastvlad model file ({type(exc).__name__}: {exc})") from None
+
+
+def _check_directory(path: Path) -> None:
+    """Refuse a zip whose end record declares more entries, or a larger central directory, than a
+    model has, before zipfile builds an object per entry (millions of tiny entries fit in 2 GiB)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - (22 + 0xFFFF)))  # the end record: 22 bytes and a comment of ≤ 64 KiB
+        tail = f.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) < at + 22:
+        raise ModelFormatError(f"{path}: not a readable fastvlad model file (no zip end record)")
+    entries, directory_size = struct.unpack_from("<HI", tail, at + 10)
+    if entries > len(MEMBER_LIMITS) or directory_size > 64 * 1024:
+        raise ModelFormatError(f"{path}: the zip declares {entries} members in a {directory_size}-byte directory; "
+                               f"a fastvlad model has at most {len(MEMBER_LIMITS)}")
 
 
 def _check_entry(path: Path, info: zipfile.ZipInfo) -> None:
