@@ -325,3 +325,20 @@ def test_manifest_must_be_a_table(saved: Path, tmp_path: Path) -> None:
     for text in (b"[]", b'{"config.json": 5}', b"\x00"):
         bad = model_files.write_members(tmp_path / "bad.fvl", {**members, "manifest.json": text}, rehash=False)
         _refused(bad, "manifest")
+
+
+# -- the backbone the model was trained with ------------------------------------------------------------
+def test_a_backbone_with_another_sha256_is_refused(saved: Path, tmp_path: Path) -> None:
+    """A model whose recorded backbone SHA-256 is not that of the backbone file it would use is
+    refused when it encodes (transform, predict), naming both hashes; the same file with the
+    right hash works."""
+    images, _ = tiny_model.demo_images()
+    cfg = _config(saved)
+    real = cfg["backbone_sha256"]
+    other = "0123456789abcdef" * 4
+    cfg["backbone_sha256"] = other
+    model = fastvlad.load(model_files.edited(saved, tmp_path / "other.fvl", config_json=json.dumps(cfg).encode()))
+    for use in (model.transform, model.predict, model.predict_proba):
+        with pytest.raises(ModelFormatError, match=f"backbone SHA-256 {other[:12]}….* has {real[:12]}…"):
+            use([images[0]])
+    assert fastvlad.load(saved).transform([images[0]]).shape == (1, model.codebook_.size)
