@@ -28,7 +28,7 @@ def explain_command(model_path: Path = typer.Argument(..., metavar="MODEL"),
                     top: int = typer.Option(5, help="Codewords to list per class."),
                     patches: int = typer.Option(6, help="Example patches per codeword (dataset mode)."),
                     max_images: int = typer.Option(200, help="Random images to rank codewords on (dataset mode)."),
-                    device: str = typer.Option("auto", help="auto, cpu or cuda.")) -> None:
+                    device: str = typer.Option("auto", metavar="[auto|cpu|cuda]", help="auto, cpu or cuda.")) -> None:
     """Show which codeword each sampled pixel went to and what each codeword contributed (XGBoost TreeSHAP)."""
     from .. import datasets
     from ..estimator import load
