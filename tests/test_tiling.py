@@ -265,3 +265,8 @@ def test_data_bar_from_fei_metadata(tmp_path: Path) -> None:
     assert tiling.data_bar_rows(image.astype(np.float32)) == 0
     path = mf.write_fei_tiff(tmp_path / "grey.tif", image, 1.0, bar=30)
     assert tiling.prepare(tiling.Micrograph(path), tiling.Settings(crop_bottom="auto")).values.shape == (128, 128)
+
+
+def test_explain_says_it_does_not_follow_tiles_yet(tiled_model: tuple[Path, str], sem_data: Path) -> None:
+    res = CliRunner().invoke(app, ["-q", "explain", str(tiled_model[0]), str(sem_data / "m1.tif")])
+    assert isinstance(res.exception, ParameterError) and "napari_plugin.classify" in str(res.exception)

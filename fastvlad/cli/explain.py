@@ -35,6 +35,12 @@ def explain_command(model_path: Path = typer.Argument(..., metavar="MODEL"),
 
     model = load(model_path)
     model.set_params(device=device)
+    if model.tile is not None or model.scale_nm_per_px is not None or model.crop_bottom is not None:
+        from ..errors import ParameterError
+
+        raise ParameterError(f"{model_path} rescales or tiles micrographs; explain does not follow its tiles yet. "
+                             "The napari plugin (pip install 'fastvlad[napari]') shows each tile's class and "
+                             "codewords; in Python: fastvlad.napari_plugin.classify(model, path)")
     if image.is_file() and image.suffix.lower() in datasets.IMAGE_SUFFIXES:
         expl = explain(model, str(image), target)
         written: Sequence[Path] = save_overlay(expl, output or Path("overlay.png"))
