@@ -15,7 +15,7 @@ from . import config
 from .backends import DEVICES
 from .errors import FastVLADError, ImageReadError, InvalidDatasetError, ParameterError
 from .hypercolumn import INTERPOLATION_MODES, points_for_density
-from .images import RESAMPLE, ImageSource, check_size, probe, source_name
+from .images import RESAMPLE, Derived, ImageSource, check_size, probe, source_name
 
 ON_ERROR = ("raise", "skip")
 #: How many unreadable images a fail-fast error lists by name.
@@ -70,6 +70,7 @@ def runtime(est: Any) -> None:
         integer("batch_size", est.batch_size, 1)
     if not isinstance(est.fp16, (bool, np.bool_)):
         raise ParameterError(f"fp16={est.fp16!r}: give True (a float16 CNN) or False")
+    tiling(est)
 
 
 def parameters(est: Any, n_images: int | None = None) -> None:
@@ -135,9 +136,9 @@ def sources(X: Any) -> list[ImageSource]:
     for i, item in enumerate(items):
         if isinstance(item, os.PathLike) and not isinstance(item, Path):
             items[i] = Path(item)
-        elif not isinstance(item, (str, Path, np.ndarray)):
+        elif not isinstance(item, (str, Path, np.ndarray, Derived)):
             raise ParameterError(f"X[{i}] is {'None' if item is None else 'a ' + type(item).__name__}; each image "
-                                 "must be a path or a NumPy array")
+                                 "must be a path, a NumPy array or a fastvlad.tiling.Micrograph")
     return items
 
 
@@ -189,3 +190,50 @@ def enough_classes(classes: np.ndarray) -> None:
     if len(classes) < 2:
         raise InvalidDatasetError(f"only one class ({[c.item() if hasattr(c, 'item') else c for c in classes]}) in the "
                                   "training labels; need at least two")
+
+
+# -- micrographs: physical scale and tiling (fastvlad.tiling) ---------------------------------
+MISSING_SCALE = ("raise", "ignore")
+CROP_AUTO = "auto"
+
+
+def parse_shape(name: str, value: Any) -> tuple[int, int] | None:
+    """``tile``/``tile_stride``: None, N (N×N), (H, W) or the text "HxW" / "N"; sides ≥ 1."""
+    if value is None:
+        return None
+    given = value
+    if isinstance(value, str):
+        try:
+            parts = [int(p) for p in value.lower().replace("×", "x").split("x")]
+        except ValueError:
+            parts = []
+        value = parts[0] if len(parts) == 1 else tuple(parts) if parts else value
+    sides: list[Any] = [value] if isinstance(value, (int, np.integer)) else list(value) \
+        if isinstance(value, (tuple, list)) else []
+    if len(sides) not in (1, 2) or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
+                                            for s in sides):
+        raise ParameterError(f"{name}={given!r}: give N, (height, width) or 'HxW' in pixels, e.g. '306x448' "
+                             "(height × width, as image_size)")
+    return int(sides[0]), int(sides[-1])
+
+
+def tiling(est: Any) -> None:
+    """The micrograph parameters: ``scale_nm_per_px``, ``missing_scale``, ``tile``, ``tile_stride``,
+    ``crop_bottom`` (absent on estimators that predate them: then unused)."""
+    scale = getattr(est, "scale_nm_per_px", None)
+    if scale is not None:
+        real("scale_nm_per_px", scale, 0, lo_open=True, hint=" nm per pixel (or None: keep every image's own scale)")
+    choice("missing_scale", getattr(est, "missing_scale", "raise"), MISSING_SCALE)
+    tile = parse_shape("tile", getattr(est, "tile", None))
+    if tile is not None and min(tile) < MIN_TILE:
+        raise ParameterError(f"tile={est.tile!r}: each side must be at least {MIN_TILE} pixels")
+    stride = parse_shape("tile_stride", getattr(est, "tile_stride", None))
+    if stride is not None and tile is None:
+        raise ParameterError(f"tile_stride={est.tile_stride!r} without tile: set tile too (CLI: --tile HxW)")
+    crop = getattr(est, "crop_bottom", None)
+    if crop is not None and crop != CROP_AUTO:
+        integer("crop_bottom", crop, 0, " pixels, or 'auto' to detect an SEM data bar, or None")
+
+
+#: Smallest tile side: VGG16's four poolings need 16 pixels (images.MIN_SIDE).
+MIN_TILE = 16

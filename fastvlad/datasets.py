@@ -31,7 +31,8 @@ from .errors import InvalidDatasetError
 
 log = logging.getLogger("fastvlad")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp",
+                  ".dm3", ".dm4", ".ser", ".emd")  # the last four: the microscopy extra (fastvlad.microscopy)
 #: How many examples an error or notice lists.
 EXAMPLES = 3
 
@@ -44,6 +45,7 @@ class Dataset:
     labels: np.ndarray | None  # (n,) str, or None for unlabelled data
     groups: np.ndarray | None  # (n,) str, or None
     root: Path
+    pixel_size_nm: np.ndarray | None = None  # (n,) float64 from a pixel_size_nm column, NaN where empty
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -177,7 +179,27 @@ def from_csv(manifest: Path, check_files: bool = True) -> Dataset:
     groups = np.array([r[col["group"]].strip() for _, r in rows]) if "group" in col else None
     if labels is not None:
         _note_folder_disagreement(manifest, paths, labels)
-    return Dataset(paths, labels, groups, manifest.parent)
+    pixel_sizes = _pixel_sizes(manifest, header, rows) if "pixel_size_nm" in header else None
+    return Dataset(paths, labels, groups, manifest.parent, pixel_sizes)
+
+
+def _pixel_sizes(manifest: Path, header: list[str], rows: list[tuple[int, list[str]]]) -> np.ndarray:
+    """The ``pixel_size_nm`` column: a positive number of nm per pixel, or empty (the file's own)."""
+    j = header.index("pixel_size_nm")
+    out = np.full(len(rows), np.nan)
+    for k, (line, row) in enumerate(rows):
+        text = row[j].strip()
+        if not text:
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (np.isfinite(value) and value > 0):
+            raise InvalidDatasetError(f"{manifest}, line {line}: pixel_size_nm {text!r} is not a positive number of "
+                                      "nanometres per pixel; give one, or leave it empty to use the file's metadata")
+        out[k] = value
+    return out
 
 
 def _read_rows(manifest: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:

@@ -38,7 +38,7 @@ from . import backends, checks, classifier, config
 from .encoder import Encoded, Encoder, EncoderSettings, Timings, fit_centres, sample_plan
 from .errors import DistributedError, ImageReadError, InvalidDatasetError, ModelFormatError, ParameterError
 from .estimator import check_fitted
-from .images import ImageSource
+from .images import Derived, ImageSource
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -262,7 +262,8 @@ def _shipped(X: Sequence[ImageSource], positions: Sequence[int] | np.ndarray) ->
     """The images at ``positions`` as sent to a worker: paths made absolute, since a worker's
     working folder need not be the client's."""
     items = [X[i] for i in positions]
-    return [x if isinstance(x, np.ndarray) else os.path.abspath(x) for x in items]
+    # a tiling.Micrograph or Tile already holds an absolute path
+    return [x if isinstance(x, (np.ndarray, Derived)) else os.path.abspath(x) for x in items]
 
 
 def _gather(client: Client, futures: list[Future]) -> list[Any]:

@@ -16,12 +16,12 @@ from typing import Any, cast
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from . import backends, booster_check, checks, classifier, model_file
+from . import backends, booster_check, checks, classifier, model_file, tiling
 from ._version import __version__
 from .backbone import DEFAULT_BACKBONE
 from .encoder import Encoded, Encoder, Timings
 from .errors import FastVLADError, InvalidDatasetError, ModelFormatError, NotFittedError
-from .images import ImageSource
+from .images import ImageSource, source_name
 from .projection import Projection
 
 
@@ -50,6 +50,14 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     ``X`` is a sequence of image paths or arrays ((H, W) or (H, W, 3)); ``y`` the labels.
     ``fit`` runs the CNN once per image, plus once for each of the ``codebook_images``
     images the codebook is fitted on.
+
+    Micrographs (``fastvlad.tiling``): ``scale_nm_per_px`` resamples every image to that many nm
+    per pixel first (the pixel size from the file's metadata, or a ``tiling.Micrograph``'s; a file
+    without one is an error unless ``missing_scale="ignore"``), ``crop_bottom`` cuts an SEM data
+    bar (N rows, or ``"auto"``), and ``tile`` (height, width) cuts each image into tiles every
+    ``tile_stride`` pixels. Then every tile is a training sample with its micrograph's label;
+    ``predict_proba`` gives each micrograph the mean of its tiles' probabilities, and
+    ``transform`` the codes of every tile (``tiling.plan`` says which micrograph each came from).
     """
 
     def __init__(self, density: float = 10.0, k: int = 100, *, image_size: int | tuple[int, int] | None = 224,
@@ -59,7 +67,9 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                  taps: Sequence[str] | None = None, n_estimators: int = 100, max_depth: int = 3,
                  learning_rate: float = 0.1, max_bin: int = 32, colsample_bynode: float = 1.0,
                  device: str = "auto", batch_size: int | None = None, fp16: bool = False,
-                 on_error: str = "raise", random_state: int = 0) -> None:
+                 on_error: str = "raise", random_state: int = 0, scale_nm_per_px: float | None = None,
+                 missing_scale: str = "raise", tile: int | tuple[int, int] | str | None = None,
+                 tile_stride: int | tuple[int, int] | str | None = None, crop_bottom: int | str | None = None) -> None:
         self.density = density
         self.k = k
         self.image_size = image_size
@@ -82,6 +92,11 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.fp16 = fp16
         self.on_error = on_error
         self.random_state = random_state
+        self.scale_nm_per_px = scale_nm_per_px
+        self.missing_scale = missing_scale
+        self.tile = tile
+        self.tile_stride = tile_stride
+        self.crop_bottom = crop_bottom
 
     @classmethod
     def faithful(cls, **overrides: Any) -> FastVLAD:
@@ -93,11 +108,18 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         """Fit the codebook on a sample of ``X``, encode every image once, train the booster."""
         X, y_arr = checks.sources_and_labels(X, y)
         t0 = time.perf_counter()
+        given, y_given = X, y_arr
+        plan = tiling.plan_for(self, X)  # micrographs → tiles, each with its micrograph's label
+        if plan is not None:
+            X, y_arr = plan.sources, y_arr[plan.owner]
+            if not X:
+                raise InvalidDatasetError(f"none of the {len(given)} images could be read "
+                                          f"(e.g. {plan.failures()[0][1]})")
         timings = Timings()
         self.fit_codebook(X, timings)
         codebook_pass = dict(timings.seconds)  # before the encoder adds to the same stages
         encoded = self.encode(X, timings)
-        self.skipped_ = self.describe_failures(X, encoded)
+        self.skipped_ = (plan.failures() if plan is not None else []) + self.describe_failures(X, encoded)
         if not len(encoded.indices):
             raise InvalidDatasetError(f"none of the {len(X)} images could be read (e.g. {self.skipped_[0][1]})")
         self.fit_codes(encoded.codes, y_arr[encoded.indices])
@@ -106,7 +128,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
             self.train_info_["pca_explained_variance"] = self.projection_.explained_variance_ratio
         # What the model learnt from, for the model file: the images' own bytes, not only their codes.
         names, counts = np.unique(y_arr[encoded.indices].astype(str), return_counts=True)
-        self.train_info_.update(images_sha256=model_file.data_sha256(X, y_arr), n_skipped=len(encoded.failed),
+        self.train_info_.update(images_sha256=model_file.data_sha256(given, y_given), n_skipped=len(self.skipped_),
                                 class_counts={str(c): int(n) for c, n in zip(names, counts)})
         self.train_info_["skipped"] = [[name, why] for name, why in self.skipped_]
         self.train_info_["codebook_pass_seconds"] = codebook_pass
@@ -133,7 +155,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     @staticmethod
     def describe_failures(X: Sequence[ImageSource], encoded: Encoded) -> list[tuple[str, str]]:
         """(image name, reason) of every image that could not be read."""
-        return [(str(X[i]) if not isinstance(X[i], np.ndarray) else f"array #{i}", str(e)) for i, e in encoded.failed]
+        return [(source_name(X[i], i), str(e)) for i, e in encoded.failed]
 
     def fit_codes(self, codes: np.ndarray, y: Sequence[Any] | np.ndarray) -> FastVLAD:
         """Train only the booster, on codes from ``transform`` (used by cross-validation)."""
@@ -162,8 +184,12 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
             return encoder.encode(X, timings)
 
     def transform(self, X: Sequence[ImageSource]) -> np.ndarray:
-        """VLAD codes ``(n, k·dim)`` float32; rows of skipped images are NaN."""
+        """VLAD codes ``(n, k·dim)`` float32; rows of skipped images are NaN. With tiling, one row
+        per tile (``tiling.plan_for(model, X)`` lists them)."""
         X = checks.sources(X)
+        plan = tiling.plan_for(self, X)
+        if plan is not None:
+            X = plan.sources
         enc = self.encode(X)
         out = np.full((len(X), self.codebook_.size), np.nan, dtype=np.float32)
         out[enc.indices] = enc.codes
@@ -173,7 +199,13 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         """Class probabilities ``(n, n_classes)`` float32, columns in ``classes_`` order."""
         if not hasattr(self, "booster_"):
             raise NotFittedError("this FastVLAD has no classifier yet; call fit(X, y) first")
-        return self.predict_proba_codes(self.transform(X))
+        plan = tiling.plan_for(self, checks.sources(X))
+        if plan is None:
+            return self.predict_proba_codes(self.transform(X))
+        tile_proba = np.full((len(plan.sources), len(self.classes_)), np.nan, dtype=np.float32)
+        if plan.sources:
+            tile_proba = self.predict_proba_codes(self.transform(plan.sources))
+        return plan.aggregate(tile_proba).proba  # each micrograph: the mean of its tiles
 
     def predict_proba_codes(self, codes: np.ndarray) -> np.ndarray:
         """Probabilities from precomputed codes (NaN rows give NaN probabilities)."""
@@ -199,7 +231,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
             raise NotFittedError("fit the model before saving it")
         params = self.get_params()
         params["taps"] = list(params["taps"]) if params["taps"] else None
-        params["image_size"] = list(params["image_size"]) if isinstance(params["image_size"], tuple) else params["image_size"]
+        for key in ("image_size", "tile", "tile_stride"):  # tuples as JSON lists
+            params[key] = list(params[key]) if isinstance(params[key], tuple) else params[key]
         config = {"params": params, "classes": [str(c) for c in self.classes_],
                   "backbone_sha256": self.backbone_sha256_, "taps": list(self.taps_),
                   "train": {**self.train_info_, "timings": getattr(self, "timings_", {})},
@@ -253,8 +286,9 @@ def _model_from_config(path: str | os.PathLike[str], cfg: dict[str, Any], codebo
     if unknown:
         raise bad(f"unknown parameter(s) {unknown}")
     params = dict(params)
-    if isinstance(params.get("image_size"), list):
-        params["image_size"] = tuple(params["image_size"])
+    for key in ("image_size", "tile", "tile_stride"):  # JSON lists; a file without tile/scale: untiled
+        if isinstance(params.get(key), list):
+            params[key] = tuple(params[key])
     if params.get("taps") is not None and not isinstance(params["taps"], list):
         raise bad(f"taps={params['taps']!r} must be a list of names")
     flags = [name for name in ("intra", "power", "whiten", "fp16") if not isinstance(params.get(name, False), bool)]

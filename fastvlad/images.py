@@ -28,16 +28,37 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Protocol, Union, runtime_checkable
 
 import numpy as np
 
-from . import config
+from . import config, microscopy
 from .errors import FastVLADError, ImageReadError, ParameterError
 
 log = logging.getLogger("fastvlad")
 
-ImageSource = Union[str, Path, np.ndarray]
+
+@runtime_checkable
+class Derived(Protocol):
+    """A source computed from a file or array: a tile of a micrograph, or a micrograph resampled to
+    a physical scale (``fastvlad.tiling``). It converts its own values to 0..255, because a tile
+    must share its micrograph's intensity scaling rather than be stretched on its own."""
+
+    @property
+    def name(self) -> str:
+        """How messages and CSVs name it."""
+        ...
+
+    def pixels_255(self) -> np.ndarray:
+        """(H, W) or (H, W, 3) float32 in 0..255; ``ImageReadError`` naming the file on failure."""
+        ...
+
+    def probe(self) -> None:
+        """The cheap header check of the underlying file (``images.probe``)."""
+        ...
+
+
+ImageSource = Union[str, Path, np.ndarray, Derived]
 RESAMPLE = ("bilinear", "nearest", "bicubic", "lanczos")
 #: Smallest side VGG16's five taps accept (four 2× poolings leave at least one pixel).
 MIN_SIDE = 16
@@ -54,6 +75,8 @@ def source_name(source: object, index: int | None = None) -> str:
     """How errors name a source: its path, or ``array #i``."""
     if isinstance(source, np.ndarray):
         return "array" if index is None else f"array #{index}"
+    if isinstance(source, Derived):
+        return source.name
     return str(source)
 
 
@@ -61,8 +84,12 @@ def read(source: ImageSource) -> np.ndarray:
     """Decode a file (or take an array) without changing its values: (H, W) or (H, W, C)."""
     if isinstance(source, np.ndarray):
         return source
+    if isinstance(source, Derived):  # its own 0..255 values, as 8 bits for display (explain, thumbnails)
+        return np.clip(np.rint(source.pixels_255()), 0, 255).astype(np.uint8)
     path = _existing_file(source)
     with _decoding(path):
+        if microscopy.is_instrument_file(path):  # DM3/DM4, TIA, EMD: RosettaSciIO (the microscopy extra)
+            return microscopy.read_instrument(path).pixels
         if path.suffix.lower() in TIFF_SUFFIXES:
             return _read_tiff(path)
         return _read_pil(path)
@@ -78,8 +105,14 @@ def probe(source: ImageSource, name: object = None) -> None:
     if isinstance(source, np.ndarray):
         _check_array(source, name if name is not None else "array")
         return
+    if isinstance(source, Derived):
+        source.probe()
+        return
     path = _existing_file(source)
     with _decoding(path):
+        if microscopy.is_instrument_file(path):
+            microscopy.probe_instrument(path)
+            return
         if path.suffix.lower() in TIFF_SUFFIXES and _probe_tiff(path):
             return
         with _open_pil(path) as im:
@@ -355,7 +388,8 @@ class Preprocess:
         """One image → (3, H, W) float32 network input; any failure is an ``ImageReadError``."""
         label = name if name is not None else source_name(source)
         try:
-            values = to_255(read(source), label)  # gray stays one channel until resized: 3× less work
+            # gray stays one channel until resized: 3× less work
+            values = source.pixels_255() if isinstance(source, Derived) else to_255(read(source), label)
             self._check_native(values, label)
             return caffe(_three_channels(resize(values, self.size, self.resample)))
         except FastVLADError:

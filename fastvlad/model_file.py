@@ -246,14 +246,17 @@ def _check_format(path: Path, members: dict[str, bytes]) -> None:
                                f"fastvlad (reads version {VERSION}); re-train or use a matching fastvlad")
 
 
-def data_sha256(sources: Sequence[str | Path | np.ndarray], labels: Sequence[object] | np.ndarray | None = None) -> str:
+def data_sha256(sources: Sequence[Any], labels: Sequence[object] | np.ndarray | None = None) -> str:
     """SHA-256 of training data for the model's metadata: each image's bytes as stored (arrays:
     dtype, shape, values) with its label, combined in sorted order so file order does not matter.
     An unreadable file contributes its name."""
     digests = []
     for i, src in enumerate(sources):
         h = hashlib.sha256()
-        if isinstance(src, np.ndarray):
+        digest = getattr(src, "digest", None)  # a micrograph or tile (fastvlad.tiling): its file's hash, cached
+        if digest is not None:
+            h.update(digest())
+        elif isinstance(src, np.ndarray):
             h.update(f"{src.dtype}{src.shape}".encode())
             h.update(np.ascontiguousarray(src).tobytes())
         else:

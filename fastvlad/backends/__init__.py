@@ -54,11 +54,13 @@ def cuda_problem() -> str | None:
     """Why the CUDA backend cannot run here, or None when it can."""
     try:
         import cupy
-
+    except ImportError:
+        return "CuPy is not installed"
+    try:
         if cupy.cuda.runtime.getDeviceCount() < 1:
             return "no CUDA GPU is visible"
-    except Exception as exc:  # ImportError, or CUDA driver errors from CuPy
-        return f"CuPy is not usable ({type(exc).__name__}: {exc})"
+    except Exception as exc:  # CUDA driver errors from CuPy
+        return f"CuPy cannot use a GPU ({type(exc).__name__}: {exc})"
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -72,5 +74,7 @@ def cuda_problem() -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def _notice_cpu_fallback(problem: str) -> None:
-    """Say once per process why ``auto`` chose the CPU."""
-    log.info("fastvlad: running on the CPU (%s)", problem)
+    """Say once per process, in plain words, that ``auto`` chose the CPU, and why."""
+    found = problem not in ("CuPy is not installed", "no CUDA GPU is visible")
+    log.info("fastvlad: %s: running on the CPU (%s)", "the GPU cannot be used" if found else "no GPU found",
+             problem)

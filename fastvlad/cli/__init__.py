@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Optional
 
 import typer
 
@@ -17,21 +18,38 @@ from .. import progress
 from ..errors import FastVLADError
 from . import bench, demo, evaluate, explain, info, model, models
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# rich_markup_mode=None: help texts are plain text, so "fastvlad[dask]" is not eaten as a markup tag.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="VLAD codes of CNN hypercolumns for microscopy image classification.")
 app.add_typer(models.models_app, name="models")
 log = logging.getLogger("fastvlad")
 _VERBOSE = False
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .._version import __version__
+
+        typer.echo(f"fastvlad {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _global(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or notices."),
-            verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging and tracebacks.")) -> None:
+def _global(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or notices."),
+            verbose: bool = typer.Option(False, "--verbose", "-v", help="fastvlad's debug lines and tracebacks."),
+            show_progress: Optional[bool] = typer.Option(
+                None, "--progress/--no-progress",
+                help="Show progress (default: yes unless -q): bars on a terminal, plain lines otherwise (batch jobs)."),
+            version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                         help="Print the version and exit.")) -> None:
     global _VERBOSE
     _VERBOSE = verbose
-    progress.ENABLED = False if quiet else None
-    logging.basicConfig(format="%(message)s", stream=sys.stderr,
-                        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    progress.ENABLED = show_progress if show_progress is not None else (False if quiet else None)
+    progress.MODE = "bar"  # the command line: bars on a terminal, plain lines in a log file
+    # Other libraries stay at WARNING: -v is for fastvlad's own debug lines, not, say, Pillow's
+    # chunk-by-chunk PNG parsing. A record of the fastvlad logger reaches the root handler
+    # whatever the root's level (propagation checks handlers, not ancestor levels).
+    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=logging.WARNING)
     log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 

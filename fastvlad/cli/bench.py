@@ -19,7 +19,7 @@ def bench_command(
     density: Optional[float] = typer.Option(None, help="Density in % (default: the estimator's)."),
     k: Optional[int] = typer.Option(None, "--k", "-k", help="Codebook size (default: the estimator's)."),
     image_size: Optional[str] = typer.Option(None, help="Network input N, HxW or 'native' (default: the estimator's)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", metavar="[auto|cpu|cuda]", help="auto, cpu or cuda."),
     batch_size: Optional[int] = typer.Option(None, help="Images per backbone call (default: the device's)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     cnn_images: int = typer.Option(64, help="Images for (a), the CNN alone on decoded batches."),

@@ -7,10 +7,19 @@ import json
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 
+from .. import tiling
+from ..errors import WriteError
+from . import outputs
 from .options import (
     BACKBONE,
+    CROP_BOTTOM,
+    MISSING_SCALE,
+    SCALE,
+    TILE,
+    TILE_STRIDE,
     DENSITY,
     DEVICE,
     FAITHFUL,
@@ -22,6 +31,7 @@ from .options import (
     TAPS,
     estimator,
     load,
+    micrograph_params,
     report_skipped,
 )
 
@@ -32,14 +42,36 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
              json_out: Optional[Path] = typer.Option(None, "--json", help="Write the numbers as JSON."),
              density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
              backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED,
-             on_error: str = ON_ERROR, faithful: bool = FAITHFUL, pca: Optional[str] = PCA) -> None:
-    """Cross-validate (grouped by the 'group' column when present): accuracy, per-class P/R, confusion."""
+             on_error: str = ON_ERROR, faithful: bool = FAITHFUL, pca: Optional[str] = PCA,
+             scale: Optional[float] = SCALE, missing_scale: Optional[str] = MISSING_SCALE, tile: Optional[str] = TILE,
+             tile_stride: Optional[str] = TILE_STRIDE, crop_bottom: Optional[str] = CROP_BOTTOM) -> None:
+    """Cross-validate (grouped by the 'group' column when present, and the tiles of one micrograph
+    always together): accuracy, per-class P/R, confusion."""
     from ..evaluate import cross_validate
 
     ds = load(data, on_error)
-    est = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca)
-    res = cross_validate(est, [str(p) for p in ds.paths], ds.y, ds.groups, folds)
+    outputs.refuse_inputs([report and report / "index.html", confusion_png, json_out],
+                          outputs.dataset_files(data, ds.paths))
+    est = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca,
+                    **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))
+    sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)
+    tiled = tiling.Settings.of(est).tile is not None
+    if tiled:
+        if report:
+            raise WriteError("--report with --tile is not supported yet (its thumbnails are per image); "
+                             "use --json and --confusion")
+        from ..micrograph_cv import cross_validate_tiles
+
+        cv = cross_validate_tiles(est, sources, ds.y, ds.groups, folds)  # a micrograph's tiles in one fold
+        res = cv.result
+    else:
+        plan = tiling.plan_for(est, sources)  # rescaled or cropped, one input per image
+        res = cross_validate(est, plan.sources if plan is not None else sources, ds.y, ds.groups, folds)
     _print_cv(res)
+    if tiled:
+        agg, acc = cv.micrographs()
+        typer.echo(f"micrograph accuracy (mean of its tiles' probabilities): {acc:.3f} on "
+                   f"{int((agg.readable > 0).sum())} micrographs ({len(cv.plan.sources)} tiles)")
     if json_out:
         from .._files import write_bytes_atomic
 
@@ -64,7 +96,23 @@ def _print_cv(res) -> None:  # type: ignore[no-untyped-def]
     typer.echo(f"{'class':<22}{'precision':>10}{'recall':>10}{'f1':>8}{'n':>6}")
     for c, m in res.per_class().items():
         typer.echo(f"{c:<22}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>8.3f}{m['support']:>6}")
-    typer.echo("confusion (rows true, columns predicted):")
-    for c, row in zip(res.classes, res.confusion()):
-        typer.echo(f"  {c:<22}" + " ".join(f"{v:>5}" for v in row))
+    typer.echo(confusion_text(res.confusion(), res.classes))
 
+
+def confusion_text(cm: np.ndarray, classes: list[str]) -> str:
+    """The confusion matrix with its column headers: the class names (numbers, with the key in the
+    row labels, when more than ``NAMED_COLUMNS`` classes would make the lines too long)."""
+    named = len(classes) <= NAMED_COLUMNS
+    heads = list(classes) if named else [f"({j + 1})" for j in range(len(classes))]
+    widths = [max(5, len(h), *(len(str(v)) for v in cm[:, j])) for j, h in enumerate(heads)]
+    labels = list(classes) if named else [f"({j + 1}) {c}" for j, c in enumerate(classes)]
+    side = max(20, *(len(c) for c in labels))
+    lines = ["confusion (rows true, columns predicted):",
+             "  " + "true / predicted".ljust(side) + "".join(f" {h:>{w}}" for h, w in zip(heads, widths))]
+    for label, row in zip(labels, cm):
+        lines.append("  " + label.ljust(side) + "".join(f" {v:>{w}}" for v, w in zip(row, widths)))
+    return "\n".join(lines)
+
+
+#: Up to this many classes, the confusion matrix's columns carry the class names.
+NAMED_COLUMNS = 6

@@ -28,13 +28,19 @@ def explain_command(model_path: Path = typer.Argument(..., metavar="MODEL"),
                     top: int = typer.Option(5, help="Codewords to list per class."),
                     patches: int = typer.Option(6, help="Example patches per codeword (dataset mode)."),
                     max_images: int = typer.Option(200, help="Random images to rank codewords on (dataset mode)."),
-                    device: str = typer.Option("auto", help="auto, cpu or cuda.")) -> None:
+                    device: str = typer.Option("auto", metavar="[auto|cpu|cuda]", help="auto, cpu or cuda.")) -> None:
     """Show which codeword each sampled pixel went to and what each codeword contributed (XGBoost TreeSHAP)."""
     from .. import datasets
     from ..estimator import load
 
     model = load(model_path)
     model.set_params(device=device)
+    if model.tile is not None or model.scale_nm_per_px is not None or model.crop_bottom is not None:
+        from ..errors import ParameterError
+
+        raise ParameterError(f"{model_path} rescales or tiles micrographs; explain does not follow its tiles yet. "
+                             "The napari plugin (pip install 'fastvlad[napari]') shows each tile's class and "
+                             "codewords; in Python: fastvlad.napari_plugin.classify(model, path)")
     if image.is_file() and image.suffix.lower() in datasets.IMAGE_SUFFIXES:
         expl = explain(model, str(image), target)
         written: Sequence[Path] = save_overlay(expl, output or Path("overlay.png"))

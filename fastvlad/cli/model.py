@@ -10,9 +10,17 @@ from typing import Optional
 import numpy as np
 import typer
 
+from .. import tiling
 from .._files import check_writable
+from ..errors import InvalidDatasetError, WriteError
+from . import outputs
 from .options import (
     BACKBONE,
+    CROP_BOTTOM,
+    MISSING_SCALE,
+    SCALE,
+    TILE,
+    TILE_STRIDE,
     DENSITY,
     DEVICE,
     FAITHFUL,
@@ -28,6 +36,7 @@ from .options import (
     estimator,
     load,
     loaded,
+    micrograph_params,
     report_skipped,
 )
 
@@ -37,55 +46,141 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
           density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
           backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
           scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
-          pca: Optional[str] = PCA, fp16: Optional[bool] = FP16) -> None:
+          pca: Optional[str] = PCA, fp16: Optional[bool] = FP16, scale: Optional[float] = SCALE,
+          missing_scale: Optional[str] = MISSING_SCALE, tile: Optional[str] = TILE,
+          tile_stride: Optional[str] = TILE_STRIDE, crop_bottom: Optional[str] = CROP_BOTTOM) -> None:
     """Train a model on labelled images and save it as one file."""
     from .. import distributed
 
+    if outputs.is_stdout(output):
+        raise WriteError("-o -: a model is a binary file; give a file name")
     check_writable(output)  # an unwritable -o fails before the work, not after it
     ds = load(data, on_error)
-    model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, fp16=bool(fp16))
+    outputs.refuse_inputs([output], outputs.dataset_files(data, ds.paths))
+    model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, fp16=bool(fp16),
+                      **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))
+    sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)
+    plan = tiling.plan_for(model, sources)  # micrographs → tiles (None: images used as they are)
+    X, y = (plan.sources, ds.y[plan.owner]) if plan is not None else (sources, ds.y)
+    if not X:
+        raise InvalidDatasetError(f"{data}: none of the {len(ds)} images could be read "
+                                          f"(e.g. {plan.failures()[0][1] if plan else ''})")
     with distributed.connect(scheduler, workers, device) as client:
-        distributed.fit(client, [str(p) for p in ds.paths], ds.y, model)
+        distributed.fit(client, X, y, model)
+    if plan is not None and plan.failed:  # micrographs that gave no tile belong in the model's record too
+        model.skipped_ = plan.failures() + model.skipped_
+        model.train_info_["skipped"] = [[name, why] for name, why in model.skipped_]
+        model.train_info_["n_skipped"] = len(model.skipped_)
     model.save(output)
     report_skipped(model.skipped_)
-    typer.echo(f"trained on {model.train_info_['n_images']} images, classes {', '.join(map(str, model.classes_))}; "
-               f"saved {output} ({model.timings_['total']:.1f} s)")
+    tiles = f" ({len(X)} tiles of {len(ds) - len(plan.failed)} micrographs)" if plan is not None and model.tile else ""
+    typer.echo(f"trained on {model.train_info_['n_images']} images{tiles}, classes "
+               f"{', '.join(map(str, model.classes_))}; saved {output} ({model.timings_['total']:.1f} s)")
 
 
 def predict(model_path: Path = typer.Argument(..., metavar="MODEL"),
             data: Path = typer.Argument(..., help="Folder, CSV manifest or image file."),
-            output: Path = typer.Option(Path("predictions.csv"), "--output", "-o"),
+            output: Path = typer.Option(Path("predictions.csv"), "--output", "-o", help="CSV to write; - for "
+                                        "standard output."),
+            per_image: bool = typer.Option(False, "--per-image", help="With a tiling model: one row per micrograph "
+                                           "(mean of its tiles' probabilities, share of tiles per class), not per tile."),
             device: str = DEVICE, on_error: str = ON_ERROR, scheduler: Optional[str] = SCHEDULER,
-            workers: int = WORKERS, fp16: Optional[bool] = FP16) -> None:
-    """Write predictions: CSV with path, predicted and one p_<class> column per class."""
+            workers: int = WORKERS, fp16: Optional[bool] = FP16, missing_scale: Optional[str] = MISSING_SCALE,
+            tile_stride: Optional[str] = TILE_STRIDE, crop_bottom: Optional[str] = CROP_BOTTOM) -> None:
+    """Write predictions: CSV with path, (true,) predicted, one p_<class> column per class and error."""
     from .. import distributed
-    from .._files import write_atomic
 
     model = loaded(model_path, device, on_error, fp16)
-    check_writable(output)  # an unwritable -o fails before the work, not after it
+    model.set_params(**micrograph_params(None, missing_scale, None, tile_stride, crop_bottom))
+    if not outputs.is_stdout(output):
+        check_writable(output)  # an unwritable -o fails before the work, not after it
     ds = load(data, on_error, require_labels=False)
-    paths = [str(p) for p in ds.paths]
+    outputs.refuse_inputs([output], [model_path], "the model")
+    outputs.refuse_inputs([output], outputs.dataset_files(data, ds.paths))
+    sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)
+    plan = tiling.plan_for(model, sources)
+    X = plan.sources if plan is not None else sources
     with distributed.connect(scheduler, workers, device) as client:
-        proba, skipped = distributed.predict_proba(client, paths, model)
-    failed = dict(skipped)
+        proba, skipped = distributed.predict_proba(client, X, model) if X else (np.zeros((0, len(model.classes_))), [])
+    rows = _prediction_rows(ds, model.classes_, proba, dict(skipped), plan, per_image, bool(model.tile))
+    outputs.write_text(output, _csv_text(rows))
+    report_skipped((plan.failures() if plan is not None else []) + list(skipped))
+    if len(ds) == 1 and not outputs.is_stdout(output):  # one image: its answer, not only a file name
+        typer.echo(_answer(rows[1:], rows[0], per_image or plan is None or not model.tile))
+    unit = "tile predictions" if plan is not None and model.tile and not per_image else "predictions"
+    outputs.message(f"wrote {len(rows) - 1} {unit} to {'standard output' if outputs.is_stdout(output) else output}",
+                    output)
 
-    def write(f) -> None:  # type: ignore[no-untyped-def]
-        import io
 
-        text = io.StringIO()
-        w = csv.writer(text)
-        w.writerow(["path", "predicted", *[f"p_{c}" for c in model.classes_], "error"])
-        for p, row in zip(ds.paths, proba):
-            rel = p.relative_to(ds.root) if p.is_relative_to(ds.root) else p
-            if np.isnan(row).any():
-                w.writerow([rel, "", *[""] * len(row), failed.get(str(p), "unreadable")])
-            else:
-                w.writerow([rel, model.classes_[row.argmax()], *[f"{v:.6f}" for v in row], ""])
-        f.write(text.getvalue().encode())
+def _prediction_rows(ds, classes: np.ndarray, proba: np.ndarray, failed: dict[str, str],  # type: ignore[no-untyped-def]
+                     plan: Optional[tiling.Plan], per_image: bool, tiled: bool) -> list[list[object]]:
+    """The CSV rows (header first): one per image, per tile, or per micrograph (``per_image``).
 
-    write_atomic(output, write)
-    report_skipped(list(failed.items()))
-    typer.echo(f"wrote {len(paths)} predictions to {output}")
+    Tile boxes are in the file's pixels; ``true`` is there when the data has labels."""
+    names = [str(p.relative_to(ds.root)) if p.is_relative_to(ds.root) else str(p) for p in ds.paths]
+    labels = ds.labels
+    p_cols = [f"p_{c}" for c in classes]
+    head: list[object] = ["path", *(["true"] if labels is not None else [])]
+
+    def prob_cells(row: np.ndarray) -> list[object]:
+        return ["", *[""] * len(row)] if np.isnan(row).any() else [classes[row.argmax()], *[f"{v:.6f}" for v in row]]
+
+    def true(i: int) -> list[object]:
+        return [labels[i]] if labels is not None else []
+
+    if plan is None:
+        rows = [[*head, "predicted", *p_cols, "error"]]
+        for i, row in enumerate(proba):
+            error = "" if not np.isnan(row).any() else failed.get(str(ds.paths[i]), "unreadable")
+            rows.append([names[i], *true(i), *prob_cells(row), error])
+        return rows
+    errors = {i: str(e) for i, e in plan.failed}
+    for t, src in enumerate(plan.sources):  # a tile's failure, reported once per micrograph
+        why = failed.get(src.name if isinstance(src, tiling.Tile) else str(src))
+        if why is not None:
+            errors.setdefault(int(plan.owner[t]), why)
+    if per_image or not tiled:
+        agg = plan.aggregate(proba)
+        share_cols = [f"share_{c}" for c in classes] if tiled else []
+        rows = [[*head, *(["tiles"] if tiled else []), "predicted", *p_cols, *share_cols, "error"]]
+        for i in range(len(ds)):
+            shares = [] if not tiled else [""] * len(classes) if np.isnan(agg.share[i]).any() else \
+                [f"{v:.4f}" for v in agg.share[i]]
+            error = errors.get(i, "") if np.isnan(agg.proba[i]).any() else ""
+            rows.append([names[i], *true(i), *([int(agg.tiles[i])] if tiled else []), *prob_cells(agg.proba[i]),
+                         *shares, error])
+        return rows
+    rows = [[*head, "tile", "top", "left", "height", "width", "predicted", *p_cols, "error"]]
+    for t, (src, row) in enumerate(zip(plan.sources, proba)):
+        i = int(plan.owner[t])
+        top, left, h, w = (round(v) for v in src.file_box()) if isinstance(src, tiling.Tile) else (0, 0, 0, 0)
+        error = "" if not np.isnan(row).any() else failed.get(src.name, errors.get(i, "unreadable"))  # type: ignore[union-attr]
+        rows.append([names[i], *true(i), src.index, top, left, h, w, *prob_cells(row), error])  # type: ignore[union-attr]
+    for i, e in plan.failed:  # a micrograph with no tile still gets its row, with the reason
+        rows.append([names[i], *true(i), "", "", "", "", "", *[""] * (1 + len(classes)), str(e)])
+    return rows
+
+
+def _answer(rows: list[list[object]], header: list[object], whole: bool) -> str:
+    """One image's answer in words: its class and probability (per micrograph: over its tiles)."""
+    cols = {name: j for j, name in enumerate(header)}
+    if not whole:  # tiles of one micrograph: say how they voted
+        won = [r[cols["predicted"]] for r in rows if r[cols["predicted"]] != ""]
+        counts = {c: won.count(c) for c in dict.fromkeys(won)}
+        return f"{rows[0][0]}: {len(rows)} tiles; " + ", ".join(f"{c} {n}" for c, n in counts.items())
+    row = rows[0]
+    if row[cols["predicted"]] == "":
+        return f"{row[0]}: unreadable ({row[cols['error']]})"
+    tiles = f" over {row[cols['tiles']]} tiles" if "tiles" in cols else ""
+    return f"{row[0]}: {row[cols['predicted']]} (p = {float(str(row[cols['p_' + str(row[cols['predicted']])]])):.3f}{tiles})"
+
+
+def _csv_text(rows: list[list[object]]) -> str:
+    import io
+
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)
+    return text.getvalue()
 
 
 def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-o", "--output", help=".npy file"),
@@ -93,29 +188,49 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
            density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
            backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
            scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
-           pca: Optional[str] = PCA, fp16: Optional[bool] = FP16) -> None:
+           pca: Optional[str] = PCA, fp16: Optional[bool] = FP16, scale: Optional[float] = SCALE,
+           missing_scale: Optional[str] = MISSING_SCALE, tile: Optional[str] = TILE,
+           tile_stride: Optional[str] = TILE_STRIDE, crop_bottom: Optional[str] = CROP_BOTTOM) -> None:
     """Write the VLAD codes (n, k·dim) float32 as .npy (NaN rows for skipped images), paths beside it
-    (and, when images were skipped, <output>.errors.csv with why)."""
+    (and, when images were skipped, <output>.errors.csv with why). With tiles: one row per tile,
+    listed in <output>.tiles.csv."""
     from .. import distributed
     from .._files import write_atomic, write_bytes_atomic
 
+    if outputs.is_stdout(output):
+        raise WriteError("-o -: codes are a binary .npy file; give a file name")
     check_writable(output)  # an unwritable -o fails before the work, not after it
     ds = load(data, on_error, require_labels=False)
-    paths = [str(p) for p in ds.paths]
+    written = [output, output.with_suffix(".paths.txt"), output.with_suffix(".errors.csv"),
+               output.with_suffix(".tiles.csv")]
+    if model_path:
+        outputs.refuse_inputs(written, [model_path], "the model")
+    outputs.refuse_inputs(written, outputs.dataset_files(data, ds.paths))
+    micro = micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom)
     if model_path:
         model = loaded(model_path, device, on_error, fp16)
+        model.set_params(**{k: v for k, v in micro.items() if k in ("missing_scale", "tile_stride", "crop_bottom")})
     else:
         model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca,
-                           fp16=bool(fp16))
+                          fp16=bool(fp16), **micro)
+    sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)
+    plan = tiling.plan_for(model, sources)
+    X = plan.sources if plan is not None else sources
+    paths = [str(ds.paths[i]) for i in plan.owner] if plan is not None else [str(p) for p in ds.paths]
     with distributed.connect(scheduler, workers, device) as client:
         if not model_path:
-            distributed.fit_codebook(client, paths, model)
-        encoded = distributed.encode(client, paths, model)
-    codes = np.full((len(paths), model.codebook_.size), np.nan, dtype=np.float32)
+            distributed.fit_codebook(client, X, model)
+        encoded = distributed.encode(client, X, model)
+    codes = np.full((len(X), model.codebook_.size), np.nan, dtype=np.float32)
     codes[encoded.indices] = encoded.codes
     write_atomic(output, lambda f: np.save(f, codes, allow_pickle=False))
     write_atomic(output.with_suffix(".paths.txt"), lambda f: f.write("\n".join(paths).encode() + b"\n"))
-    skipped = model.describe_failures(paths, encoded)
+    if plan is not None and model.tile:
+        boxes = [[paths[t], src.index, *(round(v) for v in src.file_box())]  # type: ignore[union-attr]
+                 for t, src in enumerate(X)]
+        write_bytes_atomic(output.with_suffix(".tiles.csv"),
+                           _csv_bytes([("path", "tile", "top", "left", "height", "width"), *boxes]))  # type: ignore[list-item]
+    skipped = (plan.failures() if plan is not None else []) + model.describe_failures(X, encoded)
     if skipped:  # the NaN rows' reasons, beside the codes
         write_bytes_atomic(output.with_suffix(".errors.csv"), _csv_bytes([("path", "error"), *skipped]))
     report_skipped(skipped)

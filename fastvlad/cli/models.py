@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-models_app = typer.Typer(no_args_is_help=True, help="Manage backbone weights.")
+models_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Manage backbone weights.")
 
 
 @models_app.command("pull")

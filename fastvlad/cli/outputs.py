@@ -1,0 +1,77 @@
+"""Where the commands write: ``-o -`` for standard output, and never over what they read.
+
+``fastvlad predict model.fvl DATA -o model.fvl`` used to replace the model with a CSV; every
+command that writes ``-o`` now checks it against its inputs first (``WriteError``, exit 2).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import WriteError
+
+#: ``-o -``: write to standard output (CSV outputs only).
+STDOUT = "-"
+
+
+def is_stdout(path: Path | str | None) -> bool:
+    return path is not None and str(path) == STDOUT
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, or None: the same file under any name or link."""
+    try:
+        st = path.stat()
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def refuse_inputs(outputs: Iterable[Path | None], inputs: Iterable[Path], what: str = "data") -> None:
+    """``WriteError`` when an output file is one of the ``inputs`` (the model or the data being read).
+
+    Compared by file identity, so a relative path, an absolute one or a link to the same file
+    are all caught. Outputs that do not exist yet cannot be an input and cost one stat each."""
+    targets = {}
+    for out in outputs:
+        if out is None or is_stdout(out):
+            continue
+        ident = _identity(Path(out))
+        if ident is not None:
+            targets[ident] = Path(out)
+    if not targets:
+        return
+    for src in inputs:
+        ident = _identity(Path(src))
+        if ident in targets:
+            raise WriteError(f"refusing to write {targets[ident]}: it is {what} this command reads ({src}); "
+                             "choose another output path")
+
+
+def dataset_files(data: Path, paths: Iterable[Path]) -> list[Path]:
+    """The files a dataset argument reads: the CSV manifest (given or inside the folder) and every image."""
+    files = [data] if data.is_file() else [data / "manifest.csv"]
+    return [*files, *paths]
+
+
+def write_text(output: Path, text: str) -> None:
+    """``text`` to standard output for ``-o -``, else atomically to ``output``."""
+    if is_stdout(output):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from .._files import write_bytes_atomic
+
+    write_bytes_atomic(output, text.encode())
+
+
+def message(text: str, output: Path | None) -> None:
+    """A status line: on standard error when standard output carries the data (``-o -``)."""
+    stream = sys.stderr if is_stdout(output) else sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
+
+
+__all__ = ["STDOUT", "dataset_files", "is_stdout", "message", "refuse_inputs", "write_text"]

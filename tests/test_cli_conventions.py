@@ -1,0 +1,150 @@
+"""Command-line conventions (issue 18, item 5): --version, -o -, never writing over an input, a
+``true`` column, -v without Pillow's debug lines, progress lines off a terminal, the device
+notice, choices in --help, the confusion matrix's headers, and a one-image answer."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fastvlad import backends
+from fastvlad._version import __version__
+from fastvlad.cli import app
+from fastvlad.cli.evaluate import confusion_text
+from fastvlad.errors import WriteError
+
+from .tiny_model import fitted
+
+
+@pytest.fixture(scope="module")
+def model_file(vgg16_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tests' tiny model (demo classes, 64² input), saved once."""
+    return fitted().save(tmp_path_factory.mktemp("conv") / "m.fvl")
+
+
+def _invoke(*args: str) -> object:
+    return CliRunner().invoke(app, list(args))
+
+
+def test_version() -> None:
+    res = _invoke("--version")
+    assert res.exit_code == 0 and res.stdout.strip() == f"fastvlad {__version__}"
+
+
+def test_csv_to_standard_output(model_file: Path, demo_folder: Path) -> None:
+    res = _invoke("-q", "predict", str(model_file), str(demo_folder), "-o", "-")
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert len(rows) == 16 and rows[0]["predicted"]
+    assert "wrote 16 predictions to standard output" in res.stderr  # the status line stays off the data
+    assert not Path("-").exists()
+
+
+def test_predict_keeps_the_true_labels(model_file: Path, demo_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.csv"
+    assert _invoke("-q", "predict", str(model_file), str(demo_folder), "-o", str(out)).exit_code == 0
+    rows = list(csv.DictReader(out.open()))
+    manifest = {r["path"]: r["label"] for r in csv.DictReader((demo_folder / "manifest.csv").open())}
+    assert [r["true"] for r in rows] == [manifest[r["path"]] for r in rows]
+    loose = tmp_path / "loose"  # no labels: no true column
+    loose.mkdir()
+    shutil.copy(demo_folder / rows[0]["path"], loose / "a.png")
+    assert _invoke("-q", "predict", str(model_file), str(loose), "-o", str(out)).exit_code == 0
+    assert "true" not in next(csv.reader(out.open()))
+
+
+@pytest.mark.parametrize("target", ["model", "manifest", "image"])
+def test_refuses_to_write_over_what_it_reads(model_file: Path, demo_folder: Path, tmp_path: Path, target: str) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(demo_folder, data)
+    model = tmp_path / "m.fvl"
+    shutil.copy(model_file, model)
+    image = data / next(csv.DictReader((data / "manifest.csv").open()))["path"]
+    output = {"model": model, "manifest": data / "manifest.csv", "image": image}[target]
+    before = output.read_bytes()
+    os.chdir(tmp_path)  # the same file by a relative name is caught too
+    try:
+        res = _invoke("-q", "predict", str(model), str(data), "-o", os.path.relpath(output, tmp_path))
+    finally:
+        os.chdir(Path(__file__).parent)
+    assert isinstance(res.exception, WriteError), res.output
+    assert "refusing to write" in str(res.exception)
+    assert output.read_bytes() == before
+
+
+def test_refusal_is_exit_2_with_one_line(model_file: Path, demo_folder: Path, tmp_path: Path) -> None:
+    model = tmp_path / "m.fvl"
+    shutil.copy(model_file, model)
+    proc = subprocess.run([sys.executable, "-m", "fastvlad", "-q", "predict", str(model), str(demo_folder), "-o",
+                           str(model)], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: refusing to write") and "Traceback" not in proc.stderr
+    assert model.read_bytes() == model_file.read_bytes()
+
+
+def test_train_refuses_to_write_over_its_manifest(demo_folder: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(demo_folder, data)
+    res = _invoke("-q", "train", str(data / "manifest.csv"), "-o", str(data / "manifest.csv"))
+    assert isinstance(res.exception, WriteError) and "refusing to write" in str(res.exception)
+
+
+def test_verbose_shows_fastvlad_debug_not_pillow(model_file: Path, demo_folder: Path, tmp_path: Path) -> None:
+    image = next(demo_folder.rglob("*.png"))
+    proc = subprocess.run([sys.executable, "-m", "fastvlad", "-v", "--no-progress", "predict", str(model_file),
+                           str(image), "-o", str(tmp_path / "p.csv")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"fastvlad: {model_file}: classes" in proc.stderr  # fastvlad's own debug line
+    assert "STREAM" not in proc.stderr and "PIL" not in proc.stderr  # Pillow's chunk-by-chunk PNG parsing
+
+
+def test_progress_lines_when_not_a_terminal(model_file: Path, demo_folder: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "p.csv")
+    res = _invoke("predict", str(model_file), str(demo_folder), "-o", out)  # CliRunner's stderr is no terminal
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.stderr.splitlines() if line.startswith("encoding: ")]
+    assert lines and lines[-1].startswith("encoding: 16/16 img (") and "\r" not in res.stderr and "\x1b" not in res.stderr
+    quiet = _invoke("--no-progress", "predict", str(model_file), str(demo_folder), "-o", out)
+    assert quiet.exit_code == 0 and "encoding: " not in quiet.stderr
+    forced = _invoke("-q", "--progress", "predict", str(model_file), str(demo_folder), "-o", out)
+    assert forced.exit_code == 0 and "encoding: 16/16" in forced.stderr
+
+
+def test_device_notice_in_plain_words(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="fastvlad"):
+        backends._notice_cpu_fallback.__wrapped__("CuPy is not installed")
+    assert "no GPU found: running on the CPU (CuPy is not installed)" in caplog.text
+
+
+def test_help_shows_choices_and_extras() -> None:
+    res = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+    assert res.exit_code == 0
+    for choice in ("[auto|cpu|cuda]", "[raise|skip]", "N|HxW|native", "fastvlad[dask]", "PX|auto", "[raise|ignore]"):
+        assert choice in res.stdout, choice
+
+
+def test_confusion_matrix_has_column_headers() -> None:
+    text = confusion_text(np.array([[3, 1], [0, 4]]), ["Defective", "NonDefective"])
+    lines = text.splitlines()
+    assert lines[1].split() == ["true", "/", "predicted", "Defective", "NonDefective"]
+    assert lines[2].split() == ["Defective", "3", "1"] and lines[3].split() == ["NonDefective", "0", "4"]
+    many = confusion_text(np.eye(8, dtype=int), [f"c{i}" for i in range(8)]).splitlines()
+    assert many[1].split()[3:] == [f"({i})" for i in range(1, 9)] and many[2].split()[:2] == ["(1)", "c0"]
+
+
+def test_one_image_prints_its_answer(model_file: Path, demo_folder: Path, tmp_path: Path) -> None:
+    image = next(demo_folder.rglob("*.png"))
+    res = _invoke("-q", "predict", str(model_file), str(image), "-o", str(tmp_path / "p.csv"))
+    assert res.exit_code == 0, res.output
+    (row,) = csv.DictReader((tmp_path / "p.csv").open())
+    assert f"{image.name}: {row['predicted']} (p = {float(row['p_' + row['predicted']]):.3f})" in res.stdout
