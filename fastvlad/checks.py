@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from . import config
+from . import config, intensity
 from .backends import DEVICES
 from .errors import FastVLADError, ImageReadError, InvalidDatasetError, ParameterError
 from .hypercolumn import INTERPOLATION_MODES, points_for_density
@@ -70,6 +70,9 @@ def runtime(est: Any) -> None:
         integer("batch_size", est.batch_size, 1)
     if not isinstance(est.fp16, (bool, np.bool_)):
         raise ParameterError(f"fp16={est.fp16!r}: give True (a float16 CNN) or False")
+    intensity.check(est.normalize)
+    if integer("tta", est.tta, 0, " (flipped copies averaged at predict: 0 to 3)") > 3:
+        raise ParameterError(f"tta={est.tta!r}: an image has 3 flips (left–right, up–down, both); use 0 to 3")
 
 
 def parameters(est: Any, n_images: int | None = None) -> None:
@@ -91,6 +94,7 @@ def parameters(est: Any, n_images: int | None = None) -> None:
         integer("pca", est.pca, 1, " (hypercolumn PCA components, or None for the full hypercolumn)")
     real("learning_rate", est.learning_rate, 0, lo_open=True)
     real("colsample_bynode", est.colsample_bynode, 0, 1, lo_open=True)
+    integer("augment", est.augment, 0, " (augmented copies of every training image; 0: none)")
     backbone_and_taps(est.backbone, est.taps)
     size = image_size(est.image_size)
     _enough_points(k, density, size, min(codebook_images, n_images or codebook_images))

@@ -55,13 +55,14 @@ class EncoderSettings:
     random_state: int = 0
     pca: int | None = None  # hypercolumn PCA components (None: the full hypercolumn)
     whiten: bool = False  # divide the PCA axes by their standard deviations
+    normalize: str = "none"  # intensity normalisation before the CNN (intensity.NORMALIZATIONS)
 
     @classmethod
     def of(cls, model: Any) -> EncoderSettings:
         """The settings of an estimator's parameters (``FastVLAD``)."""
         return cls(model.density, checks.image_size(model.image_size), model.resample, model.interpolation,
                    model.intra, model.power, model.random_state, pca=int(model.pca) if model.pca else None,
-                   whiten=bool(model.whiten))
+                   whiten=bool(model.whiten), normalize=model.normalize)
 
     @property
     def n_points(self) -> int:
@@ -69,7 +70,7 @@ class EncoderSettings:
 
     @property
     def preprocess(self) -> Preprocess:
-        return Preprocess(self.image_size, self.resample)
+        return Preprocess(self.image_size, self.resample, self.normalize)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import platform
@@ -15,12 +16,12 @@ from typing import Any, cast
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from . import backends, checks, classifier, model_file
+from . import backends, checks, classifier, intensity, model_file
 from ._version import __version__
 from .backbone import DEFAULT_BACKBONE
 from .encoder import Encoded, Encoder, Timings
 from .errors import InvalidDatasetError, ModelFormatError, NotFittedError
-from .images import ImageSource
+from .images import ImageSource, Transformed
 from .projection import Projection
 
 
@@ -29,7 +30,11 @@ from .projection import Projection
 FAITHFUL_PARAMS: dict[str, Any] = {
     "density": 10.0, "k": 100, "image_size": 224, "intra": True, "power": False, "pca": None, "whiten": False,
     "n_estimators": 100, "max_depth": 3, "learning_rate": 0.1, "max_bin": 256, "colsample_bynode": 1.0,
+    "normalize": "none", "augment": 0, "tta": 0,
 }
+#: Parameters added after model files were first written, with the values those files' models
+#: were trained with (a file without them means these, whatever today's defaults are).
+LEGACY_PARAMS: dict[str, Any] = {"normalize": "none", "augment": 0, "tta": 0}
 
 
 class FastVLAD(ClassifierMixin, BaseEstimator):
@@ -46,6 +51,12 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     ``fp16=True`` runs the CNN on a float16 copy of its graph (float16 taps, which every kernel
     widens exactly): meant for a GPU's tensor cores; codes move by float16 rounding (see README).
 
+    Invariance to how a new sample was acquired: ``normalize`` maps every image's gray levels
+    before the CNN (``intensity.NORMALIZATIONS``: none, stretch, equalize, clahe); ``augment=n``
+    gives the classifier n randomly flipped and re-exposed copies of every training image (gain,
+    offset, gamma; the codebook stays on the originals); ``tta=n`` averages the probabilities of
+    the image and its first n flips (left–right, up–down, both) at predict.
+
     ``X`` is a sequence of image paths or arrays ((H, W) or (H, W, 3)); ``y`` the labels.
     ``fit`` runs the CNN once per image, plus once for each of the ``codebook_images``
     images the codebook is fitted on.
@@ -57,6 +68,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                  codebook_images: int = 100, backbone: str = DEFAULT_BACKBONE,
                  taps: Sequence[str] | None = None, n_estimators: int = 100, max_depth: int = 3,
                  learning_rate: float = 0.1, max_bin: int = 32, colsample_bynode: float = 1.0,
+                 normalize: str = "none", augment: int = 0, tta: int = 0,
                  device: str = "auto", batch_size: int | None = None, fp16: bool = False,
                  on_error: str = "raise", random_state: int = 0) -> None:
         self.density = density
@@ -76,6 +88,9 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.max_bin = max_bin
         self.colsample_bynode = colsample_bynode
+        self.normalize = normalize
+        self.augment = augment
+        self.tta = tta
         self.device = device
         self.batch_size = batch_size
         self.fp16 = fp16
@@ -99,7 +114,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.skipped_ = self.describe_failures(X, encoded)
         if not len(encoded.indices):
             raise InvalidDatasetError(f"none of the {len(X)} images could be read (e.g. {self.skipped_[0][1]})")
-        self.fit_codes(encoded.codes, y_arr[encoded.indices])
+        codes, labels = self._with_augmented(X, encoded, y_arr[encoded.indices], timings)
+        self.fit_codes(codes, labels)
         timings.seconds["classifier"] = cast(float, self.train_info_["classifier_seconds"])
         if self.projection_ is not None:
             self.train_info_["pca_explained_variance"] = self.projection_.explained_variance_ratio
@@ -128,6 +144,24 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.backbone_sha256_ = encoder.cnn.sha256
         self.taps_ = encoder.cnn.taps
         return self
+
+    def _with_augmented(self, X: Sequence[ImageSource], encoded: Encoded, y: np.ndarray,
+                        timings: Timings) -> tuple[np.ndarray, np.ndarray]:
+        """The codes and labels the classifier learns from: the readable images' and, with ``augment``,
+        their augmented copies' (encoded by the fitted encoder; their CNN passes timed apart)."""
+        if not self.augment:
+            return encoded.codes, y
+        copies = [Transformed(X[i], functools.partial(intensity.jitter_seeded, seed=(self.random_state, int(i), c)),
+                              f"augmented {c + 1}")
+                  for c in range(int(self.augment)) for i in encoded.indices]
+        extra = Timings()
+        t = time.perf_counter()
+        with kernel_guard():
+            aug = Encoder.of(self).encode(copies, extra)
+        timings.seconds["augment_cnn"] = extra.seconds["cnn"]
+        timings.seconds["augment"] = time.perf_counter() - t
+        y_ok = np.concatenate([y] * int(self.augment))
+        return np.concatenate([encoded.codes, aug.codes]), np.concatenate([y, y_ok[aug.indices]])
 
     @staticmethod
     def describe_failures(X: Sequence[ImageSource], encoded: Encoded) -> list[tuple[str, str]]:
@@ -169,10 +203,20 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         return out
 
     def predict_proba(self, X: Sequence[ImageSource]) -> np.ndarray:
-        """Class probabilities ``(n, n_classes)`` float32, columns in ``classes_`` order."""
+        """Class probabilities ``(n, n_classes)`` float32, columns in ``classes_`` order; with ``tta``,
+        the mean over the image and its first ``tta`` flips."""
         if not hasattr(self, "booster_"):
             raise NotFittedError("this FastVLAD has no classifier yet; call fit(X, y) first")
-        return self.predict_proba_codes(self.transform(X))
+        X = checks.sources(X)
+        proba = self.predict_proba_codes(self.transform(X))
+        for op in range(1, int(self.tta) + 1):
+            flipped = [Transformed(x, functools.partial(intensity.dihedral, op=op), f"flip {op}") for x in X]
+            with kernel_guard():
+                enc = Encoder.of(self).encode(flipped)
+            codes = np.full((len(X), self.codebook_.size), np.nan, dtype=np.float32)
+            codes[enc.indices] = enc.codes
+            proba += self.predict_proba_codes(codes)
+        return proba / np.float32(1 + int(self.tta))
 
     def predict_proba_codes(self, codes: np.ndarray) -> np.ndarray:
         """Probabilities from precomputed codes (NaN rows give NaN probabilities)."""
@@ -213,7 +257,7 @@ def load(path: str | os.PathLike[str]) -> FastVLAD:
     contents = model_file.load(path)
     cfg = contents.config
     try:
-        params = dict(cfg["params"])
+        params = {**LEGACY_PARAMS, **cfg["params"]}
         if isinstance(params.get("image_size"), list):
             params["image_size"] = tuple(params["image_size"])
         model = FastVLAD(**params)

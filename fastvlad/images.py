@@ -32,12 +32,27 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from . import config
+from . import config, intensity
 from .errors import FastVLADError, ImageReadError, ParameterError
 
 log = logging.getLogger("fastvlad")
 
-ImageSource = Union[str, Path, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Transformed:
+    """An image as read, then changed by ``transform`` (float32 0..255 → same) before the
+    normalisation and resize: an augmented copy at fit, a test-time copy, a shift-check change."""
+
+    source: Union[str, Path, np.ndarray]
+    transform: Callable[[np.ndarray], np.ndarray]
+    tag: str  # what was done, for names in messages
+
+    def __str__(self) -> str:
+        return f"{source_name(self.source)} [{self.tag}]"
+
+
+ImageSource = Union[str, Path, np.ndarray, Transformed]
 RESAMPLE = ("bilinear", "nearest", "bicubic", "lanczos")
 #: Smallest side VGG16's five taps accept (four 2× poolings leave at least one pixel).
 MIN_SIDE = 16
@@ -341,21 +356,24 @@ def check_size(size: object) -> tuple[int, int] | None:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How an image becomes network input: size ``(H, W)`` or None (native), resampling filter."""
+    """How an image becomes network input: intensity normalisation (``intensity.NORMALIZATIONS``,
+    at the image's own resolution), size ``(H, W)`` or None (native), resampling filter."""
 
     size: tuple[int, int] | None = (224, 224)
     resample: str = "bilinear"
+    normalize: str = "none"
 
     def __post_init__(self) -> None:
         if self.resample not in RESAMPLE:
             raise ParameterError(f"resample={self.resample!r} is unknown; use one of {RESAMPLE}")
         object.__setattr__(self, "size", check_size(self.size))
+        intensity.check(self.normalize)
 
     def __call__(self, source: ImageSource, name: object = None) -> np.ndarray:
         """One image → (3, H, W) float32 network input; any failure is an ``ImageReadError``."""
         label = name if name is not None else source_name(source)
         try:
-            values = to_255(read(source), label)  # gray stays one channel until resized: 3× less work
+            values = self.gray_levels(source, label)  # gray stays one channel until resized: 3× less work
             self._check_native(values, label)
             return caffe(_three_channels(resize(values, self.size, self.resample)))
         except FastVLADError:
@@ -364,6 +382,12 @@ class Preprocess:
             raise ImageReadError(label, "not enough memory to convert it", "use a smaller image_size") from None
         except Exception as exc:  # a decoder or converter failing in a way we did not foresee
             raise ImageReadError(label, f"cannot be converted ({type(exc).__name__}: {exc})", _UNREADABLE) from None
+
+    def gray_levels(self, source: ImageSource, label: object) -> np.ndarray:
+        """The image as float32 0..255 ``(H, W[, C])``, transformed (a ``Transformed`` source) and normalised."""
+        if isinstance(source, Transformed):
+            return intensity.normalize(source.transform(to_255(read(source.source), label)), self.normalize)
+        return intensity.normalize(to_255(read(source), label), self.normalize)
 
     def _check_native(self, rgb: np.ndarray, label: object) -> None:
         if self.size is not None:
