@@ -80,3 +80,45 @@ def from_bytes(data: bytes):  # type: ignore[no-untyped-def]
     booster = xgb.Booster()
     booster.load_model(bytearray(data))
     return booster
+
+
+# -- the linear head ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LinearHead:
+    """Multinomial logistic regression on the codes: ``p = softmax(codes @ coef.T + intercept)``.
+
+    coef ``(n_classes, dim)`` float32, intercept ``(n_classes,)`` float32; saved as one
+    ``(n_classes, dim + 1)`` array (no pickle)."""
+
+    coef: np.ndarray
+    intercept: np.ndarray
+
+    def margin(self, codes: np.ndarray) -> np.ndarray:
+        """Raw scores ``(n, n_classes)`` float64 (the softmax's input)."""
+        return np.asarray(codes, dtype=np.float64) @ self.coef.T.astype(np.float64) + self.intercept
+
+    def predict_proba(self, codes: np.ndarray) -> np.ndarray:
+        m = self.margin(codes)
+        m -= m.max(axis=1, keepdims=True)
+        e = np.exp(m)
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def to_array(self) -> np.ndarray:
+        return np.hstack([self.coef, self.intercept[:, None]]).astype(np.float32)
+
+    @classmethod
+    def from_array(cls, a: np.ndarray) -> LinearHead:
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        return cls(np.ascontiguousarray(a[:, :-1]), np.ascontiguousarray(a[:, -1]))
+
+
+def train_linear(codes: np.ndarray, y: np.ndarray, n_classes: int, C: float, seed: int = 0) -> LinearHead:
+    """Fit the linear head on codes ``(n, dim)`` and integer labels ``(n,)`` in [0, n_classes)
+    (scikit-learn's ``LogisticRegression``, L2 penalty of strength 1/C, lbfgs)."""
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(codes, y)
+    coef, intercept = lr.coef_, lr.intercept_
+    if coef.shape[0] == 1:  # two classes: sigmoid(w·x + b) = softmax([0, w·x + b])
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+    return LinearHead(coef.astype(np.float32), intercept.astype(np.float32))
