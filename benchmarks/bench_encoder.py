@@ -16,7 +16,7 @@ from conftest import N_IMAGES
 
 from fastvlad import FastVLAD
 from fastvlad.backends.cpu import CPU
-from fastvlad.encoder import Encoder, sample_points
+from fastvlad.encoder import Encoder, batch_points
 from fastvlad.backbone import Backbone
 from fastvlad.images import iter_batches
 
@@ -50,7 +50,7 @@ DECODE_IMAGES = 64
 def _decode_before(paths, settings) -> int:  # type: ignore[no-untyped-def]
     n = 0
     for batch in iter_batches(paths, settings.preprocess, 64):
-        sample_points(batch.pixels, settings)  # on the consuming thread, as before
+        batch_points(batch.pixels, settings)  # on the consuming thread, as before
         n += len(batch.indices)
     return n
 

@@ -25,7 +25,7 @@ from conftest import N_IMAGES
 from numba import njit, prange
 
 from fastvlad import codebook, hypercolumn, reference, vlad
-from fastvlad.encoder import Encoder, Timings, Workspace, sample_points
+from fastvlad.encoder import Encoder, Timings, Workspace, batch_points
 
 #: Per-image median seconds of every benchmark that ran, for the ratio summary.
 RESULTS: dict[str, float] = {}
@@ -69,7 +69,7 @@ def batch(backbone, demo_paths, settings):  # type: ignore[no-untyped-def]
     """Pixels (8, 3, 224, 224), taps [(8, h, w, C)], points (8, 5000, 2) and hypercolumns (8, 5000, 1472)."""
     pixels = np.stack([settings.preprocess(p) for p in demo_paths[:N_IMAGES]])
     taps = backbone(pixels)
-    points = sample_points(pixels, settings)
+    points = batch_points(pixels, settings)
     x = hypercolumn.gather(taps, points, settings.interpolation)
     return pixels, taps, points, x
 

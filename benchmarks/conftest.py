@@ -68,11 +68,11 @@ def settings():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def one_image(demo_paths: list[str], backbone, settings):  # type: ignore[no-untyped-def]
     """Network input (1, 3, 224, 224), taps [(h, w, C)] and points (S, 2) of the first image."""
-    from fastvlad.encoder import sample_points
+    from fastvlad.encoder import batch_points
 
     pixels = settings.preprocess(demo_paths[0])[None]
     taps = [m[0] for m in backbone(pixels)]
-    return pixels, taps, sample_points(pixels, settings)[0]
+    return pixels, taps, batch_points(pixels, settings)[0]
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ import numpy as np
 
 from fastvlad import codebook, datasets, evaluate, hypercolumn, projection, vlad
 from fastvlad.backends.cpu import CPU
-from fastvlad.encoder import Encoder, EncoderSettings, Timings, sample_points
+from fastvlad.encoder import Encoder, EncoderSettings, Timings, batch_points
 from fastvlad.backbone import Backbone
 from fastvlad.images import iter_batches
 
@@ -101,7 +101,7 @@ def encode_all(data: Path, work: Path, density: float, k: int, codebook_images: 
         t = time.perf_counter()
         taps = backbone(batch.pixels)
         _tick(seconds["cnn"], "cnn", t)
-        points = sample_points(batch.pixels, settings)
+        points = batch_points(batch.pixels, settings)
         for name, (proj, centres) in fitted.items():
             for pw, c in encode_batch(taps, points, proj, centres, seconds[name]).items():
                 codes[name + pw][batch.indices] = c

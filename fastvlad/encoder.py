@@ -33,7 +33,7 @@ from . import backbone as backbones
 from . import backends, checks, codebook, config, hypercolumn, progress, projection, vlad
 from .backends import Backend
 from .errors import ImageReadError, InvalidDatasetError, ModelFormatError, is_gpu_out_of_memory
-from .images import Batch, ImageSource, Preprocess, iter_batches
+from .images import AnySource, Batch, Preprocess, iter_batches
 from .projection import Projection
 
 log = logging.getLogger("fastvlad")
@@ -159,7 +159,7 @@ def image_points(image: np.ndarray, settings: EncoderSettings) -> np.ndarray:
     return hypercolumn.sample_points(hypercolumn.image_rng(settings.random_state, image), settings.n_points, h, w)
 
 
-def sample_points(pixels: np.ndarray, settings: EncoderSettings) -> np.ndarray:
+def batch_points(pixels: np.ndarray, settings: EncoderSettings) -> np.ndarray:
     """``image_points`` of every image of a batch (n, 3, H, W): (n, S, 2) int32."""
     return np.stack([image_points(img, settings) for img in pixels])
 
@@ -232,7 +232,7 @@ class Encoder:
                    getattr(model, "codebook_", None), model.on_error == "skip")
 
     # -- 1. images → batches of pixels and points -------------------------------------------------
-    def batches(self, sources: Sequence[ImageSource]) -> Iterator[Batch]:
+    def batches(self, sources: Sequence[AnySource]) -> Iterator[Batch]:
         """The images decoded ``backend.batch_size`` at a time on the backend's decoding threads, which
         also sample every image's points (about 0.3 ms per image, kept off the thread driving the CNN)."""
         return iter_batches(sources, self.settings.preprocess, self.backend.batch_size, self.skip_errors,
@@ -268,7 +268,7 @@ class Encoder:
         return out
 
     # -- 4. the codebook (fit only) ------------------------------------------------------------------
-    def sample_hypercolumns(self, sources: Sequence[ImageSource], keeps: Sequence[np.ndarray] | None,
+    def sample_hypercolumns(self, sources: Sequence[AnySource], keeps: Sequence[np.ndarray] | None,
                             plan: SamplePlan | None, timings: Timings,
                             bar: Callable[[int], None] | None = None) -> tuple[list[np.ndarray], list[tuple[int, ImageReadError]]]:
         """Full hypercolumns of every readable image of ``sources`` at its kept rows, on the host:
@@ -305,7 +305,7 @@ class Encoder:
         retry.run(n, work)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def codebook_sample(self, sources: Sequence[ImageSource], n_images: int = 100,
+    def codebook_sample(self, sources: Sequence[AnySource], n_images: int = 100,
                         max_points: int = config.CODEBOOK_MAX_POINTS, timings: Timings | None = None) -> np.ndarray:
         """Full hypercolumns ``(m, dim)`` float32 of ``n_images`` random images, ``max_points`` points at most."""
         timings = timings or Timings()
@@ -318,7 +318,7 @@ class Encoder:
                                       f"(e.g. {failed[0][1] if failed else 'no images'}); check the images")
         return np.concatenate(rows)
 
-    def fit_codebook(self, sources: Sequence[ImageSource], k: int, n_images: int = 100,
+    def fit_codebook(self, sources: Sequence[AnySource], k: int, n_images: int = 100,
                      max_points: int = config.CODEBOOK_MAX_POINTS, timings: Timings | None = None) -> Encoder:
         """This encoder with the hypercolumn PCA (when ``settings.pca``) and the k-means centres
         ``(k, p or dim)``, both fitted on one codebook sample of ``sources``."""
@@ -353,7 +353,7 @@ class Encoder:
         timings.add("vlad", t)
         return codes, labels
 
-    def encode_batches(self, sources: Sequence[ImageSource], timings: Timings | None = None,
+    def encode_batches(self, sources: Sequence[AnySource], timings: Timings | None = None,
                        keep: bool = False) -> Iterator[EncodedBatch]:
         """Codes of every image, one decoded batch at a time; with ``keep``, each point's label and
         squared distance too (the hypercolumns are then gathered a second time, for the distances)."""
@@ -387,7 +387,7 @@ class Encoder:
             retry.run(n, work)
             yield kept
 
-    def encode(self, sources: Sequence[ImageSource], timings: Timings | None = None) -> Encoded:
+    def encode(self, sources: Sequence[AnySource], timings: Timings | None = None) -> Encoded:
         """VLAD codes of every image: ``(n, k·dim)`` float32 (dim = p with a projection), one CNN pass each."""
         codes = np.zeros((len(sources), self.centres.size if self.centres is not None else 0), dtype=np.float32)
         done = np.zeros(len(sources), dtype=bool)

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -16,11 +17,11 @@ from typing import Any, cast
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from . import backends, checks, classifier, intensity, model_file
+from . import backends, booster_check, checks, classifier, intensity, model_file
 from ._version import __version__
 from .backbone import DEFAULT_BACKBONE
 from .encoder import Encoded, Encoder, Timings
-from .errors import InvalidDatasetError, ModelFormatError, NotFittedError
+from .errors import FastVLADError, InvalidDatasetError, ModelFormatError, NotFittedError
 from .images import ImageSource, Transformed
 from .projection import Projection
 
@@ -253,26 +254,81 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
 
 
 def load(path: str | os.PathLike[str]) -> FastVLAD:
-    """A fitted ``FastVLAD`` from a model file; raises ``ModelFormatError`` on any damage."""
+    """A fitted ``FastVLAD`` from a model file; raises ``ModelFormatError`` on any damage.
+
+    Every member is checked before it is used: the container and the arrays by ``model_file``,
+    ``config.json`` here (known fields, types and ranges, consistent with the codebook), and the
+    booster by ``booster_check`` before XGBoost parses it (XGBoost's own parser can crash the
+    process on a damaged model)."""
     contents = model_file.load(path)
-    cfg = contents.config
-    try:
-        params = {**LEGACY_PARAMS, **cfg["params"]}
-        if isinstance(params.get("image_size"), list):
-            params["image_size"] = tuple(params["image_size"])
-        model = FastVLAD(**params)
-        model.classes_ = np.array(cfg["classes"])
-        model.backbone_sha256_ = cfg["backbone_sha256"]
-        model.taps_ = tuple(cfg["taps"])
-        model.train_info_ = cfg.get("train", {})
-    except (KeyError, TypeError) as exc:
-        raise ModelFormatError(f"{path}: config.json lacks or mistypes a field ({exc})") from None
+    model = _model_from_config(path, contents.config, contents.codebook)
     model.codebook_ = contents.codebook
     model.projection_ = _loaded_projection(path, model, contents)
     try:
-        model.booster_ = classifier.from_bytes(contents.booster)
-    except Exception as exc:
+        booster = booster_check.checked(contents.booster, len(model.classes_), contents.codebook.size)
+    except booster_check.BoosterError as exc:
+        raise ModelFormatError(f"{path}: booster.ubj: {exc}; the file is damaged or edited") from None
+    try:
+        model.booster_ = classifier.from_bytes(booster)
+    except Exception as exc:  # XGBoost refusing a checked model: still the file's fault
         raise ModelFormatError(f"{path}: the XGBoost model cannot be read ({exc})") from None
+    return model
+
+
+_CONFIG_KEYS = {"params", "classes", "backbone_sha256", "taps"}
+_CONFIG_OPTIONAL = {"train", "versions"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _model_from_config(path: str | os.PathLike[str], cfg: dict[str, Any], codebook: np.ndarray) -> FastVLAD:
+    """An unfitted ``FastVLAD`` with the parameters and fitted names of ``config.json``, every field
+    checked: known keys only, the types ``save`` writes, parameters within ``checks.parameters``'
+    ranges, ``k`` equal to the codebook's centres. Any problem is a ``ModelFormatError``."""
+    def bad(problem: str) -> ModelFormatError:
+        return ModelFormatError(f"{path}: config.json: {problem}; the file is damaged or edited")
+
+    missing, unknown = sorted(_CONFIG_KEYS - set(cfg)), sorted(set(cfg) - _CONFIG_KEYS - _CONFIG_OPTIONAL)
+    if missing or unknown:
+        raise bad(f"missing field(s) {missing}" if missing else f"unknown field(s) {unknown}")
+    params = cfg["params"]
+    if not isinstance(params, dict):
+        raise bad("params must be an object")
+    unknown = sorted(set(params) - set(FastVLAD._get_param_names()))
+    if unknown:
+        raise bad(f"unknown parameter(s) {unknown}")
+    params = {**LEGACY_PARAMS, **params}
+    if isinstance(params.get("image_size"), list):
+        params["image_size"] = tuple(params["image_size"])
+    if params.get("taps") is not None and not isinstance(params["taps"], list):
+        raise bad(f"taps={params['taps']!r} must be a list of names")
+    flags = [name for name in ("intra", "power", "whiten", "fp16") if not isinstance(params.get(name, False), bool)]
+    if flags:
+        raise bad(f"parameter(s) {flags} must be true or false")
+    model = FastVLAD(**params)
+    try:
+        checks.parameters(model)
+    except FastVLADError as exc:
+        raise bad(str(exc)) from None
+    if model.k != codebook.shape[0]:
+        raise bad(f"k={model.k} but codebook.npy has {codebook.shape[0]} centres")
+    classes, taps, sha = cfg["classes"], cfg["taps"], cfg["backbone_sha256"]
+    if not (isinstance(classes, list) and 2 <= len(classes) <= MAX_CLASSES and all(isinstance(c, str) for c in classes)
+            and len(set(classes)) == len(classes)):
+        raise bad(f"classes must be a list of 2 to {MAX_CLASSES} distinct names")
+    if not (isinstance(taps, list) and taps and all(isinstance(t, str) and t for t in taps)):
+        raise bad("taps must be a non-empty list of tensor names")
+    if not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
+        raise bad("backbone_sha256 must be 64 lowercase hex digits")
+    train = cfg.get("train", {})
+    if not isinstance(train, dict) or not isinstance(cfg.get("versions", {}), dict):
+        raise bad("train and versions must be objects")
+    ratio = train.get("pca_explained_variance", 0.0)
+    if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0.0 <= ratio <= 1.0):
+        raise bad(f"train.pca_explained_variance={ratio!r} must be a number in [0, 1]")
+    model.classes_ = np.array(classes)
+    model.backbone_sha256_ = sha
+    model.taps_ = tuple(taps)
+    model.train_info_ = train
     return model
 
 
@@ -284,6 +340,9 @@ def _loaded_projection(path: str | os.PathLike[str], model: FastVLAD,
             raise ModelFormatError(f"{path}: the model was trained with pca={model.pca} but has no projection.npy")
         return None
     proj = Projection.from_array(contents.projection, cast(float, model.train_info_.get("pca_explained_variance", 0.0)))
+    if model.pca != proj.components:
+        raise ModelFormatError(f"{path}: projection.npy gives {proj.components} dims but config.json says "
+                               f"pca={model.pca}; the file is inconsistent, re-save the model")
     if proj.components != contents.codebook.shape[1]:
         raise ModelFormatError(f"{path}: projection.npy gives {proj.components} dims but the codebook has "
                                f"{contents.codebook.shape[1]}; the file is inconsistent, re-save the model")
@@ -295,6 +354,9 @@ def check_fitted(model: FastVLAD) -> None:
     if not hasattr(model, "booster_") and not hasattr(model, "codebook_"):
         raise NotFittedError("this FastVLAD is not fitted yet; call fit(X, y) or fastvlad.load(path)")
 
+
+#: Most classes a loaded model may name (a bound for a hostile config.json; XGBoost has none).
+MAX_CLASSES = 100_000
 
 _SERIAL = threading.RLock()
 

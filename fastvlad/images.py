@@ -37,6 +37,7 @@ from .errors import FastVLADError, ImageReadError, ParameterError
 
 log = logging.getLogger("fastvlad")
 
+ImageSource = Union[str, Path, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Transformed:
     """An image as read, then changed by ``transform`` (float32 0..255 → same) before the
     normalisation and resize: an augmented copy at fit, a test-time copy, a shift-check change."""
 
-    source: Union[str, Path, np.ndarray]
+    source: ImageSource
     transform: Callable[[np.ndarray], np.ndarray]
     tag: str  # what was done, for names in messages
 
@@ -52,7 +53,8 @@ class Transformed:
         return f"{source_name(self.source)} [{self.tag}]"
 
 
-ImageSource = Union[str, Path, np.ndarray, Transformed]
+#: What the encoder reads: a user's image, or one changed on the way (``Transformed``).
+AnySource = Union[ImageSource, Transformed]
 RESAMPLE = ("bilinear", "nearest", "bicubic", "lanczos")
 #: Smallest side VGG16's five taps accept (four 2× poolings leave at least one pixel).
 MIN_SIDE = 16
@@ -369,7 +371,7 @@ class Preprocess:
         object.__setattr__(self, "size", check_size(self.size))
         intensity.check(self.normalize)
 
-    def __call__(self, source: ImageSource, name: object = None) -> np.ndarray:
+    def __call__(self, source: AnySource, name: object = None) -> np.ndarray:
         """One image → (3, H, W) float32 network input; any failure is an ``ImageReadError``."""
         label = name if name is not None else source_name(source)
         try:
@@ -383,7 +385,7 @@ class Preprocess:
         except Exception as exc:  # a decoder or converter failing in a way we did not foresee
             raise ImageReadError(label, f"cannot be converted ({type(exc).__name__}: {exc})", _UNREADABLE) from None
 
-    def gray_levels(self, source: ImageSource, label: object) -> np.ndarray:
+    def gray_levels(self, source: AnySource, label: object) -> np.ndarray:
         """The image as float32 0..255 ``(H, W[, C])``, transformed (a ``Transformed`` source) and normalised."""
         if isinstance(source, Transformed):
             return intensity.normalize(source.transform(to_255(read(source.source), label)), self.normalize)
@@ -413,7 +415,7 @@ class Batch:
     points: np.ndarray | None = None
 
 
-def iter_batches(sources: Sequence[ImageSource], prep: Preprocess, batch_size: int,
+def iter_batches(sources: Sequence[AnySource], prep: Preprocess, batch_size: int,
                  skip_errors: bool = False, prefetch: int = 2, threads: int = 1,
                  points_of: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[Batch]:
     """Decode ``sources`` on background threads, ``batch_size`` at a time, while the caller computes.
@@ -460,7 +462,7 @@ def iter_batches(sources: Sequence[ImageSource], prep: Preprocess, batch_size: i
 _Decoded = Union[tuple[np.ndarray, Optional[np.ndarray]], ImageReadError]
 
 
-def _decoded(sources: Sequence[ImageSource], prep: Preprocess, chunk: int, threads: int,
+def _decoded(sources: Sequence[AnySource], prep: Preprocess, chunk: int, threads: int,
              points_of: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[tuple[int, _Decoded]]:
     """(position, (pixels, points) or why it could not be read) of every source, in order;
     ``threads`` threads decode ``chunk`` sources at a time (Pillow and NumPy release the GIL)."""
@@ -487,7 +489,7 @@ def _decoded(sources: Sequence[ImageSource], prep: Preprocess, chunk: int, threa
             pool.shutdown(cancel_futures=True)
 
 
-def _decode_batches(sources: Sequence[ImageSource], prep: Preprocess, batch_size: int, skip_errors: bool,
+def _decode_batches(sources: Sequence[AnySource], prep: Preprocess, batch_size: int, skip_errors: bool,
                     threads: int = 1, points_of: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[Batch]:
     indices: list[int] = []
     pixels: list[np.ndarray] = []

@@ -11,8 +11,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
+import struct
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,67 +65,184 @@ def save(path: str | os.PathLike[str], contents: ModelContents) -> Path:
     return write_atomic(path, write)
 
 
+#: Largest uncompressed size each member may have (a zip bomb declares or inflates to far more);
+#: a model's arrays are ``k × dim`` floats (k = 100 × 1472 at the paper's settings: 0.6 MB).
+MEMBER_LIMITS = {"format.json": 4096, "manifest.json": 64 * 1024, "config.json": 64 << 20,
+                 "codebook.npy": 1 << 30, "projection.npy": 1 << 30, "booster.ubj": 1 << 30}
+#: Largest model file and largest sum of its members' sizes.
+MAX_TOTAL_BYTES = 2 << 30
+_REQUIRED = ("format.json", "config.json", "codebook.npy", "booster.ubj", "manifest.json")
+# What the zip layer raises on damaged containers (zlib.error, NotImplementedError for an unknown
+# compression, RuntimeError for encryption, struct.error for short headers): all mean "damaged".
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, zlib.error,
+               NotImplementedError, RuntimeError, struct.error, OverflowError)
+
+
 def load(path: str | os.PathLike[str]) -> ModelContents:
-    """Read and verify a model file; any damage or version mismatch is a ``ModelFormatError``."""
+    """Read and verify a model file; any damage or version mismatch is a ``ModelFormatError``
+    naming the file, the member and the problem (never another exception, whatever the bytes)."""
     path = Path(path)
     if not path.is_file():
         raise ModelFormatError(f"{path}: no such model file")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            members = {name: zf.read(name) for name in zf.namelist()}
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
-        raise ModelFormatError(f"{path}: not a readable fastvlad model file ({exc})") from None
+    members = _read_members(path)
     _check_format(path, members)
-    try:
-        manifest = json.loads(members["manifest.json"])
-    except (KeyError, ValueError):
-        raise ModelFormatError(f"{path}: the manifest is missing or unreadable") from None
-    if not isinstance(manifest, dict):
+    manifest = _json(path, members, "manifest.json")
+    if not isinstance(manifest, dict) or not all(isinstance(v, str) for v in manifest.values()):
         raise ModelFormatError(f"{path}: the manifest is not a table of member hashes")
     unlisted = sorted(set(members) - set(manifest) - {"manifest.json"})
     if unlisted:
         raise ModelFormatError(f"{path}: member(s) {unlisted} are not in the manifest (file edited); re-save the model")
-    for name in dict.fromkeys(["format.json", "config.json", "codebook.npy", "booster.ubj", *manifest]):
+    for name in dict.fromkeys([*_REQUIRED[:-1], *manifest]):
         if name not in members:
             raise ModelFormatError(f"{path}: member {name} is missing")
         if hashlib.sha256(members[name]).hexdigest() != manifest.get(name):
             raise ModelFormatError(f"{path}: member {name} does not match its recorded SHA-256 (file damaged or edited)")
-    try:
-        codebook = np.load(io.BytesIO(members["codebook.npy"]), allow_pickle=False)
-        config = json.loads(members["config.json"])
-    except ValueError as exc:
-        raise ModelFormatError(f"{path}: unreadable member ({exc})") from None
-    if codebook.ndim != 2 or codebook.dtype != np.float32 or not np.isfinite(codebook).all():
-        raise ModelFormatError(f"{path}: codebook.npy must be a finite 2-D float32 array, "
+    codebook = _npy(path, members, "codebook.npy")
+    if codebook.shape[0] < 2 or codebook.shape[1] < 1:
+        raise ModelFormatError(f"{path}: codebook.npy must be a finite 2-D float32 array of at least 2 centres, "
                                f"not {codebook.dtype} {codebook.shape}")
+    config = _json(path, members, "config.json")
     if not isinstance(config, dict):
         raise ModelFormatError(f"{path}: config.json must hold a JSON object")
     return ModelContents(config, codebook, members["booster.ubj"], _projection(path, members))
+
+
+def _read_members(path: Path) -> dict[str, bytes]:
+    """Every member's bytes, after checking the container: no more members than a model has, no
+    paths or duplicate names, no encryption, known compressions, declared sizes within
+    ``MEMBER_LIMITS`` and read sizes equal to the declared ones (CRC checked by zipfile)."""
+    try:
+        if path.stat().st_size > MAX_TOTAL_BYTES:
+            raise ModelFormatError(f"{path}: {path.stat().st_size} bytes is larger than a fastvlad model can be "
+                                   f"({MAX_TOTAL_BYTES}); not a model file")
+        _check_directory(path)
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            names = [i.filename for i in infos]
+            if len(set(names)) != len(names):
+                twice = sorted({n for n in names if names.count(n) > 1})
+                raise ModelFormatError(f"{path}: member name(s) {twice} appear more than once (file edited)")
+            for info in infos:
+                _check_entry(path, info)
+            if sum(i.file_size for i in infos) > MAX_TOTAL_BYTES:
+                raise ModelFormatError(f"{path}: the members declare more than {MAX_TOTAL_BYTES} bytes in all")
+            members = {}
+            for info in infos:
+                with zf.open(info) as f:
+                    data = f.read(MEMBER_LIMITS.get(info.filename, 0) + 1)
+                if len(data) != info.file_size:
+                    raise ModelFormatError(f"{path}: member {info.filename} holds {len(data)} bytes but declares "
+                                           f"{info.file_size} (file damaged or edited)")
+                members[info.filename] = data
+            return members
+    except ModelFormatError:
+        raise
+    except _ZIP_ERRORS as exc:
+        raise ModelFormatError(f"{path}: not a readable fastvlad model file ({type(exc).__name__}: {exc})") from None
+
+
+def _check_directory(path: Path) -> None:
+    """Refuse a zip whose end record declares more entries, or a larger central directory, than a
+    model has, before zipfile builds an object per entry (millions of tiny entries fit in 2 GiB)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - (22 + 0xFFFF)))  # the end record: 22 bytes and a comment of ≤ 64 KiB
+        tail = f.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) < at + 22:
+        raise ModelFormatError(f"{path}: not a readable fastvlad model file (no zip end record)")
+    entries, directory_size = struct.unpack_from("<HI", tail, at + 10)
+    if entries > len(MEMBER_LIMITS) or directory_size > 64 * 1024:
+        raise ModelFormatError(f"{path}: the zip declares {entries} members in a {directory_size}-byte directory; "
+                               f"a fastvlad model has at most {len(MEMBER_LIMITS)}")
+
+
+def _check_entry(path: Path, info: zipfile.ZipInfo) -> None:
+    name = info.filename
+    if name.startswith(("/", "\\")) or "\\" in name or ".." in name.split("/") or ":" in name:
+        raise ModelFormatError(f"{path}: member name {name!r} is a path (absolute, or with .. or a drive); refused")
+    if name not in MEMBER_LIMITS:
+        raise ModelFormatError(f"{path}: member(s) {[name]} are not in the manifest and not part of a fastvlad "
+                               "model (file edited); re-save the model")
+    if info.flag_bits & 0x1:
+        raise ModelFormatError(f"{path}: member {name} is encrypted; fastvlad writes none")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise ModelFormatError(f"{path}: member {name} uses compression method {info.compress_type}; fastvlad "
+                               "writes deflate")
+    if info.file_size > MEMBER_LIMITS[name]:
+        raise ModelFormatError(f"{path}: member {name} declares {info.file_size} bytes, over the "
+                               f"{MEMBER_LIMITS[name]} a model's {name} may have (a zip bomb?)")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _json(path: Path, members: dict[str, bytes], name: str) -> Any:
+    """A JSON member, strictly: UTF-8, no NaN/Infinity, no number that overflows a float."""
+    try:
+        return json.loads(members[name].decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite)
+    except KeyError:
+        raise ModelFormatError(f"{path}: member {name} is missing") from None
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ModelFormatError(f"{path}: {name} is not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _npy(path: Path, members: dict[str, bytes], name: str) -> np.ndarray:
+    """A 2-D finite float32 ``.npy`` member as a C-contiguous array. The header is read first and
+    checked against the bytes that follow, so a hostile shape allocates nothing."""
+    f = io.BytesIO(members[name])
+    try:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"npy format version {version}")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+    except (ValueError, SyntaxError, TypeError, OverflowError, EOFError, MemoryError) as exc:
+        raise ModelFormatError(f"{path}: unreadable member {name} ({type(exc).__name__}: {exc})") from None
+    data = members[name][f.tell():]
+    if dtype != np.dtype("<f4") or len(shape) != 2 or math.prod(shape) * 4 != len(data):
+        raise ModelFormatError(f"{path}: {name} must be a finite 2-D float32 array, not {dtype} {shape} "
+                               f"with {len(data)} bytes of data")
+    a = np.frombuffer(data, dtype="<f4").reshape(shape, order="F" if fortran_order else "C")
+    if not np.isfinite(a).all():
+        raise ModelFormatError(f"{path}: {name} must be a finite 2-D float32 array, not {dtype} {shape} "
+                               "with NaN or infinite values")
+    # One layout for every loaded array (see projection.Projection): C-contiguous, writable.
+    return np.array(a, dtype=np.float32, order="C")
 
 
 def _projection(path: Path, members: dict[str, bytes]) -> np.ndarray | None:
     """The optional ``projection.npy`` member (already hash-checked by ``load``)."""
     if "projection.npy" not in members:
         return None
-    try:
-        proj = np.load(io.BytesIO(members["projection.npy"]), allow_pickle=False)
-    except ValueError as exc:
-        raise ModelFormatError(f"{path}: unreadable member projection.npy ({exc})") from None
-    if proj.ndim != 2 or proj.shape[0] < 2 or proj.dtype != np.float32 or not np.isfinite(proj).all():
+    proj = _npy(path, members, "projection.npy")
+    if proj.shape[0] < 2 or proj.shape[1] < 1:
         raise ModelFormatError(f"{path}: projection.npy must be a finite (dim + 1, p) float32 array, "
                                f"not {proj.dtype} {proj.shape}")
     return proj
 
 
 def _check_format(path: Path, members: dict[str, bytes]) -> None:
+    if "format.json" not in members:
+        raise ModelFormatError(f"{path}: not a fastvlad model (no format.json)")
     try:
-        fmt = json.loads(members["format.json"])
-    except (KeyError, ValueError):
-        raise ModelFormatError(f"{path}: not a fastvlad model (no format.json)") from None
-    if fmt.get("format") != FORMAT:
-        raise ModelFormatError(f"{path}: not a fastvlad model (format {fmt.get('format')!r})")
-    if fmt.get("version") != VERSION:
-        raise ModelFormatError(f"{path}: model format version {fmt.get('version')} is not supported by this "
+        fmt = _json(path, members, "format.json")
+    except ModelFormatError:
+        raise ModelFormatError(f"{path}: not a fastvlad model (format.json is not JSON)") from None
+    if not isinstance(fmt, dict) or fmt.get("format") != FORMAT:
+        what = fmt.get("format") if isinstance(fmt, dict) else type(fmt).__name__
+        raise ModelFormatError(f"{path}: not a fastvlad model (format {what!r})")
+    if fmt.get("version") != VERSION or isinstance(fmt.get("version"), bool):
+        raise ModelFormatError(f"{path}: model format version {fmt.get('version')!r} is not supported by this "
                                f"fastvlad (reads version {VERSION}); re-train or use a matching fastvlad")
 
 

@@ -41,6 +41,16 @@ class Projection:
     bias: np.ndarray
     explained_variance_ratio: float = float("nan")
 
+    def __post_init__(self) -> None:
+        # Host arrays are stored C-contiguous float32, whatever layout they came in: BLAS may round
+        # a GEMM differently for another layout of the same values (OpenBLAS with AVX-512 does for
+        # the transposed weight ``fit`` gets from LAPACK), and a code that differs by one ulp between
+        # a fitted model and its loaded copy can flip a boosted-tree split. (CuPy arrays pass as given.)
+        for name in ("weight", "bias"):
+            a = getattr(self, name)
+            if isinstance(a, np.ndarray) and not (a.flags.c_contiguous and a.dtype == np.float32):
+                object.__setattr__(self, name, np.ascontiguousarray(a, dtype=np.float32))
+
     @property
     def dim(self) -> int:
         return int(self.weight.shape[0])

@@ -421,11 +421,17 @@ def test_any_array_works_or_is_a_fastvlad_error(arr: np.ndarray) -> None:
 @settings(max_examples=100, deadline=None)
 @given(obj=st.one_of(st.none(), st.integers(), st.floats(), st.text(max_size=20), st.binary(max_size=20),
                      st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)))
-def test_any_object_works_or_is_a_fastvlad_error(obj: object) -> None:
-    try:
+def test_any_object_is_refused_naming_it(obj: object) -> None:
+    """None of these objects is an image (a string is a path that is missing, a folder or not an
+    image): each is an ``ImageReadError`` naming the object and its problem, never a result and
+    never the catch-all "cannot be converted", which would mean a failure nobody foresaw."""
+    with pytest.raises(ImageReadError) as info:
         Preprocess((16, 16))(obj)  # type: ignore[arg-type]
-    except FastVLADError:
-        pass
+    err = info.value
+    assert err.source == (str(Path(obj)) if isinstance(obj, str) else str(obj))
+    assert str(err).startswith(f"{err.source}: ") and "cannot be converted" not in err.problem
+    if not isinstance(obj, str):
+        assert err.problem == f"a {type(obj).__name__} is not an image"
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

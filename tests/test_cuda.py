@@ -95,6 +95,20 @@ def test_gather_host_points_and_strided_out(cp: ModuleType) -> None:
     np.testing.assert_array_equal(host_out, want)
 
 
+def assert_only_near_ties_differ(x: np.ndarray, centres: np.ndarray, got: np.ndarray, want: np.ndarray) -> None:
+    """Labels ``got`` and ``want`` of the points ``x`` may differ only on near-ties: rows where both
+    labels' exact (float64) squared distances are within 1e-4 of the distance scale (‖x‖² + max ‖c‖²,
+    what the float32 cross term is rounded at) of the nearest centre's."""
+    x64, c64 = x.reshape(-1, x.shape[-1]).astype(np.float64), centres.astype(np.float64)
+    x_sq, c_sq = (x64 * x64).sum(1), (c64 * c64).sum(1)
+    rows = np.flatnonzero(got != want)
+    exact = x_sq[rows, None] - 2 * x64[rows] @ c64.T + c_sq[None, :]
+    best, tol = exact.min(axis=1), 1e-4 * (x_sq[rows] + c_sq.max())
+    far = (exact[np.arange(len(rows)), got[rows]] - best > tol) | (exact[np.arange(len(rows)), want[rows]] - best > tol)
+    assert not far.any(), (f"{far.sum()} of {len(got)} labels differ off a near-tie, e.g. row {rows[far][0]}: "
+                           f"{got[rows[far][0]]} vs {want[rows[far][0]]}")
+
+
 def _check_assign(cp: ModuleType, x: np.ndarray, centres: np.ndarray) -> None:
     labels, dist = codebook.assign(x, centres, backend=GPU)
     labels, dist = cp.asnumpy(labels), cp.asnumpy(dist)
@@ -197,7 +211,7 @@ def test_stages_end_to_end(cp: ModuleType) -> None:
     np.testing.assert_array_equal(cp.asnumpy(feats_gpu), feats)
     labels_gpu, _ = codebook.assign(feats_gpu.reshape(-1, feats.shape[2]), cp.asarray(centres), backend=GPU)
     labels, _ = codebook.assign(feats.reshape(-1, feats.shape[2]), centres)
-    assert (cp.asnumpy(labels_gpu) == labels).mean() > 0.99
+    assert_only_near_ties_differ(feats, centres, cp.asnumpy(labels_gpu), labels)
     codes_gpu = cp.asnumpy(vlad.encode(feats_gpu, labels_gpu.reshape(2, -1), cp.asarray(centres), backend=GPU))
     codes = vlad.encode(feats, cp.asnumpy(labels_gpu).reshape(2, -1), centres)
     np.testing.assert_allclose(codes_gpu, codes, rtol=1e-4, atol=1e-6)
@@ -224,7 +238,8 @@ def test_nearest_from_taps_matches_cpu(cp: ModuleType, dtype: type) -> None:
     want = codebook.nearest_from_taps(taps, points, centres)
     taps_d, points_d = [cp.asarray(t) for t in taps], cp.asarray(points)
     got = cp.asnumpy(codebook.nearest_from_taps(taps_d, points_d, cp.asarray(centres), backend=GPU))
-    assert got.dtype == np.int32 and (got == want).mean() > 0.99  # a float32 near-tie may flip
+    assert got.dtype == np.int32 and got.shape == want.shape
+    assert_only_near_ties_differ(feats, centres, got, want)  # the GEMMs round differently: a near-tie may flip
 
 
 def test_gpu_benchmark_script_runs(cp: ModuleType, monkeypatch: pytest.MonkeyPatch,

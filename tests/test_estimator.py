@@ -13,7 +13,7 @@ from sklearn.base import clone
 import fastvlad
 from fastvlad import backends, reference
 from fastvlad.backends.cpu import CPU, CpuBackend
-from fastvlad.encoder import Encoder, EncoderSettings, sample_points
+from fastvlad.encoder import Encoder, EncoderSettings, batch_points
 from fastvlad.backbone import Backbone
 from fastvlad.errors import ModelFormatError, NotFittedError, ParameterError
 from fastvlad.estimator import FastVLAD, load
@@ -63,7 +63,7 @@ def test_codes_match_the_notebook_pipeline(model: str, small_demo: tuple[list[np
     settings = EncoderSettings.of(fitted)
     pixels = np.stack([settings.preprocess(x) for x in X[:2]])
     taps = Backbone(fitted.backbone)(pixels)
-    points = sample_points(pixels, settings)
+    points = batch_points(pixels, settings)
     for i in range(2):
         hc = reference.sample_hypercolumns([t[i] for t in taps], points[i])
         if fitted.projection_ is not None:
@@ -145,13 +145,13 @@ def test_gpu_backend_decodes_on_several_threads(monkeypatch: pytest.MonkeyPatch)
 @pytest.mark.parametrize("threads", [1, 3])
 def test_points_are_sampled_while_decoding(small_demo: tuple[list[np.ndarray], np.ndarray], threads: int) -> None:
     """``Encoder.batches`` samples every image's points on the decoding threads: the same points
-    ``sample_points`` gives for the batch, whatever the number of threads."""
+    ``batch_points`` gives for the batch, whatever the number of threads."""
     images, _ = small_demo
     settings = EncoderSettings(density=0.1, image_size=(64, 64))
     backend = dataclasses.replace(CPU, batch_size=5, decode_threads=threads)
     seen = []
     for batch in Encoder(settings, backend, None).batches(images):
         assert batch.points is not None and batch.points.dtype == np.int32
-        np.testing.assert_array_equal(batch.points, sample_points(batch.pixels, settings))
+        np.testing.assert_array_equal(batch.points, batch_points(batch.pixels, settings))
         seen += batch.indices
     assert seen == list(range(len(images)))

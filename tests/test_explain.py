@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from fastvlad import explain, plots, reference
 from fastvlad.backbone import Backbone
 from fastvlad.cli import app
-from fastvlad.encoder import Encoder, EncoderSettings, sample_points
+from fastvlad.encoder import Encoder, EncoderSettings, batch_points
 from fastvlad.errors import ParameterError
 from fastvlad.estimator import FastVLAD
 
@@ -125,7 +125,7 @@ def test_rank_codewords(model: FastVLAD, small_demo: tuple[list[np.ndarray], np.
     settings = EncoderSettings.of(model)
     pixels = np.stack([settings.preprocess(x) for x in X[:12]])
     taps = Backbone(model.backbone)(pixels)
-    points = sample_points(pixels, settings)
+    points = batch_points(pixels, settings)
     nearest = np.full(model.k, np.inf)
     for i in range(12):
         hc = model.projection_.apply(reference.sample_hypercolumns([t[i] for t in taps], points[i]))

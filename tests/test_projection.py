@@ -11,7 +11,7 @@ import pytest
 
 import fastvlad
 from fastvlad import demo, hypercolumn, projection, reference
-from fastvlad.encoder import EncoderSettings, sample_points
+from fastvlad.encoder import EncoderSettings, batch_points
 from fastvlad.backbone import Backbone
 from fastvlad.errors import ModelFormatError, ParameterError
 from fastvlad.estimator import FAITHFUL_PARAMS, FastVLAD
@@ -80,7 +80,7 @@ def test_real_vgg16_taps_both_orders(vgg16_path: Path) -> None:
     settings = EncoderSettings()
     pixels = settings.preprocess(image)[None]
     taps = Backbone()(pixels)  # the default VGG16 (vgg16_path makes sure it is cached)
-    points = sample_points(pixels, settings)
+    points = batch_points(pixels, settings)
     full = hypercolumn.gather(taps, points)
     proj = projection.fit(full[0], 128)
     expected = full[0].astype(np.float64) @ proj.weight + proj.bias
@@ -143,7 +143,7 @@ def test_pca_codes_match_reference(fitted_pca: FastVLAD, small_demo: tuple[list[
     settings = EncoderSettings.of(fitted_pca)
     pixels = np.stack([settings.preprocess(x) for x in X[:2]])
     taps = Backbone(fitted_pca.backbone)(pixels)
-    points = sample_points(pixels, settings)
+    points = batch_points(pixels, settings)
     codes = fitted_pca.transform(X[:2])
     assert codes.shape == (2, 8 * 16)
     for i in range(2):

@@ -34,6 +34,13 @@ def test_train_predict_on_held_out_groups(nanofiber: Path, vgg16_path: Path) -> 
     paths = np.array([str(p) for p in ds.paths])
     model = FastVLAD(density=1, k=32, image_size=112, codebook_images=50, n_estimators=30, device="cpu")
     model.fit(list(paths[~test][::3]), ds.labels[~test][::3])
-    pred = model.predict(list(paths[test][::4]))
-    assert set(pred) <= set(ds.classes)
-    assert len(pred) == len(paths[test][::4])
+    held_out, truth = list(paths[test][::4]), ds.labels[test][::4]
+    proba = model.predict_proba(held_out)
+    pred = model.predict(held_out)
+    assert len(pred) == len(held_out) and set(pred) <= set(ds.classes)
+    assert list(pred) == list(model.classes_[proba.argmax(axis=1)])  # predict is the most probable class
+    # Micrographs of groups never seen in training: better than always answering the largest class.
+    majority = np.unique(truth, return_counts=True)[1].max() / len(truth)
+    accuracy = float((pred == truth).mean())
+    print(f"held-out accuracy {accuracy:.3f} on {len(truth)} images (majority class {majority:.3f})")
+    assert accuracy > majority + 0.1

@@ -8,6 +8,7 @@ work in a temporary ``FASTVLAD_HOME`` seeded with copies of the verified files.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -58,12 +59,63 @@ def _session(model: Path | bytes) -> ort.InferenceSession:
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
+#: The first bias of each of the 13 convolutions of the original ImageNet VGG16 (Oxford release as
+#: Keras ships it; ../shared/DESIGN.md, "Weights without a hub"): written here, not imported from
+#: the module under test, so a wrong constant there cannot make this test agree with it.
+IMAGENET_FIRST_BIASES = {
+    "block1_conv1": 0.73429835, "block1_conv2": -0.30912212,
+    "block2_conv1": -0.04577766, "block2_conv2": -0.06418542,
+    "block3_conv1": -0.074358866, "block3_conv2": 0.019675018, "block3_conv3": 0.035415243,
+    "block4_conv1": 0.013485669, "block4_conv2": 0.023680462, "block4_conv3": 0.03757768,
+    "block5_conv1": 0.09722325, "block5_conv2": 0.21327873, "block5_conv3": 0.18837857,
+}  # fmt: skip
+
+#: Shape and SHA-256 (of the little-endian float32 bytes, C order) of every converted tensor, recorded
+#: from the conversion of the hash-checked wheel (whose first biases are the published ones above and
+#: whose taps equal the original graph's, test_taps_equal_the_original_graph). They pin all
+#: 14.7 million values: a changed conversion (a transposed kernel, swapped tensors, a cast) fails here.
+TENSOR_SHA256 = {
+    "block1_conv1/kernel": ((64, 3, 3, 3), "b9beebd40698028d005d05ef602a6db18acc0b4e0bf46f5f7a05eeea6d125e2c"),
+    "block1_conv1/bias": ((64,), "1ef208fe2fce06d33da14ae4a9710cc88c83b2e6168abd8cc90104dc77e87495"),
+    "block1_conv2/kernel": ((64, 64, 3, 3), "6081d90b6aca616141a8bc86c27467db067987e443b13147c1c7bc1dc995149d"),
+    "block1_conv2/bias": ((64,), "4b72fa1a0ca6aaf269f891d0891074cc4e44a86db77f2684f5711a8c32f292d9"),
+    "block2_conv1/kernel": ((128, 64, 3, 3), "491a8e30a4c76a08135e1d862e613a6cf7e7702f4f065f113ddbb964acbdec8a"),
+    "block2_conv1/bias": ((128,), "9319bfabce800a0e8e5096b050ab25cde25eb505c31d4993a6fa6e1c425201a1"),
+    "block2_conv2/kernel": ((128, 128, 3, 3), "cbb517762fcfe5bcb893505e438682e1ddc861a50dce540726b1e6326568296b"),
+    "block2_conv2/bias": ((128,), "753369cbe1f3df5c2bf733424ce7a58fa7282d3e00f0d401381240df9578d982"),
+    "block3_conv1/kernel": ((256, 128, 3, 3), "fc70f937816974726f885081f9062dbf249868fc9ecefaee6d314be65716ff5d"),
+    "block3_conv1/bias": ((256,), "bfb7228878910873041c5fe390176931f082dd0b3d7215c7015dc7830388c369"),
+    "block3_conv2/kernel": ((256, 256, 3, 3), "b39ec176edc512011eda9a88b75f429bc990f1c1927d84ab72172905e9d28587"),
+    "block3_conv2/bias": ((256,), "2dfcb4bb7f8a1bfe4649c8dea8bdc84e2058eb7258063960e805a13324038464"),
+    "block3_conv3/kernel": ((256, 256, 3, 3), "da140d479f33d3d9535b952dc40c7c1688d7595a64b84f8252b3aa29079a6b41"),
+    "block3_conv3/bias": ((256,), "bd23367d71708929245d0b1e6109f5e64e08b336d104fda13fd5cec8ba5bee44"),
+    "block4_conv1/kernel": ((512, 256, 3, 3), "30b22f47a7a6f1ac4ff7b10e9464584e3f22262637f035d0bb9a35766a8f9ae3"),
+    "block4_conv1/bias": ((512,), "c33c2dcc6290bb0f6bd3377f547c29e247355b2209d0b5aa3f701bacbbeed9b9"),
+    "block4_conv2/kernel": ((512, 512, 3, 3), "132fc2c8cae6306ce7ea6a8162bcbafaa9fd3d71638ea314e376b51bd1e78c5d"),
+    "block4_conv2/bias": ((512,), "c36252293630a716724eb391cf4c62c3ca425a524cafa2e99da3199a3585e943"),
+    "block4_conv3/kernel": ((512, 512, 3, 3), "300ab4ad4bb9385becac7147230da4b723ea3fbb6f873e2a58c010350a753f95"),
+    "block4_conv3/bias": ((512,), "59a2abf76b13ac1340e953cf668cc9cd923f564f9fa11a8e960ab6d04eb1c4c7"),
+    "block5_conv1/kernel": ((512, 512, 3, 3), "d4f6aa1ba73f44e0f21ea38aa5d11f006a9432dd6056a530507e518ebb987dca"),
+    "block5_conv1/bias": ((512,), "312ab22d6dece721c2617eeacf7dd5146ca5f165a3d0dc8cbefb3b823f2c5d51"),
+    "block5_conv2/kernel": ((512, 512, 3, 3), "657b49dc03073c86c3d15fa1163aa65c8391b3e9d3bc2b9e2673b728f2977c1b"),
+    "block5_conv2/bias": ((512,), "16bb5bca01eefdf72e95d4234172051876027824f1c838035f5e6a3ce4dbb4fd"),
+    "block5_conv3/kernel": ((512, 512, 3, 3), "7518c45f768317b98a3aa37ff99aaeaae4fae2645b54467ff518824aaf69ec0d"),
+    "block5_conv3/bias": ((512,), "384c7a4f72e853a0e0636ce15e30d5133c22238bd8adc37c3bd12ff56939e34f"),
+}
+
+
 def test_first_biases_are_the_imagenet_release(cached: Cached) -> None:
     model = onnx.load(cached.onnx)
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for conv, value in weights.VGG16_FIRST_BIASES.items():
-        np.testing.assert_allclose(inits[f"{conv}/bias"][0], value, atol=1e-6, err_msg=conv)
-    assert len(inits) == 26
+    assert len(inits) == 26 and len(IMAGENET_FIRST_BIASES) == 13
+    for conv, value in IMAGENET_FIRST_BIASES.items():
+        # The whole published value, to float32: the nearest float32 to it, exactly.
+        assert inits[f"{conv}/bias"][0] == np.float32(value), (conv, inits[f"{conv}/bias"][0], value)
+    assert weights.VGG16_FIRST_BIASES == IMAGENET_FIRST_BIASES  # the module's copy is the release's
+    for name, (shape, sha) in TENSOR_SHA256.items():
+        a = inits[name]
+        assert a.shape == shape and a.dtype == np.float32, (name, a.shape, a.dtype)
+        assert hashlib.sha256(np.ascontiguousarray(a, dtype="<f4").tobytes()).hexdigest() == sha, name
     assert [o.name for o in model.graph.output] == list(weights.VGG16_TAPS)
     assert [i.name for i in model.graph.input] == ["input"]
     props = {p.key: p.value for p in model.metadata_props}

@@ -28,6 +28,10 @@ SHARED_BYTES = 48 * 1024
 ASSIGN_BLOCK_BYTES = 128 * 1024 * 1024
 _WARPS_PER_BLOCK = 8  # gather / argmin: one warp per point or row, 8 per 256-thread block
 
+#: The options fastvlad gives ``cupy.RawModule``; CuPy adds its include folders, ``-ftz=true`` and
+#: ``-arch=sm_XX`` (tests/test_nvrtc.py compiles every kernel with NVRTC so).
+NVRTC_OPTIONS = ("-std=c++17",)
+
 _MODULES: dict[tuple[str, int], Any] = {}
 _TABLES: OrderedDict[tuple[int, bytes], Any] = OrderedDict()
 _TABLE_CACHE_SIZE = 64
@@ -64,7 +68,7 @@ def _function(module: str, name: str) -> Any:
     cp = _cupy()
     key = (module, cp.cuda.runtime.getDevice())
     if key not in _MODULES:
-        _MODULES[key] = cp.RawModule(code=_source(module), options=("-std=c++17",))
+        _MODULES[key] = cp.RawModule(code=_source(module), options=NVRTC_OPTIONS)
     return _MODULES[key].get_function(name)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from .. import backends
 from ..backbone import Backbone
 from ..backends import Backend
-from ..encoder import Encoder, EncoderSettings, Timings, Workspace, sample_points
+from ..encoder import Encoder, EncoderSettings, Timings, Workspace, batch_points
 from ..errors import ParameterError
 from ..images import Preprocess
 from .machine import PeakRSS
@@ -158,7 +158,7 @@ def warm_up(est: Any, source: str) -> tuple[Backbone, Backend]:
     encoder = dataclasses.replace(Encoder.of(est, check_backbone=False), settings=encoder_settings(est))
     backbone, backend = encoder.cnn, encoder.backend
     pixels = encoder.settings.preprocess(source)[None]
-    taps, points = encoder.taps(pixels, sample_points(pixels, encoder.settings), Timings())
+    taps, points = encoder.taps(pixels, batch_points(pixels, encoder.settings), Timings())
     hc = encoder.hypercolumns(taps, points, Workspace(backend), Timings())
     dataclasses.replace(encoder, centres=backend.to_numpy(hc)[0, :2].copy()).encode([source])
     codebook.fit_kmeans(np.random.default_rng(0).random((64, 8), dtype=np.float32), 2)

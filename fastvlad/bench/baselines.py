@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import codebook, hypercolumn, reference
 from ..backbone import Backbone
-from ..encoder import EncoderSettings, Timings, sample_points
+from ..encoder import EncoderSettings, Timings, batch_points
 from ..images import ImageSource, Preprocess
 
 log = logging.getLogger("fastvlad")
@@ -63,7 +63,7 @@ def _image_pass(source: ImageSource, prep: Preprocess, backbone: Backbone, setti
     t = timings.add(f"decode_{suffix}", t)
     taps = [m[0] for m in backbone(pixels)]
     t = timings.add(f"cnn_{suffix}", t)
-    points = sample_points(pixels, settings)[0]
+    points = batch_points(pixels, settings)[0]
     x = reference.sample_hypercolumns(taps, points, settings.interpolation)
     timings.add(f"upsample_{suffix}", t)
     return taps, x

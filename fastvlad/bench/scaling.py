@@ -19,7 +19,7 @@ import numpy as np
 from .._files import write_atomic
 from ..backbone import Backbone
 from ..backends import Backend
-from ..encoder import Encoder, EncoderSettings, Timings, Workspace, sample_points
+from ..encoder import Encoder, EncoderSettings, Timings, Workspace, batch_points
 from ..images import ImageSource, Preprocess
 from .machine import PeakRSS
 
@@ -43,7 +43,7 @@ def centre_pool(source: ImageSource, backbone: Backbone, settings: EncoderSettin
     dense = dataclasses.replace(settings, density=25.0)
     pixels = Preprocess(settings.image_size, settings.resample)(source)[None]
     encoder = Encoder(dense, backend, backbone)
-    taps, points = encoder.taps(pixels, sample_points(pixels, dense), Timings())
+    taps, points = encoder.taps(pixels, batch_points(pixels, dense), Timings())
     return np.array(backend.to_numpy(encoder.hypercolumns(taps, points, Workspace(backend), Timings()))[0])
 
 

@@ -8,7 +8,12 @@ array assigned into a device one raises ValueError. Everything else runs in NumP
 host memory. Kernels launched through ``RawModule`` run in the host emulator (``emu.h``); launches
 check what a GPU would require of their arguments: device arrays only (a NumPy array reaching a
 kernel is a bug in the launcher), C-contiguous except the gather's output (a column slice by
-design), and int32/int64 scalars typed as the kernel expects.
+design), as many arguments as the kernel declares, each of the declared type (``signatures.json``
+from build.py: a ``float*`` takes float32, ``unsigned short*`` float16, ``int*`` int32, ``int``
+a numpy.int32 and ``long long`` a numpy.int64; CuPy passes a scalar by its NumPy size, so an int64
+given for an ``int`` would shift every later argument on a GPU, while the emulator's C call would
+hide it). ``RawModule`` refuses source text other than what the emulator was built from (the
+tree's ``kernels/``), so a test never runs one kernel while fastvlad hands CuPy another.
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ float16, float32, float64, int32, int64 = np.float16, np.float32, np.float64, np
 #: (kernel name, grid, block, shared bytes) of every launch, so tests can check a kernel ran.
 LAUNCHES: list[tuple[str, tuple[int, ...], tuple[int, ...], int]] = []
 _LIB: Any = None
+_SIGNATURES: dict[str, list[str]] = {}
+_SOURCES: dict[str, str] = {}
+#: Device arrays each pointer parameter type takes.
+_POINTER_DTYPES = {"float*": (np.float32,), "unsigned short*": (np.float16, np.uint16), "int*": (np.int32,)}
+_SCALAR_TYPES = {"int": np.int32, "long long": np.int64}
 _IMPLICIT = "Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy array explicitly."
 
 
@@ -135,8 +145,14 @@ def __getattr__(name: str) -> Any:
 
 def load(lib: Path) -> types.ModuleType:
     """This module, with kernels running in the emulator library ``lib``."""
+    import json
+
     global _LIB
     _LIB = ctypes.CDLL(str(lib))
+    _SIGNATURES.clear()
+    _SIGNATURES.update(json.loads((lib.parent / "signatures.json").read_text()))
+    _SOURCES.clear()
+    _SOURCES.update(json.loads((lib.parent / "sources.json").read_text()))
     LAUNCHES.clear()
     import sys
 
@@ -218,6 +234,9 @@ cuda = types.SimpleNamespace(runtime=_Runtime, Event=_Event, get_elapsed_time=_e
 
 class RawModule:
     def __init__(self, code: str, options: tuple[str, ...] = ()) -> None:
+        if code not in _SOURCES.values():
+            raise AssertionError("RawModule got CUDA source that is not one of the tree's kernels/*.cu the emulator "
+                                 "was built from: is the installed fastvlad another checkout than these tests'?")
         self.code, self.options = code, options
 
     def get_function(self, name: str) -> _Function:
@@ -228,25 +247,47 @@ class RawModule:
 class _Function:
     def __init__(self, name: str) -> None:
         self.name = name
+        self.params = _SIGNATURES[name]
 
     def __call__(self, grid: tuple[int, ...], block: tuple[int, ...], args: tuple[Any, ...], shared_mem: int = 0) -> None:
         grid = tuple(grid) + (1,) * (3 - len(grid))
         block = tuple(block) + (1,) * (3 - len(block))
+        if len(args) != len(self.params):
+            raise TypeError(f"{self.name} takes {len(self.params)} arguments ({', '.join(self.params)}), "
+                            f"given {len(args)}")
         cargs: list[Any] = []
-        for pos, a in enumerate(args):
+        for pos, (a, param) in enumerate(zip(args, self.params)):
             if isinstance(a, np.ndarray):
                 raise AssertionError(f"{self.name} argument {pos}: a host array reached a kernel")
-            if isinstance(a, ndarray):
+            if param.endswith("*"):
+                if not isinstance(a, ndarray) or a.dtype.type not in _POINTER_DTYPES.get(param, ()):
+                    what = f"a device array of {a.dtype}" if isinstance(a, ndarray) else type(a).__name__
+                    raise TypeError(f"{self.name} argument {pos} is declared {param}: {what} given")
                 strided_ok = self.name.startswith("gather") and pos == 8  # out: a column slice
                 assert strided_ok or a.flags.c_contiguous, f"{self.name} argument {pos}: strides {a.strides}"
                 cargs.append(ctypes.c_void_p(a._a.ctypes.data))
-            elif isinstance(a, np.int32):
-                cargs.append(ctypes.c_int(int(a)))
-            elif isinstance(a, np.int64):
-                cargs.append(ctypes.c_longlong(int(a)))
+            elif type(a) is _SCALAR_TYPES.get(param):
+                cargs.append(ctypes.c_int(int(a)) if param == "int" else ctypes.c_longlong(int(a)))
             else:
-                raise TypeError(f"{self.name} argument {pos}: {type(a).__name__} is not a device array or a sized int")
+                raise TypeError(f"{self.name} argument {pos} is declared {param}: {type(a).__name__} given "
+                                f"(pass numpy.{_SCALAR_TYPES[param].__name__} for {param})" if param in _SCALAR_TYPES
+                                else f"{self.name} argument {pos}: parameter type {param!r} is not emulated")
         LAUNCHES.append((self.name, grid, block, shared_mem))
         if getattr(_LIB, f"emu_{self.name}")(*grid, *block, ctypes.c_int(shared_mem), *cargs):
             _LIB.emu_last_error.restype = ctypes.c_char_p
             raise RuntimeError(f"{self.name}: {_LIB.emu_last_error().decode()}")
+
+
+class only_blocks:  # noqa: N801 - a context manager used like a function
+    """Within it, launches run only the blocks whose ``blockIdx.x`` is in ``xs`` (the others are
+    skipped, their outputs stay unwritten): for grids too large to emulate whole, e.g. a batch whose
+    indices pass 2³¹, of which the first and last images are checked."""
+
+    def __init__(self, xs: list[int]) -> None:
+        self.xs = (ctypes.c_uint * len(xs))(*xs)
+
+    def __enter__(self) -> None:
+        _LIB.emu_only_blocks_x(self.xs, len(self.xs))
+
+    def __exit__(self, *exc: object) -> None:
+        _LIB.emu_only_blocks_x(None, 0)
