@@ -18,6 +18,7 @@ from .hypercolumn import INTERPOLATION_MODES, points_for_density
 from .images import RESAMPLE, ImageSource, check_size, probe, source_name
 
 ON_ERROR = ("raise", "skip")
+CLASSIFIERS = ("xgboost", "logistic")
 #: How many unreadable images a fail-fast error lists by name.
 LISTED = 10
 
@@ -95,6 +96,8 @@ def parameters(est: Any, n_images: int | None = None) -> None:
     real("learning_rate", est.learning_rate, 0, lo_open=True)
     real("colsample_bynode", est.colsample_bynode, 0, 1, lo_open=True)
     integer("augment", est.augment, 0, " (augmented copies of every training image; 0: none)")
+    choice("classifier", est.classifier, CLASSIFIERS)
+    real("C", est.C, 0, lo_open=True, hint=" (the logistic head's inverse L2 strength)")
     backbone_and_taps(est.backbone, est.taps)
     size = image_size(est.image_size)
     _enough_points(k, density, size, min(codebook_images, n_images or codebook_images))

@@ -1,6 +1,7 @@
-"""Gradient-boosted softmax classifier on VLAD codes: XGBoost ``multi:softprob``, ``hist``.
+"""The classifier on VLAD codes: XGBoost ``multi:softprob``, ``hist`` (the paper's kind of head), or a
+multinomial logistic regression (``LinearHead``).
 
-Defaults mirror scikit-learn's ``GradientBoostingClassifier()`` that the paper used:
+XGBoost's defaults mirror scikit-learn's ``GradientBoostingClassifier()`` that the paper used:
 100 rounds, depth 3, learning rate 0.1.
 """
 
@@ -62,11 +63,13 @@ def _advance_per_round(bar: progress.Progress):  # type: ignore[no-untyped-def]
     return Advance()
 
 
-def predict_proba(booster, codes: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Class probabilities ``(n, n_classes)`` float32."""
+def predict_proba(head, codes: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Class probabilities ``(n, n_classes)`` float32 of a fitted head (an XGBoost booster or a ``LinearHead``)."""
+    if isinstance(head, LinearHead):
+        return head.predict_proba(codes)
     import xgboost as xgb
 
-    return booster.predict(xgb.DMatrix(codes)).astype(np.float32)
+    return head.predict(xgb.DMatrix(codes)).astype(np.float32)
 
 
 def to_bytes(booster) -> bytes:  # type: ignore[no-untyped-def]

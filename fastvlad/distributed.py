@@ -219,9 +219,9 @@ def _encode_part(sources: Sequence[ImageSource], start: int, encoder: tuple[np.n
     return _Part(enc.indices + start, enc.codes, [(i + start, e) for i, e in enc.failed], dict(timings.seconds))
 
 
-def _predict_part(part: _Part, booster: Any) -> _Part:
+def _predict_part(part: _Part, head: Any) -> _Part:
     """Class probabilities of an encoded partition: values (n_ok, n_classes) float32."""
-    proba = classifier.predict_proba(booster, part.values) if len(part.indices) else part.values[:, :0]
+    proba = classifier.predict_proba(head, part.values) if len(part.indices) else part.values[:, :0]
     return _Part(part.indices, proba, part.failed, part.seconds)
 
 
@@ -396,8 +396,8 @@ def predict_proba(client: Client | None, X: Sequence[ImageSource], model: FastVL
     else:
         check_fitted(model)
         X = checks.sources(X)
-        booster = client.scatter(model.booster_, broadcast=True)
-        futures = [client.submit(_predict_part, f, booster, pure=False)
+        head = client.scatter(model.head_, broadcast=True)
+        futures = [client.submit(_predict_part, f, head, pure=False)
                    for f in _submit_encode(client, X, model, partition_size)]
         encoded = _assemble(len(X), _gather(client, futures))
         proba_ok = encoded.codes
@@ -413,6 +413,9 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
     if client is None:
         return model.fit(X, y)
     X, y_arr = checks.sources_and_labels(X, y)
+    if model.augment:
+        raise ParameterError(f"augment={model.augment}: augmented training is not available on a Dask cluster yet; "
+                             "train on one machine (no --workers/--scheduler) or set augment=0")
     t0 = time.perf_counter()
     fit_codebook(client, X, model, partition_size)
     codebook_pass = dict(model.timings_)  # summed over the workers, like the local fit's record
@@ -442,14 +445,19 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
 
 
 def _train(client: Client, model: FastVLAD, futures: list[Future], rows: list[int], y: np.ndarray) -> float:
-    """Train the booster with ``xgboost.dask`` on the encoded partitions (rows in input order);
-    sets ``classes_`` and ``booster_``, returns the seconds it took."""
+    """Train the head on the encoded partitions (rows in input order): XGBoost with ``xgboost.dask``,
+    where the codes stay; the logistic head on the client (its codes are small). Sets ``classes_``
+    and ``head_``, returns the seconds it took."""
     import dask.array as da
     import xgboost.dask as dxgb
 
     model.classes_, y_int = np.unique(y, return_inverse=True)
     checks.enough_classes(model.classes_)
     t = time.perf_counter()
+    if model.classifier == "logistic":
+        codes_ok = np.concatenate(_gather(client, [client.submit(_values, f, pure=False) for f in futures]))
+        model.head_ = classifier.train_linear(codes_ok, y_int, len(model.classes_), float(model.C), model.random_state)
+        return time.perf_counter() - t
     dim = model.codebook_.size
     blocks = [da.from_delayed(client.submit(_values, f, pure=False), (r, dim), np.float32)
               for f, r in zip(futures, rows) if r]
@@ -460,6 +468,6 @@ def _train(client: Client, model: FastVLAD, futures: list[Future], rows: list[in
     dtrain = dxgb.DaskQuantileDMatrix(client, codes, labels, max_bin=settings.max_bin)
     out = dxgb.train(client, settings.params(len(model.classes_), device, model.random_state), dtrain,
                      num_boost_round=settings.n_estimators)
-    model.booster_ = out["booster"]
+    model.head_ = out["booster"]
     return time.perf_counter() - t
 

@@ -31,11 +31,11 @@ from .projection import Projection
 FAITHFUL_PARAMS: dict[str, Any] = {
     "density": 10.0, "k": 100, "image_size": 224, "intra": True, "power": False, "pca": None, "whiten": False,
     "n_estimators": 100, "max_depth": 3, "learning_rate": 0.1, "max_bin": 256, "colsample_bynode": 1.0,
-    "normalize": "none", "augment": 0, "tta": 0,
+    "classifier": "xgboost", "normalize": "none", "augment": 0, "tta": 0,
 }
 #: Parameters added after model files were first written, with the values those files' models
 #: were trained with (a file without them means these, whatever today's defaults are).
-LEGACY_PARAMS: dict[str, Any] = {"normalize": "none", "augment": 0, "tta": 0}
+LEGACY_PARAMS: dict[str, Any] = {"classifier": "xgboost", "C": 10.0, "normalize": "none", "augment": 0, "tta": 0}
 
 
 class FastVLAD(ClassifierMixin, BaseEstimator):
@@ -69,7 +69,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                  codebook_images: int = 100, backbone: str = DEFAULT_BACKBONE,
                  taps: Sequence[str] | None = None, n_estimators: int = 100, max_depth: int = 3,
                  learning_rate: float = 0.1, max_bin: int = 32, colsample_bynode: float = 1.0,
-                 normalize: str = "none", augment: int = 0, tta: int = 0,
+                 classifier: str = "xgboost", C: float = 10.0, normalize: str = "none", augment: int = 0, tta: int = 0,
                  device: str = "auto", batch_size: int | None = None, fp16: bool = False,
                  on_error: str = "raise", random_state: int = 0) -> None:
         self.density = density
@@ -89,6 +89,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.max_bin = max_bin
         self.colsample_bynode = colsample_bynode
+        self.classifier = classifier
+        self.C = C
         self.normalize = normalize
         self.augment = augment
         self.tta = tta
@@ -170,18 +172,29 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         return [(str(X[i]) if not isinstance(X[i], np.ndarray) else f"array #{i}", str(e)) for i, e in encoded.failed]
 
     def fit_codes(self, codes: np.ndarray, y: Sequence[Any] | np.ndarray) -> FastVLAD:
-        """Train only the booster, on codes from ``transform`` (used by cross-validation)."""
+        """Train only the classifier head, on codes from ``transform`` (used by cross-validation)."""
         y_arr = np.asarray(y)
         self.classes_, y_int = np.unique(y_arr, return_inverse=True)
         checks.enough_classes(self.classes_)
         t = time.perf_counter()
-        device = backends.resolve(self.device).device
-        self.booster_ = classifier.train(codes, y_int, len(self.classes_), classifier.BoosterSettings.of(self),
-                                         device, self.random_state)
+        if self.classifier == "logistic":
+            self.head_ = classifier.train_linear(codes, y_int, len(self.classes_), float(self.C), self.random_state)
+        else:
+            device = backends.resolve(self.device).device
+            self.head_ = classifier.train(codes, y_int, len(self.classes_), classifier.BoosterSettings.of(self),
+                                          device, self.random_state)
         self.train_info_ = {"n_images": int(len(codes)), "code_dim": int(codes.shape[1]),
                             "classifier_seconds": time.perf_counter() - t,
                             "data_sha256": hashlib.sha256(codes.tobytes() + y_arr.astype(str).tobytes()).hexdigest()}
         return self
+
+    @property
+    def booster_(self) -> Any:
+        """The fitted XGBoost booster (``classifier="xgboost"``); ``head_`` is the head of any kind."""
+        head = getattr(self, "head_", None)
+        if head is None or isinstance(head, classifier.LinearHead):
+            raise AttributeError("this FastVLAD has no XGBoost booster (not fitted, or classifier='logistic')")
+        return head
 
     # -- using a fitted model ---------------------------------------------------------------------
     def encode(self, X: Sequence[ImageSource], timings: Timings | None = None) -> Encoded:
@@ -206,7 +219,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: Sequence[ImageSource]) -> np.ndarray:
         """Class probabilities ``(n, n_classes)`` float32, columns in ``classes_`` order; with ``tta``,
         the mean over the image and its first ``tta`` flips."""
-        if not hasattr(self, "booster_"):
+        if not hasattr(self, "head_"):
             raise NotFittedError("this FastVLAD has no classifier yet; call fit(X, y) first")
         X = checks.sources(X)
         proba = self.predict_proba_codes(self.transform(X))
@@ -221,7 +234,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
 
     def predict_proba_codes(self, codes: np.ndarray) -> np.ndarray:
         """Probabilities from precomputed codes (NaN rows give NaN probabilities)."""
-        proba = classifier.predict_proba(self.booster_, codes)
+        proba = classifier.predict_proba(self.head_, codes)
         proba[np.isnan(codes).any(axis=1)] = np.nan
         return proba
 
@@ -239,7 +252,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model as one file (see ``model_file``); atomic."""
-        if not hasattr(self, "booster_"):
+        if not hasattr(self, "head_"):
             raise NotFittedError("fit the model before saving it")
         params = self.get_params()
         params["taps"] = list(params["taps"]) if params["taps"] else None
@@ -249,8 +262,10 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                   "train": {**self.train_info_, "timings": getattr(self, "timings_", {})},
                   "versions": versions()}
         proj = getattr(self, "projection_", None)
-        return model_file.save(path, model_file.ModelContents(config, self.codebook_, classifier.to_bytes(self.booster_),
-                                                              proj.to_array() if proj is not None else None))
+        linear = isinstance(self.head_, classifier.LinearHead)
+        return model_file.save(path, model_file.ModelContents(
+            config, self.codebook_, None if linear else classifier.to_bytes(self.head_),
+            proj.to_array() if proj is not None else None, self.head_.to_array() if linear else None))
 
 
 def load(path: str | os.PathLike[str]) -> FastVLAD:
@@ -264,15 +279,32 @@ def load(path: str | os.PathLike[str]) -> FastVLAD:
     model = _model_from_config(path, contents.config, contents.codebook)
     model.codebook_ = contents.codebook
     model.projection_ = _loaded_projection(path, model, contents)
+    model.head_ = _loaded_head(path, model, contents)
+    return model
+
+
+def _loaded_head(path: str | os.PathLike[str], model: FastVLAD, contents: model_file.ModelContents) -> Any:
+    """The classifier head: ``linear.npy`` (checked against the classes and the code width), or
+    ``booster.ubj``, checked in Python before XGBoost parses it."""
+    expected = "linear.npy" if model.classifier == "logistic" else "booster.ubj"
+    if contents.linear is not None:
+        width = (len(model.classes_), contents.codebook.size + 1)
+        if expected != "linear.npy" or contents.linear.shape != width:
+            raise ModelFormatError(f"{path}: linear.npy has shape {contents.linear.shape}, but classifier="
+                                   f"{model.classifier!r} with {width[0]} classes and {width[1] - 1} code dims "
+                                   f"needs {expected}{' of shape ' + str(width) if expected == 'linear.npy' else ''}; "
+                                   "the file is damaged or edited")
+        return classifier.LinearHead.from_array(contents.linear)
+    if expected != "booster.ubj" or contents.booster is None:
+        raise ModelFormatError(f"{path}: classifier={model.classifier!r} needs {expected}, which is missing")
     try:
         booster = booster_check.checked(contents.booster, len(model.classes_), contents.codebook.size)
     except booster_check.BoosterError as exc:
         raise ModelFormatError(f"{path}: booster.ubj: {exc}; the file is damaged or edited") from None
     try:
-        model.booster_ = classifier.from_bytes(booster)
+        return classifier.from_bytes(booster)
     except Exception as exc:  # XGBoost refusing a checked model: still the file's fault
         raise ModelFormatError(f"{path}: the XGBoost model cannot be read ({exc})") from None
-    return model
 
 
 _CONFIG_KEYS = {"params", "classes", "backbone_sha256", "taps"}
@@ -351,7 +383,7 @@ def _loaded_projection(path: str | os.PathLike[str], model: FastVLAD,
 
 def check_fitted(model: FastVLAD) -> None:
     """Raise ``NotFittedError`` unless ``model`` has a codebook or a classifier."""
-    if not hasattr(model, "booster_") and not hasattr(model, "codebook_"):
+    if not hasattr(model, "head_") and not hasattr(model, "codebook_"):
         raise NotFittedError("this FastVLAD is not fitted yet; call fit(X, y) or fastvlad.load(path)")
 
 
