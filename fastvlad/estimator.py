@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import os
 import platform
@@ -17,12 +16,12 @@ from typing import Any, cast
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from . import backends, booster_check, checks, classifier, intensity, model_file
+from . import backends, booster_check, checks, classifier, model_file
 from ._version import __version__
 from .backbone import DEFAULT_BACKBONE
 from .encoder import Encoded, Encoder, Timings
 from .errors import FastVLADError, InvalidDatasetError, ModelFormatError, NotFittedError
-from .images import ImageSource, Transformed
+from .images import ImageSource, augmented, flipped
 from .projection import Projection
 
 
@@ -154,9 +153,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         their augmented copies' (encoded by the fitted encoder; their CNN passes timed apart)."""
         if not self.augment:
             return encoded.codes, y
-        copies = [Transformed(X[i], functools.partial(intensity.jitter_seeded, seed=(self.random_state, int(i), c)),
-                              f"augmented {c + 1}")
-                  for c in range(int(self.augment)) for i in encoded.indices]
+        copies = augmented(X, encoded.indices, int(self.augment), self.random_state)
         extra = Timings()
         t = time.perf_counter()
         with kernel_guard():
@@ -224,9 +221,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         X = checks.sources(X)
         proba = self.predict_proba_codes(self.transform(X))
         for op in range(1, int(self.tta) + 1):
-            flipped = [Transformed(x, functools.partial(intensity.dihedral, op=op), f"flip {op}") for x in X]
             with kernel_guard():
-                enc = Encoder.of(self).encode(flipped)
+                enc = Encoder.of(self).encode(flipped(X, op))
             codes = np.full((len(X), self.codebook_.size), np.nan, dtype=np.float32)
             codes[enc.indices] = enc.codes
             proba += self.predict_proba_codes(codes)

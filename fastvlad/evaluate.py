@@ -32,7 +32,7 @@ from . import progress
 from .encoder import Encoder, Timings
 from .errors import InvalidDatasetError, ParameterError
 from .estimator import FastVLAD
-from .images import ImageSource, Transformed
+from .images import ImageSource, Transformed, augmented, flipped
 
 #: Images re-predicted under each change by the shift check unless told otherwise.
 SHIFT_IMAGES = 200
@@ -81,6 +81,7 @@ class CVResult:
     # What the shift check re-predicts with: the fitted encoder and each fold's classifier (not saved).
     encoder: Encoder | None = field(default=None, repr=False, compare=False)
     models: list[Any] = field(default_factory=list, repr=False, compare=False)
+    tta: int = 0  # flips averaged into every prediction (the shift check does the same)
 
     @property
     def accuracy(self) -> float:
@@ -183,13 +184,61 @@ class OneClass:
         return np.ones((len(codes), 1), dtype=np.float32)
 
 
+@dataclass
+class CodeSet:
+    """Every image's codes under one encoder fitted on a sample of them (labels unused), computed
+    once for any number of fold schemes: the images', their augmented copies' (``augment``) and
+    their flips' (``tta``)."""
+
+    encoder: Encoder
+    codes: np.ndarray  # (n_ok, D) float32, rows in ``indices`` order
+    indices: np.ndarray  # (n_ok,) positions of the readable images in X
+    failed: list[tuple[int, Any]]
+    augmented: np.ndarray  # (m, D) float32 codes of augmented copies
+    augmented_of: np.ndarray  # (m,) the row of ``codes`` each copy was made from
+    views: list[np.ndarray]  # per flip of ``tta``: (n_ok, D) float32, NaN where a flip could not be read
+    seconds: dict[str, float]
+
+
+def encode_images(estimator: FastVLAD, X: Sequence[ImageSource]) -> CodeSet:
+    """Fit ``estimator``'s PCA and codebook on a sample of ``X`` and encode every image once, with the
+    augmented copies (``augment``) and flips (``tta``) the estimator asks for."""
+    est = clone(estimator)
+    X = list(X)
+    timings = Timings()
+    encoder = Encoder.of(est).fit_codebook(X, int(est.k), int(est.codebook_images), timings=timings)
+    enc = encoder.encode(X, timings)
+    seconds = dict(timings.seconds)
+    t = time.perf_counter()
+    aug = encoder.encode(augmented(X, enc.indices, int(est.augment), est.random_state)) if est.augment else None
+    if aug is not None:
+        seconds["augment"] = time.perf_counter() - t
+    views = []
+    for op in range(1, int(est.tta) + 1):
+        t = time.perf_counter()
+        flip = encoder.encode(flipped([X[i] for i in enc.indices], op))
+        view = np.full(enc.codes.shape, np.nan, dtype=np.float32)
+        view[flip.indices] = flip.codes
+        views.append(view)
+        seconds["tta"] = seconds.get("tta", 0.0) + time.perf_counter() - t
+    width = enc.codes.shape[1]
+    return CodeSet(encoder, enc.codes, enc.indices, enc.failed,
+                   aug.codes if aug is not None else np.zeros((0, width), np.float32),
+                   aug.indices % max(1, len(enc.indices)) if aug is not None else np.zeros(0, np.int64),
+                   views, seconds)
+
+
 def cross_validate(estimator: FastVLAD, X: Sequence[ImageSource], y: np.ndarray, groups: np.ndarray | None = None,
-                   n_splits: int = 5, split: np.ndarray | None = None, split_name: str = "split") -> CVResult:
+                   n_splits: int = 5, split: np.ndarray | None = None, split_name: str = "split",
+                   codes: CodeSet | None = None) -> CVResult:
     """Out-of-fold predictions for every image; the CNN runs once per image.
 
     ``split`` (n,): leave-one-group-out over its values (``split_name`` names them in messages,
     e.g. "series"); ``n_splits`` and ``groups`` are then unused for the folds. A fold whose
     training set lacks a class gives it probability 0 (``CVResult.missing`` says which).
+    ``codes``: ``encode_images(estimator, X)`` when already at hand (several fold schemes on one
+    encoding). A fold's classifier also learns from its training images' augmented copies, and
+    predicts the mean over an image's flips with ``tta``, as ``fit`` and ``predict_proba`` do.
     """
     t0 = time.perf_counter()
     est = clone(estimator)
@@ -197,12 +246,10 @@ def cross_validate(estimator: FastVLAD, X: Sequence[ImageSource], y: np.ndarray,
     for name, column in (("groups", groups), ("split", split)):
         if column is not None and len(column) != len(X):
             raise ParameterError(f"{name} has {len(column)} values for {len(X)} images; give one per image")
-    timings = Timings()
-    encoder = Encoder.of(est).fit_codebook(X, int(est.k), int(est.codebook_images), timings=timings)
-    enc = encoder.encode(X, timings)
-    codes, y_ok = enc.codes, np.asarray(y).astype(str)[enc.indices]
-    g_ok = np.asarray(groups).astype(str)[enc.indices] if groups is not None else None
-    s_ok = np.asarray(split).astype(str)[enc.indices] if split is not None else None
+    cs = codes if codes is not None else encode_images(est, X)
+    y_ok = np.asarray(y).astype(str)[cs.indices]
+    g_ok = np.asarray(groups).astype(str)[cs.indices] if groups is not None else None
+    s_ok = np.asarray(split).astype(str)[cs.indices] if split is not None else None
     fold = folds(y_ok, g_ok, n_splits, est.random_state, s_ok)
     n_folds = int(fold.max()) + 1
     classes = sorted(set(y_ok.tolist()))
@@ -216,8 +263,11 @@ def cross_validate(estimator: FastVLAD, X: Sequence[ImageSource], y: np.ndarray,
         for f in range(n_folds):
             train, test = fold != f, fold == f
             seen = sorted(set(y_ok[train].tolist()))
-            model = OneClass(seen[0]) if len(seen) == 1 else clone(est).fit_codes(codes[train], y_ok[train])
-            p = model.predict_proba_codes(codes[test])
+            copies = np.isin(cs.augmented_of, np.flatnonzero(train))
+            model = OneClass(seen[0]) if len(seen) == 1 else clone(est).fit_codes(
+                np.concatenate([cs.codes[train], cs.augmented[copies]]),
+                np.concatenate([y_ok[train], y_ok[cs.augmented_of[copies]]]))
+            p = mean_proba(model, [cs.codes[test], *(v[test] for v in cs.views)])
             cols = np.array([classes.index(c) for c in model.classes_])
             proba[np.ix_(np.flatnonzero(test), cols)] = p
             pred[test] = model.classes_[p.argmax(axis=1)]
@@ -225,14 +275,22 @@ def cross_validate(estimator: FastVLAD, X: Sequence[ImageSource], y: np.ndarray,
             missing.append(sorted(set(y_ok[test].tolist()) - set(seen)))
             models.append(model)
             bar.advance()
-    seconds = {**timings.seconds, "classifier": time.perf_counter() - t, "total": time.perf_counter() - t0}
-    skipped = [(str(X[i]), str(e)) for i, e in enc.failed]
+    seconds = {**cs.seconds, "classifier": time.perf_counter() - t, "total": time.perf_counter() - t0}
+    skipped = [(str(X[i]), str(e)) for i, e in cs.failed]
     names = [str(v) for v in np.unique(s_ok)] if s_ok is not None else [str(f + 1) for f in range(n_folds)]
     return CVResult(classes, y_ok, pred.astype(str), proba, fold, accs, groups is not None or split is not None,
-                    seconds, skipped, enc.indices, encoder.cnn.sha256,
+                    seconds, skipped, cs.indices, cs.encoder.cnn.sha256,
                     group_by=split_name if split is not None else "group" if groups is not None else None,
                     row_groups=s_ok if s_ok is not None else g_ok, leave_one_out=split is not None,
-                    fold_names=names, missing=missing, encoder=encoder, models=models)
+                    fold_names=names, missing=missing, encoder=cs.encoder, models=models,
+                    tta=len(cs.views))
+
+
+def mean_proba(model: Any, views: Sequence[np.ndarray]) -> np.ndarray:
+    """A fold classifier's probabilities ``(n, C)``, averaged over an image's views (the image, its
+    flips); a view that could not be read (NaN row) is left out of its image's mean."""
+    stack = np.stack([model.predict_proba_codes(v) for v in views])
+    return np.nanmean(stack, axis=0).astype(np.float32) if len(views) > 1 else stack[0]
 
 
 def stratified_rows(strata: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -286,11 +344,17 @@ def shift_check(result: CVResult, X: Sequence[str | Path | np.ndarray], n_images
         sources = [Transformed(X[int(indices[r])], fn, name) for r in rows]
         enc = result.encoder.encode(sources)
         ok = rows[enc.indices]  # rows whose changed image could be read
+        views = [enc.codes]
+        for op in range(1, result.tta + 1):  # the same flips the CV predictions averaged over
+            flip = result.encoder.encode(flipped([sources[i] for i in enc.indices], op))
+            view = np.full(enc.codes.shape, np.nan, dtype=np.float32)
+            view[flip.indices] = flip.codes
+            views.append(view)
         pred = np.empty(len(ok), dtype=object)
         for f in np.unique(result.fold[ok]):
             at = result.fold[ok] == f
             model = result.models[f]
-            pred[at] = model.classes_[model.predict_proba_codes(enc.codes[at]).argmax(axis=1)]
+            pred[at] = model.classes_[mean_proba(model, [v[at] for v in views]).argmax(axis=1)]
         pred = pred.astype(str)
         changes.append({"name": name, "n": int(len(ok)),
                         "flipped": float((pred != result.y_pred[ok]).mean()) if len(ok) else 0.0,

@@ -17,6 +17,7 @@ Anything that goes wrong while turning one source into network input is an
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import queue
@@ -45,7 +46,7 @@ class Transformed:
     """An image as read, then changed by ``transform`` (float32 0..255 → same) before the
     normalisation and resize: an augmented copy at fit, a test-time copy, a shift-check change."""
 
-    source: ImageSource
+    source: ImageSource | Transformed  # a user's image, or one changed already (a flip of a shift)
     transform: Callable[[np.ndarray], np.ndarray]
     tag: str  # what was done, for names in messages
 
@@ -55,6 +56,20 @@ class Transformed:
 
 #: What the encoder reads: a user's image, or one changed on the way (``Transformed``).
 AnySource = Union[ImageSource, Transformed]
+
+
+def augmented(sources: Sequence[AnySource], positions: Sequence[int] | np.ndarray, copies: int,
+              seed: int) -> list[Transformed]:
+    """``copies`` randomly flipped and re-exposed copies (``intensity.jitter``) of the sources at
+    ``positions``, copy after copy: entry ``c·len(positions) + j`` is copy c of ``positions[j]``.
+    Each is seeded by (``seed``, its position, c), so a copy does not depend on the others."""
+    return [Transformed(sources[int(i)], functools.partial(intensity.jitter_seeded, seed=(seed, int(i), c)),
+                        f"augmented {c + 1}") for c in range(copies) for i in positions]
+
+
+def flipped(sources: Sequence[AnySource], op: int) -> list[Transformed]:
+    """Every source flipped by ``intensity.dihedral(op)`` (test-time augmentation)."""
+    return [Transformed(s, functools.partial(intensity.dihedral, op=op), f"flip {op}") for s in sources]
 RESAMPLE = ("bilinear", "nearest", "bicubic", "lanczos")
 #: Smallest side VGG16's five taps accept (four 2× poolings leave at least one pixel).
 MIN_SIDE = 16
@@ -356,6 +371,13 @@ def check_size(size: object) -> tuple[int, int] | None:
     return (h, w)
 
 
+def _raw_levels(source: AnySource, label: object) -> np.ndarray:
+    """The image as float32 0..255 ``(H, W[, C])``, with the changes of a ``Transformed`` source applied."""
+    if isinstance(source, Transformed):
+        return source.transform(_raw_levels(source.source, label))
+    return to_255(read(source), label)
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How an image becomes network input: intensity normalisation (``intensity.NORMALIZATIONS``,
@@ -387,9 +409,7 @@ class Preprocess:
 
     def gray_levels(self, source: AnySource, label: object) -> np.ndarray:
         """The image as float32 0..255 ``(H, W[, C])``, transformed (a ``Transformed`` source) and normalised."""
-        if isinstance(source, Transformed):
-            return intensity.normalize(source.transform(to_255(read(source.source), label)), self.normalize)
-        return intensity.normalize(to_255(read(source), label), self.normalize)
+        return intensity.normalize(_raw_levels(source, label), self.normalize)
 
     def _check_native(self, rgb: np.ndarray, label: object) -> None:
         if self.size is not None:
