@@ -19,6 +19,7 @@ from .images import RESAMPLE, ImageSource, check_size, probe, source_name
 
 ON_ERROR = ("raise", "skip")
 CLASSIFIERS = ("xgboost", "logistic")
+ASPECTS = ("keep", "squash")
 #: How many unreadable images a fail-fast error lists by name.
 LISTED = 10
 
@@ -26,6 +27,11 @@ LISTED = 10
 def image_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     """``224`` → (224, 224); ``(H, W)`` as is; ``None`` → native size."""
     return check_size(size)
+
+
+def one_side(size: Any) -> bool:
+    """Whether ``image_size`` gives one side (an int), which ``aspect="keep"`` makes the short side."""
+    return isinstance(size, (int, np.integer)) and not isinstance(size, (bool, np.bool_))
 
 
 def parse_image_size(text: str) -> int | tuple[int, int] | None:
@@ -97,6 +103,10 @@ def parameters(est: Any, n_images: int | None = None) -> None:
     real("colsample_bynode", est.colsample_bynode, 0, 1, lo_open=True)
     integer("augment", est.augment, 0, " (augmented copies of every training image; 0: none)")
     choice("classifier", est.classifier, CLASSIFIERS)
+    choice("aspect", est.aspect, ASPECTS)
+    if est.class_weight not in (None, "balanced"):
+        raise ParameterError(f"class_weight={est.class_weight!r}: use 'balanced' (every class weighs the same in "
+                             "training, whatever its number of images) or None")
     real("C", est.C, 0, lo_open=True, hint=" (the logistic head's inverse L2 strength)")
     backbone_and_taps(est.backbone, est.taps)
     size = image_size(est.image_size)

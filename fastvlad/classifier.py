@@ -40,12 +40,18 @@ class BoosterSettings:
         return asdict(self)
 
 
+def balanced_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Sample weights ``(n,)`` that give every class the same total weight: n / (n_classes · count)."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    return (len(y) / (n_classes * counts[y])).astype(np.float32)
+
+
 def train(codes: np.ndarray, y: np.ndarray, n_classes: int, settings: BoosterSettings, device: str = "cpu",
-          seed: int = 0) -> Any:
-    """Fit a booster on codes ``(n, dim)`` float32 and integer labels ``(n,)``."""
+          seed: int = 0, weights: np.ndarray | None = None) -> Any:
+    """Fit a booster on codes ``(n, dim)`` float32 and integer labels ``(n,)`` (``weights``: per sample)."""
     import xgboost as xgb
 
-    dtrain = xgb.QuantileDMatrix(codes, label=y, max_bin=settings.max_bin)
+    dtrain = xgb.QuantileDMatrix(codes, label=y, weight=weights, max_bin=settings.max_bin)
     with progress.bar(settings.n_estimators, "boosting", unit="round") as bar:
         return xgb.train(settings.params(n_classes, device, seed), dtrain, num_boost_round=settings.n_estimators,
                          callbacks=[_advance_per_round(bar)])
@@ -115,12 +121,13 @@ class LinearHead:
         return cls(np.ascontiguousarray(a[:, :-1]), np.ascontiguousarray(a[:, -1]))
 
 
-def train_linear(codes: np.ndarray, y: np.ndarray, n_classes: int, C: float, seed: int = 0) -> LinearHead:
+def train_linear(codes: np.ndarray, y: np.ndarray, n_classes: int, C: float, seed: int = 0,
+                 weights: np.ndarray | None = None) -> LinearHead:
     """Fit the linear head on codes ``(n, dim)`` and integer labels ``(n,)`` in [0, n_classes)
-    (scikit-learn's ``LogisticRegression``, L2 penalty of strength 1/C, lbfgs)."""
+    (scikit-learn's ``LogisticRegression``, L2 penalty of strength 1/C, lbfgs; ``weights``: per sample)."""
     from sklearn.linear_model import LogisticRegression
 
-    lr = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(codes, y)
+    lr = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(codes, y, sample_weight=weights)
     coef, intercept = lr.coef_, lr.intercept_
     if coef.shape[0] == 1:  # two classes: sigmoid(w·x + b) = softmax([0, w·x + b])
         coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])

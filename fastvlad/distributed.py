@@ -325,7 +325,7 @@ def _sample_plan(client: Client, X: Sequence[ImageSource], model: FastVLAD,
     settings = EncoderSettings.of(model)
     plan = sample_plan(len(X), int(model.codebook_images), settings)
     chosen = plan.chosen
-    if settings.image_size is not None and model.on_error != "skip":
+    if settings.image_size is not None and not settings.keep_aspect and model.on_error != "skip":
         h, w = settings.image_size
         points: list[int | ImageReadError] = [min(settings.n_points, h * w)] * len(chosen)
     else:

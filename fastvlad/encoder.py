@@ -56,13 +56,15 @@ class EncoderSettings:
     pca: int | None = None  # hypercolumn PCA components (None: the full hypercolumn)
     whiten: bool = False  # divide the PCA axes by their standard deviations
     normalize: str = "none"  # intensity normalisation before the CNN (intensity.NORMALIZATIONS)
+    keep_aspect: bool = False  # image_size's side is the short side; the long one keeps the proportions
 
     @classmethod
     def of(cls, model: Any) -> EncoderSettings:
         """The settings of an estimator's parameters (``FastVLAD``)."""
         return cls(model.density, checks.image_size(model.image_size), model.resample, model.interpolation,
                    model.intra, model.power, model.random_state, pca=int(model.pca) if model.pca else None,
-                   whiten=bool(model.whiten), normalize=model.normalize)
+                   whiten=bool(model.whiten), normalize=model.normalize,
+                   keep_aspect=model.aspect == "keep" and checks.one_side(model.image_size))
 
     @property
     def n_points(self) -> int:
@@ -70,7 +72,7 @@ class EncoderSettings:
 
     @property
     def preprocess(self) -> Preprocess:
-        return Preprocess(self.image_size, self.resample, self.normalize)
+        return Preprocess(self.image_size, self.resample, self.normalize, self.keep_aspect)
 
 
 @dataclass

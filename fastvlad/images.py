@@ -381,11 +381,14 @@ def _raw_levels(source: AnySource, label: object) -> np.ndarray:
 @dataclass(frozen=True)
 class Preprocess:
     """How an image becomes network input: intensity normalisation (``intensity.NORMALIZATIONS``,
-    at the image's own resolution), size ``(H, W)`` or None (native), resampling filter."""
+    at the image's own resolution), size ``(H, W)`` or None (native), resampling filter. With
+    ``keep_aspect`` the size's shorter side is the image's shorter side and the longer one keeps
+    the image's proportions (a 306×448 tile at (112, 112) becomes 112×164)."""
 
     size: tuple[int, int] | None = (224, 224)
     resample: str = "bilinear"
     normalize: str = "none"
+    keep_aspect: bool = False
 
     def __post_init__(self) -> None:
         if self.resample not in RESAMPLE:
@@ -399,13 +402,20 @@ class Preprocess:
         try:
             values = self.gray_levels(source, label)  # gray stays one channel until resized: 3× less work
             self._check_native(values, label)
-            return caffe(_three_channels(resize(values, self.size, self.resample)))
+            return caffe(_three_channels(resize(values, self.target(values.shape[:2]), self.resample)))
         except FastVLADError:
             raise
         except MemoryError:
             raise ImageReadError(label, "not enough memory to convert it", "use a smaller image_size") from None
         except Exception as exc:  # a decoder or converter failing in a way we did not foresee
             raise ImageReadError(label, f"cannot be converted ({type(exc).__name__}: {exc})", _UNREADABLE) from None
+
+    def target(self, hw: tuple[int, ...]) -> tuple[int, int] | None:
+        """The network input size of an image of ``hw`` pixels."""
+        if self.size is None or not self.keep_aspect:
+            return self.size
+        short, (h, w) = min(self.size), hw[:2]
+        return (short, max(short, round(short * w / h))) if h <= w else (max(short, round(short * h / w)), short)
 
     def gray_levels(self, source: AnySource, label: object) -> np.ndarray:
         """The image as float32 0..255 ``(H, W[, C])``, transformed (a ``Transformed`` source) and normalised."""

@@ -18,6 +18,11 @@ from .options import (
     DEVICE,
     FAITHFUL,
     IMAGE_SIZE,
+    ASPECT,
+    NORMALIZE,
+    CLASSIFIER,
+    AUGMENT,
+    TTA,
     K,
     ON_ERROR,
     PCA,
@@ -43,9 +48,11 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
              report: Optional[Path] = typer.Option(None, help="Write an HTML report (and PNG/JSON) into this folder."),
              confusion_png: Optional[Path] = typer.Option(None, "--confusion", help="Confusion-matrix PNG path."),
              json_out: Optional[Path] = typer.Option(None, "--json", help="Write the numbers as JSON."),
-             density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
+             density: float = DENSITY, k: int = K, image_size: Optional[str] = IMAGE_SIZE, device: str = DEVICE,
              backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED,
-             on_error: str = ON_ERROR, faithful: bool = FAITHFUL, pca: Optional[str] = PCA) -> None:
+             on_error: str = ON_ERROR, faithful: bool = FAITHFUL, pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT,
+          normalize: Optional[str] = NORMALIZE, classifier: Optional[str] = CLASSIFIER,
+          augment: Optional[int] = AUGMENT, tta: Optional[int] = TTA) -> None:
     """Cross-validate (grouped by the 'group' column when present, or leaving one value of --split out
     at a time): accuracy (per held-out group), per-class P/R, confusion, and with --shift the shift check."""
     from ..evaluate import cross_validate, shift_check
@@ -54,7 +61,8 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
         raise ParameterError(f"--shift-images {shift_images}: give a number of images, or 0 for all")
     ds = load(data, on_error)
     split_values = ds.column(split) if split is not None else None
-    est = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca)
+    est = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
+                      normalize=normalize, classifier=classifier, augment=augment, tta=tta)
     sources = [str(p) for p in ds.paths]
     res = cross_validate(est, sources, ds.y, ds.groups, folds, split=split_values,
                          split_name=split.strip().lower() if split else "split")

@@ -18,6 +18,11 @@ from .options import (
     FAITHFUL,
     FP16,
     IMAGE_SIZE,
+    ASPECT,
+    NORMALIZE,
+    CLASSIFIER,
+    AUGMENT,
+    TTA,
     K,
     ON_ERROR,
     PCA,
@@ -34,16 +39,19 @@ from .options import (
 
 def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or a CSV manifest path,label[,group]."),
           output: Path = typer.Option(..., "-o", "--output", help="Model file to write."),
-          density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
+          density: float = DENSITY, k: int = K, image_size: Optional[str] = IMAGE_SIZE, device: str = DEVICE,
           backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
           scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
-          pca: Optional[str] = PCA, fp16: Optional[bool] = FP16) -> None:
+          pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT,
+          normalize: Optional[str] = NORMALIZE, classifier: Optional[str] = CLASSIFIER,
+          augment: Optional[int] = AUGMENT, tta: Optional[int] = TTA, fp16: Optional[bool] = FP16) -> None:
     """Train a model on labelled images and save it as one file."""
     from .. import distributed
 
     check_writable(output)  # an unwritable -o fails before the work, not after it
     ds = load(data, on_error)
-    model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, fp16=bool(fp16))
+    model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
+                      normalize=normalize, classifier=classifier, augment=augment, tta=tta, fp16=bool(fp16))
     with distributed.connect(scheduler, workers, device) as client:
         distributed.fit(client, [str(p) for p in ds.paths], ds.y, model)
     model.save(output)
@@ -90,10 +98,12 @@ def predict(model_path: Path = typer.Argument(..., metavar="MODEL"),
 
 def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-o", "--output", help=".npy file"),
            model_path: Optional[Path] = typer.Option(None, "--model", help="Use this model's codebook (else fit one)."),
-           density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
+           density: float = DENSITY, k: int = K, image_size: Optional[str] = IMAGE_SIZE, device: str = DEVICE,
            backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
            scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
-           pca: Optional[str] = PCA, fp16: Optional[bool] = FP16) -> None:
+           pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT,
+          normalize: Optional[str] = NORMALIZE, classifier: Optional[str] = CLASSIFIER,
+          augment: Optional[int] = AUGMENT, tta: Optional[int] = TTA, fp16: Optional[bool] = FP16) -> None:
     """Write the VLAD codes (n, k·dim) float32 as .npy (NaN rows for skipped images), paths beside it
     (and, when images were skipped, <output>.errors.csv with why)."""
     from .. import distributed
@@ -105,8 +115,9 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
     if model_path:
         model = loaded(model_path, device, on_error, fp16)
     else:
-        model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca,
-                           fp16=bool(fp16))
+        model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
+                      normalize=normalize, classifier=classifier, augment=augment, tta=tta,
+                      fp16=bool(fp16))
     with distributed.connect(scheduler, workers, device) as client:
         if not model_path:
             distributed.fit_codebook(client, paths, model)
