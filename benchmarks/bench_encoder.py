@@ -15,9 +15,9 @@ import pytest
 from conftest import N_IMAGES
 
 from fastvlad import FastVLAD
+from fastvlad.backbone import Backbone
 from fastvlad.backends.cpu import CPU
 from fastvlad.encoder import Encoder, batch_points
-from fastvlad.backbone import Backbone
 from fastvlad.images import iter_batches
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import K, N_IMAGES
+from conftest import N_IMAGES, K
 
 from fastvlad import codebook, reference
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from fastvlad import codebook, datasets, evaluate, hypercolumn, projection, vlad
+from fastvlad.backbone import Backbone
 from fastvlad.backends.cpu import CPU
 from fastvlad.encoder import Encoder, EncoderSettings, Timings, batch_points
-from fastvlad.backbone import Backbone
 from fastvlad.images import iter_batches
 
 NANOFIBER = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nanofiber-sem"

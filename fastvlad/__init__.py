@@ -11,6 +11,7 @@ import os as _os
 # before libgomp is loaded, so it happens on import.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from ._version import __version__  # noqa: E402
 from .errors import (  # noqa: E402
     BackboneError,
     DeviceUnavailableError,
@@ -22,9 +23,6 @@ from .errors import (  # noqa: E402
     ParameterError,
     WriteError,
 )
-
-from ._version import __version__  # noqa: E402
-
 from .estimator import FastVLAD, load  # noqa: E402
 
 __all__ = [

@@ -11,13 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from . import config
+from . import config, intensity
 from .backends import DEVICES
 from .errors import FastVLADError, ImageReadError, InvalidDatasetError, ParameterError
 from .hypercolumn import INTERPOLATION_MODES, points_for_density
 from .images import RESAMPLE, Derived, ImageSource, check_size, probe, source_name
 
 ON_ERROR = ("raise", "skip")
+CLASSIFIERS = ("xgboost", "logistic")
+ASPECTS = ("keep", "squash")
 #: How many unreadable images a fail-fast error lists by name.
 LISTED = 10
 
@@ -25,6 +27,11 @@ LISTED = 10
 def image_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     """``224`` → (224, 224); ``(H, W)`` as is; ``None`` → native size."""
     return check_size(size)
+
+
+def one_side(size: Any) -> bool:
+    """Whether ``image_size`` gives one side (an int), which ``aspect="keep"`` makes the short side."""
+    return isinstance(size, (int, np.integer)) and not isinstance(size, (bool, np.bool_))
 
 
 def parse_image_size(text: str) -> int | tuple[int, int] | None:
@@ -71,6 +78,9 @@ def runtime(est: Any) -> None:
     if not isinstance(est.fp16, (bool, np.bool_)):
         raise ParameterError(f"fp16={est.fp16!r}: give True (a float16 CNN) or False")
     tiling(est)
+    intensity.check(est.normalize)
+    if integer("tta", est.tta, 0, " (flipped copies averaged at predict: 0 to 3)") > 3:
+        raise ParameterError(f"tta={est.tta!r}: an image has 3 flips (left–right, up–down, both); use 0 to 3")
 
 
 def parameters(est: Any, n_images: int | None = None) -> None:
@@ -92,6 +102,13 @@ def parameters(est: Any, n_images: int | None = None) -> None:
         integer("pca", est.pca, 1, " (hypercolumn PCA components, or None for the full hypercolumn)")
     real("learning_rate", est.learning_rate, 0, lo_open=True)
     real("colsample_bynode", est.colsample_bynode, 0, 1, lo_open=True)
+    integer("augment", est.augment, 0, " (augmented copies of every training image; 0: none)")
+    choice("classifier", est.classifier, CLASSIFIERS)
+    choice("aspect", est.aspect, ASPECTS)
+    if est.class_weight not in (None, "balanced"):
+        raise ParameterError(f"class_weight={est.class_weight!r}: use 'balanced' (every class weighs the same in "
+                             "training, whatever its number of images) or None")
+    real("C", est.C, 0, lo_open=True, hint=" (the logistic head's inverse L2 strength)")
     backbone_and_taps(est.backbone, est.taps)
     size = image_size(est.image_size)
     _enough_points(k, density, size, min(codebook_images, n_images or codebook_images))

@@ -1,6 +1,7 @@
-"""Gradient-boosted softmax classifier on VLAD codes: XGBoost ``multi:softprob``, ``hist``.
+"""The classifier on VLAD codes: XGBoost ``multi:softprob``, ``hist`` (the paper's kind of head), or a
+multinomial logistic regression (``LinearHead``).
 
-Defaults mirror scikit-learn's ``GradientBoostingClassifier()`` that the paper used:
+XGBoost's defaults mirror scikit-learn's ``GradientBoostingClassifier()`` that the paper used:
 100 rounds, depth 3, learning rate 0.1.
 """
 
@@ -39,12 +40,18 @@ class BoosterSettings:
         return asdict(self)
 
 
+def balanced_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Sample weights ``(n,)`` that give every class the same total weight: n / (n_classes · count)."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    return (len(y) / (n_classes * counts[y])).astype(np.float32)
+
+
 def train(codes: np.ndarray, y: np.ndarray, n_classes: int, settings: BoosterSettings, device: str = "cpu",
-          seed: int = 0) -> Any:
-    """Fit a booster on codes ``(n, dim)`` float32 and integer labels ``(n,)``."""
+          seed: int = 0, weights: np.ndarray | None = None) -> Any:
+    """Fit a booster on codes ``(n, dim)`` float32 and integer labels ``(n,)`` (``weights``: per sample)."""
     import xgboost as xgb
 
-    dtrain = xgb.QuantileDMatrix(codes, label=y, max_bin=settings.max_bin)
+    dtrain = xgb.QuantileDMatrix(codes, label=y, weight=weights, max_bin=settings.max_bin)
     with progress.bar(settings.n_estimators, "boosting", unit="round") as bar:
         return xgb.train(settings.params(n_classes, device, seed), dtrain, num_boost_round=settings.n_estimators,
                          callbacks=[_advance_per_round(bar)])
@@ -62,11 +69,13 @@ def _advance_per_round(bar: progress.Progress):  # type: ignore[no-untyped-def]
     return Advance()
 
 
-def predict_proba(booster, codes: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Class probabilities ``(n, n_classes)`` float32."""
+def predict_proba(head, codes: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Class probabilities ``(n, n_classes)`` float32 of a fitted head (an XGBoost booster or a ``LinearHead``)."""
+    if isinstance(head, LinearHead):
+        return head.predict_proba(codes)
     import xgboost as xgb
 
-    return booster.predict(xgb.DMatrix(codes)).astype(np.float32)
+    return head.predict(xgb.DMatrix(codes)).astype(np.float32)
 
 
 def to_bytes(booster) -> bytes:  # type: ignore[no-untyped-def]
@@ -80,3 +89,46 @@ def from_bytes(data: bytes):  # type: ignore[no-untyped-def]
     booster = xgb.Booster()
     booster.load_model(bytearray(data))
     return booster
+
+
+# -- the linear head ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LinearHead:
+    """Multinomial logistic regression on the codes: ``p = softmax(codes @ coef.T + intercept)``.
+
+    coef ``(n_classes, dim)`` float32, intercept ``(n_classes,)`` float32; saved as one
+    ``(n_classes, dim + 1)`` array (no pickle)."""
+
+    coef: np.ndarray
+    intercept: np.ndarray
+
+    def margin(self, codes: np.ndarray) -> np.ndarray:
+        """Raw scores ``(n, n_classes)`` float64 (the softmax's input)."""
+        return np.asarray(codes, dtype=np.float64) @ self.coef.T.astype(np.float64) + self.intercept
+
+    def predict_proba(self, codes: np.ndarray) -> np.ndarray:
+        m = self.margin(codes)
+        m -= m.max(axis=1, keepdims=True)
+        e = np.exp(m)
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def to_array(self) -> np.ndarray:
+        return np.hstack([self.coef, self.intercept[:, None]]).astype(np.float32)
+
+    @classmethod
+    def from_array(cls, a: np.ndarray) -> LinearHead:
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        return cls(np.ascontiguousarray(a[:, :-1]), np.ascontiguousarray(a[:, -1]))
+
+
+def train_linear(codes: np.ndarray, y: np.ndarray, n_classes: int, C: float, seed: int = 0,
+                 weights: np.ndarray | None = None) -> LinearHead:
+    """Fit the linear head on codes ``(n, dim)`` and integer labels ``(n,)`` in [0, n_classes)
+    (scikit-learn's ``LogisticRegression``, L2 penalty of strength 1/C, lbfgs; ``weights``: per sample)."""
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(codes, y, sample_weight=weights)
+    coef, intercept = lr.coef_, lr.intercept_
+    if coef.shape[0] == 1:  # two classes: sigmoid(w·x + b) = softmax([0, w·x + b])
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+    return LinearHead(coef.astype(np.float32), intercept.astype(np.float32))

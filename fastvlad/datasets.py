@@ -1,4 +1,4 @@
-"""Datasets on disk: a folder of class sub-folders, or a CSV manifest ``path,label[,group]``.
+"""Datasets on disk: a folder of class sub-folders, or a CSV manifest ``path,label[,group,...]``.
 
 Rules (documented in README, tested in tests/test_datasets.py):
 - A folder holding ``manifest.csv`` is read from the CSV alone; otherwise every image under
@@ -8,7 +8,9 @@ Rules (documented in README, tested in tests/test_datasets.py):
   so that it is reported when decoded instead of silently dropped.
 - The CSV is authoritative: its label wins over the folder an image sits in (a notice
   says how many disagree). Column names are case-insensitive; ``,``, ``;`` or tab
-  separated; UTF-8 (with or without BOM). Paths are relative to the CSV's folder.
+  separated; UTF-8 (with or without BOM). Paths are relative to the CSV's folder. Every
+  column but ``path`` is kept as text in ``Dataset.columns`` (e.g. ``series``, to evaluate
+  leave-one-series-out); ``Dataset.column(name)`` reads one, naming the others when it is missing.
 - Errors (``InvalidDatasetError``): no images, one class, an empty label, duplicate
   paths, a missing ``path`` column, rows of the wrong length, a CSV that is not UTF-8 text,
   and — unless ``check_files=False`` (``on_error="skip"``) — listed files that do not exist.
@@ -22,7 +24,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,7 @@ class Dataset:
     groups: np.ndarray | None  # (n,) str, or None
     root: Path
     pixel_size_nm: np.ndarray | None = None  # (n,) float64 from a pixel_size_nm column, NaN where empty
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # every CSV column but path: (n,) str each
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -61,6 +64,25 @@ class Dataset:
     @property
     def classes(self) -> list[str]:
         return sorted(set(self.labels.tolist())) if self.labels is not None else []
+
+    def column(self, name: str) -> np.ndarray:
+        """The values ``(n,)`` str of a manifest column (names are case-insensitive).
+
+        ``InvalidDatasetError`` when the data has no such column (naming the ones it has) or
+        when some image has no value in it."""
+        key = name.strip().lower()
+        if key not in self.columns:
+            have = ", ".join(repr(c) for c in self.columns) if self.columns else "none (a folder of class sub-folders " \
+                "has no columns)"
+            raise InvalidDatasetError(f"{self.root}: the data has no column {name!r}; its columns are {have}. Give a "
+                                      f"manifest.csv with a {key!r} column, or split by one of those")
+        values = self.columns[key]
+        empty = np.flatnonzero(values == "")
+        if len(empty):
+            shown = ", ".join(str(self.paths[i]) for i in empty[:EXAMPLES])
+            raise InvalidDatasetError(f"{self.root}: {len(empty)} image(s) have no value in column {key!r} (e.g. "
+                                      f"{shown}); fill it in for every image")
+        return values
 
 
 def load(source: str | Path, require_labels: bool = True, check_files: bool = True) -> Dataset:
@@ -152,7 +174,7 @@ def _note_ignored(folder: Path, ignored: Counter[str]) -> None:
 
 # -- CSV manifests ---------------------------------------------------------------------------
 def from_csv(manifest: Path, check_files: bool = True) -> Dataset:
-    """CSV with a ``path`` column (relative to the CSV), optional ``label`` and ``group``."""
+    """CSV with a ``path`` column (relative to the CSV), optional ``label``, ``group`` and any others."""
     header, rows = _read_rows(manifest)
     col = {name: header.index(name) for name in ("path", "label", "group") if name in header}
     paths: list[Path] = []
@@ -180,7 +202,10 @@ def from_csv(manifest: Path, check_files: bool = True) -> Dataset:
     if labels is not None:
         _note_folder_disagreement(manifest, paths, labels)
     pixel_sizes = _pixel_sizes(manifest, header, rows) if "pixel_size_nm" in header else None
-    return Dataset(paths, labels, groups, manifest.parent, pixel_sizes)
+    # A repeated column name keeps its first column, as ``col`` does for path, label and group.
+    columns = {name: np.array([r[j].strip() for _, r in rows]) for j, name in enumerate(header)
+               if name and name != "path" and header.index(name) == j}
+    return Dataset(paths, labels, groups, manifest.parent, pixel_sizes, columns)
 
 
 def _pixel_sizes(manifest: Path, header: list[str], rows: list[tuple[int, list[str]]]) -> np.ndarray:

@@ -35,10 +35,23 @@ import numpy as np
 from sklearn.base import clone
 
 from . import backends, checks, classifier, config
-from .encoder import Encoded, Encoder, EncoderSettings, Timings, fit_centres, sample_plan
-from .errors import DistributedError, ImageReadError, InvalidDatasetError, ModelFormatError, ParameterError
+from .encoder import (
+    Encoded,
+    Encoder,
+    EncoderSettings,
+    Timings,
+    fit_centres,
+    sample_plan,
+)
+from .errors import (
+    DistributedError,
+    ImageReadError,
+    InvalidDatasetError,
+    ModelFormatError,
+    ParameterError,
+)
 from .estimator import check_fitted
-from .images import Derived, ImageSource
+from .images import AnySource, Derived, ImageSource, Transformed, flipped
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -219,9 +232,9 @@ def _encode_part(sources: Sequence[ImageSource], start: int, encoder: tuple[np.n
     return _Part(enc.indices + start, enc.codes, [(i + start, e) for i, e in enc.failed], dict(timings.seconds))
 
 
-def _predict_part(part: _Part, booster: Any) -> _Part:
+def _predict_part(part: _Part, head: Any) -> _Part:
     """Class probabilities of an encoded partition: values (n_ok, n_classes) float32."""
-    proba = classifier.predict_proba(booster, part.values) if len(part.indices) else part.values[:, :0]
+    proba = classifier.predict_proba(head, part.values) if len(part.indices) else part.values[:, :0]
     return _Part(part.indices, proba, part.failed, part.seconds)
 
 
@@ -258,12 +271,12 @@ def _cut(n: int, size: int) -> list[range]:
     return [range(a, min(n, a + size)) for a in range(0, n, size)]
 
 
-def _shipped(X: Sequence[ImageSource], positions: Sequence[int] | np.ndarray) -> list[ImageSource]:
+def _shipped(X: Sequence[AnySource], positions: Sequence[int] | np.ndarray | range) -> list[AnySource]:
     """The images at ``positions`` as sent to a worker: paths made absolute, since a worker's
-    working folder need not be the client's."""
+    working folder need not be the client's (a flipped image's path was made absolute before)."""
     items = [X[i] for i in positions]
     # a tiling.Micrograph or Tile already holds an absolute path
-    return [x if isinstance(x, (np.ndarray, Derived)) else os.path.abspath(x) for x in items]
+    return [x if isinstance(x, (np.ndarray, Derived, Transformed)) else os.path.abspath(x) for x in items]
 
 
 def _gather(client: Client, futures: list[Future]) -> list[Any]:
@@ -305,7 +318,7 @@ def _sum_seconds(parts: Sequence[_Part] | Sequence[_Sample], into: dict[str, flo
             into[stage] = into.get(stage, 0.0) + s
 
 
-def _submit_encode(client: Client, X: Sequence[ImageSource], model: FastVLAD,
+def _submit_encode(client: Client, X: Sequence[AnySource], model: FastVLAD,
                    partition_size: int | None) -> list[Future]:
     """One encoding task per partition; the centres and projection are sent once to every worker."""
     spec = _spec(model)
@@ -326,7 +339,7 @@ def _sample_plan(client: Client, X: Sequence[ImageSource], model: FastVLAD,
     settings = EncoderSettings.of(model)
     plan = sample_plan(len(X), int(model.codebook_images), settings)
     chosen = plan.chosen
-    if settings.image_size is not None and model.on_error != "skip":
+    if settings.image_size is not None and not settings.keep_aspect and model.on_error != "skip":
         h, w = settings.image_size
         points: list[int | ImageReadError] = [min(settings.n_points, h * w)] * len(chosen)
     else:
@@ -390,21 +403,43 @@ def encode(client: Client | None, X: Sequence[ImageSource], model: FastVLAD,
 def predict_proba(client: Client | None, X: Sequence[ImageSource], model: FastVLAD,
                   partition_size: int | None = None) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Class probabilities ``(n, n_classes)`` float32 in input order (NaN rows for skipped
-    images), computed where each partition was encoded, and the skipped (image, reason)."""
+    images), computed where each partition was encoded, and the skipped (image, reason). With
+    the model's ``tta``, the mean over each image and its first ``tta`` flips, as ``predict_proba``."""
     if client is None:
         encoded = model.encode(X)
-        proba_ok = model.predict_proba_codes(encoded.codes)
+        proba = _rows(len(X), encoded.indices, model.predict_proba_codes(encoded.codes))
+        for op in range(1, int(model.tta) + 1):
+            proba += model.proba_of_flip(X, op)
     else:
         check_fitted(model)
         X = checks.sources(X)
-        booster = client.scatter(model.booster_, broadcast=True)
-        futures = [client.submit(_predict_part, f, booster, pure=False)
-                   for f in _submit_encode(client, X, model, partition_size)]
-        encoded = _assemble(len(X), _gather(client, futures))
-        proba_ok = encoded.codes
-    proba = np.full((len(X), len(model.classes_)), np.nan, dtype=np.float32)
-    proba[encoded.indices] = proba_ok
-    return proba, model.describe_failures(X, encoded)
+        n, views = len(X), 1 + int(model.tta)
+        shipped = _shipped(X, range(n))  # absolute paths before they are wrapped in flips
+        everything = shipped + [f for op in range(1, views) for f in flipped(shipped, op)]  # one round of tasks
+        encoded = _encode_and_predict(client, everything, model, partition_size)
+        each = _rows(n * views, encoded.indices, encoded.codes).reshape(views, n, -1)  # probabilities, not codes
+        proba = each[0].copy()
+        for view in each[1:]:
+            proba += view
+        encoded = replace(encoded, failed=[(i, e) for i, e in encoded.failed if i < n])
+    return proba / np.float32(1 + int(model.tta)), model.describe_failures(X, encoded)
+
+
+def _rows(n: int, indices: np.ndarray, proba_ok: np.ndarray) -> np.ndarray:
+    """``(n, n_classes)`` float32: ``proba_ok`` at the readable images' ``indices``, NaN elsewhere."""
+    proba = np.full((n, proba_ok.shape[1]), np.nan, dtype=np.float32)
+    proba[indices] = proba_ok
+    return proba
+
+
+def _encode_and_predict(client: Client, X: Sequence[AnySource], model: FastVLAD,
+                        partition_size: int | None) -> Encoded:
+    """The probabilities of the readable images in ``codes`` (each partition predicted where it
+    was encoded, so only ``(n, n_classes)`` comes back)."""
+    head = client.scatter(model.head_, broadcast=True)
+    futures = [client.submit(_predict_part, f, head, pure=False)
+               for f in _submit_encode(client, X, model, partition_size)]
+    return _assemble(len(X), _gather(client, futures))
 
 
 def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.ndarray, model: FastVLAD,
@@ -414,6 +449,9 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
     if client is None:
         return model.fit(X, y)
     X, y_arr = checks.sources_and_labels(X, y)
+    if model.augment:
+        raise ParameterError(f"augment={model.augment}: augmented training is not available on a Dask cluster yet; "
+                             "train on one machine (no --workers/--scheduler) or set augment=0")
     t0 = time.perf_counter()
     fit_codebook(client, X, model, partition_size)
     codebook_pass = dict(model.timings_)  # summed over the workers, like the local fit's record
@@ -443,14 +481,19 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
 
 
 def _train(client: Client, model: FastVLAD, futures: list[Future], rows: list[int], y: np.ndarray) -> float:
-    """Train the booster with ``xgboost.dask`` on the encoded partitions (rows in input order);
-    sets ``classes_`` and ``booster_``, returns the seconds it took."""
+    """Train the head on the encoded partitions (rows in input order): XGBoost with ``xgboost.dask``,
+    where the codes stay; the logistic head on the client (its codes are small). Sets ``classes_``
+    and ``head_``, returns the seconds it took."""
     import dask.array as da
     import xgboost.dask as dxgb
 
     model.classes_, y_int = np.unique(y, return_inverse=True)
     checks.enough_classes(model.classes_)
     t = time.perf_counter()
+    if model.classifier == "logistic":
+        codes_ok = np.concatenate(_gather(client, [client.submit(_values, f, pure=False) for f in futures]))
+        model.head_ = classifier.train_linear(codes_ok, y_int, len(model.classes_), float(model.C), model.random_state)
+        return time.perf_counter() - t
     dim = model.codebook_.size
     blocks = [da.from_delayed(client.submit(_values, f, pure=False), (r, dim), np.float32)
               for f, r in zip(futures, rows) if r]
@@ -461,6 +504,6 @@ def _train(client: Client, model: FastVLAD, futures: list[Future], rows: list[in
     dtrain = dxgb.DaskQuantileDMatrix(client, codes, labels, max_bin=settings.max_bin)
     out = dxgb.train(client, settings.params(len(model.classes_), device, model.random_state), dtrain,
                      num_boost_round=settings.n_estimators)
-    model.booster_ = out["booster"]
+    model.head_ = out["booster"]
     return time.perf_counter() - t
 

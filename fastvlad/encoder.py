@@ -30,10 +30,24 @@ from typing import Any
 import numpy as np
 
 from . import backbone as backbones
-from . import backends, checks, codebook, config, hypercolumn, progress, projection, vlad
+from . import (
+    backends,
+    checks,
+    codebook,
+    config,
+    hypercolumn,
+    progress,
+    projection,
+    vlad,
+)
 from .backends import Backend
-from .errors import ImageReadError, InvalidDatasetError, ModelFormatError, is_gpu_out_of_memory
-from .images import Batch, ImageSource, Preprocess, iter_batches
+from .errors import (
+    ImageReadError,
+    InvalidDatasetError,
+    ModelFormatError,
+    is_gpu_out_of_memory,
+)
+from .images import AnySource, Batch, Preprocess, iter_batches
 from .projection import Projection
 
 log = logging.getLogger("fastvlad")
@@ -55,13 +69,16 @@ class EncoderSettings:
     random_state: int = 0
     pca: int | None = None  # hypercolumn PCA components (None: the full hypercolumn)
     whiten: bool = False  # divide the PCA axes by their standard deviations
+    normalize: str = "none"  # intensity normalisation before the CNN (intensity.NORMALIZATIONS)
+    keep_aspect: bool = False  # image_size's side is the short side; the long one keeps the proportions
 
     @classmethod
     def of(cls, model: Any) -> EncoderSettings:
         """The settings of an estimator's parameters (``FastVLAD``)."""
         return cls(model.density, checks.image_size(model.image_size), model.resample, model.interpolation,
                    model.intra, model.power, model.random_state, pca=int(model.pca) if model.pca else None,
-                   whiten=bool(model.whiten))
+                   whiten=bool(model.whiten), normalize=model.normalize,
+                   keep_aspect=model.aspect == "keep" and checks.one_side(model.image_size))
 
     @property
     def n_points(self) -> int:
@@ -69,7 +86,7 @@ class EncoderSettings:
 
     @property
     def preprocess(self) -> Preprocess:
-        return Preprocess(self.image_size, self.resample)
+        return Preprocess(self.image_size, self.resample, self.normalize, self.keep_aspect)
 
 
 @dataclass
@@ -231,7 +248,7 @@ class Encoder:
                    getattr(model, "codebook_", None), model.on_error == "skip")
 
     # -- 1. images → batches of pixels and points -------------------------------------------------
-    def batches(self, sources: Sequence[ImageSource]) -> Iterator[Batch]:
+    def batches(self, sources: Sequence[AnySource]) -> Iterator[Batch]:
         """The images decoded ``backend.batch_size`` at a time on the backend's decoding threads, which
         also sample every image's points (about 0.3 ms per image, kept off the thread driving the CNN)."""
         return iter_batches(sources, self.settings.preprocess, self.backend.batch_size, self.skip_errors,
@@ -267,7 +284,7 @@ class Encoder:
         return out
 
     # -- 4. the codebook (fit only) ------------------------------------------------------------------
-    def sample_hypercolumns(self, sources: Sequence[ImageSource], keeps: Sequence[np.ndarray] | None,
+    def sample_hypercolumns(self, sources: Sequence[AnySource], keeps: Sequence[np.ndarray] | None,
                             plan: SamplePlan | None, timings: Timings,
                             bar: Callable[[int], None] | None = None) -> tuple[list[np.ndarray], list[tuple[int, ImageReadError]]]:
         """Full hypercolumns of every readable image of ``sources`` at its kept rows, on the host:
@@ -304,7 +321,7 @@ class Encoder:
         retry.run(n, work)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def codebook_sample(self, sources: Sequence[ImageSource], n_images: int = 100,
+    def codebook_sample(self, sources: Sequence[AnySource], n_images: int = 100,
                         max_points: int = config.CODEBOOK_MAX_POINTS, timings: Timings | None = None) -> np.ndarray:
         """Full hypercolumns ``(m, dim)`` float32 of ``n_images`` random images, ``max_points`` points at most."""
         timings = timings or Timings()
@@ -317,7 +334,7 @@ class Encoder:
                                       f"(e.g. {failed[0][1] if failed else 'no images'}); check the images")
         return np.concatenate(rows)
 
-    def fit_codebook(self, sources: Sequence[ImageSource], k: int, n_images: int = 100,
+    def fit_codebook(self, sources: Sequence[AnySource], k: int, n_images: int = 100,
                      max_points: int = config.CODEBOOK_MAX_POINTS, timings: Timings | None = None) -> Encoder:
         """This encoder with the hypercolumn PCA (when ``settings.pca``) and the k-means centres
         ``(k, p or dim)``, both fitted on one codebook sample of ``sources``."""
@@ -352,7 +369,7 @@ class Encoder:
         timings.add("vlad", t)
         return codes, labels
 
-    def encode_batches(self, sources: Sequence[ImageSource], timings: Timings | None = None,
+    def encode_batches(self, sources: Sequence[AnySource], timings: Timings | None = None,
                        keep: bool = False) -> Iterator[EncodedBatch]:
         """Codes of every image, one decoded batch at a time; with ``keep``, each point's label and
         squared distance too (the hypercolumns are then gathered a second time, for the distances)."""
@@ -386,7 +403,7 @@ class Encoder:
             retry.run(n, work)
             yield kept
 
-    def encode(self, sources: Sequence[ImageSource], timings: Timings | None = None) -> Encoded:
+    def encode(self, sources: Sequence[AnySource], timings: Timings | None = None) -> Encoded:
         """VLAD codes of every image: ``(n, k·dim)`` float32 (dim = p with a projection), one CNN pass each."""
         codes = np.zeros((len(sources), self.centres.size if self.centres is not None else 0), dtype=np.float32)
         done = np.zeros(len(sources), dtype=bool)

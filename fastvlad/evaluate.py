@@ -1,27 +1,64 @@
-"""Cross-validation that runs the CNN once per image.
+"""Cross-validation that runs the CNN once per image, and the shift check of its predictions.
 
 The hypercolumn PCA (with ``pca``) and the codebook are unsupervised: both are fitted once on
 one sample of ALL images (labels unused), every image is encoded once, and only the
-classifier (XGBoost, on the cached codes) is refitted per fold. Folds are
-grouped by the ``group`` column when there is one (tiles of one micrograph never straddle
-train and test), stratified otherwise.
+classifier (XGBoost, on the cached codes) is refitted per fold. Folds are:
+
+- with ``split`` (a value per image, e.g. the material series): leave-one-group-out over it,
+  every value held out once, with the accuracy of each held-out value and their mean and spread
+  (what a user sees on a sample of a series the model never saw);
+- otherwise grouped by the ``group`` column when there is one (tiles of one micrograph never
+  straddle train and test), stratified when there is none.
+
+``shift_check`` re-predicts out-of-fold images under acquisition changes (``intensity.SHIFTS``:
+gain, offset, gamma, blur, noise), each with the classifier of the fold that held it out, and
+reports the share of predictions that change.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+)
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from . import progress
 from .encoder import Encoder, Timings
-from .errors import InvalidDatasetError
+from .errors import InvalidDatasetError, ParameterError
 from .estimator import FastVLAD
+from .images import ImageSource, Transformed, augmented, flipped
+
+#: Images re-predicted under each change by the shift check unless told otherwise.
+SHIFT_IMAGES = 200
+
+
+@dataclass
+class ShiftCheck:
+    """Out-of-fold predictions under acquisition changes: how many change, and the accuracy."""
+
+    rows: np.ndarray  # (m,) rows of the CV result re-predicted (a seeded stratified sample)
+    accuracy: float  # out-of-fold accuracy on those rows, unchanged
+    changes: list[dict[str, Any]]  # per change: name, n, flipped (share of predictions changed), accuracy, seconds
+    seconds: float  # the whole check: every change's CNN passes and predictions
+    stratified_by: str = "class"  # what the sample is stratified by, e.g. "series and class"
+
+    @property
+    def max_flipped(self) -> float:
+        return max((c["flipped"] for c in self.changes), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_images": int(len(self.rows)), "accuracy_unchanged": self.accuracy, "changes": self.changes,
+                "max_flipped": self.max_flipped, "seconds": self.seconds, "stratified_by": self.stratified_by}
 
 
 @dataclass
@@ -29,17 +66,30 @@ class CVResult:
     classes: list[str]
     y_true: np.ndarray  # (n,) class names
     y_pred: np.ndarray  # (n,) out-of-fold predictions
-    proba: np.ndarray  # (n, n_classes) out-of-fold probabilities
+    proba: np.ndarray  # (n, n_classes) out-of-fold probabilities (0 for a class its fold never trained on)
     fold: np.ndarray  # (n,) fold index of each image
-    fold_accuracy: list[float]
+    fold_accuracy: list[float]  # per fold; with leave-one-group-out, per held-out group
     grouped: bool
     seconds: dict[str, float] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     indices: np.ndarray | None = None  # (n,) position of each row's image in the list given to cross_validate
     backbone_sha256: str = ""
+    #: The column a fold keeps together ("series" with a split, "group" for grouped K-fold) and its
+    #: value per row (n,), or None (stratified folds): the confound warning and the shift check's strata.
+    group_by: str | None = None
+    row_groups: np.ndarray | None = None
+    leave_one_out: bool = False  # each fold holds out one value of ``group_by``
+    fold_names: list[str] = field(default_factory=list)  # the held-out value of each fold, or "1", "2", …
+    missing: list[list[str]] = field(default_factory=list)  # per fold: test classes absent from its training set
+    shift: ShiftCheck | None = None  # set by ``shift_check``
+    # What the shift check re-predicts with: the fitted encoder and each fold's classifier (not saved).
+    encoder: Encoder | None = field(default=None, repr=False, compare=False)
+    models: list[Any] = field(default_factory=list, repr=False, compare=False)
+    tta: int = 0  # flips averaged into every prediction (the shift check does the same)
 
     @property
     def accuracy(self) -> float:
+        """Mean over folds (over held-out groups with leave-one-group-out)."""
         return float(np.mean(self.fold_accuracy))
 
     @property
@@ -54,16 +104,67 @@ class CVResult:
     def confusion(self) -> np.ndarray:
         return confusion_matrix(self.y_true, self.y_pred, labels=self.classes)
 
+    def per_fold(self) -> list[dict[str, Any]]:
+        """Per fold (per held-out group): name, n, accuracy, class counts of its test images, and
+        the classes among them its classifier never saw in training."""
+        names = self.fold_names or [str(f + 1) for f in range(len(self.fold_accuracy))]
+        out = []
+        for f, (name, acc) in enumerate(zip(names, self.fold_accuracy)):
+            test = self.fold == f
+            counts = {c: int(n) for c, n in zip(*np.unique(self.y_true[test], return_counts=True))}
+            out.append({"held_out": name, "n": int(test.sum()), "accuracy": acc, "classes": counts,
+                        "missing_from_training": self.missing[f] if f < len(self.missing) else []})
+        return out
+
+    def confounds(self) -> list[tuple[str, str]]:
+        """(class, value) for every class whose images all share one value of ``group_by``."""
+        return confounds(self.y_true, self.row_groups)
+
+    def warnings(self) -> list[str]:
+        """One line per confounded class (``confounds``)."""
+        return [confound_warning(c, v, self.group_by or "group") for c, v in self.confounds()]
+
     def to_dict(self) -> dict[str, Any]:
+        acc = np.asarray(self.fold_accuracy, dtype=float)
         return {"accuracy_mean": self.accuracy, "accuracy_std": self.accuracy_std,
+                "accuracy_min": float(acc.min()), "accuracy_max": float(acc.max()),
                 "fold_accuracy": self.fold_accuracy, "pooled_accuracy": float(accuracy_score(self.y_true, self.y_pred)),
-                "grouped": self.grouped, "classes": self.classes, "per_class": self.per_class(),
+                "grouped": self.grouped, "split_by": self.group_by if self.leave_one_out else None,
+                "folds": self.per_fold(), "warnings": self.warnings(),
+                "classes": self.classes, "per_class": self.per_class(),
                 "confusion": self.confusion().tolist(), "seconds": self.seconds, "n_images": int(len(self.y_true)),
-                "skipped": self.skipped}
+                "skipped": self.skipped, "shift": self.shift.to_dict() if self.shift is not None else None}
 
 
-def folds(y: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int) -> np.ndarray:
-    """Fold index of every image: grouped-stratified with groups, stratified without."""
+def confounds(y: np.ndarray, values: np.ndarray | None) -> list[tuple[str, str]]:
+    """(class, value) for every class of ``y`` (n,) whose images all have the same ``values`` (n,)
+    entry: a classifier can then score by recognising the value (the series) instead of the class."""
+    if values is None:
+        return []
+    y, values = np.asarray(y), np.asarray(values)
+    out = []
+    for c in sorted(set(y.tolist())):
+        seen = set(values[y == c].tolist())
+        if len(seen) == 1:
+            out.append((str(c), str(seen.pop())))
+    return out
+
+
+def confound_warning(cls: str, value: str, column: str) -> str:
+    return (f"warning: class {cls} comes from one {column} only ({value}): accuracy here cannot tell class "
+            f"from {column}")
+
+
+def folds(y: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int,
+          split: np.ndarray | None = None) -> np.ndarray:
+    """Fold index of every image: with ``split``, one fold per value (sorted), leave-one-group-out;
+    otherwise grouped-stratified with groups, stratified without."""
+    if split is not None:
+        values, fold = np.unique(np.asarray(split), return_inverse=True)
+        if len(values) < 2:
+            raise InvalidDatasetError(f"cannot leave one group out: every image has the same split value "
+                                      f"{values[0]!r}; split by a column with at least two values")
+        return fold.astype(np.int64)
     n_splits_ok = min(n_splits, len(np.unique(groups)) if groups is not None else np.bincount(
         np.unique(y, return_inverse=True)[1]).min())
     if n_splits_ok < 2:
@@ -76,34 +177,195 @@ def folds(y: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int) ->
     return fold
 
 
-def cross_validate(estimator: FastVLAD, X: list, y: np.ndarray, groups: np.ndarray | None = None,
-                   n_splits: int = 5) -> CVResult:
-    """Out-of-fold predictions for every image; the CNN runs once per image."""
-    t0 = time.perf_counter()
+class OneClass:
+    """The classifier of a training set that holds one class (holding out the only other series):
+    XGBoost cannot train on it, and the only answer its data allows is that class."""
+
+    def __init__(self, cls: str) -> None:
+        self.classes_ = np.array([cls])
+
+    def predict_proba_codes(self, codes: np.ndarray) -> np.ndarray:
+        return np.ones((len(codes), 1), dtype=np.float32)
+
+
+@dataclass
+class CodeSet:
+    """Every image's codes under one encoder fitted on a sample of them (labels unused), computed
+    once for any number of fold schemes: the images', their augmented copies' (``augment``) and
+    their flips' (``tta``)."""
+
+    encoder: Encoder
+    codes: np.ndarray  # (n_ok, D) float32, rows in ``indices`` order
+    indices: np.ndarray  # (n_ok,) positions of the readable images in X
+    failed: list[tuple[int, Any]]
+    augmented: np.ndarray  # (m, D) float32 codes of augmented copies
+    augmented_of: np.ndarray  # (m,) the row of ``codes`` each copy was made from
+    views: list[np.ndarray]  # per flip of ``tta``: (n_ok, D) float32, NaN where a flip could not be read
+    seconds: dict[str, float]
+
+
+def encode_images(estimator: FastVLAD, X: Sequence[ImageSource]) -> CodeSet:
+    """Fit ``estimator``'s PCA and codebook on a sample of ``X`` and encode every image once, with the
+    augmented copies (``augment``) and flips (``tta``) the estimator asks for."""
     est = clone(estimator)
     X = list(X)
     timings = Timings()
     encoder = Encoder.of(est).fit_codebook(X, int(est.k), int(est.codebook_images), timings=timings)
     enc = encoder.encode(X, timings)
-    codes, y_ok = enc.codes, np.asarray(y)[enc.indices]
-    g_ok = np.asarray(groups)[enc.indices] if groups is not None else None
-    fold = folds(y_ok, g_ok, n_splits, est.random_state)
+    seconds = dict(timings.seconds)
+    t, extra = time.perf_counter(), Timings()
+    aug = encoder.encode(augmented(X, enc.indices, int(est.augment), est.random_state), extra) if est.augment else None
+    if aug is not None:  # as fit reports them: the copies' CNN passes, and their whole encoding
+        seconds["augment_cnn"], seconds["augment"] = extra.seconds["cnn"], time.perf_counter() - t
+    views = []
+    for op in range(1, int(est.tta) + 1):
+        t = time.perf_counter()
+        flip = encoder.encode(flipped([X[i] for i in enc.indices], op))
+        view = np.full(enc.codes.shape, np.nan, dtype=np.float32)
+        view[flip.indices] = flip.codes
+        views.append(view)
+        seconds["tta"] = seconds.get("tta", 0.0) + time.perf_counter() - t
+    width = enc.codes.shape[1]
+    return CodeSet(encoder, enc.codes, enc.indices, enc.failed,
+                   aug.codes if aug is not None else np.zeros((0, width), np.float32),
+                   aug.indices % max(1, len(enc.indices)) if aug is not None else np.zeros(0, np.int64),
+                   views, seconds)
+
+
+def cross_validate(estimator: FastVLAD, X: Sequence[ImageSource], y: np.ndarray, groups: np.ndarray | None = None,
+                   n_splits: int = 5, split: np.ndarray | None = None, split_name: str = "split",
+                   codes: CodeSet | None = None) -> CVResult:
+    """Out-of-fold predictions for every image; the CNN runs once per image.
+
+    ``split`` (n,): leave-one-group-out over its values (``split_name`` names them in messages,
+    e.g. "series"); ``n_splits`` and ``groups`` are then unused for the folds. A fold whose
+    training set lacks a class gives it probability 0 (``CVResult.missing`` says which).
+    ``codes``: ``encode_images(estimator, X)`` when already at hand (several fold schemes on one
+    encoding). A fold's classifier also learns from its training images' augmented copies, and
+    predicts the mean over an image's flips with ``tta``, as ``fit`` and ``predict_proba`` do.
+    """
+    t0 = time.perf_counter()
+    est = clone(estimator)
+    X = list(X)
+    for name, column in (("groups", groups), ("split", split)):
+        if column is not None and len(column) != len(X):
+            raise ParameterError(f"{name} has {len(column)} values for {len(X)} images; give one per image")
+    cs = codes if codes is not None else encode_images(est, X)
+    y_ok = np.asarray(y).astype(str)[cs.indices]
+    g_ok = np.asarray(groups).astype(str)[cs.indices] if groups is not None else None
+    s_ok = np.asarray(split).astype(str)[cs.indices] if split is not None else None
+    fold = folds(y_ok, g_ok, n_splits, est.random_state, s_ok)
+    n_folds = int(fold.max()) + 1
     classes = sorted(set(y_ok.tolist()))
     pred = np.empty(len(y_ok), dtype=object)
     proba = np.zeros((len(y_ok), len(classes)), dtype=np.float32)
     accs: list[float] = []
+    missing: list[list[str]] = []
+    models: list[Any] = []
     t = time.perf_counter()
-    with progress.bar(int(fold.max()) + 1, "cross-validation", unit="fold") as bar:
-        for f in range(int(fold.max()) + 1):
+    with progress.bar(n_folds, "cross-validation", unit="fold") as bar:
+        for f in range(n_folds):
             train, test = fold != f, fold == f
-            model = clone(est).fit_codes(codes[train], y_ok[train])
-            p = model.predict_proba_codes(codes[test])
+            seen = sorted(set(y_ok[train].tolist()))
+            copies = np.isin(cs.augmented_of, np.flatnonzero(train))
+            model = OneClass(seen[0]) if len(seen) == 1 else clone(est).fit_codes(
+                np.concatenate([cs.codes[train], cs.augmented[copies]]),
+                np.concatenate([y_ok[train], y_ok[cs.augmented_of[copies]]]))
+            p = mean_proba(model, [cs.codes[test], *(v[test] for v in cs.views)])
             cols = np.array([classes.index(c) for c in model.classes_])
             proba[np.ix_(np.flatnonzero(test), cols)] = p
             pred[test] = model.classes_[p.argmax(axis=1)]
             accs.append(float((pred[test] == y_ok[test]).mean()))
+            missing.append(sorted(set(y_ok[test].tolist()) - set(seen)))
+            models.append(model)
             bar.advance()
-    seconds = {**timings.seconds, "classifier": time.perf_counter() - t, "total": time.perf_counter() - t0}
-    skipped = [(str(X[i]), str(e)) for i, e in enc.failed]
-    return CVResult(classes, y_ok, pred.astype(str), proba, fold, accs, groups is not None, seconds, skipped,
-                    enc.indices, encoder.cnn.sha256)
+    seconds = {**cs.seconds, "classifier": time.perf_counter() - t, "total": time.perf_counter() - t0}
+    skipped = [(str(X[i]), str(e)) for i, e in cs.failed]
+    names = [str(v) for v in np.unique(s_ok)] if s_ok is not None else [str(f + 1) for f in range(n_folds)]
+    return CVResult(classes, y_ok, pred.astype(str), proba, fold, accs, groups is not None or split is not None,
+                    seconds, skipped, cs.indices, cs.encoder.cnn.sha256,
+                    group_by=split_name if split is not None else "group" if groups is not None else None,
+                    row_groups=s_ok if s_ok is not None else g_ok, leave_one_out=split is not None,
+                    fold_names=names, missing=missing, encoder=cs.encoder, models=models,
+                    tta=len(cs.views))
+
+
+def mean_proba(model: Any, views: Sequence[np.ndarray]) -> np.ndarray:
+    """A fold classifier's probabilities ``(n, C)``, averaged over an image's views (the image, its
+    flips); a view that could not be read (NaN row) is left out of its image's mean."""
+    stack = np.stack([model.predict_proba_codes(v) for v in views])
+    return np.nanmean(stack, axis=0).astype(np.float32) if len(views) > 1 else stack[0]
+
+
+def stratified_rows(strata: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` rows of ``strata`` (n_rows,), seeded, each stratum in proportion to its size and every
+    stratum present once ``n`` reaches their number: sorted (≤ n,) int64.
+
+    Within a stratum the rows are shuffled; a row's key is its rank there over the stratum's size,
+    so the first row of every stratum comes first, then rows in proportion to the sizes."""
+    rng = np.random.default_rng(seed)
+    strata = np.asarray(strata)
+    if n >= len(strata):
+        return np.arange(len(strata))
+    key = np.empty(len(strata))
+    for value in np.unique(strata):
+        rows = rng.permutation(np.flatnonzero(strata == value))
+        key[rows] = np.arange(len(rows)) / len(rows)
+    tie = rng.permutation(len(strata))  # equal keys (the first rows of every stratum…) in random order
+    return np.sort(np.lexsort((tie, key))[:n])
+
+
+def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None = SHIFT_IMAGES,
+                shifts: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+                random_state: int = 0) -> ShiftCheck:
+    """Re-predict out-of-fold images under each change of ``shifts`` (default ``intensity.SHIFTS``),
+    each with the classifier of the fold that held it out, and record it in ``result.shift``.
+
+    ``X``: the images given to ``cross_validate`` (same order). ``n_images``: a seeded sample, stratified
+    by the held-out group (or ``group``) and class; None for every image. Each change costs one CNN
+    pass per image.
+    """
+    from . import intensity
+
+    if result.encoder is None or len(result.models) != len(result.fold_accuracy):
+        raise ParameterError("this CV result has no fitted encoder and fold classifiers; run cross_validate in this "
+                             "process and pass its result")
+    X = list(X)
+    indices = result.indices if result.indices is not None else np.arange(len(result.y_true))
+    if len(indices) and int(np.max(indices)) >= len(X):
+        raise ParameterError(f"X has {len(X)} images but the CV result refers to image #{int(np.max(indices))}; "
+                             "pass the same images as to cross_validate")
+    if n_images is not None and n_images < 1:
+        raise ParameterError(f"n_images={n_images}: give at least 1 (or None for every image)")
+    shifts = intensity.SHIFTS if shifts is None else shifts
+    groups = result.row_groups if result.row_groups is not None else np.full(len(result.y_true), "")
+    strata = np.array([f"{g}\x00{c}" for g, c in zip(groups.tolist(), result.y_true.tolist())])
+    rows = stratified_rows(strata, len(strata) if n_images is None else n_images, random_state)
+    t0 = time.perf_counter()
+    changes = []
+    for name, fn in shifts.items():
+        t = time.perf_counter()
+        sources = [Transformed(X[int(indices[r])], fn, name) for r in rows]
+        enc = result.encoder.encode(sources)
+        ok = rows[enc.indices]  # rows whose changed image could be read
+        views = [enc.codes]
+        for op in range(1, result.tta + 1):  # the same flips the CV predictions averaged over
+            flip = result.encoder.encode(flipped([sources[i] for i in enc.indices], op))
+            view = np.full(enc.codes.shape, np.nan, dtype=np.float32)
+            view[flip.indices] = flip.codes
+            views.append(view)
+        pred = np.empty(len(ok), dtype=object)
+        for f in np.unique(result.fold[ok]):
+            at = result.fold[ok] == f
+            model = result.models[f]
+            pred[at] = model.classes_[mean_proba(model, [v[at] for v in views]).argmax(axis=1)]
+        pred = pred.astype(str)
+        changes.append({"name": name, "n": int(len(ok)),
+                        "flipped": float((pred != result.y_pred[ok]).mean()) if len(ok) else 0.0,
+                        "accuracy": float((pred == result.y_true[ok]).mean()) if len(ok) else 0.0,
+                        "seconds": time.perf_counter() - t})
+    check = ShiftCheck(rows, float((result.y_pred[rows] == result.y_true[rows]).mean()) if len(rows) else 0.0,
+                       changes, time.perf_counter() - t0,
+                       f"{result.group_by} and class" if result.row_groups is not None else "class")
+    result.shift = check
+    return check

@@ -19,7 +19,8 @@ import numpy as np
 
 from . import progress
 from ._files import write_bytes_atomic
-from .encoder import Encoder, EncodedBatch
+from .classifier import LinearHead
+from .encoder import EncodedBatch, Encoder
 from .errors import NotFittedError, ParameterError
 from .images import CAFFE_MEAN_BGR, ImageSource, read, to_rgb255
 
@@ -47,15 +48,21 @@ class Explanation:
         return self.contributions[self.target]
 
 
-def codeword_contributions(booster: Any, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """TreeSHAP contributions summed per codeword: codes ``(n, k·dim)`` → ``(n, C, k)``, bias ``(n, C)``.
+def codeword_contributions(head: Any, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature contributions summed per codeword: codes ``(n, k·dim)`` → ``(n, C, k)``, bias ``(n, C)``.
 
-    A single-output (binary) booster is returned as two classes, the first the negation of the second."""
+    An XGBoost booster's are its exact TreeSHAP values; a ``LinearHead``'s are exact too, ``coef·x``
+    (bias: the intercept). A single-output (binary) booster is returned as two classes, the first
+    the negation of the second."""
     import xgboost as xgb
 
     if codes.shape[1] % k:
         raise ParameterError(f"code width {codes.shape[1]} is not a multiple of k = {k}; the model file is inconsistent")
-    contribs = booster.predict(xgb.DMatrix(codes), pred_contribs=True)
+    if isinstance(head, LinearHead):
+        contribs = np.concatenate([codes[:, None, :] * head.coef[None], np.broadcast_to(
+            head.intercept[None, :, None], (len(codes), len(head.intercept), 1))], axis=2)
+    else:
+        contribs = head.predict(xgb.DMatrix(codes), pred_contribs=True)
     if contribs.ndim == 2:
         contribs = np.stack([-contribs, contribs], axis=1)
     n, c, _ = contribs.shape
@@ -63,18 +70,20 @@ def codeword_contributions(booster: Any, codes: np.ndarray, k: int) -> tuple[np.
     return per_codeword.astype(np.float32), contribs[:, :, -1].astype(np.float32)
 
 
-def raw_margin(booster: Any, codes: np.ndarray) -> np.ndarray:
+def raw_margin(head: Any, codes: np.ndarray) -> np.ndarray:
     """Untransformed scores ``(n, C)`` float32 (binary boosters as ``[-m, m]``, like ``codeword_contributions``)."""
     import xgboost as xgb
 
-    m = booster.predict(xgb.DMatrix(codes), output_margin=True)
+    if isinstance(head, LinearHead):
+        return head.margin(codes).astype(np.float32)
+    m = head.predict(xgb.DMatrix(codes), output_margin=True)
     return (np.stack([-m, m], axis=1) if m.ndim == 1 else m).astype(np.float32)
 
 
 def _encode_batches(model: Any, sources: Sequence[ImageSource]) -> Iterator[EncodedBatch]:
     """The model's encoding, batch by batch, with every point's label and distance: the labels are
     the ones behind ``predict``'s codes (``Encoder.encode_batches``)."""
-    if not hasattr(model, "booster_"):
+    if not hasattr(model, "head_"):
         raise NotFittedError("this FastVLAD has no classifier yet; fit it or fastvlad.load(path) first")
     return Encoder.of(model).encode_batches(sources, keep=True)
 
@@ -87,7 +96,7 @@ def explain(model: Any, source: ImageSource, target: str | None = None) -> Expla
     if enc is None or not enc.batch.indices:
         raise ParameterError(f"{source if not isinstance(source, np.ndarray) else 'array'}: the image could not be read")
     k = model.codebook_.shape[0]
-    contributions, bias = codeword_contributions(model.booster_, enc.codes, k)
+    contributions, bias = codeword_contributions(model.head_, enc.codes, k)
     proba = model.predict_proba_codes(enc.codes)[0]
     classes = [str(c) for c in model.classes_]
     if target is not None and target not in classes:
@@ -96,7 +105,7 @@ def explain(model: Any, source: ImageSource, target: str | None = None) -> Expla
     image = np.clip(to_rgb255(read(source)), 0, 255).astype(np.uint8)
     pixels, points = enc.batch.pixels, enc.batch.points
     return Explanation(image, (pixels.shape[2], pixels.shape[3]), points[0], enc.labels[0],  # type: ignore[index]
-                       classes, proba, t, contributions[0], bias[0], raw_margin(model.booster_, enc.codes)[0])
+                       classes, proba, t, contributions[0], bias[0], raw_margin(model.head_, enc.codes)[0])
 
 
 def save_overlay(expl: Explanation, path: str | Path) -> tuple[Path, Path]:
@@ -170,7 +179,7 @@ def rank_codewords(model: Any, sources: Sequence[ImageSource], n_patches: int = 
             bar.advance(len(enc.batch.indices) + len(enc.batch.failed))
             if not enc.batch.indices:
                 continue
-            contrib, _ = codeword_contributions(model.booster_, enc.codes, k)
+            contrib, _ = codeword_contributions(model.head_, enc.codes, k)
             sum_abs += np.abs(contrib).sum(axis=0)
             sum_signed += contrib.sum(axis=0)
             n_seen += len(enc.batch.indices)

@@ -17,6 +17,7 @@ Anything that goes wrong while turning one source into network input is an
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import queue
@@ -32,7 +33,7 @@ from typing import Any, Optional, Protocol, Union, runtime_checkable
 
 import numpy as np
 
-from . import config, microscopy
+from . import config, intensity, microscopy
 from .errors import FastVLADError, ImageReadError, ParameterError
 
 log = logging.getLogger("fastvlad")
@@ -59,6 +60,37 @@ class Derived(Protocol):
 
 
 ImageSource = Union[str, Path, np.ndarray, Derived]
+
+
+@dataclass(frozen=True)
+class Transformed:
+    """An image as read, then changed by ``transform`` (float32 0..255 → same) before the
+    normalisation and resize: an augmented copy at fit, a test-time copy, a shift-check change."""
+
+    source: ImageSource | Transformed  # a user's image, or one changed already (a flip of a shift)
+    transform: Callable[[np.ndarray], np.ndarray]
+    tag: str  # what was done, for names in messages
+
+    def __str__(self) -> str:
+        return f"{source_name(self.source)} [{self.tag}]"
+
+
+#: What the encoder reads: a user's image, or one changed on the way (``Transformed``).
+AnySource = Union[ImageSource, Transformed]
+
+
+def augmented(sources: Sequence[AnySource], positions: Sequence[int] | np.ndarray, copies: int,
+              seed: int) -> list[Transformed]:
+    """``copies`` randomly flipped and re-exposed copies (``intensity.jitter``) of the sources at
+    ``positions``, copy after copy: entry ``c·len(positions) + j`` is copy c of ``positions[j]``.
+    Each is seeded by (``seed``, its position, c), so a copy does not depend on the others."""
+    return [Transformed(sources[int(i)], functools.partial(intensity.jitter_seeded, seed=(seed, int(i), c)),
+                        f"augmented {c + 1}") for c in range(copies) for i in positions]
+
+
+def flipped(sources: Sequence[AnySource], op: int) -> list[Transformed]:
+    """Every source flipped by ``intensity.dihedral(op)`` (test-time augmentation)."""
+    return [Transformed(s, functools.partial(intensity.dihedral, op=op), f"flip {op}") for s in sources]
 RESAMPLE = ("bilinear", "nearest", "bicubic", "lanczos")
 #: Smallest side VGG16's five taps accept (four 2× poolings leave at least one pixel).
 MIN_SIDE = 16
@@ -372,32 +404,57 @@ def check_size(size: object) -> tuple[int, int] | None:
     return (h, w)
 
 
+def _raw_levels(source: AnySource, label: object) -> np.ndarray:
+    """The image as float32 0..255 ``(H, W[, C])``, with the changes of a ``Transformed`` source applied."""
+    if isinstance(source, Transformed):
+        return source.transform(_raw_levels(source.source, label))
+    if isinstance(source, Derived):  # a tile keeps its micrograph's conversion to 0..255
+        return source.pixels_255()
+    return to_255(read(source), label)
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """How an image becomes network input: size ``(H, W)`` or None (native), resampling filter."""
+    """How an image becomes network input: intensity normalisation (``intensity.NORMALIZATIONS``,
+    at the image's own resolution), size ``(H, W)`` or None (native), resampling filter. With
+    ``keep_aspect`` the size's shorter side is the image's shorter side and the longer one keeps
+    the image's proportions (a 306×448 tile at (112, 112) becomes 112×164)."""
 
     size: tuple[int, int] | None = (224, 224)
     resample: str = "bilinear"
+    normalize: str = "none"
+    keep_aspect: bool = False
 
     def __post_init__(self) -> None:
         if self.resample not in RESAMPLE:
             raise ParameterError(f"resample={self.resample!r} is unknown; use one of {RESAMPLE}")
         object.__setattr__(self, "size", check_size(self.size))
+        intensity.check(self.normalize)
 
-    def __call__(self, source: ImageSource, name: object = None) -> np.ndarray:
+    def __call__(self, source: AnySource, name: object = None) -> np.ndarray:
         """One image → (3, H, W) float32 network input; any failure is an ``ImageReadError``."""
         label = name if name is not None else source_name(source)
         try:
-            # gray stays one channel until resized: 3× less work
-            values = source.pixels_255() if isinstance(source, Derived) else to_255(read(source), label)
+            values = self.gray_levels(source, label)  # gray stays one channel until resized: 3× less work
             self._check_native(values, label)
-            return caffe(_three_channels(resize(values, self.size, self.resample)))
+            return caffe(_three_channels(resize(values, self.target(values.shape[:2]), self.resample)))
         except FastVLADError:
             raise
         except MemoryError:
             raise ImageReadError(label, "not enough memory to convert it", "use a smaller image_size") from None
         except Exception as exc:  # a decoder or converter failing in a way we did not foresee
             raise ImageReadError(label, f"cannot be converted ({type(exc).__name__}: {exc})", _UNREADABLE) from None
+
+    def target(self, hw: tuple[int, ...]) -> tuple[int, int] | None:
+        """The network input size of an image of ``hw`` pixels."""
+        if self.size is None or not self.keep_aspect:
+            return self.size
+        short, (h, w) = min(self.size), hw[:2]
+        return (short, max(short, round(short * w / h))) if h <= w else (max(short, round(short * h / w)), short)
+
+    def gray_levels(self, source: AnySource, label: object) -> np.ndarray:
+        """The image as float32 0..255 ``(H, W[, C])``, transformed (a ``Transformed`` source) and normalised."""
+        return intensity.normalize(_raw_levels(source, label), self.normalize)
 
     def _check_native(self, rgb: np.ndarray, label: object) -> None:
         if self.size is not None:
@@ -423,7 +480,7 @@ class Batch:
     points: np.ndarray | None = None
 
 
-def iter_batches(sources: Sequence[ImageSource], prep: Preprocess, batch_size: int,
+def iter_batches(sources: Sequence[AnySource], prep: Preprocess, batch_size: int,
                  skip_errors: bool = False, prefetch: int = 2, threads: int = 1,
                  points_of: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[Batch]:
     """Decode ``sources`` on background threads, ``batch_size`` at a time, while the caller computes.
@@ -470,7 +527,7 @@ def iter_batches(sources: Sequence[ImageSource], prep: Preprocess, batch_size: i
 _Decoded = Union[tuple[np.ndarray, Optional[np.ndarray]], ImageReadError]
 
 
-def _decoded(sources: Sequence[ImageSource], prep: Preprocess, chunk: int, threads: int,
+def _decoded(sources: Sequence[AnySource], prep: Preprocess, chunk: int, threads: int,
              points_of: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[tuple[int, _Decoded]]:
     """(position, (pixels, points) or why it could not be read) of every source, in order;
     ``threads`` threads decode ``chunk`` sources at a time (Pillow and NumPy release the GIL)."""
@@ -497,7 +554,7 @@ def _decoded(sources: Sequence[ImageSource], prep: Preprocess, chunk: int, threa
             pool.shutdown(cancel_futures=True)
 
 
-def _decode_batches(sources: Sequence[ImageSource], prep: Preprocess, batch_size: int, skip_errors: bool,
+def _decode_batches(sources: Sequence[AnySource], prep: Preprocess, batch_size: int, skip_errors: bool,
                     threads: int = 1, points_of: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[Batch]:
     indices: list[int] = []
     pixels: list[np.ndarray] = []

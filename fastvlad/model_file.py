@@ -34,8 +34,9 @@ VERSION = 1
 class ModelContents:
     config: dict[str, Any]
     codebook: np.ndarray
-    booster: bytes
+    booster: bytes | None  # XGBoost UBJSON (classifier="xgboost"), or None with ``linear``
     projection: np.ndarray | None = None  # (dim + 1, p) float32 hypercolumn PCA, see projection.Projection
+    linear: np.ndarray | None = None  # (n_classes, code width + 1) float32 logistic head, see classifier.LinearHead
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -50,8 +51,11 @@ def save(path: str | os.PathLike[str], contents: ModelContents) -> Path:
         "format.json": json.dumps({"format": FORMAT, "version": VERSION}).encode(),
         "config.json": json.dumps(contents.config, indent=2, sort_keys=True).encode(),
         "codebook.npy": _npy_bytes(np.ascontiguousarray(contents.codebook, dtype=np.float32)),
-        "booster.ubj": contents.booster,
     }
+    if contents.booster is not None:
+        members["booster.ubj"] = contents.booster
+    if contents.linear is not None:
+        members["linear.npy"] = _npy_bytes(np.ascontiguousarray(contents.linear, dtype=np.float32))
     if contents.projection is not None:
         members["projection.npy"] = _npy_bytes(np.ascontiguousarray(contents.projection, dtype=np.float32))
     manifest = {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
@@ -68,10 +72,13 @@ def save(path: str | os.PathLike[str], contents: ModelContents) -> Path:
 #: Largest uncompressed size each member may have (a zip bomb declares or inflates to far more);
 #: a model's arrays are ``k × dim`` floats (k = 100 × 1472 at the paper's settings: 0.6 MB).
 MEMBER_LIMITS = {"format.json": 4096, "manifest.json": 64 * 1024, "config.json": 64 << 20,
-                 "codebook.npy": 1 << 30, "projection.npy": 1 << 30, "booster.ubj": 1 << 30}
+                 "codebook.npy": 1 << 30, "projection.npy": 1 << 30, "booster.ubj": 1 << 30,
+                 "linear.npy": 1 << 30}
 #: Largest model file and largest sum of its members' sizes.
 MAX_TOTAL_BYTES = 2 << 30
-_REQUIRED = ("format.json", "config.json", "codebook.npy", "booster.ubj", "manifest.json")
+_REQUIRED = ("format.json", "config.json", "codebook.npy", "manifest.json")
+#: The classifier head: exactly one of these.
+_HEADS = ("booster.ubj", "linear.npy")
 # What the zip layer raises on damaged containers (zlib.error, NotImplementedError for an unknown
 # compression, RuntimeError for encryption, struct.error for short headers): all mean "damaged".
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, zlib.error,
@@ -104,7 +111,12 @@ def load(path: str | os.PathLike[str]) -> ModelContents:
     config = _json(path, members, "config.json")
     if not isinstance(config, dict):
         raise ModelFormatError(f"{path}: config.json must hold a JSON object")
-    return ModelContents(config, codebook, members["booster.ubj"], _projection(path, members))
+    heads = [name for name in _HEADS if name in members]
+    if len(heads) != 1:
+        raise ModelFormatError(f"{path}: a model holds one classifier head ({' or '.join(_HEADS)}); this file has "
+                               f"{' and '.join(heads) if heads else 'none'}")
+    linear = _npy(path, members, "linear.npy") if "linear.npy" in members else None
+    return ModelContents(config, codebook, members.get("booster.ubj"), _projection(path, members), linear)
 
 
 def _read_members(path: Path) -> dict[str, bytes]:

@@ -71,16 +71,19 @@ def confusion_matrix_png(matrix: np.ndarray, classes: list[str], path: str | Pat
     return _save(fig, path)
 
 
-def fold_accuracy_png(fold_accuracy: Sequence[float], path: str | Path) -> Path:
-    """Bar per fold with the mean ± std band."""
+def fold_accuracy_png(fold_accuracy: Sequence[float], path: str | Path, names: Sequence[str] | None = None,
+                      xlabel: str = "fold") -> Path:
+    """Bar per fold with the mean ± std band; ``names`` label the bars (the held-out groups)."""
     plt = _pyplot()
     acc = np.asarray(fold_accuracy, dtype=float)
-    fig, ax = plt.subplots(figsize=(max(3.5, 0.7 * len(acc) + 1.5), 2.8))
+    fig, ax = plt.subplots(figsize=(max(3.5, 0.7 * len(acc) + 1.5), 2.8 + (0.6 if names else 0.0)))
     ax.axhspan(acc.mean() - acc.std(), acc.mean() + acc.std(), color="#e0a030", alpha=0.3, label="mean ± std", zorder=1)
     ax.bar(np.arange(1, len(acc) + 1), acc, color="#4a78b0", alpha=0.85, zorder=2)
     ax.axhline(acc.mean(), color="#c07010", zorder=3)
+    if names:
+        ax.set_xticks(np.arange(1, len(acc) + 1), list(names), rotation=30, ha="right")
     ax.set_ylim(0, 1)
-    ax.set_xlabel("fold")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -85,9 +85,15 @@ def bar(total: int, description: str, unit: str = "img") -> Iterator[Progress]:
         yield _Lines(total, description, unit)
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.progress import Progress as RichProgress
-    from rich.progress import TimeElapsedColumn, TimeRemainingColumn
     from rich.text import Text
 
     class Speed(ProgressColumn):

@@ -65,7 +65,7 @@ def numbers(res: CVResult, est: Any, ds: Dataset) -> dict[str, Any]:
     paths = _row_paths(res, ds)
     n_groups = len(set(ds.groups.tolist())) if ds.groups is not None else None
     return {**res.to_dict(),
-            "cv": "grouped" if res.grouped else "stratified",
+            "cv": f"leave-one-{res.group_by}-out" if res.leave_one_out else "grouped" if res.grouped else "stratified",
             "settings": _json_safe(est.get_params()),
             "backbone_sha256": res.backbone_sha256,
             "versions": versions(),
@@ -159,7 +159,9 @@ def write_report(folder: str | Path, res: CVResult, est: Any, ds: Dataset) -> Pa
     write_bytes_atomic(folder / "report.json", json.dumps(nums, indent=2).encode())
     write_bytes_atomic(folder / "predictions.csv", predictions_csv(res, paths, ds.root))
     figures = {"confusion": plots.confusion_matrix_png(res.confusion(), res.classes, folder / "confusion.png"),
-               "folds": plots.fold_accuracy_png(res.fold_accuracy, folder / "folds.png")}
+               "folds": plots.fold_accuracy_png(res.fold_accuracy, folder / "folds.png",
+                                                res.fold_names if res.leave_one_out else None,
+                                                f"held-out {res.group_by}" if res.leave_one_out else "fold")}
     shown: dict[tuple[str, bool], list[Example]] = {}
     groups = ds.groups[_row_indices(res, ds)] if ds.groups is not None else None
     for n, cls in enumerate(res.classes):
@@ -182,6 +184,7 @@ table{border-collapse:collapse;margin:.5em 0} th,td{padding:.25em .7em;border-bo
 th:first-child,td:first-child{text-align:left} code{font-size:.85em;word-break:break-all}
 .figs{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start} .figs>img{max-width:30em;height:auto}
 .kind{font-size:.85em;font-weight:600;margin:.2em 0 0}
+.warning{background:#fff4d6;border-left:4px solid #e0a030;padding:.3em .7em}
 .thumbs{display:flex;flex-wrap:wrap;gap:.6em;margin:.3em 0 1em}
 figure{margin:0;font-size:.75em;max-width:134px;text-align:center;overflow-wrap:anywhere}
 figure img{display:block;border:3px solid #3a3;max-width:128px} figure.wrong img{border-color:#c33}
@@ -206,14 +209,51 @@ def _metrics_section(nums: dict[str, Any], figures: dict[str, bytes]) -> str:
     per_class.append(["macro average", *[f"{v:.3f}" for v in macro], str(nums["n_images"])])
     confusion = [[c, *[str(v) for v in row]] for c, row in zip(classes, nums["confusion"])]
     folds = ", ".join(f"{a:.3f}" for a in nums["fold_accuracy"])
-    return (f'<p class="headline">accuracy <b>{nums["accuracy_mean"]:.3f} ± {nums["accuracy_std"]:.3f}</b> '
-            f'(mean ± std over {len(nums["fold_accuracy"])} {nums["cv"]} folds)</p>'
-            f'<p class="muted">per fold: {folds}; pooled over all out-of-fold predictions: '
-            f'{nums["pooled_accuracy"]:.3f}</p>'
+    col = nums.get("split_by")
+    if col:  # leave-one-group-out: the mean over held-out groups, its spread, and every group
+        head = (f'<p class="headline">accuracy <b>{nums["accuracy_mean"]:.3f} ± {nums["accuracy_std"]:.3f}</b> '
+                f'(mean ± std over {len(nums["fold_accuracy"])} values of {html.escape(col)}, each held out '
+                f'once; min {nums["accuracy_min"]:.3f}, max {nums["accuracy_max"]:.3f})</p>'
+                f'<p class="muted">pooled over all out-of-fold predictions: {nums["pooled_accuracy"]:.3f}</p>')
+        head += _warnings(nums) + f"<h2>Per held-out {html.escape(col)}</h2>" + _per_group_table(nums, col)
+    else:
+        head = (f'<p class="headline">accuracy <b>{nums["accuracy_mean"]:.3f} ± {nums["accuracy_std"]:.3f}</b> '
+                f'(mean ± std over {len(nums["fold_accuracy"])} {nums["cv"]} folds)</p>'
+                f'<p class="muted">per fold: {folds}; pooled over all out-of-fold predictions: '
+                f'{nums["pooled_accuracy"]:.3f}</p>' + _warnings(nums))
+    return (head + _shift_section(nums) +
             '<h2>Per class</h2>' + _table(["class", "precision", "recall", "F1", "images"], per_class) +
             '<h2>Confusion</h2><div class="figs"><div>' +
             _table(["true \\ predicted", *classes], confusion) + "</div>" +
             _img(figures["confusion"], "confusion matrix") + _img(figures["folds"], "accuracy per fold") + "</div>")
+
+
+def _warnings(nums: dict[str, Any]) -> str:
+    return "".join(f'<p class="warning">{html.escape(w)}</p>' for w in nums.get("warnings", []))
+
+
+def _per_group_table(nums: dict[str, Any], col: str) -> str:
+    rows = [[str(f["held_out"]), str(f["n"]), f"{f['accuracy']:.3f}",
+             ", ".join(f"{c} {n}" for c, n in f["classes"].items()), ", ".join(f["missing_from_training"]) or "—"]
+            for f in nums["folds"]]
+    return _table([col, "images", "accuracy", "classes", "class not in training"], rows)
+
+
+def _shift_section(nums: dict[str, Any]) -> str:
+    """The shift check: per acquisition change, the share of out-of-fold predictions it changes."""
+    shift = nums.get("shift")
+    if not shift:
+        return ""
+    rows = [["(unchanged)", "", f"{shift['accuracy_unchanged']:.3f}", ""]]
+    rows += [[c["name"], f"{100 * c['flipped']:.1f} %", f"{c['accuracy']:.3f}", f"{c['seconds']:.1f}"]
+             for c in shift["changes"]]
+    return ("<h2>Shift check</h2>"
+            f'<p class="muted">{shift["n_images"]} out-of-fold images (a seeded sample, stratified by '
+            f'{html.escape(shift["stratified_by"])}) re-predicted under each acquisition change by the classifier '
+            "of the fold that "
+            "held them out; a model whose answers hold on new samples changes few. "
+            f'Most changed: {100 * shift["max_flipped"]:.1f} %; {shift["seconds"]:.0f} s in all.</p>' +
+            _table(["change", "predictions changed", "accuracy", "seconds"], rows))
 
 
 def _examples_section(classes: list[str], shown: dict[tuple[str, bool], list[Example]], paths: list[str],

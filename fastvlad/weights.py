@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from filelock import FileLock
 
-from .config import cache_dir
 from ._files import write_bytes_atomic
+from .config import cache_dir
 from .errors import BackboneError
 
 if TYPE_CHECKING:  # onnx is imported where a model is built, not by `import fastvlad`

@@ -27,7 +27,12 @@ from PIL import Image
 
 from fastvlad import checks, config
 from fastvlad.encoder import EncoderSettings
-from fastvlad.errors import FastVLADError, ImageReadError, InvalidDatasetError, ParameterError
+from fastvlad.errors import (
+    FastVLADError,
+    ImageReadError,
+    InvalidDatasetError,
+    ParameterError,
+)
 from fastvlad.images import Preprocess, iter_batches, probe, to_rgb255
 
 from . import tiny_model

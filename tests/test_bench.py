@@ -10,7 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from fastvlad import bench
-from fastvlad.bench.baselines import LOWER_BOUND_SWAPS, REFERENCE_STEPS, ReferenceCosts, run_peers
+from fastvlad.bench.baselines import (
+    LOWER_BOUND_SWAPS,
+    REFERENCE_STEPS,
+    ReferenceCosts,
+    run_peers,
+)
 from fastvlad.bench.machine import PeakRSS
 from fastvlad.bench.scaling import image_counts, plot_scaling, streaming_growth
 from fastvlad.cli import app

@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 
 from fastvlad import codebook, hypercolumn, vlad
-from fastvlad.backends import cuda as launchers
 from fastvlad.backends import cpu
+from fastvlad.backends import cuda as launchers
 from fastvlad.backends.cpu import CpuBackend
 from fastvlad.backends.cuda import CudaBackend
 from fastvlad.encoder import Encoder, EncoderSettings, Timings, fit_centres

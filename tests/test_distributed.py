@@ -85,12 +85,14 @@ def test_fit_encode_predict_match_the_local_path(client: Client, data: tuple[lis
     assert skipped == []
     # Stated tolerance: xgboost.dask may place quantile cuts differently from a local
     # QuantileDMatrix on larger data; on this data the boosters give the same probabilities.
-    np.testing.assert_allclose(proba, local_model.predict_proba_codes(local_codes), rtol=0, atol=1e-5)
+    # With the model's tta (the image and its mirror), as the local predict_proba averages them.
+    assert model.tta == 1
+    np.testing.assert_allclose(proba, local_model.predict_proba(paths), rtol=0, atol=1e-5)
     np.testing.assert_array_equal(model.classes_, local_model.classes_)
 
     # The same kind of model file as a local fit.
     reloaded = load(model.save(tmp_path / "m.fvl"))
-    np.testing.assert_allclose(reloaded.predict_proba_codes(enc.codes), proba, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(reloaded.predict_proba(paths), proba, rtol=0, atol=1e-6)
 
 
 def test_unreadable_file_surfaces_as_image_read_error(client: Client, data: tuple[list[str], np.ndarray],
@@ -170,7 +172,7 @@ def _cli_encode_predict(model_file: Path, demo_folder: Path, tmp_path: Path, whe
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     proba = np.array([[float(r[f"p_{c}"]) for c in model.classes_] for r in rows])
-    np.testing.assert_allclose(proba, model.predict_proba_codes(local), rtol=0, atol=2e-6)  # CSV has 6 decimals
+    np.testing.assert_allclose(proba, model.predict_proba(paths), rtol=0, atol=2e-6)  # CSV has 6 decimals
 
 
 # Last in the file: it kills one of the module cluster's workers (its nanny starts a new one).

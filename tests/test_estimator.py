@@ -12,9 +12,9 @@ from sklearn.base import clone
 
 import fastvlad
 from fastvlad import backends, reference
+from fastvlad.backbone import Backbone
 from fastvlad.backends.cpu import CPU, CpuBackend
 from fastvlad.encoder import Encoder, EncoderSettings, batch_points
-from fastvlad.backbone import Backbone
 from fastvlad.errors import ModelFormatError, NotFittedError, ParameterError
 from fastvlad.estimator import FastVLAD, load
 

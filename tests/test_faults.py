@@ -24,9 +24,14 @@ from typer.testing import CliRunner
 import fastvlad
 from fastvlad import _files
 from fastvlad.backends.cpu import CpuBackend
-from fastvlad.encoder import Encoder, EncoderSettings
 from fastvlad.cli import app
-from fastvlad.errors import BackboneError, ModelFormatError, WriteError, is_gpu_out_of_memory
+from fastvlad.encoder import Encoder, EncoderSettings
+from fastvlad.errors import (
+    BackboneError,
+    ModelFormatError,
+    WriteError,
+    is_gpu_out_of_memory,
+)
 
 from . import tiny_model
 

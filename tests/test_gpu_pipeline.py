@@ -4,18 +4,17 @@ CuPy and a GPU; the CPU run is the oracle)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fastvlad import backends, codebook, hypercolumn, vlad
+from fastvlad.backbone import Backbone
 from fastvlad.backends.cpu import CPU
 from fastvlad.encoder import Encoder, EncoderSettings, batch_points
-from fastvlad.backbone import Backbone
 
 
 def _pixels(n: int = 2, size: int = 32) -> np.ndarray:

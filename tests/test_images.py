@@ -13,7 +13,15 @@ from PIL import Image
 
 from fastvlad import config
 from fastvlad.errors import ImageReadError, ParameterError
-from fastvlad.images import MIN_SIDE, Preprocess, caffe, iter_batches, orient, read, to_rgb255
+from fastvlad.images import (
+    MIN_SIDE,
+    Preprocess,
+    caffe,
+    iter_batches,
+    orient,
+    read,
+    to_rgb255,
+)
 from fastvlad.reference import CAFFE_MEAN_BGR
 
 RNG = np.random.default_rng(0)

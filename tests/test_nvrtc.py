@@ -17,9 +17,9 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from fastvlad.kernels import source
 
 from fastvlad.backends import cuda as _cuda
-from fastvlad.kernels import source
 
 KERNELS = sorted((Path(__file__).resolve().parents[1] / "kernels").glob("*.cu"))
 ENTRIES = {"gather": ("gather_f32", "gather_f16"), "assign": ("argmin_rows_f32", "argmin_rows_f16"),

@@ -11,8 +11,8 @@ import pytest
 
 import fastvlad
 from fastvlad import demo, hypercolumn, projection, reference
-from fastvlad.encoder import EncoderSettings, batch_points
 from fastvlad.backbone import Backbone
+from fastvlad.encoder import EncoderSettings, batch_points
 from fastvlad.errors import ModelFormatError, ParameterError
 from fastvlad.estimator import FAITHFUL_PARAMS, FastVLAD
 

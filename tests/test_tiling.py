@@ -246,8 +246,9 @@ def test_evaluate_keeps_a_micrographs_tiles_in_one_fold(vgg16_path: Path, sem_da
 def test_tiled_cross_validation_groups_by_micrograph(vgg16_path: Path, sem_data: Path) -> None:
     sources = [str(sem_data / f"m{k}.tif") for k in range(6)]
     y = np.array(["coarse", "fine"] * 3)
-    from .conftest import small_model_params
     from fastvlad import FastVLAD
+
+    from .conftest import small_model_params
 
     est = FastVLAD(**small_model_params(scale_nm_per_px=1.5, tile=64, crop_bottom="auto"))
     cv = cross_validate_tiles(est, sources, y, None, 3)

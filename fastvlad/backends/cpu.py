@@ -23,9 +23,9 @@ from numba import njit, prange
 
 from .. import config
 from . import _blas
-from .base import Tables
 from ._half import kernel_input, widen
 from ._prefetch import AHEAD, prefetch_row
+from .base import Tables
 
 # -- gather ------------------------------------------------------------------------------------
 

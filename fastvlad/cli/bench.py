@@ -9,7 +9,15 @@ from typing import Optional
 
 import typer
 
-from ..bench import PAPER_DENSITY, PAPER_IMAGES, PAPER_K, BenchConfig, report_lines, run, write_json
+from ..bench import (
+    PAPER_DENSITY,
+    PAPER_IMAGES,
+    PAPER_K,
+    BenchConfig,
+    report_lines,
+    run,
+    write_json,
+)
 
 
 def bench_command(

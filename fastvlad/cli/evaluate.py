@@ -1,58 +1,81 @@
-"""``fastvlad evaluate``: cross-validation, printed as a table, and optionally as JSON, a
-confusion-matrix PNG and an HTML report."""
+"""``fastvlad evaluate``: cross-validation (grouped K-fold, or leave-one-group-out over a manifest
+column with ``--split``), the shift check (``--shift``), printed as tables, and optionally as JSON,
+a confusion-matrix PNG and an HTML report."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import typer
 
 from .. import tiling
-from ..errors import WriteError
+from ..errors import ParameterError, WriteError
 from . import outputs
 from .options import (
+    ASPECT,
+    AUGMENT,
     BACKBONE,
+    CLASSIFIER,
     CROP_BOTTOM,
-    MISSING_SCALE,
-    SCALE,
-    TILE,
-    TILE_STRIDE,
     DENSITY,
     DEVICE,
     FAITHFUL,
     IMAGE_SIZE,
-    K,
+    MISSING_SCALE,
+    NORMALIZE,
     ON_ERROR,
     PCA,
+    SCALE,
     SEED,
     TAPS,
+    TILE,
+    TILE_STRIDE,
+    TTA,
+    K,
     estimator,
     load,
     micrograph_params,
     report_skipped,
 )
 
+if TYPE_CHECKING:
+    from ..evaluate import CVResult
 
-def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help="Number of folds."),
+
+def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help="Number of folds (without --split)."),
+             split: Optional[str] = typer.Option(None, "--split", help="Leave one group out over this manifest "
+                                                 "column (e.g. series): every value held out once, accuracy per value."),
+             shift: bool = typer.Option(False, "--shift", help="Re-predict out-of-fold images under acquisition "
+                                        "changes (gain, offset, gamma, blur, noise): share of predictions changed."),
+             shift_images: int = typer.Option(200, "--shift-images", help="Images the shift check re-predicts "
+                                              "(seeded, stratified by group and class; 0: all). Each change costs "
+                                              "one CNN pass per image."),
              report: Optional[Path] = typer.Option(None, help="Write an HTML report (and PNG/JSON) into this folder."),
              confusion_png: Optional[Path] = typer.Option(None, "--confusion", help="Confusion-matrix PNG path."),
              json_out: Optional[Path] = typer.Option(None, "--json", help="Write the numbers as JSON."),
-             density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
+             density: float = DENSITY, k: int = K, image_size: Optional[str] = IMAGE_SIZE, device: str = DEVICE,
              backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED,
              on_error: str = ON_ERROR, faithful: bool = FAITHFUL, pca: Optional[str] = PCA,
+             aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
+             classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, tta: Optional[int] = TTA,
              scale: Optional[float] = SCALE, missing_scale: Optional[str] = MISSING_SCALE, tile: Optional[str] = TILE,
              tile_stride: Optional[str] = TILE_STRIDE, crop_bottom: Optional[str] = CROP_BOTTOM) -> None:
-    """Cross-validate (grouped by the 'group' column when present, and the tiles of one micrograph
-    always together): accuracy, per-class P/R, confusion."""
-    from ..evaluate import cross_validate
+    """Cross-validate (grouped by the 'group' column when present, the tiles of one micrograph always
+    together, or leaving one value of --split out at a time): accuracy (per held-out group), per-class
+    P/R, confusion, and with --shift the shift check."""
+    from ..evaluate import cross_validate, shift_check
 
+    if shift_images < 0:
+        raise ParameterError(f"--shift-images {shift_images}: give a number of images, or 0 for all")
     ds = load(data, on_error)
     outputs.refuse_inputs([report and report / "index.html", confusion_png, json_out],
                           outputs.dataset_files(data, ds.paths))
-    est = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca,
+    split_values = ds.column(split) if split is not None else None
+    est = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
+                    normalize=normalize, classifier=classifier, augment=augment, tta=tta,
                     **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))
     sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)
     tiled = tiling.Settings.of(est).tile is not None
@@ -60,13 +83,20 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
         if report:
             raise WriteError("--report with --tile is not supported yet (its thumbnails are per image); "
                              "use --json and --confusion")
+        if split is not None or shift:
+            raise ParameterError("--split and --shift with --tile are not supported yet; tile the micrographs "
+                                 "into a manifest with a series column instead (see README, From the microscope)")
         from ..micrograph_cv import cross_validate_tiles
 
         cv = cross_validate_tiles(est, sources, ds.y, ds.groups, folds)  # a micrograph's tiles in one fold
         res = cv.result
     else:
         plan = tiling.plan_for(est, sources)  # rescaled or cropped, one input per image
-        res = cross_validate(est, plan.sources if plan is not None else sources, ds.y, ds.groups, folds)
+        inputs = plan.sources if plan is not None else sources
+        res = cross_validate(est, inputs, ds.y, ds.groups, folds, split=split_values,
+                             split_name=split.strip().lower() if split else "split")
+        if shift:
+            shift_check(res, inputs, shift_images or None, random_state=seed)
     _print_cv(res)
     if tiled:
         agg, acc = cv.micrographs()
@@ -88,15 +118,51 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
     report_skipped(res.skipped)
 
 
-def _print_cv(res) -> None:  # type: ignore[no-untyped-def]
-    kind = "grouped" if res.grouped else "stratified"
-    typer.echo(f"{len(res.fold_accuracy)}-fold {kind} CV accuracy: {res.accuracy:.3f} ± {res.accuracy_std:.3f} "
-               f"(folds: {', '.join(f'{a:.3f}' for a in res.fold_accuracy)}) on {len(res.y_true)} images, "
-               f"{res.seconds['total']:.0f} s")
+def _print_cv(res: CVResult) -> None:
+    if res.leave_one_out:
+        _print_per_group(res)
+    else:
+        kind = "grouped" if res.grouped else "stratified"
+        typer.echo(f"{len(res.fold_accuracy)}-fold {kind} CV accuracy: {res.accuracy:.3f} ± {res.accuracy_std:.3f} "
+                   f"(folds: {', '.join(f'{a:.3f}' for a in res.fold_accuracy)}) on {len(res.y_true)} images, "
+                   f"{res.seconds['total']:.0f} s")
+    for line in res.warnings():
+        typer.echo(line)
     typer.echo(f"{'class':<22}{'precision':>10}{'recall':>10}{'f1':>8}{'n':>6}")
     for c, m in res.per_class().items():
         typer.echo(f"{c:<22}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>8.3f}{m['support']:>6}")
     typer.echo(confusion_text(res.confusion(), res.classes))
+    if res.shift is not None:
+        _print_shift(res)
+
+
+def _print_per_group(res: CVResult) -> None:
+    """Accuracy per held-out group (n, classes in it, classes its training lacked), mean and spread."""
+    col = res.group_by or "group"
+    acc = np.asarray(res.fold_accuracy)
+    typer.echo(f"leave-one-{col}-out CV on {len(res.y_true)} images ({len(acc)} values of {col}, each held out "
+               f"once), {res.seconds['total']:.0f} s")
+    typer.echo(f"accuracy per held-out {col}: mean {res.accuracy:.3f} (min {acc.min():.3f}, max "
+               f"{acc.max():.3f}, std {res.accuracy_std:.3f}); pooled over all images "
+               f"{float((res.y_pred == res.y_true).mean()):.3f}")
+    width = max(len(col), *(len(str(f["held_out"])) for f in res.per_fold())) + 2
+    typer.echo(f"{col:<{width}}{'n':>6}{'accuracy':>10}  classes")
+    for f in res.per_fold():
+        classes = ", ".join(f"{c} {n}" for c, n in f["classes"].items())
+        missing = f"; not in training: {', '.join(f['missing_from_training'])}" if f["missing_from_training"] else ""
+        typer.echo(f"{f['held_out']:<{width}}{f['n']:>6}{f['accuracy']:>10.3f}  {classes}{missing}")
+
+
+def _print_shift(res: CVResult) -> None:
+    check = res.shift
+    assert check is not None
+    typer.echo(f"shift check: {len(check.rows)} out-of-fold images (seeded, stratified by {check.stratified_by}) "
+               "re-predicted "
+               f"under {len(check.changes)} changes, {check.seconds:.0f} s")
+    typer.echo(f"  {'change':<16}{'changed':>9}{'accuracy':>10}")
+    typer.echo(f"  {'(unchanged)':<16}{'':>9}{check.accuracy:>10.3f}")
+    for c in check.changes:
+        typer.echo(f"  {c['name']:<16}{100 * c['flipped']:>7.1f} %{c['accuracy']:>10.3f}")
 
 
 def confusion_text(cm: np.ndarray, classes: list[str]) -> str:

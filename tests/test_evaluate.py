@@ -1,0 +1,220 @@
+"""Honest evaluation (issue 14): leave-one-group-out over a manifest column, accuracy per held-out
+group, classes missing from a training fold, the confound warning, the shift check and
+``evaluate --split/--shift`` on the command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score
+from typer.testing import CliRunner
+
+from fastvlad import datasets, demo
+from fastvlad.cli import app
+from fastvlad.errors import InvalidDatasetError
+from fastvlad.estimator import FastVLAD
+from fastvlad.evaluate import (
+    CVResult,
+    confounds,
+    cross_validate,
+    folds,
+    shift_check,
+    stratified_rows,
+)
+
+from .conftest import small_model_params
+from .test_report import _check_self_contained
+
+SMALL = ["--density", "0.1", "-k", "8", "--image-size", "64"]
+PER_CLASS = 6
+
+
+def _with_series(root: Path, series_of: Callable[[str, int], str]) -> Path:
+    """The demo set (6 images per class, 2 groups per class) with a ``series`` column:
+    ``series_of(label, j)`` for the j-th image of a class."""
+    demo.write_dataset(root, PER_CLASS, size=64, random_state=0, groups=2)
+    manifest = root / "manifest.csv"
+    rows = list(csv.DictReader(manifest.open()))
+    for r in rows:
+        r["series"] = series_of(r["label"], int(Path(r["path"]).stem.rsplit("_", 1)[1]))
+    with manifest.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "label", "group", "series"])
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def balanced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every series holds every class; s0, s1, s2 hold 3, 2, 1 images of each (unequal sizes, so the
+    mean over held-out series differs from the pooled accuracy)."""
+    return _with_series(tmp_path_factory.mktemp("balanced"), lambda label, j: "s0" if j < 3 else "s1" if j < 5 else "s2")
+
+
+@pytest.fixture(scope="module")
+def confounded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CNT-fiber comes from series ppc9 alone, which holds nothing else; the other classes share s0–s2."""
+    return _with_series(tmp_path_factory.mktemp("confounded"),
+                        lambda label, j: "ppc9" if label == "CNT-fiber" else f"s{j % 3}")
+
+
+@pytest.fixture(scope="module")
+def split_cv(vgg16_path: Path, balanced: Path) -> tuple[CVResult, datasets.Dataset]:
+    ds = datasets.load(balanced)
+    res = cross_validate(FastVLAD(**small_model_params()), [str(p) for p in ds.paths], ds.y, ds.groups,
+                         split=ds.column("series"), split_name="series")
+    return res, ds
+
+
+def test_leave_one_group_out_holds_out_each_group_once() -> None:
+    rng = np.random.default_rng(0)
+    split = rng.choice(["a", "b", "c", "d", "e"], 60)
+    y = rng.choice(["x", "y"], 60)
+    fold = folds(y, None, 3, 0, split)  # n_splits is ignored: one fold per value
+    assert sorted(np.unique(fold)) == list(range(5))
+    for f in range(5):
+        (held,) = set(split[fold == f])  # one group per fold…
+        assert held not in set(split[fold != f])  # …never on both sides
+        np.testing.assert_array_equal(fold == f, split == held)  # all of it
+    with pytest.raises(InvalidDatasetError, match="at least two values"):
+        folds(y, None, 3, 0, np.full(60, "same"))
+
+
+def test_per_group_accuracy_recomputes_from_out_of_fold_predictions(split_cv: tuple[CVResult, datasets.Dataset]) -> None:
+    res, ds = split_cv
+    series = ds.column("series")[res.indices]
+    assert res.leave_one_out and res.group_by == "series" and res.fold_names == ["s0", "s1", "s2"]
+    nums = res.to_dict()
+    assert nums["split_by"] == "series" and [f["held_out"] for f in nums["folds"]] == ["s0", "s1", "s2"]
+    accs = []
+    for f, row in enumerate(nums["folds"]):
+        test = series == row["held_out"]
+        np.testing.assert_array_equal(res.fold == f, test)
+        # the classifier of this fold learnt from every other image and none of this group
+        assert res.models[f].train_info_["n_images"] == int((~test).sum())
+        accs.append(accuracy_score(res.y_true[test], res.y_pred[test]))
+        assert row["n"] == int(test.sum()) and row["accuracy"] == pytest.approx(accs[-1])
+        assert row["classes"] == {c: int((res.y_true[test] == c).sum()) for c in res.classes}
+        assert row["missing_from_training"] == []
+    np.testing.assert_allclose([nums["accuracy_mean"], nums["accuracy_std"], nums["accuracy_min"], nums["accuracy_max"]],
+                               [np.mean(accs), np.std(accs), np.min(accs), np.max(accs)])
+    assert nums["pooled_accuracy"] == pytest.approx(accuracy_score(res.y_true, res.y_pred))
+    assert res.warnings() == [] and nums["warnings"] == []  # every series holds every class
+
+
+def test_a_class_missing_from_training(vgg16_path: Path, confounded: Path) -> None:
+    ds = datasets.load(confounded)
+    sources = [str(p) for p in ds.paths]
+    res = cross_validate(FastVLAD(**small_model_params()), sources, ds.y, split=ds.column("series"),
+                         split_name="series")
+    fibre = res.classes.index("CNT-fiber")
+    for f, row in enumerate(res.per_fold()):
+        test = res.fold == f
+        if row["held_out"] == "ppc9":  # its only class was never seen in training
+            assert row["missing_from_training"] == ["CNT-fiber"] and row["accuracy"] == 0.0
+            assert not np.any(res.proba[test, fibre]) and "CNT-fiber" not in set(res.y_pred[test])
+        else:
+            assert row["missing_from_training"] == []
+        np.testing.assert_allclose(res.proba[test].sum(axis=1), 1, rtol=1e-5)  # every class column filled
+    # two classes, one series each: holding one out leaves a training set of a single class
+    two = np.isin(ds.y, ["CNT-fiber", "CNT-Matrix"])
+    res = cross_validate(FastVLAD(**small_model_params()), list(np.array(sources)[two]), ds.y[two],
+                         split=ds.y[two], split_name="series")
+    assert res.fold_accuracy == [0.0, 0.0] and res.missing == [["CNT-Matrix"], ["CNT-fiber"]]
+    assert set(res.y_pred[res.y_true == "CNT-fiber"]) == {"CNT-Matrix"}
+
+
+def test_confound_warning_fires_only_when_a_class_has_one_value() -> None:
+    y = np.array(["Defective"] * 4 + ["NonDefective"] * 4)
+    confounded = np.array(["ppc9"] * 4 + ["pp25", "pp28", "pp25", "pp28"])
+    balanced = np.array(["ppc9", "psnppy4"] * 2 + ["pp25", "pp28", "pp25", "pp28"])
+    assert confounds(y, confounded) == [("Defective", "ppc9")]
+    assert confounds(y, balanced) == [] and confounds(y, None) == []
+
+
+def test_stratified_sample_is_seeded_and_covers_every_stratum() -> None:
+    strata = np.array(["a"] * 50 + ["b"] * 30 + ["c"] * 15 + ["d"] * 5)
+    rows = stratified_rows(strata, 20, seed=1)
+    np.testing.assert_array_equal(rows, stratified_rows(strata, 20, seed=1))
+    assert not np.array_equal(rows, stratified_rows(strata, 20, seed=2))
+    assert len(rows) == len(set(rows.tolist())) == 20
+    counts = {s: int((strata[rows] == s).sum()) for s in "abcd"}
+    assert counts == {"a": 10, "b": 6, "c": 3, "d": 1}  # in proportion
+    assert set(strata[stratified_rows(strata, 4, seed=0)]) == set("abcd")  # each stratum before a second of any
+    np.testing.assert_array_equal(stratified_rows(strata, 500, seed=0), np.arange(100))
+
+
+def test_shift_check_is_deterministic_and_identity_changes_nothing(split_cv: tuple[CVResult, datasets.Dataset]) -> None:
+    res, ds = split_cv
+    sources = [str(p) for p in ds.paths]
+    shifts = {"identity": lambda v: v, "inverted": lambda v: 255.0 - v}
+    a = shift_check(res, sources, n_images=12, shifts=shifts, random_state=3).to_dict()
+    first_rows = res.shift.rows.copy()  # type: ignore[union-attr]
+    b = shift_check(res, sources, n_images=12, shifts=shifts, random_state=3).to_dict()
+    np.testing.assert_array_equal(first_rows, res.shift.rows)  # type: ignore[union-attr]
+    for d in (a, b):
+        d.pop("seconds")
+        for c in d["changes"]:
+            c.pop("seconds")
+    assert a == b
+    identity = a["changes"][0]
+    assert identity["n"] == 12 and identity["flipped"] == 0.0 and identity["accuracy"] == a["accuracy_unchanged"]
+    # 12 rows cover the 3 series × 4 classes strata
+    series = ds.column("series")[res.indices]
+    assert len({(series[r], res.y_true[r]) for r in first_rows}) == 12
+    assert res.to_dict()["shift"]["changes"][0]["name"] == "identity"
+
+
+def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_path: Path) -> None:
+    out = CliRunner().invoke(app, ["-q", "evaluate", str(confounded), "--split", "Series", "--shift", "--shift-images",
+                                   "8", *SMALL, "--json", str(tmp_path / "cv.json"), "--report", str(tmp_path / "rep")])
+    assert out.exit_code == 0, out.output
+    warning = ("warning: class CNT-fiber comes from one series only (ppc9): accuracy here cannot tell class from "
+               "series")
+    lines = out.output.splitlines()
+    assert warning in lines
+    assert any(line.startswith("leave-one-series-out CV on 24 images (4 values of series") for line in lines)
+    assert any(line.startswith("ppc9") and "not in training: CNT-fiber" in line for line in lines)
+    assert any(line.split() == ["true", "/", "predicted", *sorted(set(datasets.load(confounded).y))] for line in lines)
+    nums = json.loads((tmp_path / "cv.json").read_text())
+    assert [f["held_out"] for f in nums["folds"]] == ["ppc9", "s0", "s1", "s2"] and nums["warnings"] == [warning]
+    assert nums["shift"]["n_images"] == 8 and len(nums["shift"]["changes"]) == 8
+    for c in nums["shift"]["changes"]:
+        assert 0 <= c["flipped"] <= 1 and c["n"] == 8
+        assert f"{c['name']:<16}{100 * c['flipped']:>7.1f} %" in out.output
+    page = (tmp_path / "rep" / "index.html").read_text()
+    _check_self_contained(page)
+    assert "Per held-out series" in page and "Shift check" in page and "cannot tell class from series" in page
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["cv"] == "leave-one-series-out" and report["folds"] == nums["folds"]
+
+
+def test_cli_split_by_a_missing_column_is_a_clean_error(balanced: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "fastvlad", "evaluate", str(balanced), "--split", "batch"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert "no column 'batch'" in proc.stderr and "'label', 'group', 'series'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_leave_one_series_out_on_nanofiber(nanofiber: Path, vgg16_path: Path, tmp_path: Path) -> None:
+    """The CLI end to end with the default estimator at cheap settings; the accuracy floor is set elsewhere."""
+    out = CliRunner().invoke(app, ["-q", "evaluate", str(nanofiber), "--split", "series", "--image-size", "112x164",
+                                   "-k", "32", "--density", "2", "--json", str(tmp_path / "cv.json")])
+    assert out.exit_code == 0, out.output
+    nums = json.loads((tmp_path / "cv.json").read_text())
+    series = sorted(set(datasets.load(nanofiber).column("series")))
+    # 8 series: README lists 9 (class, series) pairs, but psnppy4 holds two classes
+    assert len(series) == 8 and [f["held_out"] for f in nums["folds"]] == series
+    assert sum(f["n"] for f in nums["folds"]) == nums["n_images"]
+    assert all(0.0 <= f["accuracy"] <= 1.0 for f in nums["folds"])
+    assert nums["accuracy_mean"] == pytest.approx(np.mean([f["accuracy"] for f in nums["folds"]]))
+    assert nums["warnings"] == []  # every class of this set comes from two series or more

@@ -1,0 +1,200 @@
+"""Issue 14: what a model trained on some series needs on the next one — intensity normalisation,
+augmentation, test-time flips, aspect-kept input, the logistic head — and that a saved model
+applies them at predict as it did at fit."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastvlad
+from fastvlad import explain, intensity
+from fastvlad.encoder import EncoderSettings
+from fastvlad.errors import ModelFormatError, ParameterError
+from fastvlad.estimator import FastVLAD
+from fastvlad.images import Preprocess, Transformed, augmented, flipped
+
+from . import model_files
+from .conftest import small_model_params
+
+
+def _micrograph(seed: int = 0, shape: tuple[int, int] = (61, 83)) -> np.ndarray:
+    """A mid-gray textured 8-bit image (40..160: a gain of 1.2 and offsets of ±20 stay inside 0..255).
+    8-bit, as a detector writes it: float arrays are min–max stretched on reading anyway."""
+    rng = np.random.default_rng(seed)
+    return (40 + 120 * rng.random(shape)).round().astype(np.uint8)
+
+
+def _exposed(img: np.ndarray, gain: float, offset: float) -> np.ndarray:
+    return np.clip(np.round(img * gain + offset), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("method", ["stretch", "equalize", "clahe"])
+def test_normalisations_ignore_a_global_gain_and_offset(method: str) -> None:
+    """The network input of an 8-bit image and of the same image at another gain and offset: equal
+    up to the 8-bit rounding of the changed image (a gray level or two of 255), where without a
+    normalisation they differ by tens of levels."""
+    img = _micrograph()
+    prep, raw = Preprocess((48, 64), normalize=method), Preprocess((48, 64))
+    # CLAHE's local contrast gain amplifies the rounding most (measured 1.7 and 2.7; stretch 0.2, 0.4)
+    tol = 4.0 if method == "clahe" else 1.0
+    for gain, offset in ((1.25, -20.0), (0.75, 40.0)):
+        other = _exposed(img, gain, offset)
+        assert np.abs(prep(other) - prep(img)).mean() <= tol, (method, gain, offset)
+        assert np.abs(raw(other) - raw(img)).mean() > 5  # the change is real (measured 5.5 and 15)
+
+
+def test_normalisations_of_a_flat_image_and_unknown_names() -> None:
+    flat = np.full((20, 30), 77.0, np.float32)
+    for method in ("stretch", "equalize", "clahe"):
+        assert np.all(intensity.normalize(flat, method) == 128.0)
+    with pytest.raises(ParameterError, match="normalize='zscore' is unknown"):
+        FastVLAD(normalize="zscore").fit([flat, flat], ["a", "b"])
+
+
+def test_codes_ignore_gain_and_offset_with_stretch(vgg16_path: Path,
+                                                    small_demo: tuple[list[np.ndarray], np.ndarray]) -> None:
+    """End to end on 8-bit images: re-exposing them moves the codes a few times less with stretch
+    than without it (what is left is the 8-bit rounding of the re-exposed images). Every pixel is
+    sampled (density 10 % of a 64² input): points seeded by the image would differ otherwise."""
+    images, labels = small_demo
+    originals = [_exposed(np.asarray(im, np.float32), 0.6, 40) for im in images]  # 40..193: room for the change
+    brighter = [_exposed(im, 1.25, -10) for im in originals[:6]]
+
+    def moved(normalize: str) -> float:
+        model = FastVLAD(**small_model_params(normalize=normalize, density=10.0)).fit(originals, labels)
+        return float(np.linalg.norm(model.transform(brighter) - model.transform(originals[:6])))
+
+    assert moved("stretch") < moved("none") / 3
+
+
+def test_keep_aspect_sizes() -> None:
+    prep = EncoderSettings(image_size=(112, 112), keep_aspect=True).preprocess
+    assert prep.target((306, 448)) == (112, 164) and prep.target((448, 306)) == (164, 112)
+    assert prep(_micrograph(shape=(61, 83))).shape == (3, 112, 152)
+    assert EncoderSettings.of(FastVLAD()).keep_aspect and not EncoderSettings.of(FastVLAD.faithful()).keep_aspect
+    assert not EncoderSettings.of(FastVLAD(image_size=(112, 164))).keep_aspect  # (H, W) is used as it is
+
+
+def test_augmented_copies_and_flips_are_seeded() -> None:
+    images = [_micrograph(i) for i in range(3)]
+    prep = Preprocess((32, 48))
+
+    def pixels(sources: list[Transformed]) -> np.ndarray:
+        return np.stack([prep(s) for s in sources])
+
+    a, b = pixels(augmented(images, [0, 2], 2, seed=5)), pixels(augmented(images, [0, 2], 2, seed=5))
+    np.testing.assert_array_equal(a, b)
+    assert len(a) == 4 and not np.array_equal(a[0], a[2])  # two copies of image 0 differ
+    assert not np.array_equal(a, pixels(augmented(images, [0, 2], 2, seed=6)))
+    # a copy does not depend on which other images are augmented with it
+    np.testing.assert_array_equal(pixels(augmented(images, [2], 1, seed=5))[0], a[1])
+    lr = pixels(flipped(images, 1))
+    np.testing.assert_array_equal(lr[0], prep(np.ascontiguousarray(images[0][:, ::-1])))
+
+
+def test_fit_with_augmentation_and_tta(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.ndarray],
+                                       tmp_path: Path) -> None:
+    """augment=1 doubles what the head learns from and times the copies' CNN passes apart; tta=3
+    averages four views; the same seed gives the same model; a saved model keeps both."""
+    images, labels = small_demo
+    params = small_model_params(augment=1, tta=3, classifier="logistic")
+    model = FastVLAD(**params).fit(images, labels)
+    assert model.train_info_["n_images"] == 2 * len(images)
+    assert {"augment", "augment_cnn"} <= set(model.timings_) and model.timings_["augment_cnn"] > 0
+    proba = model.predict_proba(images[:5])
+    np.testing.assert_array_equal(FastVLAD(**params).fit(images, labels).predict_proba(images[:5]), proba)
+    views = [model.predict_proba_codes(model.transform(images[:5]))]
+    for op in (1, 2, 3):
+        views.append(model.predict_proba_codes(model.transform([im[:, ::-1] if op & 1 else im for im in
+                                                                 [im[::-1] if op & 2 else im for im in images[:5]]])))
+    np.testing.assert_allclose(proba, np.mean(views, axis=0), rtol=1e-5, atol=1e-6)
+    again = fastvlad.load(model.save(tmp_path / "m.fvl"))
+    assert (again.augment, again.tta) == (1, 3)
+    np.testing.assert_array_equal(again.predict_proba(images[:5]), proba)
+
+
+def test_saved_model_reapplies_its_normalisation(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.ndarray],
+                                                 tmp_path: Path) -> None:
+    images, labels = small_demo
+    model = FastVLAD(**small_model_params(normalize="clahe")).fit(images, labels)
+    again = fastvlad.load(model.save(tmp_path / "m.fvl"))
+    assert again.normalize == "clahe"
+    np.testing.assert_array_equal(again.transform(images[:3]), model.transform(images[:3]))
+    assert not np.allclose(again.set_params(normalize="none").transform(images[:3]), model.transform(images[:3]))
+
+
+def test_a_model_file_from_before_these_options_loads_as_it_was_trained(tmp_path: Path) -> None:
+    """A config.json without normalize/aspect/classifier/... was trained without them: it loads with
+    none, squashed, XGBoost (not with today's defaults)."""
+    saved = tmp_path / "m.fvl"
+    saved.write_bytes(model_files.tiny_model_bytes())
+    cfg = json.loads(model_files.members_of(saved)["config.json"])
+    for name in ("normalize", "aspect", "classifier", "C", "class_weight", "augment", "tta"):
+        cfg["params"].pop(name, None)
+    old = fastvlad.load(model_files.edited(saved, tmp_path / "old.fvl", config_json=json.dumps(cfg).encode()))
+    assert (old.normalize, old.aspect, old.classifier, old.class_weight, old.augment, old.tta) == \
+        ("none", "squash", "xgboost", None, 0, 0)
+
+
+# -- the logistic head -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def logistic(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.ndarray]) -> FastVLAD:
+    images, labels = small_demo
+    return FastVLAD(**small_model_params(classifier="logistic")).fit(images, labels)
+
+
+def test_logistic_head_save_load_and_explain(logistic: FastVLAD, small_demo: tuple[list[np.ndarray], np.ndarray],
+                                             tmp_path: Path) -> None:
+    images, _ = small_demo
+    path = logistic.save(tmp_path / "m.fvl")
+    with zipfile.ZipFile(path) as zf:
+        assert "linear.npy" in zf.namelist() and "booster.ubj" not in zf.namelist()
+    again = fastvlad.load(path)
+    np.testing.assert_array_equal(again.predict_proba(images[:4]), logistic.predict_proba(images[:4]))
+    e = explain.explain(again, images[3])
+    np.testing.assert_allclose(e.contributions.sum(axis=1) + e.bias, e.margin, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.exp(e.margin) / np.exp(e.margin).sum(), e.proba, rtol=1e-4)
+    with pytest.raises(AttributeError, match="no XGBoost booster"):
+        again.booster_
+
+
+def test_class_weight_balances_the_classes(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.ndarray]) -> None:
+    """With one class 4× over-represented, balanced weights give every class the same total weight
+    (the head's fit sees them: its coefficients change)."""
+    from fastvlad import classifier
+
+    y = np.array([0, 0, 0, 0, 1, 2])
+    w = classifier.balanced_weights(y, 3)
+    np.testing.assert_allclose([w[y == c].sum() for c in range(3)], [2.0, 2.0, 2.0])
+    images, labels = small_demo
+    keep = [i for i, lab in enumerate(labels) if lab == labels[0]] * 3 + list(range(len(labels)))
+    X, Y = [images[i] for i in keep], np.asarray(labels)[keep]
+    heads = [FastVLAD(**small_model_params(classifier="logistic", class_weight=cw)).fit(X, Y).head_.coef
+             for cw in ("balanced", None)]
+    assert not np.allclose(*heads)
+
+
+@pytest.mark.parametrize(("array", "match"), [
+    (np.zeros((4, 5), np.float32), r"linear\.npy has shape \(4, 5\)"),
+    (np.full((4, 8 * 64 + 1), np.nan, np.float32), "finite"),
+])
+def test_a_damaged_linear_head_is_refused(logistic: FastVLAD, tmp_path: Path, array: np.ndarray, match: str) -> None:
+    import io
+
+    saved = logistic.save(tmp_path / "m.fvl")
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    bad = model_files.edited(saved, tmp_path / "bad.fvl", linear_npy=buf.getvalue())
+    with pytest.raises(ModelFormatError, match=match):
+        fastvlad.load(bad)
+
+
+def test_a_model_needs_exactly_one_head(logistic: FastVLAD, tmp_path: Path) -> None:
+    saved = logistic.save(tmp_path / "m.fvl")
+    with pytest.raises(ModelFormatError, match="one classifier head"):
+        fastvlad.load(model_files.edited(saved, tmp_path / "none.fvl", linear_npy=None))
