@@ -15,7 +15,7 @@ from typing import Any, cast
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from . import backends, checks, classifier, model_file
+from . import backends, checks, classifier, model_file, quantize
 from ._version import __version__
 from .backbone import DEFAULT_BACKBONE
 from .encoder import Encoded, Encoder, Timings
@@ -31,6 +31,10 @@ FAITHFUL_PARAMS: dict[str, Any] = {
     "n_estimators": 100, "max_depth": 3, "learning_rate": 0.1, "max_bin": 256, "colsample_bynode": 1.0,
 }
 
+#: Parameters added after model files were first written, with the values those files' models
+#: were trained with (a file without them means these, whatever today's defaults are).
+LEGACY_PARAMS: dict[str, Any] = {"precision": "fp32", "calibration": None}
+
 
 class FastVLAD(ClassifierMixin, BaseEstimator):
     """Classify micrographs from VLAD codes of CNN hypercolumns (Luo, Holm & Wang 2021).
@@ -43,8 +47,11 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     sample, applied to each tap before interpolation: exact) and XGBoost uses ``max_bin=32``.
     ``FastVLAD.faithful()`` gives the paper's settings exactly (``FAITHFUL_PARAMS``).
 
-    ``fp16=True`` runs the CNN on a float16 copy of its graph (float16 taps, which every kernel
-    widens exactly): meant for a GPU's tensor cores; codes move by float16 rounding (see README).
+    ``precision``: the CNN's arithmetic (``quantize.py``). "fp32" (default); "fp16", a float16 copy
+    of the graph for a GPU's tensor cores (float16 taps, widened exactly by every kernel); "int8",
+    an int8 copy for the CPU, calibrated on ``calibration`` (None: a fixed set of demo micrographs;
+    or a dataset path), built once and cached; "auto", int8 on a CPU with VNNI, else fp32. Codes move
+    by the rounding (see README). ``fp16=True`` is the deprecated spelling of ``precision="fp16"``.
 
     ``X`` is a sequence of image paths or arrays ((H, W) or (H, W, 3)); ``y`` the labels.
     ``fit`` runs the CNN once per image, plus once for each of the ``codebook_images``
@@ -58,6 +65,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                  taps: Sequence[str] | None = None, n_estimators: int = 100, max_depth: int = 3,
                  learning_rate: float = 0.1, max_bin: int = 32, colsample_bynode: float = 1.0,
                  device: str = "auto", batch_size: int | None = None, fp16: bool = False,
+                 precision: str = "fp32", calibration: str | None = None,
                  on_error: str = "raise", random_state: int = 0) -> None:
         self.density = density
         self.k = k
@@ -79,6 +87,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.device = device
         self.batch_size = batch_size
         self.fp16 = fp16
+        self.precision = precision
+        self.calibration = calibration
         self.on_error = on_error
         self.random_state = random_state
 
@@ -127,6 +137,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.codebook_: np.ndarray = cast(np.ndarray, fitted.centres)
         self.backbone_sha256_ = encoder.cnn.sha256
         self.taps_ = encoder.cnn.taps
+        self.quantized_ = quantize.record_of(encoder.cnn)  # the int8 graph's identity, or None
         return self
 
     @staticmethod
@@ -203,6 +214,10 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                   "backbone_sha256": self.backbone_sha256_, "taps": list(self.taps_),
                   "train": {**self.train_info_, "timings": getattr(self, "timings_", {})},
                   "versions": versions()}
+        if getattr(self, "quantized_", None):
+            config["quantized"] = self.quantized_  # checked at use, as backbone_sha256 is
+        if params["calibration"] is not None:
+            params["calibration"] = str(params["calibration"])
         proj = getattr(self, "projection_", None)
         return model_file.save(path, model_file.ModelContents(config, self.codebook_, classifier.to_bytes(self.booster_),
                                                               proj.to_array() if proj is not None else None))
@@ -213,7 +228,7 @@ def load(path: str | os.PathLike[str]) -> FastVLAD:
     contents = model_file.load(path)
     cfg = contents.config
     try:
-        params = dict(cfg["params"])
+        params = {**LEGACY_PARAMS, **cfg["params"]}
         if isinstance(params.get("image_size"), list):
             params["image_size"] = tuple(params["image_size"])
         model = FastVLAD(**params)
@@ -221,6 +236,7 @@ def load(path: str | os.PathLike[str]) -> FastVLAD:
         model.backbone_sha256_ = cfg["backbone_sha256"]
         model.taps_ = tuple(cfg["taps"])
         model.train_info_ = cfg.get("train", {})
+        model.quantized_ = cfg.get("quantized")
     except (KeyError, TypeError) as exc:
         raise ModelFormatError(f"{path}: config.json lacks or mistypes a field ({exc})") from None
     model.codebook_ = contents.codebook
