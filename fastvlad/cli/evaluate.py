@@ -18,10 +18,12 @@ from .options import (
     K,
     ON_ERROR,
     PCA,
+    PRECISION,
     SEED,
     TAPS,
     estimator,
     load,
+    precision_of,
     report_skipped,
 )
 
@@ -32,12 +34,14 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
              json_out: Optional[Path] = typer.Option(None, "--json", help="Write the numbers as JSON."),
              density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
              backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED,
-             on_error: str = ON_ERROR, faithful: bool = FAITHFUL, pca: Optional[str] = PCA) -> None:
+             on_error: str = ON_ERROR, faithful: bool = FAITHFUL, pca: Optional[str] = PCA,
+             precision: Optional[str] = PRECISION) -> None:
     """Cross-validate (grouped by the 'group' column when present): accuracy, per-class P/R, confusion."""
     from ..evaluate import cross_validate
 
     ds = load(data, on_error)
-    est = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca)
+    est = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca,
+                    **precision_of(precision, None))
     res = cross_validate(est, [str(p) for p in ds.paths], ds.y, ds.groups, folds)
     _print_cv(res)
     if json_out:

@@ -13,6 +13,7 @@ import typer
 from .._files import check_writable
 from .options import (
     BACKBONE,
+    CALIBRATE,
     DENSITY,
     DEVICE,
     FAITHFUL,
@@ -21,6 +22,7 @@ from .options import (
     K,
     ON_ERROR,
     PCA,
+    PRECISION,
     SCHEDULER,
     SEED,
     TAPS,
@@ -28,6 +30,7 @@ from .options import (
     estimator,
     load,
     loaded,
+    precision_of,
     report_skipped,
 )
 
@@ -37,13 +40,15 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
           density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
           backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
           scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
-          pca: Optional[str] = PCA, fp16: Optional[bool] = FP16) -> None:
+          pca: Optional[str] = PCA, fp16: Optional[bool] = FP16, precision: Optional[str] = PRECISION,
+          calibrate: Optional[Path] = CALIBRATE) -> None:
     """Train a model on labelled images and save it as one file."""
     from .. import distributed
 
     check_writable(output)  # an unwritable -o fails before the work, not after it
     ds = load(data, on_error)
-    model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, fp16=bool(fp16))
+    model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca,
+                      calibration=str(calibrate) if calibrate else None, **precision_of(precision, fp16))
     with distributed.connect(scheduler, workers, device) as client:
         distributed.fit(client, [str(p) for p in ds.paths], ds.y, model)
     model.save(output)
@@ -56,12 +61,12 @@ def predict(model_path: Path = typer.Argument(..., metavar="MODEL"),
             data: Path = typer.Argument(..., help="Folder, CSV manifest or image file."),
             output: Path = typer.Option(Path("predictions.csv"), "--output", "-o"),
             device: str = DEVICE, on_error: str = ON_ERROR, scheduler: Optional[str] = SCHEDULER,
-            workers: int = WORKERS, fp16: Optional[bool] = FP16) -> None:
+            workers: int = WORKERS, fp16: Optional[bool] = FP16, precision: Optional[str] = PRECISION) -> None:
     """Write predictions: CSV with path, predicted and one p_<class> column per class."""
     from .. import distributed
     from .._files import write_atomic
 
-    model = loaded(model_path, device, on_error, fp16)
+    model = loaded(model_path, device, on_error, fp16, precision)
     check_writable(output)  # an unwritable -o fails before the work, not after it
     ds = load(data, on_error, require_labels=False)
     paths = [str(p) for p in ds.paths]
@@ -93,7 +98,8 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
            density: float = DENSITY, k: int = K, image_size: str = IMAGE_SIZE, device: str = DEVICE,
            backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
            scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
-           pca: Optional[str] = PCA, fp16: Optional[bool] = FP16) -> None:
+           pca: Optional[str] = PCA, fp16: Optional[bool] = FP16, precision: Optional[str] = PRECISION,
+           calibrate: Optional[Path] = CALIBRATE) -> None:
     """Write the VLAD codes (n, k·dim) float32 as .npy (NaN rows for skipped images), paths beside it
     (and, when images were skipped, <output>.errors.csv with why)."""
     from .. import distributed
@@ -103,10 +109,10 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
     ds = load(data, on_error, require_labels=False)
     paths = [str(p) for p in ds.paths]
     if model_path:
-        model = loaded(model_path, device, on_error, fp16)
+        model = loaded(model_path, device, on_error, fp16, precision)
     else:
         model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca,
-                           fp16=bool(fp16))
+                          calibration=str(calibrate) if calibrate else None, **precision_of(precision, fp16))
     with distributed.connect(scheduler, workers, device) as client:
         if not model_path:
             distributed.fit_codebook(client, paths, model)
