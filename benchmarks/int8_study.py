@@ -39,6 +39,7 @@ VARIANTS: dict[str, Recipe] = {
     "  percentile 99.99": replace(BASE, method="percentile", percentile=99.99),
     "  QOperator (QLinearConv)": replace(BASE, fmt="qoperator"),
     "  every conv int8": replace(BASE, float_layers=()),
+    "  every conv int8, 7-bit weights": replace(BASE, float_layers=(), reduce_range=True),
 }
 
 
