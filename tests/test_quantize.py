@@ -284,3 +284,18 @@ def test_own_calibration_set_is_recorded_and_rebuilt(vgg16_path: Path, demo_fold
         f.unlink()
     with pytest.raises(ModelFormatError, match="models quantize --calibrate"):
         model.set_params(calibration=None).transform(list(images[:1]))
+
+
+def test_own_calibration_draw_is_seeded(tmp_path: Path) -> None:
+    """16 of a larger dataset's images are drawn with a fixed seed: the same set (and SHA-256) on every
+    call, so a model's graph can be rebuilt from the same DATA; a different dataset gives another."""
+    from fastvlad import demo
+
+    demo.write_dataset(tmp_path / "a", 6, size=32, random_state=0)  # 24 images, more than 16
+    first = quantize.data_calibration(tmp_path / "a")
+    assert first.shape == (quantize.CALIBRATION_IMAGES, 3, *quantize.CALIBRATION_SIZE)
+    assert quantize.calibration_sha256(quantize.data_calibration(tmp_path / "a")) == quantize.calibration_sha256(first)
+    demo.write_dataset(tmp_path / "b", 6, size=32, random_state=1)
+    assert quantize.calibration_sha256(quantize.data_calibration(tmp_path / "b")) != quantize.calibration_sha256(first)
+    with pytest.raises(ParameterError, match="calibration="):
+        quantize.data_calibration(tmp_path / "missing")
