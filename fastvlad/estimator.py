@@ -236,7 +236,7 @@ def load(path: str | os.PathLike[str]) -> FastVLAD:
         model.backbone_sha256_ = cfg["backbone_sha256"]
         model.taps_ = tuple(cfg["taps"])
         model.train_info_ = cfg.get("train", {})
-        model.quantized_ = cfg.get("quantized")
+        model.quantized_ = quantize.check_record(path, cfg.get("quantized"))
     except (KeyError, TypeError) as exc:
         raise ModelFormatError(f"{path}: config.json lacks or mistypes a field ({exc})") from None
     model.codebook_ = contents.codebook

@@ -31,7 +31,9 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -122,6 +124,9 @@ def check_precision(precision: Any, fp16: Any = False) -> str:
     if fp16 and precision not in ("fp32", "fp16"):
         raise ParameterError(f"fp16=True and precision={precision!r} disagree; fp16 is deprecated: give "
                              "precision='fp16' alone (or fp16=False)")
+    if fp16:
+        warnings.warn("fp16=True is deprecated; use precision='fp16' (a model file saying fp16 keeps loading)",
+                      DeprecationWarning, stacklevel=3)
     return "fp16" if fp16 else precision
 
 
@@ -431,6 +436,27 @@ def build(backbone: str | os.PathLike[str] = "vgg16", taps: Sequence[str] | None
             write_bytes_atomic(target, data)
             write_bytes_atomic(Path(f"{target}.sha256"), f"{sha}  {target.name}\n".encode())
     return Quantized(target, sha, backbone_sha, calib_sha, recipe)
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_record(path: str | os.PathLike[str], record: Any) -> dict[str, Any] | None:
+    """A model file's ``quantized`` record (None, or the int8 graph's and calibration set's SHA-256
+    and the recipe), checked: ``ModelFormatError`` naming the file otherwise."""
+    if record is None:
+        return None
+    ok = (isinstance(record, dict) and all(isinstance(record.get(k), str) and _SHA256.fullmatch(record[k])
+                                           for k in ("sha256", "calibration_sha256"))
+          and isinstance(record.get("recipe", {}), dict))
+    if not ok:
+        raise ModelFormatError(f"{path}: config.json: 'quantized' must hold the int8 graph's and the calibration "
+                               "set's SHA-256 and a recipe; the file is damaged or edited")
+    try:
+        _recipe(record.get("recipe"))
+    except ModelFormatError as exc:
+        raise ModelFormatError(f"{path}: config.json: {exc}") from None
+    return dict(record)
 
 
 def _recipe(fields: Any) -> Recipe:

@@ -299,3 +299,17 @@ def test_own_calibration_draw_is_seeded(tmp_path: Path) -> None:
     assert quantize.calibration_sha256(quantize.data_calibration(tmp_path / "b")) != quantize.calibration_sha256(first)
     with pytest.raises(ParameterError, match="calibration="):
         quantize.data_calibration(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("record", [[], {"sha256": "x"}, {"sha256": "ab" * 32, "calibration_sha256": 5},
+                                    {"sha256": "ab" * 32, "calibration_sha256": "cd" * 32, "recipe": {"bits": 4}}])
+def test_damaged_int8_record_is_refused_at_load(int8_model: FastVLAD, tmp_path: Path, record: object) -> None:
+    path = int8_model.save(tmp_path / "m.fvl")
+    _rewrite_config(path, lambda cfg: cfg.update(quantized=record))
+    with pytest.raises(ModelFormatError, match="m.fvl"):
+        load(path)
+
+
+def test_fp16_true_is_deprecated_but_works() -> None:
+    with pytest.warns(DeprecationWarning, match="precision='fp16'"):
+        assert quantize.resolve_precision("fp32", True, "cpu") == "fp16"
