@@ -28,6 +28,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep("-", "fastvlad kernels, per image (medians) and the issue #3 ratios")
         for line in kernels.ratio_lines(dict(kernels.RESULTS)):
             terminalreporter.write_line("  " + line)
+    precision = sys.modules.get("bench_precision")
+    if precision is not None and precision.RESULTS:
+        terminalreporter.write_sep("-", "fastvlad float32 against int8 (issue 15), medians of interleaved rounds")
+        for line in precision.summary_lines():
+            terminalreporter.write_line("  " + line)
 
 
 #: Images per end-to-end batch: one CPU batch (fastvlad.config.CPU_BATCH_SIZE).

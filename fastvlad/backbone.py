@@ -7,6 +7,7 @@ ONNX Runtime hands back ``(n, h, w, C)`` maps and each sampled pixel's channels 
 With the CUDA execution provider the taps never visit the host: outputs are bound to the GPU
 with IO binding and handed to CuPy through DLPack (zero copy). ``fp16=True`` runs a float16
 copy of the graph there (float32 input; float16 taps, which the CUDA kernels widen exactly).
+``quantized=PATH`` runs an int8 copy of the graph instead (``quantize.py``; float32 taps).
 """
 
 from __future__ import annotations
@@ -112,12 +113,14 @@ class Backbone:
     ``backbone``: ``"vgg16"`` (default weights) or a path to an ONNX model with NCHW float
     input. ``taps``: names of 4-D NCHW tensors in that model. ``providers``: ONNX Runtime
     execution providers, in order of preference. ``fp16``: run a float16 copy of the graph
-    (meant for the CUDA provider; taps come back float16).
+    (meant for the CUDA provider; taps come back float16). ``quantized``: the path of an int8
+    copy of the graph (``quantize.build``) to run instead; ``sha256`` stays the float graph's,
+    ``graph_sha256`` is the one that runs.
     """
 
     def __init__(self, backbone: str | os.PathLike[str] = DEFAULT_BACKBONE, taps: Sequence[str] | None = None,
                  providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None,
-                 fp16: bool = False) -> None:
+                 fp16: bool = False, quantized: str | os.PathLike[str] | None = None) -> None:
         import onnx
         import onnxruntime as ort
 
@@ -127,10 +130,17 @@ class Backbone:
         if not self.taps:
             raise BackboneError(f"{path}: name the tap tensors of this model (taps=[...] / --taps a,b,c)")
         self.sha256 = weights.file_sha256(path)
+        graph = Path(quantized) if quantized is not None else path
+        self.graph_sha256 = weights.file_sha256(graph) if quantized is not None else self.sha256
+        self.precision = "int8" if quantized is not None else "fp16" if fp16 else "fp32"
+        if fp16 and quantized is not None:
+            raise BackboneError("a backbone runs at float16 or from an int8 graph, not both (fp16 with quantized)")
         try:
-            model = onnx.load(str(path))
+            model = onnx.load(str(graph))
         except Exception as exc:
-            raise BackboneError(f"{path}: not a readable ONNX model ({exc})") from None
+            raise BackboneError(f"{graph}: not a readable ONNX model ({exc})") from None
+        #: The graph's metadata (an int8 copy names what it was built from: ``quantize.record_of``).
+        self.metadata = {p.key: p.value for p in model.metadata_props}
         self.input_name = model.graph.input[0].name
         model = _with_channels_last_taps(model, self.taps)
         self.fp16 = fp16
@@ -190,17 +200,21 @@ SHARED_SESSIONS = 4
 
 def open_shared(backbone: str | os.PathLike[str] = DEFAULT_BACKBONE, taps: Sequence[str] | None = None,
                 providers: Sequence[str] = ("CPUExecutionProvider",), fp16: bool = False,
-                threads: int | None = None) -> Backbone:
+                threads: int | None = None, quantized: str | os.PathLike[str] | None = None) -> Backbone:
     """A ``Backbone`` shared by every caller in this process that asks for the same one: threads
     predicting with one model, models with one backbone, the partitions a Dask worker runs. The
     model file's size and modification time are part of the key, so an edited file is opened anew."""
     path, _ = resolve_model(backbone)
     st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns, tuple(taps or ()), tuple(providers), bool(fp16), threads)
+    q = None
+    if quantized is not None:  # the int8 copy's identity too: a rebuilt copy is opened anew
+        qs = Path(quantized).stat()
+        q = (str(quantized), qs.st_size, qs.st_mtime_ns)
+    key = (str(path), st.st_size, st.st_mtime_ns, tuple(taps or ()), tuple(providers), bool(fp16), threads, q)
     with _SHARED_LOCK:
         shared = _SHARED.pop(key, None)
         if shared is None:
-            shared = Backbone(backbone, taps, providers, threads=threads, fp16=fp16)
+            shared = Backbone(backbone, taps, providers, threads=threads, fp16=fp16, quantized=quantized)
         _SHARED[key] = shared  # most recently used last
         while len(_SHARED) > SHARED_SESSIONS:
             _SHARED.pop(next(iter(_SHARED)))

@@ -75,8 +75,12 @@ def runtime(est: Any) -> None:
     choice("on_error", est.on_error, ON_ERROR)
     if est.batch_size is not None:
         integer("batch_size", est.batch_size, 1)
-    if not isinstance(est.fp16, (bool, np.bool_)):
-        raise ParameterError(f"fp16={est.fp16!r}: give True (a float16 CNN) or False")
+    from .quantize import check_precision
+
+    check_precision(est.precision, est.fp16)
+    if est.calibration is not None and not isinstance(est.calibration, (str, os.PathLike)):
+        raise ParameterError(f"calibration={est.calibration!r}: give the path of images to calibrate the int8 "
+                             "CNN on (a dataset folder, CSV manifest or image), or None for the built-in set")
     tiling(est)
     intensity.check(est.normalize)
     if integer("tta", est.tta, 0, " (flipped copies averaged at predict: 0 to 3)") > 3:

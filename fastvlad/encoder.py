@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from . import backbone as backbones
 from . import (
     backends,
     checks,
@@ -38,6 +37,7 @@ from . import (
     hypercolumn,
     progress,
     projection,
+    quantize,
     vlad,
 )
 from .backends import Backend
@@ -239,7 +239,8 @@ class Encoder:
         ``check_backbone``, a backbone whose SHA-256 differs from the one the model was fitted
         with is refused (``ModelFormatError``). ``threads``: ONNX Runtime's (default: all cores)."""
         backend = backends.resolve(model.device, model.batch_size)
-        cnn = backbones.open_shared(model.backbone, model.taps, backend.providers, bool(model.fp16), threads)
+        # The CNN at the model's precision (an int8 copy is checked against the model's record).
+        cnn = quantize.open_backbone(model, backend, threads, check=check_backbone)
         recorded = getattr(model, "backbone_sha256_", None)
         if check_backbone and recorded is not None and recorded != cnn.sha256:
             raise ModelFormatError(f"this model was trained with backbone SHA-256 {recorded[:12]}…, "

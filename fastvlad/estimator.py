@@ -16,7 +16,7 @@ from typing import Any, cast
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from . import backends, booster_check, checks, classifier, model_file, tiling
+from . import backends, booster_check, checks, classifier, model_file, quantize, tiling
 from ._version import __version__
 from .backbone import DEFAULT_BACKBONE
 from .encoder import Encoded, Encoder, Timings
@@ -34,7 +34,8 @@ FAITHFUL_PARAMS: dict[str, Any] = {
 #: Parameters added after model files were first written, with the values those files' models
 #: were trained with (a file without them means these, whatever today's defaults are).
 LEGACY_PARAMS: dict[str, Any] = {"aspect": "squash", "classifier": "xgboost", "C": 100.0, "class_weight": None,
-                                 "normalize": "none", "augment": 0, "tta": 0}
+                                 "normalize": "none", "augment": 0, "tta": 0, "precision": "fp32",
+                                 "calibration": None}
 
 
 class FastVLAD(ClassifierMixin, BaseEstimator):
@@ -64,7 +65,12 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     probabilities of the image and its first n flips (left–right, up–down, both) at predict. The
     default ``tta=1`` (the image and its left–right mirror: two CNN passes per image at predict)
     raised the leave-series-out mean and its worst series in ACCURACY.md.
-    ``fp16=True`` runs the CNN on a float16 copy of its graph (for a GPU's tensor cores).
+
+    ``precision``: the CNN's arithmetic (``quantize.py``). "fp32" (default); "fp16", a float16 copy
+    of the graph for a GPU's tensor cores (float16 taps, widened exactly by every kernel); "int8",
+    an int8 copy for the CPU, calibrated on ``calibration`` (None: a fixed set of demo micrographs;
+    or a dataset path), built once and cached; "auto", int8 on a CPU with VNNI, else fp32. Codes move
+    by the rounding (see README). ``fp16=True`` is the deprecated spelling of ``precision="fp16"``.
 
     ``X`` is a sequence of image paths or arrays ((H, W) or (H, W, 3)); ``y`` the labels.
     ``fit`` runs the CNN once per image, plus once for each of the ``codebook_images``
@@ -88,6 +94,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                  classifier: str = "logistic", C: float = 100.0, class_weight: str | None = "balanced",
                  normalize: str = "stretch", augment: int = 0, tta: int = 1,
                  device: str = "auto", batch_size: int | None = None, fp16: bool = False,
+                 precision: str = "fp32", calibration: str | None = None,
                  on_error: str = "raise", random_state: int = 0, scale_nm_per_px: float | None = None,
                  missing_scale: str = "raise", tile: int | tuple[int, int] | str | None = None,
                  tile_stride: int | tuple[int, int] | str | None = None, crop_bottom: int | str | None = None) -> None:
@@ -118,6 +125,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.device = device
         self.batch_size = batch_size
         self.fp16 = fp16
+        self.precision = precision
+        self.calibration = calibration
         self.on_error = on_error
         self.random_state = random_state
         self.scale_nm_per_px = scale_nm_per_px
@@ -179,6 +188,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.codebook_: np.ndarray = cast(np.ndarray, fitted.centres)
         self.backbone_sha256_ = encoder.cnn.sha256
         self.taps_ = encoder.cnn.taps
+        self.quantized_ = quantize.record_of(encoder.cnn)  # the int8 graph's identity, or None
         return self
 
     def _with_augmented(self, X: Sequence[ImageSource], encoded: Encoded, y: np.ndarray,
@@ -313,6 +323,10 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                   "backbone_sha256": self.backbone_sha256_, "taps": list(self.taps_),
                   "train": {**self.train_info_, "timings": getattr(self, "timings_", {})},
                   "versions": versions()}
+        if getattr(self, "quantized_", None):
+            config["quantized"] = self.quantized_  # checked at use, as backbone_sha256 is
+        if params["calibration"] is not None:
+            params["calibration"] = str(params["calibration"])
         proj = getattr(self, "projection_", None)
         linear = isinstance(self.head_, classifier.LinearHead)
         return model_file.save(path, model_file.ModelContents(
@@ -329,6 +343,7 @@ def load(path: str | os.PathLike[str]) -> FastVLAD:
     process on a damaged model)."""
     contents = model_file.load(path)
     model = _model_from_config(path, contents.config, contents.codebook)
+    model.quantized_ = quantize.check_record(path, contents.config.get("quantized"))
     model.codebook_ = contents.codebook
     model.projection_ = _loaded_projection(path, model, contents)
     model.head_ = _loaded_head(path, model, contents)
@@ -360,7 +375,7 @@ def _loaded_head(path: str | os.PathLike[str], model: FastVLAD, contents: model_
 
 
 _CONFIG_KEYS = {"params", "classes", "backbone_sha256", "taps"}
-_CONFIG_OPTIONAL = {"train", "versions"}
+_CONFIG_OPTIONAL = {"train", "versions", "quantized"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 

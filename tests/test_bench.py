@@ -106,6 +106,31 @@ def test_command_repeats_the_options() -> None:
     assert bench.make_estimator(half, faithful=True).fp16 is True
 
 
+def test_bench_precision_int8_compares_in_one_run(vgg16_path: Path, tmp_path: Path) -> None:
+    """``fastvlad bench --precision int8``: the issue-15 keys, from interleaved rounds, and their report."""
+    out = tmp_path / "int8.json"
+    res = CliRunner().invoke(app, ["-q", "bench", *TINY, "--no-faithful", "--no-peers", "--precision", "int8",
+                                   "--precision-rounds", "2", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    assert r["settings"]["precision"] == "int8" and r["command"].endswith("--precision int8 --precision-rounds 2")
+    for key in ("cnn_int8_speedup", "encode_int8_images_per_s", "post_cnn_fraction_int8",
+                "encode_fp32_images_per_s", "post_cnn_fraction_fp32"):
+        assert r[key] > 0, key
+    cnn = r["precision_comparison"]["cnn"]
+    assert len(cnn["int8_speedup"]["rounds"]) == 2 and cnn["images"] == 4
+    assert r["cnn_int8_speedup"] == pytest.approx(np.median(np.array(cnn["int8_images_per_s"]["rounds"])
+                                                            / np.array(cnn["fp32_images_per_s"]["rounds"])))
+    assert "(e) float32 against int8" in res.output and "speed-up" in res.output
+
+
+def test_bench_precision_is_checked() -> None:
+    with pytest.raises(ParameterError, match="precision='int4'"):
+        bench.check_config(bench.BenchConfig(precision="int4"))
+    with pytest.raises(ParameterError, match="disagree"):
+        bench.check_config(bench.BenchConfig(precision="int8", fp16=True))
+
+
 def test_config_checks_name_the_option(tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match="--reference-images 1"):
         bench.check_config(bench.BenchConfig(reference_images=1))

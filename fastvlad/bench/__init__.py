@@ -28,6 +28,7 @@ from ..backends import Backend
 from ..encoder import Encoder, EncoderSettings, Timings, Workspace, batch_points
 from ..errors import ParameterError
 from ..images import Preprocess
+from ..quantize import check_precision, resolve_precision
 from .machine import PeakRSS
 
 log = logging.getLogger("fastvlad")
@@ -60,6 +61,8 @@ class BenchConfig:
     scaling_images: int = 64
     extrapolate_to: int = PAPER_IMAGES
     fp16: bool = False
+    precision: Optional[str] = None  # None: the estimator's; "int8" adds (e)/(f), float32 against int8
+    precision_rounds: int = 3
 
     def command(self) -> str:
         """The ``fastvlad bench`` command line that repeats this run."""
@@ -137,7 +140,8 @@ def make_estimator(cfg: BenchConfig, faithful: bool = False) -> Any:
     from ..checks import parse_image_size as _image_size
     from ..estimator import FastVLAD
 
-    given: dict[str, Any] = {"density": cfg.density, "k": cfg.k, "batch_size": cfg.batch_size, "fp16": cfg.fp16}
+    given: dict[str, Any] = {"density": cfg.density, "k": cfg.k, "batch_size": cfg.batch_size, "fp16": cfg.fp16,
+                             "precision": cfg.precision}
     given = {k: v for k, v in given.items() if v is not None}
     if cfg.image_size is not None:
         given["image_size"] = _image_size(cfg.image_size)
@@ -294,6 +298,13 @@ def run(cfg: BenchConfig, workdir: Path) -> dict[str, Any]:
     if cfg.scaling:
         scaling = step("scaling", _bench_scaling.run_scaling, work.sources, backbone, ref_settings, int(ref_est.k),
                        backend, min(cfg.scaling_images, len(work.sources)), min(8, len(work.sources)), cfg.seed)
+    comparison: dict[str, Any] = {}
+    if resolve_precision(est.precision, est.fp16, backend.device) == "int8":
+        from . import precision as _bench_precision
+
+        comparison = step("(e) float32 against int8", _bench_precision.compare, est, work.sources,
+                          encoder_settings(est).preprocess, int(est.batch_size or backend.batch_size),
+                          cfg.cnn_images, cfg.precision_rounds)
     cnn, enc, train, faithful = fv["cnn_alone"], fv["encoder"], fv["train"], fv["train_faithful"]
     return {"command": cfg.command(), "workload": work.description, "dummy_labels": work.dummy_labels,
             "settings": train["params"], "machine": _bench_machine.machine_info(backend),
@@ -304,7 +315,8 @@ def run(cfg: BenchConfig, workdir: Path) -> dict[str, Any]:
             "train_non_cnn_fraction_faithful": faithful["non_cnn_fraction"] if faithful else None,
             **ratios(cfg, cnn, enc, train, base["ref"]), "stages": stage_table(cnn, enc, train), **fv,
             "reference": base["ref"].to_dict(), "peers": base["peers"], "scaling": scaling,
-            "streaming": _bench_scaling.streaming_growth(scaling) if scaling else None, "seconds": step.total}
+            "streaming": _bench_scaling.streaming_growth(scaling) if scaling else None, **comparison,
+            "seconds": step.total}
 
 
 def measure_fastvlad(cfg: BenchConfig, work: Workload, est: Any, backbone: Backbone, step: _Step) -> dict[str, Any]:
@@ -357,6 +369,10 @@ def check_config(cfg: BenchConfig) -> None:
                              "initialisation plus one update, and two classes for the classifier)")
     if min(cfg.cnn_images, cfg.reference_points, cfg.scaling_images, cfg.extrapolate_to) < 1:
         raise ParameterError("--cnn-images, --reference-points, --scaling-images and --extrapolate-to must be ≥ 1")
+    if cfg.precision is not None:
+        check_precision(cfg.precision, cfg.fp16)
+    if cfg.precision_rounds < 1:
+        raise ParameterError(f"--precision-rounds {cfg.precision_rounds}: must be ≥ 1")
     if cfg.data is not None and not Path(cfg.data).exists():
         raise ParameterError(f"--data {cfg.data}: no such folder or file; give a dataset folder or CSV manifest")
 
@@ -388,7 +404,9 @@ def report_lines(r: dict[str, Any]) -> list[str]:
     if r["train_faithful"]:
         lines.append(f"  (b) fit, faithful()     {r['train_faithful']['seconds']:8.1f} s; (total − CNN) / CNN = "
                      f"{r['train_non_cnn_fraction_faithful']:.2f}")
-    lines += _reference_lines(r) + _peer_lines(r) + _scaling_lines(r)
+    from .precision import report_lines as _precision_lines
+
+    lines += _precision_lines(r) + _reference_lines(r) + _peer_lines(r) + _scaling_lines(r)
     lines.append(f"process peak RSS {_mb(r['peak_rss_bytes'])}; bench took {r['seconds']:.0f} s")
     return lines
 

@@ -65,7 +65,15 @@ def machine_info(backend: Backend) -> dict[str, Any]:
     """CPU model, cores, memory, OS, device, ONNX Runtime providers, GPU and versions."""
     return {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "usable_cores": config.usable_cores(),
             "memory_bytes": memory_bytes(), "os": platform.platform(), "device": backend.device,
-            "providers": list(backend.providers), "gpu": gpu_name(backend), "versions": library_versions()}
+            "providers": list(backend.providers), "gpu": gpu_name(backend), "versions": library_versions(),
+            "cpu_vnni": _has_vnni()}
+
+
+def _has_vnni() -> bool:
+    """Whether the CPU has int8 dot products (what ``precision="auto"`` reads)."""
+    from ..quantize import has_vnni
+
+    return has_vnni()
 
 
 def current_rss() -> int | None:

@@ -43,6 +43,10 @@ def bench_command(
                                                     "(about an hour per CNN pass on 2 CPU cores)."),
     fp16: bool = typer.Option(False, help="Run the CNN on its float16 graph (for a GPU's tensor cores); the "
                                           "paper's pipeline in (c) then shares that CNN."),
+    precision: Optional[str] = typer.Option(None, help="The CNN's precision: fp32, fp16, int8 or auto (default: the "
+                                                     "estimator's). At int8 the run adds float32 against int8: the "
+                                                     "CNN and the encoder, rounds interleaved."),
+    precision_rounds: int = typer.Option(3, help="Rounds of that comparison."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write every figure as JSON."),
     plots: Optional[Path] = typer.Option(None, help="Folder for PNG scaling curves (needs --scaling)."),
 ) -> None:
@@ -51,7 +55,7 @@ def bench_command(
         images, density, k = PAPER_IMAGES, PAPER_DENSITY, PAPER_K
     cfg = BenchConfig(images, data, demo_size, density, k, image_size, device, batch_size, seed, cnn_images,
                       reference_images, reference_points, faithful, peers, scaling, scaling_images, extrapolate_to,
-                      fp16)
+                      fp16, precision=precision, precision_rounds=precision_rounds)
     with tempfile.TemporaryDirectory(prefix="fastvlad-bench-") as tmp:
         result = run(cfg, Path(tmp))
     for line in report_lines(result):

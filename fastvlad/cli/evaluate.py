@@ -28,6 +28,7 @@ from .options import (
     NORMALIZE,
     ON_ERROR,
     PCA,
+    PRECISION,
     SCALE,
     SEED,
     TAPS,
@@ -38,6 +39,7 @@ from .options import (
     estimator,
     load,
     micrograph_params,
+    precision_of,
     report_skipped,
 )
 
@@ -62,7 +64,8 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
              aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
              classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, tta: Optional[int] = TTA,
              scale: Optional[float] = SCALE, missing_scale: Optional[str] = MISSING_SCALE, tile: Optional[str] = TILE,
-             tile_stride: Optional[str] = TILE_STRIDE, crop_bottom: Optional[str] = CROP_BOTTOM) -> None:
+             tile_stride: Optional[str] = TILE_STRIDE, crop_bottom: Optional[str] = CROP_BOTTOM,
+             precision: Optional[str] = PRECISION) -> None:
     """Cross-validate (grouped by the 'group' column when present, the tiles of one micrograph always
     together, or leaving one value of --split out at a time): accuracy (per held-out group), per-class
     P/R, confusion, and with --shift the shift check."""
@@ -75,7 +78,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
                           outputs.dataset_files(data, ds.paths))
     split_values = ds.column(split) if split is not None else None
     est = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
-                    normalize=normalize, classifier=classifier, augment=augment, tta=tta,
+                    normalize=normalize, classifier=classifier, augment=augment, tta=tta, **precision_of(precision, None),
                     **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))
     sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)
     tiled = tiling.Settings.of(est).tile is not None

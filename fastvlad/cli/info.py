@@ -18,3 +18,7 @@ def info() -> None:
     problem = backends.cuda_problem()
     typer.echo(f"{'device':<12}{'cuda' if problem is None else 'cpu (' + problem + ')'}")
     typer.echo(f"{'cache':<12}{config.cache_dir()}")
+    from ..quantize import has_vnni
+
+    vnni = has_vnni()
+    typer.echo(f"{'int8':<12}{'VNNI: precision auto → int8' if vnni else 'no VNNI: precision auto → fp32'}")

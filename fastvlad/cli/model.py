@@ -18,6 +18,7 @@ from .options import (
     ASPECT,
     AUGMENT,
     BACKBONE,
+    CALIBRATE,
     CLASSIFIER,
     CROP_BOTTOM,
     DENSITY,
@@ -29,6 +30,7 @@ from .options import (
     NORMALIZE,
     ON_ERROR,
     PCA,
+    PRECISION,
     SCALE,
     SCHEDULER,
     SEED,
@@ -42,6 +44,7 @@ from .options import (
     load,
     loaded,
     micrograph_params,
+    precision_of,
     report_skipped,
 )
 
@@ -53,7 +56,8 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
           scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
           pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
           classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, tta: Optional[int] = TTA,
-          fp16: Optional[bool] = FP16, scale: Optional[float] = SCALE,
+          fp16: Optional[bool] = FP16, precision: Optional[str] = PRECISION,
+          calibrate: Optional[Path] = CALIBRATE, scale: Optional[float] = SCALE,
           missing_scale: Optional[str] = MISSING_SCALE, tile: Optional[str] = TILE,
           tile_stride: Optional[str] = TILE_STRIDE, crop_bottom: Optional[str] = CROP_BOTTOM) -> None:
     """Train a model on labelled images and save it as one file."""
@@ -65,7 +69,8 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
     ds = load(data, on_error)
     outputs.refuse_inputs([output], outputs.dataset_files(data, ds.paths))
     model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
-                      normalize=normalize, classifier=classifier, augment=augment, tta=tta, fp16=bool(fp16),
+                      normalize=normalize, classifier=classifier, augment=augment, tta=tta,
+                      calibration=str(calibrate) if calibrate else None, **precision_of(precision, fp16),
                       **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))
     sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)
     plan = tiling.plan_for(model, sources)  # micrographs → tiles (None: images used as they are)
@@ -93,12 +98,13 @@ def predict(model_path: Path = typer.Argument(..., metavar="MODEL"),
             per_image: bool = typer.Option(False, "--per-image", help="With a tiling model: one row per micrograph "
                                            "(mean of its tiles' probabilities, share of tiles per class), not per tile."),
             device: str = DEVICE, on_error: str = ON_ERROR, scheduler: Optional[str] = SCHEDULER,
-            workers: int = WORKERS, fp16: Optional[bool] = FP16, missing_scale: Optional[str] = MISSING_SCALE,
+            workers: int = WORKERS, fp16: Optional[bool] = FP16, precision: Optional[str] = PRECISION,
+            missing_scale: Optional[str] = MISSING_SCALE,
             tile_stride: Optional[str] = TILE_STRIDE, crop_bottom: Optional[str] = CROP_BOTTOM) -> None:
     """Write predictions: CSV with path, (true,) predicted, one p_<class> column per class and error."""
     from .. import distributed
 
-    model = loaded(model_path, device, on_error, fp16)
+    model = loaded(model_path, device, on_error, fp16, precision)
     model.set_params(**micrograph_params(None, missing_scale, None, tile_stride, crop_bottom))
     if not outputs.is_stdout(output):
         check_writable(output)  # an unwritable -o fails before the work, not after it
@@ -198,7 +204,8 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
            scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
            pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
            classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, tta: Optional[int] = TTA,
-           fp16: Optional[bool] = FP16, scale: Optional[float] = SCALE,
+           fp16: Optional[bool] = FP16, precision: Optional[str] = PRECISION,
+           calibrate: Optional[Path] = CALIBRATE, scale: Optional[float] = SCALE,
            missing_scale: Optional[str] = MISSING_SCALE, tile: Optional[str] = TILE,
            tile_stride: Optional[str] = TILE_STRIDE, crop_bottom: Optional[str] = CROP_BOTTOM) -> None:
     """Write the VLAD codes (n, k·dim) float32 as .npy (NaN rows for skipped images), paths beside it
@@ -218,12 +225,13 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
     outputs.refuse_inputs(written, outputs.dataset_files(data, ds.paths))
     micro = micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom)
     if model_path:
-        model = loaded(model_path, device, on_error, fp16)
+        model = loaded(model_path, device, on_error, fp16, precision)
         model.set_params(**{k: v for k, v in micro.items() if k in ("missing_scale", "tile_stride", "crop_bottom")})
     else:
         model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca,
                           aspect=aspect, normalize=normalize, classifier=classifier, augment=augment, tta=tta,
-                          fp16=bool(fp16), **micro)
+                          calibration=str(calibrate) if calibrate else None, **precision_of(precision, fp16),
+                          **micro)
     sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)
     plan = tiling.plan_for(model, sources)
     X = plan.sources if plan is not None else sources

@@ -45,8 +45,12 @@ FAITHFUL = typer.Option(False, "--faithful", help="The paper's exact setting: fu
                         "hypercolumns to 64 dims and uses 32 bins (see README, Defaults).")
 PCA = typer.Option(None, "--pca", metavar="N|none", help="Hypercolumn PCA components: N, or 'none' for the full hypercolumn "
                    "(default 64; 'none' with --faithful).")
-FP16 = typer.Option(None, "--fp16/--fp32", help="Run the CNN in float16 (for a GPU's tensor cores) or float32 "
-                    "(default: float32, or the model's setting).")
+FP16 = typer.Option(None, "--fp16/--fp32", help="Deprecated spellings of --precision fp16 / --precision fp32.")
+PRECISION = typer.Option(None, "--precision", help="The CNN's arithmetic: fp32; fp16 (for a GPU's tensor cores); "
+                         "int8 (the CPU's; an int8 copy of the backbone built once and cached); auto (int8 on a "
+                         "CPU with VNNI, else fp32). Default: fp32, or the model's setting.")
+CALIBRATE = typer.Option(None, "--calibrate", help="With --precision int8: calibrate the int8 CNN on these images "
+                         "(folder, CSV manifest or image; 16 drawn) instead of the built-in demo micrographs.")
 WORKERS = typer.Option(0, "--workers", help="Run on a local Dask cluster of N worker processes; needs fastvlad[dask].")
 
 
@@ -96,6 +100,21 @@ def parse_pca(text: Optional[str]) -> dict[str, Any]:
         raise ParameterError(f"--pca {text!r}: give a number of components or 'none'") from None
 
 
+def precision_of(precision: Optional[str], fp16: Optional[bool]) -> dict[str, Any]:
+    """``--precision`` and the deprecated ``--fp16/--fp32`` as estimator parameters ({} when neither
+    is given); ``ParameterError`` for an unknown value or the two disagreeing."""
+    from ..quantize import check_precision
+
+    if fp16 is not None:
+        alias = "fp16" if fp16 else "fp32"
+        if precision is not None and precision != alias:
+            raise ParameterError(f"--{alias} and --precision {precision} disagree; give --precision alone")
+        precision = alias
+    if precision is None:
+        return {}
+    return {"precision": check_precision(precision), "fp16": False}
+
+
 def estimator(density: float, k: int, image_size: Optional[str], device: str, backbone: str, taps: Optional[str],
               seed: int, on_error: str, faithful: bool = False, pca: Optional[str] = None,
               **extra: Any) -> FastVLAD:
@@ -112,16 +131,14 @@ def estimator(density: float, k: int, image_size: Optional[str], device: str, ba
                 random_state=seed, on_error=on_error, **extra)
 
 
-def loaded(model_path: Path, device: str, on_error: str, fp16: Optional[bool]) -> FastVLAD:
+def loaded(model_path: Path, device: str, on_error: str, fp16: Optional[bool], precision: Optional[str] = None) -> FastVLAD:
     """A saved model with this run's device and error policy (and precision, when given)."""
     from ..estimator import load
 
     model = load(model_path)
     log.debug("fastvlad: %s: classes %s, trained on %s images", model_path, ", ".join(map(str, model.classes_)),
               model.train_info_.get("n_images", "?"))
-    model.set_params(device=device, on_error=on_error)
-    if fp16 is not None:
-        model.set_params(fp16=fp16)
+    model.set_params(device=device, on_error=on_error, **precision_of(precision, fp16))
     return model
 
 
