@@ -1,4 +1,5 @@
-"""Real SEM micrographs (../shared/datasets/nanofiber-sem): grouped CV beats chance, train/predict agree."""
+"""Real SEM micrographs (../shared/datasets/nanofiber-sem): grouped CV beats chance, train/predict
+agree, and the default's leave-one-series-out accuracy stays above its measured floor."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ import pytest
 
 from fastvlad import datasets
 from fastvlad.estimator import FastVLAD
-from fastvlad.evaluate import cross_validate
+from fastvlad.evaluate import cross_validate, encode_images
 
 pytestmark = pytest.mark.slow
 
 
 def test_grouped_cv_beats_chance(nanofiber: Path, vgg16_path: Path) -> None:
     ds = datasets.load(nanofiber / "manifest.csv")
-    assert len(ds) == 936 and len(ds.classes) == 3 and ds.groups is not None
+    assert len(ds) == 1035 and len(ds.classes) == 3 and ds.groups is not None
     est = FastVLAD(density=1, k=32, image_size=112, codebook_images=50, n_estimators=30, device="cpu")
     res = cross_validate(est, [str(p) for p in ds.paths], ds.labels, ds.groups, n_splits=3)
     assert res.grouped
@@ -44,3 +45,26 @@ def test_train_predict_on_held_out_groups(nanofiber: Path, vgg16_path: Path) -> 
     accuracy = float((pred == truth).mean())
     print(f"held-out accuracy {accuracy:.3f} on {len(truth)} images (majority class {majority:.3f})")
     assert accuracy > majority + 0.1
+
+
+#: ACCURACY.md, the default (stretch, 112 short side, logistic C=100 balanced, tta 1): leave-one-series-out
+#: mean 0.641 over the 8 series, worst series 0.34 (Machine C). The floors sit a few points under, so
+#: another machine's BLAS passes and a regression (e.g. the 0.1.0 default's 0.251) fails.
+LOSO_MEAN_FLOOR = 0.60
+LOSO_WORST_FLOOR = 0.25
+
+
+def test_default_leave_one_series_out_floor(nanofiber: Path, vgg16_path: Path) -> None:
+    """The protocol of benchmarks/accuracy.py: one encoding of every tile (and its mirror, for tta),
+    then each series held out once. About 6 minutes on 2 cores."""
+    ds = datasets.load(nanofiber / "manifest.csv")
+    series = ds.column("series")
+    assert len(set(series)) == 8
+    est = FastVLAD(device="cpu")
+    X = [str(p) for p in ds.paths]
+    res = cross_validate(est, X, ds.y, split=series, split_name="series", codes=encode_images(est, X))
+    for f in res.per_fold():  # each series held out once, never on both sides
+        assert f["n"] == int((series == f["held_out"]).sum())
+    print({f["held_out"]: round(f["accuracy"], 3) for f in res.per_fold()}, f"mean {res.accuracy:.3f}")
+    assert res.accuracy >= LOSO_MEAN_FLOOR, res.to_dict()
+    assert min(res.fold_accuracy) >= LOSO_WORST_FLOOR, res.to_dict()
