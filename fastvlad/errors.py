@@ -66,6 +66,10 @@ class WriteError(FastVLADError):
     """An output file (model, predictions, codes, cache) cannot be written."""
 
 
+class MissingDependencyError(FastVLADError, ImportError):
+    """A package fastvlad needs for what was asked is not installed (the message says which and how)."""
+
+
 # Type names and message fragments of out-of-memory errors from CuPy (allocator, cuBLAS,
 # runtime) and ONNX Runtime's CUDA provider (BFC arena, CUDA calls). Matched as text
 # because ONNX Runtime reports them as generic exceptions, and BackboneError wraps them.

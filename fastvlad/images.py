@@ -34,7 +34,7 @@ from typing import Any, Optional, Protocol, Union, runtime_checkable
 import numpy as np
 
 from . import config, intensity, microscopy
-from .errors import FastVLADError, ImageReadError, ParameterError
+from .errors import FastVLADError, ImageReadError, MissingDependencyError, ParameterError
 
 log = logging.getLogger("fastvlad")
 
@@ -442,6 +442,9 @@ class Preprocess:
             raise
         except MemoryError:
             raise ImageReadError(label, "not enough memory to convert it", "use a smaller image_size") from None
+        except ImportError as exc:  # the installation's fault, not the image's: never skipped as unreadable
+            raise MissingDependencyError(f"converting {label} needs a package that cannot be imported ({exc}); "
+                                         "reinstall fastvlad with its dependencies ('pip install -e .')") from None
         except Exception as exc:  # a decoder or converter failing in a way we did not foresee
             raise ImageReadError(label, f"cannot be converted ({type(exc).__name__}: {exc})", _UNREADABLE) from None
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .errors import ParameterError
+from .errors import MissingDependencyError, ParameterError
 
 #: Percentiles of the ``stretch`` normalisation: mapped to 0 and 255, what lies beyond is clipped.
 STRETCH_PERCENTILES = (1.0, 99.0)
@@ -71,8 +71,17 @@ def normalize(values: np.ndarray, method: str) -> np.ndarray:
 
 
 def check(method: object) -> str:
+    """``method`` if it is a known normalisation whose library is installed (checked before any image)."""
     if not isinstance(method, str) or method not in NORMALIZATIONS:
         raise ParameterError(f"normalize={method!r} is unknown; use one of {tuple(NORMALIZATIONS)}")
+    if method != "none":
+        try:
+            import skimage.exposure  # noqa: F401
+        except ImportError as exc:
+            raise MissingDependencyError(
+                f"normalize={method!r} needs scikit-image, which cannot be imported ({exc}); install it with "
+                "'pip install scikit-image' (a dependency of fastvlad: reinstall with 'pip install -e .'), or set "
+                "normalize='none'") from None
     return method
 
 

@@ -258,6 +258,16 @@ def _check_format(path: Path, members: dict[str, bytes]) -> None:
                                f"fastvlad (reads version {VERSION}); re-train or use a matching fastvlad")
 
 
+def hash_file_into(h: Any, path: str | os.PathLike[str]) -> None:
+    """Feed a file's bytes to the hash ``h`` in 1 MiB chunks; an unreadable file feeds its name."""
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        h.update(b"\0unreadable\0" + str(path).encode())
+
+
 def data_sha256(sources: Sequence[Any], labels: Sequence[object] | np.ndarray | None = None) -> str:
     """SHA-256 of training data for the model's metadata: each image's bytes as stored (arrays:
     dtype, shape, values) with its label, combined in sorted order so file order does not matter.
@@ -272,12 +282,7 @@ def data_sha256(sources: Sequence[Any], labels: Sequence[object] | np.ndarray | 
             h.update(f"{src.dtype}{src.shape}".encode())
             h.update(np.ascontiguousarray(src).tobytes())
         else:
-            try:
-                with open(src, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
-            except OSError:
-                h.update(b"\0unreadable\0" + str(src).encode())
+            hash_file_into(h, src)
         if labels is not None:
             h.update(b"\0label\0" + str(labels[i]).encode())
         digests.append(h.digest())

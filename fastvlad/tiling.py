@@ -32,6 +32,7 @@ import numpy as np
 
 from . import checks, images, microscopy
 from .errors import ImageReadError
+from .model_file import hash_file_into
 
 log = logging.getLogger("fastvlad")
 
@@ -164,12 +165,7 @@ def _source_digest(source: Path | str | np.ndarray) -> bytes:
     with _LOCK:
         if key in _DIGESTS:
             return _DIGESTS[key]
-    try:
-        with open(source, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError:
-        h.update(b"\0unreadable\0" + str(source).encode())
+    hash_file_into(h, source)
     with _LOCK:
         _DIGESTS[key] = h.digest()
         while len(_DIGESTS) > 1024:

@@ -217,3 +217,29 @@ def test_write_dataset_errors(tmp_path: Path) -> None:
         write_dataset(tmp_path, 2, size=8)
     # validation happens before anything is written
     assert not any(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_demo_command_cleans_up_unless_kept(vgg16_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fastvlad demo`` prints accuracy, stage times and the prediction rate (saying that tta
+    encodes each image twice), leaves no temporary folder behind, and with --keep writes the model."""
+    import tempfile
+
+    from typer.testing import CliRunner
+
+    from fastvlad.cli import app
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    small = ["--n-train", "3", "--n-test", "1", "--size", "64", "--density", "0.1", "-k", "4"]
+    res = CliRunner().invoke(app, ["-q", "demo", *small])
+    assert res.exit_code == 0, res.output
+    assert "held-out accuracy:" in res.output and "tta=1" in res.output, res.output
+    assert list(scratch.iterdir()) == []  # the demo images and model went with the temporary folder
+    kept = tmp_path / "kept"
+    res = CliRunner().invoke(app, ["-q", "demo", *small, "--keep", str(kept)])
+    assert res.exit_code == 0, res.output
+    assert (kept / "model.fvl").is_file() and f"model saved to {kept / 'model.fvl'}" in res.output

@@ -21,27 +21,36 @@ def demo(n_train: int = typer.Option(30, help="Training images per class."),
          keep: Optional[Path] = typer.Option(None, help="Write the demo images and model into this folder."),
          faithful: bool = FAITHFUL, pca: Optional[str] = PCA) -> None:
     """Generate TEM-like demo images of the paper's four classes, train, and score held-out images."""
+    if keep is not None:
+        _run(keep, n_train, n_test, size, density, k, device, seed, faithful, pca, kept=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="fastvlad-demo-") as tmp:  # removed afterwards, failed or not
+        _run(Path(tmp), n_train, n_test, size, density, k, device, seed, faithful, pca, kept=False)
+
+
+def _run(folder: Path, n_train: int, n_test: int, size: int, density: float, k: int, device: str, seed: int,
+         faithful: bool, pca: Optional[str], kept: bool) -> None:
+    """Write the demo data into ``folder``, train, score and print (the model saved there when ``kept``)."""
     from .. import demo as demo_data
     from ..estimator import FastVLAD
 
-    folder = keep or Path(tempfile.mkdtemp(prefix="fastvlad-demo-"))
     t = time.perf_counter()
     train_ds = datasets.load(demo_data.write_dataset(folder / "train", n_train, size, random_state=seed))
     test_ds = datasets.load(demo_data.write_dataset(folder / "test", n_test, size, random_state=seed + 1))
-    typer.echo(f"demo data: {len(train_ds)} training, {len(test_ds)} held-out images ({size}×{size}) in {folder}"
-               f" ({time.perf_counter() - t:.1f} s)")
+    typer.echo(f"demo data: {len(train_ds)} training, {len(test_ds)} held-out images ({size}×{size})"
+               f"{' in ' + str(folder) if kept else ''} ({time.perf_counter() - t:.1f} s)")
     model = (FastVLAD.faithful if faithful else FastVLAD)(density=density, k=k, device=device, random_state=seed,
                                                           **parse_pca(pca))
     model.fit([str(p) for p in train_ds.paths], train_ds.y)
     t = time.perf_counter()
     acc = model.score([str(p) for p in test_ds.paths], test_ds.labels)
     predict_s = time.perf_counter() - t
-    model.save(folder / "model.fvl")
     typer.echo(f"held-out accuracy: {acc:.3f} on {len(test_ds)} images")
     n = model.train_info_["n_images"]
     typer.echo("training time per stage (s):")
     for stage, sec in model.timings_.items():
         typer.echo(f"  {stage:<14}{sec:8.2f}")
-    typer.echo(f"prediction: {len(test_ds) / predict_s:.1f} images/s; model saved to {folder / 'model.fvl'}; "
-               f"{n} training images")
-
+    views = f" (each image and {model.tta} flipped cop{'y' if model.tta == 1 else 'ies'}: tta={model.tta})" \
+        if model.tta else ""
+    saved = f"model saved to {model.save(folder / 'model.fvl')}" if kept else "--keep DIR keeps the images and model"
+    typer.echo(f"prediction: {len(test_ds) / predict_s:.1f} images/s{views}; {saved}; {n} training images")
