@@ -34,7 +34,12 @@ from typing import Any, Optional, Protocol, Union, runtime_checkable
 import numpy as np
 
 from . import config, intensity, microscopy
-from .errors import FastVLADError, ImageReadError, MissingDependencyError, ParameterError
+from .errors import (
+    FastVLADError,
+    ImageReadError,
+    MissingDependencyError,
+    ParameterError,
+)
 
 log = logging.getLogger("fastvlad")
 
