@@ -53,4 +53,5 @@ def _run(folder: Path, n_train: int, n_test: int, size: int, density: float, k: 
     views = f" (each image and {model.tta} flipped cop{'y' if model.tta == 1 else 'ies'}: tta={model.tta})" \
         if model.tta else ""
     saved = f"model saved to {model.save(folder / 'model.fvl')}" if kept else "--keep DIR keeps the images and model"
-    typer.echo(f"prediction: {len(test_ds) / predict_s:.1f} images/s{views}; {saved}; {n} training images")
+    typer.echo(f"trained on {n} images; prediction: {len(test_ds) / predict_s:.1f} images/s{views}")
+    typer.echo(saved)
