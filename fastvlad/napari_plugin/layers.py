@@ -34,7 +34,8 @@ class MicrographLayers:
 
 def classify(model: Any, source: str | Path | np.ndarray, pixel_size_nm: float | None = None) -> MicrographLayers:
     """Run a fitted ``FastVLAD`` on one micrograph (a path or an array (H, W[, C])) and map its tiles
-    and sampled points back onto the micrograph's pixels (one CNN pass per tile)."""
+    and sampled points back onto the micrograph's pixels (one CNN pass per tile, and one per flip of
+    each tile with ``tta``: the tiles' probabilities are ``predict_proba``'s)."""
     micrograph = tiling.Micrograph(source, pixel_size_nm)
     settings = tiling.Settings.of(model)
     raw, px = tiling.read_micrograph(micrograph)
@@ -55,16 +56,20 @@ def classify(model: Any, source: str | Path | np.ndarray, pixel_size_nm: float |
             top, left, h, w = _box(plan.sources[i], height, width)
             boxes[i] = top, left, h, w
             tile_proba[i] = proba[j]
-            r0, c0 = int(round(top)), int(round(left))
-            class_map[r0:r0 + int(round(h)), c0:c0 + int(round(w))] = int(proba[j].argmax()) + 1
             grid = enc.batch.points[j].astype(np.float64)  # type: ignore[index]  # (S, 2) in the network input
             # network input pixel → tile (its centre) → the file's pixels
             rows = top + (grid[:, 0] + 0.5) * h / grid_h - 0.5
             cols = left + (grid[:, 1] + 0.5) * w / grid_w - 0.5
             points.append(np.stack([rows, cols], axis=1).astype(np.float32))
             codewords.append(enc.labels[j].astype(np.int32))  # type: ignore[index]
+    for op in range(1, int(model.tta) + 1):  # as predict does: each tile's mean with its flips
+        tile_proba += model.proba_of_flip(plan.sources, op)
+    tile_proba /= np.float32(1 + int(model.tta))
     if np.isnan(tile_proba).any():
         raise ImageReadError(micrograph.name, "some of its tiles could not be encoded")
+    for (top, left, h, w), p in zip(boxes, tile_proba):
+        r0, c0 = int(round(top)), int(round(left))
+        class_map[r0:r0 + int(round(h)), c0:c0 + int(round(w))] = int(p.argmax()) + 1
     return MicrographLayers(classes, class_map, tile_proba, boxes,
                             np.concatenate(points) if points else np.zeros((0, 2), np.float32),
                             np.concatenate(codewords) if codewords else np.zeros(0, np.int32),
