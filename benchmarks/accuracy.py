@@ -57,6 +57,9 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     ("stretch, 112, logistic C=10 balanced", dict(T0, C=10.0), False),
     ("stretch, 112, logistic balanced, augment 1", dict(T0, augment=1), False),
     ("**stretch, 112, logistic balanced, tta 1 (the default)**", dict(), True),
+    ("stretch, 160 short side (160×234), logistic balanced", dict(T0, image_size=160), False),
+    ("stretch, 224 short side (224×328), logistic balanced", dict(T0, image_size=224), False),
+    ("stretch, 112, logistic balanced, power normalisation", dict(T0, power=True), False),
     ("equalize, 112, logistic balanced", dict(T0, normalize="equalize"), False),
     ("clahe, 112, logistic balanced", dict(T0, normalize="clahe"), False),
 ]
@@ -99,14 +102,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
-    ap.add_argument("--only", default=None, help="run the variants whose name contains this text")
+    ap.add_argument("--only", default=None, help="run the variants whose name contains this text (several: "
+                    "separated by '|')")
     ap.add_argument("--shift-images", type=int, default=200)
     args = ap.parse_args(argv)
     if not (args.data / "manifest.csv").is_file():
         sys.exit(f"no dataset at {args.data} (see ../shared/datasets/README.md)")
     ds = datasets.load(args.data)
     X, y, groups, series = [str(p) for p in ds.paths], ds.y, ds.groups, ds.column("series")
-    variants = [v for v in VARIANTS if args.only is None or args.only in v[0]]
+    variants = [v for v in VARIANTS if args.only is None or any(part in v[0] for part in args.only.split("|"))]
     # Encode once per encoder, with the most augmented copies and flips any of its variants uses.
     need: dict[tuple[Any, ...], FastVLAD] = {}
     for _, params, _ in variants:
