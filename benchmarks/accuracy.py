@@ -57,7 +57,7 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     ("stretch, 112, logistic C=10 balanced", dict(T0, C=10.0), False),
     ("stretch, 112, logistic balanced, augment 1", dict(T0, augment=1), False),
     ("**stretch, 112, logistic balanced, tta 1 (the default)**", dict(), True),
-    ("stretch, 112, logistic balanced, tta 3 (every flip)", dict(tta=3), False),
+    ("stretch, 112, logistic balanced, tta 3 (every flip)", dict(tta=3), True),
     ("stretch, 112, logistic balanced, augment 1 and tta 1", dict(augment=1), False),
     ("stretch, 160 short side (160×234), logistic balanced", dict(T0, image_size=160), False),
     ("stretch, 224 short side (224×328), logistic balanced", dict(T0, image_size=224), False),
