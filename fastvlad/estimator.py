@@ -268,9 +268,10 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         the mean over the image and its first ``tta`` flips."""
         if not hasattr(self, "head_"):
             raise NotFittedError("this FastVLAD has no classifier yet; call fit(X, y) first")
-        plan = tiling.plan_for(self, checks.sources(X))
+        X = checks.sources(X)
+        plan = tiling.plan_for(self, X)
         if plan is None:
-            return self._proba_with_flips(checks.sources(X))
+            return self._proba_with_flips(X)
         tile_proba = np.full((len(plan.sources), len(self.classes_)), np.nan, dtype=np.float32)
         if plan.sources:
             tile_proba = self._proba_with_flips(plan.sources)
@@ -319,14 +320,14 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         params["taps"] = list(params["taps"]) if params["taps"] else None
         for key in ("image_size", "tile", "tile_stride"):  # tuples as JSON lists
             params[key] = list(params[key]) if isinstance(params[key], tuple) else params[key]
+        if params["calibration"] is not None:
+            params["calibration"] = str(params["calibration"])
         config = {"params": params, "classes": [str(c) for c in self.classes_],
                   "backbone_sha256": self.backbone_sha256_, "taps": list(self.taps_),
                   "train": {**self.train_info_, "timings": getattr(self, "timings_", {})},
                   "versions": versions()}
         if getattr(self, "quantized_", None):
             config["quantized"] = self.quantized_  # checked at use, as backbone_sha256 is
-        if params["calibration"] is not None:
-            params["calibration"] = str(params["calibration"])
         proj = getattr(self, "projection_", None)
         linear = isinstance(self.head_, classifier.LinearHead)
         return model_file.save(path, model_file.ModelContents(

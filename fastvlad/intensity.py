@@ -66,15 +66,21 @@ NORMALIZATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def normalize(values: np.ndarray, method: str) -> np.ndarray:
-    """``values`` normalised by ``method`` (one of ``NORMALIZATIONS``)."""
-    return NORMALIZATIONS[check(method)](values)
+    """``values`` normalised by ``method`` (one of ``NORMALIZATIONS``; its library checked once, by
+    ``check``, before any image)."""
+    return NORMALIZATIONS[_known(method)](values)
+
+
+def _known(method: object) -> str:
+    if not isinstance(method, str) or method not in NORMALIZATIONS:
+        raise ParameterError(f"normalize={method!r} is unknown; use one of {tuple(NORMALIZATIONS)}")
+    return method
 
 
 def check(method: object) -> str:
     """``method`` if it is a known normalisation whose library is installed (checked before any image)."""
-    if not isinstance(method, str) or method not in NORMALIZATIONS:
-        raise ParameterError(f"normalize={method!r} is unknown; use one of {tuple(NORMALIZATIONS)}")
-    if method != "none":
+    name = _known(method)
+    if name != "none":
         try:
             import skimage.exposure  # noqa: F401
         except ImportError as exc:
@@ -82,7 +88,7 @@ def check(method: object) -> str:
                 f"normalize={method!r} needs scikit-image, which cannot be imported ({exc}); install it with "
                 "'pip install scikit-image' (a dependency of fastvlad: reinstall with 'pip install -e .'), or set "
                 "normalize='none'") from None
-    return method
+    return name
 
 
 # -- acquisition changes: the shift check and the augmentation at fit -------------------------------
