@@ -16,7 +16,9 @@ images, stratified by series and class, re-predicted under each acquisition chan
 every image: its codebook pass and encoding (from the CV encoding's timings) plus the head on all
 codes; "non-CNN / CNN" is everything but the CNN passes over the CNN's time in that fit. Variants
 sharing an encoder share its encoding (and its timings): augmented copies and flips are encoded
-once and left out of the variants that do not use them.
+once and left out of the variants that do not use them. A variant with ``scales`` (not an
+estimator parameter) puts the codes of one encoding per input size side by side, each with its
+own codebook, scaled by 1/sqrt(n): how multi-scale codes were measured before becoming an option.
 """
 
 from __future__ import annotations
@@ -64,15 +66,49 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     ("stretch, 112, logistic balanced, power normalisation", dict(T0, power=True), False),
     ("equalize, 112, logistic balanced", dict(T0, normalize="equalize"), False),
     ("clahe, 112, logistic balanced", dict(T0, normalize="clahe"), False),
+    # Run 6: around the default (tta 1), one setting changed at a time.
+    ("the default, k 50", dict(k=50), False),
+    ("the default, k 200", dict(k=200), False),
+    ("the default, pca 32", dict(pca=32), False),
+    ("the default, pca 128", dict(pca=128), False),
+    ("the default, deep taps only (block3–5)", dict(taps=("block3_conv3", "block4_conv3", "block5_conv3")), False),
+    ("the default, logistic C=1000", dict(C=1000.0), False),
+    ("the default at int8", dict(precision="int8"), True),
+    ("the default, codes of 112 and 80 short side concatenated", dict(scales=(112, 80)), False),
+    ("the default, codes of 112 and 160 short side concatenated", dict(scales=(112, 160)), False),
 ]
 #: Parameters that decide the codes (the rest only decide the head).
 ENCODER_PARAMS = ("image_size", "aspect", "normalize", "density", "k", "pca", "whiten", "power", "intra",
-                  "resample", "interpolation", "backbone", "taps", "codebook_images", "random_state")
+                  "resample", "interpolation", "backbone", "taps", "codebook_images", "random_state", "precision",
+                  "calibration")
+
+
+def estimators(params: dict[str, Any]) -> list[FastVLAD]:
+    """The estimator of a variant; one per input size for a variant of concatenated ``scales``."""
+    scales = params.get("scales")
+    rest = {k: v for k, v in params.items() if k != "scales"}
+    return [FastVLAD(**rest, image_size=s) for s in scales] if scales else [FastVLAD(**params)]
 
 
 def encoder_key(est: FastVLAD) -> tuple[Any, ...]:
     params = est.get_params()
     return tuple((p, str(params[p])) for p in ENCODER_PARAMS)
+
+
+def concatenated(sets: list[CodeSet]) -> CodeSet:
+    """The codes of several encodings of the same images side by side (each scale its own codebook),
+    scaled by 1/sqrt(n) so that the whole stays unit length; augmented copies are not supported."""
+    if any(len(cs.augmented) for cs in sets) or any(not np.array_equal(cs.indices, sets[0].indices) for cs in sets):
+        raise ValueError("concatenated codes need the same readable images and no augmented copies")
+    f = np.float32(1 / np.sqrt(len(sets)))
+    codes = np.concatenate([cs.codes for cs in sets], axis=1) * f
+    views = [np.concatenate([cs.views[i] for cs in sets], axis=1) * f for i in range(min(len(cs.views) for cs in sets))]
+    seconds: dict[str, float] = {}
+    for cs in sets:
+        for stage, v in cs.seconds.items():
+            seconds[stage] = seconds.get(stage, 0.0) + v
+    return dataclasses.replace(sets[0], codes=codes, views=views, seconds=seconds,
+                               augmented=np.zeros((0, codes.shape[1]), np.float32))
 
 
 def without(cs: CodeSet, augment: int, tta: int) -> CodeSet:
@@ -116,21 +152,24 @@ def main(argv: list[str] | None = None) -> None:
     # Encode once per encoder, with the most augmented copies and flips any of its variants uses.
     need: dict[tuple[Any, ...], FastVLAD] = {}
     for _, params, _ in variants:
-        est = FastVLAD(**params)
-        key = encoder_key(est)
-        have = need.get(key)
-        need[key] = est if have is None else have.set_params(augment=max(have.augment, est.augment),
-                                                             tta=max(have.tta, est.tta))
+        for est in estimators(params):
+            key = encoder_key(est)
+            have = need.get(key)
+            need[key] = est if have is None else have.set_params(augment=max(have.augment, est.augment),
+                                                                 tta=max(have.tta, est.tta))
     rows = []
     codesets: dict[tuple[Any, ...], CodeSet] = {}
     for name, params, shift in variants:
-        est = FastVLAD(**params)
-        key = encoder_key(est)
-        if key not in codesets:
-            t = time.perf_counter()
-            codesets[key] = encode_images(need[key], X)
-            print(f"encoded for {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
-        cs = without(codesets[key], int(est.augment), int(est.tta))
+        parts = []
+        for est in estimators(params):
+            key = encoder_key(est)
+            if key not in codesets:
+                t = time.perf_counter()
+                codesets[key] = encode_images(need[key], X)
+                print(f"encoded for {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+            parts.append(without(codesets[key], int(est.augment), int(est.tta)))
+        cs = parts[0] if len(parts) == 1 else concatenated(parts)
+        est = estimators(params)[0]  # the head's parameters (the same for every part)
         loso = cross_validate(est, X, y, split=series, split_name="series", codes=cs)
         grouped = cross_validate(est, X, y, groups=groups, n_splits=5, codes=cs)
         row: dict[str, Any] = {"variant": name, "params": params, "loso_mean": loso.accuracy,
