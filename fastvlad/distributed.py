@@ -406,23 +406,20 @@ def predict_proba(client: Client | None, X: Sequence[ImageSource], model: FastVL
     images), computed where each partition was encoded, and the skipped (image, reason). With
     the model's ``tta``, the mean over each image and its first ``tta`` flips, as ``predict_proba``."""
     if client is None:
-        encoded = model.encode(X)
-        proba = _rows(len(X), encoded.indices, model.predict_proba_codes(encoded.codes))
-        for op in range(1, int(model.tta) + 1):
-            proba += model.proba_of_flip(X, op)
-    else:
-        check_fitted(model)
-        X = checks.sources(X)
-        n, views = len(X), 1 + int(model.tta)
-        shipped = _shipped(X, range(n))  # absolute paths before they are wrapped in flips
-        everything = shipped + [f for op in range(1, views) for f in flipped(shipped, op)]  # one round of tasks
-        encoded = _encode_and_predict(client, everything, model, partition_size)
-        each = _rows(n * views, encoded.indices, encoded.codes).reshape(views, n, -1)  # probabilities, not codes
-        proba = each[0].copy()
-        for view in each[1:]:
-            proba += view
-        encoded = replace(encoded, failed=[(i, e) for i, e in encoded.failed if i < n])
-    return proba / np.float32(1 + int(model.tta)), model.describe_failures(X, encoded)
+        proba, encoded = model.proba_with_flips(X)
+        return proba, model.describe_failures(X, encoded)
+    check_fitted(model)
+    X = checks.sources(X)
+    n, views = len(X), 1 + int(model.tta)
+    shipped = _shipped(X, range(n))  # absolute paths before they are wrapped in flips
+    everything = shipped + [f for op in range(1, views) for f in flipped(shipped, op)]  # one round of tasks
+    encoded = _encode_and_predict(client, everything, model, partition_size)
+    each = _rows(n * views, encoded.indices, encoded.codes).reshape(views, n, -1)  # probabilities, not codes
+    proba = each[0].copy()
+    for view in each[1:]:
+        proba += view
+    encoded = replace(encoded, failed=[(i, e) for i, e in encoded.failed if i < n])
+    return proba / np.float32(views), model.describe_failures(X, encoded)
 
 
 def _rows(n: int, indices: np.ndarray, proba_ok: np.ndarray) -> np.ndarray:

@@ -271,19 +271,23 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         X = checks.sources(X)
         plan = tiling.plan_for(self, X)
         if plan is None:
-            return self._proba_with_flips(X)
+            return self.proba_with_flips(X)[0]
         tile_proba = np.full((len(plan.sources), len(self.classes_)), np.nan, dtype=np.float32)
         if plan.sources:
-            tile_proba = self._proba_with_flips(plan.sources)
+            tile_proba = self.proba_with_flips(plan.sources)[0]
         return plan.aggregate(tile_proba).proba  # each micrograph: the mean of its tiles
 
-    def _proba_with_flips(self, X: Sequence[ImageSource]) -> np.ndarray:
-        """``(n, n_classes)`` float32 of images used as they are (no tiling): the mean over each
-        image and its first ``tta`` flips."""
-        proba = self.predict_proba_codes(self.transform(X))
+    def proba_with_flips(self, X: Sequence[ImageSource]) -> tuple[np.ndarray, Encoded]:
+        """``(n, n_classes)`` float32 of images used as they are (no tiling; NaN rows for images that
+        could not be read): the mean over each image and its first ``tta`` flips. Also the images'
+        own encoding, which says which failed."""
+        X = checks.sources(X)
+        encoded = self.encode(X)
+        proba = np.full((len(X), len(self.classes_)), np.nan, dtype=np.float32)
+        proba[encoded.indices] = self.predict_proba_codes(encoded.codes)
         for op in range(1, int(self.tta) + 1):
             proba += self.proba_of_flip(X, op)
-        return proba / np.float32(1 + int(self.tta))
+        return proba / np.float32(1 + int(self.tta)), encoded
 
     def proba_of_flip(self, X: Sequence[ImageSource], op: int) -> np.ndarray:
         """``(n, n_classes)`` float32 of every image flipped by ``intensity.dihedral(op)`` (NaN rows
