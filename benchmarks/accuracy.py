@@ -79,6 +79,12 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     ("the default at int8", dict(precision="int8"), True),
     ("the default, codes of 112 and 80 short side concatenated", dict(scales=(112, 80)), False),
     ("the default, codes of 112 and 160 short side concatenated", dict(scales=(112, 160)), False),
+    # Run 8: XGBoost's regularisation (at tta 0, as the XGBoost rows of run 1).
+    ("stretch, 112, xgboost balanced, subsample 0.5", dict(T0, classifier="xgboost", subsample=0.5), False),
+    ("stretch, 112, xgboost balanced, min_child_weight 5", dict(T0, classifier="xgboost", min_child_weight=5.0),
+     False),
+    ("stretch, 112, xgboost balanced, subsample 0.5, min_child_weight 5, colsample_bynode 0.1",
+     dict(T0, classifier="xgboost", subsample=0.5, min_child_weight=5.0, colsample_bynode=0.1), False),
 ]
 #: Parameters that decide the codes (the rest only decide the head).
 ENCODER_PARAMS = ("image_size", "aspect", "normalize", "density", "k", "pca", "whiten", "power", "intra",

@@ -106,6 +106,8 @@ def parameters(est: Any, n_images: int | None = None) -> None:
         integer("pca", est.pca, 1, " (hypercolumn PCA components, or None for the full hypercolumn)")
     real("learning_rate", est.learning_rate, 0, lo_open=True)
     real("colsample_bynode", est.colsample_bynode, 0, 1, lo_open=True)
+    real("subsample", est.subsample, 0, 1, lo_open=True)
+    real("min_child_weight", est.min_child_weight, 0)
     integer("augment", est.augment, 0, " (augmented copies of every training image; 0: none)")
     choice("classifier", est.classifier, CLASSIFIERS)
     choice("aspect", est.aspect, ASPECTS)

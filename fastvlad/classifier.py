@@ -22,18 +22,22 @@ class BoosterSettings:
     learning_rate: float = 0.1
     max_bin: int = 256
     colsample_bynode: float = 1.0
+    subsample: float = 1.0  # share of the training rows each tree sees
+    min_child_weight: float = 1.0  # smallest total (hessian) weight a leaf may hold
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, model: Any) -> BoosterSettings:
         """The settings of an estimator's parameters (``FastVLAD``)."""
-        return cls(model.n_estimators, model.max_depth, model.learning_rate, model.max_bin, model.colsample_bynode)
+        return cls(model.n_estimators, model.max_depth, model.learning_rate, model.max_bin, model.colsample_bynode,
+                   model.subsample, model.min_child_weight)
 
     def params(self, n_classes: int, device: str, seed: int) -> dict[str, Any]:
         """XGBoost training parameters."""
         p = {"objective": "multi:softprob", "num_class": n_classes, "tree_method": "hist", "device": device,
              "max_depth": self.max_depth, "eta": self.learning_rate, "max_bin": self.max_bin,
-             "colsample_bynode": self.colsample_bynode, "seed": seed, "eval_metric": "mlogloss"}
+             "colsample_bynode": self.colsample_bynode, "subsample": self.subsample,
+             "min_child_weight": self.min_child_weight, "seed": seed, "eval_metric": "mlogloss"}
         return {**p, **self.extra}
 
     def to_dict(self) -> dict[str, Any]:

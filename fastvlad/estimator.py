@@ -29,6 +29,7 @@ from .projection import Projection
 FAITHFUL_PARAMS: dict[str, Any] = {
     "density": 10.0, "k": 100, "image_size": 224, "aspect": "squash", "intra": True, "power": False, "pca": None, "whiten": False,
     "n_estimators": 100, "max_depth": 3, "learning_rate": 0.1, "max_bin": 256, "colsample_bynode": 1.0,
+    "subsample": 1.0, "min_child_weight": 1.0,
     "classifier": "xgboost", "class_weight": None, "normalize": "none", "augment": 0, "tta": 0,
 }
 #: Parameters added after model files were first written, with the values those files' models
@@ -58,7 +59,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
       sample, applied to each tap before interpolation: exact);
     - ``classifier="logistic"`` (``C=100``, ``class_weight="balanced"``): a multinomial logistic
       regression on the codes; ``"xgboost"`` is the paper's kind of head (``n_estimators``,
-      ``max_depth``, ``learning_rate``, ``max_bin``, ``colsample_bynode``).
+      ``max_depth``, ``learning_rate``, ``max_bin``, ``colsample_bynode``, ``subsample``,
+      ``min_child_weight``).
 
     ``augment=n`` gives the classifier n randomly flipped and re-exposed copies of every training
     image (gain, offset, gamma; the codebook stays on the originals); ``tta=n`` averages the
@@ -91,6 +93,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                  codebook_images: int = 100, backbone: str = DEFAULT_BACKBONE,
                  taps: Sequence[str] | None = None, n_estimators: int = 100, max_depth: int = 3,
                  learning_rate: float = 0.1, max_bin: int = 32, colsample_bynode: float = 1.0,
+                 subsample: float = 1.0, min_child_weight: float = 1.0,
                  classifier: str = "logistic", C: float = 100.0, class_weight: str | None = "balanced",
                  normalize: str = "stretch", augment: int = 0, tta: int = 1,
                  device: str = "auto", batch_size: int | None = None, fp16: bool = False,
@@ -116,6 +119,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.max_bin = max_bin
         self.colsample_bynode = colsample_bynode
+        self.subsample = subsample
+        self.min_child_weight = min_child_weight
         self.classifier = classifier
         self.C = C
         self.class_weight = class_weight

@@ -155,3 +155,17 @@ def test_points_are_sampled_while_decoding(small_demo: tuple[list[np.ndarray], n
         np.testing.assert_array_equal(batch.points, batch_points(batch.pixels, settings))
         seen += batch.indices
     assert seen == list(range(len(images)))
+
+
+def test_xgboost_regularisation_reaches_the_booster() -> None:
+    """``subsample`` and ``min_child_weight`` are passed to XGBoost and change the trees."""
+    from fastvlad import classifier
+
+    settings = classifier.BoosterSettings.of(FastVLAD(subsample=0.5, min_child_weight=3.0))
+    params = settings.params(3, "cpu", 0)
+    assert (params["subsample"], params["min_child_weight"]) == (0.5, 3.0)
+    rng = np.random.default_rng(0)
+    codes, y = rng.random((60, 8), dtype=np.float32), rng.integers(0, 3, 60)
+    plain = classifier.to_bytes(classifier.train(codes, y, 3, classifier.BoosterSettings(n_estimators=5)))
+    for changed in (settings, classifier.BoosterSettings(n_estimators=5, min_child_weight=3.0)):
+        assert classifier.to_bytes(classifier.train(codes, y, 3, changed)) != plain
