@@ -74,11 +74,12 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     ("the default, k 200", dict(k=200), False),
     ("the default, pca 32", dict(pca=32), False),
     ("the default, pca 128", dict(pca=128), False),
-    ("the default, deep taps only (block3–5)", dict(taps=("block3_conv3", "block4_conv3", "block5_conv3")), False),
     ("the default, logistic C=1000", dict(C=1000.0), False),
     ("the default at int8", dict(precision="int8"), True),
     ("the default, codes of 112 and 80 short side concatenated", dict(scales=(112, 80)), False),
     ("the default, codes of 112 and 160 short side concatenated", dict(scales=(112, 160)), False),
+    ("the default, seed 1", dict(random_state=1), False),
+    ("the default, seed 2", dict(random_state=2), False),
     # Run 8: XGBoost's regularisation (at tta 0, as the XGBoost rows of run 1).
     ("stretch, 112, xgboost balanced, subsample 0.5", dict(T0, classifier="xgboost", subsample=0.5), False),
     ("stretch, 112, xgboost balanced, min_child_weight 5", dict(T0, classifier="xgboost", min_child_weight=5.0),

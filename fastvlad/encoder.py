@@ -45,6 +45,7 @@ from .errors import (
     ImageReadError,
     InvalidDatasetError,
     ModelFormatError,
+    ParameterError,
     is_gpu_out_of_memory,
 )
 from .images import AnySource, Batch, Preprocess, iter_batches
@@ -263,6 +264,12 @@ class Encoder:
         t = time.perf_counter()
         taps = self.cnn(pixels)
         t = timings.add("cnn", t)
+        if taps and tuple(taps[0].shape[1:3]) != tuple(pixels.shape[2:4]):
+            # Points are drawn on the input's pixel grid and every tap is interpolated onto the first one's.
+            raise ParameterError(f"the first tap ({getattr(self.cnn, 'taps', ['?'])[0]}) is "
+                                 f"{taps[0].shape[1]}×{taps[0].shape[2]} for a {pixels.shape[2]}×{pixels.shape[3]} "
+                                 "input; the first tap must keep the input's resolution (e.g. block1_conv2): "
+                                 "put such a tap first")
         points = self.backend.asarray(points)
         taps = [self.backend.asarray(m) for m in taps]
         timings.add("points", t)
