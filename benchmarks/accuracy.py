@@ -80,6 +80,8 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     ("the default, codes of 112 and 160 short side concatenated", dict(scales=(112, 160)), False),
     ("the default at int8, calibrated on 16 of the nanofiber tiles", dict(precision="int8", calibration=str(DATA)),
      False),
+    ("the default at int8, seed 1", dict(precision="int8", random_state=1), False),
+    ("the default at int8, seed 2", dict(precision="int8", random_state=2), False),
     ("the default, seed 1", dict(random_state=1), False),
     ("the default, seed 2", dict(random_state=2), False),
     # Run 8: XGBoost's regularisation (at tta 0, as the XGBoost rows of run 1).
