@@ -414,19 +414,12 @@ def predict_proba(client: Client | None, X: Sequence[ImageSource], model: FastVL
     shipped = _shipped(X, range(n))  # absolute paths before they are wrapped in flips
     everything = shipped + [f for op in range(1, views) for f in flipped(shipped, op)]  # one round of tasks
     encoded = _encode_and_predict(client, everything, model, partition_size)
-    each = _rows(n * views, encoded.indices, encoded.codes).reshape(views, n, -1)  # probabilities, not codes
+    each = encoded.rows(n * views).reshape(views, n, -1)  # probabilities, not codes
     proba = each[0].copy()
     for view in each[1:]:
         proba += view
     encoded = replace(encoded, failed=[(i, e) for i, e in encoded.failed if i < n])
     return proba / np.float32(views), model.describe_failures(X, encoded)
-
-
-def _rows(n: int, indices: np.ndarray, proba_ok: np.ndarray) -> np.ndarray:
-    """``(n, n_classes)`` float32: ``proba_ok`` at the readable images' ``indices``, NaN elsewhere."""
-    proba = np.full((n, proba_ok.shape[1]), np.nan, dtype=np.float32)
-    proba[indices] = proba_ok
-    return proba
 
 
 def _encode_and_predict(client: Client, X: Sequence[AnySource], model: FastVLAD,

@@ -116,6 +116,13 @@ class Encoded:
     indices: np.ndarray  # (n_ok,) positions in the source list
     failed: list[tuple[int, ImageReadError]]
 
+    def rows(self, n: int) -> np.ndarray:
+        """``codes`` at their positions in a list of ``n`` sources: ``(n, k·dim)`` float32, NaN rows
+        for the images that could not be read."""
+        out = np.full((n, self.codes.shape[1]), np.nan, dtype=np.float32)
+        out[self.indices] = self.codes
+        return out
+
 
 @dataclass
 class EncodedBatch:

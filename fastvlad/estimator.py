@@ -263,10 +263,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         plan = tiling.plan_for(self, X)
         if plan is not None:
             X = plan.sources
-        enc = self.encode(X)
-        out = np.full((len(X), self.codebook_.size), np.nan, dtype=np.float32)
-        out[enc.indices] = enc.codes
-        return out
+        return self.encode(X).rows(len(X))
 
     def predict_proba(self, X: Sequence[ImageSource]) -> np.ndarray:
         """Class probabilities ``(n, n_classes)`` float32, columns in ``classes_`` order; with ``tta``,
@@ -288,8 +285,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         own encoding, which says which failed."""
         X = checks.sources(X)
         encoded = self.encode(X)
-        proba = np.full((len(X), len(self.classes_)), np.nan, dtype=np.float32)
-        proba[encoded.indices] = self.predict_proba_codes(encoded.codes)
+        proba = self.predict_proba_codes(encoded.rows(len(X)))
         for op in range(1, int(self.tta) + 1):
             proba += self.proba_of_flip(X, op)
         return proba / np.float32(1 + int(self.tta)), encoded
@@ -299,9 +295,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         for images that could not be read): one term of the ``tta`` mean."""
         with kernel_guard():
             enc = Encoder.of(self).encode(flipped(X, op))
-        codes = np.full((len(X), self.codebook_.size), np.nan, dtype=np.float32)
-        codes[enc.indices] = enc.codes
-        return self.predict_proba_codes(codes)
+        return self.predict_proba_codes(enc.rows(len(X)))
 
     def predict_proba_codes(self, codes: np.ndarray) -> np.ndarray:
         """Probabilities from precomputed codes (NaN rows give NaN probabilities)."""

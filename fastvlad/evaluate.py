@@ -219,10 +219,7 @@ def encode_images(estimator: FastVLAD, X: Sequence[ImageSource]) -> CodeSet:
     views = []
     for op in range(1, int(est.tta) + 1):
         t = time.perf_counter()
-        flip = encoder.encode(flipped([X[i] for i in enc.indices], op))
-        view = np.full(enc.codes.shape, np.nan, dtype=np.float32)
-        view[flip.indices] = flip.codes
-        views.append(view)
+        views.append(encoder.encode(flipped([X[i] for i in enc.indices], op)).rows(len(enc.indices)))
         seconds["tta"] = seconds.get("tta", 0.0) + time.perf_counter() - t
     width = enc.codes.shape[1]
     return CodeSet(encoder, enc.codes, enc.indices, enc.failed,
@@ -349,10 +346,7 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
         ok = rows[enc.indices]  # rows whose changed image could be read
         views = [enc.codes]
         for op in range(1, result.tta + 1):  # the same flips the CV predictions averaged over
-            flip = result.encoder.encode(flipped([sources[i] for i in enc.indices], op))
-            view = np.full(enc.codes.shape, np.nan, dtype=np.float32)
-            view[flip.indices] = flip.codes
-            views.append(view)
+            views.append(result.encoder.encode(flipped([sources[i] for i in enc.indices], op)).rows(len(enc.indices)))
         pred = np.empty(len(ok), dtype=object)
         for f in np.unique(result.fold[ok]):
             at = result.fold[ok] == f
