@@ -63,7 +63,7 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     ("stretch, 112, logistic balanced, augment 1", dict(T0, augment=1), False),
     ("**stretch, 112, logistic balanced, tta 1 (the default)**", dict(), True),
     ("stretch, 112, logistic balanced, tta 3 (every flip)", dict(tta=3), True),
-    ("stretch, 112, logistic balanced, augment 1 and tta 1", dict(augment=1), False),
+    ("stretch, 112, logistic balanced, augment 1 and tta 1", dict(augment=1), True),
     ("stretch, 160 short side (160×234), logistic balanced", dict(T0, image_size=160), False),
     ("stretch, 224 short side (224×328), logistic balanced", dict(T0, image_size=224), False),
     ("stretch, 112, logistic balanced, power normalisation", dict(T0, power=True), False),
@@ -90,6 +90,9 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
      False),
     ("stretch, 112, xgboost balanced, subsample 0.5, min_child_weight 5, colsample_bynode 0.1",
      dict(T0, classifier="xgboost", subsample=0.5, min_child_weight=5.0, colsample_bynode=0.1), False),
+    # Run 11: how many points per image (the points are drawn anew whenever the pixels change).
+    ("the default, density 20 (10,000 points per image)", dict(density=20.0), True),
+    ("the default, every pixel (density 40: 20,000 points, more than 112×164)", dict(density=40.0), True),
 ]
 #: Parameters that decide the codes (the rest only decide the head).
 ENCODER_PARAMS = ("image_size", "aspect", "normalize", "density", "k", "pca", "whiten", "power", "intra",
