@@ -22,6 +22,8 @@ sharing an encoder share its encoding (and its timings): augmented copies and fl
 once and left out of the variants that do not use them. A variant with ``scales`` (not an
 estimator parameter) puts the codes of one encoding per input size side by side, each with its
 own codebook, scaled by 1/sqrt(n): how multi-scale codes were measured before becoming an option.
+A variant with ``pooled_scales`` puts every input size's points into one codebook instead
+(``pooled``): one VLAD per image over its points at every size.
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from fastvlad import datasets
+from fastvlad import codebook, datasets, vlad
+from fastvlad.encoder import Encoder, Timings, Workspace, fit_centres
 from fastvlad.estimator import FastVLAD
 from fastvlad.evaluate import CodeSet, cross_validate, encode_images, shift_check
+from fastvlad.images import flipped
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "datasets" / "nanofiber-sem"
@@ -90,6 +94,8 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
      False),
     ("stretch, 112, xgboost balanced, subsample 0.5, min_child_weight 5, colsample_bynode 0.1",
      dict(T0, classifier="xgboost", subsample=0.5, min_child_weight=5.0, colsample_bynode=0.1), False),
+    ("the default, points of 112 and 80 short side in one codebook", dict(pooled_scales=(112, 80)), False),
+    ("the default, points of 112 and 160 short side in one codebook", dict(pooled_scales=(112, 160)), False),
     # Run 11: how many points per image (the points are drawn anew whenever the pixels change).
     ("the default, density 20 (10,000 points per image)", dict(density=20.0), True),
     ("the default, every pixel (density 40: 20,000 points, more than 112×164)", dict(density=40.0), True),
@@ -103,8 +109,60 @@ ENCODER_PARAMS = ("image_size", "aspect", "normalize", "density", "k", "pca", "w
 def estimators(params: dict[str, Any]) -> list[FastVLAD]:
     """The estimator of a variant; one per input size for a variant of concatenated ``scales``."""
     scales = params.get("scales")
-    rest = {k: v for k, v in params.items() if k != "scales"}
-    return [FastVLAD(**rest, image_size=s) for s in scales] if scales else [FastVLAD(**params)]
+    rest = {k: v for k, v in params.items() if k not in ("scales", "pooled_scales")}
+    return [FastVLAD(**rest, image_size=s) for s in scales] if scales else [FastVLAD(**rest)]
+
+
+def pooled(params: dict[str, Any], X: list[str]) -> CodeSet:
+    """Points of every input size of ``params["pooled_scales"]`` in one codebook: the PCA and k-means
+    fitted on the sizes' codebook samples together (each size an equal share of the points), and each
+    image's VLAD over all its points, the sizes' residual sums added before the normalisations (flips
+    for ``tta`` the same way; no augmented copies)."""
+    sizes = params["pooled_scales"]
+    rest = {k: v for k, v in params.items() if k != "pooled_scales"}
+    ests = [FastVLAD(**rest, image_size=s) for s in sizes]
+    est, timings = ests[0], Timings()
+    if est.augment:
+        raise ValueError("pooled scales take no augmented copies")
+    encoders = [Encoder.of(e) for e in ests]
+    sample = np.concatenate([e.codebook_sample(X, int(est.codebook_images), timings=timings)[:: len(sizes)]
+                             for e in encoders])
+    proj, centres = fit_centres(sample, int(est.k), encoders[0].settings, timings)
+    encoders = [dataclasses.replace(e, projection=proj, centres=centres) for e in encoders]
+
+    def codes(sources: list[Any], clock: Timings) -> np.ndarray:
+        sums = sum(residual_sums(e, sources, clock) for e in encoders)
+        return vlad.normalise(sums, encoders[0].settings.intra, encoders[0].settings.power)
+
+    all_codes = codes(X, timings)
+    seconds, views = dict(timings.seconds), []
+    for op in range(1, int(est.tta) + 1):
+        t = time.perf_counter()
+        views.append(codes(flipped(X, op), Timings()))
+        seconds["tta"] = seconds.get("tta", 0.0) + time.perf_counter() - t
+    indices = np.arange(len(X))
+    return CodeSet(encoders[0], all_codes, indices, [], np.zeros((0, all_codes.shape[1]), np.float32),
+                   np.zeros(0, np.int64), views, seconds)
+
+
+def residual_sums(encoder: Encoder, sources: list[Any], timings: Timings) -> np.ndarray:
+    """Every image's per-centre residual sums over its points: ``(n, k, p)`` float64 (every image must read)."""
+    proj, centres = encoder.projection, encoder.centres
+    assert centres is not None
+    out = np.zeros((len(sources), *centres.shape))
+    workspace = Workspace(encoder.backend)
+    for batch in encoder.batches(sources):
+        if batch.failed:
+            raise ValueError(f"pooled scales need every image readable: {batch.failed[0][1]}")
+        taps, points = encoder.taps(batch.pixels, batch.points, timings)
+        hc = encoder.hypercolumns(taps, points, workspace, timings, proj)
+        t = time.perf_counter()
+        labels = codebook.nearest_per_image(hc, centres, encoder.backend).reshape(hc.shape[:2])
+        t = timings.add("assign", t)
+        out[batch.indices] = vlad.residual_sums(hc, labels, centres, encoder.backend)
+        timings.add("vlad", t)
+        timings.images += len(batch.indices)
+    return out
 
 
 def encoder_key(est: FastVLAD) -> tuple[Any, ...]:
@@ -174,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     # Encode once per encoder, with the most augmented copies and flips any of its variants uses.
     need: dict[tuple[Any, ...], FastVLAD] = {}
     for _, params, _ in variants:
-        for est in estimators(params):
+        for est in estimators(params) if "pooled_scales" not in params else []:
             key = encoder_key(est)
             have = need.get(key)
             need[key] = est if have is None else have.set_params(augment=max(have.augment, est.augment),
@@ -183,14 +241,14 @@ def main(argv: list[str] | None = None) -> None:
     codesets: dict[tuple[Any, ...], CodeSet] = {}
     for name, params, shift in variants:
         parts = []
-        for est in estimators(params):
+        for est in estimators(params) if "pooled_scales" not in params else []:
             key = encoder_key(est)
             if key not in codesets:
                 t = time.perf_counter()
                 codesets[key] = encode_images(need[key], X)
                 print(f"encoded for {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
             parts.append(without(codesets[key], int(est.augment), int(est.tta)))
-        cs = parts[0] if len(parts) == 1 else concatenated(parts)
+        cs = pooled(params, X) if "pooled_scales" in params else parts[0] if len(parts) == 1 else concatenated(parts)
         est = estimators(params)[0]  # the head's parameters (the same for every part)
         loso = cross_validate(est, X, y, split=series, split_name="series", codes=cs)
         grouped = cross_validate(est, X, y, groups=groups, n_splits=5, codes=cs)
@@ -215,8 +273,8 @@ def fitted_per_fold(name: str, params: dict[str, Any], X: list[str], y: np.ndarr
     """Leave-one-series-out as a user meets it: per held-out series, ``fit`` on the other series (the
     PCA and codebook too, so the held-out series' pixels take no part) and ``predict`` the held-out
     one. About 5× the CNN passes of the shared encoding."""
-    if params.get("scales"):
-        raise SystemExit(f"{name}: concatenated scales are not an estimator; they cannot be fitted per fold")
+    if params.get("scales") or params.get("pooled_scales"):
+        raise SystemExit(f"{name}: multi-scale codes are not an estimator; they cannot be fitted per fold")
     t0, acc = time.perf_counter(), {}
     for held_out in sorted(set(series.tolist())):
         test = series == held_out
