@@ -155,7 +155,7 @@ def residual_sums(encoder: Encoder, sources: list[Any], timings: Timings) -> np.
         if batch.failed:
             raise ValueError(f"pooled scales need every image readable: {batch.failed[0][1]}")
         taps, points = encoder.taps(batch.pixels, batch.points, timings)
-        hc = encoder.hypercolumns(taps, points, workspace, timings, proj)
+        hc = encoder.hypercolumns(taps, points, batch.grid, workspace, timings, proj)
         t = time.perf_counter()
         labels = codebook.nearest_per_image(hc, centres, encoder.backend).reshape(hc.shape[:2])
         t = timings.add("assign", t)

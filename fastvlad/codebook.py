@@ -45,7 +45,7 @@ def nearest(x: Any, centres: Any, backend: Backend = CPU, block_rows: int = conf
 
 
 def nearest_from_taps(taps: Sequence[Any], points: Any, centres: Any, mode: str = "half_pixel",
-                      backend: Backend = CPU, gathered: Any = None) -> Any:
+                      backend: Backend = CPU, gathered: Any = None, out_hw: tuple[int, int] | None = None) -> Any:
     """The labels of ``nearest(hypercolumn.gather(taps, points), centres)``, without the hypercolumns.
 
     Only the cross term x·c decides the winner, and it is a linear map of the hypercolumn: the
@@ -54,7 +54,8 @@ def nearest_from_taps(taps: Sequence[Any], points: Any, centres: Any, mode: str 
     224², then interpolated): at 224² with 5,000 points VGG16's GEMM work drops from 1.47 to about
     0.45 GFLOP per image. Equal to ``nearest`` up to float32 rounding (labels differ only on near-ties).
 
-    taps: ``(n, h_l, w_l, C_l)``; points: ``(n, S, 2)`` in the first tap's grid; centres ``(k, sum C_l)``;
+    taps: ``(n, h_l, w_l, C_l)``; points: ``(n, S, 2)`` in the ``out_hw`` grid (default: the first
+    tap's); centres ``(k, sum C_l)``;
     gathered: the point-side taps' hypercolumns when at hand (see ``projection.gather``).
     Returns ``(n·S,)`` int32.
     """
@@ -65,7 +66,7 @@ def nearest_from_taps(taps: Sequence[Any], points: Any, centres: Any, mode: str 
         raise ParameterError(f"the taps have {channels} channels but the centres {c.shape[1]}; "
                              "use the backbone and taps the codebook was fitted with")
     onto_centres = projection.Projection(c.T, xp.zeros(len(c), dtype=xp.float32))
-    cross = projection.gather(taps, points, onto_centres, mode, backend, gathered=gathered)
+    cross = projection.gather(taps, points, onto_centres, mode, backend, gathered=gathered, out_hw=out_hw)
     return _nearest_from_cross(cross, c, backend)
 
 

@@ -45,7 +45,6 @@ from .errors import (
     ImageReadError,
     InvalidDatasetError,
     ModelFormatError,
-    ParameterError,
     is_gpu_out_of_memory,
 )
 from .images import AnySource, Batch, Preprocess, iter_batches
@@ -267,34 +266,30 @@ class Encoder:
     # -- 2. the CNN ---------------------------------------------------------------------------------
     def taps(self, pixels: np.ndarray, points: np.ndarray, timings: Timings) -> tuple[list[Any], Any]:
         """The CNN taps of a batch ``[(n, h_l, w_l, C_l)]`` and its points ``(n, S, 2)`` int32, both on
-        the backend's device."""
+        the backend's device. The points lie in the input's pixel grid ``pixels.shape[2:]``: every
+        later stage interpolates each tap onto that grid (``grid=``), whatever the taps' strides."""
         t = time.perf_counter()
         taps = self.cnn(pixels)
         t = timings.add("cnn", t)
-        if taps and tuple(taps[0].shape[1:3]) != tuple(pixels.shape[2:4]):
-            # Points are drawn on the input's pixel grid and every tap is interpolated onto the first one's.
-            raise ParameterError(f"the first tap ({getattr(self.cnn, 'taps', ['?'])[0]}) is "
-                                 f"{taps[0].shape[1]}×{taps[0].shape[2]} for a {pixels.shape[2]}×{pixels.shape[3]} "
-                                 "input; the first tap must keep the input's resolution (e.g. block1_conv2): "
-                                 "put such a tap first")
         points = self.backend.asarray(points)
         taps = [self.backend.asarray(m) for m in taps]
         timings.add("points", t)
         return taps, points
 
     # -- 3. hypercolumns at the points -------------------------------------------------------------
-    def hypercolumns(self, taps: list[Any], points: Any, workspace: Workspace, timings: Timings,
-                     proj: Projection | None = None) -> Any:
-        """Hypercolumns of a batch at its points: ``(n, S, dim)`` float32, or ``(n, S, p)`` when ``proj``
-        (on the backend's device) projects each tap first. Lives in ``workspace`` until the next batch."""
+    def hypercolumns(self, taps: list[Any], points: Any, grid: tuple[int, int], workspace: Workspace,
+                     timings: Timings, proj: Projection | None = None) -> Any:
+        """Hypercolumns of a batch at its points in the ``grid`` (the input's (H, W)): ``(n, S, dim)``
+        float32, or ``(n, S, p)`` when ``proj`` (on the backend's device) projects each tap first. Lives
+        in ``workspace`` until the next batch."""
         t = time.perf_counter()
         n, s = points.shape[:2]
         if proj is not None:
             out = workspace.empty((n, s, proj.components))
-            projection.gather(taps, points, proj, self.settings.interpolation, self.backend, out=out)
+            projection.gather(taps, points, proj, self.settings.interpolation, self.backend, out=out, out_hw=grid)
         else:
             out = workspace.empty((n, s, sum(m.shape[3] for m in taps)))
-            hypercolumn.gather(taps, points, self.settings.interpolation, self.backend, out=out)
+            hypercolumn.gather(taps, points, self.settings.interpolation, self.backend, out=out, out_hw=grid)
         timings.add("hypercolumns", t)
         return out
 
@@ -329,7 +324,7 @@ class Encoder:
 
         def work(part: slice) -> None:
             taps, points = self.taps(batch.pixels[part], batch.points[part], timings)  # type: ignore[index]
-            hc = self.backend.to_numpy(self.hypercolumns(taps, points, workspace, timings))
+            hc = self.backend.to_numpy(self.hypercolumns(taps, points, batch.grid, workspace, timings))
             # A part smaller than the batch must be copied out of the workspace the next part reuses.
             parts.append(hc if part.stop - part.start == n else hc.copy())
 
@@ -359,15 +354,15 @@ class Encoder:
         return replace(self, projection=proj, centres=centres)
 
     # -- 5. VLAD codes --------------------------------------------------------------------------------
-    def codes(self, taps: list[Any], points: Any, centres: Any, proj: Projection | None, workspace: Workspace,
-              timings: Timings) -> tuple[Any, Any]:
-        """VLAD codes of a batch from its CNN taps ``(n, h_l, w_l, C_l)`` and points ``(n, S, 2)``:
+    def codes(self, taps: list[Any], points: Any, grid: tuple[int, int], centres: Any, proj: Projection | None,
+              workspace: Workspace, timings: Timings) -> tuple[Any, Any]:
+        """VLAD codes of a batch from its CNN taps ``(n, h_l, w_l, C_l)`` and points ``(n, S, 2)`` in ``grid``:
         ``(n, k·dim)`` float32 (dim = p with ``proj``), and the labels ``(n·S,)`` int32 behind them,
         on the backend's device (``centres`` and ``proj`` there too)."""
         n, s = points.shape[:2]
         mode, settings = self.settings.interpolation, self.settings
         if proj is not None:  # p-dim hypercolumns are small: gather them once for both stages
-            hc = self.hypercolumns(taps, points, workspace, timings, proj)
+            hc = self.hypercolumns(taps, points, grid, workspace, timings, proj)
             t = time.perf_counter()
             labels = codebook.nearest_per_image(hc, centres, self.backend)
             t = timings.add("assign", t)
@@ -375,12 +370,12 @@ class Encoder:
         else:  # full width: the (n, S, dim) hypercolumns (29 MB per image at 1,472) are never built;
             # the fine taps (block1/2) are gathered once for both stages, the coarse ones read on their grid
             m = projection.points_side(taps, s, len(centres))
-            fine = self.hypercolumns(taps[:m], points, workspace, timings) if m else None
+            fine = self.hypercolumns(taps[:m], points, grid, workspace, timings) if m else None
             t = time.perf_counter()
-            labels = codebook.nearest_from_taps(taps, points, centres, mode, self.backend, fine)
+            labels = codebook.nearest_from_taps(taps, points, centres, mode, self.backend, fine, grid)
             t = timings.add("assign", t)
             codes = vlad.encode_from_taps(taps, points, labels.reshape(n, s), centres, mode, settings.intra,
-                                          settings.power, self.backend, fine)
+                                          settings.power, self.backend, fine, grid)
         timings.add("vlad", t)
         return codes, labels
 
@@ -406,11 +401,11 @@ class Encoder:
 
             def work(part: slice) -> None:
                 taps, points = self.taps(batch.pixels[part], batch.points[part], timings)  # type: ignore[index]  # noqa: B023
-                c, labels = self.codes(taps, points, centres, proj, workspace, timings)
+                c, labels = self.codes(taps, points, batch.grid, centres, proj, workspace, timings)  # noqa: B023
                 codes[part] = self.backend.to_numpy(c)  # noqa: B023 - run() calls it before the loop moves on
                 if kept.labels is not None:  # noqa: B023
                     labels = labels.reshape(points.shape[:2])
-                    hc = self.hypercolumns(taps, points, workspace, timings, proj)
+                    hc = self.hypercolumns(taps, points, batch.grid, workspace, timings, proj)  # noqa: B023
                     kept.labels[part] = self.backend.to_numpy(labels)  # noqa: B023
                     kept.dist[part] = self.backend.to_numpy(((hc - centres[labels]) ** 2).sum(axis=2))  # type: ignore[index]  # noqa: B023
                 timings.images += part.stop - part.start

@@ -73,7 +73,7 @@ def check_points(taps: Sequence[Any], points: Any, out_hw: tuple[int, int] | Non
     out_hw = out_hw or (int(taps[0].shape[1]), int(taps[0].shape[2]))
     if points.size and (int(points.min()) < 0 or int(points[..., 0].max()) >= out_hw[0]
                         or int(points[..., 1].max()) >= out_hw[1]):
-        raise ParameterError(f"points lie outside the {out_hw[0]}×{out_hw[1]} pixel grid of the first tap")
+        raise ParameterError(f"points lie outside the {out_hw[0]}×{out_hw[1]} pixel grid they were drawn on")
 
 
 def gather(taps: Sequence[Any], points: Any, mode: str = "half_pixel", backend: Backend = CPU, out: Any = None,

@@ -487,6 +487,11 @@ class Batch:
     failed: list[tuple[int, ImageReadError]] = field(default_factory=list)
     points: np.ndarray | None = None
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The pixel grid (H, W) the points lie in."""
+        return int(self.pixels.shape[2]), int(self.pixels.shape[3])
+
 
 def iter_batches(sources: Sequence[AnySource], prep: Preprocess, batch_size: int,
                  skip_errors: bool = False, prefetch: int = 2, threads: int = 1,

@@ -143,16 +143,17 @@ def points_side(taps: Sequence, n_points: int, components: int, order: str = "au
 
 
 def gather(taps: Sequence, points, projection: Projection, mode: str = "half_pixel",  # type: ignore[no-untyped-def]
-           backend: Backend = CPU, order: str = "auto", out=None, gathered=None):
+           backend: Backend = CPU, order: str = "auto", out=None, gathered=None, out_hw=None):
     """Projected hypercolumns of every image at its points, without building the full hypercolumns.
 
     taps: ``(n, h_l, w_l, C_l)`` channels-last maps on ``backend`` (NumPy or CuPy arrays), whose
-    channels together are ``projection.dim``; points: ``(n, S, 2)`` int32 [row, col] in the
-    first tap's grid. The first ``points_side(taps, S, p, order)`` taps are gathered at the points
-    and projected there, the others projected on their grid and then interpolated; ``gathered``:
-    those first taps' hypercolumns ``(n, S, C_0 + …)`` when the caller has them already. Returns
-    ``(n, S, p)`` float32, equal to ``projection.apply(hypercolumn.gather(taps, points, mode))`` up
-    to float32 rounding. One GEMM per image (``Backend.matmul_per_image``): no value depends on the batch.
+    channels together are ``projection.dim``; points: ``(n, S, 2)`` int32 [row, col] in the ``out_hw``
+    pixel grid (default: the first tap's). The first ``points_side(taps, S, p, order)`` taps are
+    gathered at the points and projected there, the others projected on their grid and then
+    interpolated; ``gathered``: those first taps' hypercolumns ``(n, S, C_0 + …)`` when the caller has
+    them already. Returns ``(n, S, p)`` float32, equal to ``projection.apply(hypercolumn.gather(taps,
+    points, mode))`` up to float32 rounding. One GEMM per image (``Backend.matmul_per_image``): no value
+    depends on the batch.
     """
     channels = [int(t.shape[3]) for t in taps]
     if sum(channels) != projection.dim:
@@ -160,11 +161,11 @@ def gather(taps: Sequence, points, projection: Projection, mode: str = "half_pix
                              "use the backbone and taps the model was trained with")
     n, s = points.shape[:2]
     p = projection.components
-    out_hw = (int(taps[0].shape[1]), int(taps[0].shape[2]))
+    out_hw = out_hw or (int(taps[0].shape[1]), int(taps[0].shape[2]))
     m = points_side(taps, s, p, order)
     split = sum(channels[:m])  # weight rows of the point-side taps
     if gathered is None and m:
-        gathered = hypercolumn.gather(taps[:m], points, mode, backend)
+        gathered = hypercolumn.gather(taps[:m], points, mode, backend, out_hw=out_hw)
     if gathered is not None and tuple(gathered.shape) != (n, s, split):
         raise ParameterError(f"gathered has shape {tuple(gathered.shape)}, expected {(n, s, split)}: the first {m} "
                              "taps at the points (see projection.points_side)")

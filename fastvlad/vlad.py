@@ -52,24 +52,26 @@ def encode(x: Any, labels: Any, centres: Any, intra: bool = True, power: bool = 
 
 
 def encode_from_taps(taps: Any, points: Any, labels: Any, centres: Any, mode: str = "half_pixel",
-                     intra: bool = True, power: bool = False, backend: Backend = CPU, gathered: Any = None) -> Any:
+                     intra: bool = True, power: bool = False, backend: Backend = CPU, gathered: Any = None,
+                     out_hw: tuple[int, int] | None = None) -> Any:
     """``encode(hypercolumn.gather(taps, points, mode), labels, centres)`` without the hypercolumns.
 
-    taps: ``(n, h_l, w_l, C_l)`` float32/float16; points: ``(n, S, 2)`` int32 in the first tap's
-    grid; labels: ``(n, S)`` integers; centres: ``(k, sum C_l)`` float32; gathered: the first
-    taps' hypercolumns ``(n, S, C_0 + … + C_{m-1})`` when at hand (read instead of interpolated).
-    Returns ``(n, k·dim)`` float32. On the CPU one fused kernel builds each point's hypercolumn in
-    its centre's accumulator (the same values, summed in the same order, as gathering first);
-    the CUDA backend gathers the hypercolumns first.
+    taps: ``(n, h_l, w_l, C_l)`` float32/float16; points: ``(n, S, 2)`` int32 in the ``out_hw`` pixel
+    grid (default: the first tap's); labels: ``(n, S)`` integers; centres: ``(k, sum C_l)`` float32;
+    gathered: the first taps' hypercolumns ``(n, S, C_0 + … + C_{m-1})`` when at hand (read instead of
+    interpolated). Returns ``(n, k·dim)`` float32. On the CPU one fused kernel builds each point's
+    hypercolumn in its centre's accumulator (the same values, summed in the same order, as gathering
+    first); the CUDA backend gathers the hypercolumns first.
     """
-    hypercolumn.check_points(taps, points)
+    out_hw = out_hw or (int(taps[0].shape[1]), int(taps[0].shape[2]))
+    hypercolumn.check_points(taps, points, out_hw)
     m, x = _leading_taps(taps, points, gathered, backend)
     _check_labels(labels, points.shape[:2])
     dim = sum(int(t.shape[3]) for t in taps)
     if centres.ndim != 2 or centres.shape[1] != dim:
         raise ParameterError(f"centres {tuple(centres.shape)} must be (k, {dim}): the taps have {dim} channels")
     rest = taps[m:]
-    tables = hypercolumn.tap_tables(rest, mode, (int(taps[0].shape[1]), int(taps[0].shape[2]))) if rest else []
+    tables = hypercolumn.tap_tables(rest, mode, out_hw) if rest else []
     return backend.vlad(x, labels, centres, intra, power, rest, points, tables)
 
 

@@ -540,14 +540,3 @@ def test_bad_labels() -> None:
                      [[1.0, float("nan")], "no None or NaN"], [["a", "a"], r"only one class \(\['a'\]\)"]):
         with pytest.raises(FastVLADError, match=match):
             FastVLAD(density=1, k=8).fit([GRAY, GRAY], y)
-
-
-def test_a_first_tap_coarser_than_the_input_is_a_clear_error(vgg16_path: Path) -> None:
-    """Points are drawn on the input's grid: a first tap at a quarter of it is refused by name at the
-    first batch, not left to a bounds check deep in the kernels."""
-    from fastvlad.estimator import FastVLAD
-
-    model = FastVLAD(density=1, k=2, image_size=32, aspect="squash", taps=["block3_conv3", "block5_conv3"])
-    with pytest.raises(ParameterError, match=r"the first tap \(block3_conv3\) is 8×8 for a 32×32 input; the first "
-                                             r"tap must keep the input's resolution"):
-        model.fit([GRAY, GRAY, GRAY], ["a", "b", "a"])

@@ -73,6 +73,29 @@ def test_codes_match_the_notebook_pipeline(model: str, small_demo: tuple[list[np
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=2e-6)
 
 
+@pytest.mark.parametrize("pca", [None, 8])
+def test_a_first_tap_coarser_than_the_input_is_interpolated_onto_the_input_grid(
+        pca: int | None, small_demo: tuple[list[np.ndarray], np.ndarray]) -> None:
+    """Points are drawn on the input's pixel grid; a backbone whose first tap is strided (here
+    block3 at a quarter of the input) has every tap interpolated onto that grid, as the paper
+    upsamples every tap to the input: codes equal the reference on the 64×64 grid."""
+    X, y = small_demo
+    fitted = FastVLAD(**small_model_params(pca=pca, density=0.5, taps=["block3_conv3", "block5_conv3"])).fit(X, y)
+    settings = EncoderSettings.of(fitted)
+    pixels = np.stack([settings.preprocess(x) for x in X[:2]])
+    taps = Encoder.of(fitted).cnn(pixels)
+    assert taps[0].shape[1:3] == (16, 16)
+    points = batch_points(pixels, settings)
+    assert points[..., 0].max() > 16  # the points cover the input's grid, not the first tap's
+    hc = reference.gather(taps, points, out_hw=(64, 64)).astype(np.float64)
+    if fitted.projection_ is not None:
+        hc = hc @ fitted.projection_.weight + fitted.projection_.bias
+    codes = fitted.transform(X[:2])
+    for i in range(2):
+        expected = reference.vlad(hc[i].astype(np.float32), fitted.codebook_)
+        np.testing.assert_allclose(codes[i], expected, rtol=1e-4, atol=2e-5)
+
+
 def test_save_load_roundtrip(fitted: FastVLAD, small_demo: tuple[list[np.ndarray], np.ndarray], tmp_path: Path) -> None:
     X, _ = small_demo
     path = fitted.save(tmp_path / "m.fvl")

@@ -163,7 +163,7 @@ def warm_up(est: Any, source: str) -> tuple[Backbone, Backend]:
     backbone, backend = encoder.cnn, encoder.backend
     pixels = encoder.settings.preprocess(source)[None]
     taps, points = encoder.taps(pixels, batch_points(pixels, encoder.settings), Timings())
-    hc = encoder.hypercolumns(taps, points, Workspace(backend), Timings())
+    hc = encoder.hypercolumns(taps, points, pixels.shape[2:], Workspace(backend), Timings())
     dataclasses.replace(encoder, centres=backend.to_numpy(hc)[0, :2].copy()).encode([source])
     codebook.fit_kmeans(np.random.default_rng(0).random((64, 8), dtype=np.float32), 2)
     # XGBoost's import and first training (thread pool, kernels) would otherwise be charged to the first fit.

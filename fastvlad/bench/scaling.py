@@ -44,7 +44,8 @@ def centre_pool(source: ImageSource, backbone: Backbone, settings: EncoderSettin
     pixels = Preprocess(settings.image_size, settings.resample)(source)[None]
     encoder = Encoder(dense, backend, backbone)
     taps, points = encoder.taps(pixels, batch_points(pixels, dense), Timings())
-    return np.array(backend.to_numpy(encoder.hypercolumns(taps, points, Workspace(backend), Timings()))[0])
+    return np.array(backend.to_numpy(encoder.hypercolumns(taps, points, pixels.shape[2:], Workspace(backend),
+                                                           Timings()))[0])
 
 
 def _point(series: str, value: object, sources: Sequence[ImageSource], backbone: Backbone, centres: np.ndarray,
