@@ -99,6 +99,12 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     # Run 11: how many points per image (the points are drawn anew whenever the pixels change).
     ("the default, density 20 (10,000 points per image)", dict(density=20.0), True),
     ("the default, every pixel (density 40: 20,000 points, more than 112×164)", dict(density=40.0), True),
+    # Run 13: which VGG16 taps (a first tap coarser than the input works since 0f8d7d3).
+    ("the default, taps block2–5 (no block1_conv2)",
+     dict(taps=("block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3")), False),
+    ("the default, taps block3–5", dict(taps=("block3_conv3", "block4_conv3", "block5_conv3")), False),
+    ("the default, taps block1–4 (no block5_conv3)",
+     dict(taps=("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3")), False),
 ]
 #: Parameters that decide the codes (the rest only decide the head).
 ENCODER_PARAMS = ("image_size", "aspect", "normalize", "density", "k", "pca", "whiten", "power", "intra",
