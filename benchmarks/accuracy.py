@@ -110,11 +110,13 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     # Run 14: the shift check's control (every variant with a shift check has it since run 14).
     ("the default, with the shift check's control", dict(), True),
     ("the default at tta 0, with the shift check's control", dict(T0), True),
+    # Run 15: the points drawn once per image size, not per image (a change of gray levels keeps them).
+    ("the default, points shared per image size", dict(points="shared"), True),
 ]
 #: Parameters that decide the codes (the rest only decide the head).
 ENCODER_PARAMS = ("image_size", "aspect", "normalize", "density", "k", "pca", "whiten", "power", "intra",
                   "resample", "interpolation", "backbone", "taps", "codebook_images", "random_state", "precision",
-                  "calibration")
+                  "calibration", "points")
 
 
 def estimators(params: dict[str, Any]) -> list[FastVLAD]:

@@ -20,6 +20,8 @@ from .images import RESAMPLE, Derived, ImageSource, check_size, probe, source_na
 ON_ERROR = ("raise", "skip")
 CLASSIFIERS = ("xgboost", "logistic")
 ASPECTS = ("keep", "squash")
+#: How an image's points are drawn: "per_image" seeded by its pixels too, "shared" by its size only.
+POINT_DRAWS = ("per_image", "shared")
 #: How many unreadable images a fail-fast error lists by name.
 LISTED = 10
 
@@ -111,6 +113,7 @@ def parameters(est: Any, n_images: int | None = None) -> None:
     integer("augment", est.augment, 0, " (augmented copies of every training image; 0: none)")
     choice("classifier", est.classifier, CLASSIFIERS)
     choice("aspect", est.aspect, ASPECTS)
+    choice("points", est.points, POINT_DRAWS)
     if est.class_weight not in (None, "balanced"):
         raise ParameterError(f"class_weight={est.class_weight!r}: use 'balanced' (every class weighs the same in "
                              "training, whatever its number of images) or None")

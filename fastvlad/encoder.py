@@ -71,6 +71,7 @@ class EncoderSettings:
     whiten: bool = False  # divide the PCA axes by their standard deviations
     normalize: str = "none"  # intensity normalisation before the CNN (intensity.NORMALIZATIONS)
     keep_aspect: bool = False  # image_size's side is the short side; the long one keeps the proportions
+    points: str = "per_image"  # checks.POINT_DRAWS: seeded by each image's pixels, or shared per size
 
     @classmethod
     def of(cls, model: Any) -> EncoderSettings:
@@ -78,7 +79,7 @@ class EncoderSettings:
         return cls(model.density, checks.image_size(model.image_size), model.resample, model.interpolation,
                    model.intra, model.power, model.random_state, pca=int(model.pca) if model.pca else None,
                    whiten=bool(model.whiten), normalize=model.normalize,
-                   keep_aspect=model.aspect == "keep" and checks.one_side(model.image_size))
+                   keep_aspect=model.aspect == "keep" and checks.one_side(model.image_size), points=model.points)
 
     @property
     def n_points(self) -> int:
@@ -177,9 +178,20 @@ class GpuMemoryRetry:
 
 
 def image_points(image: np.ndarray, settings: EncoderSettings) -> np.ndarray:
-    """Random pixels of one image (3, H, W), seeded by the seed and the image itself: (S, 2) int32."""
+    """Random pixels of one image (3, H, W), seeded by the seed and the image itself
+    (``points="per_image"``) or by the seed and its size (``"shared"``): (S, 2) int32."""
     _, h, w = image.shape
+    if settings.points == "shared":
+        return shared_points(settings.random_state, settings.n_points, h, w)
     return hypercolumn.sample_points(hypercolumn.image_rng(settings.random_state, image), settings.n_points, h, w)
+
+
+@functools.lru_cache(maxsize=16)
+def shared_points(random_state: int, n_points: int, height: int, width: int) -> np.ndarray:
+    """The points every image of one size shares: (S, 2) int32, read-only (one array for all of them)."""
+    points = hypercolumn.sample_points(hypercolumn.size_rng(random_state, height, width), n_points, height, width)
+    points.setflags(write=False)
+    return points
 
 
 def batch_points(pixels: np.ndarray, settings: EncoderSettings) -> np.ndarray:

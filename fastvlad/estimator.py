@@ -31,12 +31,13 @@ FAITHFUL_PARAMS: dict[str, Any] = {
     "n_estimators": 100, "max_depth": 3, "learning_rate": 0.1, "max_bin": 256, "colsample_bynode": 1.0,
     "subsample": 1.0, "min_child_weight": 1.0,
     "classifier": "xgboost", "class_weight": None, "normalize": "none", "augment": 0, "tta": 0,
+    "points": "per_image",
 }
 #: Parameters added after model files were first written, with the values those files' models
 #: were trained with (a file without them means these, whatever today's defaults are).
 LEGACY_PARAMS: dict[str, Any] = {"aspect": "squash", "classifier": "xgboost", "C": 100.0, "class_weight": None,
                                  "normalize": "none", "augment": 0, "tta": 0, "precision": "fp32",
-                                 "calibration": None}
+                                 "calibration": None, "points": "per_image"}
 
 
 class FastVLAD(ClassifierMixin, BaseEstimator):
@@ -95,7 +96,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                  learning_rate: float = 0.1, max_bin: int = 32, colsample_bynode: float = 1.0,
                  subsample: float = 1.0, min_child_weight: float = 1.0,
                  classifier: str = "logistic", C: float = 100.0, class_weight: str | None = "balanced",
-                 normalize: str = "stretch", augment: int = 0, tta: int = 1,
+                 normalize: str = "stretch", augment: int = 0, tta: int = 1, points: str = "per_image",
                  device: str = "auto", batch_size: int | None = None, fp16: bool = False,
                  precision: str = "fp32", calibration: str | None = None,
                  on_error: str = "raise", random_state: int = 0, scale_nm_per_px: float | None = None,
@@ -127,6 +128,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.normalize = normalize
         self.augment = augment
         self.tta = tta
+        self.points = points
         self.device = device
         self.batch_size = batch_size
         self.fp16 = fp16

@@ -33,6 +33,12 @@ def image_rng(random_state: int, image: np.ndarray) -> np.random.Generator:
     return np.random.default_rng([random_state, digest])
 
 
+def size_rng(random_state: int, height: int, width: int) -> np.random.Generator:
+    """A generator seeded by the seed and an image's size only: every image of one size gets the same
+    points, so a change of an image's gray levels leaves them where they were."""
+    return np.random.default_rng([random_state, 0x504F494E, height, width])  # 0x504F494E: "POIN"
+
+
 def sample_points(rng: np.random.Generator, n_points: int, height: int, width: int) -> np.ndarray:
     """``n_points`` distinct random pixels (all of them if fewer): (S, 2) int32 [row, col]."""
     n = min(n_points, height * width)

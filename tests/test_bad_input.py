@@ -490,6 +490,7 @@ def test_transform_works_or_is_a_fastvlad_error(vgg16_path: Path, X: object, ski
     ({"colsample_bynode": 1.5}, "colsample_bynode=1.5"),
     ({"subsample": 0}, "subsample=0"),
     ({"min_child_weight": -1}, "min_child_weight=-1"),
+    ({"points": "grid"}, r"points='grid' is unknown; use one of \('per_image', 'shared'\)"),
     ({"random_state": None}, "random_state=None"),
     ({"batch_size": 0}, "batch_size=0"),
     ({"fp16": "yes"}, "fp16='yes'"),

@@ -13,7 +13,7 @@ import pytest
 
 import fastvlad
 from fastvlad import explain, intensity
-from fastvlad.encoder import EncoderSettings
+from fastvlad.encoder import EncoderSettings, image_points
 from fastvlad.errors import ModelFormatError, ParameterError
 from fastvlad.estimator import FastVLAD
 from fastvlad.images import Preprocess, Transformed, augmented, flipped
@@ -70,6 +70,28 @@ def test_codes_ignore_gain_and_offset_with_stretch(vgg16_path: Path,
         return float(np.linalg.norm(model.transform(brighter) - model.transform(originals[:6])))
 
     assert moved("stretch") < moved("none") / 3
+
+
+def test_shared_points_stay_put_when_the_gray_levels_change(vgg16_path: Path,
+                                                            small_demo: tuple[list[np.ndarray], np.ndarray]) -> None:
+    """``points="shared"``: every image of one size gets the same points, so re-exposing an image
+    (a new gray level at one pixel is enough) leaves them where they were and moves its codes only
+    by what the CNN sees; points seeded by the image are all drawn anew and move the codes several
+    times more (at 50 points of a 64² input)."""
+    images, labels = small_demo
+    originals = [_exposed(np.asarray(im, np.float32), 0.6, 40) for im in images]
+    brighter = [_exposed(im, 1.25, -10) for im in originals[:6]]
+    shared = EncoderSettings(points="shared", density=0.1, image_size=(64, 64))
+    first, second = (shared.preprocess(im) for im in originals[:2])
+    np.testing.assert_array_equal(image_points(first, shared), image_points(second, shared))
+    per_image = EncoderSettings(density=0.1, image_size=(64, 64))
+    assert not np.array_equal(image_points(first, per_image), image_points(second, per_image))
+
+    def moved(points: str) -> float:
+        model = FastVLAD(**small_model_params(points=points)).fit(originals, labels)
+        return float(np.linalg.norm(model.transform(brighter) - model.transform(originals[:6])))
+
+    assert moved("shared") < moved("per_image") / 3
 
 
 def test_keep_aspect_sizes() -> None:
@@ -134,11 +156,11 @@ def test_a_model_file_from_before_these_options_loads_as_it_was_trained(tmp_path
     saved = tmp_path / "m.fvl"
     saved.write_bytes(model_files.tiny_model_bytes())
     cfg = json.loads(model_files.members_of(saved)["config.json"])
-    for name in ("normalize", "aspect", "classifier", "C", "class_weight", "augment", "tta"):
+    for name in ("normalize", "aspect", "classifier", "C", "class_weight", "augment", "tta", "points"):
         cfg["params"].pop(name, None)
     old = fastvlad.load(model_files.edited(saved, tmp_path / "old.fvl", config_json=json.dumps(cfg).encode()))
-    assert (old.normalize, old.aspect, old.classifier, old.class_weight, old.augment, old.tta) == \
-        ("none", "squash", "xgboost", None, 0, 0)
+    assert (old.normalize, old.aspect, old.classifier, old.class_weight, old.augment, old.tta, old.points) == \
+        ("none", "squash", "xgboost", None, 0, 0, "per_image")
 
 
 # -- the logistic head -------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from .options import (
     NORMALIZE,
     ON_ERROR,
     PCA,
+    POINTS,
     PRECISION,
     SCALE,
     SCHEDULER,
@@ -55,6 +56,7 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
           backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
           scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
           pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
+          points: Optional[str] = POINTS,
           classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, tta: Optional[int] = TTA,
           fp16: Optional[bool] = FP16, precision: Optional[str] = PRECISION,
           calibrate: Optional[Path] = CALIBRATE, scale: Optional[float] = SCALE,
@@ -69,7 +71,7 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
     ds = load(data, on_error)
     outputs.refuse_inputs([output], outputs.dataset_files(data, ds.paths))
     model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
-                      normalize=normalize, classifier=classifier, augment=augment, tta=tta,
+                      normalize=normalize, points=points, classifier=classifier, augment=augment, tta=tta,
                       calibration=str(calibrate) if calibrate else None, **precision_of(precision, fp16),
                       **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))
     sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)
@@ -203,6 +205,7 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
            backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
            scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
            pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
+           points: Optional[str] = POINTS,
            classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, tta: Optional[int] = TTA,
            fp16: Optional[bool] = FP16, precision: Optional[str] = PRECISION,
            calibrate: Optional[Path] = CALIBRATE, scale: Optional[float] = SCALE,
@@ -229,7 +232,8 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
         model.set_params(**{k: v for k, v in micro.items() if k in ("missing_scale", "tile_stride", "crop_bottom")})
     else:
         model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca,
-                          aspect=aspect, normalize=normalize, classifier=classifier, augment=augment, tta=tta,
+                          aspect=aspect, normalize=normalize, points=points, classifier=classifier, augment=augment,
+                          tta=tta,
                           calibration=str(calibrate) if calibrate else None, **precision_of(precision, fp16),
                           **micro)
     sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)

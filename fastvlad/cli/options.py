@@ -25,6 +25,9 @@ IMAGE_SIZE = typer.Option(None, metavar="N|HxW|native", help="Network input: N (
                           "N×N with squash), HxW, or 'native' (default 112, the short side; --faithful: 224×224).")
 ASPECT = typer.Option(None, metavar="[keep|squash]", help="With --image-size N: 'keep' (N is the short side, the long "
                       "side in proportion; default) or 'squash' (N×N; --faithful).")
+POINTS = typer.Option(None, metavar="[per_image|shared]", help="How each image's pixels are drawn: per_image "
+                      "(seeded by the image; default, --faithful) or shared (one draw for every image of a size, "
+                      "so a change of gray levels keeps the points).")
 NORMALIZE = typer.Option(None, metavar="[stretch|equalize|clahe|none]", help="Gray levels before the CNN: stretch "
                          "(1st–99th percentile → 0..255; default), equalize, clahe or none (--faithful).")
 CLASSIFIER = typer.Option(None, metavar="[logistic|xgboost]", help="The head on the codes: logistic (default) or "
