@@ -98,6 +98,10 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
      dict(T0, classifier="xgboost", subsample=0.5, min_child_weight=5.0, colsample_bynode=0.1), False),
     ("the default, points of 112 and 80 short side in one codebook", dict(pooled_scales=(112, 80)), False),
     ("the default, points of 112 and 160 short side in one codebook", dict(pooled_scales=(112, 160)), False),
+    ("the default, points of 112 and 80 short side in one codebook, seed 1", dict(pooled_scales=(112, 80), random_state=1),
+     False),
+    ("the default, points of 112 and 80 short side in one codebook, seed 2", dict(pooled_scales=(112, 80), random_state=2),
+     False),
     # Run 11: how many points per image (the points are drawn anew whenever the pixels change).
     ("the default, density 20 (10,000 points per image)", dict(density=20.0), True),
     ("the default, every pixel (density 40: 20,000 points, more than 112×164)", dict(density=40.0), True),
