@@ -69,6 +69,10 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     default ``tta=1`` (the image and its left–right mirror: two CNN passes per image at predict)
     raised the leave-series-out mean and its worst series in ACCURACY.md.
 
+    ``points``: how an image's ``density`` pixels are drawn. "per_image" (default, the paper's):
+    seeded by the seed and the image's pixels, so any change of the image draws them anew;
+    "shared": one draw for every image of a size, so a change of gray levels keeps them.
+
     ``precision``: the CNN's arithmetic (``quantize.py``). "fp32" (default); "fp16", a float16 copy
     of the graph for a GPU's tensor cores (float16 taps, widened exactly by every kernel); "int8",
     an int8 copy for the CPU, calibrated on ``calibration`` (None: a fixed set of demo micrographs;
