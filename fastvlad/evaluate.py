@@ -53,7 +53,8 @@ class ShiftCheck:
 
     @property
     def max_flipped(self) -> float:
-        return max((c["flipped"] for c in self.changes), default=0.0)
+        """The largest share any acquisition change flips (the control is not one)."""
+        return max((c["flipped"] for c in self.changes if not c.get("control")), default=0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"n_images": int(len(self.rows)), "accuracy_unchanged": self.accuracy, "changes": self.changes,
@@ -314,8 +315,9 @@ def stratified_rows(strata: np.ndarray, n: int, seed: int) -> np.ndarray:
 def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None = SHIFT_IMAGES,
                 shifts: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
                 random_state: int = 0) -> ShiftCheck:
-    """Re-predict out-of-fold images under each change of ``shifts`` (default ``intensity.SHIFTS``),
-    each with the classifier of the fold that held it out, and record it in ``result.shift``.
+    """Re-predict out-of-fold images under each change of ``shifts`` (default ``intensity.SHIFTS`` and
+    the control, ``intensity.CONTROLS``), each with the classifier of the fold that held it out, and
+    record it in ``result.shift``.
 
     ``X``: the images given to ``cross_validate`` (same order). ``n_images``: a seeded sample, stratified
     by the held-out group (or ``group``) and class; None for every image. Each change costs one CNN
@@ -333,7 +335,7 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
                              "pass the same images as to cross_validate")
     if n_images is not None and n_images < 1:
         raise ParameterError(f"n_images={n_images}: give at least 1 (or None for every image)")
-    shifts = intensity.SHIFTS if shifts is None else shifts
+    shifts = {**intensity.SHIFTS, **intensity.CONTROLS} if shifts is None else shifts
     groups = result.row_groups if result.row_groups is not None else np.full(len(result.y_true), "")
     strata = np.array([f"{g}\x00{c}" for g, c in zip(groups.tolist(), result.y_true.tolist())])
     rows = stratified_rows(strata, len(strata) if n_images is None else n_images, random_state)
@@ -353,7 +355,7 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
             model = result.models[f]
             pred[at] = model.classes_[mean_proba(model, [v[at] for v in views]).argmax(axis=1)]
         pred = pred.astype(str)
-        changes.append({"name": name, "n": int(len(ok)),
+        changes.append({"name": name, "n": int(len(ok)), "control": name in intensity.CONTROLS,
                         "flipped": float((pred != result.y_pred[ok]).mean()) if len(ok) else 0.0,
                         "accuracy": float((pred == result.y_true[ok]).mean()) if len(ok) else 0.0,
                         "seconds": time.perf_counter() - t})

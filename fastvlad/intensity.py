@@ -131,6 +131,20 @@ SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
+def one_pixel(values: np.ndarray) -> np.ndarray:
+    """``values`` with one gray level more (less, if white) at the top-left pixel: the image all but
+    unchanged, but with ``points="per_image"`` its points are drawn anew."""
+    out = np.array(values, dtype=np.float32)
+    out[0, 0] += np.where(out[0, 0] < 255, 1, -1).astype(np.float32)
+    return out
+
+
+#: The shift check's control, reported beside the changes but not one of them: what drawing an
+#: image's points anew flips on its own (every change above also re-draws them, unless the points
+#: are shared by every image of a size).
+CONTROLS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"control: one pixel ±1": one_pixel}
+
+
 def dihedral(values: np.ndarray, op: int) -> np.ndarray:
     """One of the flips that keep an image's shape: 0 none, 1 left–right, 2 up–down, 3 both (180°)."""
     if op & 1:

@@ -251,8 +251,11 @@ def _shift_section(nums: dict[str, Any]) -> str:
             f'<p class="muted">{shift["n_images"]} out-of-fold images (a seeded sample, stratified by '
             f'{html.escape(shift["stratified_by"])}) re-predicted under each acquisition change by the classifier '
             "of the fold that "
-            "held them out; a model whose answers hold on new samples changes few. "
-            f'Most changed: {100 * shift["max_flipped"]:.1f} %; {shift["seconds"]:.0f} s in all.</p>' +
+            "held them out; a model whose answers hold on new samples changes few. The control is no "
+            "acquisition change: the image all but unchanged, its points drawn anew (what it changes, point "
+            "sampling alone changes). "
+            f'Most changed by an acquisition change: {100 * shift["max_flipped"]:.1f} %; '
+            f'{shift["seconds"]:.0f} s in all.</p>' +
             _table(["change", "predictions changed", "accuracy", "seconds"], rows))
 
 

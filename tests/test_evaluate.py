@@ -16,12 +16,13 @@ import pytest
 from sklearn.metrics import accuracy_score
 from typer.testing import CliRunner
 
-from fastvlad import datasets, demo
+from fastvlad import datasets, demo, intensity
 from fastvlad.cli import app
 from fastvlad.errors import InvalidDatasetError
 from fastvlad.estimator import FastVLAD
 from fastvlad.evaluate import (
     CVResult,
+    ShiftCheck,
     confounds,
     cross_validate,
     folds,
@@ -172,6 +173,18 @@ def test_shift_check_is_deterministic_and_identity_changes_nothing(split_cv: tup
     assert res.to_dict()["shift"]["changes"][0]["name"] == "identity"
 
 
+def test_the_control_is_reported_but_is_no_acquisition_change() -> None:
+    """The control (one gray level at one pixel: the points drawn anew) is in the table, but the
+    largest flip rate is an acquisition change's."""
+    changes = [{"name": "gain ×0.8", "flipped": 0.10}, {"name": "control: one pixel ±1", "flipped": 0.30,
+                                                        "control": True}]
+    check = ShiftCheck(np.arange(4), 0.5, changes, 1.0)
+    assert check.max_flipped == 0.10 and check.to_dict()["max_flipped"] == 0.10
+    img = np.full((5, 6), 255, np.float32)
+    changed = intensity.one_pixel(img)
+    assert changed[0, 0] == 254 and np.array_equal(changed[1:], img[1:]) and img[0, 0] == 255
+
+
 def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_path: Path) -> None:
     out = CliRunner().invoke(app, ["-q", "evaluate", str(confounded), "--split", "Series", "--shift", "--shift-images",
                                    "8", *SMALL, "--json", str(tmp_path / "cv.json"), "--report", str(tmp_path / "rep")])
@@ -185,10 +198,11 @@ def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_pat
     assert any(line.split() == ["true", "/", "predicted", *sorted(set(datasets.load(confounded).y))] for line in lines)
     nums = json.loads((tmp_path / "cv.json").read_text())
     assert [f["held_out"] for f in nums["folds"]] == ["ppc9", "s0", "s1", "s2"] and nums["warnings"] == [warning]
-    assert nums["shift"]["n_images"] == 8 and len(nums["shift"]["changes"]) == 8
+    assert nums["shift"]["n_images"] == 8 and len(nums["shift"]["changes"]) == 9  # eight changes, the control
+    assert [c["name"] for c in nums["shift"]["changes"] if c["control"]] == ["control: one pixel ±1"]
     for c in nums["shift"]["changes"]:
         assert 0 <= c["flipped"] <= 1 and c["n"] == 8
-        assert f"{c['name']:<16}{100 * c['flipped']:>7.1f} %" in out.output
+        assert f"{c['name']:<22}{100 * c['flipped']:>7.1f} %" in out.output
     page = (tmp_path / "rep" / "index.html").read_text()
     _check_self_contained(page)
     assert "Per held-out series" in page and "Shift check" in page and "cannot tell class from series" in page
