@@ -60,11 +60,16 @@ def axis_table(out_size: int, in_size: int, mode: str) -> AxisTable:
     return AxisTable(lo, hi, (src - lo).astype(np.float32))
 
 
+def points_grid(taps: Sequence[Any], out_hw: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The (H, W) pixel grid the points lie in: ``out_hw``, or by default the first tap's."""
+    return out_hw or (int(taps[0].shape[1]), int(taps[0].shape[2]))
+
+
 def tap_tables(taps: Sequence[Any], mode: str, out_hw: tuple[int, int] | None = None
                ) -> list[tuple[AxisTable, AxisTable]]:
     """(row table, column table) of every tap ``(n, h, w, C)``, for points in the ``out_hw`` grid
     (default: the first tap's)."""
-    out_h, out_w = out_hw or (int(taps[0].shape[1]), int(taps[0].shape[2]))
+    out_h, out_w = points_grid(taps, out_hw)
     return [(axis_table(out_h, int(t.shape[1]), mode), axis_table(out_w, int(t.shape[2]), mode)) for t in taps]
 
 
@@ -76,7 +81,7 @@ def check_points(taps: Sequence[Any], points: Any, out_hw: tuple[int, int] | Non
     if any(t.ndim != 4 or t.shape[0] != points.shape[0] for t in taps):
         raise ParameterError(f"taps must be (n, h, w, C) with n = {points.shape[0]} images, like the points; "
                              f"got {[tuple(t.shape) for t in taps]}")
-    out_hw = out_hw or (int(taps[0].shape[1]), int(taps[0].shape[2]))
+    out_hw = points_grid(taps, out_hw)
     if points.size and (int(points.min()) < 0 or int(points[..., 0].max()) >= out_hw[0]
                         or int(points[..., 1].max()) >= out_hw[1]):
         raise ParameterError(f"points lie outside the {out_hw[0]}×{out_hw[1]} pixel grid they were drawn on")

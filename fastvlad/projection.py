@@ -161,7 +161,7 @@ def gather(taps: Sequence, points, projection: Projection, mode: str = "half_pix
                              "use the backbone and taps the model was trained with")
     n, s = points.shape[:2]
     p = projection.components
-    out_hw = out_hw or (int(taps[0].shape[1]), int(taps[0].shape[2]))
+    out_hw = hypercolumn.points_grid(taps, out_hw)
     m = points_side(taps, s, p, order)
     split = sum(channels[:m])  # weight rows of the point-side taps
     if gathered is None and m:

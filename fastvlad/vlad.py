@@ -63,7 +63,7 @@ def encode_from_taps(taps: Any, points: Any, labels: Any, centres: Any, mode: st
     hypercolumn in its centre's accumulator (the same values, summed in the same order, as gathering
     first); the CUDA backend gathers the hypercolumns first.
     """
-    out_hw = out_hw or (int(taps[0].shape[1]), int(taps[0].shape[2]))
+    out_hw = hypercolumn.points_grid(taps, out_hw)
     hypercolumn.check_points(taps, points, out_hw)
     m, x = _leading_taps(taps, points, gathered, backend)
     _check_labels(labels, points.shape[:2])
