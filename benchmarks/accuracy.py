@@ -25,26 +25,33 @@ once and left out of the variants that do not use them. A variant with ``scales`
 estimator parameter) puts the codes of one encoding per input size side by side, each with its
 own codebook, scaled by 1/sqrt(n): how multi-scale codes were measured before becoming an option.
 A variant with ``pooled_scales`` puts every input size's points into one codebook instead
-(``pooled``): one VLAD per image over its points at every size.
+(``pooled``): one VLAD per image over its points at every size. A variant with ``early_stopping``
+(a patience in rounds; not an estimator parameter) chooses XGBoost's rounds per outer fold by early
+stopping on a group split of that fold's training images (``early_stopped``). A variant with ``stretch``
+(percentiles) sets ``intensity.STRETCH_PERCENTILES`` while it runs: how other percentiles were measured
+before becoming a parameter.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fastvlad import codebook, datasets, vlad
+from fastvlad import classifier, codebook, datasets, intensity, vlad
+from fastvlad.classifier import BoosterSettings, balanced_weights
 from fastvlad.encoder import Encoder, Timings, Workspace, fit_centres
 from fastvlad.estimator import FastVLAD
-from fastvlad.evaluate import CodeSet, cross_validate, encode_images, shift_check
+from fastvlad.evaluate import CodeSet, cross_validate, encode_images, folds, shift_check
 from fastvlad.images import flipped
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +125,16 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     ("the default, points shared per image size", dict(points="shared"), True),
     ("the default, points shared per image size, seed 1", dict(points="shared", random_state=1), False),
     ("the default, points shared per image size, seed 2", dict(points="shared", random_state=2), False),
+    # Run 18: XGBoost on the default's codes (stretch, 112, the mirror), 100 rounds or early stopped.
+    # Run 19: the stretch's percentiles (offset −20 clips the darkest pixels: a quarter of ppc3's tiles).
+    ("the default, stretch 2nd–98th percentile", dict(stretch=(2.0, 98.0)), True),
+    ("the default, stretch 5th–95th percentile", dict(stretch=(5.0, 95.0)), True),
+    ("stretch, 112, xgboost balanced, tta 1", dict(classifier="xgboost"), False),
+    ("stretch, 112, xgboost balanced, tta 1, rounds by early stopping (patience 20, up to 200)",
+     dict(classifier="xgboost", early_stopping=20), False),
 ]
+#: Variant keys that are not estimator parameters (see the module's docstring).
+BENCHMARK_ONLY = ("scales", "pooled_scales", "early_stopping", "stretch")
 #: Parameters that decide the codes (the rest only decide the head).
 ENCODER_PARAMS = ("image_size", "aspect", "normalize", "density", "k", "pca", "whiten", "power", "intra",
                   "resample", "interpolation", "backbone", "taps", "codebook_images", "random_state", "precision",
@@ -128,7 +144,7 @@ ENCODER_PARAMS = ("image_size", "aspect", "normalize", "density", "k", "pca", "w
 def estimators(params: dict[str, Any]) -> list[FastVLAD]:
     """The estimator of a variant; one per input size for a variant of concatenated ``scales``."""
     scales = params.get("scales")
-    rest = {k: v for k, v in params.items() if k not in ("scales", "pooled_scales")}
+    rest = {k: v for k, v in params.items() if k not in BENCHMARK_ONLY}
     return [FastVLAD(**rest, image_size=s) for s in scales] if scales else [FastVLAD(**rest)]
 
 
@@ -184,9 +200,20 @@ def residual_sums(encoder: Encoder, sources: list[Any], timings: Timings) -> np.
     return out
 
 
-def encoder_key(est: FastVLAD) -> tuple[Any, ...]:
+def encoder_key(est: FastVLAD, variant: dict[str, Any]) -> tuple[Any, ...]:
     params = est.get_params()
-    return tuple((p, str(params[p])) for p in ENCODER_PARAMS)
+    return (*((p, str(params[p])) for p in ENCODER_PARAMS), ("stretch", str(variant.get("stretch"))))
+
+
+@contextlib.contextmanager
+def stretch_percentiles(variant: dict[str, Any]) -> Iterator[None]:
+    """``intensity.STRETCH_PERCENTILES`` set to the variant's ``stretch`` (when it has one) while it runs."""
+    keep = intensity.STRETCH_PERCENTILES
+    intensity.STRETCH_PERCENTILES = tuple(variant.get("stretch", keep))
+    try:
+        yield
+    finally:
+        intensity.STRETCH_PERCENTILES = keep
 
 
 def concatenated(sets: list[CodeSet]) -> CodeSet:
@@ -246,45 +273,118 @@ def main(argv: list[str] | None = None) -> None:
     X, y, groups, series = [str(p) for p in ds.paths], ds.y, ds.groups, ds.column("series")
     variants = [v for v in VARIANTS if args.only is None or any(part in v[0] for part in args.only.split("|"))]
     if args.fit_per_fold:
-        rows = [fitted_per_fold(name, params, X, np.asarray(y), np.asarray(series)) for name, params, _ in variants]
+        rows = []
+        for name, params, _ in variants:
+            with stretch_percentiles(params):
+                rows.append(fitted_per_fold(name, params, X, np.asarray(y), np.asarray(series)))
         return report(rows, args, argv)
     # Encode once per encoder, with the most augmented copies and flips any of its variants uses.
     need: dict[tuple[Any, ...], FastVLAD] = {}
     for _, params, _ in variants:
         for est in estimators(params) if "pooled_scales" not in params else []:
-            key = encoder_key(est)
+            key = encoder_key(est, params)
             have = need.get(key)
             need[key] = est if have is None else have.set_params(augment=max(have.augment, est.augment),
                                                                  tta=max(have.tta, est.tta))
     rows = []
     codesets: dict[tuple[Any, ...], CodeSet] = {}
     for name, params, shift in variants:
-        parts = []
-        for est in estimators(params) if "pooled_scales" not in params else []:
-            key = encoder_key(est)
-            if key not in codesets:
-                t = time.perf_counter()
-                codesets[key] = encode_images(need[key], X)
-                print(f"encoded for {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
-            parts.append(without(codesets[key], int(est.augment), int(est.tta)))
-        cs = pooled(params, X) if "pooled_scales" in params else parts[0] if len(parts) == 1 else concatenated(parts)
-        est = estimators(params)[0]  # the head's parameters (the same for every part)
-        loso = cross_validate(est, X, y, split=series, split_name="series", codes=cs)
-        grouped = cross_validate(est, X, y, groups=groups, n_splits=5, codes=cs)
-        row: dict[str, Any] = {"variant": name, "params": params, "loso_mean": loso.accuracy,
-                               "loso_min": float(np.min(loso.fold_accuracy)), "loso_max": float(np.max(loso.fold_accuracy)),
-                               "loso_std": loso.accuracy_std, "loso_pooled": float(np.mean(loso.y_pred == loso.y_true)),
-                               "loso": {f["held_out"]: f["accuracy"] for f in loso.per_fold()},
-                               "grouped5_mean": grouped.accuracy, "grouped5_std": grouped.accuracy_std,
-                               "train": fit_seconds(est, cs, np.asarray(y))}
-        if shift:
-            check = shift_check(loso, X, n_images=args.shift_images, random_state=0)
-            row["shift"] = {c["name"]: c["flipped"] for c in check.changes}
-            row["shift_max"] = check.max_flipped
-            row["shift_seconds"] = check.seconds
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr, flush=True)
+        with stretch_percentiles(params):
+            rows.append(scored(name, params, shift, X, y, groups, series, need, codesets, args.shift_images))
     report(rows, args, argv)
+
+
+def scored(name: str, params: dict[str, Any], shift: bool, X: list[str], y: Any, groups: Any, series: Any,
+           need: dict[tuple[Any, ...], FastVLAD], codesets: dict[tuple[Any, ...], CodeSet],
+           shift_images: int) -> dict[str, Any]:
+    """One variant's row: leave-one-series-out, grouped 5-fold, the fit's seconds and the shift check
+    (``shift``), on its encoder's codes (encoded into ``codesets`` when first needed)."""
+    parts = []
+    for est in estimators(params) if "pooled_scales" not in params else []:
+        key = encoder_key(est, params)
+        if key not in codesets:
+            t = time.perf_counter()
+            codesets[key] = encode_images(need[key], X)
+            print(f"encoded for {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+        parts.append(without(codesets[key], int(est.augment), int(est.tta)))
+    cs = pooled(params, X) if "pooled_scales" in params else parts[0] if len(parts) == 1 else concatenated(parts)
+    est = estimators(params)[0]  # the head's parameters (the same for every part)
+    if "early_stopping" in params:
+        return early_stopped(name, est, cs, np.asarray(y), np.asarray(series), np.asarray(groups),
+                             int(params["early_stopping"]))
+    loso = cross_validate(est, X, y, split=series, split_name="series", codes=cs)
+    grouped = cross_validate(est, X, y, groups=groups, n_splits=5, codes=cs)
+    row: dict[str, Any] = {"variant": name, "params": params, "loso_mean": loso.accuracy,
+                           "loso_min": float(np.min(loso.fold_accuracy)), "loso_max": float(np.max(loso.fold_accuracy)),
+                           "loso_std": loso.accuracy_std, "loso_pooled": float(np.mean(loso.y_pred == loso.y_true)),
+                           "loso": {f["held_out"]: f["accuracy"] for f in loso.per_fold()},
+                           "grouped5_mean": grouped.accuracy, "grouped5_std": grouped.accuracy_std,
+                           "train": fit_seconds(est, cs, np.asarray(y))}
+    if shift:
+        check = shift_check(loso, X, n_images=shift_images, random_state=0)
+        row["shift"] = {c["name"]: c["flipped"] for c in check.changes}
+        row["shift_max"] = check.max_flipped
+        row["shift_seconds"] = check.seconds
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
+def early_stopped(name: str, est: FastVLAD, cs: CodeSet, y: np.ndarray, series: np.ndarray, groups: np.ndarray,
+                  patience: int, max_rounds: int = 200) -> dict[str, Any]:
+    """XGBoost whose rounds are chosen per outer fold by early stopping on a group split of its training
+    images: leave-one-series-out inside leave-one-series-out, and 4 grouped folds inside each of the
+    grouped 5 folds. Each inner fit stops once the held-out part's log-loss has not fallen for
+    ``patience`` rounds; the outer fold's head is then fit on all its training codes with the median
+    of the inner best round counts, and predicts the mean over an image's flips (``tta``)."""
+    labels = y[cs.indices].astype(str)
+    classes = sorted(set(labels.tolist()))
+    yi = np.searchsorted(classes, labels)
+    s_ok, g_ok = series[cs.indices].astype(str), groups[cs.indices].astype(str)
+    settings = dataclasses.replace(BoosterSettings.of(est), n_estimators=max_rounds)
+    seed = int(est.random_state)
+
+    def fit(train: np.ndarray, rounds: int, held: np.ndarray | None = None) -> Any:
+        import xgboost as xgb
+
+        w = balanced_weights(yi[train], len(classes)) if est.class_weight == "balanced" else None
+        dtrain = xgb.QuantileDMatrix(cs.codes[train], label=yi[train], weight=w, max_bin=settings.max_bin)
+        evals = [(xgb.DMatrix(cs.codes[held], label=yi[held]), "held")] if held is not None else []
+        return xgb.train(settings.params(len(classes), "cpu", seed), dtrain, num_boost_round=rounds, evals=evals,
+                         early_stopping_rounds=patience if held is not None else None, verbose_eval=False)
+
+    def cv(outer: np.ndarray, inner_of: Any) -> tuple[np.ndarray, list[int]]:
+        pred, chosen = np.empty(len(yi), dtype=np.int64), []
+        for f in np.unique(outer):
+            train = np.flatnonzero(outer != f)
+            inner = inner_of(train)
+            best = [fit(train[inner != g], max_rounds, train[inner == g]).best_iteration + 1 for g in np.unique(inner)]
+            rounds = int(np.median(best))
+            chosen.append(rounds)
+            test = np.flatnonzero(outer == f)
+            head = fit(train, rounds)
+            pred[test] = mean_proba(head, [cs.codes[test], *(v[test] for v in cs.views)]).argmax(axis=1)
+        return pred, chosen
+
+    t0 = time.perf_counter()
+    loso_fold = folds(yi, None, 0, seed, s_ok)
+    loso_pred, loso_rounds = cv(loso_fold, lambda train: s_ok[train])
+    grouped_fold = folds(yi, g_ok, 5, seed)
+    grouped_pred, grouped_rounds = cv(grouped_fold, lambda train: folds(yi[train], g_ok[train], 4, seed))
+    acc = {str(v): float(np.mean(loso_pred[s_ok == v] == yi[s_ok == v])) for v in np.unique(s_ok)}
+    grouped = [float(np.mean(grouped_pred[grouped_fold == f] == yi[grouped_fold == f])) for f in range(5)]
+    values = np.array(list(acc.values()))
+    row = {"variant": name, "params": {k: str(v) for k, v in est.get_params().items()},
+           "loso_mean": float(values.mean()), "loso_min": float(values.min()), "loso_max": float(values.max()),
+           "loso_std": float(values.std()), "loso": acc, "grouped5_mean": float(np.mean(grouped)),
+           "grouped5_std": float(np.std(grouped)), "rounds_loso": dict(zip(sorted(acc), loso_rounds)),
+           "rounds_grouped": grouped_rounds, "seconds": time.perf_counter() - t0}
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
+def mean_proba(head: Any, views: list[np.ndarray]) -> np.ndarray:
+    """A booster's class probabilities ``(n, C)`` averaged over an image's views (the image, its flips)."""
+    return np.mean([classifier.predict_proba(head, v) for v in views], axis=0)
 
 
 def fitted_per_fold(name: str, params: dict[str, Any], X: list[str], y: np.ndarray,
@@ -292,8 +392,10 @@ def fitted_per_fold(name: str, params: dict[str, Any], X: list[str], y: np.ndarr
     """Leave-one-series-out as a user meets it: per held-out series, ``fit`` on the other series (the
     PCA and codebook too, so the held-out series' pixels take no part) and ``predict`` the held-out
     one. About 5× the CNN passes of the shared encoding."""
-    if params.get("scales") or params.get("pooled_scales"):
-        raise SystemExit(f"{name}: multi-scale codes are not an estimator; they cannot be fitted per fold")
+    if set(params) & {"scales", "pooled_scales", "early_stopping"}:
+        raise SystemExit(f"{name}: multi-scale codes and early-stopped rounds are not an estimator; they cannot "
+                         "be fitted per fold")
+    params = {k: v for k, v in params.items() if k != "stretch"}  # set by the caller (stretch_percentiles)
     t0, acc = time.perf_counter(), {}
     for held_out in sorted(set(series.tolist())):
         test = series == held_out
