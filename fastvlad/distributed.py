@@ -480,19 +480,23 @@ def _train(client: Client, model: FastVLAD, futures: list[Future], rows: list[in
     model.classes_, y_int = np.unique(y, return_inverse=True)
     checks.enough_classes(model.classes_)
     t = time.perf_counter()
+    n_classes = len(model.classes_)
+    weights = classifier.balanced_weights(y_int, n_classes) if model.class_weight == "balanced" else None
     if model.classifier == "logistic":
         codes_ok = np.concatenate(_gather(client, [client.submit(_values, f, pure=False) for f in futures]))
-        model.head_ = classifier.train_linear(codes_ok, y_int, len(model.classes_), float(model.C), model.random_state)
+        model.head_ = classifier.train_linear(codes_ok, y_int, n_classes, float(model.C), model.random_state, weights)
         return time.perf_counter() - t
     dim = model.codebook_.size
     blocks = [da.from_delayed(client.submit(_values, f, pure=False), (r, dim), np.float32)
               for f, r in zip(futures, rows) if r]
     codes = da.concatenate(blocks)
-    labels = da.from_array(y_int, chunks=(tuple(r for r in rows if r),))
+    chunks = (tuple(r for r in rows if r),)
+    labels = da.from_array(y_int, chunks=chunks)
     settings = classifier.BoosterSettings.of(model)
     device = client.submit(_worker_device, model.device, pure=False).result()
-    dtrain = dxgb.DaskQuantileDMatrix(client, codes, labels, max_bin=settings.max_bin)
-    out = dxgb.train(client, settings.params(len(model.classes_), device, model.random_state), dtrain,
+    dtrain = dxgb.DaskQuantileDMatrix(client, codes, labels, max_bin=settings.max_bin,
+                                      weight=da.from_array(weights, chunks=chunks) if weights is not None else None)
+    out = dxgb.train(client, settings.params(n_classes, device, model.random_state), dtrain,
                      num_boost_round=settings.n_estimators)
     model.head_ = out["booster"]
     return time.perf_counter() - t

@@ -213,3 +213,18 @@ def _busy_worker(client: Client, deadline: float) -> str:
             return busy[0]
         time.sleep(0.01)
     raise AssertionError("no worker started an encoding task within 30 s")
+
+
+@pytest.mark.parametrize("head", ["logistic", "xgboost"])
+def test_class_weights_reach_the_cluster_head(client: Client, data: tuple[list[str], np.ndarray], head: str) -> None:
+    """``class_weight="balanced"`` on classes of unequal size: the cluster's head must weigh the
+    images as the local one does (on equal classes every weight is 1 and cannot tell)."""
+    paths, labels = data
+    keep = np.ones(len(paths), bool)
+    keep[np.flatnonzero(labels == np.unique(labels)[0])[: -2]] = False  # leave the first class two images
+    X, y = [p for p, k in zip(paths, keep) if k], labels[keep]
+    assert len(set(np.unique(y, return_counts=True)[1].tolist())) > 1
+    params = small_model_params(classifier=head)
+    local = FastVLAD(**params).fit(X, y)
+    remote = distributed.fit(client, X, y, FastVLAD(**params), partition_size=3)
+    np.testing.assert_allclose(remote.predict_proba(X), local.predict_proba(X), rtol=0, atol=1e-5)
