@@ -29,7 +29,8 @@ A variant with ``pooled_scales`` puts every input size's points into one codeboo
 (a patience in rounds; not an estimator parameter) chooses XGBoost's rounds per outer fold by early
 stopping on a group split of that fold's training images (``early_stopped``). A variant with ``stretch``
 (percentiles) sets ``intensity.STRETCH_PERCENTILES`` while it runs: how other percentiles were measured
-before becoming a parameter.
+before becoming a parameter. A variant with ``head_on_views`` fits the logistic head on every training
+image's flips too, the views it averages at predict (``head_on_views``).
 """
 
 from __future__ import annotations
@@ -132,9 +133,14 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     ("stretch, 112, xgboost balanced, tta 1", dict(classifier="xgboost"), False),
     ("stretch, 112, xgboost balanced, tta 1, rounds by early stopping (patience 20, up to 200)",
      dict(classifier="xgboost", early_stopping=20), False),
+    # Run 20: the head fitted on the views it averages at predict (the image and its flips).
+    *((f"the default, the head also fitted on the mirror{s}", dict(head_on_views=True, random_state=seed), False)
+      for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
+    *((f"tta 3, the head fitted on every flip{s}", dict(tta=3, head_on_views=True, random_state=seed), False)
+      for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
 ]
 #: Variant keys that are not estimator parameters (see the module's docstring).
-BENCHMARK_ONLY = ("scales", "pooled_scales", "early_stopping", "stretch")
+BENCHMARK_ONLY = ("scales", "pooled_scales", "early_stopping", "stretch", "head_on_views")
 #: Parameters that decide the codes (the rest only decide the head).
 ENCODER_PARAMS = ("image_size", "aspect", "normalize", "density", "k", "pca", "whiten", "power", "intra",
                   "resample", "interpolation", "backbone", "taps", "codebook_images", "random_state", "precision",
@@ -312,6 +318,8 @@ def scored(name: str, params: dict[str, Any], shift: bool, X: list[str], y: Any,
     if "early_stopping" in params:
         return early_stopped(name, est, cs, np.asarray(y), np.asarray(series), np.asarray(groups),
                              int(params["early_stopping"]))
+    if params.get("head_on_views"):
+        return head_on_views(name, est, cs, np.asarray(y), np.asarray(series), np.asarray(groups))
     loso = cross_validate(est, X, y, split=series, split_name="series", codes=cs)
     grouped = cross_validate(est, X, y, groups=groups, n_splits=5, codes=cs)
     row: dict[str, Any] = {"variant": name, "params": params, "loso_mean": loso.accuracy,
@@ -336,48 +344,76 @@ def early_stopped(name: str, est: FastVLAD, cs: CodeSet, y: np.ndarray, series: 
     grouped 5 folds. Each inner fit stops once the held-out part's log-loss has not fallen for
     ``patience`` rounds; the outer fold's head is then fit on all its training codes with the median
     of the inner best round counts, and predicts the mean over an image's flips (``tta``)."""
-    labels = y[cs.indices].astype(str)
-    classes = sorted(set(labels.tolist()))
-    yi = np.searchsorted(classes, labels)
-    s_ok, g_ok = series[cs.indices].astype(str), groups[cs.indices].astype(str)
     settings = dataclasses.replace(BoosterSettings.of(est), n_estimators=max_rounds)
     seed = int(est.random_state)
 
-    def fit(train: np.ndarray, rounds: int, held: np.ndarray | None = None) -> Any:
+    def fit(yi: np.ndarray, train: np.ndarray, rounds: int, held: np.ndarray | None = None) -> Any:
         import xgboost as xgb
 
-        w = balanced_weights(yi[train], len(classes)) if est.class_weight == "balanced" else None
+        w = balanced_weights(yi[train], int(yi.max()) + 1) if est.class_weight == "balanced" else None
         dtrain = xgb.QuantileDMatrix(cs.codes[train], label=yi[train], weight=w, max_bin=settings.max_bin)
         evals = [(xgb.DMatrix(cs.codes[held], label=yi[held]), "held")] if held is not None else []
-        return xgb.train(settings.params(len(classes), "cpu", seed), dtrain, num_boost_round=rounds, evals=evals,
-                         early_stopping_rounds=patience if held is not None else None, verbose_eval=False)
+        return xgb.train(settings.params(int(yi.max()) + 1, "cpu", seed), dtrain, num_boost_round=rounds,
+                         evals=evals, early_stopping_rounds=patience if held is not None else None, verbose_eval=False)
 
-    def cv(outer: np.ndarray, inner_of: Any) -> tuple[np.ndarray, list[int]]:
+    def head(yi: np.ndarray, train: np.ndarray, inner: np.ndarray) -> tuple[Any, int]:
+        best = [fit(yi, train[inner != g], max_rounds, train[inner == g]).best_iteration + 1 for g in np.unique(inner)]
+        rounds = int(np.median(best))
+        return fit(yi, train, rounds), rounds
+
+    return own_folds(name, est, cs, y, series, groups, head, "rounds")
+
+
+def head_on_views(name: str, est: FastVLAD, cs: CodeSet, y: np.ndarray, series: np.ndarray,
+                  groups: np.ndarray) -> dict[str, Any]:
+    """The logistic head fitted on the same views it averages over at predict: every training image
+    and its ``tta`` flips, each a training row with the image's label (the flips' CNN passes, at fit)."""
+    def head(yi: np.ndarray, train: np.ndarray, inner: np.ndarray) -> tuple[Any, int]:
+        views = [cs.codes, *cs.views]
+        codes = np.concatenate([v[train] for v in views])
+        labels = np.tile(yi[train], len(views))
+        ok = ~np.isnan(codes).any(axis=1)  # a flip that could not be read
+        n_classes = int(yi.max()) + 1
+        w = balanced_weights(labels[ok], n_classes) if est.class_weight == "balanced" else None
+        return classifier.train_linear(codes[ok], labels[ok], n_classes, float(est.C), int(est.random_state), w), \
+            len(views)
+
+    return own_folds(name, est, cs, y, series, groups, head, "views at fit")
+
+
+def own_folds(name: str, est: FastVLAD, cs: CodeSet, y: np.ndarray, series: np.ndarray, groups: np.ndarray,
+              head: Any, info: str) -> dict[str, Any]:
+    """Leave-one-series-out and grouped 5-fold (the folds ``cross_validate`` makes) with a head that
+    ``cross_validate`` cannot fit: ``head(labels, train_rows, inner_groups) -> (head, what it chose)``,
+    where the inner groups are the training rows' series (leave-one-series-out) or 4 grouped folds of
+    them (grouped 5-fold). Each test image gets the mean over its flips (``tta``)."""
+    labels = y[cs.indices].astype(str)
+    yi = np.searchsorted(sorted(set(labels.tolist())), labels)
+    s_ok, g_ok = series[cs.indices].astype(str), groups[cs.indices].astype(str)
+    seed = int(est.random_state)
+
+    def cv(outer: np.ndarray, inner_of: Any) -> tuple[np.ndarray, list[Any]]:
         pred, chosen = np.empty(len(yi), dtype=np.int64), []
         for f in np.unique(outer):
-            train = np.flatnonzero(outer != f)
-            inner = inner_of(train)
-            best = [fit(train[inner != g], max_rounds, train[inner == g]).best_iteration + 1 for g in np.unique(inner)]
-            rounds = int(np.median(best))
-            chosen.append(rounds)
-            test = np.flatnonzero(outer == f)
-            head = fit(train, rounds)
-            pred[test] = mean_proba(head, [cs.codes[test], *(v[test] for v in cs.views)]).argmax(axis=1)
+            train, test = np.flatnonzero(outer != f), np.flatnonzero(outer == f)
+            fitted, what = head(yi, train, inner_of(train))
+            chosen.append(what)
+            pred[test] = mean_proba(fitted, [cs.codes[test], *(v[test] for v in cs.views)]).argmax(axis=1)
         return pred, chosen
 
     t0 = time.perf_counter()
     loso_fold = folds(yi, None, 0, seed, s_ok)
-    loso_pred, loso_rounds = cv(loso_fold, lambda train: s_ok[train])
+    loso_pred, loso_info = cv(loso_fold, lambda train: s_ok[train])
     grouped_fold = folds(yi, g_ok, 5, seed)
-    grouped_pred, grouped_rounds = cv(grouped_fold, lambda train: folds(yi[train], g_ok[train], 4, seed))
+    grouped_pred, grouped_info = cv(grouped_fold, lambda train: folds(yi[train], g_ok[train], 4, seed))
     acc = {str(v): float(np.mean(loso_pred[s_ok == v] == yi[s_ok == v])) for v in np.unique(s_ok)}
     grouped = [float(np.mean(grouped_pred[grouped_fold == f] == yi[grouped_fold == f])) for f in range(5)]
     values = np.array(list(acc.values()))
     row = {"variant": name, "params": {k: str(v) for k, v in est.get_params().items()},
            "loso_mean": float(values.mean()), "loso_min": float(values.min()), "loso_max": float(values.max()),
            "loso_std": float(values.std()), "loso": acc, "grouped5_mean": float(np.mean(grouped)),
-           "grouped5_std": float(np.std(grouped)), "rounds_loso": dict(zip(sorted(acc), loso_rounds)),
-           "rounds_grouped": grouped_rounds, "seconds": time.perf_counter() - t0}
+           "grouped5_std": float(np.std(grouped)), f"{info} (loso)": dict(zip(sorted(acc), loso_info)),
+           f"{info} (grouped)": grouped_info, "seconds": time.perf_counter() - t0}
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
 
@@ -392,7 +428,7 @@ def fitted_per_fold(name: str, params: dict[str, Any], X: list[str], y: np.ndarr
     """Leave-one-series-out as a user meets it: per held-out series, ``fit`` on the other series (the
     PCA and codebook too, so the held-out series' pixels take no part) and ``predict`` the held-out
     one. About 5× the CNN passes of the shared encoding."""
-    if set(params) & {"scales", "pooled_scales", "early_stopping"}:
+    if set(params) & {"scales", "pooled_scales", "early_stopping", "head_on_views"}:
         raise SystemExit(f"{name}: multi-scale codes and early-stopped rounds are not an estimator; they cannot "
                          "be fitted per fold")
     params = {k: v for k, v in params.items() if k != "stretch"}  # set by the caller (stretch_percentiles)
