@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sklearn.base import clone
 
-from . import backends, checks, classifier, config
+from . import backends, checks, classifier, config, tiling
 from .encoder import (
     Encoded,
     Encoder,
@@ -443,13 +443,19 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
         raise ParameterError(f"augment={model.augment}: augmented training is not available on a Dask cluster yet; "
                              "train on one machine (no --workers/--scheduler) or set augment=0")
     t0 = time.perf_counter()
+    given = len(X)
+    plan = tiling.plan_for(model, X)  # micrographs → tiles, each with its micrograph's label, as fit does
+    if plan is not None:
+        X, y_arr = plan.sources, y_arr[plan.owner]
+        if not X:
+            raise InvalidDatasetError(f"none of the {given} images could be read (e.g. {plan.failures()[0][1]})")
     fit_codebook(client, X, model, partition_size)
     codebook_pass = dict(model.timings_)  # summed over the workers, like the local fit's record
     futures = _submit_encode(client, X, model, partition_size)
     # Only positions and failures come back; the codes stay on the workers for training.
     parts = _gather(client, [client.submit(_without_values, f, pure=False) for f in futures])
     encoded = _assemble(len(X), parts)  # codes (n_ok, 0)
-    model.skipped_ = model.describe_failures(X, encoded)
+    model.skipped_ = (plan.failures() if plan is not None else []) + model.describe_failures(X, encoded)
     if not len(encoded.indices):
         raise InvalidDatasetError(f"none of the {len(X)} images could be read (e.g. {model.skipped_[0][1]})")
     _sum_seconds(parts, model.timings_)
@@ -460,7 +466,7 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
     info: dict[str, Any] = {
         "n_images": len(y_ok), "code_dim": int(model.codebook_.size),
         "classifier_seconds": model.timings_["classifier"],
-        "n_skipped": len(encoded.failed), "class_counts": {str(c): int(n) for c, n in zip(names, counts)},
+        "n_skipped": len(model.skipped_), "class_counts": {str(c): int(n) for c, n in zip(names, counts)},
         "skipped": [[name, why] for name, why in model.skipped_], "workers": len(client.nthreads()),
         "partitions": len(futures), "codebook_pass_seconds": codebook_pass}
     if model.projection_ is not None:

@@ -228,3 +228,14 @@ def test_class_weights_reach_the_cluster_head(client: Client, data: tuple[list[s
     local = FastVLAD(**params).fit(X, y)
     remote = distributed.fit(client, X, y, FastVLAD(**params), partition_size=3)
     np.testing.assert_allclose(remote.predict_proba(X), local.predict_proba(X), rtol=0, atol=1e-5)
+
+
+def test_fit_cuts_tiles_as_the_local_fit_does(client: Client, data: tuple[list[str], np.ndarray]) -> None:
+    """With ``tile`` the local fit trains on every tile with its micrograph's label; the cluster's fit
+    must do the same (it once encoded the whole images, so predict, which tiles, met another model)."""
+    params = small_model_params(tile=(32, 32))
+    local = FastVLAD(**params).fit(*data)
+    remote = distributed.fit(client, *data, FastVLAD(**params), partition_size=5)
+    assert remote.train_info_["n_images"] == local.train_info_["n_images"] == 4 * len(data[0])
+    np.testing.assert_array_equal(remote.codebook_, local.codebook_)
+    np.testing.assert_allclose(remote.predict_proba(data[0]), local.predict_proba(data[0]), rtol=0, atol=1e-5)
