@@ -154,6 +154,11 @@ def estimators(params: dict[str, Any]) -> list[FastVLAD]:
     return [FastVLAD(**rest, image_size=s) for s in scales] if scales else [FastVLAD(**rest)]
 
 
+def encodings(params: dict[str, Any]) -> list[FastVLAD]:
+    """The estimators whose ``encode_images`` a variant uses (none for ``pooled_scales``: it encodes its own)."""
+    return [] if "pooled_scales" in params else estimators(params)
+
+
 def pooled(params: dict[str, Any], X: list[str]) -> CodeSet:
     """Points of every input size of ``params["pooled_scales"]`` in one codebook: the PCA and k-means
     fitted on the sizes' codebook samples together (each size an equal share of the points), and each
@@ -287,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     # Encode once per encoder, with the most augmented copies and flips any of its variants uses.
     need: dict[tuple[Any, ...], FastVLAD] = {}
     for _, params, _ in variants:
-        for est in estimators(params) if "pooled_scales" not in params else []:
+        for est in encodings(params):
             key = encoder_key(est, params)
             have = need.get(key)
             need[key] = est if have is None else have.set_params(augment=max(have.augment, est.augment),
@@ -306,7 +311,7 @@ def scored(name: str, params: dict[str, Any], shift: bool, X: list[str], y: Any,
     """One variant's row: leave-one-series-out, grouped 5-fold, the fit's seconds and the shift check
     (``shift``), on its encoder's codes (encoded into ``codesets`` when first needed)."""
     parts = []
-    for est in estimators(params) if "pooled_scales" not in params else []:
+    for est in encodings(params):
         key = encoder_key(est, params)
         if key not in codesets:
             t = time.perf_counter()
