@@ -138,6 +138,10 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
       for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
     *((f"tta 3, the head fitted on every flip{s}", dict(tta=3, head_on_views=True, random_state=seed), False)
       for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
+    # Run 21: a codebook from more images (the seed's spread is partly its 100-image sample), whitened PCA axes.
+    *((f"the default, codebook on 300 images{s}", dict(codebook_images=300, random_state=seed), False)
+      for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
+    ("the default, whitened PCA axes", dict(whiten=True), False),
 ]
 #: Variant keys that are not estimator parameters (see the module's docstring).
 BENCHMARK_ONLY = ("scales", "pooled_scales", "early_stopping", "stretch", "head_on_views")
