@@ -434,19 +434,16 @@ def mean_proba(head: Any, views: list[np.ndarray]) -> np.ndarray:
 
 def fitted_per_fold(name: str, params: dict[str, Any], X: list[str], y: np.ndarray,
                     series: np.ndarray) -> dict[str, Any]:
-    """Leave-one-series-out as a user meets it: per held-out series, ``fit`` on the other series (the
-    PCA and codebook too, so the held-out series' pixels take no part) and ``predict`` the held-out
-    one. About 5× the CNN passes of the shared encoding."""
+    """Leave-one-series-out as a user meets it (``cross_validate(refit="all")``): per held-out series,
+    ``fit`` on the other series (the PCA and codebook too, so the held-out series' pixels take no
+    part) and ``predict`` the held-out one. About 5× the CNN passes of the shared encoding."""
     if set(params) & {"scales", "pooled_scales", "early_stopping", "head_on_views"}:
         raise SystemExit(f"{name}: multi-scale codes and early-stopped rounds are not an estimator; they cannot "
                          "be fitted per fold")
     params = {k: v for k, v in params.items() if k != "stretch"}  # set by the caller (stretch_percentiles)
-    t0, acc = time.perf_counter(), {}
-    for held_out in sorted(set(series.tolist())):
-        test = series == held_out
-        model = FastVLAD(**params).fit([x for x, t in zip(X, test) if not t], y[~test])
-        acc[held_out] = float(np.mean(model.predict([x for x, t in zip(X, test) if t]) == y[test]))
-        print(f"{name}: {held_out} {acc[held_out]:.3f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    loso = cross_validate(FastVLAD(**params), X, y, split=series, split_name="series", refit="all")
+    acc = {f["held_out"]: f["accuracy"] for f in loso.per_fold()}
     values = np.array(list(acc.values()))
     row = {"variant": f"{name}, fitted per fold", "params": params, "loso_mean": float(values.mean()),
            "loso_min": float(values.min()), "loso_max": float(values.max()), "loso_std": float(values.std()),

@@ -2,7 +2,9 @@
 
 The hypercolumn PCA (with ``pca``) and the codebook are unsupervised: both are fitted once on
 one sample of ALL images (labels unused), every image is encoded once, and only the
-classifier (XGBoost, on the cached codes) is refitted per fold. Folds are:
+classifier (on the cached codes) is refitted per fold. With ``refit="all"`` each fold is a whole
+``fit`` on its training images instead (the held-out images take no part in the codebook either,
+as with a user's model and a new sample), at one encoding of every image per fold. Folds are:
 
 - with ``split`` (a value per image, e.g. the material series): leave-one-group-out over it,
   every value held out once, with the accuracy of each held-out value and their mean and spread
@@ -39,6 +41,8 @@ from .images import ImageSource, Transformed, augmented, flipped
 
 #: Images re-predicted under each change by the shift check unless told otherwise.
 SHIFT_IMAGES = 200
+#: What ``cross_validate`` fits per fold: the classifier on shared codes, or the whole model.
+REFITS = ("head", "all")
 
 
 @dataclass
@@ -82,10 +86,12 @@ class CVResult:
     fold_names: list[str] = field(default_factory=list)  # the held-out value of each fold, or "1", "2", …
     missing: list[list[str]] = field(default_factory=list)  # per fold: test classes absent from its training set
     shift: ShiftCheck | None = None  # set by ``shift_check``
-    # What the shift check re-predicts with: the fitted encoder and each fold's classifier (not saved).
+    # What the shift check re-predicts with: the shared encoder and each fold's classifier, or
+    # (refit="all", encoder None) each fold's whole model (not saved).
     encoder: Encoder | None = field(default=None, repr=False, compare=False)
     models: list[Any] = field(default_factory=list, repr=False, compare=False)
     tta: int = 0  # flips averaged into every prediction (the shift check does the same)
+    refit: str = "head"  # REFITS: what each fold fitted
 
     @property
     def accuracy(self) -> float:
@@ -129,11 +135,20 @@ class CVResult:
         return {"accuracy_mean": self.accuracy, "accuracy_std": self.accuracy_std,
                 "accuracy_min": float(acc.min()), "accuracy_max": float(acc.max()),
                 "fold_accuracy": self.fold_accuracy, "pooled_accuracy": float(accuracy_score(self.y_true, self.y_pred)),
+                "refit": self.refit,
                 "grouped": self.grouped, "split_by": self.group_by if self.leave_one_out else None,
                 "folds": self.per_fold(), "warnings": self.warnings(),
                 "classes": self.classes, "per_class": self.per_class(),
                 "confusion": self.confusion().tolist(), "seconds": self.seconds, "n_images": int(len(self.y_true)),
                 "skipped": self.skipped, "shift": self.shift.to_dict() if self.shift is not None else None}
+
+
+def refit_text(refit: str) -> str:
+    """What each fold fitted, in one line (``cross_validate``'s ``refit``)."""
+    if refit == "all":
+        return "each fold: a whole fit on its training images, the PCA and codebook too (refit=all)"
+    return ("each fold: the classifier, on codes from one PCA and codebook fitted on a sample of all the images, "
+            "labels unused (refit=head)")
 
 
 def confounds(y: np.ndarray, values: np.ndarray | None) -> list[tuple[str, str]]:
@@ -187,6 +202,10 @@ class OneClass:
     def predict_proba_codes(self, codes: np.ndarray) -> np.ndarray:
         return np.ones((len(codes), 1), dtype=np.float32)
 
+    def proba_with_flips(self, X: Sequence[ImageSource]) -> tuple[np.ndarray, None]:
+        """``(n, 1)``: the one class for every image (no image is read)."""
+        return np.ones((len(X), 1), dtype=np.float32), None
+
 
 @dataclass
 class CodeSet:
@@ -231,7 +250,7 @@ def encode_images(estimator: FastVLAD, X: Sequence[ImageSource]) -> CodeSet:
 
 def cross_validate(estimator: FastVLAD, X: Sequence[ImageSource], y: np.ndarray, groups: np.ndarray | None = None,
                    n_splits: int = 5, split: np.ndarray | None = None, split_name: str = "split",
-                   codes: CodeSet | None = None) -> CVResult:
+                   codes: CodeSet | None = None, refit: str = "head") -> CVResult:
     """Out-of-fold predictions for every image; the CNN runs once per image.
 
     ``split`` (n,): leave-one-group-out over its values (``split_name`` names them in messages,
@@ -240,6 +259,8 @@ def cross_validate(estimator: FastVLAD, X: Sequence[ImageSource], y: np.ndarray,
     ``codes``: ``encode_images(estimator, X)`` when already at hand (several fold schemes on one
     encoding). A fold's classifier also learns from its training images' augmented copies, and
     predicts the mean over an image's flips with ``tta``, as ``fit`` and ``predict_proba`` do.
+    ``refit="all"``: each fold a whole ``fit`` on its training images and ``predict_proba`` of the
+    held-out ones (``cross_validate_whole``): the CNN runs once per image per fold.
     """
     t0 = time.perf_counter()
     est = clone(estimator)
@@ -247,6 +268,12 @@ def cross_validate(estimator: FastVLAD, X: Sequence[ImageSource], y: np.ndarray,
     for name, column in (("groups", groups), ("split", split)):
         if column is not None and len(column) != len(X):
             raise ParameterError(f"{name} has {len(column)} values for {len(X)} images; give one per image")
+    if refit not in REFITS:
+        raise ParameterError(f"refit={refit!r} is unknown; use one of {REFITS}")
+    if refit == "all":
+        if codes is not None:
+            raise ParameterError("codes= is the shared encoding of refit='head'; refit='all' encodes every fold itself")
+        return cross_validate_whole(est, X, y, groups, n_splits, split, split_name)
     cs = codes if codes is not None else encode_images(est, X)
     y_ok = np.asarray(y).astype(str)[cs.indices]
     g_ok = np.asarray(groups).astype(str)[cs.indices] if groups is not None else None
@@ -287,6 +314,63 @@ def cross_validate(estimator: FastVLAD, X: Sequence[ImageSource], y: np.ndarray,
                     tta=len(cs.views))
 
 
+def cross_validate_whole(est: FastVLAD, X: list[ImageSource], y: np.ndarray, groups: np.ndarray | None,
+                         n_splits: int, split: np.ndarray | None, split_name: str) -> CVResult:
+    """``cross_validate(refit="all")``: per fold, ``fit`` on the training images (the PCA and codebook
+    too) and ``proba_with_flips`` of the held-out ones — a user's model meeting a new sample. Folds
+    are made over every image; rows whose image could not be read are left out afterwards."""
+    from . import checks
+
+    t0 = time.perf_counter()
+    if est.on_error == "raise":
+        checks.readable(X)  # every unreadable file named before the first fold's fit
+    y_all = np.asarray(y).astype(str)
+    g_all = np.asarray(groups).astype(str) if groups is not None else None
+    s_all = np.asarray(split).astype(str) if split is not None else None
+    fold = folds(y_all, g_all, n_splits, est.random_state, s_all)
+    n_folds = int(fold.max()) + 1
+    classes = sorted(set(y_all.tolist()))
+    proba = np.full((len(X), len(classes)), np.nan, dtype=np.float32)
+    missing: list[list[str]] = []
+    models: list[Any] = []
+    skipped: list[tuple[str, str]] = []
+    seconds: dict[str, float] = {}
+    with progress.bar(n_folds, "cross-validation (a whole fit per fold)", unit="fold") as bar:
+        for f in range(n_folds):
+            train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+            seen = sorted(set(y_all[train].tolist()))
+            model: Any = OneClass(seen[0]) if len(seen) == 1 else clone(est).fit([X[i] for i in train], y_all[train])
+            held = [X[i] for i in test]
+            p, encoded = model.proba_with_flips(held)
+            if encoded is not None:
+                skipped += [(name, why) for name, why in FastVLAD.describe_failures(held, encoded)]
+                for stage, v in model.timings_.items():
+                    seconds[stage] = seconds.get(stage, 0.0) + v
+            block = np.zeros((len(test), len(classes)), dtype=np.float32)
+            block[:, [classes.index(c) for c in model.classes_]] = p
+            block[np.isnan(p).any(axis=1)] = np.nan
+            proba[test] = block
+            missing.append(sorted(set(y_all[test].tolist()) - set(seen)))
+            models.append(model)
+            bar.advance()
+    indices = np.flatnonzero(~np.isnan(proba).any(axis=1))
+    if not len(indices):
+        raise InvalidDatasetError(f"none of the {len(X)} images could be read (e.g. {skipped[0][1]})")
+    y_ok, fold_ok = y_all[indices], fold[indices]
+    pred = np.asarray(classes)[proba[indices].argmax(axis=1)]
+    accs = [float((pred[fold_ok == f] == y_ok[fold_ok == f]).mean()) if (fold_ok == f).any() else float("nan")
+            for f in range(n_folds)]
+    rows = s_all if s_all is not None else g_all
+    names = [str(v) for v in np.unique(s_all)] if s_all is not None else [str(f + 1) for f in range(n_folds)]
+    fitted = [m for m in models if isinstance(m, FastVLAD)]
+    return CVResult(classes, y_ok, pred, proba[indices], fold_ok, accs, groups is not None or split is not None,
+                    {**seconds, "total": time.perf_counter() - t0}, skipped, indices,
+                    fitted[0].backbone_sha256_ if fitted else "",
+                    group_by=split_name if split is not None else "group" if groups is not None else None,
+                    row_groups=rows[indices] if rows is not None else None, leave_one_out=split is not None,
+                    fold_names=names, missing=missing, encoder=None, models=models, tta=int(est.tta), refit="all")
+
+
 def mean_proba(model: Any, views: Sequence[np.ndarray]) -> np.ndarray:
     """A fold classifier's probabilities ``(n, C)``, averaged over an image's views (the image, its
     flips); a view that could not be read (NaN row) is left out of its image's mean."""
@@ -312,6 +396,33 @@ def stratified_rows(strata: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.lexsort((tie, key))[:n])
 
 
+def changed_predictions(result: CVResult, sources: list[Transformed],
+                        rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each changed image (one per row of ``rows``) predicted by the fold that held its row out —
+    the shared encoder and that fold's classifier, or (``refit="all"``) that fold's whole model —
+    averaged over the same flips as the CV: the class names ``(m,)`` and the rows ``(m,)`` whose
+    changed image could be read."""
+    pred = np.empty(len(rows), dtype=object)
+    readable = np.zeros(len(rows), dtype=bool)
+    for f in np.unique(result.fold[rows]):
+        at = np.flatnonzero(result.fold[rows] == f)
+        model = result.models[f]
+        encoder = result.encoder if result.encoder is not None else None if isinstance(model, OneClass) \
+            else Encoder.of(model)
+        if encoder is None:  # a one-class fold of a whole-fit CV: its answer needs no image
+            pred[at], readable[at] = model.classes_[0], True
+            continue
+        held = [sources[i] for i in at]
+        enc = encoder.encode(held)
+        views = [enc.codes]
+        for op in range(1, result.tta + 1):
+            views.append(encoder.encode(flipped([held[i] for i in enc.indices], op)).rows(len(enc.indices)))
+        ok = at[enc.indices]
+        pred[ok] = model.classes_[mean_proba(model, views).argmax(axis=1)]
+        readable[ok] = True
+    return pred[readable].astype(str), rows[readable]
+
+
 def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None = SHIFT_IMAGES,
                 shifts: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
                 random_state: int = 0) -> ShiftCheck:
@@ -325,7 +436,7 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
     """
     from . import intensity
 
-    if result.encoder is None or len(result.models) != len(result.fold_accuracy):
+    if (result.encoder is None and result.refit != "all") or len(result.models) != len(result.fold_accuracy):
         raise ParameterError("this CV result has no fitted encoder and fold classifiers; run cross_validate in this "
                              "process and pass its result")
     X = list(X)
@@ -344,17 +455,7 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
     for name, fn in shifts.items():
         t = time.perf_counter()
         sources = [Transformed(X[int(indices[r])], fn, name) for r in rows]
-        enc = result.encoder.encode(sources)
-        ok = rows[enc.indices]  # rows whose changed image could be read
-        views = [enc.codes]
-        for op in range(1, result.tta + 1):  # the same flips the CV predictions averaged over
-            views.append(result.encoder.encode(flipped([sources[i] for i in enc.indices], op)).rows(len(enc.indices)))
-        pred = np.empty(len(ok), dtype=object)
-        for f in np.unique(result.fold[ok]):
-            at = result.fold[ok] == f
-            model = result.models[f]
-            pred[at] = model.classes_[mean_proba(model, [v[at] for v in views]).argmax(axis=1)]
-        pred = pred.astype(str)
+        pred, ok = changed_predictions(result, sources, rows)
         changes.append({"name": name, "n": int(len(ok)), "control": name in intensity.CONTROLS,
                         "flipped": float((pred != result.y_pred[ok]).mean()) if len(ok) else 0.0,
                         "accuracy": float((pred == result.y_true[ok]).mean()) if len(ok) else 0.0,

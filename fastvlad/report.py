@@ -26,7 +26,7 @@ from . import plots
 from ._files import write_bytes_atomic
 from .datasets import Dataset
 from .errors import FastVLADError
-from .evaluate import CVResult
+from .evaluate import CVResult, refit_text
 from .images import read, to_rgb255
 from .model_file import data_sha256
 
@@ -221,7 +221,7 @@ def _metrics_section(nums: dict[str, Any], figures: dict[str, bytes]) -> str:
                 f'(mean ± std over {len(nums["fold_accuracy"])} {nums["cv"]} folds)</p>'
                 f'<p class="muted">per fold: {folds}; pooled over all out-of-fold predictions: '
                 f'{nums["pooled_accuracy"]:.3f}</p>' + _warnings(nums))
-    return (head + _shift_section(nums) +
+    return (head + f'<p class="muted">{html.escape(refit_text(nums.get("refit", "head")))}</p>' + _shift_section(nums) +
             '<h2>Per class</h2>' + _table(["class", "precision", "recall", "F1", "images"], per_class) +
             '<h2>Confusion</h2><div class="figs"><div>' +
             _table(["true \\ predicted", *classes], confusion) + "</div>" +

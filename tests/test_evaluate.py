@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from fastvlad import datasets, demo, intensity
 from fastvlad.cli import app
-from fastvlad.errors import InvalidDatasetError
+from fastvlad.errors import InvalidDatasetError, ParameterError
 from fastvlad.estimator import FastVLAD
 from fastvlad.evaluate import (
     CVResult,
@@ -185,6 +185,32 @@ def test_the_control_is_reported_but_is_no_acquisition_change() -> None:
     assert changed[0, 0] == 254 and np.array_equal(changed[1:], img[1:]) and img[0, 0] == 255
 
 
+def test_refit_all_is_a_whole_fit_per_fold(vgg16_path: Path, confounded: Path) -> None:
+    """``refit="all"``: each fold's model is ``fit`` on the training images alone (the codebook
+    never sees the held-out ones) and predicts them as a saved model would; the shift check
+    re-predicts with that fold's model (an unchanged image flips nothing)."""
+    ds = datasets.load(confounded)
+    X, y, series = [str(p) for p in ds.paths], np.asarray(ds.y), ds.column("series")
+    est = FastVLAD(**small_model_params(classifier="logistic"))
+    res = cross_validate(est, X, y, split=series, split_name="series", refit="all")
+    assert res.refit == "all" and res.encoder is None and res.to_dict()["refit"] == "all"
+    for f, held in enumerate(res.fold_names):
+        test = series == held
+        assert np.array_equal(np.flatnonzero(test), res.indices[res.fold == f])
+        if held == "ppc9":  # the only CNT-fiber series: its fold never trained on the class it holds
+            assert res.missing[f] == ["CNT-fiber"]
+        model = FastVLAD(**est.get_params()).fit([x for x, t in zip(X, test) if not t], y[~test])
+        cols = [res.classes.index(c) for c in model.classes_]
+        np.testing.assert_allclose(res.proba[res.fold == f][:, cols], model.predict_proba([x for x, t in zip(X, test) if t]),
+                                   rtol=0, atol=1e-6)
+    same = shift_check(res, X, n_images=8, shifts={"identity": lambda v: v}, random_state=0)
+    assert same.changes[0]["n"] == 8 and same.changes[0]["flipped"] == 0.0
+    with pytest.raises(ParameterError, match="refit='everything' is unknown"):
+        cross_validate(est, X, y, refit="everything")
+    with pytest.raises(ParameterError, match="codes= is the shared encoding"):
+        cross_validate(est, X, y, refit="all", codes=object())  # type: ignore[arg-type]
+
+
 def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_path: Path) -> None:
     out = CliRunner().invoke(app, ["-q", "evaluate", str(confounded), "--split", "Series", "--shift", "--shift-images",
                                    "8", *SMALL, "--json", str(tmp_path / "cv.json"), "--report", str(tmp_path / "rep")])
@@ -208,6 +234,14 @@ def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_pat
     assert "Per held-out series" in page and "Shift check" in page and "cannot tell class from series" in page
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert report["cv"] == "leave-one-series-out" and report["folds"] == nums["folds"]
+
+
+def test_cli_refit_all(vgg16_path: Path, balanced: Path, tmp_path: Path) -> None:
+    out = CliRunner().invoke(app, ["-q", "evaluate", str(balanced), "--split", "series", "--refit", "all", *SMALL,
+                                   "--json", str(tmp_path / "cv.json")])
+    assert out.exit_code == 0, out.output
+    assert "each fold: a whole fit on its training images, the PCA and codebook too (refit=all)" in out.output
+    assert json.loads((tmp_path / "cv.json").read_text())["refit"] == "all"
 
 
 def test_cli_split_by_a_missing_column_is_a_clean_error(balanced: Path) -> None:

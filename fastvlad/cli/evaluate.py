@@ -59,6 +59,9 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
              report: Optional[Path] = typer.Option(None, help="Write an HTML report (and PNG/JSON) into this folder."),
              confusion_png: Optional[Path] = typer.Option(None, "--confusion", help="Confusion-matrix PNG path."),
              json_out: Optional[Path] = typer.Option(None, "--json", help="Write the numbers as JSON."),
+             refit: str = typer.Option("head", "--refit", help="What each fold fits: 'head' (the classifier, on "
+                                       "codes of one shared PCA and codebook) or 'all' (a whole fit per fold, the "
+                                       "codebook too, as a trained model meets a new sample; one encoding per fold)."),
              density: float = DENSITY, k: int = K, image_size: Optional[str] = IMAGE_SIZE, device: str = DEVICE,
              backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED,
              on_error: str = ON_ERROR, faithful: bool = FAITHFUL, pca: Optional[str] = PCA,
@@ -89,9 +92,10 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
         if report:
             raise WriteError("--report with --tile is not supported yet (its thumbnails are per image); "
                              "use --json and --confusion")
-        if split is not None or shift:
-            raise ParameterError("--split and --shift with --tile are not supported yet; tile the micrographs "
-                                 "into a manifest with a series column instead (see README, From the microscope)")
+        if split is not None or shift or refit != "head":
+            raise ParameterError("--split, --shift and --refit all with --tile are not supported yet; tile the "
+                                 "micrographs into a manifest with a series column instead (see README, From the "
+                                 "microscope)")
         from ..micrograph_cv import cross_validate_tiles
 
         cv = cross_validate_tiles(est, sources, ds.y, ds.groups, folds)  # a micrograph's tiles in one fold
@@ -100,7 +104,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
         plan = tiling.plan_for(est, sources)  # rescaled or cropped, one input per image
         inputs = plan.sources if plan is not None else sources
         res = cross_validate(est, inputs, ds.y, ds.groups, folds, split=split_values,
-                             split_name=split.strip().lower() if split else "split")
+                             split_name=split.strip().lower() if split else "split", refit=refit)
         if shift:
             shift_check(res, inputs, shift_images or None, random_state=seed)
     _print_cv(res)
@@ -132,6 +136,9 @@ def _print_cv(res: CVResult) -> None:
         typer.echo(f"{len(res.fold_accuracy)}-fold {kind} CV accuracy: {res.accuracy:.3f} ± {res.accuracy_std:.3f} "
                    f"(folds: {', '.join(f'{a:.3f}' for a in res.fold_accuracy)}) on {len(res.y_true)} images, "
                    f"{res.seconds['total']:.0f} s")
+    from ..evaluate import refit_text
+
+    typer.echo(refit_text(res.refit))
     for line in res.warnings():
         typer.echo(line)
     typer.echo(f"{'class':<22}{'precision':>10}{'recall':>10}{'f1':>8}{'n':>6}")
