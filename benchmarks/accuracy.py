@@ -138,13 +138,16 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
       for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
     *((f"tta 3, the head fitted on every flip{s}", dict(tta=3, head_on_views=True, random_state=seed), False)
       for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
+    # Run 24: augmented copies also blurred and noised (the shift check's largest flips are blur and noise).
+    ("stretch, 112, logistic balanced, augment 1 (with blur and noise) and tta 1",
+     dict(augment=1, jitter_blur_noise=True), True),
     # Run 21: a codebook from more images (the seed's spread is partly its 100-image sample), whitened PCA axes.
     *((f"the default, codebook on 300 images{s}", dict(codebook_images=300, random_state=seed), False)
       for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
     ("the default, whitened PCA axes", dict(whiten=True), False),
 ]
 #: Variant keys that are not estimator parameters (see the module's docstring).
-BENCHMARK_ONLY = ("scales", "pooled_scales", "early_stopping", "stretch", "head_on_views")
+BENCHMARK_ONLY = ("scales", "pooled_scales", "early_stopping", "stretch", "head_on_views", "jitter_blur_noise")
 #: Parameters that decide the codes (the rest only decide the head).
 ENCODER_PARAMS = ("image_size", "aspect", "normalize", "density", "k", "pca", "whiten", "power", "intra",
                   "resample", "interpolation", "backbone", "taps", "codebook_images", "random_state", "precision",
@@ -217,18 +220,33 @@ def residual_sums(encoder: Encoder, sources: list[Any], timings: Timings) -> np.
 
 def encoder_key(est: FastVLAD, variant: dict[str, Any]) -> tuple[Any, ...]:
     params = est.get_params()
-    return (*((p, str(params[p])) for p in ENCODER_PARAMS), ("stretch", str(variant.get("stretch"))))
+    return (*((p, str(params[p])) for p in ENCODER_PARAMS), ("stretch", str(variant.get("stretch"))),
+            ("jitter_blur_noise", str(variant.get("jitter_blur_noise"))))
 
 
 @contextlib.contextmanager
 def stretch_percentiles(variant: dict[str, Any]) -> Iterator[None]:
-    """``intensity.STRETCH_PERCENTILES`` set to the variant's ``stretch`` (when it has one) while it runs."""
-    keep = intensity.STRETCH_PERCENTILES
+    """While the variant runs: ``intensity.STRETCH_PERCENTILES`` set to its ``stretch``, and with
+    ``jitter_blur_noise`` the augmented copies also blurred and noised (``jitter_with_blur_noise``)."""
+    keep, jitter = intensity.STRETCH_PERCENTILES, intensity.jitter
     intensity.STRETCH_PERCENTILES = tuple(variant.get("stretch", keep))
+    if variant.get("jitter_blur_noise"):
+        intensity.jitter = jitter_with_blur_noise
     try:
         yield
     finally:
-        intensity.STRETCH_PERCENTILES = keep
+        intensity.STRETCH_PERCENTILES, intensity.jitter = keep, jitter
+
+
+_JITTER = intensity.jitter
+
+
+def jitter_with_blur_noise(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``intensity.jitter`` (a flip, gain, offset, gamma), then a Gaussian blur of σ in [0, 1.5] px
+    and Gaussian noise of σ in [0, 8] gray levels, drawn from the same generator."""
+    values = _JITTER(values, rng)
+    values = intensity.blur(values, float(rng.uniform(0.0, 1.5)))
+    return intensity.noise(values, float(rng.uniform(0.0, 8.0)), seed=int(rng.integers(2**31)))
 
 
 def concatenated(sets: list[CodeSet]) -> CodeSet:
@@ -437,7 +455,7 @@ def fitted_per_fold(name: str, params: dict[str, Any], X: list[str], y: np.ndarr
     """Leave-one-series-out as a user meets it (``cross_validate(refit="all")``): per held-out series,
     ``fit`` on the other series (the PCA and codebook too, so the held-out series' pixels take no
     part) and ``predict`` the held-out one. About 5× the CNN passes of the shared encoding."""
-    if set(params) & {"scales", "pooled_scales", "early_stopping", "head_on_views"}:
+    if set(params) & {"scales", "pooled_scales", "early_stopping", "head_on_views", "jitter_blur_noise"}:
         raise SystemExit(f"{name}: multi-scale codes and early-stopped rounds are not an estimator; they cannot "
                          "be fitted per fold")
     params = {k: v for k, v in params.items() if k != "stretch"}  # set by the caller (stretch_percentiles)
