@@ -305,13 +305,24 @@ def cross_validate(estimator: FastVLAD, X: Sequence[ImageSource], y: np.ndarray,
             bar.advance()
     seconds = {**cs.seconds, "classifier": time.perf_counter() - t, "total": time.perf_counter() - t0}
     skipped = [(str(X[i]), str(e)) for i, e in cs.failed]
-    names = [str(v) for v in np.unique(s_ok)] if s_ok is not None else [str(f + 1) for f in range(n_folds)]
-    return CVResult(classes, y_ok, pred.astype(str), proba, fold, accs, groups is not None or split is not None,
-                    seconds, skipped, cs.indices, cs.encoder.cnn.sha256,
-                    group_by=split_name if split is not None else "group" if groups is not None else None,
-                    row_groups=s_ok if s_ok is not None else g_ok, leave_one_out=split is not None,
-                    fold_names=names, missing=missing, encoder=cs.encoder, models=models,
-                    tta=len(cs.views))
+    return CVResult(classes, y_ok, pred.astype(str), proba, fold, accs, seconds=seconds, skipped=skipped,
+                    indices=cs.indices, backbone_sha256=cs.encoder.cnn.sha256,
+                    **grouping(split_name, g_ok, s_ok, n_folds), missing=missing, encoder=cs.encoder,
+                    models=models, tta=len(cs.views))
+
+
+def grouping(split_name: str, groups: np.ndarray | None, split: np.ndarray | None, n_folds: int,
+             rows: np.ndarray | None = None) -> dict[str, Any]:
+    """What the folds keep together, as ``CVResult`` fields (``grouped``, ``group_by``, ``row_groups``,
+    ``leave_one_out``, ``fold_names``). ``groups``/``split``: the values the folds were made over;
+    ``rows``: the result's rows among them (default all)."""
+    values = split if split is not None else groups
+    return {"grouped": values is not None,
+            "group_by": split_name if split is not None else "group" if groups is not None else None,
+            "row_groups": values if values is None or rows is None else values[rows],
+            "leave_one_out": split is not None,
+            "fold_names": ([str(v) for v in np.unique(split)] if split is not None
+                           else [str(f + 1) for f in range(n_folds)])}
 
 
 def cross_validate_whole(est: FastVLAD, X: list[ImageSource], y: np.ndarray, groups: np.ndarray | None,
@@ -360,15 +371,12 @@ def cross_validate_whole(est: FastVLAD, X: list[ImageSource], y: np.ndarray, gro
     pred = np.asarray(classes)[proba[indices].argmax(axis=1)]
     accs = [float((pred[fold_ok == f] == y_ok[fold_ok == f]).mean()) if (fold_ok == f).any() else float("nan")
             for f in range(n_folds)]
-    rows = s_all if s_all is not None else g_all
-    names = [str(v) for v in np.unique(s_all)] if s_all is not None else [str(f + 1) for f in range(n_folds)]
     fitted = [m for m in models if isinstance(m, FastVLAD)]
-    return CVResult(classes, y_ok, pred, proba[indices], fold_ok, accs, groups is not None or split is not None,
-                    {**seconds, "total": time.perf_counter() - t0}, skipped, indices,
-                    fitted[0].backbone_sha256_ if fitted else "",
-                    group_by=split_name if split is not None else "group" if groups is not None else None,
-                    row_groups=rows[indices] if rows is not None else None, leave_one_out=split is not None,
-                    fold_names=names, missing=missing, encoder=None, models=models, tta=int(est.tta), refit="all")
+    return CVResult(classes, y_ok, pred, proba[indices], fold_ok, accs,
+                    seconds={**seconds, "total": time.perf_counter() - t0}, skipped=skipped, indices=indices,
+                    backbone_sha256=fitted[0].backbone_sha256_ if fitted else "",
+                    **grouping(split_name, g_all, s_all, n_folds, indices), missing=missing, encoder=None,
+                    models=models, tta=int(est.tta), refit="all")
 
 
 def mean_proba(model: Any, views: Sequence[np.ndarray]) -> np.ndarray:
@@ -407,11 +415,10 @@ def changed_predictions(result: CVResult, sources: list[Transformed],
     for f in np.unique(result.fold[rows]):
         at = np.flatnonzero(result.fold[rows] == f)
         model = result.models[f]
-        encoder = result.encoder if result.encoder is not None else None if isinstance(model, OneClass) \
-            else Encoder.of(model)
-        if encoder is None:  # a one-class fold of a whole-fit CV: its answer needs no image
+        if result.encoder is None and isinstance(model, OneClass):  # a whole-fit CV's one-class fold: no image read
             pred[at], readable[at] = model.classes_[0], True
             continue
+        encoder = result.encoder if result.encoder is not None else Encoder.of(model)
         held = [sources[i] for i in at]
         enc = encoder.encode(held)
         views = [enc.codes]
