@@ -28,9 +28,10 @@ A variant with ``pooled_scales`` puts every input size's points into one codeboo
 (``pooled``): one VLAD per image over its points at every size. A variant with ``early_stopping``
 (a patience in rounds; not an estimator parameter) chooses XGBoost's rounds per outer fold by early
 stopping on a group split of that fold's training images (``early_stopped``). A variant with ``stretch``
-(percentiles) sets ``intensity.STRETCH_PERCENTILES`` while it runs: how other percentiles were measured
-before becoming a parameter. A variant with ``head_on_views`` fits the logistic head on every training
-image's flips too, the views it averages at predict (``head_on_views``).
+(percentiles) sets ``intensity.STRETCH_PERCENTILES`` while it runs, and one with ``jitter_blur_noise``
+also blurs and noises the augmented copies (``variant_knobs``): how such settings were measured without
+becoming parameters. A variant with ``head_on_views`` fits the logistic head on every training image's
+flips too, the views it averages at predict (``head_on_views``).
 """
 
 from __future__ import annotations
@@ -225,7 +226,7 @@ def encoder_key(est: FastVLAD, variant: dict[str, Any]) -> tuple[Any, ...]:
 
 
 @contextlib.contextmanager
-def stretch_percentiles(variant: dict[str, Any]) -> Iterator[None]:
+def variant_knobs(variant: dict[str, Any]) -> Iterator[None]:
     """While the variant runs: ``intensity.STRETCH_PERCENTILES`` set to its ``stretch``, and with
     ``jitter_blur_noise`` the augmented copies also blurred and noised (``jitter_with_blur_noise``)."""
     keep, jitter = intensity.STRETCH_PERCENTILES, intensity.jitter
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.fit_per_fold:
         rows = []
         for name, params, _ in variants:
-            with stretch_percentiles(params):
+            with variant_knobs(params):
                 rows.append(fitted_per_fold(name, params, X, np.asarray(y), np.asarray(series)))
         return report(rows, args, argv)
     # Encode once per encoder, with the most augmented copies and flips any of its variants uses.
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     codesets: dict[tuple[Any, ...], CodeSet] = {}
     for name, params, shift in variants:
-        with stretch_percentiles(params):
+        with variant_knobs(params):
             rows.append(scored(name, params, shift, X, y, groups, series, need, codesets, args.shift_images))
     report(rows, args, argv)
 
@@ -458,7 +459,7 @@ def fitted_per_fold(name: str, params: dict[str, Any], X: list[str], y: np.ndarr
     if set(params) & {"scales", "pooled_scales", "early_stopping", "head_on_views", "jitter_blur_noise"}:
         raise SystemExit(f"{name}: multi-scale codes and early-stopped rounds are not an estimator; they cannot "
                          "be fitted per fold")
-    params = {k: v for k, v in params.items() if k != "stretch"}  # set by the caller (stretch_percentiles)
+    params = {k: v for k, v in params.items() if k != "stretch"}  # set by the caller (variant_knobs)
     t0 = time.perf_counter()
     loso = cross_validate(FastVLAD(**params), X, y, split=series, split_name="series", refit="all")
     acc = {f["held_out"]: f["accuracy"] for f in loso.per_fold()}
