@@ -47,7 +47,7 @@ from .errors import (
     ModelFormatError,
     is_gpu_out_of_memory,
 )
-from .images import AnySource, Batch, Preprocess, iter_batches
+from .images import AnySource, Batch, Preprocess, Transformed, iter_batches
 from .projection import Projection
 
 log = logging.getLogger("fastvlad")
@@ -177,13 +177,17 @@ class GpuMemoryRetry:
             start = part.stop
 
 
-def image_points(image: np.ndarray, settings: EncoderSettings) -> np.ndarray:
+def image_points(image: np.ndarray, settings: EncoderSettings, source: AnySource | None = None) -> np.ndarray:
     """Random pixels of one image (3, H, W), seeded by the seed and the image itself
-    (``points="per_image"``) or by the seed and its size (``"shared"``): (S, 2) int32."""
+    (``points="per_image"``) or by the seed and its size (``"shared"``): (S, 2) int32. A source
+    with a ``points_key`` (an augmented copy) is seeded by the seed and that key instead."""
     _, h, w = image.shape
     if settings.points == "shared":
         return shared_points(settings.random_state, settings.n_points, h, w)
-    return hypercolumn.sample_points(hypercolumn.image_rng(settings.random_state, image), settings.n_points, h, w)
+    key = source.points_key if isinstance(source, Transformed) else None
+    rng = (hypercolumn.image_rng(settings.random_state, image) if key is None
+           else hypercolumn.key_rng(settings.random_state, key))
+    return hypercolumn.sample_points(rng, settings.n_points, h, w)
 
 
 @functools.lru_cache(maxsize=16)
@@ -273,7 +277,7 @@ class Encoder:
         also sample every image's points (about 0.3 ms per image, kept off the thread driving the CNN)."""
         return iter_batches(sources, self.settings.preprocess, self.backend.batch_size, self.skip_errors,
                             threads=self.backend.decode_threads,
-                            points_of=functools.partial(image_points, settings=self.settings))
+                            points_of=lambda pixels, source: image_points(pixels, self.settings, source))
 
     # -- 2. the CNN ---------------------------------------------------------------------------------
     def taps(self, pixels: np.ndarray, points: np.ndarray, timings: Timings) -> tuple[list[Any], Any]:

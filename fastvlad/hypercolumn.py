@@ -33,6 +33,12 @@ def image_rng(random_state: int, image: np.ndarray) -> np.random.Generator:
     return np.random.default_rng([random_state, digest])
 
 
+def key_rng(random_state: int, key: tuple[int, ...]) -> np.random.Generator:
+    """A generator seeded by the seed and a key of integers that names the image (an augmented
+    copy: ``images.augmented``), whatever its pixels."""
+    return np.random.default_rng([random_state, *key])
+
+
 def size_rng(random_state: int, height: int, width: int) -> np.random.Generator:
     """A generator seeded by the seed and an image's size only: every image of one size gets the same
     points, so a change of an image's gray levels leaves them where they were."""

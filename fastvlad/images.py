@@ -75,6 +75,10 @@ class Transformed:
     source: ImageSource | Transformed  # a user's image, or one changed already (a flip of a shift)
     transform: Callable[[np.ndarray], np.ndarray]
     tag: str  # what was done, for names in messages
+    # Set for an augmented copy: its points are drawn from the seed and this key, not from its
+    # pixels, whose float32 jitter differs in the last bit between CPU SIMD levels (NumPy's
+    # ``power``), and a last bit must not redraw every point of a training copy.
+    points_key: tuple[int, ...] | None = None
 
     def __str__(self) -> str:
         return f"{source_name(self.source)} [{self.tag}]"
@@ -82,15 +86,23 @@ class Transformed:
 
 #: What the encoder reads: a user's image, or one changed on the way (``Transformed``).
 AnySource = Union[ImageSource, Transformed]
+#: An image's random pixels: network input (3, H, W) float32 and its source → (S, 2) int32.
+PointsOf = Callable[[np.ndarray, AnySource], np.ndarray]
 
 
 def augmented(sources: Sequence[AnySource], positions: Sequence[int] | np.ndarray, copies: int,
               seed: int) -> list[Transformed]:
     """``copies`` randomly flipped and re-exposed copies (``intensity.jitter``) of the sources at
     ``positions``, copy after copy: entry ``c·len(positions) + j`` is copy c of ``positions[j]``.
-    Each is seeded by (``seed``, its position, c), so a copy does not depend on the others."""
+    Each copy's jitter and points are seeded by (``seed``, its position, c), so a copy does not
+    depend on the others, nor its points on the last bits of its pixels."""
     return [Transformed(sources[int(i)], functools.partial(intensity.jitter_seeded, seed=(seed, int(i), c)),
-                        f"augmented {c + 1}") for c in range(copies) for i in positions]
+                        f"augmented {c + 1}", points_key=(AUGMENTED_POINTS, int(i), c))
+            for c in range(copies) for i in positions]
+
+
+#: The first entry of an augmented copy's ``points_key``: keeps its draws apart from other keyed ones.
+AUGMENTED_POINTS = 0x41554731  # "AUG1"
 
 
 def flipped(sources: Sequence[AnySource], op: int) -> list[Transformed]:
@@ -495,15 +507,15 @@ class Batch:
 
 def iter_batches(sources: Sequence[AnySource], prep: Preprocess, batch_size: int,
                  skip_errors: bool = False, prefetch: int = 2, threads: int = 1,
-                 points_of: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[Batch]:
+                 points_of: PointsOf | None = None) -> Iterator[Batch]:
     """Decode ``sources`` on background threads, ``batch_size`` at a time, while the caller computes.
 
     Images of one batch share a shape; with native sizes (``prep.size=None``) a batch is cut
     where the shape changes. A bad image raises ``ImageReadError`` at its position, or with
     ``skip_errors`` is reported in ``Batch.failed`` and left out. ``threads`` images are decoded
     at once (``Backend.decode_threads``); batches are the same whatever the number.
-    ``points_of`` (pixels (3, H, W) → (S, 2)) runs on the decoding threads too, off the thread
-    that drives the CNN.
+    ``points_of`` (pixels (3, H, W) and their source → (S, 2)) runs on the decoding threads too,
+    off the thread that drives the CNN.
     """
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
@@ -541,7 +553,7 @@ _Decoded = Union[tuple[np.ndarray, Optional[np.ndarray]], ImageReadError]
 
 
 def _decoded(sources: Sequence[AnySource], prep: Preprocess, chunk: int, threads: int,
-             points_of: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[tuple[int, _Decoded]]:
+             points_of: PointsOf | None = None) -> Iterator[tuple[int, _Decoded]]:
     """(position, (pixels, points) or why it could not be read) of every source, in order;
     ``threads`` threads decode ``chunk`` sources at a time (Pillow and NumPy release the GIL)."""
 
@@ -550,7 +562,7 @@ def _decoded(sources: Sequence[AnySource], prep: Preprocess, chunk: int, threads
             pixels = prep(sources[i], name=source_name(sources[i], i))
         except ImageReadError as exc:
             return exc
-        return pixels, points_of(pixels) if points_of is not None else None
+        return pixels, points_of(pixels, sources[i]) if points_of is not None else None
 
     pool = ThreadPoolExecutor(threads, thread_name_prefix="fastvlad-decode") if threads > 1 else None
     try:
@@ -568,7 +580,7 @@ def _decoded(sources: Sequence[AnySource], prep: Preprocess, chunk: int, threads
 
 
 def _decode_batches(sources: Sequence[AnySource], prep: Preprocess, batch_size: int, skip_errors: bool,
-                    threads: int = 1, points_of: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[Batch]:
+                    threads: int = 1, points_of: PointsOf | None = None) -> Iterator[Batch]:
     indices: list[int] = []
     pixels: list[np.ndarray] = []
     points: list[np.ndarray] = []

@@ -11,6 +11,7 @@ Images arrive as ``images.to_255`` makes them: float32 0..255, ``(H, W)`` or ``(
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -103,8 +104,10 @@ def offset(values: np.ndarray, levels: float) -> np.ndarray:
 
 
 def gamma(values: np.ndarray, exponent: float) -> np.ndarray:
-    """255·(v/255)^exponent: the mid-tones moved, black and white kept."""
-    return (255.0 * (np.clip(values, 0, 255) / 255.0) ** exponent).astype(np.float32)
+    """255·(v/255)^exponent: the mid-tones moved, black and white kept. Computed in float64 and
+    rounded to float32 once: NumPy's float32 ``power`` differs in the last bit between its SIMD
+    levels (AVX2, AVX-512), so the same copy would differ between machines."""
+    return (255.0 * (np.clip(values, 0, 255).astype(np.float64) / 255.0) ** exponent).astype(np.float32)
 
 
 def blur(values: np.ndarray, sigma: float) -> np.ndarray:
@@ -164,4 +167,4 @@ def jitter(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     gamma in [0.8, 1.25] (log-uniform), in that order."""
     values = dihedral(values, int(rng.integers(4)))
     values = offset(gain(values, rng.uniform(0.8, 1.2)), rng.uniform(-20.0, 20.0))
-    return gamma(values, float(np.exp(rng.uniform(np.log(0.8), np.log(1.25)))))
+    return gamma(values, math.exp(rng.uniform(math.log(0.8), math.log(1.25))))

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fastvlad
-from fastvlad import explain, intensity
-from fastvlad.encoder import EncoderSettings, image_points
+from fastvlad import backends, explain, intensity
+from fastvlad.encoder import Encoder, EncoderSettings, image_points
 from fastvlad.errors import ModelFormatError, ParameterError
 from fastvlad.estimator import FastVLAD
 from fastvlad.images import Preprocess, Transformed, augmented, flipped
@@ -117,6 +118,41 @@ def test_augmented_copies_and_flips_are_seeded() -> None:
     np.testing.assert_array_equal(pixels(augmented(images, [2], 1, seed=5))[0], a[1])
     lr = pixels(flipped(images, 1))
     np.testing.assert_array_equal(lr[0], prep(np.ascontiguousarray(images[0][:, ::-1])))
+
+
+def _one_ulp_up(values: np.ndarray) -> np.ndarray:
+    """Every gray level one float32 step higher: what another CPU's SIMD ``power`` may give."""
+    return np.nextafter(values, np.float32(np.inf)).astype(np.float32)
+
+
+def test_an_augmented_copy_keeps_its_points_when_its_last_bits_change() -> None:
+    """An augmented copy's points come from the seed and (position, copy), not from its pixels:
+    the same copy computed on another CPU (a last-bit difference in its gray levels) is encoded at
+    the same pixels. A shift-check change keeps drawing its points from its pixels (a new
+    acquisition is a new image), and so does a test-time flip."""
+    images = [_micrograph(i) for i in range(3)]
+    encoder = Encoder(EncoderSettings(image_size=(32, 48), density=0.1), backends.resolve("cpu"), cnn=None)
+
+    def points(sources: list[Transformed]) -> np.ndarray:
+        return np.concatenate([b.points for b in encoder.batches(sources)])
+
+    copies = augmented(images, [0, 2], 2, seed=5)
+    nudged = [replace(c, transform=lambda v, f=c.transform: _one_ulp_up(f(v))) for c in copies]
+    assert not np.array_equal(encoder.settings.preprocess(copies[0]), encoder.settings.preprocess(nudged[0]))
+    np.testing.assert_array_equal(points(copies), points(nudged))
+    assert not np.array_equal(points(copies)[0], points(copies)[2])  # two copies of image 0: own draws
+    np.testing.assert_array_equal(points(augmented(images, [2], 1, seed=5))[0], points(copies)[1])
+    shifts = [Transformed(im, lambda v: v, "identity") for im in images]
+    assert not np.array_equal(points(shifts), points([replace(s, transform=_one_ulp_up) for s in shifts]))
+
+
+def test_gamma_rounds_to_float32_once() -> None:
+    """The gamma of a copy or a shift is float64 math rounded once, so it does not depend on
+    which SIMD loop NumPy's float32 ``power`` takes on this CPU."""
+    values = np.random.default_rng(0).uniform(0, 255, 100_000).astype(np.float32)
+    for exponent in (0.8, 1.25, 0.93):
+        want = (255.0 * (values.astype(np.float64) / 255.0) ** exponent).astype(np.float32)
+        np.testing.assert_array_equal(intensity.gamma(values, exponent), want)
 
 
 def test_fit_with_augmentation_and_tta(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.ndarray],
