@@ -104,7 +104,7 @@ def test_post_cnn(benchmark, nets, pixels, settings, centres, width: str) -> Non
         t0 = time.perf_counter()
         taps = nets[p](pixels)
         t1 = time.perf_counter()
-        post_cnn(taps, points, cen, proj, workspace, Timings())
+        post_cnn(taps, points, pixels.shape[2:], cen, proj, workspace, Timings())
         pairs[p].append((t1 - t0, time.perf_counter() - t1))
         return time.perf_counter() - t0
 
@@ -151,7 +151,7 @@ def test_post_cnn_tap_width(benchmark, nets, pixels, settings, centres) -> None:
     def one_round() -> None:
         for w in (("fp32", "fp16") if next(r) % 2 == 0 else ("fp16", "fp32")):
             t = time.perf_counter()
-            post_cnn(taps[w], points, centres, None, workspace, Timings())
+            post_cnn(taps[w], points, pixels.shape[2:], centres, None, workspace, Timings())
             seconds[w].append(time.perf_counter() - t)
 
     benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=1)
