@@ -215,6 +215,7 @@ def residual_sums(encoder: Encoder, sources: list[Any], timings: Timings) -> np.
     for batch in encoder.batches(sources):
         if batch.failed:
             raise ValueError(f"pooled scales need every image readable: {batch.failed[0][1]}")
+        assert batch.points is not None  # Encoder.batches draws them
         taps, points = encoder.taps(batch.pixels, batch.points, timings)
         hc = encoder.hypercolumns(taps, points, batch.grid, workspace, timings, proj)
         t = time.perf_counter()

@@ -251,7 +251,7 @@ def test_post_cnn_share(benchmark, backbone, batch, centres, settings) -> None: 
         t0 = time.perf_counter()
         taps = backbone(pixels)
         t1 = time.perf_counter()
-        post_cnn(taps, points, centres, None, workspace, Timings())
+        post_cnn(taps, points, pixels.shape[2:], centres, None, workspace, Timings())
         rounds.append((t1 - t0, time.perf_counter() - t1))
 
     benchmark.pedantic(cnn_then_post, rounds=7, iterations=1, warmup_rounds=1)

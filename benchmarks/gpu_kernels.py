@@ -139,7 +139,7 @@ def pipeline_images_per_s(n: int, s: int, centres_d: Any, fp16: bool, repeats: i
 
     def encode() -> np.ndarray:
         taps = backbone(pixels)
-        return cp.asnumpy(post_cnn(taps, points, centres_d, None, workspace, Timings())[0])
+        return cp.asnumpy(post_cnn(taps, points, pixels.shape[2:], centres_d, None, workspace, Timings())[0])
 
     t_cnn = gpu_ms(lambda: backbone(pixels), repeats)
     t_all = gpu_ms(encode, repeats)

@@ -23,6 +23,7 @@ import json
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,8 @@ NANOFIBER = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nanof
 ENCODERS = {"full": (None, False), "pca64": (64, False), "pca128": (128, False), "pca256": (256, False),
             "pca128w": (128, True)}
 #: classifier settings: name → (code PCA components or None, XGBoost overrides)
-CLASSIFIERS = {
+#: name → (code PCA components or None, XGBoost parameters over the defaults)
+CLASSIFIERS: dict[str, tuple[int | None, dict[str, Any]]] = {
     "xgb": (None, {}),
     "xgb_bin32": (None, {"max_bin": 32}),
     "xgb_bin64": (None, {"max_bin": 64}),
@@ -110,6 +112,8 @@ def encode_all(data: Path, work: Path, density: float, k: int, codebook_images: 
     work.mkdir(parents=True, exist_ok=True)
     for name, c in codes.items():
         np.save(work / f"codes_{name}.npy", c)
+    if ds.labels is None or ds.groups is None:
+        raise SystemExit(f"{data}: the encode step needs a manifest with label and group columns")
     np.save(work / "labels.npy", ds.labels.astype(str))
     np.save(work / "groups.npy", ds.groups.astype(str))
     meta = {"data": str(data), "n_images": len(sources), "density": density, "k": k, "seed": seed,
@@ -192,6 +196,7 @@ def timing(work: Path, n_images: int, faithful: bool, seed: int, overrides: dict
     if not (folder / "manifest.csv").is_file():
         demo.write_dataset(folder, n_images // 4, size=224, random_state=seed)
     ds = datasets.load(folder)
+    assert ds.labels is not None
     paths = [str(p) for p in ds.paths]
     est = (FastVLAD.faithful if faithful else FastVLAD)(device="cpu", random_state=seed, **overrides)
     est.fit(paths, ds.labels)
