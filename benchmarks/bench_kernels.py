@@ -225,10 +225,10 @@ def test_post_cnn(benchmark, batch, centres, labels, settings) -> None:  # type:
     batch's taps: block1/2 gathered once, assignment from the taps, VLAD from the taps."""
     from fastvlad.backends.cpu import CPU
 
-    _, taps, points, x = batch
+    pixels, taps, points, x = batch
     workspace = Workspace(CPU)
     post_cnn = Encoder(settings, CPU, None).codes
-    codes, _ = benchmark.pedantic(post_cnn, args=(taps, points, centres, None, workspace, Timings()),
+    codes, _ = benchmark.pedantic(post_cnn, args=(taps, points, pixels.shape[2:], centres, None, workspace, Timings()),
                                   rounds=10, iterations=1, warmup_rounds=1)
     want = vlad.encode(x, labels, centres, settings.intra, settings.power)
     assert np.mean(np.abs(codes - want).max(axis=1) < 1e-6) > 0.9  # a near-tie label may flip in an image
