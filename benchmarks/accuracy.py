@@ -29,7 +29,8 @@ A variant with ``pooled_scales`` puts every input size's points into one codeboo
 (a patience in rounds; not an estimator parameter) chooses XGBoost's rounds per outer fold by early
 stopping on a group split of that fold's training images (``early_stopped``). A variant with ``stretch``
 (percentiles) sets ``intensity.STRETCH_PERCENTILES`` while it runs, one with ``stretch_smooth`` (σ px)
-reads the stretch's percentiles from a smoothed copy (``stretch_of_smoothed``), and one with
+reads the stretch's percentiles from a smoothed copy (``stretch_of_smoothed``), one with ``tap_norm``
+divides each tap or channel by its mean over the image (``TapNormalized``), and one with
 ``jitter_blur_noise`` also blurs and noises the augmented copies (``variant_knobs``): how such settings
 were measured without becoming parameters. A variant with ``head_on_views`` fits the logistic head on every training image's
 flips too, the views it averages at predict (``head_on_views``).
@@ -152,10 +153,14 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     # 1st and 99th percentiles of the pixels by 3–10 % of the range, of the smoothed copy by 0.2–2.5 %).
     *((f"the default, stretch percentiles of the image smoothed by σ = {sigma} px", dict(stretch_smooth=sigma), True)
       for sigma in (1.5, 3.0)),
+    # Run 26: each tap (or each channel of it) divided by its mean over the image before the
+    # hypercolumns: an acquisition that changes the activations' scale changes them no more.
+    ("the default, each tap divided by its mean over the image", dict(tap_norm="tap"), True),
+    ("the default, each channel divided by its mean over the image", dict(tap_norm="channel"), True),
 ]
 #: Variant keys that are not estimator parameters (see the module's docstring).
 BENCHMARK_ONLY = ("scales", "pooled_scales", "early_stopping", "stretch", "head_on_views", "jitter_blur_noise",
-                  "stretch_smooth")
+                  "stretch_smooth", "tap_norm")
 #: Parameters that decide the codes (the rest only decide the head).
 ENCODER_PARAMS = ("image_size", "aspect", "normalize", "density", "k", "pca", "whiten", "power", "intra",
                   "resample", "interpolation", "backbone", "taps", "codebook_images", "random_state", "precision",
@@ -230,7 +235,8 @@ def residual_sums(encoder: Encoder, sources: list[Any], timings: Timings) -> np.
 def encoder_key(est: FastVLAD, variant: dict[str, Any]) -> tuple[Any, ...]:
     params = est.get_params()
     return (*((p, str(params[p])) for p in ENCODER_PARAMS), ("stretch", str(variant.get("stretch"))),
-            ("jitter_blur_noise", str(variant.get("jitter_blur_noise"))), ("stretch_smooth", str(variant.get("stretch_smooth"))))
+            ("jitter_blur_noise", str(variant.get("jitter_blur_noise"))), ("stretch_smooth", str(variant.get("stretch_smooth"))),
+            ("tap_norm", str(variant.get("tap_norm"))))
 
 
 @contextlib.contextmanager
@@ -243,11 +249,35 @@ def variant_knobs(variant: dict[str, Any]) -> Iterator[None]:
         intensity.jitter = jitter_with_blur_noise
     if variant.get("stretch_smooth"):
         intensity.NORMALIZATIONS["stretch"] = functools.partial(stretch_of_smoothed, sigma=variant["stretch_smooth"])
+    of = Encoder.__dict__["of"]
+    if variant.get("tap_norm"):
+        def tap_normalized(cls: type[Encoder], model: Any, *args: Any, **kwargs: Any) -> Encoder:
+            encoder = of.__func__(cls, model, *args, **kwargs)
+            return dataclasses.replace(encoder, cnn=TapNormalized(encoder.cnn, variant["tap_norm"]))
+
+        Encoder.of = classmethod(tap_normalized)  # type: ignore[method-assign, assignment]
     try:
         yield
     finally:
         intensity.STRETCH_PERCENTILES, intensity.jitter = keep, jitter
         intensity.NORMALIZATIONS["stretch"] = stretch
+        Encoder.of = of  # type: ignore[method-assign]
+
+
+@dataclasses.dataclass(frozen=True)
+class TapNormalized:
+    """A CNN whose every tap ``(n, h, w, C)`` is divided by its mean over each image (``per="tap"``)
+    or over each image's channel (``"channel"``); anything else is the wrapped CNN's."""
+
+    cnn: Any
+    per: str
+
+    def __call__(self, pixels: np.ndarray) -> list[np.ndarray]:
+        axes = (1, 2, 3) if self.per == "tap" else (1, 2)
+        return [t / (t.mean(axis=axes, keepdims=True) + np.float32(1e-6)) for t in self.cnn(pixels)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cnn, name)
 
 
 def stretch_of_smoothed(values: np.ndarray, sigma: float) -> np.ndarray:
