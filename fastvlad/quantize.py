@@ -10,9 +10,11 @@ fixes every activation's range; it is cached beside the float32 graph under
   micrographs at 224², the network input), so the graph is the same on every machine that
   generates the same pixels (``DEMO_CALIBRATION_SHA256S`` says which; a test pins them). NumPy's
   float32 ``exp``/``sin``/``cos`` loops differ in the last bit between its SIMD levels, so a
-  CPU with AVX-512 draws a few demo pixels one gray level off an AVX2 one's, and calibrates
-  another graph: an int8 model file moves between the two with its graph file (the error on
-  load says so).
+  CPU with AVX-512 would draw a few demo pixels one gray level off an AVX2 one's and calibrate
+  another graph; it draws them with the AVX2 loops instead (``default_calibration``), so every
+  x86-64 CPU with AVX2 or AVX-512 builds the same graph. A machine that draws other pixels (no
+  AVX2, another architecture) builds its own: an int8 model file moves there with its graph file
+  (the error on load says so).
   ``calibration=DATA`` (CLI ``--calibrate DATA``) uses 16 of the user's images instead.
 - Building is deterministic: the same float graph, calibration set, recipe (``Recipe``) and
   ONNX Runtime version give the same bytes. Calibrated ranges are rounded outward to 10
@@ -35,7 +37,10 @@ import io
 import json
 import logging
 import os
+import platform
 import re
+import subprocess
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -64,7 +69,9 @@ CALIBRATION_SEED = 15
 #: SHA-256 of the default calibration set's pixels (float32, (16, 3, 224, 224), caffe-normalised)
 #: as this version of ``fastvlad.demo`` draws them with NumPy's AVX2 loops (X86_V3).
 DEMO_CALIBRATION_SHA256 = "ee04cf920ef89f444d4b09e403cadb5765dd68c3b467389c1f91d7ac5ad04055"
-#: The same, per NumPy SIMD level (``numpy.show_runtime()``); a machine that draws other pixels warns.
+#: The same, per NumPy SIMD level (``numpy.show_runtime()``), as ``demo_calibration`` draws them in
+#: a process running that level's loops (``default_calibration`` draws the AVX2 set on an AVX-512
+#: CPU); a build from pixels that are none of these warns.
 DEMO_CALIBRATION_SHA256S = {
     "X86_V3 (AVX2)": DEMO_CALIBRATION_SHA256,
     "X86_V4 (AVX-512)": "e6ecc6731d20c709f8ed8a143d91dd1ac28b6bbc52d682590b19acbefe21f03c",
@@ -156,10 +163,39 @@ def resolve_precision(precision: Any, fp16: Any, device: str) -> str:
 
 
 # -- calibration sets ---------------------------------------------------------------------------
+def default_calibration() -> np.ndarray:
+    """The default calibration set (``demo_calibration()``) as NumPy's AVX2 loops draw it, on any
+    x86-64 CPU: drawn in a subprocess with NumPy's AVX-512 loops switched off
+    (``NPY_DISABLE_CPU_FEATURES=X86_V4``, nothing to switch off on an AVX2 CPU). NumPy's float32
+    ``exp``/``sin``/``cos`` differ in the last bit between the two, the demo pixels with them, and
+    so would the int8 graph and every int8 model file between AVX2 and AVX-512 machines. Elsewhere
+    (another architecture, or the subprocess failing: a warning) it is drawn in this process."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return demo_calibration()
+    env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": f"{os.environ.get('NPY_DISABLE_CPU_FEATURES', '')} X86_V4",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    with tempfile.TemporaryDirectory(prefix="fastvlad-calibration-") as tmp:
+        out = Path(tmp) / "pixels.npy"
+        draw = ("import sys, numpy; from fastvlad.quantize import demo_calibration; "
+                "numpy.save(sys.argv[1], demo_calibration())")
+        try:
+            done = subprocess.run([sys.executable, "-c", draw, str(out)], env=env, capture_output=True, text=True,
+                                  timeout=600)
+            if done.returncode == 0:
+                return np.load(out)
+            why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+    log.warning("fastvlad: could not draw the demo calibration set with NumPy's AVX2 loops in a subprocess (%s); "
+                "drawing it here, so the int8 graph may differ from other machines'", why[:300])
+    return demo_calibration()
+
+
 def demo_calibration(n: int = CALIBRATION_IMAGES, seed: int = CALIBRATION_SEED,
                      size: tuple[int, int] = CALIBRATION_SIZE) -> np.ndarray:
-    """The default calibration set: ``n`` demo micrographs (classes in turn), as network input
-    ``(n, 3, H, W)`` float32 (caffe-normalised)."""
+    """``n`` demo micrographs (classes in turn) drawn in this process, as network input
+    ``(n, 3, H, W)`` float32 (caffe-normalised); with the default arguments, the default calibration
+    set as this process's NumPy loops draw it (see ``default_calibration``)."""
     from . import demo
     from .images import Preprocess
 
@@ -431,7 +467,7 @@ def build(backbone: str | os.PathLike[str] = "vgg16", taps: Sequence[str] | None
         sha = None if force else _intact(target)  # another process may have built it meanwhile
         if sha is None:
             if pixels is None:
-                pixels = demo_calibration()
+                pixels = default_calibration()
                 got = calibration_sha256(pixels)
                 if got not in DEMO_CALIBRATION_SHA256S.values():
                     log.warning("fastvlad: the demo calibration set drawn here has SHA-256 %s…, none of %s as on "
