@@ -172,8 +172,10 @@ def default_calibration() -> np.ndarray:
     (another architecture, or the subprocess failing: a warning) it is drawn in this process."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return demo_calibration()
+    # This fastvlad first on the path (a source checkout that is not installed), then the caller's.
+    path = [str(Path(__file__).resolve().parents[1]), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": f"{os.environ.get('NPY_DISABLE_CPU_FEATURES', '')} X86_V4",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join(path)}
     with tempfile.TemporaryDirectory(prefix="fastvlad-calibration-") as tmp:
         out = Path(tmp) / "pixels.npy"
         draw = ("import sys, numpy; from fastvlad.quantize import demo_calibration; "
