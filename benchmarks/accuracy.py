@@ -241,8 +241,10 @@ def encoder_key(est: FastVLAD, variant: dict[str, Any]) -> tuple[Any, ...]:
 
 @contextlib.contextmanager
 def variant_knobs(variant: dict[str, Any]) -> Iterator[None]:
-    """While the variant runs: ``intensity.STRETCH_PERCENTILES`` set to its ``stretch``, and with
-    ``jitter_blur_noise`` the augmented copies also blurred and noised (``jitter_with_blur_noise``)."""
+    """While the variant runs: ``intensity.STRETCH_PERCENTILES`` set to its ``stretch``; with
+    ``jitter_blur_noise`` the augmented copies also blurred and noised (``jitter_with_blur_noise``);
+    with ``stretch_smooth`` the stretch's percentiles read from a smoothed copy (``stretch_of_smoothed``);
+    with ``tap_norm`` every encoder's CNN wrapped in ``TapNormalized``."""
     keep, jitter, stretch = intensity.STRETCH_PERCENTILES, intensity.jitter, intensity.NORMALIZATIONS["stretch"]
     intensity.STRETCH_PERCENTILES = tuple(variant.get("stretch", keep))
     if variant.get("jitter_blur_noise"):
@@ -283,15 +285,8 @@ class TapNormalized:
 def stretch_of_smoothed(values: np.ndarray, sigma: float) -> np.ndarray:
     """``intensity.stretch`` with its percentiles read from the image smoothed by a Gaussian of
     ``sigma`` px (the image itself is stretched unsmoothed)."""
-    from scipy.ndimage import gaussian_filter
-    from skimage import exposure
-
-    lo, hi = np.percentile(gaussian_filter(values, sigma=(sigma, sigma) + (0,) * (values.ndim - 2)),
-                           intensity.STRETCH_PERCENTILES)
-    if hi - lo <= 1e-6 * max(1.0, abs(float(hi))):
-        return np.full_like(values, 128.0)
-    return exposure.rescale_intensity(values, in_range=(float(lo), float(hi)), out_range=(0.0, 255.0)).astype(
-        np.float32)
+    lo, hi = np.percentile(intensity.blur(values, sigma), intensity.STRETCH_PERCENTILES)
+    return intensity.stretched_between(values, float(lo), float(hi))
 
 
 _JITTER = intensity.jitter

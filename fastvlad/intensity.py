@@ -28,9 +28,14 @@ def _flat(values: np.ndarray) -> bool:
 
 def stretch(values: np.ndarray) -> np.ndarray:
     """The 1st–99th percentiles of the image's gray levels → 0..255 (clipped beyond)."""
+    lo, hi = np.percentile(values, STRETCH_PERCENTILES)
+    return stretched_between(values, float(lo), float(hi))
+
+
+def stretched_between(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Gray levels ``lo``..``hi`` → 0..255, clipped beyond (float32); a flat range → 128."""
     from skimage import exposure
 
-    lo, hi = np.percentile(values, STRETCH_PERCENTILES)
     if hi - lo <= 1e-6 * max(1.0, abs(float(hi))):
         return np.full_like(values, 128.0)
     return exposure.rescale_intensity(values, in_range=(float(lo), float(hi)), out_range=(0.0, 255.0)).astype(
