@@ -157,6 +157,9 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     # hypercolumns: an acquisition that changes the activations' scale changes them no more.
     ("the default, each tap divided by its mean over the image", dict(tap_norm="tap"), True),
     ("the default, each channel divided by its mean over the image", dict(tap_norm="channel"), True),
+    # Run 28: smaller inputs alone (only beside 112 until now): half the CNN's pixels at 80.
+    *((f"the default at {side} short side{s}", dict(image_size=side, random_state=seed), seed == 0)
+      for side in (96, 80) for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
 ]
 #: Variant keys that are not estimator parameters (see the module's docstring).
 BENCHMARK_ONLY = ("scales", "pooled_scales", "early_stopping", "stretch", "head_on_views", "jitter_blur_noise",
