@@ -4,6 +4,7 @@ differs is refused, and ``precision`` is checked and resolved (``auto``: int8 on
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -91,6 +92,26 @@ def test_the_demo_graph_of_another_simd_level_is_found_in_the_cache(tmp_path: Pa
     monkeypatch.setattr(quantize, "quantize_graph", lambda *a, **k: pytest.fail("built again"))
     again = quantize.build(vgg16_path, weights.VGG16_TAPS)
     assert again.path == first.path and again.sha256 == first.sha256
+
+
+def test_a_model_fitted_on_another_simd_levels_demo_set_rebuilds_that_graph(tmp_path: Path, vgg16_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """An int8 model fitted on an AVX-512 CPU before the default set was drawn with the AVX2 loops
+    records the AVX-512 set's hash; on another AVX-512 CPU without its graph in the cache, the graph
+    is rebuilt from this process's draw (which is that set), not refused."""
+    monkeypatch.setenv("FASTVLAD_HOME", str(tmp_path))  # an empty cache
+    avx2_set, avx512_set = _pixels(2, seed=1, size=32), _pixels(2, seed=2, size=32)
+    hashes = {id(avx2_set): quantize.DEMO_CALIBRATION_SHA256,
+              id(avx512_set): quantize.DEMO_CALIBRATION_SHA256S["X86_V4 (AVX-512)"]}
+    monkeypatch.setattr(quantize, "calibration_sha256", lambda pixels: hashes[id(pixels)])
+    monkeypatch.setattr(quantize, "default_calibration", lambda: avx2_set)
+    monkeypatch.setattr(quantize, "demo_calibration", lambda: avx512_set)
+    old = quantize.build(vgg16_path, weights.VGG16_TAPS, pixels=avx512_set)  # as the model's machine built it
+    record = {"sha256": old.sha256, "calibration_sha256": old.calibration_sha256,
+              "recipe": dataclasses.asdict(quantize.DEFAULT_RECIPE)}
+    old.path.unlink()  # another machine: not in its cache
+    again = quantize.for_model(vgg16_path, weights.VGG16_TAPS, None, record)
+    assert again.sha256 == old.sha256 and again.calibration_sha256 == old.calibration_sha256
 
 
 def test_quantized_graph_is_deterministic(vgg16_path: Path) -> None:
