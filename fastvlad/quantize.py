@@ -544,12 +544,13 @@ def for_model(backbone: str | os.PathLike[str], taps: Sequence[str] | None,
     target = cache_path(_file_sha256(path), taps, calib_sha, recipe)
     if (sha := _intact(target)) is not None:
         found = Quantized(target, sha, _file_sha256(path), calib_sha, recipe)
-    elif calib_sha in DEMO_CALIBRATION_SHA256S.values():
+    elif calib_sha == DEMO_CALIBRATION_SHA256:
         found = build(backbone, taps, None, recipe)
-        if found.calibration_sha256 != calib_sha:  # another SIMD level's demo set: a model fitted on an
-            pixels = demo_calibration()  # AVX-512 CPU before the set was drawn with AVX2 loops everywhere
-            if calibration_sha256(pixels) == calib_sha:
-                found = build(backbone, taps, None, recipe, pixels=pixels)
+    elif calib_sha in DEMO_CALIBRATION_SHA256S.values():
+        # Another SIMD level's demo set (a model fitted on an AVX-512 CPU before the set was drawn with
+        # the AVX2 loops everywhere): this process's own draw may be it; else the check below refuses.
+        pixels = demo_calibration()
+        found = build(backbone, taps, None, recipe, pixels=pixels if calibration_sha256(pixels) == calib_sha else None)
     elif calibration is not None and calibration_set(calibration)[1] == calib_sha:
         found = build(backbone, taps, calibration, recipe)
     else:
