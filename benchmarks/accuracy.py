@@ -165,9 +165,10 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     *((f"the default, points of 112 and 80 short side in one codebook, seed {seed}",
        dict(pooled_scales=(112, 80), random_state=seed), False) for seed in (3, 4)),
 ]
+#: Benchmark-only knobs that change the codes (``variant_knobs``): part of an encoding's key.
+ENCODER_KNOBS = ("stretch", "jitter_blur_noise", "stretch_smooth", "tap_norm")
 #: Variant keys that are not estimator parameters (see the module's docstring).
-BENCHMARK_ONLY = ("scales", "pooled_scales", "early_stopping", "stretch", "head_on_views", "jitter_blur_noise",
-                  "stretch_smooth", "tap_norm")
+BENCHMARK_ONLY = ("scales", "pooled_scales", "early_stopping", "head_on_views", *ENCODER_KNOBS)
 #: Parameters that decide the codes (the rest only decide the head).
 ENCODER_PARAMS = ("image_size", "aspect", "normalize", "density", "k", "pca", "whiten", "power", "intra",
                   "resample", "interpolation", "backbone", "taps", "codebook_images", "random_state", "precision",
@@ -241,9 +242,7 @@ def residual_sums(encoder: Encoder, sources: list[Any], timings: Timings) -> np.
 
 def encoder_key(est: FastVLAD, variant: dict[str, Any]) -> tuple[Any, ...]:
     params = est.get_params()
-    return (*((p, str(params[p])) for p in ENCODER_PARAMS), ("stretch", str(variant.get("stretch"))),
-            ("jitter_blur_noise", str(variant.get("jitter_blur_noise"))), ("stretch_smooth", str(variant.get("stretch_smooth"))),
-            ("tap_norm", str(variant.get("tap_norm"))))
+    return (*((p, str(params[p])) for p in ENCODER_PARAMS), *((k, str(variant.get(k))) for k in ENCODER_KNOBS))
 
 
 @contextlib.contextmanager

@@ -53,6 +53,13 @@ def nanofiber() -> Path:
     return NANOFIBER
 
 
+def numpy_runs(level: str) -> bool:
+    """Whether NumPy runs its loops of a SIMD level here ("X86_V3": AVX2, "X86_V4": AVX-512)."""
+    from numpy._core._multiarray_umath import __cpu_features__
+
+    return bool(__cpu_features__.get(level))
+
+
 def small_model_params(**over: object) -> dict[str, object]:
     """Parameters that make fit() take seconds in CI: 64² input, 50 points per image, k = 8, an XGBoost
     head of 10 rounds (most tests of the model file and explanations are about that head; the logistic

@@ -23,7 +23,7 @@ from fastvlad.estimator import FastVLAD
 from fastvlad.images import Preprocess, Transformed, augmented, flipped
 
 from . import model_files
-from .conftest import small_model_params
+from .conftest import numpy_runs, small_model_params
 
 
 def _micrograph(seed: int = 0, shape: tuple[int, int] = (61, 83)) -> np.ndarray:
@@ -163,13 +163,7 @@ print(hashlib.sha256(codes.tobytes()).hexdigest())
 """
 
 
-def _avx512_loops() -> bool:
-    from numpy._core._multiarray_umath import __cpu_features__
-
-    return bool(__cpu_features__.get("X86_V4"))
-
-
-@pytest.mark.skipif(not _avx512_loops(), reason="NumPy runs no AVX-512 loops on this CPU: nothing to compare")
+@pytest.mark.skipif(not numpy_runs("X86_V4"), reason="NumPy runs no AVX-512 loops on this CPU: nothing to compare")
 def test_augmented_codes_are_the_same_with_numpy_avx2_and_avx512_loops(vgg16_path: Path) -> None:
     """A model's augmented copies are encoded to the same bits whichever SIMD loops NumPy takes: an
     AVX2 machine and an AVX-512 one fit the same model (they did not: a float32 ``power`` differing

@@ -25,7 +25,7 @@ from fastvlad.encoder import Encoder
 from fastvlad.errors import ModelFormatError, ParameterError
 from fastvlad.estimator import FastVLAD, load
 
-from .conftest import small_model_params
+from .conftest import numpy_runs, small_model_params
 from .tiny_model import demo_images
 
 #: The int8 taps' correlation with float32 must stay above this, for every tap of every image, and
@@ -52,15 +52,13 @@ def test_demo_calibration_set_is_pinned() -> None:
     its pixels hash to the constant that names the cached int8 graph, so int8 model files move
     between such machines (a changed demo generator fails here, not in users' model files). An
     AVX-512 NumPy draws a few pixels apart in its own process (``X86_V4`` below)."""
-    from numpy._core._multiarray_umath import __cpu_features__
-
     pixels = quantize.default_calibration()
     assert pixels.shape == (quantize.CALIBRATION_IMAGES, 3, *quantize.CALIBRATION_SIZE) and pixels.dtype == np.float32
-    if __cpu_features__.get("X86_V3"):
+    if numpy_runs("X86_V3"):
         assert quantize.calibration_sha256(pixels) == quantize.DEMO_CALIBRATION_SHA256
     else:
         assert quantize.calibration_sha256(pixels) in quantize.DEMO_CALIBRATION_SHA256S.values()
-    if __cpu_features__.get("X86_V4"):  # the constant of the in-process draw on this CPU
+    if numpy_runs("X86_V4"):  # the constant of the in-process draw on this CPU
         assert quantize.calibration_sha256(quantize.demo_calibration()) == quantize.DEMO_CALIBRATION_SHA256S[
             "X86_V4 (AVX-512)"]
 
