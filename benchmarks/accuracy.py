@@ -164,6 +164,12 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     *((f"the default, seed {seed}", dict(random_state=seed), False) for seed in (3, 4)),
     *((f"the default, points of 112 and 80 short side in one codebook, seed {seed}",
        dict(pooled_scales=(112, 80), random_state=seed), False) for seed in (3, 4)),
+    # Run 31: a ridge classifier as the head (least squares onto ±1 targets, L2 strength alpha),
+    # alpha chosen among 3–30 at seeds 0–2 on cached codes (a scratch scan), seeds 3–4 unseen by it.
+    *((f"the default with the ridge head, alpha {alpha:g}{s}", dict(classifier="ridge", alpha=alpha, random_state=seed),
+       alpha == 10.0 and seed == 0)
+      for alpha in (5.0, 10.0, 20.0)
+      for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"), (3, ", seed 3"), (4, ", seed 4"))),
 ]
 #: Benchmark-only knobs that change the codes (``variant_knobs``): part of an encoding's key.
 ENCODER_KNOBS = ("stretch", "jitter_blur_noise", "stretch_smooth", "tap_norm")
@@ -459,7 +465,7 @@ def head_on_views(name: str, est: FastVLAD, cs: CodeSet, y: np.ndarray, series: 
         ok = ~np.isnan(codes).any(axis=1)  # a flip that could not be read
         n_classes = int(yi.max()) + 1
         w = balanced_weights(labels[ok], n_classes) if est.class_weight == "balanced" else None
-        return classifier.train_linear(codes[ok], labels[ok], n_classes, float(est.C), int(est.random_state), w), \
+        return classifier.train_linear(est, codes[ok], labels[ok], n_classes, w), \
             len(views)
 
     return own_folds(name, est, cs, y, series, groups, head, "views at fit")

@@ -18,7 +18,7 @@ from .hypercolumn import INTERPOLATION_MODES, points_for_density
 from .images import RESAMPLE, Derived, ImageSource, check_size, probe, source_name
 
 ON_ERROR = ("raise", "skip")
-CLASSIFIERS = ("xgboost", "logistic")
+CLASSIFIERS = ("xgboost", "logistic", "ridge")
 ASPECTS = ("keep", "squash")
 #: How an image's points are drawn: "per_image" seeded by its pixels too, "shared" by its size only.
 POINT_DRAWS = ("per_image", "shared")
@@ -118,6 +118,7 @@ def parameters(est: Any, n_images: int | None = None) -> None:
         raise ParameterError(f"class_weight={est.class_weight!r}: use 'balanced' (every class weighs the same in "
                              "training, whatever its number of images) or None")
     real("C", est.C, 0, lo_open=True, hint=" (the logistic head's inverse L2 strength)")
+    real("alpha", est.alpha, 0, lo_open=True, hint=" (the ridge head's L2 strength)")
     backbone_and_taps(est.backbone, est.taps)
     size = image_size(est.image_size)
     _enough_points(k, density, size, min(codebook_images, n_images or codebook_images))

@@ -478,7 +478,7 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
 
 def _train(client: Client, model: FastVLAD, futures: list[Future], rows: list[int], y: np.ndarray) -> float:
     """Train the head on the encoded partitions (rows in input order): XGBoost with ``xgboost.dask``,
-    where the codes stay; the logistic head on the client (its codes are small). Sets ``classes_``
+    where the codes stay; a linear head on the client (its codes are small). Sets ``classes_``
     and ``head_``, returns the seconds it took."""
     import dask.array as da
     import xgboost.dask as dxgb
@@ -488,9 +488,9 @@ def _train(client: Client, model: FastVLAD, futures: list[Future], rows: list[in
     t = time.perf_counter()
     n_classes = len(model.classes_)
     weights = classifier.balanced_weights(y_int, n_classes) if model.class_weight == "balanced" else None
-    if model.classifier == "logistic":
+    if model.classifier in classifier.LINEAR:
         codes_ok = np.concatenate(_gather(client, [client.submit(_values, f, pure=False) for f in futures]))
-        model.head_ = classifier.train_linear(codes_ok, y_int, n_classes, float(model.C), model.random_state, weights)
+        model.head_ = classifier.train_linear(model, codes_ok, y_int, n_classes, weights)
         return time.perf_counter() - t
     dim = model.codebook_.size
     blocks = [da.from_delayed(client.submit(_values, f, pure=False), (r, dim), np.float32)

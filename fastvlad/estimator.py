@@ -59,7 +59,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     - ``pca=64``: hypercolumns projected on their first 64 principal axes (fitted on the codebook
       sample, applied to each tap before interpolation: exact);
     - ``classifier="logistic"`` (``C=100``, ``class_weight="balanced"``): a multinomial logistic
-      regression on the codes; ``"xgboost"`` is the paper's kind of head (``n_estimators``,
+      regression on the codes; ``"ridge"`` (``alpha=10``) a ridge classifier (least squares onto
+      ±1 targets, its ``predict_proba`` a softmax of its scores, not calibrated); ``"xgboost"`` is the paper's kind of head (``n_estimators``,
       ``max_depth``, ``learning_rate``, ``max_bin``, ``colsample_bynode``, ``subsample``,
       ``min_child_weight``).
 
@@ -99,7 +100,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                  taps: Sequence[str] | None = None, n_estimators: int = 100, max_depth: int = 3,
                  learning_rate: float = 0.1, max_bin: int = 32, colsample_bynode: float = 1.0,
                  subsample: float = 1.0, min_child_weight: float = 1.0,
-                 classifier: str = "logistic", C: float = 100.0, class_weight: str | None = "balanced",
+                 classifier: str = "logistic", C: float = 100.0, alpha: float = 10.0,
+                 class_weight: str | None = "balanced",
                  normalize: str = "stretch", augment: int = 0, tta: int = 1, points: str = "per_image",
                  device: str = "auto", batch_size: int | None = None, fp16: bool = False,
                  precision: str = "fp32", calibration: str | None = None,
@@ -128,6 +130,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.min_child_weight = min_child_weight
         self.classifier = classifier
         self.C = C
+        self.alpha = alpha
         self.class_weight = class_weight
         self.normalize = normalize
         self.augment = augment
@@ -230,9 +233,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         checks.enough_classes(self.classes_)
         t = time.perf_counter()
         weights = classifier.balanced_weights(y_int, len(self.classes_)) if self.class_weight == "balanced" else None
-        if self.classifier == "logistic":
-            self.head_ = classifier.train_linear(codes, y_int, len(self.classes_), float(self.C), self.random_state,
-                                                 weights)
+        if self.classifier in classifier.LINEAR:
+            self.head_ = classifier.train_linear(self, codes, y_int, len(self.classes_), weights)
         else:
             device = backends.resolve(self.device).device
             self.head_ = classifier.train(codes, y_int, len(self.classes_), classifier.BoosterSettings.of(self),
@@ -247,7 +249,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         """The fitted XGBoost booster (``classifier="xgboost"``); ``head_`` is the head of any kind."""
         head = getattr(self, "head_", None)
         if head is None or isinstance(head, classifier.LinearHead):
-            raise AttributeError("this FastVLAD has no XGBoost booster (not fitted, or classifier='logistic')")
+            raise AttributeError(f"this FastVLAD has no XGBoost booster (not fitted, or classifier={self.classifier!r})")
         return head
 
     # -- using a fitted model ---------------------------------------------------------------------
@@ -363,7 +365,7 @@ def load(path: str | os.PathLike[str]) -> FastVLAD:
 def _loaded_head(path: str | os.PathLike[str], model: FastVLAD, contents: model_file.ModelContents) -> Any:
     """The classifier head: ``linear.npy`` (checked against the classes and the code width), or
     ``booster.ubj``, checked in Python before XGBoost parses it."""
-    expected = "linear.npy" if model.classifier == "logistic" else "booster.ubj"
+    expected = "linear.npy" if model.classifier in classifier.LINEAR else "booster.ubj"
     if contents.linear is not None:
         width = (len(model.classes_), contents.codebook.size + 1)
         if expected != "linear.npy" or contents.linear.shape != width:
