@@ -180,6 +180,30 @@ def test_points_are_sampled_while_decoding(small_demo: tuple[list[np.ndarray], n
     assert seen == list(range(len(images)))
 
 
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_ridge_head_is_scikit_learns_ridge_classifier(n_classes: int) -> None:
+    """``classifier="ridge"``: the head's scores are ``RidgeClassifier(alpha)``'s decision values
+    (with the balanced sample weights), its classes argmax of them, and ``alpha`` reaches the fit."""
+    from sklearn.linear_model import RidgeClassifier
+
+    from fastvlad import classifier
+
+    rng = np.random.default_rng(1)
+    codes, y = rng.normal(size=(45, 30)).astype(np.float32), rng.integers(0, n_classes, 45)
+    y[:n_classes] = np.arange(n_classes)
+    w = classifier.balanced_weights(y, n_classes)
+    head = FastVLAD(classifier="ridge", alpha=3.0).fit_codes(codes, y).head_
+    for alpha, same in ((3.0, True), (30.0, False)):
+        ref = RidgeClassifier(alpha=alpha).fit(codes, y, sample_weight=w)
+        scores = ref.decision_function(codes).reshape(len(codes), -1)
+        mine = head.margin(codes) if n_classes > 2 else head.margin(codes)[:, 1:]
+        assert np.allclose(mine, scores, rtol=1e-4, atol=1e-4) == same
+    np.testing.assert_array_equal(head.margin(codes).argmax(axis=1), RidgeClassifier(alpha=3.0).fit(
+        codes, y, sample_weight=w).predict(codes))
+    probs = head.predict_proba(codes)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+
+
 def test_xgboost_regularisation_reaches_the_booster() -> None:
     """``subsample`` and ``min_child_weight`` are passed to XGBoost and change the trees."""
     from fastvlad import classifier

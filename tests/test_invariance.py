@@ -231,11 +231,11 @@ def test_a_model_file_from_before_these_options_loads_as_it_was_trained(tmp_path
         ("none", "squash", "xgboost", None, 0, 0, "per_image")
 
 
-# -- the logistic head -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def logistic(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.ndarray]) -> FastVLAD:
+# -- the linear heads (logistic, ridge) -----------------------------------------------------------------
+@pytest.fixture(scope="module", params=["logistic", "ridge"])
+def logistic(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.ndarray], request: pytest.FixtureRequest) -> FastVLAD:
     images, labels = small_demo
-    return FastVLAD(**small_model_params(classifier="logistic")).fit(images, labels)
+    return FastVLAD(**small_model_params(classifier=request.param)).fit(images, labels)
 
 
 def test_logistic_head_save_load_and_explain(logistic: FastVLAD, small_demo: tuple[list[np.ndarray], np.ndarray],
@@ -245,6 +245,7 @@ def test_logistic_head_save_load_and_explain(logistic: FastVLAD, small_demo: tup
     with zipfile.ZipFile(path) as zf:
         assert "linear.npy" in zf.namelist() and "booster.ubj" not in zf.namelist()
     again = fastvlad.load(path)
+    assert (again.classifier, again.alpha) == (logistic.classifier, logistic.alpha)
     np.testing.assert_array_equal(again.predict_proba(images[:4]), logistic.predict_proba(images[:4]))
     e = explain.explain(again, images[3])
     np.testing.assert_allclose(e.contributions.sum(axis=1) + e.bias, e.margin, rtol=1e-5, atol=1e-5)
