@@ -30,8 +30,8 @@ POINTS = typer.Option(None, metavar="[per_image|shared]", help="How each image's
                       "so a change of gray levels keeps the points).")
 NORMALIZE = typer.Option(None, metavar="[stretch|equalize|clahe|none]", help="Gray levels before the CNN: stretch "
                          "(1st–99th percentile → 0..255; default), equalize, clahe or none (--faithful).")
-CLASSIFIER = typer.Option(None, metavar="[logistic|xgboost]", help="The head on the codes: logistic (default) or "
-                          "xgboost (--faithful).")
+CLASSIFIER = typer.Option(None, metavar="[ridge|logistic|xgboost]", help="The head on the codes: ridge (default), "
+                          "logistic or xgboost (--faithful).")
 AUGMENT = typer.Option(None, metavar="N", help="Augmented copies (flips, gain, offset, gamma) of every training image "
                        "given to the classifier (default 0).")
 TTA = typer.Option(None, metavar="0-3", help="Flips averaged with every image at predict, 0 to 3 (default 1; "
