@@ -173,6 +173,13 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
        alpha == 10.0 and seed == 0)
       for alpha in (5.0, 10.0, 20.0)
       for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"), (3, ", seed 3"), (4, ", seed 4"))),
+    # Run 33: the ridge head on the steadier encodings of runs 15 and 24, for the shift check's
+    # largest flips left (noise, offset −20, gamma 1.25).
+    *((f"the ridge head, points shared per image size{s}", dict(classifier="ridge", points="shared", random_state=seed),
+       seed == 0) for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
+    *((f"the ridge head, augment 1 (with blur and noise){s}",
+       dict(classifier="ridge", augment=1, jitter_blur_noise=True, random_state=seed), seed == 0)
+      for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
 ]
 VARIANTS = [(name, {**LOGISTIC, **params}, shift) for name, params, shift in VARIANTS]
 #: Benchmark-only knobs that change the codes (``variant_knobs``): part of an encoding's key.

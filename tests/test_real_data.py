@@ -47,10 +47,11 @@ def test_train_predict_on_held_out_groups(nanofiber: Path, vgg16_path: Path) -> 
     assert accuracy > majority + 0.1
 
 
-#: ACCURACY.md, the default (stretch, 112 short side, logistic C=100 balanced, tta 1): leave-one-series-out
-#: mean 0.641 over the 8 series, worst series 0.34 (Machine C). The floors sit a few points under, so
-#: another machine's BLAS passes and a regression (e.g. the 0.1.0 default's 0.251) fails.
-LOSO_MEAN_FLOOR = 0.60
+#: ACCURACY.md run 31, the default (stretch, 112 short side, ridge alpha 10 balanced, tta 1):
+#: leave-one-series-out mean 0.674 over the 8 series at seed 0, worst series 0.34 (Machine A; the
+#: logistic head of runs 1–30 read 0.641). The floors sit a few points under, so another machine's
+#: BLAS passes and a regression (the logistic head's 0.641, the 0.1.0 default's 0.251) fails.
+LOSO_MEAN_FLOOR = 0.65
 LOSO_WORST_FLOOR = 0.25
 
 
