@@ -147,7 +147,10 @@ def train_logistic(codes: np.ndarray, y: np.ndarray, n_classes: int, C: float, s
     from sklearn.linear_model import LogisticRegression
 
     lr = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(codes, y, sample_weight=weights)
-    return _head(lr.coef_, lr.intercept_)
+    coef, intercept = lr.coef_, lr.intercept_
+    if coef.shape[0] == 1:  # two classes: sigmoid(w·x + b) = softmax([0, w·x + b])
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+    return LinearHead(coef.astype(np.float32), intercept.astype(np.float32))
 
 
 def train_ridge(codes: np.ndarray, y: np.ndarray, n_classes: int, alpha: float,
@@ -159,12 +162,8 @@ def train_ridge(codes: np.ndarray, y: np.ndarray, n_classes: int, alpha: float,
     from sklearn.linear_model import RidgeClassifier
 
     rc = RidgeClassifier(alpha=alpha).fit(codes, y, sample_weight=weights)
-    return _head(rc.coef_, rc.intercept_)
-
-
-def _head(coef: np.ndarray, intercept: np.ndarray) -> LinearHead:
-    """A ``LinearHead`` from scikit-learn's ``coef_`` ``(n_classes or 1, dim)`` and ``intercept_``."""
-    coef, intercept = np.atleast_2d(coef), np.atleast_1d(intercept)
-    if coef.shape[0] == 1:  # two classes: one score s for class 1, and softmax([0, s]) orders them as s does
-        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+    coef, intercept = np.atleast_2d(rc.coef_), np.atleast_1d(rc.intercept_)  # two classes: coef_ is (dim,)
+    if coef.shape[0] == 1:  # two classes: one score s (target +1 for class 1, −1 for class 0), so
+        # class 0's own score, as with more classes, is −s
+        coef, intercept = np.vstack([-coef, coef]), np.concatenate([-intercept, intercept])
     return LinearHead(coef.astype(np.float32), intercept.astype(np.float32))

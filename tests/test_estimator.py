@@ -198,6 +198,8 @@ def test_ridge_head_is_scikit_learns_ridge_classifier(n_classes: int) -> None:
         scores = ref.decision_function(codes).reshape(len(codes), -1)
         mine = head.margin(codes) if n_classes > 2 else head.margin(codes)[:, 1:]
         assert np.allclose(mine, scores, rtol=1e-4, atol=1e-4) == same
+    if n_classes == 2:  # each class's own score, as with more classes: class 0's target is −1
+        np.testing.assert_allclose(head.margin(codes)[:, 0], -head.margin(codes)[:, 1], rtol=1e-6)
     np.testing.assert_array_equal(head.margin(codes).argmax(axis=1), RidgeClassifier(alpha=3.0).fit(
         codes, y, sample_weight=w).predict(codes))
     probs = head.predict_proba(codes)
