@@ -274,6 +274,8 @@ CONFIG_EDITS = {
     "negative batch": (_params(batch_size=-1), "batch_size=-1"),
     "density as a list": (_params(density=[10]), r"density=\[10\]"),
     "device unknown": (_params(device="tpu"), "device='tpu'"),
+    "negative ridge strength": (_params(alpha=-1), "alpha=-1"),
+    "a booster file claiming the ridge head": (_params(classifier="ridge"), "classifier='ridge' needs linear.npy"),
     "intra as text": (_params(intra="yes"), r"\['intra'\] must be true or false"),
     "pca unlike the projection": (_params(pca=32), "pca=32"),
     "unknown parameter": (_params(evil=1), r"unknown parameter\(s\) \['evil'\]"),
