@@ -142,7 +142,7 @@ def train_linear(model: Any, codes: np.ndarray, y: np.ndarray, n_classes: int,
 
 def train_logistic(codes: np.ndarray, y: np.ndarray, n_classes: int, C: float, seed: int = 0,
                    weights: np.ndarray | None = None) -> LinearHead:
-    """Fit the linear head on codes ``(n, dim)`` and integer labels ``(n,)`` in [0, n_classes)
+    """Fit the logistic head on codes ``(n, dim)`` and integer labels ``(n,)`` in [0, n_classes)
     (scikit-learn's ``LogisticRegression``, L2 penalty of strength 1/C, lbfgs; ``weights``: per sample)."""
     from sklearn.linear_model import LogisticRegression
 
