@@ -1,5 +1,5 @@
 """Issue 14: what a model trained on some series needs on the next one — intensity normalisation,
-augmentation, test-time flips, aspect-kept input, the logistic head — and that a saved model
+augmentation, test-time flips, aspect-kept input, the linear heads (logistic, ridge) — and that a saved model
 applies them at predict as it did at fit."""
 
 from __future__ import annotations
@@ -233,20 +233,21 @@ def test_a_model_file_from_before_these_options_loads_as_it_was_trained(tmp_path
 
 # -- the linear heads (logistic, ridge) -----------------------------------------------------------------
 @pytest.fixture(scope="module", params=["logistic", "ridge"])
-def logistic(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.ndarray], request: pytest.FixtureRequest) -> FastVLAD:
+def linear(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.ndarray],
+           request: pytest.FixtureRequest) -> FastVLAD:
     images, labels = small_demo
     return FastVLAD(**small_model_params(classifier=request.param)).fit(images, labels)
 
 
-def test_logistic_head_save_load_and_explain(logistic: FastVLAD, small_demo: tuple[list[np.ndarray], np.ndarray],
-                                             tmp_path: Path) -> None:
+def test_linear_head_save_load_and_explain(linear: FastVLAD, small_demo: tuple[list[np.ndarray], np.ndarray],
+                                           tmp_path: Path) -> None:
     images, _ = small_demo
-    path = logistic.save(tmp_path / "m.fvl")
+    path = linear.save(tmp_path / "m.fvl")
     with zipfile.ZipFile(path) as zf:
         assert "linear.npy" in zf.namelist() and "booster.ubj" not in zf.namelist()
     again = fastvlad.load(path)
-    assert (again.classifier, again.alpha) == (logistic.classifier, logistic.alpha)
-    np.testing.assert_array_equal(again.predict_proba(images[:4]), logistic.predict_proba(images[:4]))
+    assert (again.classifier, again.alpha) == (linear.classifier, linear.alpha)
+    np.testing.assert_array_equal(again.predict_proba(images[:4]), linear.predict_proba(images[:4]))
     e = explain.explain(again, images[3])
     np.testing.assert_allclose(e.contributions.sum(axis=1) + e.bias, e.margin, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.exp(e.margin) / np.exp(e.margin).sum(), e.proba, rtol=1e-4)
@@ -274,10 +275,10 @@ def test_class_weight_balances_the_classes(vgg16_path: Path, small_demo: tuple[l
     (np.zeros((4, 5), np.float32), r"linear\.npy has shape \(4, 5\)"),
     (np.full((4, 8 * 64 + 1), np.nan, np.float32), "finite"),
 ])
-def test_a_damaged_linear_head_is_refused(logistic: FastVLAD, tmp_path: Path, array: np.ndarray, match: str) -> None:
+def test_a_damaged_linear_head_is_refused(linear: FastVLAD, tmp_path: Path, array: np.ndarray, match: str) -> None:
     import io
 
-    saved = logistic.save(tmp_path / "m.fvl")
+    saved = linear.save(tmp_path / "m.fvl")
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     bad = model_files.edited(saved, tmp_path / "bad.fvl", linear_npy=buf.getvalue())
@@ -285,7 +286,7 @@ def test_a_damaged_linear_head_is_refused(logistic: FastVLAD, tmp_path: Path, ar
         fastvlad.load(bad)
 
 
-def test_a_model_needs_exactly_one_head(logistic: FastVLAD, tmp_path: Path) -> None:
-    saved = logistic.save(tmp_path / "m.fvl")
+def test_a_model_needs_exactly_one_head(linear: FastVLAD, tmp_path: Path) -> None:
+    saved = linear.save(tmp_path / "m.fvl")
     with pytest.raises(ModelFormatError, match="one classifier head"):
         fastvlad.load(model_files.edited(saved, tmp_path / "none.fvl", linear_npy=None))
