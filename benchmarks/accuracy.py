@@ -180,6 +180,9 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     *((f"the ridge head, augment 1 (with blur and noise){s}",
        dict(classifier="ridge", augment=1, jitter_blur_noise=True, random_state=seed), seed == 0)
       for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
+    # Run 34: the ridge head at int8 (runs 6 and 10 measured int8 with the logistic head).
+    *((f"the ridge head at int8{s}", dict(classifier="ridge", precision="int8", random_state=seed), False)
+      for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
 ]
 VARIANTS = [(name, {**LOGISTIC, **params}, shift) for name, params, shift in VARIANTS]
 #: Benchmark-only knobs that change the codes (``variant_knobs``): part of an encoding's key.
