@@ -13,12 +13,13 @@ import numpy as np
 
 from . import config, intensity
 from .backends import DEVICES
+from .classifier import LINEAR
 from .errors import FastVLADError, ImageReadError, InvalidDatasetError, ParameterError
 from .hypercolumn import INTERPOLATION_MODES, points_for_density
 from .images import RESAMPLE, Derived, ImageSource, check_size, probe, source_name
 
 ON_ERROR = ("raise", "skip")
-CLASSIFIERS = ("xgboost", "logistic", "ridge")
+CLASSIFIERS = ("xgboost", *LINEAR)  # the paper's head, then the linear ones
 ASPECTS = ("keep", "squash")
 #: How an image's points are drawn: "per_image" seeded by its pixels too, "shared" by its size only.
 POINT_DRAWS = ("per_image", "shared")

@@ -61,9 +61,9 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     - ``classifier="ridge"`` (``alpha=10``, ``class_weight="balanced"``): a ridge classifier on the
       codes (least squares onto ±1 targets per class; ``predict_proba`` is a softmax of its scores,
       which orders the classes but is not calibrated); ``"logistic"`` (``C=100``) a multinomial
-      logistic regression, the default before ACCURACY.md's run 31; ``"xgboost"`` the paper's kind of head (``n_estimators``,
-      ``max_depth``, ``learning_rate``, ``max_bin``, ``colsample_bynode``, ``subsample``,
-      ``min_child_weight``).
+      logistic regression, the default before ACCURACY.md's run 31; ``"xgboost"`` the paper's kind
+      of head (``n_estimators``, ``max_depth``, ``learning_rate``, ``max_bin``, ``colsample_bynode``,
+      ``subsample``, ``min_child_weight``).
 
     ``augment=n`` gives the classifier n randomly flipped and re-exposed copies of every training
     image (gain, offset, gamma; the codebook stays on the originals); ``tta=n`` averages the
