@@ -30,7 +30,9 @@ A variant with ``pooled_scales`` puts every input size's points into one codeboo
 stopping on a group split of that fold's training images (``early_stopped``). A variant with ``stretch``
 (percentiles) sets ``intensity.STRETCH_PERCENTILES`` while it runs, one with ``stretch_smooth`` (σ px)
 reads the stretch's percentiles from a smoothed copy (``stretch_of_smoothed``), one with ``tap_norm``
-divides each tap or channel by its mean over the image (``TapNormalized``), and one with
+divides each tap or channel by its mean over the image (``TapNormalized``), one with
+``stretch_at_input`` stretches the resized image instead of the image at its own resolution
+(``stretched_after_resize``), and one with
 ``jitter_blur_noise`` also blurs and noises the augmented copies (``variant_knobs``): how such settings
 were measured without becoming parameters. A variant with ``head_on_views`` fits the logistic head on every training image's
 flips too, the views it averages at predict (``head_on_views``).
@@ -52,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from fastvlad import classifier, codebook, datasets, intensity, vlad
+from fastvlad import classifier, codebook, datasets, images, intensity, vlad
 from fastvlad.classifier import BoosterSettings, balanced_weights
 from fastvlad.encoder import Encoder, Timings, Workspace, fit_centres
 from fastvlad.estimator import FastVLAD
@@ -183,10 +185,24 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     # Run 34: the ridge head at int8 (runs 6 and 10 measured int8 with the logistic head).
     *((f"the ridge head at int8{s}", dict(classifier="ridge", precision="int8", random_state=seed), False)
       for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
+    # Run 35: the stretch read from and applied to the network input (the image resized first), not
+    # the image at its own resolution: resizing 306 → 112 rows averages noise and blur away first.
+    *((f"the ridge head, stretched after resizing{s}", dict(classifier="ridge", stretch_at_input=True,
+                                                           random_state=seed), seed == 0)
+      for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
+    # Run 36: with the ridge head, the augmented copies of run 1 (flip, gain, offset, gamma; the
+    # logistic head gained nothing from them) and VLAD's classic normalisation (no per-centre L2,
+    # signed square root, global L2) in place of the paper's.
+    *((f"the ridge head, one jittered copy per image{s}", dict(classifier="ridge", augment=1, random_state=seed),
+       seed == 0)
+      for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
+    *((f"the ridge head, power normalisation without the per-centre L2{s}",
+       dict(classifier="ridge", intra=False, power=True, random_state=seed), seed == 0)
+      for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
 ]
 VARIANTS = [(name, {**LOGISTIC, **params}, shift) for name, params, shift in VARIANTS]
 #: Benchmark-only knobs that change the codes (``variant_knobs``): part of an encoding's key.
-ENCODER_KNOBS = ("stretch", "jitter_blur_noise", "stretch_smooth", "tap_norm")
+ENCODER_KNOBS = ("stretch", "jitter_blur_noise", "stretch_smooth", "tap_norm", "stretch_at_input")
 #: Variant keys that are not estimator parameters (see the module's docstring).
 BENCHMARK_ONLY = ("scales", "pooled_scales", "early_stopping", "head_on_views", *ENCODER_KNOBS)
 #: Parameters that decide the codes (the rest only decide the head).
@@ -270,13 +286,18 @@ def variant_knobs(variant: dict[str, Any]) -> Iterator[None]:
     """While the variant runs: ``intensity.STRETCH_PERCENTILES`` set to its ``stretch``; with
     ``jitter_blur_noise`` the augmented copies also blurred and noised (``jitter_with_blur_noise``);
     with ``stretch_smooth`` the stretch's percentiles read from a smoothed copy (``stretch_of_smoothed``);
-    with ``tap_norm`` every encoder's CNN wrapped in ``TapNormalized``."""
+    with ``tap_norm`` every encoder's CNN wrapped in ``TapNormalized``; with ``stretch_at_input`` the
+    stretch moved after the resize (``stretched_after_resize``)."""
     keep, jitter, stretch = intensity.STRETCH_PERCENTILES, intensity.jitter, intensity.NORMALIZATIONS["stretch"]
+    resize = images.resize
     intensity.STRETCH_PERCENTILES = tuple(variant.get("stretch", keep))
     if variant.get("jitter_blur_noise"):
         intensity.jitter = jitter_with_blur_noise
     if variant.get("stretch_smooth"):
         intensity.NORMALIZATIONS["stretch"] = functools.partial(stretch_of_smoothed, sigma=variant["stretch_smooth"])
+    if variant.get("stretch_at_input"):
+        intensity.NORMALIZATIONS["stretch"] = lambda values: values
+        images.resize = stretched_after_resize  # type: ignore[assignment]
     of = Encoder.__dict__["of"]
     if variant.get("tap_norm"):
         def tap_normalized(cls: type[Encoder], model: Any, *args: Any, **kwargs: Any) -> Encoder:
@@ -289,6 +310,7 @@ def variant_knobs(variant: dict[str, Any]) -> Iterator[None]:
     finally:
         intensity.STRETCH_PERCENTILES, intensity.jitter = keep, jitter
         intensity.NORMALIZATIONS["stretch"] = stretch
+        images.resize = resize  # type: ignore[assignment]
         Encoder.of = of  # type: ignore[method-assign]
 
 
@@ -313,6 +335,14 @@ def stretch_of_smoothed(values: np.ndarray, sigma: float) -> np.ndarray:
     ``sigma`` px (the image itself is stretched unsmoothed)."""
     lo, hi = np.percentile(intensity.blur(values, sigma), intensity.STRETCH_PERCENTILES)
     return intensity.stretched_between(values, float(lo), float(hi))
+
+
+_RESIZE = images.resize
+
+
+def stretched_after_resize(img: np.ndarray, size: tuple[int, int] | None, resample: str = "bilinear") -> np.ndarray:
+    """``images.resize``, then ``intensity.stretch`` of the resized image (its percentiles and its clip)."""
+    return intensity.stretch(_RESIZE(img, size, resample))
 
 
 _JITTER = intensity.jitter
