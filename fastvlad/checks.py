@@ -122,7 +122,33 @@ def parameters(est: Any, n_images: int | None = None) -> None:
     real("alpha", est.alpha, 0, lo_open=True, hint=" (the ridge head's L2 strength)")
     backbone_and_taps(est.backbone, est.taps)
     size = image_size(est.image_size)
+    zoom(est.zoom, size)
     _enough_points(k, density, size, min(codebook_images, n_images or codebook_images))
+
+
+#: A ``zoom`` factor's range (a copy at a quarter to four times the magnification), and how many.
+ZOOM_RANGE = (0.25, 4.0)
+MAX_ZOOMS = 8
+
+
+def zoom(value: Any, size: tuple[int, int] | None) -> tuple[float, ...]:
+    """``zoom`` as a tuple of factors in ``ZOOM_RANGE`` (at most ``MAX_ZOOMS``), each giving a valid
+    input size from ``size`` (the checked ``image_size``, which zoom needs), or a ``ParameterError``."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, np.ndarray)) or len(value) > MAX_ZOOMS:
+        raise ParameterError(f"zoom={value!r}: give up to {MAX_ZOOMS} factors on the input size, e.g. (1.4, 0.7) "
+                             "(CLI: --zoom 1.4,0.7), or () for none")
+    factors = tuple(real(f"zoom[{i}]", v, *ZOOM_RANGE, hint=" (a factor on the input size)") for i, v in enumerate(value))
+    if factors and size is None:
+        raise ParameterError(f"zoom={value!r} needs an image_size: at the native size (image_size=None) there is "
+                             "no input size to scale")
+    for f in factors:
+        zoomed = (round(size[0] * f), round(size[1] * f))  # type: ignore[index]
+        try:
+            check_size(zoomed)
+        except ParameterError as exc:
+            raise ParameterError(f"zoom={value!r}: image_size × {f:g} = {zoomed[0]}×{zoomed[1]}, which is not a usable "
+                                 f"input size ({exc})") from None
+    return factors
 
 
 def backbone_and_taps(backbone: Any, taps: Any) -> None:

@@ -442,6 +442,9 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
     if model.augment:
         raise ParameterError(f"augment={model.augment}: augmented training is not available on a Dask cluster yet; "
                              "train on one machine (no --workers/--scheduler) or set augment=0")
+    if model.zoom:
+        raise ParameterError(f"zoom={tuple(model.zoom)}: zoomed training copies are not available on a Dask cluster "
+                             "yet; train on one machine (no --workers/--scheduler) or set zoom=()")
     t0 = time.perf_counter()
     given = len(X)
     plan = tiling.plan_for(model, X)  # micrographs → tiles, each with its micrograph's label, as fit does

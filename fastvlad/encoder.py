@@ -47,7 +47,7 @@ from .errors import (
     ModelFormatError,
     is_gpu_out_of_memory,
 )
-from .images import AnySource, Batch, Preprocess, Transformed, iter_batches
+from .images import AnySource, Batch, Preprocess, Transformed, augmented, iter_batches
 from .projection import Projection
 
 log = logging.getLogger("fastvlad")
@@ -88,6 +88,14 @@ class EncoderSettings:
     @property
     def preprocess(self) -> Preprocess:
         return Preprocess(self.image_size, self.resample, self.normalize, self.keep_aspect)
+
+    def zoomed(self, factor: float) -> EncoderSettings:
+        """These settings with the input size times ``factor``: an image as a microscope would show it
+        at ``factor`` times the magnification (``checks.zoom`` has checked the size it gives)."""
+        if self.image_size is None:
+            raise ValueError("zoom needs an image_size")
+        h, w = self.image_size
+        return replace(self, image_size=(round(h * factor), round(w * factor)))
 
 
 @dataclass
@@ -442,3 +450,33 @@ class Encoder:
                 bar.advance(len(enc.batch.indices) + len(enc.batch.failed))
         ok = np.flatnonzero(done)
         return Encoded(codes[ok], ok, failed)
+
+
+def training_copies(encoder: Encoder, sources: Sequence[AnySource], indices: np.ndarray, augment: int,
+                    zoom: Sequence[float], seed: int, timings: Timings) -> tuple[np.ndarray, np.ndarray]:
+    """What the classifier learns from besides the images themselves, encoded with the fitted
+    ``encoder`` (the codebook stays on the originals): ``augment`` jittered copies of every
+    readable image (``indices`` into ``sources``; ``images.augmented``), then every such image at
+    the input size times each factor of ``zoom`` (another magnification). Returns their codes
+    ``(m, D)`` float32 and ``(m,)`` int64 the position in ``indices`` each was made from. Their CNN
+    seconds go to ``timings``' ``augment_cnn`` and ``zoom_cnn``, all their seconds to ``augment``
+    and ``zoom``: extra CNN passes, reported apart from the fit's own."""
+    codes: list[np.ndarray] = [np.zeros((0, encoder.centres.size if encoder.centres is not None else 0), np.float32)]
+    rows: list[np.ndarray] = [np.zeros(0, np.int64)]
+
+    def add(kind: str, enc: Encoded, of: np.ndarray, extra: Timings, since: float) -> None:
+        codes.append(enc.codes)
+        rows.append(of.astype(np.int64))
+        timings.seconds[f"{kind}_cnn"] += extra.seconds["cnn"]
+        timings.seconds[kind] += time.perf_counter() - since
+
+    if augment:
+        t, extra = time.perf_counter(), Timings()
+        enc = encoder.encode(augmented(sources, indices, augment, seed), extra)
+        add("augment", enc, enc.indices % max(1, len(indices)), extra, t)
+    originals = [sources[int(i)] for i in indices]
+    for factor in zoom:
+        t, extra = time.perf_counter(), Timings()
+        enc = replace(encoder, settings=encoder.settings.zoomed(factor)).encode(originals, extra)
+        add("zoom", enc, enc.indices, extra, t)
+    return np.concatenate(codes), np.concatenate(rows)

@@ -19,9 +19,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from . import backends, booster_check, checks, classifier, model_file, quantize, tiling
 from ._version import __version__
 from .backbone import DEFAULT_BACKBONE
-from .encoder import Encoded, Encoder, Timings
+from .encoder import Encoded, Encoder, Timings, training_copies
 from .errors import FastVLADError, InvalidDatasetError, ModelFormatError, NotFittedError
-from .images import ImageSource, augmented, flipped, source_name
+from .images import ImageSource, flipped, source_name
 from .projection import Projection
 
 #: The paper's settings (Luo, Holm & Wang 2021): full 1472-d hypercolumns, 147,200-d codes for k = 100,
@@ -30,14 +30,14 @@ FAITHFUL_PARAMS: dict[str, Any] = {
     "density": 10.0, "k": 100, "image_size": 224, "aspect": "squash", "intra": True, "power": False, "pca": None, "whiten": False,
     "n_estimators": 100, "max_depth": 3, "learning_rate": 0.1, "max_bin": 256, "colsample_bynode": 1.0,
     "subsample": 1.0, "min_child_weight": 1.0,
-    "classifier": "xgboost", "class_weight": None, "normalize": "none", "augment": 0, "tta": 0,
+    "classifier": "xgboost", "class_weight": None, "normalize": "none", "augment": 0, "zoom": (), "tta": 0,
     "points": "per_image",
 }
 #: Parameters added after model files were first written, with the values those files' models
 #: were trained with (a file without them means these, whatever today's defaults are).
 LEGACY_PARAMS: dict[str, Any] = {"aspect": "squash", "classifier": "xgboost", "C": 100.0, "class_weight": None,
                                  "normalize": "none", "augment": 0, "tta": 0, "precision": "fp32",
-                                 "calibration": None, "points": "per_image"}
+                                 "calibration": None, "points": "per_image", "zoom": ()}
 
 
 class FastVLAD(ClassifierMixin, BaseEstimator):
@@ -66,7 +66,9 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
       ``subsample``, ``min_child_weight``).
 
     ``augment=n`` gives the classifier n randomly flipped and re-exposed copies of every training
-    image (gain, offset, gamma; the codebook stays on the originals); ``tta=n`` averages the
+    image (gain, offset, gamma; the codebook stays on the originals); ``zoom=(z, ...)`` gives it
+    every training image also encoded at z times the input size (as at z times the magnification;
+    the codebook and ``predict`` stay at ``image_size``); ``tta=n`` averages the
     probabilities of the image and its first n flips (left–right, up–down, both) at predict. The
     default ``tta=1`` (the image and its left–right mirror: two CNN passes per image at predict)
     raised the leave-series-out mean and its worst series in ACCURACY.md.
@@ -103,7 +105,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                  subsample: float = 1.0, min_child_weight: float = 1.0,
                  classifier: str = "ridge", C: float = 100.0, alpha: float = 10.0,
                  class_weight: str | None = "balanced",
-                 normalize: str = "stretch", augment: int = 0, tta: int = 1, points: str = "per_image",
+                 normalize: str = "stretch", augment: int = 0, zoom: Sequence[float] = (), tta: int = 1,
+                 points: str = "per_image",
                  device: str = "auto", batch_size: int | None = None, fp16: bool = False,
                  precision: str = "fp32", calibration: str | None = None,
                  on_error: str = "raise", random_state: int = 0, scale_nm_per_px: float | None = None,
@@ -135,6 +138,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.class_weight = class_weight
         self.normalize = normalize
         self.augment = augment
+        self.zoom = zoom
         self.tta = tta
         self.points = points
         self.device = device
@@ -208,19 +212,14 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
 
     def _with_augmented(self, X: Sequence[ImageSource], encoded: Encoded, y: np.ndarray,
                         timings: Timings) -> tuple[np.ndarray, np.ndarray]:
-        """The codes and labels the classifier learns from: the readable images' and, with ``augment``,
-        their augmented copies' (encoded by the fitted encoder; their CNN passes timed apart)."""
-        if not self.augment:
+        """The codes and labels the classifier learns from: the readable images' and, with ``augment``
+        or ``zoom``, their copies' (``encoder.training_copies``; their CNN passes timed apart)."""
+        if not self.augment and not self.zoom:
             return encoded.codes, y
-        copies = augmented(X, encoded.indices, int(self.augment), self.random_state)
-        extra = Timings()
-        t = time.perf_counter()
         with kernel_guard():
-            aug = Encoder.of(self).encode(copies, extra)
-        timings.seconds["augment_cnn"] = extra.seconds["cnn"]
-        timings.seconds["augment"] = time.perf_counter() - t
-        y_ok = np.concatenate([y] * int(self.augment))
-        return np.concatenate([encoded.codes, aug.codes]), np.concatenate([y, y_ok[aug.indices]])
+            codes, rows = training_copies(Encoder.of(self), X, encoded.indices, int(self.augment),
+                                          tuple(self.zoom), self.random_state, timings)
+        return np.concatenate([encoded.codes, codes]), np.concatenate([y, y[rows]])
 
     @staticmethod
     def describe_failures(X: Sequence[ImageSource], encoded: Encoded) -> list[tuple[str, str]]:
@@ -330,7 +329,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
             raise NotFittedError("fit the model before saving it")
         params = self.get_params()
         params["taps"] = list(params["taps"]) if params["taps"] else None
-        for key in ("image_size", "tile", "tile_stride"):  # tuples as JSON lists
+        for key in ("image_size", "tile", "tile_stride", "zoom"):  # tuples as JSON lists
             params[key] = list(params[key]) if isinstance(params[key], tuple) else params[key]
         if params["calibration"] is not None:
             params["calibration"] = str(params["calibration"])
@@ -409,7 +408,7 @@ def _model_from_config(path: str | os.PathLike[str], cfg: dict[str, Any], codebo
     if unknown:
         raise bad(f"unknown parameter(s) {unknown}")
     params = {**LEGACY_PARAMS, **params}
-    for key in ("image_size", "tile", "tile_stride"):  # JSON lists; a file without tile/scale: untiled
+    for key in ("image_size", "tile", "tile_stride", "zoom"):  # JSON lists; a file without tile/scale: untiled
         if isinstance(params.get(key), list):
             params[key] = tuple(params[key])
     if params.get("taps") is not None and not isinstance(params["taps"], list):

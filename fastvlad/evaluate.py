@@ -34,10 +34,10 @@ from sklearn.metrics import (
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from . import progress
-from .encoder import Encoder, Timings
+from .encoder import Encoder, Timings, training_copies
 from .errors import InvalidDatasetError, ParameterError
 from .estimator import FastVLAD
-from .images import ImageSource, Transformed, augmented, flipped
+from .images import ImageSource, Transformed, flipped
 
 #: Images re-predicted under each change by the shift check unless told otherwise.
 SHIFT_IMAGES = 200
@@ -210,14 +210,14 @@ class OneClass:
 @dataclass
 class CodeSet:
     """Every image's codes under one encoder fitted on a sample of them (labels unused), computed
-    once for any number of fold schemes: the images', their augmented copies' (``augment``) and
-    their flips' (``tta``)."""
+    once for any number of fold schemes: the images', their augmented and zoomed copies' (``augment``,
+    ``zoom``) and their flips' (``tta``)."""
 
     encoder: Encoder
     codes: np.ndarray  # (n_ok, D) float32, rows in ``indices`` order
     indices: np.ndarray  # (n_ok,) positions of the readable images in X
     failed: list[tuple[int, Any]]
-    augmented: np.ndarray  # (m, D) float32 codes of augmented copies
+    augmented: np.ndarray  # (m, D) float32 codes of augmented and zoomed copies (``training_copies``)
     augmented_of: np.ndarray  # (m,) the row of ``codes`` each copy was made from
     views: list[np.ndarray]  # per flip of ``tta``: (n_ok, D) float32, NaN where a flip could not be read
     seconds: dict[str, float]
@@ -225,27 +225,21 @@ class CodeSet:
 
 def encode_images(estimator: FastVLAD, X: Sequence[ImageSource]) -> CodeSet:
     """Fit ``estimator``'s PCA and codebook on a sample of ``X`` and encode every image once, with the
-    augmented copies (``augment``) and flips (``tta``) the estimator asks for."""
+    augmented and zoomed copies (``augment``, ``zoom``) and flips (``tta``) the estimator asks for."""
     est = clone(estimator)
     X = list(X)
     timings = Timings()
     encoder = Encoder.of(est).fit_codebook(X, int(est.k), int(est.codebook_images), timings=timings)
     enc = encoder.encode(X, timings)
-    seconds = dict(timings.seconds)
-    t, extra = time.perf_counter(), Timings()
-    aug = encoder.encode(augmented(X, enc.indices, int(est.augment), est.random_state), extra) if est.augment else None
-    if aug is not None:  # as fit reports them: the copies' CNN passes, and their whole encoding
-        seconds["augment_cnn"], seconds["augment"] = extra.seconds["cnn"], time.perf_counter() - t
+    copies = Timings()  # as fit reports them: the copies' CNN passes, and their whole encoding
+    aug, aug_of = training_copies(encoder, X, enc.indices, int(est.augment), tuple(est.zoom), est.random_state, copies)
+    seconds = {**timings.seconds, **copies.seconds}
     views = []
     for op in range(1, int(est.tta) + 1):
         t = time.perf_counter()
         views.append(encoder.encode(flipped([X[i] for i in enc.indices], op)).rows(len(enc.indices)))
         seconds["tta"] = seconds.get("tta", 0.0) + time.perf_counter() - t
-    width = enc.codes.shape[1]
-    return CodeSet(encoder, enc.codes, enc.indices, enc.failed,
-                   aug.codes if aug is not None else np.zeros((0, width), np.float32),
-                   aug.indices % max(1, len(enc.indices)) if aug is not None else np.zeros(0, np.int64),
-                   views, seconds)
+    return CodeSet(encoder, enc.codes, enc.indices, enc.failed, aug, aug_of, views, seconds)
 
 
 def cross_validate(estimator: FastVLAD, X: Sequence[ImageSource], y: np.ndarray, groups: np.ndarray | None = None,

@@ -123,6 +123,21 @@ def test_bad_pca_option(demo_folder: Path, tmp_path: Path) -> None:
     assert isinstance(res.exception, ParameterError) and "--pca 'lots'" in str(res.exception)
 
 
+def test_train_zoom_option(vgg16_path: Path, demo_folder: Path, tmp_path: Path) -> None:
+    """--zoom 1.5,0.75 is the estimator's zoom=(1.5, 0.75): the saved model has it and learnt from
+    three times the images; --zoom none is zoom=(); a bad list names the option."""
+    out = tmp_path / "m.fvl"
+    res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(out), *SMALL, "--zoom", "1.5,0.75"])
+    assert res.exit_code == 0, res.output
+    model = fastvlad.load(out)
+    assert model.zoom == (1.5, 0.75) and model.train_info_["n_images"] == 3 * 16
+    res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(out), *SMALL, "--zoom", "none"])
+    assert res.exit_code == 0 and fastvlad.load(out).zoom == ()
+    res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(tmp_path / "x.fvl"), "--zoom", "1.5;2"])
+    assert isinstance(res.exception, ParameterError) and "--zoom '1.5;2'" in str(res.exception)
+    assert not (tmp_path / "x.fvl").exists()
+
+
 def test_info() -> None:
     res = CliRunner().invoke(app, ["info"])
     assert res.exit_code == 0 and "onnxruntime" in res.output and "cache" in res.output

@@ -208,6 +208,35 @@ def test_fit_with_augmentation_and_tta(vgg16_path: Path, small_demo: tuple[list[
     np.testing.assert_array_equal(again.predict_proba(images[:5]), proba)
 
 
+def test_fit_with_zoom(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.ndarray], tmp_path: Path) -> None:
+    """zoom=(1.5, 0.75) gives the head every image again at 96 and 48 pixels (the codebook, fitted at
+    64, unchanged): it learns what a head on those codes learns; the copies' CNN passes are timed
+    apart; cross-validation's encoding has the same copies; the same seed gives the same model; a
+    saved model keeps the setting."""
+    import copy
+
+    from fastvlad.evaluate import encode_images
+
+    images, labels = small_demo
+    params = small_model_params(zoom=(1.5, 0.75), classifier="ridge")
+    model = FastVLAD(**params).fit(images, labels)
+    n = len(images)
+    assert model.train_info_["n_images"] == 3 * n
+    assert {"zoom", "zoom_cnn"} <= set(model.timings_) and model.timings_["zoom_cnn"] > 0
+    at = [copy.copy(model).set_params(image_size=side).transform(images) for side in (64, 96, 48)]
+    assert not np.allclose(at[0], at[1]) and not np.allclose(at[0], at[2])
+    head = FastVLAD(**small_model_params(classifier="ridge")).fit_codes(np.concatenate(at), np.concatenate([labels] * 3))
+    np.testing.assert_allclose(model.head_.to_array(), head.head_.to_array(), rtol=1e-4, atol=1e-6)
+    cs = encode_images(FastVLAD(**params), images)
+    np.testing.assert_array_equal(cs.augmented_of, np.tile(np.arange(n), 2))
+    np.testing.assert_allclose(cs.augmented, np.concatenate(at[1:]), rtol=1e-5, atol=1e-6)
+    proba = model.predict_proba(images[:5])
+    np.testing.assert_array_equal(FastVLAD(**params).fit(images, labels).predict_proba(images[:5]), proba)
+    again = fastvlad.load(model.save(tmp_path / "m.fvl"))
+    assert again.zoom == (1.5, 0.75)
+    np.testing.assert_array_equal(again.predict_proba(images[:5]), proba)
+
+
 def test_saved_model_reapplies_its_normalisation(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.ndarray],
                                                  tmp_path: Path) -> None:
     images, labels = small_demo
@@ -224,11 +253,11 @@ def test_a_model_file_from_before_these_options_loads_as_it_was_trained(tmp_path
     saved = tmp_path / "m.fvl"
     saved.write_bytes(model_files.tiny_model_bytes())
     cfg = json.loads(model_files.members_of(saved)["config.json"])
-    for name in ("normalize", "aspect", "classifier", "C", "class_weight", "augment", "tta", "points"):
+    for name in ("normalize", "aspect", "classifier", "C", "class_weight", "augment", "zoom", "tta", "points"):
         cfg["params"].pop(name, None)
     old = fastvlad.load(model_files.edited(saved, tmp_path / "old.fvl", config_json=json.dumps(cfg).encode()))
-    assert (old.normalize, old.aspect, old.classifier, old.class_weight, old.augment, old.tta, old.points) == \
-        ("none", "squash", "xgboost", None, 0, 0, "per_image")
+    assert (old.normalize, old.aspect, old.classifier, old.class_weight, old.augment, old.zoom, old.tta, old.points) \
+        == ("none", "squash", "xgboost", None, 0, (), 0, "per_image")
 
 
 # -- the linear heads (logistic, ridge) -----------------------------------------------------------------

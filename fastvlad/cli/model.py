@@ -40,6 +40,7 @@ from .options import (
     TILE_STRIDE,
     TTA,
     WORKERS,
+    ZOOM,
     K,
     estimator,
     load,
@@ -57,7 +58,8 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
           scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
           pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
           points: Optional[str] = POINTS,
-          classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, tta: Optional[int] = TTA,
+          classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, zoom: Optional[str] = ZOOM,
+          tta: Optional[int] = TTA,
           fp16: Optional[bool] = FP16, precision: Optional[str] = PRECISION,
           calibrate: Optional[Path] = CALIBRATE, scale: Optional[float] = SCALE,
           missing_scale: Optional[str] = MISSING_SCALE, tile: Optional[str] = TILE,
@@ -71,7 +73,7 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
     ds = load(data, on_error)
     outputs.refuse_inputs([output], outputs.dataset_files(data, ds.paths))
     model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
-                      normalize=normalize, points=points, classifier=classifier, augment=augment, tta=tta,
+                      normalize=normalize, points=points, classifier=classifier, augment=augment, zoom=zoom, tta=tta,
                       calibration=str(calibrate) if calibrate else None, **precision_of(precision, fp16),
                       **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))
     sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)
@@ -206,7 +208,8 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
            scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
            pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
            points: Optional[str] = POINTS,
-           classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, tta: Optional[int] = TTA,
+           classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, zoom: Optional[str] = ZOOM,
+           tta: Optional[int] = TTA,
            fp16: Optional[bool] = FP16, precision: Optional[str] = PRECISION,
            calibrate: Optional[Path] = CALIBRATE, scale: Optional[float] = SCALE,
            missing_scale: Optional[str] = MISSING_SCALE, tile: Optional[str] = TILE,
@@ -233,7 +236,7 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
     else:
         model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca,
                           aspect=aspect, normalize=normalize, points=points, classifier=classifier, augment=augment,
-                          tta=tta,
+                          zoom=zoom, tta=tta,
                           calibration=str(calibrate) if calibrate else None, **precision_of(precision, fp16),
                           **micro)
     sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)

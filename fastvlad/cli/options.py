@@ -34,6 +34,8 @@ CLASSIFIER = typer.Option(None, metavar="[ridge|logistic|xgboost]", help="The he
                           "logistic or xgboost (--faithful).")
 AUGMENT = typer.Option(None, metavar="N", help="Augmented copies (flips, gain, offset, gamma) of every training image "
                        "given to the classifier (default 0).")
+ZOOM = typer.Option(None, metavar="Z,Z", help="Give the classifier every training image also at these multiples "
+                    "of the input size, as at other magnifications (e.g. 1.4,0.7; 'none': none).")
 TTA = typer.Option(None, metavar="0-3", help="Flips averaged with every image at predict, 0 to 3 (default 1; "
                    "--faithful: 0).")
 DEVICE = typer.Option("auto", metavar="[auto|cpu|cuda]", help="Where to run: the GPU when usable (auto), cpu or cuda.")
@@ -103,6 +105,18 @@ def parse_pca(text: Optional[str]) -> dict[str, Any]:
         raise ParameterError(f"--pca {text!r}: give a number of components or 'none'") from None
 
 
+def parse_zoom(text: Optional[str]) -> dict[str, Any]:
+    """``--zoom`` as an estimator parameter: {} when not given, {"zoom": (z, ...)} otherwise ('none': ())."""
+    if text is None:
+        return {}
+    if text.strip().lower() in ("none", ""):
+        return {"zoom": ()}
+    try:
+        return {"zoom": tuple(float(part) for part in text.split(","))}
+    except ValueError:
+        raise ParameterError(f"--zoom {text!r}: give factors separated by commas, e.g. 1.4,0.7, or 'none'") from None
+
+
 def precision_of(precision: Optional[str], fp16: Optional[bool]) -> dict[str, Any]:
     """``--precision`` and the deprecated ``--fp16/--fp32`` as estimator parameters ({} when neither
     is given); ``ParameterError`` for an unknown value or the two disagreeing."""
@@ -120,13 +134,14 @@ def precision_of(precision: Optional[str], fp16: Optional[bool]) -> dict[str, An
 
 def estimator(density: float, k: int, image_size: Optional[str], device: str, backbone: str, taps: Optional[str],
               seed: int, on_error: str, faithful: bool = False, pca: Optional[str] = None,
-              **extra: Any) -> FastVLAD:
+              zoom: Optional[str] = None, **extra: Any) -> FastVLAD:
     """The estimator of a command's options; an option not given (None) keeps the estimator's
     default (``--faithful``: the paper's)."""
     from ..estimator import FastVLAD
 
     extra = {name: value for name, value in extra.items() if value is not None}
     extra.update(parse_pca(pca))
+    extra.update(parse_zoom(zoom))
     if image_size is not None:
         extra["image_size"] = parse_image_size(image_size)
     make = FastVLAD.faithful if faithful else FastVLAD
