@@ -123,14 +123,18 @@ def test_bad_pca_option(demo_folder: Path, tmp_path: Path) -> None:
     assert isinstance(res.exception, ParameterError) and "--pca 'lots'" in str(res.exception)
 
 
-def test_train_zoom_option(vgg16_path: Path, demo_folder: Path, tmp_path: Path) -> None:
-    """--zoom 1.5,0.75 is the estimator's zoom=(1.5, 0.75): the saved model has it and learnt from
-    three times the images; --zoom none is zoom=(); a bad list names the option."""
+def test_train_zoom_and_alpha_options(vgg16_path: Path, demo_folder: Path, tmp_path: Path) -> None:
+    """--zoom 1.5,0.75 --alpha 20 is the estimator's zoom=(1.5, 0.75), alpha=20: the saved model has
+    them and learnt from three times the images; --zoom none is zoom=(); a bad list or alpha names
+    the option and writes nothing."""
     out = tmp_path / "m.fvl"
-    res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(out), *SMALL, "--zoom", "1.5,0.75"])
+    res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(out), *SMALL, "--zoom", "1.5,0.75",
+                                   "--alpha", "20"])
     assert res.exit_code == 0, res.output
     model = fastvlad.load(out)
-    assert model.zoom == (1.5, 0.75) and model.train_info_["n_images"] == 3 * 16
+    assert model.zoom == (1.5, 0.75) and model.alpha == 20 and model.train_info_["n_images"] == 3 * 16
+    res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(tmp_path / "x.fvl"), "--alpha", "0"])
+    assert isinstance(res.exception, ParameterError) and "alpha=0" in str(res.exception)
     res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(out), *SMALL, "--zoom", "none"])
     assert res.exit_code == 0 and fastvlad.load(out).zoom == ()
     res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(tmp_path / "x.fvl"), "--zoom", "1.5;2"])

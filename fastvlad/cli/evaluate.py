@@ -15,6 +15,7 @@ from .. import tiling
 from ..errors import ParameterError, WriteError
 from . import outputs
 from .options import (
+    ALPHA,
     ASPECT,
     AUGMENT,
     BACKBONE,
@@ -69,6 +70,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
              aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
              points: Optional[str] = POINTS,
              classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, zoom: Optional[str] = ZOOM,
+             alpha: Optional[float] = ALPHA,
              tta: Optional[int] = TTA,
              scale: Optional[float] = SCALE, missing_scale: Optional[str] = MISSING_SCALE, tile: Optional[str] = TILE,
              tile_stride: Optional[str] = TILE_STRIDE, crop_bottom: Optional[str] = CROP_BOTTOM,
@@ -85,7 +87,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
                           outputs.dataset_files(data, ds.paths))
     split_values = ds.column(split) if split is not None else None
     est = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
-                    normalize=normalize, points=points, classifier=classifier, augment=augment, zoom=zoom, tta=tta,
+                    normalize=normalize, points=points, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha, tta=tta,
                     **precision_of(precision, None),
                     **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))
     sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)

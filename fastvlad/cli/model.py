@@ -15,6 +15,7 @@ from .._files import check_writable
 from ..errors import InvalidDatasetError, WriteError
 from . import outputs
 from .options import (
+    ALPHA,
     ASPECT,
     AUGMENT,
     BACKBONE,
@@ -59,6 +60,7 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
           pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
           points: Optional[str] = POINTS,
           classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, zoom: Optional[str] = ZOOM,
+          alpha: Optional[float] = ALPHA,
           tta: Optional[int] = TTA,
           fp16: Optional[bool] = FP16, precision: Optional[str] = PRECISION,
           calibrate: Optional[Path] = CALIBRATE, scale: Optional[float] = SCALE,
@@ -73,7 +75,7 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
     ds = load(data, on_error)
     outputs.refuse_inputs([output], outputs.dataset_files(data, ds.paths))
     model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
-                      normalize=normalize, points=points, classifier=classifier, augment=augment, zoom=zoom, tta=tta,
+                      normalize=normalize, points=points, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha, tta=tta,
                       calibration=str(calibrate) if calibrate else None, **precision_of(precision, fp16),
                       **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))
     sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)
