@@ -207,6 +207,9 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
       for zoom, seeds, shift_alpha in (((1.4, 0.7), (0, 1, 2, 3, 4), 20.0), ((1.4,), (0, 1, 2, 3, 4), 40.0))
       for seed, s in ((seed, f", seed {seed}" if seed else "") for seed in seeds)
       for alpha in (10.0, 20.0, 40.0)),
+    # Run 38: the shift check of zoom 1.4 and 0.7 at alpha 40 (run 37 checked alpha 20 only): are its
+    # flips the zoom's, or a head less regularised for three times the rows?
+    ("the ridge head, alpha 40, zoom 1.4/0.7, shift check", dict(classifier="ridge", alpha=40.0, zoom=(1.4, 0.7)), True),
 ]
 VARIANTS = [(name, {**LOGISTIC, **params}, shift) for name, params, shift in VARIANTS]
 #: Benchmark-only knobs that change the codes (``variant_knobs``): part of an encoding's key.
