@@ -35,7 +35,7 @@ CLASSIFIER = typer.Option(None, metavar="[ridge|logistic|xgboost]", help="The he
 AUGMENT = typer.Option(None, metavar="N", help="Augmented copies (flips, gain, offset, gamma) of every training image "
                        "given to the classifier (default 0).")
 ALPHA = typer.Option(None, "--alpha", metavar="A", help="The ridge head's L2 strength (default 10; with --zoom "
-                     "1.4,0.7, 20 measured best).")
+                     "1.4,0.7 use 40, see README).")
 ZOOM = typer.Option(None, metavar="Z,Z", help="Give the classifier every training image also at these multiples "
                     "of the input size, as at other magnifications (e.g. 1.4,0.7; 'none': none).")
 TTA = typer.Option(None, metavar="0-3", help="Flips averaged with every image at predict, 0 to 3 (default 1; "
