@@ -134,7 +134,8 @@ MAX_ZOOMS = 8
 def zoom(value: Any, size: tuple[int, int] | None) -> tuple[float, ...]:
     """``zoom`` as a tuple of factors in ``ZOOM_RANGE`` (at most ``MAX_ZOOMS``), each giving a valid
     input size from ``size`` (the checked ``image_size``, which zoom needs), or a ``ParameterError``."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, np.ndarray)) or len(value) > MAX_ZOOMS:
+    listed = isinstance(value, (tuple, list)) or (isinstance(value, np.ndarray) and value.ndim == 1)
+    if not listed or len(value) > MAX_ZOOMS:
         raise ParameterError(f"zoom={value!r}: give up to {MAX_ZOOMS} factors on the input size, e.g. (1.4, 0.7) "
                              "(CLI: --zoom 1.4,0.7), or () for none")
     factors = tuple(real(f"zoom[{i}]", v, *ZOOM_RANGE, hint=" (a factor on the input size)") for i, v in enumerate(value))

@@ -496,6 +496,7 @@ def test_transform_works_or_is_a_fastvlad_error(vgg16_path: Path, X: object, ski
     ({"points": "grid"}, r"points='grid' is unknown; use one of \('per_image', 'shared'\)"),
     ({"zoom": 1.4}, r"zoom=1.4: give up to 8 factors on the input size"),
     ({"zoom": "1.4"}, "zoom='1.4'"),
+    ({"zoom": np.array(1.4)}, r"zoom=array\(1.4\): give up to 8 factors"),
     ({"zoom": (1.4, 0.1)}, r"zoom\[1\]=0.1: must be a number \[0.25, 4\]"),
     ({"zoom": (float("nan"),)}, r"zoom\[0\]=nan"),
     ({"zoom": (1.4,), "image_size": None}, r"zoom=\(1.4,\) needs an image_size"),
