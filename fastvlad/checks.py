@@ -16,7 +16,15 @@ from .backends import DEVICES
 from .classifier import LINEAR
 from .errors import FastVLADError, ImageReadError, InvalidDatasetError, ParameterError
 from .hypercolumn import INTERPOLATION_MODES, points_for_density
-from .images import RESAMPLE, Derived, ImageSource, check_size, probe, source_name
+from .images import (
+    RESAMPLE,
+    Derived,
+    ImageSource,
+    check_size,
+    probe,
+    source_name,
+    zoomed_size,
+)
 
 ON_ERROR = ("raise", "skip")
 CLASSIFIERS = ("xgboost", *LINEAR)  # the paper's head, then the linear ones
@@ -143,7 +151,7 @@ def zoom(value: Any, size: tuple[int, int] | None) -> tuple[float, ...]:
         raise ParameterError(f"zoom={value!r} needs an image_size: at the native size (image_size=None) there is "
                              "no input size to scale")
     for f in factors:
-        zoomed = (round(size[0] * f), round(size[1] * f))  # type: ignore[index]
+        zoomed = zoomed_size(size, f)  # type: ignore[arg-type]
         try:
             check_size(zoomed)
         except ParameterError as exc:

@@ -47,7 +47,15 @@ from .errors import (
     ModelFormatError,
     is_gpu_out_of_memory,
 )
-from .images import AnySource, Batch, Preprocess, Transformed, augmented, iter_batches
+from .images import (
+    AnySource,
+    Batch,
+    Preprocess,
+    Transformed,
+    augmented,
+    iter_batches,
+    zoomed_size,
+)
 from .projection import Projection
 
 log = logging.getLogger("fastvlad")
@@ -94,8 +102,7 @@ class EncoderSettings:
         at ``factor`` times the magnification (``checks.zoom`` has checked the size it gives)."""
         if self.image_size is None:
             raise ValueError("zoom needs an image_size")
-        h, w = self.image_size
-        return replace(self, image_size=(round(h * factor), round(w * factor)))
+        return replace(self, image_size=zoomed_size(self.image_size, factor))
 
 
 @dataclass

@@ -400,6 +400,11 @@ def caffe(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((rgb[..., ::-1] - CAFFE_MEAN_BGR).transpose(2, 0, 1), dtype=np.float32)
 
 
+def zoomed_size(size: tuple[int, int], factor: float) -> tuple[int, int]:
+    """The input size ``(H, W)`` times ``factor``, rounded (``zoom``: an image at another magnification)."""
+    return round(size[0] * factor), round(size[1] * factor)
+
+
 def check_size(size: object) -> tuple[int, int] | None:
     """``image_size``: None (native), one side, or (height, width); each side ≥ MIN_SIDE."""
     if size is None:
