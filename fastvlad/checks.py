@@ -96,6 +96,7 @@ def runtime(est: Any) -> None:
     intensity.check(est.normalize)
     if integer("tta", est.tta, 0, " (flipped copies averaged at predict: 0 to 3)") > 3:
         raise ParameterError(f"tta={est.tta!r}: an image has 3 flips (left–right, up–down, both); use 0 to 3")
+    zoom(est.tta_zoom, image_size(est.image_size), "tta_zoom")
 
 
 def parameters(est: Any, n_images: int | None = None) -> None:
@@ -139,23 +140,25 @@ ZOOM_RANGE = (0.25, 4.0)
 MAX_ZOOMS = 8
 
 
-def zoom(value: Any, size: tuple[int, int] | None) -> tuple[float, ...]:
-    """``zoom`` as a tuple of factors in ``ZOOM_RANGE`` (at most ``MAX_ZOOMS``), each giving a valid
-    input size from ``size`` (the checked ``image_size``, which zoom needs), or a ``ParameterError``."""
+def zoom(value: Any, size: tuple[int, int] | None, name: str = "zoom") -> tuple[float, ...]:
+    """``value`` (the ``name`` parameter: ``zoom`` or ``tta_zoom``) as a tuple of factors in
+    ``ZOOM_RANGE`` (at most ``MAX_ZOOMS``), each giving a valid input size from ``size`` (the checked
+    ``image_size``, which a zoom needs), or a ``ParameterError``."""
     listed = isinstance(value, (tuple, list)) or (isinstance(value, np.ndarray) and value.ndim == 1)
+    option = name.replace("_", "-")
     if not listed or len(value) > MAX_ZOOMS:
-        raise ParameterError(f"zoom={value!r}: give up to {MAX_ZOOMS} factors on the input size, e.g. (1.4, 0.7) "
-                             "(CLI: --zoom 1.4,0.7), or () for none")
-    factors = tuple(real(f"zoom[{i}]", v, *ZOOM_RANGE, hint=" (a factor on the input size)") for i, v in enumerate(value))
+        raise ParameterError(f"{name}={value!r}: give up to {MAX_ZOOMS} factors on the input size, e.g. (1.4, 0.7) "
+                             f"(CLI: --{option} 1.4,0.7), or () for none")
+    factors = tuple(real(f"{name}[{i}]", v, *ZOOM_RANGE, hint=" (a factor on the input size)") for i, v in enumerate(value))
     if factors and size is None:
-        raise ParameterError(f"zoom={value!r} needs an image_size: at the native size (image_size=None) there is "
+        raise ParameterError(f"{name}={value!r} needs an image_size: at the native size (image_size=None) there is "
                              "no input size to scale")
     for f in factors:
         zoomed = zoomed_size(size, f)  # type: ignore[arg-type]
         try:
             check_size(zoomed)
         except ParameterError as exc:
-            raise ParameterError(f"zoom={value!r}: image_size × {f:g} = {zoomed[0]}×{zoomed[1]}, which is not a usable "
+            raise ParameterError(f"{name}={value!r}: image_size × {f:g} = {zoomed[0]}×{zoomed[1]}, which is not a usable "
                                  f"input size ({exc})") from None
     return factors
 

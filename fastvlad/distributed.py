@@ -40,6 +40,7 @@ from .encoder import (
     Encoder,
     EncoderSettings,
     Timings,
+    View,
     fit_centres,
     sample_plan,
 )
@@ -51,7 +52,7 @@ from .errors import (
     ParameterError,
 )
 from .estimator import check_fitted
-from .images import AnySource, Derived, ImageSource, Transformed, flipped
+from .images import AnySource, Derived, ImageSource, Transformed
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -223,12 +224,13 @@ def _sample_part(sources: Sequence[ImageSource], keeps: Sequence[np.ndarray], sp
     return _Sample(np.concatenate(rows), dict(timings.seconds), encoder.cnn.sha256, encoder.cnn.taps)
 
 
-def _encode_part(sources: Sequence[ImageSource], start: int, encoder: tuple[np.ndarray, Any], spec: _Spec) -> _Part:
-    """VLAD codes of one partition (``Encoder.encode``), positions shifted by ``start``.
-    ``encoder``: the centres and the hypercolumn projection (or None)."""
+def _encode_part(sources: Sequence[ImageSource], start: int, encoder: tuple[np.ndarray, Any], spec: _Spec,
+                 view: View = View()) -> _Part:
+    """VLAD codes of one partition as ``view`` shows it (``Encoder.encode_view``), positions shifted
+    by ``start``. ``encoder``: the centres and the hypercolumn projection (or None)."""
     timings = Timings()
     with _worker_turn():
-        enc = _worker_encoder(spec, encoder).encode(sources, timings)
+        enc = _worker_encoder(spec, encoder).encode_view(sources, view, timings)
     return _Part(enc.indices + start, enc.codes, [(i + start, e) for i, e in enc.failed], dict(timings.seconds))
 
 
@@ -273,7 +275,7 @@ def _cut(n: int, size: int) -> list[range]:
 
 def _shipped(X: Sequence[AnySource], positions: Sequence[int] | np.ndarray | range) -> list[AnySource]:
     """The images at ``positions`` as sent to a worker: paths made absolute, since a worker's
-    working folder need not be the client's (a flipped image's path was made absolute before)."""
+    working folder need not be the client's (views are made on the worker, from these)."""
     items = [X[i] for i in positions]
     # a tiling.Micrograph or Tile already holds an absolute path
     return [x if isinstance(x, (np.ndarray, Derived, Transformed)) else os.path.abspath(x) for x in items]
@@ -318,14 +320,15 @@ def _sum_seconds(parts: Sequence[_Part] | Sequence[_Sample], into: dict[str, flo
             into[stage] = into.get(stage, 0.0) + s
 
 
-def _submit_encode(client: Client, X: Sequence[AnySource], model: FastVLAD,
-                   partition_size: int | None) -> list[Future]:
-    """One encoding task per partition; the centres and projection are sent once to every worker."""
+def _submit_encode(client: Client, X: Sequence[AnySource], model: FastVLAD, partition_size: int | None,
+                   views: Sequence[View] = (View(),)) -> list[Future]:
+    """One encoding task per partition and view; the centres and projection are sent once to every
+    worker. Positions run over the views in turn: view v's image i is ``v·len(X) + i``."""
     spec = _spec(model)
     encoder = client.scatter((model.codebook_, getattr(model, "projection_", None)), broadcast=True)
     size = _partition_size(client, len(X), partition_size)
-    return [client.submit(_encode_part, _shipped(X, r), r.start, encoder, spec, pure=False)
-            for r in _cut(len(X), size)]
+    return [client.submit(_encode_part, _shipped(X, r), v * len(X) + r.start, encoder, spec, view, pure=False)
+            for v, view in enumerate(views) for r in _cut(len(X), size)]
 
 
 def _sample_plan(client: Client, X: Sequence[ImageSource], model: FastVLAD,
@@ -403,33 +406,28 @@ def encode(client: Client | None, X: Sequence[ImageSource], model: FastVLAD,
 def predict_proba(client: Client | None, X: Sequence[ImageSource], model: FastVLAD,
                   partition_size: int | None = None) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Class probabilities ``(n, n_classes)`` float32 in input order (NaN rows for skipped
-    images), computed where each partition was encoded, and the skipped (image, reason). With
-    the model's ``tta``, the mean over each image and its first ``tta`` flips, as ``predict_proba``."""
+    images), computed where each partition was encoded, and the skipped (image, reason): the mean
+    over each image's views (``tta`` flips, ``tta_zoom`` sizes), as ``predict_proba``."""
     if client is None:
-        proba, encoded = model.proba_with_flips(X)
+        proba, encoded = model.proba_over_views(X)
         return proba, model.describe_failures(X, encoded)
     check_fitted(model)
     X = checks.sources(X)
-    n, views = len(X), 1 + int(model.tta)
-    shipped = _shipped(X, range(n))  # absolute paths before they are wrapped in flips
-    everything = shipped + [f for op in range(1, views) for f in flipped(shipped, op)]  # one round of tasks
-    encoded = _encode_and_predict(client, everything, model, partition_size)
-    each = encoded.rows(n * views).reshape(views, n, -1)  # probabilities, not codes
-    proba = each[0].copy()
-    for view in each[1:]:
-        proba += view
+    n, views = len(X), model.views()
+    encoded = _encode_and_predict(client, X, model, partition_size, views)  # every view in one round of tasks
+    each = encoded.rows(n * len(views)).reshape(len(views), n, -1)  # probabilities, not codes
     encoded = replace(encoded, failed=[(i, e) for i, e in encoded.failed if i < n])
-    return proba / np.float32(views), model.describe_failures(X, encoded)
+    return each.sum(axis=0) / np.float32(len(views)), model.describe_failures(X, encoded)
 
 
-def _encode_and_predict(client: Client, X: Sequence[AnySource], model: FastVLAD,
-                        partition_size: int | None) -> Encoded:
-    """The probabilities of the readable images in ``codes`` (each partition predicted where it
-    was encoded, so only ``(n, n_classes)`` comes back)."""
+def _encode_and_predict(client: Client, X: Sequence[AnySource], model: FastVLAD, partition_size: int | None,
+                        views: Sequence[View]) -> Encoded:
+    """The probabilities of every view of the readable images (positions as ``_submit_encode``'s;
+    each partition predicted where it was encoded, so only ``(n, n_classes)`` comes back)."""
     head = client.scatter(model.head_, broadcast=True)
     futures = [client.submit(_predict_part, f, head, pure=False)
-               for f in _submit_encode(client, X, model, partition_size)]
-    return _assemble(len(X), _gather(client, futures))
+               for f in _submit_encode(client, X, model, partition_size, views)]
+    return _assemble(len(X) * len(views), _gather(client, futures))
 
 
 def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.ndarray, model: FastVLAD,

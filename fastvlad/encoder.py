@@ -53,6 +53,7 @@ from .images import (
     Preprocess,
     Transformed,
     augmented,
+    flipped,
     iter_batches,
     zoomed_size,
 )
@@ -444,6 +445,12 @@ class Encoder:
             retry.run(n, work)
             yield kept
 
+    def encode_view(self, sources: Sequence[AnySource], view: View, timings: Timings | None = None) -> Encoded:
+        """``encode`` of every image as ``view`` shows it: flipped by ``view.op``, at the input size times
+        ``view.zoom``."""
+        encoder = self if view.zoom == 1.0 else replace(self, settings=self.settings.zoomed(view.zoom))
+        return encoder.encode(flipped(sources, view.op) if view.op else sources, timings)
+
     def encode(self, sources: Sequence[AnySource], timings: Timings | None = None) -> Encoded:
         """VLAD codes of every image: ``(n, k·dim)`` float32 (dim = p with a projection), one CNN pass each."""
         codes = np.zeros((len(sources), self.centres.size if self.centres is not None else 0), dtype=np.float32)
@@ -457,6 +464,22 @@ class Encoder:
                 bar.advance(len(enc.batch.indices) + len(enc.batch.failed))
         ok = np.flatnonzero(done)
         return Encoded(codes[ok], ok, failed)
+
+
+@dataclass(frozen=True)
+class View:
+    """One term of the mean ``predict_proba`` takes over an image: the image flipped by
+    ``intensity.dihedral(op)`` (0: as it is), at the input size times ``zoom`` (as at ``zoom`` times
+    the magnification)."""
+
+    op: int = 0
+    zoom: float = 1.0
+
+
+def predict_views(tta: int, tta_zoom: Sequence[float] = ()) -> list[View]:
+    """The views whose class probabilities ``predict_proba`` averages, the image itself first: its
+    first ``tta`` flips, then the image at each input-size factor of ``tta_zoom``."""
+    return [View(op) for op in range(1 + int(tta))] + [View(0, float(z)) for z in tta_zoom]
 
 
 def training_copies(encoder: Encoder, sources: Sequence[AnySource], indices: np.ndarray, augment: int,
@@ -484,6 +507,6 @@ def training_copies(encoder: Encoder, sources: Sequence[AnySource], indices: np.
     originals = [sources[int(i)] for i in indices]
     for factor in zoom:
         t, extra = time.perf_counter(), Timings()
-        enc = replace(encoder, settings=encoder.settings.zoomed(factor)).encode(originals, extra)
+        enc = encoder.encode_view(originals, View(0, factor), extra)
         add("zoom", enc, enc.indices, extra, t)
     return np.concatenate(codes), np.concatenate(rows)

@@ -19,9 +19,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from . import backends, booster_check, checks, classifier, model_file, quantize, tiling
 from ._version import __version__
 from .backbone import DEFAULT_BACKBONE
-from .encoder import Encoded, Encoder, Timings, training_copies
+from .encoder import Encoded, Encoder, Timings, View, predict_views, training_copies
 from .errors import FastVLADError, InvalidDatasetError, ModelFormatError, NotFittedError
-from .images import ImageSource, flipped, source_name
+from .images import ImageSource, source_name
 from .projection import Projection
 
 #: The paper's settings (Luo, Holm & Wang 2021): full 1472-d hypercolumns, 147,200-d codes for k = 100,
@@ -31,13 +31,13 @@ FAITHFUL_PARAMS: dict[str, Any] = {
     "n_estimators": 100, "max_depth": 3, "learning_rate": 0.1, "max_bin": 256, "colsample_bynode": 1.0,
     "subsample": 1.0, "min_child_weight": 1.0,
     "classifier": "xgboost", "class_weight": None, "normalize": "none", "augment": 0, "zoom": (), "tta": 0,
-    "points": "per_image",
+    "tta_zoom": (), "points": "per_image",
 }
 #: Parameters added after model files were first written, with the values those files' models
 #: were trained with (a file without them means these, whatever today's defaults are).
 LEGACY_PARAMS: dict[str, Any] = {"aspect": "squash", "classifier": "xgboost", "C": 100.0, "class_weight": None,
                                  "normalize": "none", "augment": 0, "tta": 0, "precision": "fp32",
-                                 "calibration": None, "points": "per_image", "zoom": ()}
+                                 "calibration": None, "points": "per_image", "zoom": (), "tta_zoom": ()}
 
 
 class FastVLAD(ClassifierMixin, BaseEstimator):
@@ -71,7 +71,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     the codebook and ``predict`` stay at ``image_size``); ``tta=n`` averages the
     probabilities of the image and its first n flips (left–right, up–down, both) at predict. The
     default ``tta=1`` (the image and its left–right mirror: two CNN passes per image at predict)
-    raised the leave-series-out mean and its worst series in ACCURACY.md.
+    raised the leave-series-out mean and its worst series in ACCURACY.md. ``tta_zoom=(z, ...)``
+    adds to that mean the image at z times the input size (one CNN pass each; no cost at fit).
 
     ``points``: how an image's ``density`` pixels are drawn. "per_image" (default, the paper's):
     seeded by the seed and the image's pixels, so any change of the image draws them anew;
@@ -106,6 +107,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                  classifier: str = "ridge", C: float = 100.0, alpha: float = 10.0,
                  class_weight: str | None = "balanced",
                  normalize: str = "stretch", augment: int = 0, zoom: Sequence[float] = (), tta: int = 1,
+                 tta_zoom: Sequence[float] = (),
                  points: str = "per_image",
                  device: str = "auto", batch_size: int | None = None, fp16: bool = False,
                  precision: str = "fp32", calibration: str | None = None,
@@ -140,6 +142,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.augment = augment
         self.zoom = zoom
         self.tta = tta
+        self.tta_zoom = tta_zoom
         self.points = points
         self.device = device
         self.batch_size = batch_size
@@ -281,28 +284,33 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         X = checks.sources(X)
         plan = tiling.plan_for(self, X)
         if plan is None:
-            return self.proba_with_flips(X)[0]
+            return self.proba_over_views(X)[0]
         tile_proba = np.full((len(plan.sources), len(self.classes_)), np.nan, dtype=np.float32)
         if plan.sources:
-            tile_proba = self.proba_with_flips(plan.sources)[0]
+            tile_proba = self.proba_over_views(plan.sources)[0]
         return plan.aggregate(tile_proba).proba  # each micrograph: the mean of its tiles
 
-    def proba_with_flips(self, X: Sequence[ImageSource]) -> tuple[np.ndarray, Encoded]:
+    def proba_over_views(self, X: Sequence[ImageSource]) -> tuple[np.ndarray, Encoded]:
         """``(n, n_classes)`` float32 of images used as they are (no tiling; NaN rows for images that
-        could not be read): the mean over each image and its first ``tta`` flips. Also the images'
-        own encoding, which says which failed."""
+        could not be read): the mean over each image's ``views`` (itself, its first ``tta`` flips,
+        itself at each ``tta_zoom`` factor). Also the images' own encoding, which says which failed."""
         X = checks.sources(X)
         encoded = self.encode(X)
         proba = self.predict_proba_codes(encoded.rows(len(X)))
-        for op in range(1, int(self.tta) + 1):
-            proba += self.proba_of_flip(X, op)
-        return proba / np.float32(1 + int(self.tta)), encoded
+        views = self.views()
+        for view in views[1:]:
+            proba += self.proba_of_view(X, view)
+        return proba / np.float32(len(views)), encoded
 
-    def proba_of_flip(self, X: Sequence[ImageSource], op: int) -> np.ndarray:
-        """``(n, n_classes)`` float32 of every image flipped by ``intensity.dihedral(op)`` (NaN rows
-        for images that could not be read): one term of the ``tta`` mean."""
+    def views(self) -> list[View]:
+        """What ``predict_proba`` averages over, the image itself first (``encoder.predict_views``)."""
+        return predict_views(int(self.tta), tuple(self.tta_zoom))
+
+    def proba_of_view(self, X: Sequence[ImageSource], view: View) -> np.ndarray:
+        """``(n, n_classes)`` float32 of every image as ``view`` shows it (NaN rows for images that
+        could not be read): one term of the mean over ``views``."""
         with kernel_guard():
-            enc = Encoder.of(self).encode(flipped(X, op))
+            enc = Encoder.of(self).encode_view(X, view)
         return self.predict_proba_codes(enc.rows(len(X)))
 
     def predict_proba_codes(self, codes: np.ndarray) -> np.ndarray:
@@ -329,7 +337,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
             raise NotFittedError("fit the model before saving it")
         params = self.get_params()
         params["taps"] = list(params["taps"]) if params["taps"] else None
-        for key in ("image_size", "tile", "tile_stride", "zoom"):  # tuples as JSON lists
+        for key in ("image_size", "tile", "tile_stride", "zoom", "tta_zoom"):  # tuples as JSON lists
             params[key] = list(params[key]) if isinstance(params[key], tuple) else params[key]
         if params["calibration"] is not None:
             params["calibration"] = str(params["calibration"])
@@ -408,7 +416,7 @@ def _model_from_config(path: str | os.PathLike[str], cfg: dict[str, Any], codebo
     if unknown:
         raise bad(f"unknown parameter(s) {unknown}")
     params = {**LEGACY_PARAMS, **params}
-    for key in ("image_size", "tile", "tile_stride", "zoom"):  # JSON lists; a file without tile/scale: untiled
+    for key in ("image_size", "tile", "tile_stride", "zoom", "tta_zoom"):  # JSON lists; a file without tile/scale: untiled
         if isinstance(params.get(key), list):
             params[key] = tuple(params[key])
     if params.get("taps") is not None and not isinstance(params["taps"], list):

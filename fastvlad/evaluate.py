@@ -34,10 +34,10 @@ from sklearn.metrics import (
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from . import progress
-from .encoder import Encoder, Timings, training_copies
+from .encoder import Encoder, Timings, View, training_copies
 from .errors import InvalidDatasetError, ParameterError
 from .estimator import FastVLAD
-from .images import ImageSource, Transformed, flipped
+from .images import ImageSource, Transformed
 
 #: Images re-predicted under each change by the shift check unless told otherwise.
 SHIFT_IMAGES = 200
@@ -90,7 +90,7 @@ class CVResult:
     # (refit="all", encoder None) each fold's whole model (not saved).
     encoder: Encoder | None = field(default=None, repr=False, compare=False)
     models: list[Any] = field(default_factory=list, repr=False, compare=False)
-    tta: int = 0  # flips averaged into every prediction (the shift check does the same)
+    views: list[View] = field(default_factory=lambda: [View()])  # averaged into every prediction (and the shift check's)
     refit: str = "head"  # REFITS: what each fold fitted
 
     @property
@@ -202,7 +202,7 @@ class OneClass:
     def predict_proba_codes(self, codes: np.ndarray) -> np.ndarray:
         return np.ones((len(codes), 1), dtype=np.float32)
 
-    def proba_with_flips(self, X: Sequence[ImageSource]) -> tuple[np.ndarray, None]:
+    def proba_over_views(self, X: Sequence[ImageSource]) -> tuple[np.ndarray, None]:
         """``(n, 1)``: the one class for every image (no image is read)."""
         return np.ones((len(X), 1), dtype=np.float32), None
 
@@ -211,7 +211,7 @@ class OneClass:
 class CodeSet:
     """Every image's codes under one encoder fitted on a sample of them (labels unused), computed
     once for any number of fold schemes: the images', their augmented and zoomed copies' (``augment``,
-    ``zoom``) and their flips' (``tta``)."""
+    ``zoom``) and their other views' (``tta``, ``tta_zoom``)."""
 
     encoder: Encoder
     codes: np.ndarray  # (n_ok, D) float32, rows in ``indices`` order
@@ -219,13 +219,14 @@ class CodeSet:
     failed: list[tuple[int, Any]]
     augmented: np.ndarray  # (m, D) float32 codes of augmented and zoomed copies (``training_copies``)
     augmented_of: np.ndarray  # (m,) the row of ``codes`` each copy was made from
-    views: list[np.ndarray]  # per flip of ``tta``: (n_ok, D) float32, NaN where a flip could not be read
+    views: list[np.ndarray]  # per view after the first: (n_ok, D) float32, NaN where it could not be read
     seconds: dict[str, float]
 
 
 def encode_images(estimator: FastVLAD, X: Sequence[ImageSource]) -> CodeSet:
     """Fit ``estimator``'s PCA and codebook on a sample of ``X`` and encode every image once, with the
-    augmented and zoomed copies (``augment``, ``zoom``) and flips (``tta``) the estimator asks for."""
+    augmented and zoomed copies (``augment``, ``zoom``) and views (``tta``, ``tta_zoom``) the estimator
+    asks for."""
     est = clone(estimator)
     X = list(X)
     timings = Timings()
@@ -235,9 +236,10 @@ def encode_images(estimator: FastVLAD, X: Sequence[ImageSource]) -> CodeSet:
     aug, aug_of = training_copies(encoder, X, enc.indices, int(est.augment), tuple(est.zoom), est.random_state, copies)
     seconds = {**timings.seconds, **copies.seconds}
     views = []
-    for op in range(1, int(est.tta) + 1):
+    readable = [X[i] for i in enc.indices]
+    for view in est.views()[1:]:
         t = time.perf_counter()
-        views.append(encoder.encode(flipped([X[i] for i in enc.indices], op)).rows(len(enc.indices)))
+        views.append(encoder.encode_view(readable, view).rows(len(readable)))
         seconds["tta"] = seconds.get("tta", 0.0) + time.perf_counter() - t
     return CodeSet(encoder, enc.codes, enc.indices, enc.failed, aug, aug_of, views, seconds)
 
@@ -252,7 +254,7 @@ def cross_validate(estimator: FastVLAD, X: Sequence[ImageSource], y: np.ndarray,
     training set lacks a class gives it probability 0 (``CVResult.missing`` says which).
     ``codes``: ``encode_images(estimator, X)`` when already at hand (several fold schemes on one
     encoding). A fold's classifier also learns from its training images' augmented copies, and
-    predicts the mean over an image's flips with ``tta``, as ``fit`` and ``predict_proba`` do.
+    predicts the mean over an image's views (``tta``, ``tta_zoom``), as ``fit`` and ``predict_proba`` do.
     ``refit="all"``: each fold a whole ``fit`` on its training images and ``predict_proba`` of the
     held-out ones (``cross_validate_whole``): the CNN runs once per image per fold.
     """
@@ -302,7 +304,7 @@ def cross_validate(estimator: FastVLAD, X: Sequence[ImageSource], y: np.ndarray,
     return CVResult(classes, y_ok, pred.astype(str), proba, fold, accs, seconds=seconds, skipped=skipped,
                     indices=cs.indices, backbone_sha256=cs.encoder.cnn.sha256,
                     **grouping(split_name, g_ok, s_ok, n_folds), missing=missing, encoder=cs.encoder,
-                    models=models, tta=len(cs.views))
+                    models=models, views=est.views())
 
 
 def grouping(split_name: str, groups: np.ndarray | None, split: np.ndarray | None, n_folds: int,
@@ -322,7 +324,7 @@ def grouping(split_name: str, groups: np.ndarray | None, split: np.ndarray | Non
 def cross_validate_whole(est: FastVLAD, X: list[ImageSource], y: np.ndarray, groups: np.ndarray | None,
                          n_splits: int, split: np.ndarray | None, split_name: str) -> CVResult:
     """``cross_validate(refit="all")``: per fold, ``fit`` on the training images (the PCA and codebook
-    too) and ``proba_with_flips`` of the held-out ones — a user's model meeting a new sample. Folds
+    too) and ``proba_over_views`` of the held-out ones — a user's model meeting a new sample. Folds
     are made over every image; rows whose image could not be read are left out afterwards."""
     from . import checks
 
@@ -346,7 +348,7 @@ def cross_validate_whole(est: FastVLAD, X: list[ImageSource], y: np.ndarray, gro
             seen = sorted(set(y_all[train].tolist()))
             model: Any = OneClass(seen[0]) if len(seen) == 1 else clone(est).fit([X[i] for i in train], y_all[train])
             held = [X[i] for i in test]
-            p, encoded = model.proba_with_flips(held)
+            p, encoded = model.proba_over_views(held)
             if encoded is not None:
                 skipped += [(name, why) for name, why in FastVLAD.describe_failures(held, encoded)]
                 for stage, v in model.timings_.items():
@@ -370,12 +372,12 @@ def cross_validate_whole(est: FastVLAD, X: list[ImageSource], y: np.ndarray, gro
                     seconds={**seconds, "total": time.perf_counter() - t0}, skipped=skipped, indices=indices,
                     backbone_sha256=fitted[0].backbone_sha256_ if fitted else "",
                     **grouping(split_name, g_all, s_all, n_folds, indices), missing=missing, encoder=None,
-                    models=models, tta=int(est.tta), refit="all")
+                    models=models, views=est.views(), refit="all")
 
 
 def mean_proba(model: Any, views: Sequence[np.ndarray]) -> np.ndarray:
     """A fold classifier's probabilities ``(n, C)``, averaged over an image's views (the image, its
-    flips); a view that could not be read (NaN row) is left out of its image's mean."""
+    other views); a view that could not be read (NaN row) is left out of its image's mean."""
     stack = np.stack([model.predict_proba_codes(v) for v in views])
     return np.nanmean(stack, axis=0).astype(np.float32) if len(views) > 1 else stack[0]
 
@@ -402,7 +404,7 @@ def changed_predictions(result: CVResult, sources: list[Transformed],
                         rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each changed image (one per row of ``rows``) predicted by the fold that held its row out —
     the shared encoder and that fold's classifier, or (``refit="all"``) that fold's whole model —
-    averaged over the same flips as the CV: the class names ``(m,)`` and the rows ``(m,)`` whose
+    averaged over the same views as the CV: the class names ``(m,)`` and the rows ``(m,)`` whose
     changed image could be read."""
     pred = np.empty(len(rows), dtype=object)
     readable = np.zeros(len(rows), dtype=bool)
@@ -415,9 +417,8 @@ def changed_predictions(result: CVResult, sources: list[Transformed],
         encoder = result.encoder if result.encoder is not None else Encoder.of(model)
         held = [sources[i] for i in at]
         enc = encoder.encode(held)
-        views = [enc.codes]
-        for op in range(1, result.tta + 1):
-            views.append(encoder.encode(flipped([held[i] for i in enc.indices], op)).rows(len(enc.indices)))
+        read = [held[i] for i in enc.indices]
+        views = [enc.codes, *(encoder.encode_view(read, view).rows(len(read)) for view in result.views[1:])]
         ok = at[enc.indices]
         pred[ok] = model.classes_[mean_proba(model, views).argmax(axis=1)]
         readable[ok] = True

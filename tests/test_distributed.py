@@ -3,6 +3,8 @@ same codebook, same codes, same predictions; a worker killed mid-encoding; unrea
 
 from __future__ import annotations
 
+import copy
+
 import csv
 import os
 import signal
@@ -89,6 +91,11 @@ def test_fit_encode_predict_match_the_local_path(client: Client, data: tuple[lis
     assert model.tta == 1
     np.testing.assert_allclose(proba, local_model.predict_proba(paths), rtol=0, atol=1e-5)
     np.testing.assert_array_equal(model.classes_, local_model.classes_)
+    # With a view at 0.75 times the input size as well (tta_zoom), made on the workers.
+    zoomed, local_zoomed = (copy.copy(m).set_params(tta_zoom=(0.75,)) for m in (model, local_model))
+    proba_zoomed, _ = distributed.predict_proba(client, paths, zoomed, partition_size=4)
+    np.testing.assert_allclose(proba_zoomed, local_zoomed.predict_proba(paths), rtol=0, atol=1e-5)
+    assert not np.allclose(proba_zoomed, proba, rtol=0, atol=1e-4)
 
     # The same kind of model file as a local fit.
     reloaded = load(model.save(tmp_path / "m.fvl"))

@@ -237,6 +237,37 @@ def test_fit_with_zoom(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.
     np.testing.assert_array_equal(again.predict_proba(images[:5]), proba)
 
 
+def test_predict_with_tta_zoom(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.ndarray], tmp_path: Path) -> None:
+    """tta_zoom=(0.75,) adds the image at 48 pixels (the input is 64) to the views predict averages:
+    the mean of the head's probabilities at 64, of the mirror and at 48; fit is unchanged by it;
+    cross-validation encodes and averages the same views; a saved model keeps the setting."""
+    import copy
+
+    from fastvlad.encoder import View
+    from fastvlad.evaluate import cross_validate, encode_images
+
+    images, labels = small_demo
+    params = small_model_params(tta=1, tta_zoom=(0.75,), classifier="ridge")
+    model = FastVLAD(**params).fit(images, labels)
+    plain = FastVLAD(**{**params, "tta_zoom": ()}).fit(images, labels)
+    np.testing.assert_array_equal(model.head_.to_array(), plain.head_.to_array())
+    assert model.views() == [View(0, 1.0), View(1, 1.0), View(0, 0.75)]
+    x = images[:6]
+    at48 = copy.copy(model).set_params(image_size=48).transform(images)
+    views = [model.transform(x), Encoder.of(model).encode(flipped(x, 1)).rows(len(x)), at48[:6]]
+    want = np.mean([model.predict_proba_codes(v) for v in views], axis=0)
+    np.testing.assert_allclose(model.predict_proba(x), want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(plain.predict_proba(x), want, rtol=0, atol=1e-4)
+    cs = encode_images(FastVLAD(**params), images)
+    assert len(cs.views) == 2
+    np.testing.assert_allclose(cs.views[1], at48, rtol=1e-5, atol=1e-6)
+    result = cross_validate(FastVLAD(**params), images, labels, n_splits=2, codes=cs)
+    assert result.views == model.views()
+    again = fastvlad.load(model.save(tmp_path / "m.fvl"))
+    assert again.tta_zoom == (0.75,)
+    np.testing.assert_array_equal(again.predict_proba(x), model.predict_proba(x))
+
+
 def test_saved_model_reapplies_its_normalisation(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.ndarray],
                                                  tmp_path: Path) -> None:
     images, labels = small_demo
@@ -253,11 +284,11 @@ def test_a_model_file_from_before_these_options_loads_as_it_was_trained(tmp_path
     saved = tmp_path / "m.fvl"
     saved.write_bytes(model_files.tiny_model_bytes())
     cfg = json.loads(model_files.members_of(saved)["config.json"])
-    for name in ("normalize", "aspect", "classifier", "C", "class_weight", "augment", "zoom", "tta", "points"):
+    for name in ("normalize", "aspect", "classifier", "C", "class_weight", "augment", "zoom", "tta", "tta_zoom", "points"):
         cfg["params"].pop(name, None)
     old = fastvlad.load(model_files.edited(saved, tmp_path / "old.fvl", config_json=json.dumps(cfg).encode()))
-    assert (old.normalize, old.aspect, old.classifier, old.class_weight, old.augment, old.zoom, old.tta, old.points) \
-        == ("none", "squash", "xgboost", None, 0, (), 0, "per_image")
+    assert (old.normalize, old.aspect, old.classifier, old.class_weight, old.augment, old.zoom, old.tta, old.tta_zoom,
+            old.points) == ("none", "squash", "xgboost", None, 0, (), 0, (), "per_image")
 
 
 # -- the linear heads (logistic, ridge) -----------------------------------------------------------------

