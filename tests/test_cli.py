@@ -142,6 +142,36 @@ def test_train_zoom_and_alpha_options(vgg16_path: Path, demo_folder: Path, tmp_p
     assert not (tmp_path / "x.fvl").exists()
 
 
+def test_train_tta_zoom_option(vgg16_path: Path, demo_folder: Path, tmp_path: Path) -> None:
+    """--tta-zoom 0.75 is the estimator's tta_zoom=(0.75,): the saved model has it and predict's CSV
+    averages that view too (as the API does); --tta-zoom none is (); a bad list names the option
+    and writes nothing."""
+    out = tmp_path / "m.fvl"
+    res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(out), *SMALL, "--tta-zoom", "0.75"])
+    assert res.exit_code == 0, res.output
+    model = fastvlad.load(out)
+    assert model.tta_zoom == (0.75,)
+    preds = tmp_path / "p.csv"
+    res = CliRunner().invoke(app, ["-q", "predict", str(out), str(demo_folder), "--output", str(preds)])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(preds.open()))
+    paths = [str(demo_folder / r["path"]) for r in rows]
+    got = np.array([[float(r[f"p_{c}"]) for c in model.classes_] for r in rows])
+    np.testing.assert_allclose(got, model.predict_proba(paths), atol=5e-7)
+    assert not np.allclose(got, model.set_params(tta_zoom=()).predict_proba(paths), atol=1e-4)
+    res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(out), *SMALL, "--tta-zoom", "none"])
+    assert res.exit_code == 0 and fastvlad.load(out).tta_zoom == ()
+    res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(tmp_path / "x.fvl"), "--tta-zoom", "0.7;1"])
+    assert isinstance(res.exception, ParameterError) and "--tta-zoom '0.7;1'" in str(res.exception)
+    assert not (tmp_path / "x.fvl").exists()
+
+
+def test_a_bad_tta_zoom_is_refused_at_predict_before_any_image(model_file: Path, tmp_path: Path) -> None:
+    model = fastvlad.load(model_file).set_params(tta_zoom=(0.1,))
+    with pytest.raises(ParameterError, match=r"tta_zoom\[0\]=0.1"):
+        model.predict([str(tmp_path / "missing.png")])
+
+
 def test_info() -> None:
     res = CliRunner().invoke(app, ["info"])
     assert res.exit_code == 0 and "onnxruntime" in res.output and "cache" in res.output
