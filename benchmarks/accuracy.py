@@ -32,7 +32,8 @@ stopping on a group split of that fold's training images (``early_stopped``). A 
 reads the stretch's percentiles from a smoothed copy (``stretch_of_smoothed``), one with ``tap_norm``
 divides each tap or channel by its mean over the image (``TapNormalized``), one with
 ``stretch_at_input`` stretches the resized image instead of the image at its own resolution
-(``stretched_after_resize``), and one with
+(``stretched_after_resize``), one with ``pre_blur`` (σ px) stretches the image blurred first
+(``stretch_of_blurred``), and one with
 ``jitter_blur_noise`` also blurs and noises the augmented copies (``variant_knobs``): how such settings
 were measured without becoming parameters. A variant with ``head_on_views`` fits the logistic head on every training image's
 flips too, the views it averages at predict (``head_on_views``).
@@ -218,12 +219,19 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     *((f"the ridge head, alpha 40, zoom 1.4/0.7, tta_zoom 0.7{s}",
        dict(classifier="ridge", alpha=40.0, zoom=(1.4, 0.7), tta_zoom=(0.7,), random_state=seed), seed == 0)
       for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"), (3, ", seed 3"), (4, ", seed 4"))),
+    # Run 41: every image blurred by σ = 1 px at its own resolution before the stretch (the network
+    # sees the blurred image): noise σ = 5 then moves the percentiles and the pixels far less, and a
+    # blur of σ = 1 is one of √2 instead of a blur from none. Run 25 read the percentiles from a
+    # smoothed copy but stretched the unsmoothed image.
+    *((f"the ridge head, blurred σ = 1 px before the stretch{s}", dict(classifier="ridge", pre_blur=1.0,
+                                                                      random_state=seed), seed == 0)
+      for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
 ]
 #: Every variant before run 40 was measured without zoomed views at predict.
 BEFORE_RUN_40: dict[str, Any] = {"tta_zoom": ()}
 VARIANTS = [(name, {**LOGISTIC, **BEFORE_RUN_40, **params}, shift) for name, params, shift in VARIANTS]
 #: Benchmark-only knobs that change the codes (``variant_knobs``): part of an encoding's key.
-ENCODER_KNOBS = ("stretch", "jitter_blur_noise", "stretch_smooth", "tap_norm", "stretch_at_input")
+ENCODER_KNOBS = ("stretch", "jitter_blur_noise", "stretch_smooth", "tap_norm", "stretch_at_input", "pre_blur")
 #: Variant keys that are not estimator parameters (see the module's docstring).
 BENCHMARK_ONLY = ("scales", "pooled_scales", "early_stopping", "head_on_views", *ENCODER_KNOBS)
 #: Parameters that decide the codes (the rest only decide the head).
@@ -308,7 +316,8 @@ def variant_knobs(variant: dict[str, Any]) -> Iterator[None]:
     ``jitter_blur_noise`` the augmented copies also blurred and noised (``jitter_with_blur_noise``);
     with ``stretch_smooth`` the stretch's percentiles read from a smoothed copy (``stretch_of_smoothed``);
     with ``tap_norm`` every encoder's CNN wrapped in ``TapNormalized``; with ``stretch_at_input`` the
-    stretch moved after the resize (``stretched_after_resize``)."""
+    stretch moved after the resize (``stretched_after_resize``); with ``pre_blur`` the image blurred
+    before the stretch (``stretch_of_blurred``)."""
     keep, jitter, stretch = intensity.STRETCH_PERCENTILES, intensity.jitter, intensity.NORMALIZATIONS["stretch"]
     resize = images.resize
     intensity.STRETCH_PERCENTILES = tuple(variant.get("stretch", keep))
@@ -316,6 +325,8 @@ def variant_knobs(variant: dict[str, Any]) -> Iterator[None]:
         intensity.jitter = jitter_with_blur_noise
     if variant.get("stretch_smooth"):
         intensity.NORMALIZATIONS["stretch"] = functools.partial(stretch_of_smoothed, sigma=variant["stretch_smooth"])
+    if variant.get("pre_blur"):
+        intensity.NORMALIZATIONS["stretch"] = functools.partial(stretch_of_blurred, sigma=variant["pre_blur"])
     if variant.get("stretch_at_input"):
         intensity.NORMALIZATIONS["stretch"] = lambda values: values
         images.resize = stretched_after_resize  # type: ignore[assignment]
@@ -359,6 +370,12 @@ def stretch_of_smoothed(values: np.ndarray, sigma: float) -> np.ndarray:
 
 
 _RESIZE = images.resize
+
+
+def stretch_of_blurred(values: np.ndarray, sigma: float) -> np.ndarray:
+    """``intensity.stretch`` of the image blurred by a Gaussian of ``sigma`` px first: the network sees
+    the blurred image, and the percentiles are read from it."""
+    return intensity.stretch(intensity.blur(values, sigma))
 
 
 def stretched_after_resize(img: np.ndarray, size: tuple[int, int] | None, resample: str = "bilinear") -> np.ndarray:
