@@ -482,6 +482,16 @@ def predict_views(tta: int, tta_zoom: Sequence[float] = ()) -> list[View]:
     return [View(op) for op in range(1 + int(tta))] + [View(0, float(z)) for z in tta_zoom]
 
 
+def describe_views(views: Sequence[View]) -> str:
+    """The views a prediction averages, in words, e.g. "each image, 1 flipped copy and the image at
+    0.7× the input size (3 CNN passes)"."""
+    flips = sum(1 for v in views[1:] if v.zoom == 1.0)
+    parts = ["each image", *([f"{flips} flipped cop{'y' if flips == 1 else 'ies'}"] if flips else []),
+             *(f"the image at {v.zoom:g}× the input size" for v in views[1:] if v.zoom != 1.0)]
+    listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+    return f"{listed} ({len(views)} CNN pass{'' if len(views) == 1 else 'es'})"
+
+
 def training_copies(encoder: Encoder, sources: Sequence[AnySource], indices: np.ndarray, augment: int,
                     zoom: Sequence[float], seed: int, timings: Timings) -> tuple[np.ndarray, np.ndarray]:
     """What the classifier learns from besides the images themselves, encoded with the fitted

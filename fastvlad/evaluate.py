@@ -140,7 +140,8 @@ class CVResult:
                 "folds": self.per_fold(), "warnings": self.warnings(),
                 "classes": self.classes, "per_class": self.per_class(),
                 "confusion": self.confusion().tolist(), "seconds": self.seconds, "n_images": int(len(self.y_true)),
-                "skipped": self.skipped, "shift": self.shift.to_dict() if self.shift is not None else None}
+                "skipped": self.skipped, "shift": self.shift.to_dict() if self.shift is not None else None,
+                "views": [{"flip": v.op, "zoom": v.zoom} for v in self.views]}
 
 
 def refit_text(refit: str) -> str:

@@ -60,6 +60,7 @@ def test_evaluate_grouped(vgg16_path: Path, demo_folder: Path, tmp_path: Path) -
                                    "--confusion", str(tmp_path / "cm.png"), "--json", str(tmp_path / "cv.json")])
     assert res.exit_code == 0, res.output
     assert "2-fold grouped CV accuracy" in res.output
+    assert "each prediction: the mean over each image and 1 flipped copy (2 CNN passes)" in res.output
     assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -4,7 +4,6 @@ same codebook, same codes, same predictions; a worker killed mid-encoding; unrea
 from __future__ import annotations
 
 import copy
-
 import csv
 import os
 import signal

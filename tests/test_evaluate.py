@@ -94,6 +94,7 @@ def test_per_group_accuracy_recomputes_from_out_of_fold_predictions(split_cv: tu
     assert res.leave_one_out and res.group_by == "series" and res.fold_names == ["s0", "s1", "s2"]
     nums = res.to_dict()
     assert nums["split_by"] == "series" and [f["held_out"] for f in nums["folds"]] == ["s0", "s1", "s2"]
+    assert nums["views"] == [{"flip": 0, "zoom": 1.0}, {"flip": 1, "zoom": 1.0}]  # the default tta=1
     accs = []
     for f, row in enumerate(nums["folds"]):
         test = series == row["held_out"]

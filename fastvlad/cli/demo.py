@@ -32,6 +32,7 @@ def _run(folder: Path, n_train: int, n_test: int, size: int, density: float, k: 
          faithful: bool, pca: Optional[str], kept: bool) -> None:
     """Write the demo data into ``folder``, train, score and print (the model saved there when ``kept``)."""
     from .. import demo as demo_data
+    from ..encoder import describe_views
     from ..estimator import FastVLAD
 
     t = time.perf_counter()
@@ -50,10 +51,7 @@ def _run(folder: Path, n_train: int, n_test: int, size: int, density: float, k: 
     typer.echo("training time per stage (s):")
     for stage, sec in model.timings_.items():
         typer.echo(f"  {stage:<14}{sec:8.2f}")
-    others = [f"{model.tta} flipped cop{'y' if model.tta == 1 else 'ies'}"] if model.tta else []
-    others += [f"itself at {z:g}× the input size" for z in model.tta_zoom]
-    views = f" (the mean over each image and {' and '.join(others)}: {len(model.views())} CNN passes each)" \
-        if others else ""
+    views = f" (the mean over {describe_views(model.views())})" if len(model.views()) > 1 else ""
     saved = f"model saved to {model.save(folder / 'model.fvl')}" if kept else "--keep DIR keeps the images and model"
     typer.echo(f"trained on {n} images; prediction: {len(test_ds) / predict_s:.1f} images/s{views}")
     typer.echo(saved)
