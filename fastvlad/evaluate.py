@@ -33,7 +33,7 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from . import progress
+from . import checks, progress
 from .encoder import Encoder, Timings, View, training_copies
 from .errors import InvalidDatasetError, ParameterError
 from .estimator import FastVLAD
@@ -230,6 +230,7 @@ def encode_images(estimator: FastVLAD, X: Sequence[ImageSource]) -> CodeSet:
     asks for."""
     est = clone(estimator)
     X = list(X)
+    checks.parameters(est, len(X))  # before any image, as fit does
     timings = Timings()
     encoder = Encoder.of(est).fit_codebook(X, int(est.k), int(est.codebook_images), timings=timings)
     enc = encoder.encode(X, timings)
@@ -262,6 +263,7 @@ def cross_validate(estimator: FastVLAD, X: Sequence[ImageSource], y: np.ndarray,
     t0 = time.perf_counter()
     est = clone(estimator)
     X = list(X)
+    checks.parameters(est, len(X))  # before any image, as fit does
     for name, column in (("groups", groups), ("split", split)):
         if column is not None and len(column) != len(X):
             raise ParameterError(f"{name} has {len(column)} values for {len(X)} images; give one per image")
@@ -327,8 +329,6 @@ def cross_validate_whole(est: FastVLAD, X: list[ImageSource], y: np.ndarray, gro
     """``cross_validate(refit="all")``: per fold, ``fit`` on the training images (the PCA and codebook
     too) and ``proba_over_views`` of the held-out ones — a user's model meeting a new sample. Folds
     are made over every image; rows whose image could not be read are left out afterwards."""
-    from . import checks
-
     t0 = time.perf_counter()
     if est.on_error == "raise":
         checks.readable(X)  # every unreadable file named before the first fold's fit

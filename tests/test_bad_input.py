@@ -518,6 +518,21 @@ def test_bad_parameter_before_any_image(params: dict[str, object], match: str) -
         FastVLAD(**{"density": 1, "k": 8, **params}).fit(X, ["a", "b", "a"])  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("params", [{"tta_zoom": 0.7}, {"zoom": 1.4}, {"k": 1}])
+def test_cross_validation_checks_parameters_before_any_image(params: dict[str, object]) -> None:
+    """cross_validate and encode_images refuse a bad parameter as fit does (they had let a bare
+    number for zoom or tta_zoom through to a TypeError)."""
+    from fastvlad.estimator import FastVLAD
+    from fastvlad.evaluate import cross_validate, encode_images
+
+    X = [GRAY, GRAY, "/nonexistent/image.png", GRAY]  # reading it would be an ImageReadError
+    for refit in ("head", "all"):
+        with pytest.raises(ParameterError, match=f"{next(iter(params))}="):
+            cross_validate(FastVLAD(**params), X, ["a", "b", "a", "b"], n_splits=2, refit=refit)  # type: ignore[arg-type]
+    with pytest.raises(ParameterError, match=f"{next(iter(params))}="):
+        encode_images(FastVLAD(**params), X)  # type: ignore[arg-type]
+
+
 def _tiny_onnx(path: Path) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
