@@ -485,9 +485,9 @@ def predict_views(tta: int, tta_zoom: Sequence[float] = ()) -> list[View]:
 def describe_views(views: Sequence[View]) -> str:
     """The views a prediction averages, in words, e.g. "each image, 1 flipped copy and the image at
     0.7× the input size (3 CNN passes)"."""
-    flips = sum(1 for v in views[1:] if v.zoom == 1.0)
+    flips = sum(1 for v in views[1:] if v.op)
     parts = ["each image", *([f"{flips} flipped cop{'y' if flips == 1 else 'ies'}"] if flips else []),
-             *(f"the image at {v.zoom:g}× the input size" for v in views[1:] if v.zoom != 1.0)]
+             *(f"the image at {v.zoom:g}× the input size" for v in views[1:] if not v.op)]
     listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
     return f"{listed} ({len(views)} CNN pass{'' if len(views) == 1 else 'es'})"
 

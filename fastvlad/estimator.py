@@ -296,11 +296,16 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         itself at each ``tta_zoom`` factor). Also the images' own encoding, which says which failed."""
         X = checks.sources(X)
         encoded = self.encode(X)
-        proba = self.predict_proba_codes(encoded.rows(len(X)))
+        return self.mean_over_views(X, self.predict_proba_codes(encoded.rows(len(X)))), encoded
+
+    def mean_over_views(self, X: Sequence[ImageSource], own: np.ndarray) -> np.ndarray:
+        """``(n, n_classes)`` float32: the mean of ``own``, the images' own probabilities (the first
+        view), and those of their other ``views`` (one CNN pass each)."""
         views = self.views()
+        total = own.copy()
         for view in views[1:]:
-            proba += self.proba_of_view(X, view)
-        return proba / np.float32(len(views)), encoded
+            total += self.proba_of_view(X, view)
+        return total / np.float32(len(views))
 
     def views(self) -> list[View]:
         """What ``predict_proba`` averages over, the image itself first (``encoder.predict_views``)."""

@@ -62,10 +62,7 @@ def classify(model: Any, source: str | Path | np.ndarray, pixel_size_nm: float |
             cols = left + (grid[:, 1] + 0.5) * w / grid_w - 0.5
             points.append(np.stack([rows, cols], axis=1).astype(np.float32))
             codewords.append(enc.labels[j].astype(np.int32))  # type: ignore[index]
-    views = model.views()
-    for view in views[1:]:  # as predict does: each tile's mean over its views
-        tile_proba += model.proba_of_view(plan.sources, view)
-    tile_proba /= np.float32(len(views))
+    tile_proba = model.mean_over_views(plan.sources, tile_proba)  # as predict does: each tile's mean over its views
     if np.isnan(tile_proba).any():
         raise ImageReadError(micrograph.name, "some of its tiles could not be encoded")
     for (top, left, h, w), p in zip(boxes, tile_proba):
