@@ -350,3 +350,13 @@ def test_a_model_needs_exactly_one_head(linear: FastVLAD, tmp_path: Path) -> Non
     saved = linear.save(tmp_path / "m.fvl")
     with pytest.raises(ModelFormatError, match="one classifier head"):
         fastvlad.load(model_files.edited(saved, tmp_path / "none.fvl", linear_npy=None))
+
+
+def test_describe_views_names_each_view() -> None:
+    """The evaluate/demo wording: flips counted, sizes listed — a size of 1.0 is not a flip."""
+    from fastvlad.encoder import describe_views, predict_views
+
+    assert describe_views(predict_views(1, (0.7,))) == \
+        "each image, 1 flipped copy and the image at 0.7× the input size (3 CNN passes)"
+    assert describe_views(predict_views(0, (1.0,))) == "each image and the image at 1× the input size (2 CNN passes)"
+    assert describe_views(predict_views(0)) == "each image (1 CNN pass)"
