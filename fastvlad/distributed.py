@@ -440,9 +440,10 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
     if model.augment:
         raise ParameterError(f"augment={model.augment}: augmented training is not available on a Dask cluster yet; "
                              "train on one machine (no --workers/--scheduler) or set augment=0")
-    if model.zoom:
-        raise ParameterError(f"zoom={tuple(model.zoom)}: zoomed training copies are not available on a Dask cluster "
-                             "yet; train on one machine (no --workers/--scheduler) or set zoom=()")
+    if model.zoom and model.classifier not in classifier.LINEAR:
+        raise ParameterError(f"zoom={tuple(model.zoom)} with classifier={model.classifier!r}: zoomed training copies "
+                             f"on a Dask cluster are available for the linear heads {classifier.LINEAR} only; use "
+                             "one of them, train on one machine (no --workers/--scheduler), or set zoom=()")
     t0 = time.perf_counter()
     given = len(X)
     plan = tiling.plan_for(model, X)  # micrographs → tiles, each with its micrograph's label, as fit does
@@ -461,7 +462,9 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
         raise InvalidDatasetError(f"none of the {len(X)} images could be read (e.g. {model.skipped_[0][1]})")
     _sum_seconds(parts, model.timings_)
     y_ok = y_arr[encoded.indices]
-    model.timings_["classifier"] = _train(client, model, futures, [len(p.indices) for p in parts], y_ok)
+    copies, of = _zoomed_copies(client, [X[i] for i in encoded.indices], model, partition_size)
+    model.timings_["classifier"] = _train(client, model, futures, [len(p.indices) for p in parts], y_ok,
+                                          (copies, y_ok[of]))
     # The local fit's record, less the images' SHA-256 (it would read every file on the client).
     names, counts = np.unique(y_ok.astype(str), return_counts=True)
     info: dict[str, Any] = {
@@ -477,20 +480,40 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
     return model
 
 
-def _train(client: Client, model: FastVLAD, futures: list[Future], rows: list[int], y: np.ndarray) -> float:
-    """Train the head on the encoded partitions (rows in input order): XGBoost with ``xgboost.dask``,
-    where the codes stay; a linear head on the client (its codes are small). Sets ``classes_``
-    and ``head_``, returns the seconds it took."""
+def _zoomed_copies(client: Client, originals: list[ImageSource], model: FastVLAD,
+                   partition_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``encoder.training_copies``' zoomed copies, encoded on the workers: the readable images at
+    each factor of ``model.zoom`` in turn, codes ``(m, D)`` float32 and ``(m,)`` the position in
+    ``originals`` each was made from, in the local order. Their seconds go to ``zoom_cnn``/``zoom``."""
+    if not model.zoom:
+        return np.zeros((0, model.codebook_.size), np.float32), np.zeros(0, np.int64)
+    t = time.perf_counter()
+    views = [View(0, float(z)) for z in model.zoom]
+    parts = _gather(client, _submit_encode(client, originals, model, partition_size, views))
+    zoomed = _assemble(len(originals) * len(views), parts)  # positions v·n + i: factor by factor, as locally
+    model.timings_["zoom_cnn"] = model.timings_.get("zoom_cnn", 0.0) + sum(p.seconds.get("cnn", 0.0) for p in parts)
+    model.timings_["zoom"] = model.timings_.get("zoom", 0.0) + time.perf_counter() - t
+    return zoomed.codes, zoomed.indices % max(1, len(originals))
+
+
+def _train(client: Client, model: FastVLAD, futures: list[Future], rows: list[int], y: np.ndarray,
+           copies: tuple[np.ndarray, np.ndarray]) -> float:
+    """Train the head on the encoded partitions (rows in input order) and ``copies`` (codes and
+    labels of the training copies, linear heads only): XGBoost with ``xgboost.dask``, where the
+    codes stay; a linear head on the client (its codes are small). Sets ``classes_`` and
+    ``head_``, returns the seconds it took."""
     import dask.array as da
     import xgboost.dask as dxgb
 
-    model.classes_, y_int = np.unique(y, return_inverse=True)
+    copy_codes, copy_y = copies
+    model.classes_, y_int = np.unique(np.concatenate([y, copy_y]), return_inverse=True)
     checks.enough_classes(model.classes_)
     t = time.perf_counter()
     n_classes = len(model.classes_)
     weights = classifier.balanced_weights(y_int, n_classes) if model.class_weight == "balanced" else None
     if model.classifier in classifier.LINEAR:
-        codes_ok = np.concatenate(_gather(client, [client.submit(_values, f, pure=False) for f in futures]))
+        codes_ok = np.concatenate([*_gather(client, [client.submit(_values, f, pure=False) for f in futures]),
+                                   copy_codes])
         model.head_ = classifier.train_linear(model, codes_ok, y_int, n_classes, weights)
         return time.perf_counter() - t
     dim = model.codebook_.size

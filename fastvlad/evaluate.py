@@ -92,6 +92,9 @@ class CVResult:
     models: list[Any] = field(default_factory=list, repr=False, compare=False)
     views: list[View] = field(default_factory=lambda: [View()])  # averaged into every prediction (and the shift check's)
     refit: str = "head"  # REFITS: what each fold fitted
+    #: The data's ``group`` column per row (n,) (e.g. the source micrograph of each tile), whatever the
+    #: folds were made over; None without one. Images of one group are not independent samples (``by_group``).
+    groups: np.ndarray | None = None
 
     @property
     def accuracy(self) -> float:
@@ -122,6 +125,26 @@ class CVResult:
                         "missing_from_training": self.missing[f] if f < len(self.missing) else []})
         return out
 
+    def by_group(self) -> dict[str, Any] | None:
+        """The out-of-fold answers per value of ``groups`` (e.g. per source micrograph): how many
+        groups have all their images right, all wrong, or some of each, and the accuracy of the mean
+        of each group's probabilities (over the groups whose images share one class). None without groups.
+
+        Tiles of one micrograph tend to be right or wrong together, so an accuracy over images rests
+        on about as many independent samples as there are micrographs."""
+        if self.groups is None:
+            return None
+        right, mean_right = [], []  # per group: its rows right or not; the mean of its probabilities right
+        for g in np.unique(self.groups):
+            rows = self.groups == g
+            right.append(self.y_pred[rows] == self.y_true[rows])
+            if len(set(self.y_true[rows].tolist())) == 1:
+                mean_right.append(self.classes[int(self.proba[rows].mean(axis=0).argmax())] == self.y_true[rows][0])
+        return {"n_groups": len(right), "all_right": sum(bool(r.all()) for r in right),
+                "all_wrong": sum(not r.any() for r in right), "mixed": sum(bool(r.any() and not r.all()) for r in right),
+                "n_one_class": len(mean_right),
+                "accuracy_of_mean": float(np.mean(mean_right)) if mean_right else None}
+
     def confounds(self) -> list[tuple[str, str]]:
         """(class, value) for every class whose images all share one value of ``group_by``."""
         return confounds(self.y_true, self.row_groups)
@@ -141,6 +164,7 @@ class CVResult:
                 "classes": self.classes, "per_class": self.per_class(),
                 "confusion": self.confusion().tolist(), "seconds": self.seconds, "n_images": int(len(self.y_true)),
                 "skipped": self.skipped, "shift": self.shift.to_dict() if self.shift is not None else None,
+                "by_group": self.by_group(),
                 "views": [{"flip": v.op, "zoom": v.zoom} for v in self.views]}
 
 
@@ -169,6 +193,18 @@ def confounds(y: np.ndarray, values: np.ndarray | None) -> list[tuple[str, str]]
 def confound_warning(cls: str, value: str, column: str) -> str:
     return (f"warning: class {cls} comes from one {column} only ({value}): accuracy here cannot tell class "
             f"from {column}")
+
+
+def by_group_text(summary: dict[str, Any] | None, n_images: int) -> str:
+    """``CVResult.by_group`` in one line, or "" without groups or when each image is its own group."""
+    if summary is None or summary["n_groups"] >= n_images:
+        return ""
+    mean = summary["accuracy_of_mean"]
+    of_mean = (f"; the mean of a group's probabilities is right for {mean:.3f} of {summary['n_one_class']}"
+               if mean is not None else "")
+    return (f"per group (the group column, {summary['n_groups']} values): {summary['all_right']} all right, "
+            f"{summary['all_wrong']} all wrong, {summary['mixed']} mixed{of_mean} (the independent samples are "
+            f"the {summary['n_groups']} groups, not the {n_images} images)")
 
 
 def folds(y: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int,
@@ -307,7 +343,7 @@ def cross_validate(estimator: FastVLAD, X: Sequence[ImageSource], y: np.ndarray,
     return CVResult(classes, y_ok, pred.astype(str), proba, fold, accs, seconds=seconds, skipped=skipped,
                     indices=cs.indices, backbone_sha256=cs.encoder.cnn.sha256,
                     **grouping(split_name, g_ok, s_ok, n_folds), missing=missing, encoder=cs.encoder,
-                    models=models, views=est.views())
+                    models=models, views=est.views(), groups=g_ok)
 
 
 def grouping(split_name: str, groups: np.ndarray | None, split: np.ndarray | None, n_folds: int,
@@ -373,7 +409,8 @@ def cross_validate_whole(est: FastVLAD, X: list[ImageSource], y: np.ndarray, gro
                     seconds={**seconds, "total": time.perf_counter() - t0}, skipped=skipped, indices=indices,
                     backbone_sha256=fitted[0].backbone_sha256_ if fitted else "",
                     **grouping(split_name, g_all, s_all, n_folds, indices), missing=missing, encoder=None,
-                    models=models, views=est.views(), refit="all")
+                    models=models, views=est.views(), refit="all",
+                    groups=g_all[indices] if g_all is not None else None)
 
 
 def mean_proba(model: Any, views: Sequence[np.ndarray]) -> np.ndarray:

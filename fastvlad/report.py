@@ -26,7 +26,7 @@ from . import plots
 from ._files import write_bytes_atomic
 from .datasets import Dataset
 from .errors import FastVLADError
-from .evaluate import CVResult, refit_text
+from .evaluate import CVResult, by_group_text, refit_text
 from .images import read, to_rgb255
 from .model_file import data_sha256
 
@@ -229,7 +229,10 @@ def _metrics_section(nums: dict[str, Any], figures: dict[str, bytes]) -> str:
 
 
 def _warnings(nums: dict[str, Any]) -> str:
-    return "".join(f'<p class="warning">{html.escape(w)}</p>' for w in nums.get("warnings", []))
+    """The confound warnings, and how many independent samples (groups) the accuracy rests on."""
+    groups = by_group_text(nums.get("by_group"), nums["n_images"])
+    return ("".join(f'<p class="warning">{html.escape(w)}</p>' for w in nums.get("warnings", [])) +
+            (f'<p class="muted">{html.escape(groups)}</p>' if groups else ""))
 
 
 def _per_group_table(nums: dict[str, Any], col: str) -> str:

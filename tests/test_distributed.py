@@ -245,3 +245,18 @@ def test_fit_cuts_tiles_as_the_local_fit_does(client: Client, data: tuple[list[s
     assert remote.train_info_["n_images"] == local.train_info_["n_images"] == 4 * len(data[0])
     np.testing.assert_array_equal(remote.codebook_, local.codebook_)
     np.testing.assert_allclose(remote.predict_proba(data[0]), local.predict_proba(data[0]), rtol=0, atol=1e-5)
+
+
+def test_zoomed_copies_on_the_cluster_match_the_local_fit(client: Client, data: tuple[list[str], np.ndarray]) -> None:
+    """``zoom`` (each training image also at other input sizes, to the head only) with a linear head:
+    the cluster encodes the copies on the workers and the head learns what the local one learns."""
+    params = small_model_params(classifier="ridge", zoom=(1.25, 0.75))
+    local = FastVLAD(**params).fit(*data)
+    remote = distributed.fit(client, *data, FastVLAD(**params), partition_size=5)
+    np.testing.assert_allclose(remote.head_.coef, local.head_.coef, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(remote.predict_proba(data[0]), local.predict_proba(data[0]), rtol=0, atol=1e-5)
+    without = FastVLAD(**small_model_params(classifier="ridge")).fit(*data)
+    assert not np.allclose(without.head_.coef, local.head_.coef, rtol=0, atol=1e-3)  # the copies count
+    assert remote.timings_["zoom_cnn"] > 0
+    with pytest.raises(ParameterError, match=r"zoom=\(1.25, 0.75\) with classifier='xgboost'.*linear heads"):
+        distributed.fit(client, *data, FastVLAD(**small_model_params(zoom=(1.25, 0.75))), partition_size=5)

@@ -23,6 +23,7 @@ from fastvlad.estimator import FastVLAD
 from fastvlad.evaluate import (
     CVResult,
     ShiftCheck,
+    by_group_text,
     confounds,
     cross_validate,
     folds,
@@ -141,6 +142,28 @@ def test_confound_warning_fires_only_when_a_class_has_one_value() -> None:
     assert confounds(y, balanced) == [] and confounds(y, None) == []
 
 
+def test_by_group_counts_groups_all_right_all_wrong_and_mixed() -> None:
+    classes = ["a", "b"]
+    # g1 all right; g2 one right of three, the mean of its probabilities right; g3 all wrong; g4 holds
+    # both classes (mixed, and left out of the accuracy of the mean)
+    groups = np.array(["g1", "g1", "g1", "g2", "g2", "g2", "g3", "g4", "g4"])
+    y_true = np.array(["a", "a", "a", "b", "b", "b", "a", "b", "a"])
+    y_pred = np.array(["a", "a", "a", "a", "a", "b", "b", "a", "a"])
+    proba = np.array([[0.9, 0.1]] * 3 + [[0.6, 0.4], [0.6, 0.4], [0.0, 1.0], [0.2, 0.8], [0.7, 0.3], [0.7, 0.3]],
+                     dtype=np.float32)
+    res = CVResult(classes, y_true, y_pred, proba, np.zeros(9, int), [0.5], True, groups=groups)
+    summary = res.by_group()
+    assert summary == {"n_groups": 4, "all_right": 1, "all_wrong": 1, "mixed": 2, "n_one_class": 3,
+                       "accuracy_of_mean": 2 / 3}
+    assert res.to_dict()["by_group"] == summary
+    assert by_group_text(summary, 9).startswith("per group (the group column, 4 values): 1 all right, 1 all wrong, "
+                                                "2 mixed; the mean of a group's probabilities is right for 0.667 of 3")
+    no_groups = CVResult(classes, y_true, y_pred, proba, np.zeros(9, int), [0.5], False)
+    assert no_groups.by_group() is None and by_group_text(None, 9) == ""
+    one_each = CVResult(classes, y_true, y_pred, proba, np.zeros(9, int), [0.5], True, groups=np.arange(9).astype(str))
+    assert by_group_text(one_each.by_group(), 9) == ""  # every image its own group: nothing to add
+
+
 def test_stratified_sample_is_seeded_and_covers_every_stratum() -> None:
     strata = np.array(["a"] * 50 + ["b"] * 30 + ["c"] * 15 + ["d"] * 5)
     rows = stratified_rows(strata, 20, seed=1)
@@ -224,6 +247,9 @@ def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_pat
     assert any(line.startswith("ppc9") and "not in training: CNT-fiber" in line for line in lines)
     assert any(line.split() == ["true", "/", "predicted", *sorted(set(datasets.load(confounded).y))] for line in lines)
     nums = json.loads((tmp_path / "cv.json").read_text())
+    groups = nums["by_group"]  # the demo set's group column: 2 groups per class, whatever the split
+    assert groups["n_groups"] == 8 and groups["all_right"] + groups["all_wrong"] + groups["mixed"] == 8
+    assert by_group_text(groups, 24) in lines
     assert [f["held_out"] for f in nums["folds"]] == ["ppc9", "s0", "s1", "s2"] and nums["warnings"] == [warning]
     assert nums["shift"]["n_images"] == 8 and len(nums["shift"]["changes"]) == 9  # eight changes, the control
     assert [c["name"] for c in nums["shift"]["changes"] if c["control"]] == ["control: one pixel ±1"]
@@ -233,6 +259,7 @@ def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_pat
     page = (tmp_path / "rep" / "index.html").read_text()
     _check_self_contained(page)
     assert "Per held-out series" in page and "Shift check" in page and "cannot tell class from series" in page
+    assert "per group (the group column, 8 values)" in page
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert report["cv"] == "leave-one-series-out" and report["folds"] == nums["folds"]
 
@@ -242,7 +269,8 @@ def test_cli_refit_all(vgg16_path: Path, balanced: Path, tmp_path: Path) -> None
                                    "--json", str(tmp_path / "cv.json")])
     assert out.exit_code == 0, out.output
     assert "each fold: a whole fit on its training images, the PCA and codebook too (refit=all)" in out.output
-    assert json.loads((tmp_path / "cv.json").read_text())["refit"] == "all"
+    nums = json.loads((tmp_path / "cv.json").read_text())
+    assert nums["refit"] == "all" and nums["by_group"]["n_groups"] == 8  # the group column, not the series
 
 
 def test_cli_split_by_a_missing_column_is_a_clean_error(balanced: Path) -> None:

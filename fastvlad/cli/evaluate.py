@@ -142,11 +142,14 @@ def _print_cv(res: CVResult) -> None:
                    f"(folds: {', '.join(f'{a:.3f}' for a in res.fold_accuracy)}) on {len(res.y_true)} images, "
                    f"{res.seconds['total']:.0f} s")
     from ..encoder import describe_views
-    from ..evaluate import refit_text
+    from ..evaluate import by_group_text, refit_text
 
     typer.echo(refit_text(res.refit))
     typer.echo(f"each prediction: the mean over {describe_views(res.views)}")
     for line in res.warnings():
+        typer.echo(line)
+    line = by_group_text(res.by_group(), len(res.y_true))
+    if line:
         typer.echo(line)
     typer.echo(f"{'class':<22}{'precision':>10}{'recall':>10}{'f1':>8}{'n':>6}")
     for c, m in res.per_class().items():
