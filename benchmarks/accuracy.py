@@ -229,7 +229,10 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
 ]
 #: Every variant before run 40 was measured without zoomed views at predict.
 BEFORE_RUN_40: dict[str, Any] = {"tta_zoom": ()}
-VARIANTS = [(name, {**LOGISTIC, **BEFORE_RUN_40, **params}, shift) for name, params, shift in VARIANTS]
+#: Every variant before run 45 was measured against the defaults of its time: no zoomed copies at fit
+#: and, for the ridge head, alpha 10 (run 45 made ``zoom=(1.4, 0.7)``, ``alpha=40`` the default).
+BEFORE_RUN_45: dict[str, Any] = {"zoom": (), "alpha": 10.0}
+VARIANTS = [(name, {**LOGISTIC, **BEFORE_RUN_40, **BEFORE_RUN_45, **params}, shift) for name, params, shift in VARIANTS]
 #: Benchmark-only knobs that change the codes (``variant_knobs``): part of an encoding's key.
 ENCODER_KNOBS = ("stretch", "jitter_blur_noise", "stretch_smooth", "tap_norm", "stretch_at_input", "pre_blur")
 #: Variant keys that are not estimator parameters (see the module's docstring).

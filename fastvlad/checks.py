@@ -152,14 +152,14 @@ def zoom(value: Any, size: tuple[int, int] | None, name: str = "zoom") -> tuple[
     factors = tuple(real(f"{name}[{i}]", v, *ZOOM_RANGE, hint=" (a factor on the input size)") for i, v in enumerate(value))
     if factors and size is None:
         raise ParameterError(f"{name}={value!r} needs an image_size: at the native size (image_size=None) there is "
-                             "no input size to scale")
+                             f"no input size to scale; set {name}=() (CLI: --{option} none) to use the native size")
     for f in factors:
         zoomed = zoomed_size(size, f)  # type: ignore[arg-type]
         try:
             check_size(zoomed)
         except ParameterError as exc:
             raise ParameterError(f"{name}={value!r}: image_size × {f:g} = {zoomed[0]}×{zoomed[1]}, which is not a usable "
-                                 f"input size ({exc})") from None
+                                 f"input size ({exc}); give a larger image_size or set {name}=()") from None
     return factors
 
 

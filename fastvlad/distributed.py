@@ -468,7 +468,7 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
     # The local fit's record, less the images' SHA-256 (it would read every file on the client).
     names, counts = np.unique(y_ok.astype(str), return_counts=True)
     info: dict[str, Any] = {
-        "n_images": len(y_ok), "code_dim": int(model.codebook_.size),
+        "n_images": len(y_ok), "n_copies": len(copies), "code_dim": int(model.codebook_.size),
         "classifier_seconds": model.timings_["classifier"],
         "n_skipped": len(model.skipped_), "class_counts": {str(c): int(n) for c, n in zip(names, counts)},
         "skipped": [[name, why] for name, why in model.skipped_], "workers": len(client.nthreads()),

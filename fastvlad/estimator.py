@@ -58,17 +58,20 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
       and an (H, W) pair is used as it is;
     - ``pca=64``: hypercolumns projected on their first 64 principal axes (fitted on the codebook
       sample, applied to each tap before interpolation: exact);
-    - ``classifier="ridge"`` (``alpha=10``, ``class_weight="balanced"``): a ridge classifier on the
+    - ``classifier="ridge"`` (``alpha=40``, ``class_weight="balanced"``): a ridge classifier on the
       codes (least squares onto ±1 targets per class; ``predict_proba`` is a softmax of its scores,
       which orders the classes but is not calibrated); ``"logistic"`` (``C=100``) a multinomial
       logistic regression, the default before ACCURACY.md's run 31; ``"xgboost"`` the paper's kind
       of head (``n_estimators``, ``max_depth``, ``learning_rate``, ``max_bin``, ``colsample_bynode``,
-      ``subsample``, ``min_child_weight``).
+      ``subsample``, ``min_child_weight``);
+    - ``zoom=(1.4, 0.7)``: the head also learns from every training image encoded at 1.4 and 0.7
+      times the input size, as if taken at other magnifications (the codebook and ``predict`` stay
+      at ``image_size``; three CNN passes per training image). With ``zoom=()``, ``alpha=10`` read
+      higher (ACCURACY.md, runs 31 and 37–44).
 
     ``augment=n`` gives the classifier n randomly flipped and re-exposed copies of every training
     image (gain, offset, gamma; the codebook stays on the originals); ``zoom=(z, ...)`` gives it
-    every training image also encoded at z times the input size (as at z times the magnification;
-    the codebook and ``predict`` stay at ``image_size``); ``tta=n`` averages the
+    every training image also encoded at z times the input size (``()``: none); ``tta=n`` averages the
     probabilities of the image and its first n flips (left–right, up–down, both) at predict. The
     default ``tta=1`` (the image and its left–right mirror: two CNN passes per image at predict)
     raised the leave-series-out mean and its worst series in ACCURACY.md. ``tta_zoom=(z, ...)``
@@ -104,9 +107,9 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                  taps: Sequence[str] | None = None, n_estimators: int = 100, max_depth: int = 3,
                  learning_rate: float = 0.1, max_bin: int = 32, colsample_bynode: float = 1.0,
                  subsample: float = 1.0, min_child_weight: float = 1.0,
-                 classifier: str = "ridge", C: float = 100.0, alpha: float = 10.0,
+                 classifier: str = "ridge", C: float = 100.0, alpha: float = 40.0,
                  class_weight: str | None = "balanced",
-                 normalize: str = "stretch", augment: int = 0, zoom: Sequence[float] = (), tta: int = 1,
+                 normalize: str = "stretch", augment: int = 0, zoom: Sequence[float] = (1.4, 0.7), tta: int = 1,
                  tta_zoom: Sequence[float] = (),
                  points: str = "per_image",
                  device: str = "auto", batch_size: int | None = None, fp16: bool = False,
@@ -183,6 +186,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
             raise InvalidDatasetError(f"none of the {len(X)} images could be read (e.g. {self.skipped_[0][1]})")
         codes, labels = self._with_augmented(X, encoded, y_arr[encoded.indices], timings)
         self.fit_codes(codes, labels)
+        # fit_codes counted rows; a user trained on the images, the copies are the head's alone
+        self.train_info_.update(n_images=len(encoded.indices), n_copies=len(codes) - len(encoded.indices))
         timings.seconds["classifier"] = cast(float, self.train_info_["classifier_seconds"])
         if self.projection_ is not None:
             self.train_info_["pca_explained_variance"] = self.projection_.explained_variance_ratio

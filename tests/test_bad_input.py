@@ -501,6 +501,9 @@ def test_transform_works_or_is_a_fastvlad_error(vgg16_path: Path, X: object, ski
     ({"zoom": (float("nan"),)}, r"zoom\[0\]=nan"),
     ({"zoom": (1.4,), "image_size": None}, r"zoom=\(1.4,\) needs an image_size"),
     ({"zoom": (0.25,), "image_size": 32}, r"image_size × 0.25 = 8×8, which is not a usable input size"),
+    # The default zoom=(1.4, 0.7) with a size it cannot scale: the error says how to train without it.
+    ({"image_size": None}, r"zoom=\(1.4, 0.7\) needs an image_size: .*set zoom=\(\) \(CLI: --zoom none\)"),
+    ({"image_size": 16}, r"zoom=\(1.4, 0.7\): image_size × 0.7 = 11×11, .*set zoom=\(\)$"),
     ({"tta_zoom": 0.7}, r"tta_zoom=0.7: give up to 8 factors on the input size, e.g. \(1.4, 0.7\) \(CLI: --tta-zoom"),
     ({"tta_zoom": (0.7, 0.1)}, r"tta_zoom\[1\]=0.1: must be a number \[0.25, 4\]"),
     ({"tta_zoom": (0.7,), "image_size": None}, r"tta_zoom=\(0.7,\) needs an image_size"),

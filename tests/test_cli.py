@@ -35,8 +35,9 @@ def model_file(trained: tuple[Path, str]) -> Path:
 
 def test_train_prints_plain_class_names(trained: tuple[Path, str]) -> None:
     (line,) = [line for line in trained[1].splitlines() if line.startswith("trained on")]
-    assert line.startswith("trained on 16 images, classes CNT-Cluster, CNT-Matrix, CNT-MatrixSurface, CNT-fiber; "
-                           f"saved {trained[0]} ("), line
+    # The default zoom=(1.4, 0.7): every image also at two other sizes, for the head only.
+    assert line.startswith("trained on 16 images (the head also on 32 augmented or zoomed copies), classes "
+                           f"CNT-Cluster, CNT-Matrix, CNT-MatrixSurface, CNT-fiber; saved {trained[0]} ("), line
 
 
 def test_predict_writes_csv(model_file: Path, demo_folder: Path, tmp_path: Path) -> None:
@@ -133,7 +134,8 @@ def test_train_zoom_and_alpha_options(vgg16_path: Path, demo_folder: Path, tmp_p
                                    "--alpha", "20"])
     assert res.exit_code == 0, res.output
     model = fastvlad.load(out)
-    assert model.zoom == (1.5, 0.75) and model.alpha == 20 and model.train_info_["n_images"] == 3 * 16
+    assert model.zoom == (1.5, 0.75) and model.alpha == 20 and model.train_info_["n_images"] == 16
+    assert model.train_info_["n_copies"] == 2 * 16 and "(the head also on 32 augmented or zoomed copies)" in res.output
     res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(tmp_path / "x.fvl"), "--alpha", "0"])
     assert isinstance(res.exception, ParameterError) and "alpha=0" in str(res.exception)
     res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(out), *SMALL, "--zoom", "none"])

@@ -258,5 +258,7 @@ def test_zoomed_copies_on_the_cluster_match_the_local_fit(client: Client, data: 
     without = FastVLAD(**small_model_params(classifier="ridge")).fit(*data)
     assert not np.allclose(without.head_.coef, local.head_.coef, rtol=0, atol=1e-3)  # the copies count
     assert remote.timings_["zoom_cnn"] > 0
+    assert (remote.train_info_["n_images"], remote.train_info_["n_copies"]) == (len(data[0]), 2 * len(data[0]))
+    assert (local.train_info_["n_images"], local.train_info_["n_copies"]) == (len(data[0]), 2 * len(data[0]))
     with pytest.raises(ParameterError, match=r"zoom=\(1.25, 0.75\) with classifier='xgboost'.*linear heads"):
         distributed.fit(client, *data, FastVLAD(**small_model_params(zoom=(1.25, 0.75))), partition_size=5)

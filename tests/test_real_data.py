@@ -47,11 +47,12 @@ def test_train_predict_on_held_out_groups(nanofiber: Path, vgg16_path: Path) -> 
     assert accuracy > majority + 0.1
 
 
-#: ACCURACY.md run 31, the default (stretch, 112 short side, ridge alpha 10 balanced, tta 1):
-#: leave-one-series-out mean 0.674 over the 8 series at seed 0, worst series 0.34 (Machine A; the
-#: logistic head of runs 1–30 read 0.641). The floors sit a few points under, so another machine's
-#: BLAS passes and a regression (the logistic head's 0.641, the 0.1.0 default's 0.251) fails.
-LOSO_MEAN_FLOOR = 0.65
+#: ACCURACY.md run 37 (repeated by run 45), the default (stretch, 112 short side, zoomed copies at 1.4
+#: and 0.7, ridge alpha 40 balanced, tta 1): leave-one-series-out mean 0.696 over the 8 series at seed
+#: 0, worst series 0.34 (Machine A; the default before run 45 read 0.674, the logistic head of runs
+#: 1–30 0.641). The floors sit a few points under, so another machine's BLAS passes and a regression
+#: (the logistic head's 0.641, the 0.1.0 default's 0.251) fails.
+LOSO_MEAN_FLOOR = 0.66
 LOSO_WORST_FLOOR = 0.25
 
 

@@ -94,7 +94,9 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
     model.save(output)
     report_skipped(model.skipped_)
     tiles = f" ({len(X)} tiles of {len(ds) - len(plan.failed)} micrographs)" if plan is not None and model.tile else ""
-    typer.echo(f"trained on {model.train_info_['n_images']} images{tiles}, classes "
+    copies = model.train_info_.get("n_copies", 0)
+    extra = f" (the head also on {copies} augmented or zoomed copies)" if copies else ""
+    typer.echo(f"trained on {model.train_info_['n_images']} images{tiles}{extra}, classes "
                f"{', '.join(map(str, model.classes_))}; saved {output} ({model.timings_['total']:.1f} s)")
 
 
