@@ -45,6 +45,11 @@ def test_bench_json_keys_and_ranges(tiny_result: tuple[dict, str]) -> None:
     assert list(r["stages"])[:2] == ["decode", "cnn"] and "classifier" in r["stages"]
     assert r["reference_speedup"] > 0 and r["reference_speedup_lower_bound"] > 0
     assert r["train_non_cnn_fraction"] > 0 and r["cnn_images_per_s"] > 0 and r["encode_images_per_s"] > 0
+    # The default's zoomed copies run the CNN too: their passes count as CNN time, not as "the rest".
+    t = r["train"]["timings"]
+    assert r["train"]["copies_cnn_seconds"] == t["zoom_cnn"] > 0
+    cnn = t["cnn"] + t["zoom_cnn"]
+    assert r["train_non_cnn_fraction"] == pytest.approx((t["total"] - cnn) / cnn)
     assert r["encoder"]["images"] == 4 and r["train"]["images"] == 4 and r["reference"]["images"] == 4
     assert r["settings"]["k"] == 8 and r["settings"]["density"] == 0.1
     assert r["command"].startswith("fastvlad bench --images 4")
