@@ -200,7 +200,8 @@ def by_group_text(summary: dict[str, Any] | None, n_images: int) -> str:
     if summary is None or summary["n_groups"] >= n_images:
         return ""
     mean = summary["accuracy_of_mean"]
-    of_mean = (f"; the mean of a group's probabilities is right for {mean:.3f} of {summary['n_one_class']}"
+    n = summary["n_one_class"]
+    of_mean = (f"; the mean of a group's probabilities is right for {round(mean * n)} of {n} ({mean:.3f})"
                if mean is not None else "")
     return (f"per group (the group column, {summary['n_groups']} values): {summary['all_right']} all right, "
             f"{summary['all_wrong']} all wrong, {summary['mixed']} mixed{of_mean} (the independent samples are "

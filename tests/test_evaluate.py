@@ -157,7 +157,7 @@ def test_by_group_counts_groups_all_right_all_wrong_and_mixed() -> None:
                        "accuracy_of_mean": 2 / 3}
     assert res.to_dict()["by_group"] == summary
     assert by_group_text(summary, 9).startswith("per group (the group column, 4 values): 1 all right, 1 all wrong, "
-                                                "2 mixed; the mean of a group's probabilities is right for 0.667 of 3")
+                                                "2 mixed; the mean of a group's probabilities is right for 2 of 3 (0.667)")
     no_groups = CVResult(classes, y_true, y_pred, proba, np.zeros(9, int), [0.5], False)
     assert no_groups.by_group() is None and by_group_text(None, 9) == ""
     one_each = CVResult(classes, y_true, y_pred, proba, np.zeros(9, int), [0.5], True, groups=np.arange(9).astype(str))
