@@ -57,7 +57,14 @@ import numpy as np
 
 from fastvlad import classifier, codebook, datasets, images, intensity, vlad
 from fastvlad.classifier import BoosterSettings, balanced_weights
-from fastvlad.encoder import Encoder, Timings, Workspace, fit_centres
+from fastvlad.encoder import (
+    COPY_STAGES,
+    Encoder,
+    Timings,
+    Workspace,
+    copies_cnn_seconds,
+    fit_centres,
+)
 from fastvlad.estimator import FastVLAD
 from fastvlad.evaluate import CodeSet, cross_validate, encode_images, folds, shift_check
 from fastvlad.images import flipped
@@ -438,12 +445,12 @@ def fit_seconds(est: FastVLAD, cs: CodeSet, y: np.ndarray) -> dict[str, float]:
     labels = y[cs.indices]
     FastVLAD(**est.get_params()).fit_codes(np.concatenate([cs.codes, cs.augmented]),
                                           np.concatenate([labels, labels[cs.augmented_of]]))
-    copies = ("augment", "zoom")  # the copies' seconds, and their CNN's: counted only when the variant uses them
+    copies = COPY_STAGES  # the copies' seconds, and their CNN's: counted only when the variant uses them
     stages = {k: v for k, v in cs.seconds.items() if k not in ("tta", *copies, *(f"{c}_cnn" for c in copies))}
     head = time.perf_counter() - t
     extra = {c: cs.seconds.get(c, 0.0) if len(cs.augmented) else 0.0 for c in copies}
     total = sum(stages.values()) + sum(extra.values()) + head
-    cnn = stages.get("cnn", 0.0) + sum(cs.seconds.get(f"{c}_cnn", 0.0) for c in copies if len(cs.augmented))
+    cnn = stages.get("cnn", 0.0) + (copies_cnn_seconds(cs.seconds) if len(cs.augmented) else 0.0)
     seconds = {**stages, **extra, "classifier": head}
     # "cnn" last: every CNN pass of the fit, the copies' too (the stage of that name is the images' alone)
     return {**seconds, "total": total, "cnn": cnn, "non_cnn_over_cnn": (total - cnn) / cnn if cnn else float("nan")}

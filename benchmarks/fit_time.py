@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from fastvlad import datasets
+from fastvlad.encoder import copies_cnn_seconds
 from fastvlad.estimator import FastVLAD
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nanofiber-sem"
@@ -78,7 +79,7 @@ def main() -> None:
         secs = [run["seconds"] for run in runs[name]]
         ratios = [a["seconds"] / b["seconds"] for a, b in zip(runs[name], runs[TODAY])]
         cnn = statistics.median(run.get("cnn", 0.0) for run in runs[name])
-        copies = statistics.median(run.get("zoom_cnn", 0.0) + run.get("augment_cnn", 0.0) for run in runs[name])
+        copies = statistics.median(copies_cnn_seconds(run) for run in runs[name])
         print(f"| {name} | {statistics.median(secs):.1f} ({min(secs):.1f}–{max(secs):.1f}) | {cnn:.1f} | {copies:.1f} "
               f"| {statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |")
         out[name] = {"runs": runs[name], "ratio_to_today": ratios}

@@ -23,7 +23,7 @@ import functools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -490,6 +490,16 @@ def describe_views(views: Sequence[View]) -> str:
              *(f"the image at {v.zoom:g}× the input size" for v in views[1:] if not v.op)]
     listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
     return f"{listed} ({len(views)} CNN pass{'' if len(views) == 1 else 'es'})"
+
+
+#: The stages ``training_copies`` times, each also as ``<kind>_cnn`` (its CNN passes alone).
+COPY_STAGES = ("augment", "zoom")
+
+
+def copies_cnn_seconds(seconds: Mapping[str, float]) -> float:
+    """The CNN seconds of the training copies in a fit's stage ``seconds`` (``COPY_STAGES``): CNN
+    time like the ``cnn`` stage's, reported apart from it."""
+    return float(sum(seconds.get(f"{kind}_cnn", 0.0) for kind in COPY_STAGES))
 
 
 def training_copies(encoder: Encoder, sources: Sequence[AnySource], indices: np.ndarray, augment: int,

@@ -25,7 +25,14 @@ import numpy as np
 from .. import backends
 from ..backbone import Backbone
 from ..backends import Backend
-from ..encoder import Encoder, EncoderSettings, Timings, Workspace, batch_points
+from ..encoder import (
+    Encoder,
+    EncoderSettings,
+    Timings,
+    Workspace,
+    batch_points,
+    copies_cnn_seconds,
+)
 from ..errors import ParameterError
 from ..images import Preprocess
 from ..quantize import check_precision, resolve_precision
@@ -200,8 +207,7 @@ def fit_once(est: Any, work: Workload) -> dict[str, Any]:
         est.fit(work.sources, work.labels)
         wall = time.perf_counter() - t
     timings = {k: float(v) for k, v in est.timings_.items()}
-    # The augmented and zoomed copies' CNN passes are CNN time too, reported apart (``copies_cnn_seconds``)
-    copies = timings.get("augment_cnn", 0.0) + timings.get("zoom_cnn", 0.0)
+    copies = copies_cnn_seconds(timings)  # CNN time too, reported apart
     total, cnn = timings.get("total", wall), timings.get("cnn", 0.0) + copies
     classifier = timings.get("classifier", est.train_info_.get("classifier_seconds", 0.0))
     return {"images": len(work.sources), "seconds": total, "timings": timings, "classifier_seconds": classifier,
