@@ -9,7 +9,8 @@ default's in that round; then the median and range over rounds::
 
 The settings: 0.1.0's default (224×224 squashed, gray levels as read, XGBoost; as
 ``benchmarks/accuracy.py`` defines it), the default before ACCURACY.md's run 45 (no zoomed copies,
-ridge alpha 10), and today's default (``FastVLAD()``). The tiles: a seeded sample of the shared
+ridge alpha 10), today's default (``FastVLAD()``) and run 47's single zoomed copy at 1.2.
+``--only TEXT`` keeps the settings whose name contains TEXT. The tiles: a seeded sample of the shared
 nanofiber set.
 """
 
@@ -34,6 +35,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         image_size=224, aspect="squash", normalize="none", classifier="xgboost", class_weight=None, tta=0, zoom=()),
     "the default before run 45 (no zoomed copies, alpha 10)": dict(zoom=(), alpha=10.0),
     "the default (zoom 1.4/0.7, alpha 40)": {},
+    "one zoomed copy at 1.2, alpha 20 (ACCURACY.md run 47)": dict(zoom=(1.2,), alpha=20.0),
 }
 TODAY = "the default (zoom 1.4/0.7, alpha 40)"
 
@@ -59,19 +61,22 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--only", action="append", default=[], metavar="TEXT",
+                    help="fit only the settings whose name contains TEXT (repeatable; today's default always runs)")
     args = ap.parse_args()
     if not (args.data / "manifest.csv").exists():
         raise SystemExit(f"no data at {args.data} (the shared nanofiber set); give --data")
     X, y = sample(args.data, args.images, args.seed)
     one_fit(SETTINGS[TODAY], X[::12], y[::12])  # untimed: the first fit opens the backbone (tiles of every class)
-    names = list(SETTINGS)
+    names = [n for n in SETTINGS if n == TODAY or not args.only or any(t in n for t in args.only)]
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for r in range(args.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             runs[name].append(one_fit(SETTINGS[name], X, y))
             print(f"round {r + 1}: {name}: {runs[name][-1]['seconds']:.1f} s", flush=True)
-    print(f"\n`python benchmarks/fit_time.py --images {args.images} --rounds {args.rounds}`: {len(X)} tiles\n")
+    only = "".join(f' --only "{t}"' for t in args.only)
+    print(f"\n`python benchmarks/fit_time.py --images {args.images} --rounds {args.rounds}{only}`: {len(X)} tiles\n")
     print("| setting | fit s, median (range) | CNN s (images' own) | CNN s (copies) | × today's default, median (range) |")
     print("|---|---|---|---|---|")
     out = {}
