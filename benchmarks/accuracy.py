@@ -258,7 +258,7 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     # are: the largest flips left are gamma 1.25, blur and noise; a steadier head at no extra CNN pass?
     *((f"the ridge head, alpha 20, zoom 1.2 jittered{s}", dict(classifier="ridge", alpha=20.0, zoom=(1.2,),
                                                                  jitter_zoom=True, random_state=seed), seed == 0)
-      for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
+      for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"), (3, ", seed 3"), (4, ", seed 4"))),
 ]
 #: Every variant before run 40 was measured without zoomed views at predict.
 BEFORE_RUN_40: dict[str, Any] = {"tta_zoom": ()}
