@@ -74,6 +74,14 @@ def integer(name: str, value: Any, lo: int, hint: str = "") -> int:
     return int(value)
 
 
+def flag(name: str, value: Any) -> bool:
+    """``value`` if it is a bool (NumPy's too), else a ``ParameterError``: a string such as "no"
+    would read as true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ParameterError(f"{name}={value!r}: give True or False")
+    return bool(value)
+
+
 def choice(name: str, value: Any, allowed: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in allowed:
         raise ParameterError(f"{name}={value!r} is unknown; use one of {tuple(allowed)}")
@@ -121,6 +129,8 @@ def parameters(est: Any, n_images: int | None = None) -> None:
     real("subsample", est.subsample, 0, 1, lo_open=True)
     real("min_child_weight", est.min_child_weight, 0)
     integer("augment", est.augment, 0, " (augmented copies of every training image; 0: none)")
+    for name in ("zoom_jitter", "intra", "power", "whiten"):
+        flag(name, getattr(est, name))
     choice("classifier", est.classifier, CLASSIFIERS)
     choice("aspect", est.aspect, ASPECTS)
     choice("points", est.points, POINT_DRAWS)

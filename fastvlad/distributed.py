@@ -43,6 +43,7 @@ from .encoder import (
     View,
     fit_centres,
     sample_plan,
+    zoom_sources,
 )
 from .errors import (
     DistributedError,
@@ -276,9 +277,15 @@ def _cut(n: int, size: int) -> list[range]:
 def _shipped(X: Sequence[AnySource], positions: Sequence[int] | np.ndarray | range) -> list[AnySource]:
     """The images at ``positions`` as sent to a worker: paths made absolute, since a worker's
     working folder need not be the client's (views are made on the worker, from these)."""
-    items = [X[i] for i in positions]
+    return [_absolute(X[i]) for i in positions]
+
+
+def _absolute(x: AnySource) -> AnySource:
+    """``x`` with its path (a changed image's underlying one too) made absolute."""
+    if isinstance(x, Transformed):
+        return replace(x, source=_absolute(x.source))
     # a tiling.Micrograph or Tile already holds an absolute path
-    return [x if isinstance(x, (np.ndarray, Derived, Transformed)) else os.path.abspath(x) for x in items]
+    return x if isinstance(x, (np.ndarray, Derived)) else os.path.abspath(x)
 
 
 def _gather(client: Client, futures: list[Future]) -> list[Any]:
@@ -462,7 +469,8 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
         raise InvalidDatasetError(f"none of the {len(X)} images could be read (e.g. {model.skipped_[0][1]})")
     _sum_seconds(parts, model.timings_)
     y_ok = y_arr[encoded.indices]
-    copies, of = _zoomed_copies(client, [X[i] for i in encoded.indices], model, partition_size)
+    originals = zoom_sources(X, encoded.indices, bool(model.zoom_jitter), model.random_state)
+    copies, of = _zoomed_copies(client, originals, model, partition_size)
     model.timings_["classifier"] = _train(client, model, futures, [len(p.indices) for p in parts], y_ok,
                                           (copies, y_ok[of]))
     # The local fit's record, less the images' SHA-256 (it would read every file on the client).
@@ -480,11 +488,12 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
     return model
 
 
-def _zoomed_copies(client: Client, originals: list[ImageSource], model: FastVLAD,
+def _zoomed_copies(client: Client, originals: list[AnySource], model: FastVLAD,
                    partition_size: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """``encoder.training_copies``' zoomed copies, encoded on the workers: the readable images at
-    each factor of ``model.zoom`` in turn, codes ``(m, D)`` float32 and ``(m,)`` the position in
-    ``originals`` each was made from, in the local order. Their seconds go to ``zoom_cnn``/``zoom``."""
+    """``encoder.training_copies``' zoomed copies, encoded on the workers: ``originals`` (the
+    readable images, or their jittered copies: ``encoder.zoom_sources``) at each factor of
+    ``model.zoom`` in turn, codes ``(m, D)`` float32 and ``(m,)`` the position in ``originals``
+    each was made from, in the local order. Their seconds go to ``zoom_cnn``/``zoom``."""
     if not model.zoom:
         return np.zeros((0, model.codebook_.size), np.float32), np.zeros(0, np.int64)
     t = time.perf_counter()

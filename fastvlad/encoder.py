@@ -502,12 +502,22 @@ def copies_cnn_seconds(seconds: Mapping[str, float]) -> float:
     return float(sum(seconds.get(f"{kind}_cnn", 0.0) for kind in COPY_STAGES))
 
 
+def zoom_sources(sources: Sequence[AnySource], indices: Sequence[int] | np.ndarray, jitter: bool,
+                 seed: int) -> list[AnySource]:
+    """What the zoomed training copies are made from: the sources at ``indices``, or with ``jitter``
+    each one flipped and re-exposed as its first augmented copy is (``images.augmented``: the
+    same seed, the same draw), so that the copies also teach the head other acquisitions."""
+    return list(augmented(sources, indices, 1, seed)) if jitter else [sources[int(i)] for i in indices]
+
+
 def training_copies(encoder: Encoder, sources: Sequence[AnySource], indices: np.ndarray, augment: int,
-                    zoom: Sequence[float], seed: int, timings: Timings) -> tuple[np.ndarray, np.ndarray]:
+                    zoom: Sequence[float], seed: int, timings: Timings,
+                    zoom_jitter: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """What the classifier learns from besides the images themselves, encoded with the fitted
     ``encoder`` (the codebook stays on the originals): ``augment`` jittered copies of every
     readable image (``indices`` into ``sources``; ``images.augmented``), then every such image at
-    the input size times each factor of ``zoom`` (another magnification). Returns their codes
+    the input size times each factor of ``zoom`` (another magnification), with ``zoom_jitter``
+    also flipped and re-exposed (``zoom_sources``). Returns their codes
     ``(m, D)`` float32 and ``(m,)`` int64 the position in ``indices`` each was made from. Their CNN
     seconds go to ``timings``' ``augment_cnn`` and ``zoom_cnn``, all their seconds to ``augment``
     and ``zoom``: extra CNN passes, reported apart from the fit's own."""
@@ -524,7 +534,7 @@ def training_copies(encoder: Encoder, sources: Sequence[AnySource], indices: np.
         t, extra = time.perf_counter(), Timings()
         enc = encoder.encode(augmented(sources, indices, augment, seed), extra)
         add("augment", enc, enc.indices % max(1, len(indices)), extra, t)
-    originals = [sources[int(i)] for i in indices]
+    originals = zoom_sources(sources, indices, zoom_jitter, seed) if zoom else []
     for factor in zoom:
         t, extra = time.perf_counter(), Timings()
         enc = encoder.encode_view(originals, View(0, factor), extra)

@@ -30,14 +30,15 @@ FAITHFUL_PARAMS: dict[str, Any] = {
     "density": 10.0, "k": 100, "image_size": 224, "aspect": "squash", "intra": True, "power": False, "pca": None, "whiten": False,
     "n_estimators": 100, "max_depth": 3, "learning_rate": 0.1, "max_bin": 256, "colsample_bynode": 1.0,
     "subsample": 1.0, "min_child_weight": 1.0,
-    "classifier": "xgboost", "class_weight": None, "normalize": "none", "augment": 0, "zoom": (), "tta": 0,
-    "tta_zoom": (), "points": "per_image",
+    "classifier": "xgboost", "class_weight": None, "normalize": "none", "augment": 0, "zoom": (), "zoom_jitter": False,
+    "tta": 0, "tta_zoom": (), "points": "per_image",
 }
 #: Parameters added after model files were first written, with the values those files' models
 #: were trained with (a file without them means these, whatever today's defaults are).
 LEGACY_PARAMS: dict[str, Any] = {"aspect": "squash", "classifier": "xgboost", "C": 100.0, "class_weight": None,
                                  "normalize": "none", "augment": 0, "tta": 0, "precision": "fp32",
-                                 "calibration": None, "points": "per_image", "zoom": (), "tta_zoom": ()}
+                                 "calibration": None, "points": "per_image", "zoom": (), "tta_zoom": (),
+                                 "zoom_jitter": False}
 
 
 class FastVLAD(ClassifierMixin, BaseEstimator):
@@ -58,24 +59,28 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
       and an (H, W) pair is used as it is;
     - ``pca=64``: hypercolumns projected on their first 64 principal axes (fitted on the codebook
       sample, applied to each tap before interpolation: exact);
-    - ``classifier="ridge"`` (``alpha=40``, ``class_weight="balanced"``): a ridge classifier on the
+    - ``classifier="ridge"`` (``alpha=20``, ``class_weight="balanced"``): a ridge classifier on the
       codes (least squares onto ±1 targets per class; ``predict_proba`` is a softmax of its scores,
       which orders the classes but is not calibrated); ``"logistic"`` (``C=100``) a multinomial
       logistic regression, the default before ACCURACY.md's run 31; ``"xgboost"`` the paper's kind
       of head (``n_estimators``, ``max_depth``, ``learning_rate``, ``max_bin``, ``colsample_bynode``,
       ``subsample``, ``min_child_weight``);
-    - ``zoom=(1.4, 0.7)``: the head also learns from every training image encoded at 1.4 and 0.7
-      times the input size, as if taken at other magnifications (the codebook and ``predict`` stay
-      at ``image_size``; three CNN passes per training image). With ``zoom=()``, ``alpha=10`` read
-      higher (ACCURACY.md, runs 31 and 37–44).
+    - ``zoom=(1.2,)``, ``zoom_jitter=True``: the head also learns from every training image
+      encoded at 1.2 times the input size, as if taken at a higher magnification, and flipped and
+      re-exposed (gain, offset, gamma) as an ``augment`` copy is (the codebook and ``predict`` stay
+      at ``image_size``; the copy costs 1.44× the image's CNN pixels at fit). More rows want a
+      stronger ``alpha``: with ``zoom=()`` use ``alpha=10``, with ``zoom=(1.4, 0.7)`` ``alpha=40``
+      (ACCURACY.md, runs 31, 37–51).
 
     ``augment=n`` gives the classifier n randomly flipped and re-exposed copies of every training
     image (gain, offset, gamma; the codebook stays on the originals); ``zoom=(z, ...)`` gives it
-    every training image also encoded at z times the input size (``()``: none); ``tta=n`` averages the
-    probabilities of the image and its first n flips (left–right, up–down, both) at predict. The
-    default ``tta=1`` (the image and its left–right mirror: two CNN passes per image at predict)
-    raised the leave-series-out mean and its worst series in ACCURACY.md. ``tta_zoom=(z, ...)``
-    adds to that mean the image at z times the input size (one CNN pass each; no cost at fit).
+    every training image also encoded at z times the input size (``()``: none), made with
+    ``zoom_jitter`` from the image's first augmented copy (the same flip and acquisition, seeded);
+    ``tta=n`` averages the probabilities of the image and its first n flips (left–right, up–down,
+    both) at predict. The default ``tta=1`` (the image and its left–right mirror: two CNN passes
+    per image at predict) raised the leave-series-out mean and its worst series in ACCURACY.md.
+    ``tta_zoom=(z, ...)`` adds to that mean the image at z times the input size (one CNN pass each;
+    no cost at fit).
 
     ``points``: how an image's ``density`` pixels are drawn. "per_image" (default, the paper's):
     seeded by the seed and the image's pixels, so any change of the image draws them anew;
@@ -107,10 +112,10 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                  taps: Sequence[str] | None = None, n_estimators: int = 100, max_depth: int = 3,
                  learning_rate: float = 0.1, max_bin: int = 32, colsample_bynode: float = 1.0,
                  subsample: float = 1.0, min_child_weight: float = 1.0,
-                 classifier: str = "ridge", C: float = 100.0, alpha: float = 40.0,
+                 classifier: str = "ridge", C: float = 100.0, alpha: float = 20.0,
                  class_weight: str | None = "balanced",
-                 normalize: str = "stretch", augment: int = 0, zoom: Sequence[float] = (1.4, 0.7), tta: int = 1,
-                 tta_zoom: Sequence[float] = (),
+                 normalize: str = "stretch", augment: int = 0, zoom: Sequence[float] = (1.2,),
+                 zoom_jitter: bool = True, tta: int = 1, tta_zoom: Sequence[float] = (),
                  points: str = "per_image",
                  device: str = "auto", batch_size: int | None = None, fp16: bool = False,
                  precision: str = "fp32", calibration: str | None = None,
@@ -144,6 +149,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.normalize = normalize
         self.augment = augment
         self.zoom = zoom
+        self.zoom_jitter = zoom_jitter
         self.tta = tta
         self.tta_zoom = tta_zoom
         self.points = points
@@ -226,7 +232,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
             return encoded.codes, y
         with kernel_guard():
             codes, rows = training_copies(Encoder.of(self), X, encoded.indices, int(self.augment),
-                                          tuple(self.zoom), self.random_state, timings)
+                                          tuple(self.zoom), self.random_state, timings, bool(self.zoom_jitter))
         return np.concatenate([encoded.codes, codes]), np.concatenate([y, y[rows]])
 
     @staticmethod
@@ -431,7 +437,7 @@ def _model_from_config(path: str | os.PathLike[str], cfg: dict[str, Any], codebo
             params[key] = tuple(params[key])
     if params.get("taps") is not None and not isinstance(params["taps"], list):
         raise bad(f"taps={params['taps']!r} must be a list of names")
-    flags = [name for name in ("intra", "power", "whiten", "fp16") if not isinstance(params.get(name, False), bool)]
+    flags = [name for name in ("intra", "power", "whiten", "fp16", "zoom_jitter") if not isinstance(params.get(name, False), bool)]
     if flags:
         raise bad(f"parameter(s) {flags} must be true or false")
     model = FastVLAD(**params)

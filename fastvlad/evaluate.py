@@ -272,7 +272,8 @@ def encode_images(estimator: FastVLAD, X: Sequence[ImageSource]) -> CodeSet:
     encoder = Encoder.of(est).fit_codebook(X, int(est.k), int(est.codebook_images), timings=timings)
     enc = encoder.encode(X, timings)
     copies = Timings()  # as fit reports them: the copies' CNN passes, and their whole encoding
-    aug, aug_of = training_copies(encoder, X, enc.indices, int(est.augment), tuple(est.zoom), est.random_state, copies)
+    aug, aug_of = training_copies(encoder, X, enc.indices, int(est.augment), tuple(est.zoom), est.random_state, copies,
+                                  bool(est.zoom_jitter))
     seconds = {**timings.seconds, **copies.seconds}
     views = []
     readable = [X[i] for i in enc.indices]

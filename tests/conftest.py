@@ -63,7 +63,7 @@ def numpy_runs(level: str) -> bool:
 def small_model_params(**over: object) -> dict[str, object]:
     """Parameters that make fit() take seconds in CI: 64² input, 50 points per image, k = 8, an XGBoost
     head of 10 rounds (most tests of the model file and explanations are about that head; the logistic
-    default has its own) and no zoomed copies (a third of the default's CNN passes at fit)."""
+    default has its own) and no zoomed copy (0.41 of the default's CNN pixels at fit)."""
     params: dict[str, object] = dict(density=0.1, k=8, image_size=64, codebook_images=8, n_estimators=10,
                                      classifier="xgboost", zoom=(), device="cpu", batch_size=8)
     params.update(over)

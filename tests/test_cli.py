@@ -35,8 +35,8 @@ def model_file(trained: tuple[Path, str]) -> Path:
 
 def test_train_prints_plain_class_names(trained: tuple[Path, str]) -> None:
     (line,) = [line for line in trained[1].splitlines() if line.startswith("trained on")]
-    # The default zoom=(1.4, 0.7): every image also at two other sizes, for the head only.
-    assert line.startswith("trained on 16 images (the head also on 32 augmented or zoomed copies), classes "
+    # The default zoom=(1.2,): every image also at 1.2 times the input size, for the head only.
+    assert line.startswith("trained on 16 images (the head also on 16 augmented or zoomed copies), classes "
                            f"CNT-Cluster, CNT-Matrix, CNT-MatrixSurface, CNT-fiber; saved {trained[0]} ("), line
 
 
@@ -126,15 +126,16 @@ def test_bad_pca_option(demo_folder: Path, tmp_path: Path) -> None:
 
 
 def test_train_zoom_and_alpha_options(vgg16_path: Path, demo_folder: Path, tmp_path: Path) -> None:
-    """--zoom 1.5,0.75 --alpha 20 is the estimator's zoom=(1.5, 0.75), alpha=20: the saved model has
-    them and learnt from three times the images; --zoom none is zoom=(); a bad list or alpha names
-    the option and writes nothing."""
+    """--zoom 1.5,0.75 --alpha 20 --no-zoom-jitter is the estimator's zoom=(1.5, 0.75), alpha=20,
+    zoom_jitter=False: the saved model has them and learnt from three times the images; --zoom none
+    is zoom=(); a bad list or alpha names the option and writes nothing."""
     out = tmp_path / "m.fvl"
     res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(out), *SMALL, "--zoom", "1.5,0.75",
-                                   "--alpha", "20"])
+                                   "--alpha", "20", "--no-zoom-jitter"])
     assert res.exit_code == 0, res.output
     model = fastvlad.load(out)
     assert model.zoom == (1.5, 0.75) and model.alpha == 20 and model.train_info_["n_images"] == 16
+    assert model.zoom_jitter is False
     assert model.train_info_["n_copies"] == 2 * 16 and "(the head also on 32 augmented or zoomed copies)" in res.output
     res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(tmp_path / "x.fvl"), "--alpha", "0"])
     assert isinstance(res.exception, ParameterError) and "alpha=0" in str(res.exception)

@@ -248,9 +248,10 @@ def test_fit_cuts_tiles_as_the_local_fit_does(client: Client, data: tuple[list[s
 
 
 def test_zoomed_copies_on_the_cluster_match_the_local_fit(client: Client, data: tuple[list[str], np.ndarray]) -> None:
-    """``zoom`` (each training image also at other input sizes, to the head only) with a linear head:
-    the cluster encodes the copies on the workers and the head learns what the local one learns."""
-    params = small_model_params(classifier="ridge", zoom=(1.25, 0.75))
+    """``zoom`` (each training image also at other input sizes, to the head only, flipped and
+    re-exposed: ``zoom_jitter``, the default) with a linear head: the cluster encodes the copies on
+    the workers and the head learns what the local one learns."""
+    params = small_model_params(classifier="ridge", zoom=(1.25, 0.75), zoom_jitter=True)
     local = FastVLAD(**params).fit(*data)
     remote = distributed.fit(client, *data, FastVLAD(**params), partition_size=5)
     np.testing.assert_allclose(remote.head_.coef, local.head_.coef, rtol=0, atol=1e-5)

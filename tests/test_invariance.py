@@ -218,7 +218,7 @@ def test_fit_with_zoom(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.
     from fastvlad.evaluate import encode_images
 
     images, labels = small_demo
-    params = small_model_params(zoom=(1.5, 0.75), classifier="ridge")
+    params = small_model_params(zoom=(1.5, 0.75), zoom_jitter=False, classifier="ridge")
     model = FastVLAD(**params).fit(images, labels)
     n = len(images)
     assert model.train_info_["n_images"] == n and model.train_info_["n_copies"] == 2 * n
@@ -234,6 +234,38 @@ def test_fit_with_zoom(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.
     np.testing.assert_array_equal(FastVLAD(**params).fit(images, labels).predict_proba(images[:5]), proba)
     again = fastvlad.load(model.save(tmp_path / "m.fvl"))
     assert again.zoom == (1.5, 0.75)
+    np.testing.assert_array_equal(again.predict_proba(images[:5]), proba)
+
+
+def test_zoom_jitter_copies_are_the_augmented_copies_zoomed(vgg16_path: Path,
+                                                           small_demo: tuple[list[np.ndarray], np.ndarray],
+                                                           tmp_path: Path) -> None:
+    """zoom_jitter=True makes each zoomed copy from the image's first augmented copy (the same flip,
+    gain, offset, gamma and points): at zoom 1 its codes are augment=1's; at 1.5 they differ from
+    the plain zoomed copy's and change the head; seeded; a saved model keeps the setting."""
+    from fastvlad.evaluate import encode_images
+
+    images, labels = small_demo
+    n = len(images)
+    at_one = encode_images(FastVLAD(**small_model_params(zoom=(1.0,), zoom_jitter=True)), images)
+    augmented = encode_images(FastVLAD(**small_model_params(augment=1)), images)
+    np.testing.assert_array_equal(at_one.augmented_of, augmented.augmented_of)
+    np.testing.assert_allclose(at_one.augmented, augmented.augmented, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(at_one.augmented, at_one.codes, atol=1e-3)  # the copies are not the images
+    params = small_model_params(zoom=(1.5,), zoom_jitter=True, classifier="ridge")
+    jittered = encode_images(FastVLAD(**params), images)
+    plain = encode_images(FastVLAD(**{**params, "zoom_jitter": False}), images)
+    np.testing.assert_array_equal(jittered.augmented_of, np.arange(n))
+    assert not np.allclose(jittered.augmented, plain.augmented, atol=1e-3)
+    model = FastVLAD(**params).fit(images, labels)
+    assert model.train_info_["n_copies"] == n
+    head = FastVLAD(**small_model_params(classifier="ridge")).fit_codes(
+        np.concatenate([model.transform(images), jittered.augmented]), np.concatenate([labels, labels]))
+    np.testing.assert_allclose(model.head_.to_array(), head.head_.to_array(), rtol=1e-4, atol=1e-6)
+    proba = model.predict_proba(images[:5])
+    np.testing.assert_array_equal(FastVLAD(**params).fit(images, labels).predict_proba(images[:5]), proba)
+    again = fastvlad.load(model.save(tmp_path / "m.fvl"))
+    assert again.zoom_jitter is True
     np.testing.assert_array_equal(again.predict_proba(images[:5]), proba)
 
 
@@ -284,11 +316,12 @@ def test_a_model_file_from_before_these_options_loads_as_it_was_trained(tmp_path
     saved = tmp_path / "m.fvl"
     saved.write_bytes(model_files.tiny_model_bytes())
     cfg = json.loads(model_files.members_of(saved)["config.json"])
-    for name in ("normalize", "aspect", "classifier", "C", "class_weight", "augment", "zoom", "tta", "tta_zoom", "points"):
+    for name in ("normalize", "aspect", "classifier", "C", "class_weight", "augment", "zoom", "zoom_jitter", "tta",
+                 "tta_zoom", "points"):
         cfg["params"].pop(name, None)
     old = fastvlad.load(model_files.edited(saved, tmp_path / "old.fvl", config_json=json.dumps(cfg).encode()))
-    assert (old.normalize, old.aspect, old.classifier, old.class_weight, old.augment, old.zoom, old.tta, old.tta_zoom,
-            old.points) == ("none", "squash", "xgboost", None, 0, (), 0, (), "per_image")
+    assert (old.normalize, old.aspect, old.classifier, old.class_weight, old.augment, old.zoom, old.zoom_jitter,
+            old.tta, old.tta_zoom, old.points) == ("none", "squash", "xgboost", None, 0, (), False, 0, (), "per_image")
 
 
 # -- the linear heads (logistic, ridge) -----------------------------------------------------------------

@@ -279,6 +279,7 @@ CONFIG_EDITS = {
     "zoom out of range": (_params(zoom=[1e308]), r"zoom\[0\]=1e\+308"),
     "zoom nested": (_params(zoom=[[1.4]]), r"zoom\[0\]=\[1.4\]"),
     "too many zooms": (_params(zoom=[1.0] * 10**5), "give up to 8 factors"),
+    "zoom_jitter as text": (_params(zoom_jitter="no"), r"parameter\(s\) \['zoom_jitter'\] must be true or false"),
     "tta_zoom as text": (_params(tta_zoom="0.7"), "tta_zoom='0.7'"),
     "tta_zoom out of range": (_params(tta_zoom=[0.0]), r"tta_zoom\[0\]=0.0"),
     "tta_zoom too small for the input": (_params(tta_zoom=[0.25], image_size=[32, 32]),

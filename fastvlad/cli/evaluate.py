@@ -39,6 +39,7 @@ from .options import (
     TTA,
     TTA_ZOOM,
     ZOOM,
+    ZOOM_JITTER,
     K,
     estimator,
     load,
@@ -71,7 +72,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
              aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
              points: Optional[str] = POINTS,
              classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, zoom: Optional[str] = ZOOM,
-             alpha: Optional[float] = ALPHA,
+             alpha: Optional[float] = ALPHA, zoom_jitter: Optional[bool] = ZOOM_JITTER,
              tta: Optional[int] = TTA, tta_zoom: Optional[str] = TTA_ZOOM,
              scale: Optional[float] = SCALE, missing_scale: Optional[str] = MISSING_SCALE, tile: Optional[str] = TILE,
              tile_stride: Optional[str] = TILE_STRIDE, crop_bottom: Optional[str] = CROP_BOTTOM,
@@ -88,7 +89,8 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
                           outputs.dataset_files(data, ds.paths))
     split_values = ds.column(split) if split is not None else None
     est = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
-                    normalize=normalize, points=points, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha, tta=tta, tta_zoom=tta_zoom,
+                    normalize=normalize, points=points, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha,
+                    zoom_jitter=zoom_jitter, tta=tta, tta_zoom=tta_zoom,
                     **precision_of(precision, None),
                     **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))
     sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)

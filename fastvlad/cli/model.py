@@ -43,6 +43,7 @@ from .options import (
     TTA_ZOOM,
     WORKERS,
     ZOOM,
+    ZOOM_JITTER,
     K,
     estimator,
     load,
@@ -61,7 +62,7 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
           pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
           points: Optional[str] = POINTS,
           classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, zoom: Optional[str] = ZOOM,
-          alpha: Optional[float] = ALPHA,
+          alpha: Optional[float] = ALPHA, zoom_jitter: Optional[bool] = ZOOM_JITTER,
           tta: Optional[int] = TTA, tta_zoom: Optional[str] = TTA_ZOOM,
           fp16: Optional[bool] = FP16, precision: Optional[str] = PRECISION,
           calibrate: Optional[Path] = CALIBRATE, scale: Optional[float] = SCALE,
@@ -76,7 +77,8 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
     ds = load(data, on_error)
     outputs.refuse_inputs([output], outputs.dataset_files(data, ds.paths))
     model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
-                      normalize=normalize, points=points, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha, tta=tta, tta_zoom=tta_zoom,
+                      normalize=normalize, points=points, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha,
+                      zoom_jitter=zoom_jitter, tta=tta, tta_zoom=tta_zoom,
                       calibration=str(calibrate) if calibrate else None, **precision_of(precision, fp16),
                       **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))
     sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)

@@ -34,11 +34,13 @@ CLASSIFIER = typer.Option(None, metavar="[ridge|logistic|xgboost]", help="The he
                           "logistic or xgboost (--faithful).")
 AUGMENT = typer.Option(None, metavar="N", help="Augmented copies (flips, gain, offset, gamma) of every training image "
                        "given to the classifier (default 0).")
-ALPHA = typer.Option(None, "--alpha", metavar="A", help="The ridge head's L2 strength (default 40; with --zoom "
-                     "none use 10, see README).")
+ALPHA = typer.Option(None, "--alpha", metavar="A", help="The ridge head's L2 strength (default 20; with --zoom "
+                     "none use 10, with --zoom 1.4,0.7 use 40; see README).")
 ZOOM = typer.Option(None, metavar="Z,Z", help="Give the classifier every training image also at these multiples "
-                    "of the input size, as at other magnifications (default 1.4,0.7; 'none': none, a third of "
-                    "the CNN passes at fit).")
+                    "of the input size, as at other magnifications (default 1.2; 'none': none, 0.41 of the CNN "
+                    "pixels at fit).")
+ZOOM_JITTER = typer.Option(None, "--zoom-jitter/--no-zoom-jitter", help="Also flip and re-expose (gain, offset, "
+                           "gamma) the zoomed copies, as --augment's copies are (default: on).")
 TTA = typer.Option(None, metavar="0-3", help="Flips averaged with every image at predict, 0 to 3 (default 1; "
                    "--faithful: 0).")
 TTA_ZOOM = typer.Option(None, "--tta-zoom", metavar="Z,Z", help="Also average every image at these multiples of the "
