@@ -74,6 +74,10 @@ def integer(name: str, value: Any, lo: int, hint: str = "") -> int:
     return int(value)
 
 
+#: The estimator parameters that are True or False (the model file's loader checks them too).
+FLAGS = ("zoom_jitter", "intra", "power", "whiten")
+
+
 def flag(name: str, value: Any) -> bool:
     """``value`` if it is a bool (NumPy's too), else a ``ParameterError``: a string such as "no"
     would read as true."""
@@ -129,7 +133,7 @@ def parameters(est: Any, n_images: int | None = None) -> None:
     real("subsample", est.subsample, 0, 1, lo_open=True)
     real("min_child_weight", est.min_child_weight, 0)
     integer("augment", est.augment, 0, " (augmented copies of every training image; 0: none)")
-    for name in ("zoom_jitter", "intra", "power", "whiten"):
+    for name in FLAGS:
         flag(name, getattr(est, name))
     choice("classifier", est.classifier, CLASSIFIERS)
     choice("aspect", est.aspect, ASPECTS)

@@ -437,7 +437,7 @@ def _model_from_config(path: str | os.PathLike[str], cfg: dict[str, Any], codebo
             params[key] = tuple(params[key])
     if params.get("taps") is not None and not isinstance(params["taps"], list):
         raise bad(f"taps={params['taps']!r} must be a list of names")
-    flags = [name for name in ("intra", "power", "whiten", "fp16", "zoom_jitter") if not isinstance(params.get(name, False), bool)]
+    flags = [name for name in (*checks.FLAGS, "fp16") if not isinstance(params.get(name, False), bool)]
     if flags:
         raise bad(f"parameter(s) {flags} must be true or false")
     model = FastVLAD(**params)
