@@ -46,6 +46,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import platform
 import sys
 import time
@@ -86,6 +87,8 @@ OLD = dict(image_size=224, aspect="squash", normalize="none", classifier="xgboos
 #: 1–30 that they were measured against ("the default" in their names); run 31's set the ridge head.
 #: Every variant but the default is scored without flips at predict (``tta=0``), as it was measured.
 LOGISTIC: dict[str, Any] = {"classifier": "logistic"}
+#: Run 51's default, named in full (every row is merged over ``LOGISTIC`` and the defaults before it).
+DEFAULT_51: dict[str, Any] = {"classifier": "ridge", "alpha": 20.0, "zoom": (1.2,), "zoom_jitter": True}
 T0: dict[str, Any] = {"tta": 0}
 VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     ("0.1.0 default: none, 224×224, xgboost", {**T0, **OLD}, True),
@@ -257,6 +260,15 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     *((f"the ridge head, alpha 20, zoom 1.2 jittered{s}", dict(classifier="ridge", alpha=20.0, zoom=(1.2,),
                                                                  zoom_jitter=True, random_state=seed), seed == 0)
       for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"), (3, ", seed 3"), (4, ", seed 4"))),
+    # Run 53: the default's jittered copy also blurred and noised (``jitter_blur_noise``), and with
+    # gamma drawn from [2/3, 1.5] instead of [0.8, 1.25] (``jitter_gamma``): the largest flips left
+    # are gamma 1.25 (at the edge of the jitter's range), blur and noise; no extra CNN pass.
+    *((f"the ridge head, alpha 20, zoom 1.2 jittered, blurred and noised{s}",
+       dict(DEFAULT_51, jitter_blur_noise=True, random_state=seed), seed == 0)
+      for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"), (3, ", seed 3"), (4, ", seed 4"))),
+    *((f"the ridge head, alpha 20, zoom 1.2 jittered, blurred and noised, gamma 2/3–1.5{s}",
+       dict(DEFAULT_51, jitter_blur_noise=True, jitter_gamma=(2 / 3, 1.5), random_state=seed), seed == 0)
+      for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"), (3, ", seed 3"), (4, ", seed 4"))),
 ]
 #: Every variant before run 40 was measured without zoomed views at predict.
 BEFORE_RUN_40: dict[str, Any] = {"tta_zoom": ()}
@@ -270,7 +282,7 @@ BEFORE_RUN_51: dict[str, Any] = {"zoom_jitter": False}
 VARIANTS = [(name, {**LOGISTIC, **BEFORE_RUN_40, **BEFORE_RUN_45, **BEFORE_RUN_51, **params}, shift)
             for name, params, shift in VARIANTS]
 #: Benchmark-only knobs that change the codes (``variant_knobs``): part of an encoding's key.
-ENCODER_KNOBS = ("stretch", "jitter_blur_noise", "stretch_smooth", "tap_norm", "stretch_at_input", "pre_blur")
+ENCODER_KNOBS = ("stretch", "jitter_blur_noise", "jitter_gamma", "stretch_smooth", "tap_norm", "stretch_at_input", "pre_blur")
 #: Variant keys that are not estimator parameters (see the module's docstring).
 BENCHMARK_ONLY = ("scales", "pooled_scales", "early_stopping", "head_on_views", *ENCODER_KNOBS)
 #: Parameters that decide the codes (the rest only decide the head).
@@ -362,6 +374,9 @@ def variant_knobs(variant: dict[str, Any]) -> Iterator[None]:
     intensity.STRETCH_PERCENTILES = tuple(variant.get("stretch", keep))
     if variant.get("jitter_blur_noise"):
         intensity.jitter = jitter_with_blur_noise
+    if variant.get("jitter_gamma"):
+        intensity.jitter = functools.partial(jitter_widened, gamma_range=tuple(variant["jitter_gamma"]),
+                                             blur_noise=bool(variant.get("jitter_blur_noise")))
     if variant.get("stretch_smooth"):
         intensity.NORMALIZATIONS["stretch"] = functools.partial(stretch_of_smoothed, sigma=variant["stretch_smooth"])
     if variant.get("pre_blur"):
@@ -429,6 +444,20 @@ def jitter_with_blur_noise(values: np.ndarray, rng: np.random.Generator) -> np.n
     """``intensity.jitter`` (a flip, gain, offset, gamma), then a Gaussian blur of σ in [0, 1.5] px
     and Gaussian noise of σ in [0, 8] gray levels, drawn from the same generator."""
     values = _JITTER(values, rng)
+    values = intensity.blur(values, float(rng.uniform(0.0, 1.5)))
+    return intensity.noise(values, float(rng.uniform(0.0, 8.0)), seed=int(rng.integers(2**31)))
+
+
+def jitter_widened(values: np.ndarray, rng: np.random.Generator, gamma_range: tuple[float, float],
+                   blur_noise: bool) -> np.ndarray:
+    """``intensity.jitter`` with gamma drawn log-uniformly from ``gamma_range`` (the same draws in the
+    same order otherwise), then, with ``blur_noise``, ``jitter_with_blur_noise``'s blur and noise."""
+    values = intensity.dihedral(values, int(rng.integers(4)))
+    values = intensity.offset(intensity.gain(values, rng.uniform(0.8, 1.2)), rng.uniform(-20.0, 20.0))
+    lo, hi = gamma_range
+    values = intensity.gamma(values, math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    if not blur_noise:
+        return values
     values = intensity.blur(values, float(rng.uniform(0.0, 1.5)))
     return intensity.noise(values, float(rng.uniform(0.0, 8.0)), seed=int(rng.integers(2**31)))
 
