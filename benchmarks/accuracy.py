@@ -13,7 +13,8 @@ and codebook fitted once on a sample of all images, labels unused):
 
 For the variants marked ``shift``, the shift check (``evaluate.shift_check``: 200 out-of-fold
 images, stratified by series and class, re-predicted under each acquisition change of
-``intensity.SHIFTS``) gives the share of predictions each change flips; its control
+``intensity.SHIFTS``) gives the share of predictions each change flips, and of the right ones the
+share it makes wrong (``evaluate.changed_shares``); its control
 (``intensity.CONTROLS``: one gray level at one pixel, which draws the image's points anew) gives
 what re-drawing the points alone flips, and is left out of "max flip". ``--fit-per-fold`` checks
 what the shared codebook costs the estimate: leave-one-series-out with each fold a whole ``fit`` on
@@ -584,6 +585,7 @@ def scored(name: str, params: dict[str, Any], shift: bool, X: list[str], y: Any,
     if shift:
         check = shift_check(loso, X, n_images=shift_images, random_state=0)
         row["shift"] = {c["name"]: c["flipped"] for c in check.changes}
+        row["shift_lost"] = {c["name"]: c["lost"] for c in check.changes}
         row["shift_max"] = check.max_flipped
         row["shift_seconds"] = check.seconds
     print(json.dumps(row), file=sys.stderr, flush=True)
@@ -729,6 +731,12 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
         for r in rows:
             if "shift" in r:
                 lines.append(f"| {r['variant']} | " + " | ".join(f"{r['shift'][s]:.3f}" for s in shifts) + " |")
+        lost = [r for r in rows if "shift_lost" in r]
+        if lost:
+            lines += ["", "Of those, the right predictions each change makes wrong (the share of the right ones):", "",
+                      "| variant | " + " | ".join(shifts) + " |", "|---|" + "---|" * len(shifts)]
+            lines += [f"| {r['variant']} | " + " | ".join(f"{r['shift_lost'][s]:.3f}" for s in shifts) + " |"
+                      for r in lost]
     return "\n".join(lines) + "\n"
 
 

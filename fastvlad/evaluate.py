@@ -51,7 +51,9 @@ class ShiftCheck:
 
     rows: np.ndarray  # (m,) rows of the CV result re-predicted (a seeded stratified sample)
     accuracy: float  # out-of-fold accuracy on those rows, unchanged
-    changes: list[dict[str, Any]]  # per change: name, n, flipped (share of predictions changed), accuracy, seconds
+    #: Per change: name, n, flipped (share of predictions changed), lost (share of the right
+    #: predictions made wrong), accuracy, seconds.
+    changes: list[dict[str, Any]]
     seconds: float  # the whole check: every change's CNN passes and predictions
     stratified_by: str = "class"  # what the sample is stratified by, e.g. "series and class"
 
@@ -465,6 +467,16 @@ def changed_predictions(result: CVResult, sources: list[Transformed],
     return pred[readable].astype(str), rows[readable]
 
 
+def changed_shares(y_true: np.ndarray, before: np.ndarray, after: np.ndarray) -> dict[str, float]:
+    """What a change did to ``(m,)`` predictions: ``flipped``, the share that changed; ``lost``, the
+    share of the right ones made wrong (a flip among wrong answers costs nothing a user sees);
+    ``accuracy`` after it. All 0 for no rows."""
+    right = before == y_true
+    return {"flipped": float((after != before).mean()) if len(before) else 0.0,
+            "lost": float((after[right] != y_true[right]).mean()) if right.any() else 0.0,
+            "accuracy": float((after == y_true).mean()) if len(before) else 0.0}
+
+
 def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None = SHIFT_IMAGES,
                 shifts: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
                 random_state: int = 0) -> ShiftCheck:
@@ -499,8 +511,7 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
         sources = [Transformed(X[int(indices[r])], fn, name) for r in rows]
         pred, ok = changed_predictions(result, sources, rows)
         changes.append({"name": name, "n": int(len(ok)), "control": name in intensity.CONTROLS,
-                        "flipped": float((pred != result.y_pred[ok]).mean()) if len(ok) else 0.0,
-                        "accuracy": float((pred == result.y_true[ok]).mean()) if len(ok) else 0.0,
+                        **changed_shares(result.y_true[ok], result.y_pred[ok], pred),
                         "seconds": time.perf_counter() - t})
     check = ShiftCheck(rows, float((result.y_pred[rows] == result.y_true[rows]).mean()) if len(rows) else 0.0,
                        changes, time.perf_counter() - t0,

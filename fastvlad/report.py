@@ -247,8 +247,8 @@ def _shift_section(nums: dict[str, Any]) -> str:
     shift = nums.get("shift")
     if not shift:
         return ""
-    rows = [["(unchanged)", "", f"{shift['accuracy_unchanged']:.3f}", ""]]
-    rows += [[c["name"], f"{100 * c['flipped']:.1f} %", f"{c['accuracy']:.3f}", f"{c['seconds']:.1f}"]
+    rows = [["(unchanged)", "", "", f"{shift['accuracy_unchanged']:.3f}", ""]]
+    rows += [[c["name"], f"{100 * c['flipped']:.1f} %", _lost(c), f"{c['accuracy']:.3f}", f"{c['seconds']:.1f}"]
              for c in shift["changes"]]
     return ("<h2>Shift check</h2>"
             f'<p class="muted">{shift["n_images"]} out-of-fold images (a seeded sample, stratified by '
@@ -259,7 +259,12 @@ def _shift_section(nums: dict[str, Any]) -> str:
             "sampling alone changes). "
             f'Most changed by an acquisition change: {100 * shift["max_flipped"]:.1f} %; '
             f'{shift["seconds"]:.0f} s in all.</p>' +
-            _table(["change", "predictions changed", "accuracy", "seconds"], rows))
+            _table(["change", "predictions changed", "right ones made wrong", "accuracy", "seconds"], rows))
+
+
+def _lost(change: dict[str, Any]) -> str:
+    """The share of right predictions a change made wrong; "–" in a report from before it was recorded."""
+    return f"{100 * change['lost']:.1f} %" if "lost" in change else "–"
 
 
 def _examples_section(classes: list[str], shown: dict[tuple[str, bool], list[Example]], paths: list[str],

@@ -24,6 +24,7 @@ from fastvlad.evaluate import (
     CVResult,
     ShiftCheck,
     by_group_text,
+    changed_shares,
     confounds,
     cross_validate,
     folds,
@@ -191,10 +192,25 @@ def test_shift_check_is_deterministic_and_identity_changes_nothing(split_cv: tup
     assert a == b
     identity = a["changes"][0]
     assert identity["n"] == 12 and identity["flipped"] == 0.0 and identity["accuracy"] == a["accuracy_unchanged"]
+    assert identity["lost"] == 0.0
     # 12 rows cover the 3 series × 4 classes strata
     series = ds.column("series")[res.indices]
     assert len({(series[r], res.y_true[r]) for r in first_rows}) == 12
     assert res.to_dict()["shift"]["changes"][0]["name"] == "identity"
+
+
+def test_changed_shares_count_right_answers_lost_among_the_right_ones() -> None:
+    """``lost`` is the share of the right predictions a change makes wrong: a flip between two wrong
+    classes, or from wrong to right, changes a prediction but loses no right answer."""
+    y_true = np.array(["a", "a", "b", "b", "c"])
+    before = np.array(["a", "a", "b", "c", "a"])  # right, right, right, wrong, wrong
+    after = np.array(["a", "b", "b", "b", "b"])  # kept, lost, kept, wrong → right, wrong → wrong
+    assert changed_shares(y_true, before, after) == {"flipped": 0.6, "lost": 1 / 3, "accuracy": 0.6}
+    assert changed_shares(y_true, before, before) == {"flipped": 0.0, "lost": 0.0, "accuracy": 0.6}
+    none_right = changed_shares(y_true[3:], before[3:], y_true[3:])
+    assert none_right == {"flipped": 1.0, "lost": 0.0, "accuracy": 1.0}
+    empty = np.array([], dtype=str)
+    assert changed_shares(empty, empty, empty) == {"flipped": 0.0, "lost": 0.0, "accuracy": 0.0}
 
 
 def test_the_control_is_reported_but_is_no_acquisition_change() -> None:
@@ -254,8 +270,8 @@ def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_pat
     assert nums["shift"]["n_images"] == 8 and len(nums["shift"]["changes"]) == 9  # eight changes, the control
     assert [c["name"] for c in nums["shift"]["changes"] if c["control"]] == ["control: one pixel ±1"]
     for c in nums["shift"]["changes"]:
-        assert 0 <= c["flipped"] <= 1 and c["n"] == 8
-        assert f"{c['name']:<22}{100 * c['flipped']:>7.1f} %" in out.output
+        assert 0 <= c["lost"] <= 1 and 0 <= c["flipped"] <= 1 and c["n"] == 8
+        assert f"{c['name']:<22}{100 * c['flipped']:>7.1f} %{100 * c['lost']:>11.1f} %" in out.output
     page = (tmp_path / "rep" / "index.html").read_text()
     _check_self_contained(page)
     assert "Per held-out series" in page and "Shift check" in page and "cannot tell class from series" in page

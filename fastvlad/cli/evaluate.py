@@ -184,10 +184,12 @@ def _print_shift(res: CVResult) -> None:
     typer.echo(f"shift check: {len(check.rows)} out-of-fold images (seeded, stratified by {check.stratified_by}) "
                "re-predicted "
                f"under {len(check.changes)} changes, {check.seconds:.0f} s")
-    typer.echo(f"  {'change':<22}{'changed':>9}{'accuracy':>10}")
-    typer.echo(f"  {'(unchanged)':<22}{'':>9}{check.accuracy:>10.3f}")
+    typer.echo(f"  {'change':<22}{'changed':>9}{'right→wrong':>13}{'accuracy':>10}")
+    typer.echo(f"  {'(unchanged)':<22}{'':>9}{'':>13}{check.accuracy:>10.3f}")
     for c in check.changes:
-        typer.echo(f"  {c['name']:<22}{100 * c['flipped']:>7.1f} %{c['accuracy']:>10.3f}")
+        typer.echo(f"  {c['name']:<22}{100 * c['flipped']:>7.1f} %{100 * c['lost']:>11.1f} %{c['accuracy']:>10.3f}")
+    typer.echo("  (changed: the share of predictions the change changes; right→wrong: the share of the right "
+               "ones it makes wrong)")
     if any(c.get("control") for c in check.changes):
         typer.echo("  (the control is no acquisition change: the image all but unchanged, its points drawn anew; "
                    "what it changes, point sampling alone changes)")
