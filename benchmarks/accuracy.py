@@ -272,8 +272,11 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
       for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"), (3, ", seed 3"), (4, ", seed 4"))),
     # Run 54: the default's head at a larger alpha (a head that leans on the codes' larger directions
     # was steadier before: run 38's copies flipped 0.130 at alpha 40, 0.195 at alpha 20).
-    *((f"the ridge head, alpha {a:g}, zoom 1.2 jittered{s}", dict(DEFAULT_51, alpha=a, random_state=seed), seed == 0)
-      for a in (40.0, 80.0) for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
+    # Seeds 3 and 4, and the shift check at seed 1 (with the default's, in its own row), added in run 55.
+    *((f"the ridge head, alpha {a:g}, zoom 1.2 jittered{s}", dict(DEFAULT_51, alpha=a, random_state=seed),
+       seed == 0 or (seed == 1 and a == 80.0))
+      for a in (40.0, 80.0) for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"), (3, ", seed 3"), (4, ", seed 4"))),
+    ("the ridge head, alpha 20, zoom 1.2 jittered, seed 1, shift check", dict(DEFAULT_51, random_state=1), True),
 ]
 #: Every variant before run 40 was measured without zoomed views at predict.
 BEFORE_RUN_40: dict[str, Any] = {"tta_zoom": ()}
