@@ -56,15 +56,28 @@ class ShiftCheck:
     changes: list[dict[str, Any]]
     seconds: float  # the whole check: every change's CNN passes and predictions
     stratified_by: str = "class"  # what the sample is stratified by, e.g. "series and class"
+    group_by: str | None = None  # the column each change's ``by_group`` counts are over, e.g. "series"
 
     @property
     def max_flipped(self) -> float:
         """The largest share any acquisition change flips (the control is not one)."""
         return max((c["flipped"] for c in self.changes if not c.get("control")), default=0.0)
 
+    def changed_by_group(self) -> dict[str, list[int]]:
+        """Per held-out value: [predictions changed, predictions re-predicted], summed over the
+        acquisition changes (not the control), most changed first — where the flips fall."""
+        total: dict[str, list[int]] = {}
+        for c in self.changes:
+            for g, (changed, n) in c.get("by_group", {}).items():
+                if not c.get("control"):
+                    t = total.setdefault(g, [0, 0])
+                    t[0], t[1] = t[0] + changed, t[1] + n
+        return dict(sorted(total.items(), key=lambda kv: (-kv[1][0] / max(kv[1][1], 1), kv[0])))
+
     def to_dict(self) -> dict[str, Any]:
         return {"n_images": int(len(self.rows)), "accuracy_unchanged": self.accuracy, "changes": self.changes,
-                "max_flipped": self.max_flipped, "seconds": self.seconds, "stratified_by": self.stratified_by}
+                "max_flipped": self.max_flipped, "seconds": self.seconds, "stratified_by": self.stratified_by,
+                "group_by": self.group_by, "changed_by_group": self.changed_by_group()}
 
 
 @dataclass
@@ -477,6 +490,24 @@ def changed_shares(y_true: np.ndarray, before: np.ndarray, after: np.ndarray) ->
             "accuracy": float((after == y_true).mean()) if len(before) else 0.0}
 
 
+def changed_by_group(groups: np.ndarray, before: np.ndarray, after: np.ndarray) -> dict[str, list[int]]:
+    """Per value of ``groups`` ``(m,)``: [predictions a change changed, predictions] (``before`` and
+    ``after``, ``(m,)``)."""
+    return {str(g): [int((after[groups == g] != before[groups == g]).sum()), int((groups == g).sum())]
+            for g in np.unique(groups)}
+
+
+def changed_by_group_text(check: ShiftCheck) -> str:
+    """One line: per held-out value, the predictions the acquisition changes changed (most first),
+    e.g. "changed by held-out series: ppc9 27/504, ppc3 12/272; none in pp25, pp28"."""
+    counts = check.changed_by_group()
+    some = [f"{g} {c}/{n}" for g, (c, n) in counts.items() if c]
+    none = [g for g, (c, _) in counts.items() if not c]
+    return (f"changed by held-out {check.group_by} (predictions changed / re-predicted, over the "
+            f"{sum(not c.get('control') for c in check.changes)} changes): {', '.join(some) or 'none'}"
+            + (f"; none in {', '.join(sorted(none))}" if none and some else ""))
+
+
 def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None = SHIFT_IMAGES,
                 shifts: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
                 random_state: int = 0) -> ShiftCheck:
@@ -512,9 +543,12 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
         pred, ok = changed_predictions(result, sources, rows)
         changes.append({"name": name, "n": int(len(ok)), "control": name in intensity.CONTROLS,
                         **changed_shares(result.y_true[ok], result.y_pred[ok], pred),
+                        **({"by_group": changed_by_group(groups[ok], result.y_pred[ok], pred)}
+                           if result.row_groups is not None else {}),
                         "seconds": time.perf_counter() - t})
     check = ShiftCheck(rows, float((result.y_pred[rows] == result.y_true[rows]).mean()) if len(rows) else 0.0,
                        changes, time.perf_counter() - t0,
-                       f"{result.group_by} and class" if result.row_groups is not None else "class")
+                       f"{result.group_by} and class" if result.row_groups is not None else "class",
+                       result.group_by if result.row_groups is not None else None)
     result.shift = check
     return check

@@ -259,7 +259,19 @@ def _shift_section(nums: dict[str, Any]) -> str:
             "sampling alone changes). "
             f'Most changed by an acquisition change: {100 * shift["max_flipped"]:.1f} %; '
             f'{shift["seconds"]:.0f} s in all.</p>' +
-            _table(["change", "predictions changed", "right ones made wrong", "accuracy", "seconds"], rows))
+            _table(["change", "predictions changed", "right ones made wrong", "accuracy", "seconds"], rows) +
+            _shift_by_group(shift))
+
+
+def _shift_by_group(shift: dict[str, Any]) -> str:
+    """Per held-out value, the predictions the acquisition changes changed: where the flips fall."""
+    counts = shift.get("changed_by_group")
+    if not counts:
+        return ""
+    rows = [[g, str(c), str(n), f"{100 * c / max(n, 1):.1f} %"] for g, (c, n) in counts.items()]
+    return (f'<p class="muted">Per held-out {html.escape(str(shift.get("group_by")))}, over the acquisition '
+            "changes (not the control): where the changed predictions fall.</p>" +
+            _table([str(shift.get("group_by")), "predictions changed", "re-predicted", "share"], rows))
 
 
 def _lost(change: dict[str, Any]) -> str:

@@ -24,6 +24,8 @@ from fastvlad.evaluate import (
     CVResult,
     ShiftCheck,
     by_group_text,
+    changed_by_group,
+    changed_by_group_text,
     changed_shares,
     confounds,
     cross_validate,
@@ -213,6 +215,24 @@ def test_changed_shares_count_right_answers_lost_among_the_right_ones() -> None:
     assert changed_shares(empty, empty, empty) == {"flipped": 0.0, "lost": 0.0, "accuracy": 0.0}
 
 
+def test_changes_are_counted_per_held_out_group_without_the_control() -> None:
+    """``changed_by_group``: per held-out value, the predictions a change changed; the check sums
+    them over the acquisition changes only (the control is none), most changed share first."""
+    groups = np.array(["s1", "s1", "s2", "s2", "s3"])
+    before = np.array(["a", "b", "a", "a", "c"])
+    assert changed_by_group(groups, before, np.array(["a", "a", "a", "b", "c"])) == {
+        "s1": [1, 2], "s2": [1, 2], "s3": [0, 1]}
+    changes = [{"name": "gain", "flipped": 0.6, "by_group": {"s1": [1, 2], "s2": [2, 2], "s3": [0, 1]}},
+               {"name": "blur", "flipped": 0.2, "by_group": {"s1": [0, 2], "s2": [1, 2], "s3": [0, 1]}},
+               {"name": "control: one pixel ±1", "flipped": 0.6, "control": True,
+                "by_group": {"s1": [2, 2], "s2": [0, 2], "s3": [1, 1]}}]
+    check = ShiftCheck(np.arange(5), 0.5, changes, 1.0, "series and class", "series")
+    assert check.changed_by_group() == {"s2": [3, 4], "s1": [1, 4], "s3": [0, 2]}
+    assert list(check.to_dict()["changed_by_group"]) == ["s2", "s1", "s3"]
+    assert changed_by_group_text(check) == ("changed by held-out series (predictions changed / re-predicted, over the "
+                                            "2 changes): s2 3/4, s1 1/4; none in s3")
+
+
 def test_the_control_is_reported_but_is_no_acquisition_change() -> None:
     """The control (one gray level at one pixel: the points drawn anew) is in the table, but the
     largest flip rate is an acquisition change's."""
@@ -269,12 +289,21 @@ def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_pat
     assert [f["held_out"] for f in nums["folds"]] == ["ppc9", "s0", "s1", "s2"] and nums["warnings"] == [warning]
     assert nums["shift"]["n_images"] == 8 and len(nums["shift"]["changes"]) == 9  # eight changes, the control
     assert [c["name"] for c in nums["shift"]["changes"] if c["control"]] == ["control: one pixel ±1"]
+    by_group = nums["shift"]["changed_by_group"]  # summed over the eight changes, not the control
+    assert nums["shift"]["group_by"] == "series" and sorted(by_group) == ["ppc9", "s0", "s1", "s2"]
+    for g, (changed, n) in by_group.items():
+        acquisition = [c for c in nums["shift"]["changes"] if not c["control"]]
+        assert changed == sum(c["by_group"][g][0] for c in acquisition) and n == sum(c["by_group"][g][1] for c in acquisition)
+    assert sum(n for _, n in by_group.values()) == 8 * 8
+    assert any(line.startswith("  changed by held-out series (predictions changed / re-predicted, over the 8 changes)")
+               for line in lines)
     for c in nums["shift"]["changes"]:
         assert 0 <= c["lost"] <= 1 and 0 <= c["flipped"] <= 1 and c["n"] == 8
         assert f"{c['name']:<22}{100 * c['flipped']:>7.1f} %{100 * c['lost']:>11.1f} %" in out.output
     page = (tmp_path / "rep" / "index.html").read_text()
     _check_self_contained(page)
     assert "Per held-out series" in page and "Shift check" in page and "cannot tell class from series" in page
+    assert "Per held-out series, over the acquisition changes" in page
     assert "per group (the group column, 8 values)" in page
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert report["cv"] == "leave-one-series-out" and report["folds"] == nums["folds"]

@@ -179,6 +179,8 @@ def _print_per_group(res: CVResult) -> None:
 
 
 def _print_shift(res: CVResult) -> None:
+    from ..evaluate import changed_by_group_text
+
     check = res.shift
     assert check is not None
     typer.echo(f"shift check: {len(check.rows)} out-of-fold images (seeded, stratified by {check.stratified_by}) "
@@ -190,6 +192,8 @@ def _print_shift(res: CVResult) -> None:
         typer.echo(f"  {c['name']:<22}{100 * c['flipped']:>7.1f} %{100 * c['lost']:>11.1f} %{c['accuracy']:>10.3f}")
     typer.echo("  (changed: the share of predictions the change changes; right→wrong: the share of the right "
                "ones it makes wrong)")
+    if check.group_by is not None:
+        typer.echo(f"  {changed_by_group_text(check)}")
     if any(c.get("control") for c in check.changes):
         typer.echo("  (the control is no acquisition change: the image all but unchanged, its points drawn anew; "
                    "what it changes, point sampling alone changes)")
