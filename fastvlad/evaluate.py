@@ -497,15 +497,22 @@ def changed_by_group(groups: np.ndarray, before: np.ndarray, after: np.ndarray) 
             for g in np.unique(groups)}
 
 
-def changed_by_group_text(check: ShiftCheck) -> str:
-    """One line: per held-out value, the predictions the acquisition changes changed (most first),
-    e.g. "changed by held-out series: ppc9 27/504, ppc3 12/272; none in pp25, pp28"."""
+def changed_by_group_text(check: ShiftCheck, most: int = 10) -> str:
+    """One line: per held-out value, the predictions the acquisition changes changed, the ``most``
+    most changed first, e.g. "changed by held-out series (predictions changed / re-predicted, over
+    the 8 changes): ppc9 27/504, ppc3 12/272; none in pp25, pp28" (the JSON has every value)."""
     counts = check.changed_by_group()
     some = [f"{g} {c}/{n}" for g, (c, n) in counts.items() if c]
-    none = [g for g, (c, _) in counts.items() if not c]
-    return (f"changed by held-out {check.group_by} (predictions changed / re-predicted, over the "
-            f"{sum(not c.get('control') for c in check.changes)} changes): {', '.join(some) or 'none'}"
-            + (f"; none in {', '.join(sorted(none))}" if none and some else ""))
+    none = sorted(g for g, (c, _) in counts.items() if not c)
+    n_changes = sum(not c.get("control") for c in check.changes)
+    text = (f"changed by held-out {check.group_by} (predictions changed / re-predicted, over the {n_changes} "
+            f"changes): {_first(some, most) or 'none'}")
+    return text + (f"; none in {_first(none, most)}" if some and none else "")
+
+
+def _first(items: list[str], most: int) -> str:
+    """The first ``most`` of ``items``, comma-separated, and how many more."""
+    return ", ".join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
 def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None = SHIFT_IMAGES,

@@ -231,6 +231,7 @@ def test_changes_are_counted_per_held_out_group_without_the_control() -> None:
     assert list(check.to_dict()["changed_by_group"]) == ["s2", "s1", "s3"]
     assert changed_by_group_text(check) == ("changed by held-out series (predictions changed / re-predicted, over the "
                                             "2 changes): s2 3/4, s1 1/4; none in s3")
+    assert changed_by_group_text(check, most=1).endswith(": s2 3/4 and 1 more; none in s3")
 
 
 def test_the_control_is_reported_but_is_no_acquisition_change() -> None:
