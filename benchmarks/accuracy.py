@@ -282,6 +282,9 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     *((f"the ridge head, alpha 20, zoom 1.2 jittered, taps block2–5{s}",
        dict(DEFAULT_51, taps=("block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3"), random_state=seed),
        seed == 0) for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"))),
+    # Run 60: every flip averaged at predict (``tta=3``, four views) with today's default: the changes
+    # fall where the answers are borderline (run 58); does averaging more views move fewer across?
+    ("the ridge head, alpha 20, zoom 1.2 jittered, tta 3", dict(DEFAULT_51, tta=3), True),
 ]
 #: Every variant before run 40 was measured without zoomed views at predict.
 BEFORE_RUN_40: dict[str, Any] = {"tta_zoom": ()}
