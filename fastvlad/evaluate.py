@@ -59,19 +59,23 @@ class ShiftCheck:
     group_by: str | None = None  # the column each change's ``by_group`` counts are over, e.g. "series"
 
     @property
+    def acquisition_changes(self) -> list[dict[str, Any]]:
+        """The changes but the control (which is no acquisition change)."""
+        return [c for c in self.changes if not c.get("control")]
+
+    @property
     def max_flipped(self) -> float:
-        """The largest share any acquisition change flips (the control is not one)."""
-        return max((c["flipped"] for c in self.changes if not c.get("control")), default=0.0)
+        """The largest share any acquisition change flips."""
+        return max((c["flipped"] for c in self.acquisition_changes), default=0.0)
 
     def changed_by_group(self) -> dict[str, list[int]]:
         """Per held-out value: [predictions changed, predictions re-predicted], summed over the
-        acquisition changes (not the control), most changed first — where the flips fall."""
+        acquisition changes, most changed first — where the flips fall."""
         total: dict[str, list[int]] = {}
-        for c in self.changes:
+        for c in self.acquisition_changes:
             for g, (changed, n) in c.get("by_group", {}).items():
-                if not c.get("control"):
-                    t = total.setdefault(g, [0, 0])
-                    t[0], t[1] = t[0] + changed, t[1] + n
+                t = total.setdefault(g, [0, 0])
+                t[0], t[1] = t[0] + changed, t[1] + n
         return dict(sorted(total.items(), key=lambda kv: (-kv[1][0] / max(kv[1][1], 1), kv[0])))
 
     def to_dict(self) -> dict[str, Any]:
@@ -504,7 +508,7 @@ def changed_by_group_text(check: ShiftCheck, most: int = 10) -> str:
     counts = check.changed_by_group()
     some = [f"{g} {c}/{n}" for g, (c, n) in counts.items() if c]
     none = sorted(g for g, (c, _) in counts.items() if not c)
-    n_changes = sum(not c.get("control") for c in check.changes)
+    n_changes = len(check.acquisition_changes)
     text = (f"changed by held-out {check.group_by} (predictions changed / re-predicted, over the {n_changes} "
             f"changes): {_first(some, most) or 'none'}")
     return text + (f"; none in {_first(none, most)}" if some and none else "")
