@@ -167,9 +167,11 @@ def jitter_seeded(values: np.ndarray, seed: tuple[int, ...]) -> np.ndarray:
     return jitter(values, np.random.default_rng(list(seed)))
 
 
-def jitter(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def jitter(values: np.ndarray, rng: np.random.Generator,
+           gamma_range: tuple[float, float] = (0.8, 1.25)) -> np.ndarray:
     """A random flip and a random acquisition: gain in [0.8, 1.2], offset in [−20, 20] gray levels,
-    gamma in [0.8, 1.25] (log-uniform), in that order."""
+    gamma in ``gamma_range`` (log-uniform), in that order."""
     values = dihedral(values, int(rng.integers(4)))
     values = offset(gain(values, rng.uniform(0.8, 1.2)), rng.uniform(-20.0, 20.0))
-    return gamma(values, math.exp(rng.uniform(math.log(0.8), math.log(1.25))))
+    lo, hi = gamma_range
+    return gamma(values, math.exp(rng.uniform(math.log(lo), math.log(hi))))
