@@ -69,6 +69,7 @@ from fastvlad.encoder import (
     COPY_STAGES,
     Encoder,
     Timings,
+    View,
     Workspace,
     copies_cnn_seconds,
     fit_centres,
@@ -285,6 +286,11 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     # Run 60: every flip averaged at predict (``tta=3``, four views) with today's default: the changes
     # fall where the answers are borderline (run 58); does averaging more views move fewer across?
     ("the ridge head, alpha 20, zoom 1.2 jittered, tta 3", dict(DEFAULT_51, tta=3), True),
+    # Run 61: the default's mean at predict also over views re-exposed, blurred and noised as the
+    # shift check's changes are (``exposure_views``; one CNN pass each): a decision smoothed along
+    # the very directions the changes move an image should move fewer answers across.
+    *((f"the ridge head, alpha 20, zoom 1.2 jittered, {m} exposed views", dict(DEFAULT_51, exposure_views=m), True)
+      for m in (4, 2)),
 ]
 #: Every variant before run 40 was measured without zoomed views at predict.
 BEFORE_RUN_40: dict[str, Any] = {"tta_zoom": ()}
@@ -299,7 +305,7 @@ VARIANTS = [(name, {**LOGISTIC, **BEFORE_RUN_40, **BEFORE_RUN_45, **BEFORE_RUN_5
             for name, params, shift in VARIANTS]
 #: Benchmark-only knobs that change the codes (``variant_knobs``): part of an encoding's key.
 ENCODER_KNOBS = ("stretch", "jitter_blur_noise", "jitter_gamma", "stretch_smooth", "tap_norm", "stretch_at_input",
-                 "pre_blur")
+                 "pre_blur", "exposure_views")
 #: Variant keys that are not estimator parameters (see the module's docstring).
 BENCHMARK_ONLY = ("scales", "pooled_scales", "early_stopping", "head_on_views", *ENCODER_KNOBS)
 #: Parameters that decide the codes (the rest only decide the head).
@@ -400,7 +406,11 @@ def variant_knobs(variant: dict[str, Any]) -> Iterator[None]:
     if variant.get("stretch_at_input"):
         intensity.NORMALIZATIONS["stretch"] = lambda values: values
         images.resize = stretched_after_resize  # type: ignore[assignment]
-    of = Encoder.__dict__["of"]
+    of, views, encode_view = Encoder.__dict__["of"], FastVLAD.views, Encoder.encode_view
+    if variant.get("exposure_views"):
+        m = int(variant["exposure_views"])
+        FastVLAD.views = lambda self: [*views(self), *(ExposedView(exposure=k) for k in range(1, m + 1))]  # type: ignore
+        Encoder.encode_view = encode_exposed  # type: ignore[method-assign]
     if variant.get("tap_norm"):
         def tap_normalized(cls: type[Encoder], model: Any, *args: Any, **kwargs: Any) -> Encoder:
             encoder = of.__func__(cls, model, *args, **kwargs)
@@ -414,6 +424,7 @@ def variant_knobs(variant: dict[str, Any]) -> Iterator[None]:
         intensity.NORMALIZATIONS["stretch"] = stretch
         images.resize = resize  # type: ignore[assignment]
         Encoder.of = of  # type: ignore[method-assign]
+        FastVLAD.views, Encoder.encode_view = views, encode_view  # type: ignore[method-assign]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -454,6 +465,37 @@ def stretched_after_resize(img: np.ndarray, size: tuple[int, int] | None, resamp
 
 
 _JITTER = intensity.jitter
+
+
+#: The first entry of an exposed view's seed: keeps its draws apart from the augmented copies'.
+EXPOSED_VIEW = 0x45585031  # "EXP1"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExposedView(View):
+    """A view at predict (``exposure_views``): the image flipped and re-exposed, blurred and noised as
+    ``jitter_with(blur_noise=True)`` draws it, seeded by ``EXPOSED_VIEW`` and ``exposure`` (≥ 1) alone,
+    so every image gets the same draw."""
+
+    exposure: int = 1
+
+
+def exposed(values: np.ndarray, exposure: int) -> np.ndarray:
+    """One image (float32 0..255) as the ``ExposedView`` ``exposure`` shows it."""
+    rng = np.random.default_rng([EXPOSED_VIEW, exposure])
+    return jitter_with(values, rng, gamma_range=(0.8, 1.25), blur_noise=True)
+
+
+_ENCODE_VIEW = Encoder.encode_view
+
+
+def encode_exposed(self: Encoder, sources: Any, view: View, timings: Timings | None = None) -> Any:
+    """``Encoder.encode_view`` that also shows an ``ExposedView``: every source re-exposed first."""
+    if isinstance(view, ExposedView):
+        sources = [images.Transformed(s, functools.partial(exposed, exposure=view.exposure), f"exposed {view.exposure}")
+                   for s in sources]
+        view = View(view.op, view.zoom)
+    return _ENCODE_VIEW(self, sources, view, timings)
 
 
 def jitter_with(values: np.ndarray, rng: np.random.Generator, gamma_range: tuple[float, float],
@@ -689,7 +731,7 @@ def fitted_per_fold(name: str, params: dict[str, Any], X: list[str], y: np.ndarr
     if refused:
         raise SystemExit(f"{name}: {sorted(refused)} are benchmark-only settings, not estimator parameters; they "
                          "cannot be fitted per fold")
-    params = {k: v for k, v in params.items() if k != "stretch"}  # set by the caller (variant_knobs)
+    params = {k: v for k, v in params.items() if k not in ("stretch", "exposure_views")}  # set by variant_knobs
     t0 = time.perf_counter()
     loso = cross_validate(FastVLAD(**params), X, y, split=series, split_name="series", refit="all")
     acc = {f["held_out"]: f["accuracy"] for f in loso.per_fold()}
