@@ -1,0 +1,178 @@
+"""Which heads keep their answers under an acquisition change, on new series and on seen ones.
+
+    python benchmarks/head_check.py [--data ../shared/datasets/nanofiber-sem] [--seeds 0 1] [--out heads.md]
+
+For each seed, the default estimator's codes are computed once (``evaluate.encode_images``: one
+codebook shared by the folds, the jittered zoomed copies, the mirror views) and so are the codes of
+the shift check's 200 images (``evaluate.stratified_rows`` at seed 0, as ``shift_check`` draws them)
+under every change of ``intensity.SHIFTS`` and the control, at both views. Each head is then fitted per
+fold on the same codes, as ``cross_validate`` fits it (the training images and their copies, predicting
+the mean over the image and its mirror), under two splits:
+
+- leave-one-series-out: what a user sees on a new series (mean over the 8 held-out series);
+- grouped 5-fold: series seen at training (mean over the folds);
+
+and the 200 images are re-predicted under each change by the head of the fold that held them out:
+the share of predictions changed (``flipped``) and of the right ones made wrong (``lost``;
+``evaluate.changed_shares``). The ridge heads at alpha 20 with both splits reproduce
+``benchmarks/accuracy.py``'s default row (LOSO, grouped and its shift check) on the same codes.
+
+Heads: the ridge and logistic heads (``classifier.train_ridge``, ``train_logistic``, balanced
+weights as the default), and two that are not fastvlad options: the nearest class mean (cosine to
+each class's mean code, ``NearestMean``) and scikit-learn's shrinkage LDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastvlad import classifier, datasets, intensity
+from fastvlad.encoder import View
+from fastvlad.estimator import FastVLAD
+from fastvlad.evaluate import changed_shares, encode_images, folds, stratified_rows
+from fastvlad.images import Transformed
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nanofiber-sem"
+#: The shift check's sample (``evaluate.SHIFT_IMAGES`` images at seed 0, as ``benchmarks/accuracy.py``).
+SHIFT_IMAGES, SHIFT_SEED = 200, 0
+
+
+class NearestMean:
+    """The class whose mean code (unit length) is nearest in angle; probabilities a softmax of 20× the
+    cosines (only their order matters here)."""
+
+    def __init__(self, codes: np.ndarray, y: np.ndarray, n_classes: int) -> None:
+        means = np.stack([codes[y == c].mean(axis=0) for c in range(n_classes)])
+        self.means = means / np.linalg.norm(means, axis=1, keepdims=True)
+
+    def predict_proba(self, codes: np.ndarray) -> np.ndarray:
+        s = 20.0 * (codes @ self.means.T)
+        e = np.exp(s - s.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+class ShrinkageLDA:
+    """scikit-learn's ``LinearDiscriminantAnalysis`` (lsqr, Ledoit–Wolf shrinkage)."""
+
+    def __init__(self, codes: np.ndarray, y: np.ndarray, n_classes: int) -> None:
+        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+        self.lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(codes, y)
+
+    def predict_proba(self, codes: np.ndarray) -> np.ndarray:
+        return self.lda.predict_proba(codes)
+
+
+def ridge(codes: np.ndarray, y: np.ndarray, n_classes: int, alpha: float) -> Any:
+    """The ridge head as the estimator fits it (balanced weights)."""
+    return classifier.train_ridge(codes, y, n_classes, alpha, classifier.balanced_weights(y, n_classes))
+
+
+def logistic(codes: np.ndarray, y: np.ndarray, n_classes: int, C: float) -> Any:
+    """The logistic head as the estimator fits it (balanced weights, seed 0)."""
+    return classifier.train_logistic(codes, y, n_classes, C, 0, classifier.balanced_weights(y, n_classes))
+
+
+Head = Callable[[np.ndarray, np.ndarray, int], Any]  # (codes, labels in [0, n_classes), n_classes) → .predict_proba
+HEADS: dict[str, Head] = {
+    "ridge, alpha 5": functools.partial(ridge, alpha=5.0),
+    "ridge, alpha 20 (the default)": functools.partial(ridge, alpha=20.0),
+    "ridge, alpha 80": functools.partial(ridge, alpha=80.0),
+    "ridge, alpha 320": functools.partial(ridge, alpha=320.0),
+    "logistic, C 1": functools.partial(logistic, C=1.0),
+    "logistic, C 100": functools.partial(logistic, C=100.0),
+    "nearest class mean (cosine)": NearestMean,
+    "shrinkage LDA": ShrinkageLDA,
+}
+
+
+def changed_codes(cs: Any, X: list[str], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Per change: ``(2, len(rows), D)`` float32, the changed images' own codes and their mirror's."""
+    out = {}
+    for name, fn in {**intensity.SHIFTS, **intensity.CONTROLS}.items():
+        sources = [Transformed(X[int(r)], fn, name) for r in rows]
+        out[name] = np.stack([cs.encoder.encode(sources).rows(len(sources)),
+                              cs.encoder.encode_view(sources, View(1)).rows(len(sources))])
+    return out
+
+
+def scored(head: Head, cs: Any, y: np.ndarray, fold: np.ndarray, rows: np.ndarray,
+           changed: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Mean accuracy over the folds, and per change its shares (``changed_shares``) on ``rows``."""
+    classes, yi = np.unique(y, return_inverse=True)
+    pred = np.empty(len(y), dtype=object)
+    heads = {}
+    for f in np.unique(fold):
+        train, test = fold != f, fold == f
+        copies = np.isin(cs.augmented_of, np.flatnonzero(train))
+        h = head(np.concatenate([cs.codes[train], cs.augmented[copies]]),
+                 np.concatenate([yi[train], yi[cs.augmented_of[copies]]]), len(classes))
+        pred[test] = classes[(h.predict_proba(cs.codes[test]) + h.predict_proba(cs.views[0][test])).argmax(axis=1)]
+        heads[f] = h
+    shifts = {}
+    for name, (own, mirror) in changed.items():
+        after = np.empty(len(rows), dtype=object)
+        for f in np.unique(fold[rows]):
+            at = np.flatnonzero(fold[rows] == f)
+            after[at] = classes[(heads[f].predict_proba(own[at]) + heads[f].predict_proba(mirror[at])).argmax(axis=1)]
+        shifts[name] = changed_shares(y[rows], pred[rows].astype(str), after.astype(str))
+    acquisition = {n: s for n, s in shifts.items() if n not in intensity.CONTROLS}
+    return {"accuracy": float(np.mean([np.mean(pred[fold == f] == y[fold == f]) for f in np.unique(fold)])),
+            "shift": shifts, "max_flip": max(s["flipped"] for s in acquisition.values()),
+            "mean_flip": float(np.mean([s["flipped"] for s in acquisition.values()])),
+            "max_lost": max(s["lost"] for s in acquisition.values())}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--out", type=Path, default=None, help="write the Markdown tables here")
+    args = ap.parse_args(argv)
+    if not (args.data / "manifest.csv").is_file():
+        sys.exit(f"no dataset at {args.data} (see ../shared/datasets/README.md)")
+    ds = datasets.load(args.data)
+    X = [str(p) for p in ds.paths]
+    y, groups = np.asarray(ds.y).astype(str), np.asarray(ds.groups).astype(str)
+    series = np.asarray(ds.column("series")).astype(str)
+    loso_fold = np.unique(series, return_inverse=True)[1]
+    rows = stratified_rows(np.array([f"{s}\x00{c}" for s, c in zip(series, y)]), SHIFT_IMAGES, SHIFT_SEED)
+    lines = [f"`python benchmarks/head_check.py {' '.join(argv if argv is not None else sys.argv[1:])}` — "
+             f"{platform.node()}, {time.strftime('%Y-%m-%d %H:%M')}", ""]
+    for seed in args.seeds:
+        t = time.perf_counter()
+        cs = encode_images(FastVLAD(random_state=seed), X)
+        if len(cs.indices) != len(X):
+            sys.exit("every image must read")
+        changed = changed_codes(cs, X, rows)
+        print(f"seed {seed}: encoded in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+        splits = {"leave-one-series-out": loso_fold, "grouped 5-fold": folds(y, groups, 5, seed, None)}
+        names = list(changed)
+        lines += [f"Seed {seed}: accuracy, then the share of the 200 images' predictions each change flips.", "",
+                  "| head | split | accuracy | max flip | mean flip | max right→wrong | "
+                  + " | ".join(names) + " |", "|---|---|---|---|---|---|" + "---|" * len(names)]
+        for head_name, head in HEADS.items():
+            for split_name, fold in splits.items():
+                r = scored(head, cs, y, fold, rows, changed)
+                lines.append(f"| {head_name} | {split_name} | {r['accuracy']:.3f} | {r['max_flip']:.3f} | "
+                             f"{r['mean_flip']:.3f} | {r['max_lost']:.3f} | "
+                             + " | ".join(f"{r['shift'][n]['flipped']:.3f}" for n in names) + " |")
+                print(lines[-1], file=sys.stderr, flush=True)
+        lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
