@@ -1,6 +1,5 @@
 """The classifier on VLAD codes: XGBoost ``multi:softprob``, ``hist`` (the paper's kind of head), or a
-linear head (``LinearHead``): a multinomial logistic regression, a ridge classifier, or the nearest
-class mean.
+linear head (``LinearHead``): a multinomial logistic regression or a ridge classifier.
 
 XGBoost's defaults mirror scikit-learn's ``GradientBoostingClassifier()`` that the paper used:
 100 rounds, depth 3, learning rate 0.1.
@@ -98,7 +97,7 @@ def from_bytes(data: bytes):  # type: ignore[no-untyped-def]
 
 # -- the linear head ------------------------------------------------------------------------------
 #: The heads that are a ``LinearHead`` (saved as ``linear.npy``); the rest is XGBoost.
-LINEAR = ("logistic", "ridge", "centroid")
+LINEAR = ("logistic", "ridge")
 
 
 @dataclass(frozen=True)
@@ -135,11 +134,9 @@ class LinearHead:
 def train_linear(model: Any, codes: np.ndarray, y: np.ndarray, n_classes: int,
                  weights: np.ndarray | None = None) -> LinearHead:
     """Fit the linear head of an estimator's parameters (``FastVLAD``: ``classifier`` in ``LINEAR``,
-    its ``C`` or ``alpha``, ``random_state``; the centroid head has no parameter) on codes ``(n, dim)`` and labels ``(n,)`` in [0, n_classes)."""
+    its ``C`` or ``alpha``, ``random_state``) on codes ``(n, dim)`` and labels ``(n,)`` in [0, n_classes)."""
     if model.classifier == "ridge":
         return train_ridge(codes, y, n_classes, float(model.alpha), weights)
-    if model.classifier == "centroid":
-        return train_centroid(codes, y, n_classes)
     return train_logistic(codes, y, n_classes, float(model.C), int(model.random_state), weights)
 
 
@@ -170,24 +167,3 @@ def train_ridge(codes: np.ndarray, y: np.ndarray, n_classes: int, alpha: float,
         # class 0's own score, as with more classes, is −s
         coef, intercept = np.vstack([-coef, coef]), np.concatenate([-intercept, intercept])
     return LinearHead(coef.astype(np.float32), intercept.astype(np.float32))
-
-
-#: The centroid head's softmax scale: its scores are cosines (in [−1, 1]), whose differences between
-#: classes are a few hundredths; ×20 keeps the mean over views from being all but uniform.
-CENTROID_SCALE = 20.0
-
-
-def train_centroid(codes: np.ndarray, y: np.ndarray, n_classes: int) -> LinearHead:
-    """The nearest class mean on codes ``(n, dim)`` (unit length, as fastvlad's codes are) and integer
-    labels ``(n,)`` in [0, n_classes): each class's mean code scaled to unit length, scores the cosine
-    to each (times ``CENTROID_SCALE``), no intercept. Class sizes do not weigh on it, nor a seed. On new
-    material series it kept more answers under an acquisition change than the ridge head, at about
-    its leave-series-out accuracy but lower on series seen at training (ACCURACY.md, run 62)."""
-    means = np.zeros((n_classes, codes.shape[1]), dtype=np.float64)
-    for c in range(n_classes):
-        members = codes[y == c]
-        if len(members):
-            means[c] = members.mean(axis=0, dtype=np.float64)
-    norms = np.linalg.norm(means, axis=1, keepdims=True)
-    coef = np.divide(means, norms, out=np.zeros_like(means), where=norms > 0) * CENTROID_SCALE
-    return LinearHead(coef.astype(np.float32), np.zeros(n_classes, dtype=np.float32))

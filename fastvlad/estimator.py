@@ -62,8 +62,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     - ``classifier="ridge"`` (``alpha=20``, ``class_weight="balanced"``): a ridge classifier on the
       codes (least squares onto ±1 targets per class; ``predict_proba`` is a softmax of its scores,
       which orders the classes but is not calibrated); ``"logistic"`` (``C=100``) a multinomial
-      logistic regression, the default before ACCURACY.md's run 31; ``"centroid"`` the nearest class
-      mean (cosine to each class's mean code; no parameter; run 62); ``"xgboost"`` the paper's kind
+      logistic regression, the default before ACCURACY.md's run 31; ``"xgboost"`` the paper's kind
       of head (``n_estimators``, ``max_depth``, ``learning_rate``, ``max_bin``, ``colsample_bynode``,
       ``subsample``, ``min_child_weight``);
     - ``zoom=(1.2,)``, ``zoom_jitter=True``: the head also learns from every training image

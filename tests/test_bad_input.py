@@ -490,7 +490,7 @@ def test_transform_works_or_is_a_fastvlad_error(vgg16_path: Path, X: object, ski
     ({"colsample_bynode": 1.5}, "colsample_bynode=1.5"),
     ({"subsample": 0}, "subsample=0"),
     ({"min_child_weight": -1}, "min_child_weight=-1"),
-    ({"classifier": "svm"}, r"classifier='svm' is unknown; use one of \('xgboost', 'logistic', 'ridge', 'centroid'\)"),
+    ({"classifier": "svm"}, r"classifier='svm' is unknown; use one of \('xgboost', 'logistic', 'ridge'\)"),
     ({"alpha": 0}, r"alpha=0: must be a number > 0 \(the ridge head's L2 strength\)"),
     ({"alpha": float("inf")}, "alpha=inf"),
     ({"points": "grid"}, r"points='grid' is unknown; use one of \('per_image', 'shared'\)"),

@@ -221,7 +221,7 @@ def _busy_worker(client: Client, deadline: float) -> str:
     raise AssertionError("no worker started an encoding task within 30 s")
 
 
-@pytest.mark.parametrize("head", ["logistic", "ridge", "centroid", "xgboost"])
+@pytest.mark.parametrize("head", ["logistic", "ridge", "xgboost"])
 def test_class_weights_reach_the_cluster_head(client: Client, data: tuple[list[str], np.ndarray], head: str) -> None:
     """``class_weight="balanced"`` on classes of unequal size: the cluster's head must weigh the
     images as the local one does (on equal classes every weight is 1 and cannot tell)."""

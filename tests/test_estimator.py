@@ -206,24 +206,6 @@ def test_ridge_head_is_scikit_learns_ridge_classifier(n_classes: int) -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
 
 
-def test_centroid_head_is_the_nearest_class_mean_by_angle() -> None:
-    """``classifier="centroid"``: each image gets the class whose mean code is nearest in angle (a
-    plain NumPy reference), whatever the class sizes and the codes' scale; ties of nothing, no seed."""
-    rng = np.random.default_rng(2)
-    centres = rng.normal(size=(3, 20))
-    y = np.repeat([0, 1, 2], [40, 5, 15])  # unequal classes: the mean ignores their sizes
-    codes = (centres[y] + 0.8 * rng.normal(size=(len(y), 20))).astype(np.float32)
-    codes /= np.linalg.norm(codes, axis=1, keepdims=True)
-    head = FastVLAD(classifier="centroid").fit_codes(codes, y).head_
-    means = np.stack([codes[y == c].mean(axis=0) for c in range(3)])
-    test = rng.normal(size=(50, 20)).astype(np.float32)
-    cos = (test @ means.T) / np.linalg.norm(means, axis=1)
-    np.testing.assert_array_equal(head.predict_proba(test).argmax(axis=1), cos.argmax(axis=1))
-    np.testing.assert_allclose(head.margin(test), 20.0 * cos, rtol=1e-4, atol=1e-4)
-    again = FastVLAD(classifier="centroid", random_state=7, alpha=1.0).fit_codes(codes, y).head_
-    np.testing.assert_array_equal(again.to_array(), head.to_array())
-
-
 def test_xgboost_regularisation_reaches_the_booster() -> None:
     """``subsample`` and ``min_child_weight`` are passed to XGBoost and change the trees."""
     from fastvlad import classifier

@@ -324,8 +324,8 @@ def test_a_model_file_from_before_these_options_loads_as_it_was_trained(tmp_path
             old.tta, old.tta_zoom, old.points) == ("none", "squash", "xgboost", None, 0, (), False, 0, (), "per_image")
 
 
-# -- the linear heads (logistic, ridge, centroid) ------------------------------------------------------
-@pytest.fixture(scope="module", params=["logistic", "ridge", "centroid"])
+# -- the linear heads (logistic, ridge) -----------------------------------------------------------------
+@pytest.fixture(scope="module", params=["logistic", "ridge"])
 def linear(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.ndarray],
            request: pytest.FixtureRequest) -> FastVLAD:
     images, labels = small_demo

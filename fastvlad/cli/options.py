@@ -30,8 +30,8 @@ POINTS = typer.Option(None, metavar="[per_image|shared]", help="How each image's
                       "so a change of gray levels keeps the points).")
 NORMALIZE = typer.Option(None, metavar="[stretch|equalize|clahe|none]", help="Gray levels before the CNN: stretch "
                          "(1st–99th percentile → 0..255; default), equalize, clahe or none (--faithful).")
-CLASSIFIER = typer.Option(None, metavar="[ridge|logistic|centroid|xgboost]", help="The head on the codes: ridge "
-                          "(default), logistic, centroid (the nearest class mean) or xgboost (--faithful).")
+CLASSIFIER = typer.Option(None, metavar="[ridge|logistic|xgboost]", help="The head on the codes: ridge (default), "
+                          "logistic or xgboost (--faithful).")
 AUGMENT = typer.Option(None, metavar="N", help="Augmented copies (flips, gain, offset, gamma) of every training image "
                        "given to the classifier (default 0).")
 ALPHA = typer.Option(None, "--alpha", metavar="A", help="The ridge head's L2 strength (default 20; with --zoom "
