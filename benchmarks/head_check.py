@@ -19,8 +19,9 @@ the share of predictions changed (``flipped``) and of the right ones made wrong 
 
 Heads: the ridge and logistic heads (``classifier.train_ridge``, ``train_logistic``, balanced
 weights as the default), and the nearest class mean (cosine to each class's mean code,
-``NearestMean``; ``classifier="centroid"`` since run 62). scikit-learn's shrinkage LDA was dropped
-after its first split (ACCURACY.md run 62: 0.520 leave-series-out, minutes per fold).
+``NearestMean``; not an option: fitted per fold it was no steadier, ACCURACY.md run 63).
+scikit-learn's shrinkage LDA was dropped after its first split (run 62: 0.520 leave-series-out,
+minutes per fold).
 """
 
 from __future__ import annotations
