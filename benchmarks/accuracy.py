@@ -35,8 +35,9 @@ divides each tap or channel by its mean over the image (``TapNormalized``), one 
 ``stretch_at_input`` stretches the resized image instead of the image at its own resolution
 (``stretched_after_resize``), one with ``pre_blur`` (σ px) stretches the image blurred first
 (``stretch_of_blurred``), and one with
-``jitter_blur_noise`` also blurs and noises the augmented copies (``variant_knobs``): how such settings
-were measured without becoming parameters. A variant with ``head_on_views`` fits the logistic head on every training image's
+``jitter_blur_noise`` also blurs and noises the augmented copies, and one with ``exposure_views`` (n)
+averages at predict over n more views, each re-exposed, blurred and noised by a seeded draw
+(``ExposedView``) (``variant_knobs``): how such settings were measured without becoming parameters. A variant with ``head_on_views`` fits the logistic head on every training image's
 flips too, the views it averages at predict (``head_on_views``).
 """
 
