@@ -291,6 +291,11 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     # shift check's changes are (``exposure_views``; one CNN pass each): a decision smoothed along
     # the very directions the changes move an image should move fewer answers across.
     ("the ridge head, alpha 20, zoom 1.2 jittered, 4 exposed views", dict(DEFAULT_51, exposure_views=4), True),
+    # Run 66: the resize's filter (``resample``): blur σ = 1 px moves the 112-px input least of the
+    # changes but the deepest tap most per unit (run 65); how much of the tile's fine texture reaches
+    # the input is the filter's to decide.
+    *((f"the ridge head, alpha 20, zoom 1.2 jittered, resample {r}", dict(DEFAULT_51, resample=r), True)
+      for r in ("bicubic", "lanczos")),
 ]
 #: Every variant before run 40 was measured without zoomed views at predict.
 BEFORE_RUN_40: dict[str, Any] = {"tta_zoom": ()}
