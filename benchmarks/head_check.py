@@ -4,7 +4,7 @@
 
 For each seed, the default estimator's codes are computed once (``evaluate.encode_images``: one
 codebook shared by the folds, the jittered zoomed copies, the mirror views) and so are the codes of
-the shift check's 200 images (``evaluate.stratified_rows`` at seed 0, as ``shift_check`` draws them)
+the shift check's 200 images (``evaluate.shift_sample`` at seed 0, as ``shift_check`` draws them)
 under every change of ``intensity.SHIFTS`` and the control, at both views. Each head is then fitted per
 fold on the same codes, as ``cross_validate`` fits it (the training images and their copies, predicting
 the mean over the image and its mirror), under two splits:
@@ -40,7 +40,7 @@ import numpy as np
 from fastvlad import classifier, datasets, intensity
 from fastvlad.encoder import View
 from fastvlad.estimator import FastVLAD
-from fastvlad.evaluate import changed_shares, encode_images, folds, stratified_rows
+from fastvlad.evaluate import changed_shares, encode_images, folds, shift_sample
 from fastvlad.images import Transformed
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nanofiber-sem"
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     y, groups = np.asarray(ds.y).astype(str), np.asarray(ds.groups).astype(str)
     series = np.asarray(ds.column("series")).astype(str)
     loso_fold = np.unique(series, return_inverse=True)[1]
-    rows = stratified_rows(np.array([f"{s}\x00{c}" for s, c in zip(series, y)]), SHIFT_IMAGES, SHIFT_SEED)
+    rows = shift_sample(series, y, SHIFT_IMAGES, SHIFT_SEED)
     lines = [f"`python benchmarks/head_check.py {' '.join(argv if argv is not None else sys.argv[1:])}` — "
              f"{platform.node()}, {time.strftime('%Y-%m-%d %H:%M')}", ""]
     for seed in args.seeds:

@@ -2,7 +2,7 @@
 
     python benchmarks/tap_shift.py [--data ../shared/datasets/nanofiber-sem] [--images 200]
 
-The shift check's images (``evaluate.stratified_rows`` at seed 0, stratified by series and class) are
+The shift check's images (``evaluate.shift_sample`` at seed 0, stratified by series and class) are
 prepared as the default encoder prepares them (stretch, 112 px short side) clean and under every
 change of ``intensity.SHIFTS``; per image and tap, the change's relative size is
 ``‖tap(changed) − tap(clean)‖ / ‖tap(clean)‖`` over the whole map (the same positions: no points
@@ -23,7 +23,7 @@ import numpy as np
 from fastvlad import datasets, intensity
 from fastvlad.encoder import Encoder
 from fastvlad.estimator import FastVLAD
-from fastvlad.evaluate import stratified_rows
+from fastvlad.evaluate import shift_sample
 from fastvlad.images import AnySource, Transformed
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nanofiber-sem"
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"no dataset at {args.data} (see ../shared/datasets/README.md)")
     ds = datasets.load(args.data)
     y, series = np.asarray(ds.y).astype(str), np.asarray(ds.column("series")).astype(str)
-    rows = stratified_rows(np.array([f"{s}\x00{c}" for s, c in zip(series, y)]), args.images, 0)
+    rows = shift_sample(series, y, args.images, 0)
     X = [str(ds.paths[int(r)]) for r in rows]
     encoder = Encoder.of(FastVLAD())
     clean = inputs_and_taps(encoder, list(X))

@@ -459,6 +459,13 @@ def stratified_rows(strata: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.lexsort((tie, key))[:n])
 
 
+def shift_sample(groups: np.ndarray, y_true: np.ndarray, n_images: int | None, seed: int) -> np.ndarray:
+    """The rows the shift check re-predicts: ``n_images`` of them (None: every row), stratified by
+    group and class (``groups``, ``y_true``: ``(n,)``) with ``stratified_rows``; sorted ``(≤ n,)`` int64."""
+    strata = np.array([f"{g}\x00{c}" for g, c in zip(np.asarray(groups).tolist(), np.asarray(y_true).tolist())])
+    return stratified_rows(strata, len(strata) if n_images is None else n_images, seed)
+
+
 def changed_predictions(result: CVResult, sources: list[Transformed],
                         rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each changed image (one per row of ``rows``) predicted by the fold that held its row out —
@@ -544,8 +551,7 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
         raise ParameterError(f"n_images={n_images}: give at least 1 (or None for every image)")
     shifts = {**intensity.SHIFTS, **intensity.CONTROLS} if shifts is None else shifts
     groups = result.row_groups if result.row_groups is not None else np.full(len(result.y_true), "")
-    strata = np.array([f"{g}\x00{c}" for g, c in zip(groups.tolist(), result.y_true.tolist())])
-    rows = stratified_rows(strata, len(strata) if n_images is None else n_images, random_state)
+    rows = shift_sample(groups, result.y_true, n_images, random_state)
     t0 = time.perf_counter()
     changes = []
     for name, fn in shifts.items():
