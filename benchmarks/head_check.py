@@ -7,7 +7,7 @@ codebook shared by the folds, the jittered zoomed copies, the mirror views) and 
 the shift check's 200 images (``evaluate.shift_sample`` at seed 0, as ``shift_check`` draws them)
 under every change of ``intensity.SHIFTS`` and the control, at both views. Each head is then fitted per
 fold on the same codes, as ``cross_validate`` fits it (the training images and their copies, predicting
-the mean over the image and its mirror), under two splits:
+the mean over the estimator's views, the image and its mirror), under two splits:
 
 - leave-one-series-out: what a user sees on a new series (mean over the 8 held-out series);
 - grouped 5-fold: series seen at training (mean over the folds);
@@ -17,7 +17,7 @@ the share of predictions changed (``flipped``) and of the right ones made wrong 
 ``evaluate.changed_shares``). The ridge heads at alpha 20 with both splits reproduce
 ``benchmarks/accuracy.py``'s default row (LOSO, grouped and its shift check) on the same codes.
 
-Heads: the ridge and logistic heads (``classifier.train_ridge``, ``train_logistic``, balanced
+Heads: the ridge and logistic heads as the estimator fits them (``FastVLAD.fit_codes``: balanced
 weights as the default), and the nearest class mean (cosine to each class's mean code,
 ``NearestMean``; not an option: fitted per fold it was no steadier, ACCURACY.md run 63).
 scikit-learn's shrinkage LDA was dropped after its first split (run 62: 0.520 leave-series-out,
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from fastvlad import classifier, datasets, intensity
+from fastvlad import datasets, intensity
 from fastvlad.encoder import View
 from fastvlad.estimator import FastVLAD
 from fastvlad.evaluate import changed_shares, encode_images, folds, shift_sample
@@ -62,40 +62,41 @@ class NearestMean:
         return e / e.sum(axis=1, keepdims=True)
 
 
-def ridge(codes: np.ndarray, y: np.ndarray, n_classes: int, alpha: float) -> Any:
-    """The ridge head as the estimator fits it (balanced weights)."""
-    return classifier.train_ridge(codes, y, n_classes, alpha, classifier.balanced_weights(y, n_classes))
-
-
-def logistic(codes: np.ndarray, y: np.ndarray, n_classes: int, C: float) -> Any:
-    """The logistic head as the estimator fits it (balanced weights, seed 0)."""
-    return classifier.train_logistic(codes, y, n_classes, C, 0, classifier.balanced_weights(y, n_classes))
+def estimator_head(codes: np.ndarray, y: np.ndarray, n_classes: int, **params: Any) -> Any:
+    """The head ``FastVLAD(**params).fit_codes`` fits (balanced weights and seed as the estimator's)."""
+    return FastVLAD(**params).fit_codes(codes, y).head_
 
 
 Head = Callable[[np.ndarray, np.ndarray, int], Any]  # (codes, labels in [0, n_classes), n_classes) → .predict_proba
 HEADS: dict[str, Head] = {
-    "ridge, alpha 5": functools.partial(ridge, alpha=5.0),
-    "ridge, alpha 20 (the default)": functools.partial(ridge, alpha=20.0),
-    "ridge, alpha 80": functools.partial(ridge, alpha=80.0),
-    "ridge, alpha 320": functools.partial(ridge, alpha=320.0),
-    "logistic, C 1": functools.partial(logistic, C=1.0),
-    "logistic, C 100": functools.partial(logistic, C=100.0),
+    "ridge, alpha 5": functools.partial(estimator_head, classifier="ridge", alpha=5.0),
+    "ridge, alpha 20 (the default)": functools.partial(estimator_head, classifier="ridge", alpha=20.0),
+    "ridge, alpha 80": functools.partial(estimator_head, classifier="ridge", alpha=80.0),
+    "ridge, alpha 320": functools.partial(estimator_head, classifier="ridge", alpha=320.0),
+    "logistic, C 1": functools.partial(estimator_head, classifier="logistic", C=1.0),
+    "logistic, C 100": functools.partial(estimator_head, classifier="logistic", C=100.0),
     "nearest class mean (cosine)": NearestMean,
 }
 
 
-def changed_codes(cs: Any, X: list[str], rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Per change: ``(2, len(rows), D)`` float32, the changed images' own codes and their mirror's."""
+def changed_codes(cs: Any, X: list[str], rows: np.ndarray, views: list[View]) -> dict[str, list[np.ndarray]]:
+    """Per change: the changed images' codes ``(len(rows), D)`` float32 under each of ``views`` (the
+    estimator's, the image itself first)."""
     out = {}
     for name, fn in {**intensity.SHIFTS, **intensity.CONTROLS}.items():
         sources = [Transformed(X[int(r)], fn, name) for r in rows]
-        out[name] = np.stack([cs.encoder.encode(sources).rows(len(sources)),
-                              cs.encoder.encode_view(sources, View(1)).rows(len(sources))])
+        out[name] = [cs.encoder.encode(sources).rows(len(sources)),
+                     *(cs.encoder.encode_view(sources, v).rows(len(sources)) for v in views[1:])]
     return out
 
 
+def predicted(head: Any, classes: np.ndarray, views: list[np.ndarray]) -> np.ndarray:
+    """The class of the mean probability over an image's views (each ``(m, D)``): ``(m,)``."""
+    return classes[sum(head.predict_proba(v) for v in views).argmax(axis=1)]
+
+
 def scored(head: Head, cs: Any, y: np.ndarray, fold: np.ndarray, rows: np.ndarray,
-           changed: dict[str, np.ndarray]) -> dict[str, Any]:
+           changed: dict[str, list[np.ndarray]]) -> dict[str, Any]:
     """Mean accuracy over the folds, and per change its shares (``changed_shares``) on ``rows``."""
     classes, yi = np.unique(y, return_inverse=True)
     pred = np.empty(len(y), dtype=object)
@@ -103,16 +104,15 @@ def scored(head: Head, cs: Any, y: np.ndarray, fold: np.ndarray, rows: np.ndarra
     for f in np.unique(fold):
         train, test = fold != f, fold == f
         copies = np.isin(cs.augmented_of, np.flatnonzero(train))
-        h = head(np.concatenate([cs.codes[train], cs.augmented[copies]]),
-                 np.concatenate([yi[train], yi[cs.augmented_of[copies]]]), len(classes))
-        pred[test] = classes[(h.predict_proba(cs.codes[test]) + h.predict_proba(cs.views[0][test])).argmax(axis=1)]
-        heads[f] = h
+        heads[f] = head(np.concatenate([cs.codes[train], cs.augmented[copies]]),
+                        np.concatenate([yi[train], yi[cs.augmented_of[copies]]]), len(classes))
+        pred[test] = predicted(heads[f], classes, [cs.codes[test], *(v[test] for v in cs.views)])
     shifts = {}
-    for name, (own, mirror) in changed.items():
+    for name, views in changed.items():
         after = np.empty(len(rows), dtype=object)
         for f in np.unique(fold[rows]):
             at = np.flatnonzero(fold[rows] == f)
-            after[at] = classes[(heads[f].predict_proba(own[at]) + heads[f].predict_proba(mirror[at])).argmax(axis=1)]
+            after[at] = predicted(heads[f], classes, [v[at] for v in views])
         shifts[name] = changed_shares(y[rows], pred[rows].astype(str), after.astype(str))
     acquisition = {n: s for n, s in shifts.items() if n not in intensity.CONTROLS}
     return {"accuracy": float(np.mean([np.mean(pred[fold == f] == y[fold == f]) for f in np.unique(fold)])),
@@ -139,10 +139,11 @@ def main(argv: list[str] | None = None) -> None:
              f"{platform.node()}, {time.strftime('%Y-%m-%d %H:%M')}", ""]
     for seed in args.seeds:
         t = time.perf_counter()
-        cs = encode_images(FastVLAD(random_state=seed), X)
+        est = FastVLAD(random_state=seed)
+        cs = encode_images(est, X)
         if len(cs.indices) != len(X):
             sys.exit("every image must read")
-        changed = changed_codes(cs, X, rows)
+        changed = changed_codes(cs, X, rows, est.views())
         print(f"seed {seed}: encoded in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
         splits = {"leave-one-series-out": loso_fold, "grouped 5-fold": folds(y, groups, 5, seed, None)}
         names = list(changed)
