@@ -296,6 +296,10 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     # the input is the filter's to decide.
     *((f"the ridge head, alpha 20, zoom 1.2 jittered, resample {r}", dict(DEFAULT_51, resample=r), True)
       for r in ("bicubic", "lanczos")),
+    # Run 68: soft assignment (``softness``): benchmarks/vlad_check.py (run 67) found it steadier and
+    # more accurate on new series on one set of points per seed; here the whole encoding, seeds 0–4.
+    *((f"the ridge head, alpha 20, zoom 1.2 jittered, softness {b:g}{s}", dict(DEFAULT_51, softness=b, random_state=seed),
+       False) for b in (10.0,) for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"), (3, ", seed 3"), (4, ", seed 4"))),
 ]
 #: Every variant before run 40 was measured without zoomed views at predict.
 BEFORE_RUN_40: dict[str, Any] = {"tta_zoom": ()}
@@ -316,7 +320,7 @@ BENCHMARK_ONLY = ("scales", "pooled_scales", "early_stopping", "head_on_views", 
 #: Parameters that decide the codes (the rest only decide the head).
 ENCODER_PARAMS = ("image_size", "aspect", "normalize", "density", "k", "pca", "whiten", "power", "intra",
                   "resample", "interpolation", "backbone", "taps", "codebook_images", "random_state", "precision",
-                  "calibration", "points", "zoom", "zoom_jitter")
+                  "calibration", "points", "zoom", "zoom_jitter", "softness")
 
 
 def estimators(params: dict[str, Any]) -> list[FastVLAD]:

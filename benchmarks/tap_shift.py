@@ -1,6 +1,6 @@
 """How far each acquisition change moves the network input and each CNN tap, before any sampling.
 
-    python benchmarks/tap_shift.py [--data ../shared/datasets/nanofiber-sem] [--images 200]
+    python benchmarks/tap_shift.py [--data ../shared/datasets/nanofiber-sem] [--images 200] [--backbone PATH]
 
 The shift check's images (``evaluate.shift_sample`` at seed 0, stratified by series and class) are
 prepared as the default encoder prepares them (stretch, 112 px short side) clean and under every
@@ -25,6 +25,7 @@ from fastvlad.encoder import Encoder
 from fastvlad.estimator import FastVLAD
 from fastvlad.evaluate import shift_sample
 from fastvlad.images import AnySource, Transformed
+from fastvlad.weights import VGG16_TAPS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nanofiber-sem"
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--backbone", default="vgg16", help="an ONNX file with VGG16's tap names (default: ours)")
     args = ap.parse_args(argv)
     if not (args.data / "manifest.csv").is_file():
         sys.exit(f"no dataset at {args.data} (see ../shared/datasets/README.md)")
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     y, series = np.asarray(ds.y).astype(str), np.asarray(ds.column("series")).astype(str)
     rows = shift_sample(series, y, args.images, 0)
     X = [str(ds.paths[int(r)]) for r in rows]
-    encoder = Encoder.of(FastVLAD())
+    encoder = Encoder.of(FastVLAD(backbone=args.backbone, taps=VGG16_TAPS))
     clean = inputs_and_taps(encoder, list(X))
     names = ["input", *encoder.cnn.taps]
     print("| change | " + " | ".join(names) + " |")

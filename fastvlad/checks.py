@@ -138,6 +138,8 @@ def parameters(est: Any, n_images: int | None = None) -> None:
     choice("classifier", est.classifier, CLASSIFIERS)
     choice("aspect", est.aspect, ASPECTS)
     choice("points", est.points, POINT_DRAWS)
+    if est.softness is not None:
+        real("softness", est.softness, 0, lo_open=True, hint=" (soft assignment's sharpness; None: the nearest centre only)")
     if est.class_weight not in (None, "balanced"):
         raise ParameterError(f"class_weight={est.class_weight!r}: use 'balanced' (every class weighs the same in "
                              "training, whatever its number of images) or None")

@@ -81,6 +81,7 @@ class EncoderSettings:
     normalize: str = "none"  # intensity normalisation before the CNN (intensity.NORMALIZATIONS)
     keep_aspect: bool = False  # image_size's side is the short side; the long one keeps the proportions
     points: str = "per_image"  # checks.POINT_DRAWS: seeded by each image's pixels, or shared per size
+    softness: float | None = None  # soft assignment to the centres (vlad.encode_soft); None: the nearest only
 
     @classmethod
     def of(cls, model: Any) -> EncoderSettings:
@@ -88,7 +89,8 @@ class EncoderSettings:
         return cls(model.density, checks.image_size(model.image_size), model.resample, model.interpolation,
                    model.intra, model.power, model.random_state, pca=int(model.pca) if model.pca else None,
                    whiten=bool(model.whiten), normalize=model.normalize,
-                   keep_aspect=model.aspect == "keep" and checks.one_side(model.image_size), points=model.points)
+                   keep_aspect=model.aspect == "keep" and checks.one_side(model.image_size), points=model.points,
+                   softness=float(model.softness) if model.softness is not None else None)
 
     @property
     def n_points(self) -> int:
@@ -389,11 +391,18 @@ class Encoder:
     def codes(self, taps: list[Any], points: Any, grid: tuple[int, int], centres: Any, proj: Projection | None,
               workspace: Workspace, timings: Timings) -> tuple[Any, Any]:
         """VLAD codes of a batch from its CNN taps ``(n, h_l, w_l, C_l)`` and points ``(n, S, 2)`` in ``grid``:
-        ``(n, k·dim)`` float32 (dim = p with ``proj``), and the labels ``(n·S,)`` int32 behind them,
-        on the backend's device (``centres`` and ``proj`` there too)."""
+        ``(n, k·dim)`` float32 (dim = p with ``proj``), and the labels ``(n·S,)`` int32 behind them (each
+        point's nearest centre, also with ``softness``), on the backend's device (``centres`` and ``proj``
+        there too)."""
         n, s = points.shape[:2]
         mode, settings = self.settings.interpolation, self.settings
-        if proj is not None:  # p-dim hypercolumns are small: gather them once for both stages
+        if settings.softness is not None:  # every point counts for every centre: the hypercolumns are needed whole
+            hc = self.hypercolumns(taps, points, grid, workspace, timings, proj)
+            t = time.perf_counter()
+            labels = codebook.nearest_per_image(hc, centres, self.backend)
+            t = timings.add("assign", t)
+            codes = vlad.encode_soft(hc, centres, settings.softness, settings.intra, settings.power, self.backend)
+        elif proj is not None:  # p-dim hypercolumns are small: gather them once for both stages
             hc = self.hypercolumns(taps, points, grid, workspace, timings, proj)
             t = time.perf_counter()
             labels = codebook.nearest_per_image(hc, centres, self.backend)

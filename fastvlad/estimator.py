@@ -31,14 +31,14 @@ FAITHFUL_PARAMS: dict[str, Any] = {
     "n_estimators": 100, "max_depth": 3, "learning_rate": 0.1, "max_bin": 256, "colsample_bynode": 1.0,
     "subsample": 1.0, "min_child_weight": 1.0,
     "classifier": "xgboost", "class_weight": None, "normalize": "none", "augment": 0, "zoom": (), "zoom_jitter": False,
-    "tta": 0, "tta_zoom": (), "points": "per_image",
+    "tta": 0, "tta_zoom": (), "points": "per_image", "softness": None,
 }
 #: Parameters added after model files were first written, with the values those files' models
 #: were trained with (a file without them means these, whatever today's defaults are).
 LEGACY_PARAMS: dict[str, Any] = {"aspect": "squash", "classifier": "xgboost", "C": 100.0, "class_weight": None,
                                  "normalize": "none", "augment": 0, "tta": 0, "precision": "fp32",
                                  "calibration": None, "points": "per_image", "zoom": (), "tta_zoom": (),
-                                 "zoom_jitter": False}
+                                 "zoom_jitter": False, "softness": None}
 
 
 class FastVLAD(ClassifierMixin, BaseEstimator):
@@ -86,6 +86,11 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     seeded by the seed and the image's pixels, so any change of the image draws them anew;
     "shared": one draw for every image of a size, so a change of gray levels keeps them.
 
+    ``softness``: None (the paper's) gives each point to its nearest centre; a number b gives it to
+    every centre j with weight ∝ exp(−b·(d²_j − d²_nearest)/u), u the codebook's median squared
+    distance between neighbouring centres (``vlad.encode_soft``), so a point near a border moves the
+    code a little instead of jumping between centres.
+
     ``precision``: the CNN's arithmetic (``quantize.py``). "fp32" (default); "fp16", a float16 copy
     of the graph for a GPU's tensor cores (float16 taps, widened exactly by every kernel); "int8",
     an int8 copy for the CPU, calibrated on ``calibration`` (None: a fixed set of demo micrographs;
@@ -116,7 +121,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                  class_weight: str | None = "balanced",
                  normalize: str = "stretch", augment: int = 0, zoom: Sequence[float] = (1.2,),
                  zoom_jitter: bool = True, tta: int = 1, tta_zoom: Sequence[float] = (),
-                 points: str = "per_image",
+                 points: str = "per_image", softness: float | None = None,
                  device: str = "auto", batch_size: int | None = None, fp16: bool = False,
                  precision: str = "fp32", calibration: str | None = None,
                  on_error: str = "raise", random_state: int = 0, scale_nm_per_px: float | None = None,
@@ -153,6 +158,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.tta = tta
         self.tta_zoom = tta_zoom
         self.points = points
+        self.softness = softness
         self.device = device
         self.batch_size = batch_size
         self.fp16 = fp16

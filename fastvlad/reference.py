@@ -93,6 +93,34 @@ def vlad(x: np.ndarray, centres: np.ndarray, intra: bool = True, power: bool = F
     return (flat / norm if norm > 0 else flat).astype(np.float32)
 
 
+def vlad_soft(x: np.ndarray, centres: np.ndarray, softness: float, intra: bool = True,
+              power: bool = False) -> np.ndarray:
+    """Soft-assignment VLAD of one image with a per-point loop, float64: (S, D) points → (k·D,) float32.
+
+    Unit u: the median over centres of the squared distance to the nearest other centre. Each
+    point's weight on centre j is exp(−softness·(d²_j − min d²)/u), normalised over j; the per-centre
+    sum of weighted residuals; then the normalisations of ``vlad``.
+    """
+    c = centres.astype(np.float64)
+    k, dim = c.shape
+    between = ((c[:, None, :] - c[None, :, :]) ** 2).sum(axis=-1)
+    np.fill_diagonal(between, np.inf)
+    unit = float(np.median(between.min(axis=1))) or 1.0
+    v = np.zeros((k, dim), dtype=np.float64)
+    for point in x.astype(np.float64):
+        d2 = ((point - c) ** 2).sum(axis=1)
+        w = np.exp(-softness * (d2 - d2.min()) / unit)
+        v += (w / w.sum())[:, None] * (point - c)
+    if power:
+        v = np.sign(v) * np.sqrt(np.abs(v))
+    if intra:
+        norms = np.linalg.norm(v, axis=1, keepdims=True)
+        v = np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
+    flat = v.ravel()
+    norm = np.linalg.norm(flat)
+    return (flat / norm if norm > 0 else flat).astype(np.float32)
+
+
 def minibatch_kmeans_sklearn(point_sets: Sequence[np.ndarray], k: int, random_state: int = 0) -> np.ndarray:
     """The paper's codebook: scikit-learn ``MiniBatchKMeans``, ``partial_fit`` one image at a time."""
     from sklearn.cluster import MiniBatchKMeans

@@ -22,7 +22,7 @@ from .backends.cpu import CPU
 from .errors import ParameterError
 
 NORMALISATIONS = ("intra", "power")
-__all__ = ["encode", "encode_from_taps", "normalise", "residual_sums"]
+__all__ = ["encode", "encode_from_taps", "encode_soft", "normalise", "residual_sums", "soft_weights", "spacing"]
 
 
 def _check(x: Any, labels: Any, centres: Any) -> None:
@@ -49,6 +49,53 @@ def encode(x: Any, labels: Any, centres: Any, intra: bool = True, power: bool = 
     """VLAD codes: ``(n, S, dim)`` points with their labels ``(n, S)`` → ``(n, k·dim)`` float32."""
     _check(x, labels, centres)
     return backend.vlad(x, labels, centres, intra, power)
+
+
+def spacing(centres: np.ndarray) -> float:
+    """The codebook's unit of squared distance for ``soft_weights``: the median over centres ``(k, dim)``
+    of the squared distance to the nearest other centre (float64, on the host)."""
+    c = np.asarray(centres, dtype=np.float64)
+    if c.ndim != 2 or len(c) < 2:
+        raise ParameterError(f"centres {tuple(c.shape)} must be (k, dim) with k >= 2")
+    sq = (c * c).sum(axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (c @ c.T), 0.0)
+    np.fill_diagonal(d2, np.inf)
+    unit = float(np.median(d2.min(axis=1)))
+    return unit if unit > 0 else 1.0  # coincident centres: any unit serves, the weights tie anyway
+
+
+def soft_weights(x: Any, centres: Any, softness: float, unit: float, backend: Backend = CPU) -> Any:
+    """Each point's weight on each centre, ``exp(−softness·(d²_j − min d²) / unit)`` normalised over
+    the centres: x ``(n, S, dim)``, centres ``(k, dim)`` → ``(n, S, k)`` float32 (rows sum to 1;
+    ``softness`` → ∞ is the nearest centre's one-hot row). One GEMM per image for the cross term."""
+    xp = backend.xp
+    c = xp.ascontiguousarray(xp.asarray(centres), dtype=xp.float32)
+    # ‖x‖² is the same for every centre of a point: it cancels in d² − min d².
+    d2 = (c * c).sum(axis=1) - 2.0 * backend.matmul_per_image(x.astype(xp.float32, copy=False), c.T)
+    z = (d2 - d2.min(axis=2, keepdims=True)) * xp.float32(-softness / unit)
+    w = xp.exp(z)
+    return w / w.sum(axis=2, keepdims=True)
+
+
+def encode_soft(x: Any, centres: Any, softness: float, intra: bool = True, power: bool = False,
+                backend: Backend = CPU) -> Any:
+    """Soft-assignment VLAD: every point's residual to every centre, weighted by ``soft_weights``
+    (unit: ``spacing`` of the centres), summed per centre, then ``normalise``: x ``(n, S, dim)``
+    float32/float16, centres ``(k, dim)`` → ``(n, k·dim)`` float32.
+
+    A point near a Voronoi border counts for both centres instead of jumping from one to the other,
+    so a small change of the image moves the code a little (ACCURACY.md, run 67). The sums are GEMMs
+    (``W_iᵀ x_i − (Σ_s W_i)ᵀ c``), one per image, on whichever device ``backend`` runs."""
+    if x.ndim != 3 or centres.ndim != 2 or centres.shape[1] != x.shape[2]:
+        raise ParameterError(f"x {tuple(x.shape)} must be (n, S, dim) and centres {tuple(centres.shape)} (k, dim)")
+    if not softness > 0:
+        raise ParameterError(f"softness={softness!r} must be > 0 (None for hard assignment)")
+    xp = backend.xp
+    c = xp.ascontiguousarray(xp.asarray(centres), dtype=xp.float32)
+    w = soft_weights(x, c, softness, spacing(backend.to_numpy(c)), backend)
+    wt = xp.ascontiguousarray(w.transpose(0, 2, 1))  # (n, k, S)
+    sums = xp.matmul(wt, x.astype(xp.float32, copy=False)) - wt.sum(axis=2)[:, :, None] * c  # (n, k, dim)
+    return normalise(sums, intra, power, xp)
 
 
 def encode_from_taps(taps: Any, points: Any, labels: Any, centres: Any, mode: str = "half_pixel",

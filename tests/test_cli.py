@@ -146,6 +146,21 @@ def test_train_zoom_and_alpha_options(vgg16_path: Path, demo_folder: Path, tmp_p
     assert not (tmp_path / "x.fvl").exists()
 
 
+def test_train_softness_option(vgg16_path: Path, demo_folder: Path, tmp_path: Path) -> None:
+    """--softness 5 is the estimator's softness=5.0 and the saved model has it; --softness none is
+    None (the nearest centre); a bad value names the option and writes nothing."""
+    out = tmp_path / "m.fvl"
+    res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(out), *SMALL, "--softness", "5"])
+    assert res.exit_code == 0, res.output
+    assert fastvlad.load(out).softness == 5.0
+    res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(out), *SMALL, "--softness", "none"])
+    assert res.exit_code == 0 and fastvlad.load(out).softness is None
+    for bad, says in (("soft", "--softness 'soft'"), ("-1", "softness=-1.0")):
+        res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(tmp_path / "x.fvl"), "--softness", bad])
+        assert isinstance(res.exception, ParameterError) and says in str(res.exception), res.output
+    assert not (tmp_path / "x.fvl").exists()
+
+
 def test_train_tta_zoom_option(vgg16_path: Path, demo_folder: Path, tmp_path: Path) -> None:
     """--tta-zoom 0.75 is the estimator's tta_zoom=(0.75,): the saved model has it and predict's CSV
     averages that view too (as the API does); --tta-zoom none is (); a bad list names the option

@@ -52,11 +52,17 @@ def fitted_faithful(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.nda
     return FastVLAD.faithful(density=0.1, k=8, image_size=64, **params).fit(X, y)
 
 
-@pytest.mark.parametrize("model", ["fitted", "fitted_faithful"])
+@pytest.fixture(scope="module")
+def fitted_soft(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.ndarray]) -> FastVLAD:
+    X, y = small_demo
+    return FastVLAD(**small_model_params(softness=3.0)).fit(X, y)
+
+
+@pytest.mark.parametrize("model", ["fitted", "fitted_faithful", "fitted_soft"])
 def test_codes_match_the_notebook_pipeline(model: str, small_demo: tuple[list[np.ndarray], np.ndarray],
                                            request: pytest.FixtureRequest) -> None:
     """The fast path equals full-map upsampling (then the hypercolumn PCA, when there is one) +
-    per-centre VLAD at the same sampled points."""
+    per-centre VLAD at the same sampled points (hard, or soft with ``softness``)."""
     fitted = request.getfixturevalue(model)
     assert (fitted.projection_ is None) == (model == "fitted_faithful")
     X, _ = small_demo
@@ -68,7 +74,8 @@ def test_codes_match_the_notebook_pipeline(model: str, small_demo: tuple[list[np
         hc = reference.sample_hypercolumns([t[i] for t in taps], points[i])
         if fitted.projection_ is not None:
             hc = fitted.projection_.apply(hc)
-        expected = reference.vlad(hc, fitted.codebook_)
+        expected = (reference.vlad(hc, fitted.codebook_) if fitted.softness is None
+                    else reference.vlad_soft(hc, fitted.codebook_, fitted.softness))
         got = fitted.transform([X[i]])[0]
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=2e-6)
 
@@ -106,6 +113,16 @@ def test_save_load_roundtrip(fitted: FastVLAD, small_demo: tuple[list[np.ndarray
         assert set(zf.namelist()) == {"format.json", "config.json", "codebook.npy", "booster.ubj", "projection.npy",
                                       "manifest.json"}
         assert all(b"pickle" not in zf.read(n) for n in ("config.json", "format.json"))
+
+
+def test_soft_model_save_load_gives_the_same_codes(fitted_soft: FastVLAD,
+                                                   small_demo: tuple[list[np.ndarray], np.ndarray],
+                                                   tmp_path: Path) -> None:
+    X, _ = small_demo
+    fitted_soft.save(tmp_path / "soft.fvlad")
+    again = load(tmp_path / "soft.fvlad")
+    assert again.softness == 3.0 and FastVLAD.faithful().softness is None
+    np.testing.assert_array_equal(again.transform(X[:4]), fitted_soft.transform(X[:4]))
 
 
 @pytest.mark.parametrize("member", ["config.json", "codebook.npy", "booster.ubj", "format.json"])

@@ -206,3 +206,77 @@ def test_encode_from_taps_rejects_mismatched_inputs() -> None:
         vlad.encode_from_taps(taps, points + 8, labels, c)
     with pytest.raises(ParameterError, match=r"gathered has shape \(1, 10, 2\).*one of \[3, 7\]"):
         vlad.encode_from_taps(taps, points, labels, c, gathered=np.zeros((1, 10, 2), np.float32))
+
+
+# -- soft assignment ------------------------------------------------------------------------------
+
+
+def _soft_reference(x: np.ndarray, c: np.ndarray, softness: float, **kw: bool) -> np.ndarray:
+    return np.stack([reference.vlad_soft(xi, c, softness, **kw) for xi in x])
+
+
+@pytest.mark.parametrize("softness", [0.01, 1.0, 10.0, 100.0])
+@pytest.mark.parametrize("intra,power", [(True, False), (False, False), (True, True)])
+def test_soft_encode_equals_per_point_loop(softness: float, intra: bool, power: bool) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 257, 19), dtype=np.float32)
+    c = rng.standard_normal((11, 19), dtype=np.float32)
+    got = vlad.encode_soft(x, c, softness, intra=intra, power=power)
+    np.testing.assert_allclose(got, _soft_reference(x, c, softness, intra=intra, power=power), atol=2e-6)
+
+
+def test_soft_encode_at_large_softness_is_hard_vlad() -> None:
+    """As the softness grows every point's weight goes to its nearest centre: the hard code."""
+    x, labels, c = _case(np.random.default_rng(2), 2, 300, 7, 5)
+    np.testing.assert_allclose(vlad.encode_soft(x, c, 1e5), vlad.encode(x, labels, c), atol=1e-5)
+
+
+def test_soft_weights_rows_sum_to_one_and_follow_distance() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 50, 4), dtype=np.float32)
+    c = rng.standard_normal((6, 4), dtype=np.float32)
+    w = vlad.soft_weights(x, c, 5.0, vlad.spacing(c))
+    np.testing.assert_allclose(w.sum(axis=2), 1.0, rtol=1e-6)
+    d2 = ((x[:, :, None, :] - c[None, None]) ** 2).sum(axis=-1)
+    np.testing.assert_array_equal(w.argmax(axis=2), d2.argmin(axis=2))
+
+
+def test_soft_encode_edge_cases() -> None:
+    rng = np.random.default_rng(4)
+    c = rng.standard_normal((3, 4), dtype=np.float32)
+    one = rng.standard_normal((1, 1, 4), dtype=np.float32)  # a single point
+    np.testing.assert_allclose(vlad.encode_soft(one, c, 2.0), _soft_reference(one, c, 2.0), atol=1e-6)
+    on_centres = np.repeat(c[None], 2, axis=0)  # every point on a centre: residuals to the others remain
+    # float32 residuals of points on centres cancel: 1e-5, not the 1e-6 of the other cases
+    np.testing.assert_allclose(vlad.encode_soft(on_centres, c, 2.0), _soft_reference(on_centres, c, 2.0), atol=1e-5)
+    empty = np.zeros((2, 0, 4), np.float32)  # no points: a zero code, no NaN
+    np.testing.assert_array_equal(vlad.encode_soft(empty, c, 2.0), 0.0)
+    twins = np.stack([c[0], c[0], c[1]])  # coincident centres share their points' weight: still finite
+    got = vlad.encode_soft(rng.standard_normal((1, 20, 4), dtype=np.float32), twins, 2.0)
+    assert np.isfinite(got).all()
+    far = 1e4 * rng.standard_normal((1, 10, 4), dtype=np.float32)  # far from every centre: no overflow
+    assert np.isfinite(vlad.encode_soft(far, c, 50.0)).all()
+
+
+def test_soft_encode_per_image_independent_of_batch_and_float16() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, 200, 8), dtype=np.float32)
+    c = rng.standard_normal((9, 8), dtype=np.float32)
+    whole = vlad.encode_soft(x, c, 10.0)
+    np.testing.assert_array_equal(vlad.encode_soft(x[2:3], c, 10.0), whole[2:3])
+    half = x.astype(np.float16)
+    np.testing.assert_allclose(vlad.encode_soft(half, c, 10.0), vlad.encode_soft(half.astype(np.float32), c, 10.0),
+                               atol=1e-6)
+
+
+def test_spacing_is_the_median_nearest_centre_squared_distance() -> None:
+    c = np.array([[0, 0], [1, 0], [0, 3], [10, 10]], np.float32)  # nearest: 1, 1, 9, 85 → median 5
+    assert vlad.spacing(c) == pytest.approx(5.0)
+    assert vlad.spacing(np.zeros((3, 2), np.float32)) == 1.0  # all coincident: any unit
+
+
+@pytest.mark.parametrize("softness", [0.0, -1.0, float("nan")])
+def test_soft_encode_rejects_a_softness_that_is_not_positive(softness: float) -> None:
+    x = np.zeros((1, 3, 2), np.float32)
+    with pytest.raises(ParameterError, match="softness"):
+        vlad.encode_soft(x, np.eye(2, dtype=np.float32), softness)

@@ -30,6 +30,7 @@ from .options import (
     ON_ERROR,
     PCA,
     POINTS,
+    SOFTNESS,
     PRECISION,
     SCALE,
     SEED,
@@ -70,7 +71,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
              backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED,
              on_error: str = ON_ERROR, faithful: bool = FAITHFUL, pca: Optional[str] = PCA,
              aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
-             points: Optional[str] = POINTS,
+             points: Optional[str] = POINTS, softness: Optional[str] = SOFTNESS,
              classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, zoom: Optional[str] = ZOOM,
              alpha: Optional[float] = ALPHA, zoom_jitter: Optional[bool] = ZOOM_JITTER,
              tta: Optional[int] = TTA, tta_zoom: Optional[str] = TTA_ZOOM,
@@ -89,7 +90,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
                           outputs.dataset_files(data, ds.paths))
     split_values = ds.column(split) if split is not None else None
     est = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
-                    normalize=normalize, points=points, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha,
+                    normalize=normalize, points=points, softness=softness, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha,
                     zoom_jitter=zoom_jitter, tta=tta, tta_zoom=tta_zoom,
                     **precision_of(precision, None),
                     **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))

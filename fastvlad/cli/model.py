@@ -32,6 +32,7 @@ from .options import (
     ON_ERROR,
     PCA,
     POINTS,
+    SOFTNESS,
     PRECISION,
     SCALE,
     SCHEDULER,
@@ -60,7 +61,7 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
           backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
           scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
           pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
-          points: Optional[str] = POINTS,
+          points: Optional[str] = POINTS, softness: Optional[str] = SOFTNESS,
           classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, zoom: Optional[str] = ZOOM,
           alpha: Optional[float] = ALPHA, zoom_jitter: Optional[bool] = ZOOM_JITTER,
           tta: Optional[int] = TTA, tta_zoom: Optional[str] = TTA_ZOOM,
@@ -77,7 +78,7 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
     ds = load(data, on_error)
     outputs.refuse_inputs([output], outputs.dataset_files(data, ds.paths))
     model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
-                      normalize=normalize, points=points, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha,
+                      normalize=normalize, points=points, softness=softness, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha,
                       zoom_jitter=zoom_jitter, tta=tta, tta_zoom=tta_zoom,
                       calibration=str(calibrate) if calibrate else None, **precision_of(precision, fp16),
                       **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))
@@ -214,7 +215,7 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
            backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
            scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
            pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
-           points: Optional[str] = POINTS,
+           points: Optional[str] = POINTS, softness: Optional[str] = SOFTNESS,
            classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, zoom: Optional[str] = ZOOM,
            tta: Optional[int] = TTA, tta_zoom: Optional[str] = TTA_ZOOM,
            fp16: Optional[bool] = FP16, precision: Optional[str] = PRECISION,
@@ -242,7 +243,7 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
         model.set_params(**{k: v for k, v in micro.items() if k in ("missing_scale", "tile_stride", "crop_bottom")})
     else:
         model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca,
-                          aspect=aspect, normalize=normalize, points=points, classifier=classifier, augment=augment,
+                          aspect=aspect, normalize=normalize, points=points, softness=softness, classifier=classifier, augment=augment,
                           zoom=zoom, tta=tta, tta_zoom=tta_zoom,
                           calibration=str(calibrate) if calibrate else None, **precision_of(precision, fp16),
                           **micro)

@@ -28,6 +28,8 @@ ASPECT = typer.Option(None, metavar="[keep|squash]", help="With --image-size N: 
 POINTS = typer.Option(None, metavar="[per_image|shared]", help="How each image's pixels are drawn: per_image "
                       "(seeded by the image; default, --faithful) or shared (one draw for every image of a size, "
                       "so a change of gray levels keeps the points).")
+SOFTNESS = typer.Option(None, metavar="B|none", help="Soft assignment of each point to the centres, weight "
+                        "exp(-B·Δd²/u) (see README); 'none': the nearest centre only (--faithful).")
 NORMALIZE = typer.Option(None, metavar="[stretch|equalize|clahe|none]", help="Gray levels before the CNN: stretch "
                          "(1st–99th percentile → 0..255; default), equalize, clahe or none (--faithful).")
 CLASSIFIER = typer.Option(None, metavar="[ridge|logistic|xgboost]", help="The head on the codes: ridge (default), "
@@ -126,6 +128,20 @@ def parse_zoom(text: Optional[str], name: str = "zoom") -> dict[str, Any]:
                              "or 'none'") from None
 
 
+def parse_softness(text: Optional[str]) -> dict[str, Any]:
+    """``--softness`` as an estimator parameter: {} when not given, {"softness": None} for 'none',
+    else {"softness": B}."""
+    if text is None:
+        return {}
+    if text.strip().lower() in ("none", "hard"):
+        return {"softness": None}
+    try:
+        return {"softness": float(text)}
+    except ValueError:
+        raise ParameterError(f"--softness {text!r}: give a number > 0 (e.g. 10), or 'none' for the nearest centre "
+                             "only") from None
+
+
 def precision_of(precision: Optional[str], fp16: Optional[bool]) -> dict[str, Any]:
     """``--precision`` and the deprecated ``--fp16/--fp32`` as estimator parameters ({} when neither
     is given); ``ParameterError`` for an unknown value or the two disagreeing."""
@@ -143,7 +159,8 @@ def precision_of(precision: Optional[str], fp16: Optional[bool]) -> dict[str, An
 
 def estimator(density: float, k: int, image_size: Optional[str], device: str, backbone: str, taps: Optional[str],
               seed: int, on_error: str, faithful: bool = False, pca: Optional[str] = None,
-              zoom: Optional[str] = None, tta_zoom: Optional[str] = None, **extra: Any) -> FastVLAD:
+              zoom: Optional[str] = None, tta_zoom: Optional[str] = None, softness: Optional[str] = None,
+              **extra: Any) -> FastVLAD:
     """The estimator of a command's options; an option not given (None) keeps the estimator's
     default (``--faithful``: the paper's)."""
     from ..estimator import FastVLAD
@@ -152,6 +169,7 @@ def estimator(density: float, k: int, image_size: Optional[str], device: str, ba
     extra.update(parse_pca(pca))
     extra.update(parse_zoom(zoom))
     extra.update(parse_zoom(tta_zoom, "tta_zoom"))
+    extra.update(parse_softness(softness))
     if image_size is not None:
         extra["image_size"] = parse_image_size(image_size)
     make = FastVLAD.faithful if faithful else FastVLAD
