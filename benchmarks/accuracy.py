@@ -310,7 +310,9 @@ BEFORE_RUN_45: dict[str, Any] = {"zoom": (), "alpha": 10.0}
 #: Every variant before run 51 made ``zoom_jitter=True`` the default made its zoomed copies from the
 #: images as they are (run 49's name ``zoom_jitter=True``).
 BEFORE_RUN_51: dict[str, Any] = {"zoom_jitter": False}
-VARIANTS = [(name, {**LOGISTIC, **BEFORE_RUN_40, **BEFORE_RUN_45, **BEFORE_RUN_51, **params}, shift)
+#: Every variant before run 68 gave each point to its nearest centre (run 68 made ``softness=10`` the default).
+BEFORE_RUN_68: dict[str, Any] = {"softness": None}
+VARIANTS = [(name, {**LOGISTIC, **BEFORE_RUN_40, **BEFORE_RUN_45, **BEFORE_RUN_51, **BEFORE_RUN_68, **params}, shift)
             for name, params, shift in VARIANTS]
 #: Benchmark-only knobs that change the codes (``variant_knobs``): part of an encoding's key.
 ENCODER_KNOBS = ("stretch", "jitter_blur_noise", "jitter_gamma", "stretch_smooth", "tap_norm", "stretch_at_input",

@@ -10,7 +10,8 @@ default's in that round; then the median and range over rounds::
 The settings: 0.1.0's default (224×224 squashed, gray levels as read, XGBoost; as
 ``benchmarks/accuracy.py`` defines it), the default before ACCURACY.md's run 45 (no zoomed copies,
 ridge alpha 10), the default of run 45 (zoomed copies at 1.4 and 0.7, alpha 40) and today's
-(``FastVLAD()``: one zoomed copy at 1.2, flipped and re-exposed, alpha 20; run 51).
+(``FastVLAD()``: one zoomed copy at 1.2, flipped and re-exposed, alpha 20, run 51; with soft
+assignment, ``softness=10``, run 69), and run 51's with the nearest centre only.
 ``--only TEXT`` keeps the settings whose name contains TEXT. The tiles: a seeded sample of the shared
 nanofiber set.
 """
@@ -36,9 +37,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
         image_size=224, aspect="squash", normalize="none", classifier="xgboost", class_weight=None, tta=0, zoom=()),
     "the default before run 45 (no zoomed copies, alpha 10)": dict(zoom=(), alpha=10.0),
     "the default of run 45 (zoom 1.4/0.7, alpha 40)": dict(zoom=(1.4, 0.7), alpha=40.0),
-    "the default (one jittered zoomed copy at 1.2, alpha 20; run 51)": {},
+    "the default of run 51 (one jittered zoomed copy at 1.2, alpha 20; the nearest centre)": dict(softness=None),
+    "the default (run 51's, with soft assignment, softness 10; run 69)": {},
 }
-TODAY = "the default (one jittered zoomed copy at 1.2, alpha 20; run 51)"
+TODAY = "the default (run 51's, with soft assignment, softness 10; run 69)"
 
 
 def sample(data: Path, n: int, seed: int) -> tuple[list[str], np.ndarray]:

@@ -2,7 +2,8 @@
 
     python benchmarks/head_check.py [--data ../shared/datasets/nanofiber-sem] [--seeds 0 1] [--out heads.md]
 
-For each seed, the default estimator's codes are computed once (``evaluate.encode_images``: one
+For each seed, the default estimator's codes (with ``--softness``, soft assignment; without it the
+nearest centre, the default of run 62's time) are computed once (``evaluate.encode_images``: one
 codebook shared by the folds, the jittered zoomed copies, the mirror views) and so are the codes of
 the shift check's 200 images (``evaluate.shift_sample`` at seed 0, as ``shift_check`` draws them)
 under every change of ``intensity.SHIFTS`` and the control, at both views. Each head is then fitted per
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown tables here")
+    ap.add_argument("--softness", type=float, default=None,
+                    help="the encoder's soft assignment (default: none, the nearest centre, as run 62 measured it)")
     args = ap.parse_args(argv)
     if not (args.data / "manifest.csv").is_file():
         sys.exit(f"no dataset at {args.data} (see ../shared/datasets/README.md)")
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
              f"{platform.node()}, {time.strftime('%Y-%m-%d %H:%M')}", ""]
     for seed in args.seeds:
         t = time.perf_counter()
-        est = FastVLAD(random_state=seed)
+        est = FastVLAD(random_state=seed, softness=args.softness)
         cs = encode_images(est, X)
         if len(cs.indices) != len(X):
             sys.exit("every image must read")

@@ -65,6 +65,9 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
       logistic regression, the default before ACCURACY.md's run 31; ``"xgboost"`` the paper's kind
       of head (``n_estimators``, ``max_depth``, ``learning_rate``, ``max_bin``, ``colsample_bynode``,
       ``subsample``, ``min_child_weight``);
+    - ``softness=10``: every point counts for every centre, weighted by its squared distance (soft
+      assignment, ``vlad.encode_soft``), so a point near a border between centres does not jump from
+      one to the other when the image changes a little (the paper: the nearest centre only, ``None``);
     - ``zoom=(1.2,)``, ``zoom_jitter=True``: the head also learns from every training image
       encoded at 1.2 times the input size, as if taken at a higher magnification, and flipped and
       re-exposed (gain, offset, gamma) as an ``augment`` copy is (the codebook and ``predict`` stay
@@ -86,7 +89,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     seeded by the seed and the image's pixels, so any change of the image draws them anew;
     "shared": one draw for every image of a size, so a change of gray levels keeps them.
 
-    ``softness``: None (the paper's) gives each point to its nearest centre; a number b gives it to
+    ``softness``: None (the paper's) gives each point to its nearest centre; a number b (default 10) gives it to
     every centre j with weight ∝ exp(−b·(d²_j − d²_nearest)/u), u the codebook's median squared
     distance between neighbouring centres (``vlad.encode_soft``), so a point near a border moves the
     code a little instead of jumping between centres.
@@ -121,7 +124,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                  class_weight: str | None = "balanced",
                  normalize: str = "stretch", augment: int = 0, zoom: Sequence[float] = (1.2,),
                  zoom_jitter: bool = True, tta: int = 1, tta_zoom: Sequence[float] = (),
-                 points: str = "per_image", softness: float | None = None,
+                 points: str = "per_image", softness: float | None = 10.0,
                  device: str = "auto", batch_size: int | None = None, fp16: bool = False,
                  precision: str = "fp32", calibration: str | None = None,
                  on_error: str = "raise", random_state: int = 0, scale_nm_per_px: float | None = None,

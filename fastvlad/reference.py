@@ -98,8 +98,8 @@ def vlad_soft(x: np.ndarray, centres: np.ndarray, softness: float, intra: bool =
     """Soft-assignment VLAD of one image with a per-point loop, float64: (S, D) points → (k·D,) float32.
 
     Unit u: the median over centres of the squared distance to the nearest other centre. Each
-    point's weight on centre j is exp(−softness·(d²_j − min d²)/u), normalised over j; the per-centre
-    sum of weighted residuals; then the normalisations of ``vlad``.
+    point's weight on centre j is exp(−softness·(d²_j − min d²)/u), zero where the exponent is below
+    −30, normalised over j; the per-centre sum of weighted residuals; then the normalisations of ``vlad``.
     """
     c = centres.astype(np.float64)
     k, dim = c.shape
@@ -109,7 +109,8 @@ def vlad_soft(x: np.ndarray, centres: np.ndarray, softness: float, intra: bool =
     v = np.zeros((k, dim), dtype=np.float64)
     for point in x.astype(np.float64):
         d2 = ((point - c) ** 2).sum(axis=1)
-        w = np.exp(-softness * (d2 - d2.min()) / unit)
+        z = softness * (d2 - d2.min()) / unit
+        w = np.where(z <= 30.0, np.exp(-np.minimum(z, 30.0)), 0.0)
         v += (w / w.sum())[:, None] * (point - c)
     if power:
         v = np.sign(v) * np.sqrt(np.abs(v))

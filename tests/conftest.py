@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -58,6 +59,16 @@ def numpy_runs(level: str) -> bool:
     from numpy._core._multiarray_umath import __cpu_features__
 
     return bool(__cpu_features__.get(level))
+
+
+def reference_code(hc: np.ndarray, model: Any) -> np.ndarray:
+    """The notebook's VLAD (``reference.py``) of one image's hypercolumns ``(S, dim)`` with a fitted
+    model's centres: hard assignment, or soft with the model's ``softness``."""
+    from fastvlad import reference
+
+    if model.softness is None:
+        return reference.vlad(hc, model.codebook_)
+    return reference.vlad_soft(hc, model.codebook_, model.softness)
 
 
 def small_model_params(**over: object) -> dict[str, object]:

@@ -18,7 +18,7 @@ from fastvlad.encoder import Encoder, EncoderSettings, batch_points
 from fastvlad.errors import ModelFormatError, NotFittedError, ParameterError
 from fastvlad.estimator import FastVLAD, load
 
-from .conftest import small_model_params
+from .conftest import reference_code, small_model_params
 
 
 @pytest.fixture(scope="module")
@@ -74,20 +74,20 @@ def test_codes_match_the_notebook_pipeline(model: str, small_demo: tuple[list[np
         hc = reference.sample_hypercolumns([t[i] for t in taps], points[i])
         if fitted.projection_ is not None:
             hc = fitted.projection_.apply(hc)
-        expected = (reference.vlad(hc, fitted.codebook_) if fitted.softness is None
-                    else reference.vlad_soft(hc, fitted.codebook_, fitted.softness))
+        expected = reference_code(hc, fitted)
         got = fitted.transform([X[i]])[0]
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=2e-6)
 
 
-@pytest.mark.parametrize("pca", [None, 8])
+@pytest.mark.parametrize("pca,softness", [(None, None), (8, None), (None, 10.0), (8, 10.0)])
 def test_a_first_tap_coarser_than_the_input_is_interpolated_onto_the_input_grid(
-        pca: int | None, small_demo: tuple[list[np.ndarray], np.ndarray]) -> None:
+        pca: int | None, softness: float | None, small_demo: tuple[list[np.ndarray], np.ndarray]) -> None:
     """Points are drawn on the input's pixel grid; a backbone whose first tap is strided (here
     block3 at a quarter of the input) has every tap interpolated onto that grid, as the paper
     upsamples every tap to the input: codes equal the reference on the 64×64 grid."""
     X, y = small_demo
-    fitted = FastVLAD(**small_model_params(pca=pca, density=0.5, taps=["block3_conv3", "block5_conv3"])).fit(X, y)
+    fitted = FastVLAD(**small_model_params(pca=pca, density=0.5, softness=softness,
+                                           taps=["block3_conv3", "block5_conv3"])).fit(X, y)
     settings = EncoderSettings.of(fitted)
     pixels = np.stack([settings.preprocess(x) for x in X[:2]])
     taps = Encoder.of(fitted).cnn(pixels)
@@ -99,7 +99,7 @@ def test_a_first_tap_coarser_than_the_input_is_interpolated_onto_the_input_grid(
         hc = hc @ fitted.projection_.weight + fitted.projection_.bias
     codes = fitted.transform(X[:2])
     for i in range(2):
-        expected = reference.vlad(hc[i].astype(np.float32), fitted.codebook_)
+        expected = reference_code(hc[i].astype(np.float32), fitted)
         np.testing.assert_allclose(codes[i], expected, rtol=1e-4, atol=2e-5)
 
 

@@ -156,14 +156,15 @@ def test_estimator_on_the_cuda_backend_in_the_emulator(fake_cupy: types.ModuleTy
 
     monkeypatch.setattr(backends, "cuda_problem", lambda: None)
     images, labels = small_demo
-    for pca, fp16 in ((None, False), (8, False), (None, True)):
-        cpu = FastVLAD(**small_model_params(pca=pca, fp16=fp16)).fit(images, labels)
-        gpu = FastVLAD(**small_model_params(pca=pca, fp16=fp16, device="cuda")).fit(images, labels)
+    for pca, fp16, softness in ((None, False, None), (8, False, None), (None, True, None), (8, False, 10.0),
+                                (None, False, 10.0)):
+        cpu = FastVLAD(**small_model_params(pca=pca, fp16=fp16, softness=softness)).fit(images, labels)
+        gpu = FastVLAD(**small_model_params(pca=pca, fp16=fp16, softness=softness, device="cuda")).fit(images, labels)
         assert Encoder.of(gpu).backend.device == "cuda"
         np.testing.assert_allclose(gpu.codebook_, cpu.codebook_, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(gpu.transform(images[:6]), cpu.transform(images[:6]), rtol=1e-4, atol=1e-5)
         assert list(gpu.predict(images[:6])) == list(cpu.predict(images[:6]))
-        again = load(gpu.save(tmp_path / f"gpu-{pca}-{fp16}.fvl"))
+        again = load(gpu.save(tmp_path / f"gpu-{pca}-{fp16}-{softness}.fvl"))
         np.testing.assert_array_equal(again.predict_proba(images[:6]), gpu.predict_proba(images[:6]))
         assert Encoder.of(gpu).cnn.fp16 == fp16 and again.fp16 == fp16
     assert {name for name, *_ in fake_cupy.LAUNCHES} >= {"gather_f32", "argmin_rows_f32", "residual_sums_f32",

@@ -16,7 +16,7 @@ from fastvlad.encoder import EncoderSettings, batch_points
 from fastvlad.errors import ModelFormatError, ParameterError
 from fastvlad.estimator import FAITHFUL_PARAMS, FastVLAD
 
-from .conftest import small_model_params
+from .conftest import reference_code, small_model_params
 
 
 def _taps(rng: np.random.Generator, n: int, hw: tuple[int, int], channels: tuple[int, ...]) -> list[np.ndarray]:
@@ -148,7 +148,7 @@ def test_pca_codes_match_reference(fitted_pca: FastVLAD, small_demo: tuple[list[
     assert codes.shape == (2, 8 * 16)
     for i in range(2):
         hc = reference.sample_hypercolumns([t[i] for t in taps], points[i]).astype(np.float64)
-        expected = reference.vlad((hc @ proj.weight + proj.bias).astype(np.float32), fitted_pca.codebook_)
+        expected = reference_code((hc @ proj.weight + proj.bias).astype(np.float32), fitted_pca)
         np.testing.assert_allclose(codes[i], expected, rtol=1e-4, atol=2e-5)
     assert {"cnn", "hypercolumns", "pca", "kmeans", "assign", "vlad", "classifier", "total"} <= set(fitted_pca.timings_)
 

@@ -280,3 +280,19 @@ def test_soft_encode_rejects_a_softness_that_is_not_positive(softness: float) ->
     x = np.zeros((1, 3, 2), np.float32)
     with pytest.raises(ParameterError, match="softness"):
         vlad.encode_soft(x, np.eye(2, dtype=np.float32), softness)
+
+
+def test_soft_weights_under_the_cutoff_are_zero() -> None:
+    """A centre that only weights under exp(−SOFT_CUTOFF) reach gets a zero block, as an empty centre
+    does under hard assignment: without the cutoff its per-centre L2 made a unit-length block of
+    weights that float32 keeps and float64 does not (or the reverse), so the code depended on where
+    each underflowed."""
+    c = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0]], np.float32)  # unit: median of 1, 1, 1, 41 = 1
+    x = np.array([[[0.1, 0.1], [0.9, 0.0], [0.0, 0.8]]], np.float32)
+    d2 = ((x[0, :, None, :] - c[None]) ** 2).sum(axis=-1)
+    z = 1.0 * (d2 - d2.min(axis=1, keepdims=True)) / vlad.spacing(c)
+    assert vlad.SOFT_CUTOFF < z[:, 3].min() < 80  # the far centre: weights under the cutoff, yet float32 normals
+    got = vlad.encode_soft(x, c, 1.0).reshape(4, 2)
+    np.testing.assert_array_equal(got[3], 0.0)
+    np.testing.assert_allclose(got.ravel(), reference.vlad_soft(x[0], c, 1.0), atol=1e-6)
+    assert np.abs(got[:3]).sum(axis=1).min() > 0

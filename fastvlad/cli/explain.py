@@ -50,7 +50,7 @@ def explain_command(model_path: Path = typer.Argument(..., metavar="MODEL"),
         for j in np.argsort(-np.abs(expl.support), kind="stable")[:top]:
             n = int((expl.codewords == j).sum())
             # an empty codeword's all-zero block is evidence too (of absence); it has no region on the map
-            typer.echo(f"  codeword {j:>4}: {expl.support[j]:+.4f} ({f'{n} points' if n else 'absent from the image'})")
+            typer.echo(f"  codeword {j:>4}: {expl.support[j]:+.4f} ({f'nearest to {n} points' if n else 'nearest to no point'})")
     else:
         ds = datasets.load(image, require_labels=False)
         chosen = _sample(len(ds), max_images, model.random_state)

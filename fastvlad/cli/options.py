@@ -29,7 +29,7 @@ POINTS = typer.Option(None, metavar="[per_image|shared]", help="How each image's
                       "(seeded by the image; default, --faithful) or shared (one draw for every image of a size, "
                       "so a change of gray levels keeps the points).")
 SOFTNESS = typer.Option(None, metavar="B|none", help="Soft assignment of each point to the centres, weight "
-                        "exp(-B·Δd²/u) (see README); 'none': the nearest centre only (--faithful).")
+                        "exp(-B·Δd²/u) (default 10; see README); 'none': the nearest centre only (--faithful).")
 NORMALIZE = typer.Option(None, metavar="[stretch|equalize|clahe|none]", help="Gray levels before the CNN: stretch "
                          "(1st–99th percentile → 0..255; default), equalize, clahe or none (--faithful).")
 CLASSIFIER = typer.Option(None, metavar="[ridge|logistic|xgboost]", help="The head on the codes: ridge (default), "
