@@ -122,6 +122,17 @@ def scored(head: Head, cs: Any, y: np.ndarray, fold: np.ndarray, rows: np.ndarra
             "max_lost": max(s["lost"] for s in acquisition.values())}
 
 
+def shift_data(data: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The dataset's paths, labels, groups and series (``(n,)`` str each), and the shift check's rows
+    (``evaluate.shift_sample`` at ``SHIFT_SEED``); exits with a reason when there is no dataset."""
+    if not (data / "manifest.csv").is_file():
+        sys.exit(f"no dataset at {data} (see ../shared/datasets/README.md)")
+    ds = datasets.load(data)
+    y, groups = np.asarray(ds.y).astype(str), np.asarray(ds.groups).astype(str)
+    series = np.asarray(ds.column("series")).astype(str)
+    return [str(p) for p in ds.paths], y, groups, series, shift_sample(series, y, SHIFT_IMAGES, SHIFT_SEED)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
@@ -130,14 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--softness", type=float, default=None,
                     help="the encoder's soft assignment (default: none, the nearest centre, as run 62 measured it)")
     args = ap.parse_args(argv)
-    if not (args.data / "manifest.csv").is_file():
-        sys.exit(f"no dataset at {args.data} (see ../shared/datasets/README.md)")
-    ds = datasets.load(args.data)
-    X = [str(p) for p in ds.paths]
-    y, groups = np.asarray(ds.y).astype(str), np.asarray(ds.groups).astype(str)
-    series = np.asarray(ds.column("series")).astype(str)
+    X, y, groups, series, rows = shift_data(args.data)
     loso_fold = np.unique(series, return_inverse=True)[1]
-    rows = shift_sample(series, y, SHIFT_IMAGES, SHIFT_SEED)
     lines = [f"`python benchmarks/head_check.py {' '.join(argv if argv is not None else sys.argv[1:])}` — "
              f"{platform.node()}, {time.strftime('%Y-%m-%d %H:%M')}", ""]
     for seed in args.seeds:
@@ -155,16 +160,24 @@ def main(argv: list[str] | None = None) -> None:
                   + " | ".join(names) + " |", "|---|---|---|---|---|---|" + "---|" * len(names)]
         for head_name, head in HEADS.items():
             for split_name, fold in splits.items():
-                r = scored(head, cs, y, fold, rows, changed)
-                lines.append(f"| {head_name} | {split_name} | {r['accuracy']:.3f} | {r['max_flip']:.3f} | "
-                             f"{r['mean_flip']:.3f} | {r['max_lost']:.3f} | "
-                             + " | ".join(f"{r['shift'][n]['flipped']:.3f}" for n in names) + " |")
+                lines.append(table_row(head_name, split_name, scored(head, cs, y, fold, rows, changed), names))
                 print(lines[-1], file=sys.stderr, flush=True)
         lines.append("")
+    write(lines, args.out)
+
+
+def table_row(name: str, split: str, r: dict[str, Any], changes: list[str]) -> str:
+    """One Markdown row of ``scored``'s result ``r``: accuracy, the flips' summary, then each change's."""
+    return (f"| {name} | {split} | {r['accuracy']:.3f} | {r['max_flip']:.3f} | {r['mean_flip']:.3f} | "
+            f"{r['max_lost']:.3f} | " + " | ".join(f"{r['shift'][n]['flipped']:.3f}" for n in changes) + " |")
+
+
+def write(lines: list[str], out: Path | None) -> None:
+    """The tables on standard output, and in ``out`` when given."""
     text = "\n".join(lines)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    if out:
+        out.write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

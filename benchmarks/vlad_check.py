@@ -40,16 +40,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from head_check import estimator_head, scored
+from head_check import estimator_head, scored, shift_data, table_row, write
 
-from fastvlad import datasets, intensity
+from fastvlad import intensity
 from fastvlad.encoder import Encoder, Timings, View, Workspace, zoom_sources
 from fastvlad.estimator import FastVLAD
-from fastvlad.evaluate import folds, shift_sample
+from fastvlad.evaluate import folds
 from fastvlad.images import AnySource, Transformed, flipped
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nanofiber-sem"
-SHIFT_IMAGES, SHIFT_SEED = 200, 0
 #: (name, softness b or None for hard, floor g, the ridge head's alpha): the rows of the table, the default first.
 AGGREGATIONS: list[tuple[str, float | None, float, float]] = [
     ("hard (the default)", None, 0.0, 20.0),
@@ -63,12 +62,12 @@ AGGREGATIONS: list[tuple[str, float | None, float, float]] = [
 def points_of(encoder: Encoder, sources: list[AnySource], view: View) -> np.ndarray:
     """Every image's projected hypercolumns at its points as ``view`` shows it: ``(n, S, p)`` float16."""
     enc = encoder if view.zoom == 1.0 else replace(encoder, settings=encoder.settings.zoomed(view.zoom))
-    sources = flipped(sources, view.op) if view.op else sources
+    shown: list[AnySource] = list(flipped(sources, view.op)) if view.op else sources
     proj = enc.projection
     assert proj is not None and enc.centres is not None  # the default has a PCA
-    out = np.zeros((len(sources), enc.settings.n_points, proj.components), np.float16)
+    out = np.zeros((len(shown), enc.settings.n_points, proj.components), np.float16)
     workspace, timings = Workspace(enc.backend), Timings()
-    for batch in enc.batches(sources):
+    for batch in enc.batches(shown):
         if batch.failed or batch.points is None:
             sys.exit(f"every image must read: {batch.failed[:1]}")
         taps, points = enc.taps(batch.pixels, batch.points, timings)
@@ -162,13 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", nargs="+", default=[""], help="the aggregations whose name contains one of these")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     args = ap.parse_args(argv)
-    if not (args.data / "manifest.csv").is_file():
-        sys.exit(f"no dataset at {args.data} (see ../shared/datasets/README.md)")
-    ds = datasets.load(args.data)
-    X = [str(p) for p in ds.paths]
-    y, groups = np.asarray(ds.y).astype(str), np.asarray(ds.groups).astype(str)
-    series = np.asarray(ds.column("series")).astype(str)
-    rows = shift_sample(series, y, SHIFT_IMAGES, SHIFT_SEED)
+    X, y, groups, series, rows = shift_data(args.data)
     changes = {**intensity.SHIFTS, **intensity.CONTROLS}
     t = time.perf_counter()
     est = FastVLAD(random_state=args.seed, softness=None)  # the hard codes the check compares with
@@ -204,14 +197,9 @@ def main(argv: list[str] | None = None) -> None:
         changed = {n: [codes(v) for v in pair] for n, pair in pts.changed.items()}
         for split_name, fold in splits.items():
             r = scored(functools.partial(estimator_head, classifier="ridge", alpha=alpha), cs, y, fold, rows, changed)
-            lines.append(f"| {agg_name} | {split_name} | {r['accuracy']:.3f} | {r['max_flip']:.3f} | "
-                         f"{r['mean_flip']:.3f} | {r['max_lost']:.3f} | "
-                         + " | ".join(f"{r['shift'][n]['flipped']:.3f}" for n in names) + " |")
+            lines.append(table_row(agg_name, split_name, r, names))
             print(lines[-1], file=sys.stderr, flush=True)
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    write(lines, args.out)
 
 
 if __name__ == "__main__":

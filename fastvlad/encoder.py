@@ -396,18 +396,16 @@ class Encoder:
         there too)."""
         n, s = points.shape[:2]
         mode, settings = self.settings.interpolation, self.settings
-        if settings.softness is not None:  # every point counts for every centre: the hypercolumns are needed whole
+        # p-dim hypercolumns are small: gather them once for both stages. Soft assignment weighs every
+        # point against every centre, so it needs the hypercolumns whole at any width.
+        if proj is not None or settings.softness is not None:
             hc = self.hypercolumns(taps, points, grid, workspace, timings, proj)
             t = time.perf_counter()
             labels = codebook.nearest_per_image(hc, centres, self.backend)
             t = timings.add("assign", t)
-            codes = vlad.encode_soft(hc, centres, settings.softness, settings.intra, settings.power, self.backend)
-        elif proj is not None:  # p-dim hypercolumns are small: gather them once for both stages
-            hc = self.hypercolumns(taps, points, grid, workspace, timings, proj)
-            t = time.perf_counter()
-            labels = codebook.nearest_per_image(hc, centres, self.backend)
-            t = timings.add("assign", t)
-            codes = vlad.encode(hc, labels.reshape(n, s), centres, settings.intra, settings.power, self.backend)
+            codes = (vlad.encode(hc, labels.reshape(n, s), centres, settings.intra, settings.power, self.backend)
+                     if settings.softness is None else
+                     vlad.encode_soft(hc, centres, settings.softness, settings.intra, settings.power, self.backend))
         else:  # full width: the (n, S, dim) hypercolumns (29 MB per image at 1,472) are never built;
             # the fine taps (block1/2) are gathered once for both stages, the coarse ones read on their grid
             m = projection.points_side(taps, s, len(centres))

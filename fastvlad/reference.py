@@ -83,14 +83,7 @@ def vlad(x: np.ndarray, centres: np.ndarray, intra: bool = True, power: bool = F
         members = x[labels == j]
         if len(members):
             v[j] = (members.astype(np.float64) - centres[j]).sum(axis=0)
-    if power:
-        v = np.sign(v) * np.sqrt(np.abs(v))
-    if intra:
-        norms = np.linalg.norm(v, axis=1, keepdims=True)
-        v = np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
-    flat = v.ravel()
-    norm = np.linalg.norm(flat)
-    return (flat / norm if norm > 0 else flat).astype(np.float32)
+    return _normalised(v, intra, power)
 
 
 def vlad_soft(x: np.ndarray, centres: np.ndarray, softness: float, intra: bool = True,
@@ -112,6 +105,12 @@ def vlad_soft(x: np.ndarray, centres: np.ndarray, softness: float, intra: bool =
         z = softness * (d2 - d2.min()) / unit
         w = np.where(z <= 30.0, np.exp(-np.minimum(z, 30.0)), 0.0)
         v += (w / w.sum())[:, None] * (point - c)
+    return _normalised(v, intra, power)
+
+
+def _normalised(v: np.ndarray, intra: bool, power: bool) -> np.ndarray:
+    """Per-centre residual sums (k, D) float64 → the code: optional signed square root; per-centre L2
+    (a zero centre stays zero); global L2. (k·D,) float32."""
     if power:
         v = np.sign(v) * np.sqrt(np.abs(v))
     if intra:
