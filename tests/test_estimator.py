@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import zipfile
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from fastvlad.errors import ModelFormatError, NotFittedError, ParameterError
 from fastvlad.estimator import FastVLAD, load
 
 from .conftest import reference_code, small_model_params
+from .model_files import members_of, write_members
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +125,21 @@ def test_soft_model_save_load_gives_the_same_codes(fitted_soft: FastVLAD,
     again = load(tmp_path / "soft.fvlad")
     assert again.softness == 3.0 and FastVLAD.faithful().softness is None
     np.testing.assert_array_equal(again.transform(X[:4]), fitted_soft.transform(X[:4]))
+
+
+def test_model_file_without_softness_loads_as_the_nearest_centre(small_demo: tuple[list[np.ndarray], np.ndarray],
+                                                                 tmp_path: Path) -> None:
+    """A model file written before ``softness`` existed was trained with the nearest centre: it loads
+    with ``softness=None`` and gives the codes it gave then, not the soft default's."""
+    X, y = small_demo
+    hard = FastVLAD(**small_model_params(softness=None)).fit(X, y)
+    members = members_of(hard.save(tmp_path / "new.fvl"))
+    config = json.loads(members["config.json"])
+    del config["params"]["softness"]
+    members["config.json"] = json.dumps(config).encode()
+    old = load(write_members(tmp_path / "old.fvl", members))
+    assert old.softness is None
+    np.testing.assert_array_equal(old.transform(X[:3]), hard.transform(X[:3]))
 
 
 @pytest.mark.parametrize("member", ["config.json", "codebook.npy", "booster.ubj", "format.json"])
