@@ -88,10 +88,12 @@ def test_io_binding_hands_cupy_taps(gpu_backbone: Backbone, vgg16_path: Path) ->
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("softness", [None, 10.0])
 @pytest.mark.parametrize("fp16", [False, True])
-def test_gpu_encode_matches_cpu(gpu_backbone: Backbone, vgg16_path: Path, fp16: bool) -> None:
-    """The whole encoder on the GPU (CUDA provider, CuPy kernels) against the CPU path."""
-    settings = EncoderSettings(density=0.2, image_size=(32, 32))
+def test_gpu_encode_matches_cpu(gpu_backbone: Backbone, vgg16_path: Path, fp16: bool, softness: float | None) -> None:
+    """The whole encoder on the GPU (CUDA provider, CuPy kernels; soft assignment by cuBLAS and CuPy's
+    exp) against the CPU path."""
+    settings = EncoderSettings(density=0.2, image_size=(32, 32), softness=softness)
     images = [np.random.default_rng(i).integers(0, 255, (40, 40), dtype=np.uint8) for i in range(3)]
     cpu_backbone = Backbone("vgg16")
     pixels = np.stack([settings.preprocess(im) for im in images])
