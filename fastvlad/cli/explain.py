@@ -49,7 +49,8 @@ def explain_command(model_path: Path = typer.Argument(..., metavar="MODEL"),
                    f"bias {expl.bias[expl.target]:+.3f} + codewords {expl.support.sum():+.3f}")
         for j in np.argsort(-np.abs(expl.support), kind="stable")[:top]:
             n = int((expl.codewords == j).sum())
-            # an empty codeword's all-zero block is evidence too (of absence); it has no region on the map
+            # a codeword nearest to no point contributes too (hard: its all-zero block, evidence of absence;
+            # soft: others' weighted residuals); it has no region on the map
             typer.echo(f"  codeword {j:>4}: {expl.support[j]:+.4f} ({f'nearest to {n} points' if n else 'nearest to no point'})")
     else:
         ds = datasets.load(image, require_labels=False)
