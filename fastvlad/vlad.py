@@ -68,7 +68,7 @@ def spacing(centres: np.ndarray) -> float:
 #: A weight under exp(−SOFT_CUTOFF) (1e-13 of the nearest centre's) is zero. The per-centre L2 would
 #: otherwise give a centre that only such weights reach a unit-length block, decided by where float32
 #: and float64 (or a CPU and a GPU) underflow; with 5,000 points per image no centre was that far from
-#: all of them (40 images of the shared set checked, README "Soft assignment"), so the cutoff changed
+#: all of them (40 images of the shared set checked, ACCURACY.md run 68), so the cutoff changed
 #: no code there.
 SOFT_CUTOFF = 30.0
 
