@@ -22,7 +22,11 @@ Aggregations (``aggregate``):
   point to its nearest centre over the training images' points (b → ∞ is ``hard``);
 - ``floor g``: hard assignment, each centre's sum v_j divided by √(‖v_j‖² + c²), c = g times the
   median ‖v_j‖ over the non-empty centres of the training images (g = 0 is ``hard``);
-- ``soft b, floor g``: both.
+- ``soft b, floor g``: both;
+- ``soft b, power, no intra`` / ``power and intra`` / ``global L2 only``: the soft sums normalised
+  otherwise (the signed square root of every element, with or without the per-centre L2; or only the
+  global L2);
+- ``…, alpha a``: the ridge head at alpha a instead of 20.
 
 The points are kept as float16 (``--cache`` saves them, and a later run with the same seed reads them);
 ``hard`` on them reproduces the library's codes to about 1e-3 (printed) and its row of
@@ -49,15 +53,32 @@ from fastvlad.evaluate import folds
 from fastvlad.images import AnySource, Transformed, flipped
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nanofiber-sem"
-#: (name, softness b or None for hard, floor g, the ridge head's alpha): the rows of the table, the default first.
-AGGREGATIONS: list[tuple[str, float | None, float, float]] = [
-    ("hard (the default)", None, 0.0, 20.0),
-    *((f"soft {b:g}", b, 0.0, 20.0) for b in (100.0, 30.0, 10.0, 3.0)),
-    *((f"floor {g:g}", None, g, 20.0) for g in (0.5, 1.0, 2.0)),
-    *((f"soft {b:g}, floor {g:g}", b, g, 20.0) for b in (10.0,) for g in (0.5, 1.0)),
-    *((f"soft {b:g}, alpha {a:g}", b, 0.0, a) for b in (30.0, 10.0) for a in (5.0, 10.0, 40.0)),
-]
+@dataclass(frozen=True)
+class Aggregation:
+    """One row of the table: softness b (None: hard), floor g, the ridge head's alpha, and which of the
+    per-centre L2 (``intra``) and the signed square root (``power``) normalise the sums."""
 
+    name: str
+    soft: float | None = None
+    floor: float = 0.0
+    alpha: float = 20.0
+    intra: bool = True
+    power: bool = False
+
+
+#: The rows of the table, the default of run 68's time first.
+AGGREGATIONS: list[Aggregation] = [
+    Aggregation("hard (the default)"),
+    *(Aggregation(f"soft {b:g}", b) for b in (100.0, 30.0, 10.0, 3.0)),
+    *(Aggregation(f"floor {g:g}", None, g) for g in (0.5, 1.0, 2.0)),
+    *(Aggregation(f"soft {b:g}, floor {g:g}", b, g) for b in (10.0,) for g in (0.5, 1.0)),
+    *(Aggregation(f"soft {b:g}, alpha {a:g}", b, alpha=a) for b in (30.0, 10.0) for a in (5.0, 10.0, 30.0, 40.0)),
+    Aggregation("soft 10, power, no intra", 10.0, intra=False, power=True),
+    Aggregation("soft 10, power and intra", 10.0, power=True),
+    Aggregation("soft 10, global L2 only", 10.0, intra=False),
+    *(Aggregation(f"soft 10, power, no intra, alpha {a:g}", 10.0, alpha=a, intra=False, power=True)
+      for a in (5.0, 40.0)),
+]
 
 def points_of(encoder: Encoder, sources: list[AnySource], view: View) -> np.ndarray:
     """Every image's projected hypercolumns at its points as ``view`` shows it: ``(n, S, p)`` float16."""
@@ -112,7 +133,7 @@ def take_points(encoder: Encoder, X: list[str], rows: np.ndarray, seed: int, cha
 
 
 def aggregate(P: np.ndarray, centres: np.ndarray, soft: float | None, floor: float, scale: float,
-              norm: float, batch: int = 32) -> np.ndarray:
+              norm: float, batch: int = 32, intra: bool = True, power: bool = False) -> np.ndarray:
     """VLAD codes of points ``(n, S, p)`` with centres ``(k, p)``: ``(n, k·p)`` float32 (see the module's
     docstring; ``scale`` the squared-distance unit of ``soft``, ``norm`` the residual norm unit of ``floor``)."""
     C = centres.astype(np.float32)
@@ -129,9 +150,12 @@ def aggregate(P: np.ndarray, centres: np.ndarray, soft: float | None, floor: flo
             w = np.exp(z)
             w /= w.sum(axis=2, keepdims=True)
         v = np.matmul(w.transpose(0, 2, 1), x) - w.sum(axis=1)[:, :, None] * C  # (b, k, p)
-        n2 = (v * v).sum(axis=2, keepdims=True)
-        c2 = (floor * norm) ** 2
-        v = np.divide(v, np.sqrt(n2 + c2), out=np.zeros_like(v), where=(n2 + c2) > 0)
+        if power:
+            v = np.sign(v) * np.sqrt(np.abs(v))
+        if intra:
+            n2 = (v * v).sum(axis=2, keepdims=True)
+            c2 = (floor * norm) ** 2
+            v = np.divide(v, np.sqrt(n2 + c2), out=np.zeros_like(v), where=(n2 + c2) > 0)
         flat = v.reshape(len(x), -1)
         out[a:a + batch] = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
     return out
@@ -186,18 +210,18 @@ def main(argv: list[str] | None = None) -> None:
              f"{platform.node()}, {time.strftime('%Y-%m-%d %H:%M')}; units: s = {scale:.4g}, norm = {norm:.4g}", "",
              "| aggregation | split | accuracy | max flip | mean flip | max right→wrong | " + " | ".join(names) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(names)]
-    for agg_name, soft, floor, alpha in AGGREGATIONS:
-        if not any(o in agg_name for o in args.only):
+    for agg in AGGREGATIONS:
+        if not any(o in agg.name for o in args.only):
             continue
         def codes(P: np.ndarray) -> np.ndarray:
-            return aggregate(P, centres, soft, floor, scale, norm)  # noqa: B023
+            return aggregate(P, centres, agg.soft, agg.floor, scale, norm, intra=agg.intra, power=agg.power)  # noqa: B023
 
         cs = argparse.Namespace(codes=codes(pts.images), augmented=codes(pts.copies),
                                 augmented_of=np.arange(len(X)), views=[codes(pts.mirror)])
         changed = {n: [codes(v) for v in pair] for n, pair in pts.changed.items()}
         for split_name, fold in splits.items():
-            r = scored(functools.partial(estimator_head, classifier="ridge", alpha=alpha), cs, y, fold, rows, changed)
-            lines.append(table_row(agg_name, split_name, r, names))
+            r = scored(functools.partial(estimator_head, classifier="ridge", alpha=agg.alpha), cs, y, fold, rows, changed)
+            lines.append(table_row(agg.name, split_name, r, names))
             print(lines[-1], file=sys.stderr, flush=True)
     write(lines, args.out)
 
