@@ -7,7 +7,8 @@ per-image median; the summary at the end prints the ratios the issue sets goals 
 * post-CNN (assignment from the taps + VLAD from the taps, as the encoder runs them) / CNN ≤ 0.10;
 * assignment at least as fast as scikit-learn (``pairwise_distances_argmin``, ``MiniBatchKMeans.predict``);
 * VLAD ≥ 50× the reference's per-centre loop, both given the same hypercolumns and labels (the
-  loop is timed, not the reference's float64 broadcast assignment). ``read_once`` is the floor
+  loop is timed, not the reference's float64 broadcast assignment); soft assignment (``softness=10``,
+  ``vlad.encode_soft``) against the reference's per-point loop and against the hard VLAD. ``read_once`` is the floor
   for any kernel that reads the hypercolumns: one parallel pass summing them (29 MB per image),
   so reference / read_once bounds the ratio any VLAD kernel on this machine could show.
 
@@ -30,6 +31,7 @@ from fastvlad.encoder import Encoder, Timings, Workspace, batch_points
 #: Per-image median seconds of every benchmark that ran, for the ratio summary.
 RESULTS: dict[str, float] = {}
 REFERENCE_ASSIGN_POINTS = 500
+SOFTNESS = 10.0  # the default's
 
 
 def _record(benchmark, name: str, images: int, scale: float = 1.0) -> None:  # type: ignore[no-untyped-def]
@@ -59,6 +61,8 @@ def ratio_lines(r: dict[str, float]) -> list[str]:
     ratio("reference VLAD loop / VLAD (same labels)", "reference_vlad", "vlad", ">= 50")
     ratio("reference VLAD loop / read_once (bound for any kernel)", "reference_vlad", "read_once", "-")
     ratio("VLAD / read_once", "vlad", "read_once", "-")
+    ratio("reference soft VLAD loop / soft VLAD", "reference_vlad_soft", "vlad_soft", "-")
+    ratio("soft VLAD / VLAD (same points, the labels given)", "vlad_soft", "vlad", "-")
     ratio("(gather + VLAD) / VLAD from taps (fused)", "gather_then_vlad", "vlad_from_taps", "-")
     ratio("reference full-map gather / gather", "reference_gather", "gather", "-")
     return lines
@@ -172,6 +176,25 @@ def test_reference_vlad_loop(benchmark, batch, centres, labels, settings) -> Non
     benchmark.pedantic(reference.vlad, args=(x1, centres, settings.intra, settings.power), kwargs={"labels": l1},
                        rounds=5, iterations=1, warmup_rounds=1)
     _record(benchmark, "reference_vlad", 1)
+
+
+@pytest.mark.benchmark(group="vlad")
+def test_vlad_soft(benchmark, batch, centres, settings) -> None:  # type: ignore[no-untyped-def]
+    """Soft assignment (``softness=10``, the default's): the weights and the sums as GEMMs."""
+    x = batch[3]
+    codes = benchmark.pedantic(vlad.encode_soft, args=(x, centres, SOFTNESS, settings.intra, settings.power),
+                               rounds=5, iterations=1, warmup_rounds=1)
+    want = reference.vlad_soft(x[0], centres, SOFTNESS, settings.intra, settings.power)
+    np.testing.assert_allclose(codes[0], want, rtol=1e-4, atol=1e-5)
+    _record(benchmark, "vlad_soft", len(x))
+
+
+@pytest.mark.benchmark(group="vlad")
+def test_reference_vlad_soft(benchmark, batch, centres, settings) -> None:  # type: ignore[no-untyped-def]
+    """The reference's per-point float64 loop, one image."""
+    benchmark.pedantic(reference.vlad_soft, args=(batch[3][0], centres, SOFTNESS, settings.intra, settings.power),
+                       rounds=2, iterations=1)
+    _record(benchmark, "reference_vlad_soft", 1)
 
 
 @pytest.mark.benchmark(group="vlad")

@@ -67,24 +67,32 @@ def nearest_from_taps(taps: Sequence[Any], points: Any, centres: Any, mode: str 
                              "use the backbone and taps the codebook was fitted with")
     onto_centres = projection.Projection(c.T, xp.zeros(len(c), dtype=xp.float32))
     cross = projection.gather(taps, points, onto_centres, mode, backend, gathered=gathered, out_hw=out_hw)
-    return _nearest_from_cross(cross, c, backend)
+    return nearest_from_cross(cross, c, backend)
 
 
-def nearest_per_image(x: Any, centres: Any, backend: Backend = CPU) -> Any:
-    """The labels of ``nearest`` for a batch ``(n, S, dim)``, one GEMM per image
-    (``Backend.matmul_per_image``: no label depends on the batch): ``(n·S,)`` int32."""
+def cross_per_image(x: Any, centres: Any, backend: Backend = CPU) -> Any:
+    """The cross term x·cᵀ of a batch ``(n, S, dim)`` with the centres ``(k, dim)``, one GEMM per image
+    (``Backend.matmul_per_image``: no value depends on the batch): ``(n, S, k)`` float32."""
     xp = backend.xp
     c = xp.ascontiguousarray(xp.asarray(centres), dtype=xp.float32)
     if x.ndim != 3 or c.ndim != 2 or x.shape[2] != c.shape[1]:
         raise ParameterError(f"x {tuple(x.shape)} must be (n, S, dim) and centres {tuple(c.shape)} (k, dim)")
-    return _nearest_from_cross(backend.matmul_per_image(x.astype(xp.float32, copy=False), c.T), c, backend)
+    return backend.matmul_per_image(x.astype(xp.float32, copy=False), c.T)
 
 
-def _nearest_from_cross(cross: Any, c: Any, backend: Backend) -> Any:
-    """argmin_j ‖c_j‖² − 2·cross[…, j] of a cross term ``(n, S, k)``: ``(n·S,)`` int32."""
+def nearest_per_image(x: Any, centres: Any, backend: Backend = CPU) -> Any:
+    """The labels of ``nearest`` for a batch ``(n, S, dim)`` from ``cross_per_image``: ``(n·S,)`` int32."""
+    return nearest_from_cross(cross_per_image(x, centres, backend), centres, backend)
+
+
+def nearest_from_cross(cross: Any, centres: Any, backend: Backend = CPU) -> Any:
+    """argmin_j ‖c_j‖² − 2·cross[…, j] of a cross term ``(…, k)`` with centres ``(k, dim)``: ``(n·S,)``
+    int32 (``cross`` is read, not changed)."""
+    xp = backend.xp
+    c = xp.ascontiguousarray(xp.asarray(centres), dtype=xp.float32)
     cross = cross.reshape(-1, c.shape[0])
     c_sq = (c * c).sum(axis=1)
-    return backend.argmin_rows(cross, c_sq, backend.xp.empty(len(cross), dtype=np.int32))
+    return backend.argmin_rows(cross, c_sq, xp.empty(len(cross), dtype=np.int32))
 
 
 def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator, n_local_trials: int | None = None) -> np.ndarray:

@@ -289,6 +289,13 @@ class Encoder:
         return cls(EncoderSettings.of(model), backend, cnn, getattr(model, "projection_", None),
                    getattr(model, "codebook_", None), model.on_error == "skip")
 
+    @functools.cached_property
+    def soft_unit(self) -> float:
+        """``vlad.spacing`` of the centres: soft assignment's unit of squared distance, once per encoder."""
+        if self.centres is None:
+            raise ValueError("the encoder has no codebook yet: fit_codebook first")
+        return vlad.spacing(self.centres)
+
     # -- 1. images → batches of pixels and points -------------------------------------------------
     def batches(self, sources: Sequence[AnySource]) -> Iterator[Batch]:
         """The images decoded ``backend.batch_size`` at a time on the backend's decoding threads, which
@@ -401,11 +408,13 @@ class Encoder:
         if proj is not None or settings.softness is not None:
             hc = self.hypercolumns(taps, points, grid, workspace, timings, proj)
             t = time.perf_counter()
-            labels = codebook.nearest_per_image(hc, centres, self.backend)
+            cross = codebook.cross_per_image(hc, centres, self.backend)  # for the labels and the soft weights
+            labels = codebook.nearest_from_cross(cross, centres, self.backend)
             t = timings.add("assign", t)
             codes = (vlad.encode(hc, labels.reshape(n, s), centres, settings.intra, settings.power, self.backend)
                      if settings.softness is None else
-                     vlad.encode_soft(hc, centres, settings.softness, settings.intra, settings.power, self.backend))
+                     vlad.encode_soft(hc, centres, settings.softness, settings.intra, settings.power, self.backend,
+                                      self.soft_unit, cross))
         else:  # full width: the (n, S, dim) hypercolumns (29 MB per image at 1,472) are never built;
             # the fine taps (block1/2) are gathered once for both stages, the coarse ones read on their grid
             m = projection.points_side(taps, s, len(centres))

@@ -73,25 +73,30 @@ def spacing(centres: np.ndarray) -> float:
 SOFT_CUTOFF = 30.0
 
 
-def soft_weights(x: Any, centres: Any, softness: float, unit: float, backend: Backend = CPU) -> Any:
+def soft_weights(x: Any, centres: Any, softness: float, unit: float, backend: Backend = CPU,
+                 cross: Any = None) -> Any:
     """Each point's weight on each centre, ``exp(−softness·(d²_j − min d²) / unit)`` normalised over
     the centres, zero under ``exp(−SOFT_CUTOFF)``: x ``(n, S, dim)``, centres ``(k, dim)`` →
-    ``(n, S, k)`` float32 (rows sum to 1; ``softness`` → ∞ is the nearest centre's one-hot row). One
-    GEMM per image for the cross term."""
+    ``(n, S, k)`` float32 (rows sum to 1; ``softness`` → ∞ is the nearest centre's one-hot row).
+    ``cross``: x·cᵀ ``(n, S, k)`` float32 when at hand (``codebook.cross_per_image``), else one GEMM
+    per image computes it."""
     xp = backend.xp
     c = xp.ascontiguousarray(xp.asarray(centres), dtype=xp.float32)
+    if cross is None:
+        cross = backend.matmul_per_image(x.astype(xp.float32, copy=False), c.T)
     # ‖x‖² is the same for every centre of a point: it cancels in d² − min d².
-    d2 = (c * c).sum(axis=1) - 2.0 * backend.matmul_per_image(x.astype(xp.float32, copy=False), c.T)
+    d2 = (c * c).sum(axis=1) - 2.0 * cross
     z = (d2 - d2.min(axis=2, keepdims=True)) * xp.float32(softness / unit)
     w = xp.where(z <= SOFT_CUTOFF, xp.exp(-xp.minimum(z, SOFT_CUTOFF)), xp.float32(0))
     return w / w.sum(axis=2, keepdims=True)
 
 
 def encode_soft(x: Any, centres: Any, softness: float, intra: bool = True, power: bool = False,
-                backend: Backend = CPU) -> Any:
-    """Soft-assignment VLAD: every point's residual to every centre, weighted by ``soft_weights``
-    (unit: ``spacing`` of the centres), summed per centre, then ``normalise``: x ``(n, S, dim)``
-    float32/float16, centres ``(k, dim)`` → ``(n, k·dim)`` float32.
+                backend: Backend = CPU, unit: float | None = None, cross: Any = None) -> Any:
+    """Soft-assignment VLAD: every point's residual to every centre, weighted by ``soft_weights``,
+    summed per centre, then ``normalise``: x ``(n, S, dim)`` float32/float16, centres ``(k, dim)`` →
+    ``(n, k·dim)`` float32. ``unit``: ``spacing(centres)``, computed here when not given; ``cross``:
+    x·cᵀ when at hand (an encoder has both already: the same codes, less work per batch).
 
     A point near a Voronoi border counts for both centres instead of jumping from one to the other,
     so a small change of the image moves the code a little (ACCURACY.md, runs 68–70). The sums are GEMMs
@@ -100,9 +105,12 @@ def encode_soft(x: Any, centres: Any, softness: float, intra: bool = True, power
         raise ParameterError(f"x {tuple(x.shape)} must be (n, S, dim) and centres {tuple(centres.shape)} (k, dim)")
     if not softness > 0:
         raise ParameterError(f"softness={softness!r} must be > 0 (None for hard assignment)")
+    if cross is not None and tuple(cross.shape) != (*x.shape[:2], centres.shape[0]):
+        raise ParameterError(f"cross {tuple(cross.shape)} must be (n, S, k) = {(*x.shape[:2], centres.shape[0])}")
     xp = backend.xp
     c = xp.ascontiguousarray(xp.asarray(centres), dtype=xp.float32)
-    w = soft_weights(x, c, softness, spacing(backend.to_numpy(c)), backend)
+    unit = spacing(backend.to_numpy(c)) if unit is None else unit
+    w = soft_weights(x, c, softness, unit, backend, cross)
     wt = xp.ascontiguousarray(w.transpose(0, 2, 1))  # (n, k, S)
     sums = xp.matmul(wt, x.astype(xp.float32, copy=False)) - wt.sum(axis=2)[:, :, None] * c  # (n, k, dim)
     return normalise(sums, intra, power, xp)

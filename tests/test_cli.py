@@ -155,7 +155,7 @@ def test_train_softness_option(vgg16_path: Path, demo_folder: Path, tmp_path: Pa
     assert fastvlad.load(out).softness == 5.0
     res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(out), *SMALL, "--softness", "none"])
     assert res.exit_code == 0 and fastvlad.load(out).softness is None
-    for bad, says in (("soft", "--softness 'soft'"), ("-1", "softness=-1.0")):
+    for bad, says in (("soft", "--softness 'soft'"), ("hard", "--softness 'hard'"), ("-1", "softness=-1.0")):
         res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(tmp_path / "x.fvl"), "--softness", bad])
         assert isinstance(res.exception, ParameterError) and says in str(res.exception), res.output
     assert not (tmp_path / "x.fvl").exists()

@@ -127,6 +127,30 @@ def test_soft_model_save_load_gives_the_same_codes(fitted_soft: FastVLAD,
     np.testing.assert_array_equal(again.transform(X[:4]), fitted_soft.transform(X[:4]))
 
 
+def test_soft_encoder_does_the_unit_once_and_the_cross_term_once_per_batch(
+        fitted_soft: FastVLAD, small_demo: tuple[list[np.ndarray], np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Soft assignment needs the cross term x·cᵀ for the labels and the weights, and the codebook's
+    spacing: one GEMM per image and batch, one spacing per encoder, not one per use."""
+    X, _ = small_demo
+    onto_centres = fitted_soft.codebook_.T.shape  # (p, k)
+    gemms, units = [0], [0]
+    matmul, spacing = CpuBackend.matmul_per_image, fastvlad.vlad.spacing
+
+    def counted_matmul(self: CpuBackend, a: np.ndarray, b: np.ndarray, **kw: object) -> np.ndarray:
+        gemms[0] += b.shape == onto_centres  # the products onto the centres (not the PCA's)
+        return matmul(self, a, b, **kw)
+
+    def counted_spacing(c: np.ndarray) -> float:
+        units[0] += 1
+        return spacing(c)
+
+    monkeypatch.setattr(CpuBackend, "matmul_per_image", counted_matmul)
+    monkeypatch.setattr(fastvlad.vlad, "spacing", counted_spacing)
+    encoder = Encoder.of(fitted_soft)
+    batches = list(encoder.encode_batches(X[:10]))  # batch_size 8: two batches
+    assert len(batches) == 2 and gemms[0] == 2 and units[0] == 1
+
+
 def test_model_file_without_softness_loads_as_the_nearest_centre(small_demo: tuple[list[np.ndarray], np.ndarray],
                                                                  tmp_path: Path) -> None:
     """A model file written before ``softness`` existed was trained with the nearest centre: it loads

@@ -269,6 +269,20 @@ def test_soft_encode_per_image_independent_of_batch_and_float16() -> None:
                                atol=1e-6)
 
 
+def test_soft_encode_with_the_unit_and_cross_term_given_is_the_same() -> None:
+    """The encoder passes the unit and the cross term it has already: the codes must not change."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 120, 8), dtype=np.float32)
+    c = rng.standard_normal((7, 8), dtype=np.float32)
+    cross = codebook.cross_per_image(x, c)
+    np.testing.assert_allclose(cross, x @ c.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(codebook.nearest_from_cross(cross, c), codebook.nearest_per_image(x, c))
+    given = vlad.encode_soft(x, c, 10.0, unit=vlad.spacing(c), cross=cross)
+    np.testing.assert_array_equal(given, vlad.encode_soft(x, c, 10.0))
+    with pytest.raises(ParameterError, match=r"cross \(3, 120, 6\) must be \(n, S, k\)"):
+        vlad.encode_soft(x, c, 10.0, cross=cross[:, :, :6])
+
+
 def test_spacing_is_the_median_nearest_centre_squared_distance() -> None:
     c = np.array([[0, 0], [1, 0], [0, 3], [10, 10]], np.float32)  # nearest: 1, 1, 9, 85 → median 5
     assert vlad.spacing(c) == pytest.approx(5.0)

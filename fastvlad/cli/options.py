@@ -133,7 +133,7 @@ def parse_softness(text: Optional[str]) -> dict[str, Any]:
     else {"softness": B}."""
     if text is None:
         return {}
-    if text.strip().lower() in ("none", "hard"):
+    if text.strip().lower() == "none":
         return {"softness": None}
     try:
         return {"softness": float(text)}
