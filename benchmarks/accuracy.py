@@ -49,6 +49,7 @@ import dataclasses
 import functools
 import json
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -757,7 +758,7 @@ def fitted_per_fold(name: str, params: dict[str, Any], X: list[str], y: np.ndarr
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace, argv: list[str] | None) -> None:
     """The Markdown table on stdout (and ``--out``), every number in ``--json``."""
-    table = markdown(rows, " ".join(["python", "benchmarks/accuracy.py", *(argv or sys.argv[1:])]))
+    table = markdown(rows, shlex.join(["python", "benchmarks/accuracy.py", *(argv or sys.argv[1:])]))
     print(table)
     if args.out:
         args.out.write_text(table)

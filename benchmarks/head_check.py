@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import functools
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     X, y, groups, series, rows = shift_data(args.data)
     loso_fold = np.unique(series, return_inverse=True)[1]
-    lines = [f"`python benchmarks/head_check.py {' '.join(argv if argv is not None else sys.argv[1:])}` — "
+    lines = [f"`{command_line('head_check.py', argv)}` — "
              f"{platform.node()}, {time.strftime('%Y-%m-%d %H:%M')}", ""]
     for seed in args.seeds:
         t = time.perf_counter()
@@ -170,6 +171,11 @@ def table_row(name: str, split: str, r: dict[str, Any], changes: list[str]) -> s
     """One Markdown row of ``scored``'s result ``r``: accuracy, the flips' summary, then each change's."""
     return (f"| {name} | {split} | {r['accuracy']:.3f} | {r['max_flip']:.3f} | {r['mean_flip']:.3f} | "
             f"{r['max_lost']:.3f} | " + " | ".join(f"{r['shift'][n]['flipped']:.3f}" for n in changes) + " |")
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """``python benchmarks/<script> <args>`` as typed, quoted where an argument needs it (``--only "soft 10"``)."""
+    return shlex.join(["python", f"benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])])
 
 
 def write(lines: list[str], out: Path | None) -> None:

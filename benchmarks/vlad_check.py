@@ -44,7 +44,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from head_check import estimator_head, scored, shift_data, table_row, write
+from head_check import (
+    command_line,
+    estimator_head,
+    scored,
+    shift_data,
+    table_row,
+    write,
+)
 
 from fastvlad import intensity
 from fastvlad.encoder import Encoder, Timings, View, Workspace, zoom_sources
@@ -206,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     splits = {"leave-one-series-out": np.unique(series, return_inverse=True)[1],
               "grouped 5-fold": folds(y, groups, 5, args.seed, None)}
     names = list(changes)
-    lines = [f"`python benchmarks/vlad_check.py {' '.join(argv if argv is not None else sys.argv[1:])}` — "
+    lines = [f"`{command_line('vlad_check.py', argv)}` — "
              f"{platform.node()}, {time.strftime('%Y-%m-%d %H:%M')}; units: s = {scale:.4g}, norm = {norm:.4g}", "",
              "| aggregation | split | accuracy | max flip | mean flip | max right→wrong | " + " | ".join(names) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(names)]
