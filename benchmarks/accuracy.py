@@ -34,7 +34,8 @@ reads the stretch's percentiles from a smoothed copy (``stretch_of_smoothed``), 
 divides each tap or channel by its mean over the image (``TapNormalized``), one with
 ``stretch_at_input`` stretches the resized image instead of the image at its own resolution
 (``stretched_after_resize``), one with ``pre_blur`` (σ px) stretches the image blurred first
-(``stretch_of_blurred``), and one with
+(``stretch_of_blurred``), one with ``median_gamma`` also takes the stretched image's median to
+mid-gray by a gamma (``stretch_median_gamma``), and one with
 ``jitter_blur_noise`` also blurs and noises the augmented copies, and one with ``exposure_views`` (n)
 averages at predict over n more views, each re-exposed, blurred and noised by a seeded draw
 (``ExposedView``) (``variant_knobs``): how such settings were measured without becoming parameters. A variant with ``head_on_views`` fits the logistic head on every training image's
@@ -302,6 +303,11 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
     # make the whole encoding at seeds 0–4 (not yet run).
     *((f"the ridge head, alpha 20, zoom 1.2 jittered, softness {b:g}{s}", dict(DEFAULT_51, softness=b, random_state=seed),
        False) for b in (10.0,) for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"), (3, ", seed 3"), (4, ", seed 4"))),
+    # Run 73: gamma flips a fifth to a third of run 68's largest changes, and the stretch pins only the
+    # 1st and 99th percentiles. A gamma that also takes the stretched image's median to mid-gray
+    # (``median_gamma``) pins a third point: a raw gamma then moves the input only between them.
+    *((f"the default (softness 10), stretched and the median to mid-gray{s}",
+       dict(DEFAULT_51, softness=10.0, median_gamma=True, random_state=seed), True) for seed, s in ((0, ""), (1, ", seed 1"))),
 ]
 #: Every variant before run 40 was measured without zoomed views at predict.
 BEFORE_RUN_40: dict[str, Any] = {"tta_zoom": ()}
@@ -318,7 +324,7 @@ VARIANTS = [(name, {**LOGISTIC, **BEFORE_RUN_40, **BEFORE_RUN_45, **BEFORE_RUN_5
             for name, params, shift in VARIANTS]
 #: Benchmark-only knobs that change the codes (``variant_knobs``): part of an encoding's key.
 ENCODER_KNOBS = ("stretch", "jitter_blur_noise", "jitter_gamma", "stretch_smooth", "tap_norm", "stretch_at_input",
-                 "pre_blur", "exposure_views")
+                 "pre_blur", "exposure_views", "median_gamma")
 #: Variant keys that are not estimator parameters (see the module's docstring).
 BENCHMARK_ONLY = ("scales", "pooled_scales", "early_stopping", "head_on_views", *ENCODER_KNOBS)
 #: Parameters that decide the codes (the rest only decide the head).
@@ -405,7 +411,8 @@ def variant_knobs(variant: dict[str, Any]) -> Iterator[None]:
     percentiles read from a smoothed copy (``stretch_of_smoothed``); with ``tap_norm`` every
     encoder's CNN wrapped in ``TapNormalized``; with ``stretch_at_input`` the stretch moved after the
     resize (``stretched_after_resize``); with ``pre_blur`` the image blurred before the stretch
-    (``stretch_of_blurred``)."""
+    (``stretch_of_blurred``); with ``median_gamma`` the stretched image's median taken to mid-gray by a
+    gamma (``stretch_median_gamma``)."""
     keep, jitter, stretch = intensity.STRETCH_PERCENTILES, intensity.jitter, intensity.NORMALIZATIONS["stretch"]
     resize = images.resize
     intensity.STRETCH_PERCENTILES = tuple(variant.get("stretch", keep))
@@ -416,6 +423,8 @@ def variant_knobs(variant: dict[str, Any]) -> Iterator[None]:
         intensity.NORMALIZATIONS["stretch"] = functools.partial(stretch_of_smoothed, sigma=variant["stretch_smooth"])
     if variant.get("pre_blur"):
         intensity.NORMALIZATIONS["stretch"] = functools.partial(stretch_of_blurred, sigma=variant["pre_blur"])
+    if variant.get("median_gamma"):
+        intensity.NORMALIZATIONS["stretch"] = stretch_median_gamma
     if variant.get("stretch_at_input"):
         intensity.NORMALIZATIONS["stretch"] = lambda values: values
         images.resize = stretched_after_resize  # type: ignore[assignment]
@@ -470,6 +479,21 @@ def stretch_of_blurred(values: np.ndarray, sigma: float) -> np.ndarray:
     """``intensity.stretch`` of the image blurred by a Gaussian of ``sigma`` px first: the network sees
     the blurred image, and the percentiles are read from it."""
     return intensity.stretch(intensity.blur(values, sigma))
+
+
+#: The gammas ``stretch_median_gamma`` may apply (the shared set's medians need 0.37–1.78).
+MEDIAN_GAMMA_RANGE = (1 / 3, 3.0)
+
+
+def stretch_median_gamma(values: np.ndarray) -> np.ndarray:
+    """``intensity.stretch``, then 255·z^g with z the stretched image in 0..1 and g the gamma (within
+    ``MEDIAN_GAMMA_RANGE``) that takes its median to 0.5 (float64, rounded once: as ``intensity.gamma``)."""
+    z = intensity.stretch(values).astype(np.float64) / 255.0
+    m = float(np.median(z))
+    if not 0.0 < m < 1.0:
+        return (255.0 * z).astype(np.float32)
+    g = min(max(np.log(0.5) / np.log(m), MEDIAN_GAMMA_RANGE[0]), MEDIAN_GAMMA_RANGE[1])
+    return (255.0 * z**g).astype(np.float32)
 
 
 def stretched_after_resize(img: np.ndarray, size: tuple[int, int] | None, resample: str = "bilinear") -> np.ndarray:
