@@ -42,29 +42,31 @@ def _record(benchmark, name: str, images: int, scale: float = 1.0) -> None:  # t
     RESULTS[name] = per_image
 
 
+#: The ratios the summary prints, when both benchmarks ran: (label, numerator, denominator, goal).
+RATIOS: list[tuple[str, str, str, str]] = [
+    ("post-CNN stages (Encoder.codes) / CNN", "post_cnn", "cnn", "<= 0.10"),
+    ("sklearn pairwise_distances_argmin / assign_from_taps", "sklearn_pairwise", "assign_from_taps", ">= 1"),
+    ("sklearn MiniBatchKMeans.predict / assign_from_taps", "sklearn_predict", "assign_from_taps", ">= 1"),
+    ("sklearn pairwise_distances_argmin / assign (GEMM)", "sklearn_pairwise", "assign_gemm", ">= 1"),
+    ("sklearn MiniBatchKMeans.predict / assign (GEMM)", "sklearn_predict", "assign_gemm", ">= 1"),
+    ("reference exact assign / assign_from_taps", "reference_assign", "assign_from_taps", "-"),
+    ("reference VLAD loop / VLAD (same labels)", "reference_vlad", "vlad", ">= 50"),
+    ("reference VLAD loop / read_once (bound for any kernel)", "reference_vlad", "read_once", "-"),
+    ("VLAD / read_once", "vlad", "read_once", "-"),
+    ("reference soft VLAD loop / soft VLAD", "reference_vlad_soft", "vlad_soft", "-"),
+    ("soft VLAD / VLAD (same points, the labels given)", "vlad_soft", "vlad", "-"),
+    ("(gather + VLAD) / VLAD from taps (fused)", "gather_then_vlad", "vlad_from_taps", "-"),
+    ("reference full-map gather / gather", "reference_gather", "gather", "-"),
+]
+
+
 def ratio_lines(r: dict[str, float]) -> list[str]:
     """The goals of issue #3 as lines of text, for whichever benchmarks ran."""
     lines = [f"{name:<28} {1e3 * s:9.2f} ms/image" for name, s in r.items() if name != "post_cnn_share"]
-
-    def ratio(label: str, num: str, den: str, goal: str) -> None:
-        if num in r and den in r:
-            lines.append(f"{label:<52} {r[num] / r[den]:8.3f}   (goal {goal})")
-
-    ratio("post-CNN stages (Encoder.codes) / CNN", "post_cnn", "cnn", "<= 0.10")
+    lines += [f"{label:<52} {r[num] / r[den]:8.3f}   (goal {goal})" for label, num, den, goal in RATIOS
+              if num in r and den in r]
     if "post_cnn_share" in r:
         lines.append(f"{'post-CNN / CNN, paired round by round (median)':<52} {r['post_cnn_share']:8.3f}   (goal <= 0.10)")
-    ratio("sklearn pairwise_distances_argmin / assign_from_taps", "sklearn_pairwise", "assign_from_taps", ">= 1")
-    ratio("sklearn MiniBatchKMeans.predict / assign_from_taps", "sklearn_predict", "assign_from_taps", ">= 1")
-    ratio("sklearn pairwise_distances_argmin / assign (GEMM)", "sklearn_pairwise", "assign_gemm", ">= 1")
-    ratio("sklearn MiniBatchKMeans.predict / assign (GEMM)", "sklearn_predict", "assign_gemm", ">= 1")
-    ratio("reference exact assign / assign_from_taps", "reference_assign", "assign_from_taps", "-")
-    ratio("reference VLAD loop / VLAD (same labels)", "reference_vlad", "vlad", ">= 50")
-    ratio("reference VLAD loop / read_once (bound for any kernel)", "reference_vlad", "read_once", "-")
-    ratio("VLAD / read_once", "vlad", "read_once", "-")
-    ratio("reference soft VLAD loop / soft VLAD", "reference_vlad_soft", "vlad_soft", "-")
-    ratio("soft VLAD / VLAD (same points, the labels given)", "vlad_soft", "vlad", "-")
-    ratio("(gather + VLAD) / VLAD from taps (fused)", "gather_then_vlad", "vlad_from_taps", "-")
-    ratio("reference full-map gather / gather", "reference_gather", "gather", "-")
     return lines
 
 
