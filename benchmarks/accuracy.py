@@ -300,7 +300,7 @@ VARIANTS: list[tuple[str, dict[str, Any], bool]] = [
       for r in ("bicubic", "lanczos")),
     # Soft assignment (``softness``, the default since run 70): benchmarks/vlad_check.py (run 68) found
     # it steadier and more accurate on new series on one set of points at seeds 0 and 1; these rows
-    # make the whole encoding at seeds 0–4 (not yet run).
+    # make the whole encoding at seeds 0–4 (run 72).
     *((f"the ridge head, alpha 20, zoom 1.2 jittered, softness {b:g}{s}", dict(DEFAULT_51, softness=b, random_state=seed),
        False) for b in (10.0,) for seed, s in ((0, ""), (1, ", seed 1"), (2, ", seed 2"), (3, ", seed 3"), (4, ", seed 4"))),
     # Run 73: gamma flips a fifth to a third of run 68's largest changes, and the stretch pins only the
