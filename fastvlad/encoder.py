@@ -294,7 +294,7 @@ class Encoder:
         """``vlad.spacing`` of the centres: soft assignment's unit of squared distance, once per encoder."""
         if self.centres is None:
             raise ValueError("the encoder has no codebook yet: fit_codebook first")
-        return vlad.spacing(self.centres)
+        return vlad.spacing(np.asarray(self.centres, dtype=np.float32))  # as encode_soft would compute it
 
     # -- 1. images → batches of pixels and points -------------------------------------------------
     def batches(self, sources: Sequence[AnySource]) -> Iterator[Batch]:
