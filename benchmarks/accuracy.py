@@ -50,7 +50,6 @@ import dataclasses
 import functools
 import json
 import platform
-import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -58,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from head_check import command_line
 
 from fastvlad import (
     classifier,
@@ -782,7 +782,7 @@ def fitted_per_fold(name: str, params: dict[str, Any], X: list[str], y: np.ndarr
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace, argv: list[str] | None) -> None:
     """The Markdown table on stdout (and ``--out``), every number in ``--json``."""
-    table = markdown(rows, shlex.join(["python", "benchmarks/accuracy.py", *(argv or sys.argv[1:])]))
+    table = markdown(rows, command_line("accuracy.py", argv))
     print(table)
     if args.out:
         args.out.write_text(table)

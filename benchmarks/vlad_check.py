@@ -53,7 +53,7 @@ from head_check import (
     write,
 )
 
-from fastvlad import intensity
+from fastvlad import intensity, vlad
 from fastvlad.encoder import Encoder, Timings, View, Workspace, zoom_sources
 from fastvlad.estimator import FastVLAD
 from fastvlad.evaluate import folds
@@ -157,14 +157,9 @@ def aggregate(P: np.ndarray, centres: np.ndarray, soft: float | None, floor: flo
             w = np.exp(z)
             w /= w.sum(axis=2, keepdims=True)
         v = np.matmul(w.transpose(0, 2, 1), x) - w.sum(axis=1)[:, :, None] * C  # (b, k, p)
-        if power:
-            v = np.sign(v) * np.sqrt(np.abs(v))
-        if intra:
-            n2 = (v * v).sum(axis=2, keepdims=True)
-            c2 = (floor * norm) ** 2
-            v = np.divide(v, np.sqrt(n2 + c2), out=np.zeros_like(v), where=(n2 + c2) > 0)
-        flat = v.reshape(len(x), -1)
-        out[a:a + batch] = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+        if floor:  # the per-centre L2 with a floor in its place (no row combines it with ``power``)
+            v = v / np.sqrt((v * v).sum(axis=2, keepdims=True) + (floor * norm) ** 2)
+        out[a:a + batch] = vlad.normalise(v, intra and not floor, power)  # the library's normalisations
     return out
 
 
