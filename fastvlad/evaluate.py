@@ -491,14 +491,35 @@ def changed_predictions(result: CVResult, sources: list[Transformed],
     return pred[readable].astype(str), rows[readable]
 
 
-def changed_shares(y_true: np.ndarray, before: np.ndarray, after: np.ndarray) -> dict[str, float]:
-    """What a change did to ``(m,)`` predictions: ``flipped``, the share that changed; ``lost``, the
-    share of the right ones made wrong (a flip among wrong answers costs nothing a user sees);
-    ``accuracy`` after it. All 0 for no rows."""
+def changed_shares(y_true: np.ndarray, before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
+    """What a change did to ``(m,)`` predictions: ``flipped``, the share that changed, and
+    ``flipped_95``, its 95 % interval (``share_interval``); ``lost``, the share of the right ones made
+    wrong (a flip among wrong answers costs nothing a user sees); ``accuracy`` after it. All 0 for
+    no rows."""
     right = before == y_true
     return {"flipped": float((after != before).mean()) if len(before) else 0.0,
+            "flipped_95": share_interval(int((after != before).sum()), len(before)),
             "lost": float((after[right] != y_true[right]).mean()) if right.any() else 0.0,
             "accuracy": float((after == y_true).mean()) if len(before) else 0.0}
+
+
+def share_interval(k: int, n: int) -> list[float]:
+    """The 95 % Wilson score interval ``[low, high]`` of a share of ``k`` in ``n`` (scipy's
+    ``binomtest``; ``[0, 1]`` for no rows): where the share could lie on another sample of as many
+    images. On 200 images a share of 9.5 % reads 6.2–14.4 %, so two settings' shares a few points
+    apart are not told apart by one check."""
+    if n == 0:
+        return [0.0, 1.0]
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
+def share_interval_text(change: dict[str, Any]) -> str:
+    """A change's ``flipped_95`` as "6.2–14.4 %"; "–" in a result from before it was recorded."""
+    low_high = change.get("flipped_95")
+    return "–" if low_high is None else f"{100 * low_high[0]:.1f}–{100 * low_high[1]:.1f} %"
 
 
 def changed_by_group(groups: np.ndarray, before: np.ndarray, after: np.ndarray) -> dict[str, list[int]]:

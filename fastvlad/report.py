@@ -26,7 +26,7 @@ from . import plots
 from ._files import write_bytes_atomic
 from .datasets import Dataset
 from .errors import FastVLADError
-from .evaluate import CVResult, by_group_text, refit_text
+from .evaluate import CVResult, by_group_text, refit_text, share_interval_text
 from .images import read, to_rgb255
 from .model_file import data_sha256
 
@@ -247,9 +247,9 @@ def _shift_section(nums: dict[str, Any]) -> str:
     shift = nums.get("shift")
     if not shift:
         return ""
-    rows = [["(unchanged)", "", "", f"{shift['accuracy_unchanged']:.3f}", ""]]
-    rows += [[c["name"], f"{100 * c['flipped']:.1f} %", _lost(c), f"{c['accuracy']:.3f}", f"{c['seconds']:.1f}"]
-             for c in shift["changes"]]
+    rows = [["(unchanged)", "", "", "", f"{shift['accuracy_unchanged']:.3f}", ""]]
+    rows += [[c["name"], f"{100 * c['flipped']:.1f} %", share_interval_text(c), _lost(c), f"{c['accuracy']:.3f}",
+              f"{c['seconds']:.1f}"] for c in shift["changes"]]
     return ("<h2>Shift check</h2>"
             f'<p class="muted">{shift["n_images"]} out-of-fold images (a seeded sample, stratified by '
             f'{html.escape(shift["stratified_by"])}) re-predicted under each acquisition change by the classifier '
@@ -257,9 +257,11 @@ def _shift_section(nums: dict[str, Any]) -> str:
             "held them out; a model whose answers hold on new samples changes few. The control is no "
             "acquisition change: the image all but unchanged, its points drawn anew (what it changes, point "
             "sampling alone changes). "
+            "The 95 % interval is where a share could lie on another sample of as many images. "
             f'Most changed by an acquisition change: {100 * shift["max_flipped"]:.1f} %; '
             f'{shift["seconds"]:.0f} s in all.</p>' +
-            _table(["change", "predictions changed", "right ones made wrong", "accuracy", "seconds"], rows) +
+            _table(["change", "predictions changed", "95 % interval", "right ones made wrong", "accuracy", "seconds"],
+                   rows) +
             _shift_by_group(shift))
 
 

@@ -207,12 +207,28 @@ def test_changed_shares_count_right_answers_lost_among_the_right_ones() -> None:
     y_true = np.array(["a", "a", "b", "b", "c"])
     before = np.array(["a", "a", "b", "c", "a"])  # right, right, right, wrong, wrong
     after = np.array(["a", "b", "b", "b", "b"])  # kept, lost, kept, wrong → right, wrong → wrong
-    assert changed_shares(y_true, before, after) == {"flipped": 0.6, "lost": 1 / 3, "accuracy": 0.6}
-    assert changed_shares(y_true, before, before) == {"flipped": 0.0, "lost": 0.0, "accuracy": 0.6}
-    none_right = changed_shares(y_true[3:], before[3:], y_true[3:])
+    def shares(*arrays: np.ndarray) -> dict[str, float]:
+        return {k: v for k, v in changed_shares(*arrays).items() if k != "flipped_95"}
+
+    assert shares(y_true, before, after) == {"flipped": 0.6, "lost": 1 / 3, "accuracy": 0.6}
+    assert shares(y_true, before, before) == {"flipped": 0.0, "lost": 0.0, "accuracy": 0.6}
+    none_right = shares(y_true[3:], before[3:], y_true[3:])
     assert none_right == {"flipped": 1.0, "lost": 0.0, "accuracy": 1.0}
     empty = np.array([], dtype=str)
-    assert changed_shares(empty, empty, empty) == {"flipped": 0.0, "lost": 0.0, "accuracy": 0.0}
+    assert changed_shares(empty, empty, empty) == {"flipped": 0.0, "flipped_95": [0.0, 1.0], "lost": 0.0,
+                                                   "accuracy": 0.0}
+
+
+def test_a_changed_share_carries_its_95_percent_interval() -> None:
+    """The Wilson score interval of the flipped share (p̂ + z²/2n ± z·√(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n),
+    z = 1.96, here worked by hand: 19 of 200 → 0.0617–0.1436; none of 200 → 0–z²/(n + z²) = 0.0188."""
+    y_true = np.array(["a"] * 200)
+    after = y_true.copy()
+    after[:19] = "b"
+    low, high = changed_shares(y_true, y_true, after)["flipped_95"]
+    assert low == pytest.approx(0.0617, abs=1e-4) and high == pytest.approx(0.1436, abs=1e-4)
+    assert changed_shares(y_true, y_true, y_true)["flipped_95"] == pytest.approx([0.0, 0.0188], abs=1e-4)
+    assert changed_shares(y_true[:1], y_true[:1], after[:1])["flipped_95"][0] > 0.2  # 1 of 1: far from sure
 
 
 def test_changes_are_counted_per_held_out_group_without_the_control() -> None:
@@ -300,8 +316,13 @@ def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_pat
                for line in lines)
     for c in nums["shift"]["changes"]:
         assert 0 <= c["lost"] <= 1 and 0 <= c["flipped"] <= 1 and c["n"] == 8
-        assert f"{c['name']:<22}{100 * c['flipped']:>7.1f} %{100 * c['lost']:>11.1f} %" in out.output
+        low, high = c["flipped_95"]
+        assert low <= c["flipped"] <= high and high - low > 0.3  # 8 images: a wide interval
+        interval = f"{100 * low:.1f}–{100 * high:.1f} %"
+        assert f"{c['name']:<22}{100 * c['flipped']:>7.1f} %{interval:>16}{100 * c['lost']:>11.1f} %" in out.output
     page = (tmp_path / "rep" / "index.html").read_text()
+    assert all(f"<td>{100 * c['flipped']:.1f} %</td><td>{100 * c['flipped_95'][0]:.1f}–" in page
+               for c in nums["shift"]["changes"])
     _check_self_contained(page)
     assert "Per held-out series" in page and "Shift check" in page and "cannot tell class from series" in page
     assert "Per held-out series, over the acquisition changes" in page
