@@ -93,10 +93,17 @@ def main(argv: list[str] | None = None) -> None:
     y, series = np.asarray(ds.y).astype(str), np.asarray(ds.column("series")).astype(str)
     rows = shift_sample(series, y, args.images, 0)
     X = [str(ds.paths[int(r)]) for r in rows]
-    backbone = args.backbone
-    if args.antialias:
-        backbone = str(Path(tempfile.mkdtemp()) / "vgg16_antialiased.onnx")
+    if not args.antialias:
+        report(args.backbone, X)
+        return
+    with tempfile.TemporaryDirectory() as tmp:  # the anti-aliased graph (~60 MB) goes with the run
+        backbone = str(Path(tmp) / "vgg16_antialiased.onnx")
         onnx.save(antialiased(onnx.load(str(weights.vgg16_path()))), backbone)
+        report(backbone, X)
+
+
+def report(backbone: str, X: list[str]) -> None:
+    """Print, per acquisition change, the median relative change of the input and each tap over ``X``."""
     encoder = Encoder.of(FastVLAD(backbone=backbone, taps=VGG16_TAPS))
     clean = inputs_and_taps(encoder, list(X))
     names = ["input", *encoder.cnn.taps]
@@ -107,7 +114,6 @@ def main(argv: list[str] | None = None) -> None:
         rel = np.array([[np.linalg.norm(c - a) / np.linalg.norm(a) for a, c in zip(ca, cc)]
                         for ca, cc in zip(clean, changed)])  # (images, 1 + taps)
         print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in np.median(rel, axis=0)) + " |", flush=True)
-
 
 if __name__ == "__main__":
     main()
