@@ -115,5 +115,6 @@ def report(backbone: str, X: list[str]) -> None:
                         for ca, cc in zip(clean, changed)])  # (images, 1 + taps)
         print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in np.median(rel, axis=0)) + " |", flush=True)
 
+
 if __name__ == "__main__":
     main()

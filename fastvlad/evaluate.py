@@ -51,8 +51,8 @@ class ShiftCheck:
 
     rows: np.ndarray  # (m,) rows of the CV result re-predicted (a seeded stratified sample)
     accuracy: float  # out-of-fold accuracy on those rows, unchanged
-    #: Per change: name, n, flipped (share of predictions changed), lost (share of the right
-    #: predictions made wrong), accuracy, seconds.
+    #: Per change: name, n, flipped (share of predictions changed), flipped_95 (its 95 % interval),
+    #: lost (share of the right predictions made wrong), accuracy, seconds.
     changes: list[dict[str, Any]]
     seconds: float  # the whole check: every change's CNN passes and predictions
     stratified_by: str = "class"  # what the sample is stratified by, e.g. "series and class"
@@ -496,9 +496,9 @@ def changed_shares(y_true: np.ndarray, before: np.ndarray, after: np.ndarray) ->
     ``flipped_95``, its 95 % interval (``share_interval``); ``lost``, the share of the right ones made
     wrong (a flip among wrong answers costs nothing a user sees); ``accuracy`` after it. All 0 for
     no rows."""
-    right = before == y_true
-    return {"flipped": float((after != before).mean()) if len(before) else 0.0,
-            "flipped_95": share_interval(int((after != before).sum()), len(before)),
+    right, changed = before == y_true, after != before
+    return {"flipped": float(changed.mean()) if len(before) else 0.0,
+            "flipped_95": share_interval(int(changed.sum()), len(before)),
             "lost": float((after[right] != y_true[right]).mean()) if right.any() else 0.0,
             "accuracy": float((after == y_true).mean()) if len(before) else 0.0}
 
