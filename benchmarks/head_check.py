@@ -131,9 +131,14 @@ def changed_codes(cs: Any, X: list[str], rows: np.ndarray, views: list[View]) ->
     return out
 
 
+def mean_proba(head: Any, views: list[np.ndarray]) -> np.ndarray:
+    """The mean probability over an image's views (each ``(m, D)``): ``(m, n_classes)`` float64."""
+    return np.asarray(sum(head.predict_proba(v) for v in views), dtype=np.float64) / len(views)
+
+
 def predicted(head: Any, classes: np.ndarray, views: list[np.ndarray]) -> np.ndarray:
     """The class of the mean probability over an image's views (each ``(m, D)``): ``(m,)``."""
-    return classes[sum(head.predict_proba(v) for v in views).argmax(axis=1)]
+    return classes[mean_proba(head, views).argmax(axis=1)]
 
 
 def scored(head: Head | PairedHead, cs: Any, y: np.ndarray, fold: np.ndarray, rows: np.ndarray,
@@ -143,7 +148,7 @@ def scored(head: Head | PairedHead, cs: Any, y: np.ndarray, fold: np.ndarray, ro
     ``differences``: for a ``PairedHead``, the training images' code differences ``(m, D)`` given
     the fold's training mask ``(n,)`` bool."""
     classes, yi = np.unique(y, return_inverse=True)
-    pred = np.empty(len(y), dtype=object)
+    proba = np.empty((len(y), len(classes)))
     heads = {}
     for f in np.unique(fold):
         train, test = fold != f, fold == f
@@ -152,19 +157,22 @@ def scored(head: Head | PairedHead, cs: Any, y: np.ndarray, fold: np.ndarray, ro
         labels = np.concatenate([yi[train], yi[cs.augmented_of[copies]]])
         heads[f] = (head(codes, labels, len(classes)) if differences is None  # type: ignore[call-arg]
                     else head(codes, labels, len(classes), differences(train)))  # type: ignore[call-arg]
-        pred[test] = predicted(heads[f], classes, [cs.codes[test], *(v[test] for v in cs.views)])
-    shifts = {}
+        proba[test] = mean_proba(heads[f], [cs.codes[test], *(v[test] for v in cs.views)])
+    pred = classes[proba.argmax(axis=1)]
+    shifts, proba_after = {}, {}
     for name, views in changed.items():
-        after = np.empty(len(rows), dtype=object)
+        proba_after[name] = np.empty((len(rows), len(classes)))
         for f in np.unique(fold[rows]):
             at = np.flatnonzero(fold[rows] == f)
-            after[at] = predicted(heads[f], classes, [v[at] for v in views])
+            proba_after[name][at] = mean_proba(heads[f], [v[at] for v in views])
+        after = classes[proba_after[name].argmax(axis=1)]
         shifts[name] = changed_shares(y[rows], pred[rows].astype(str), after.astype(str))
     acquisition = {n: s for n, s in shifts.items() if n not in intensity.CONTROLS}
     return {"accuracy": float(np.mean([np.mean(pred[fold == f] == y[fold == f]) for f in np.unique(fold)])),
             "shift": shifts, "max_flip": max(s["flipped"] for s in acquisition.values()),
             "mean_flip": float(np.mean([s["flipped"] for s in acquisition.values()])),
-            "max_lost": max(s["lost"] for s in acquisition.values())}
+            "max_lost": max(s["lost"] for s in acquisition.values()),
+            "proba": proba[rows], "proba_after": proba_after}
 
 
 def copy_differences(cs: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -226,6 +234,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="run the heads whose name contains any of these texts (default: every head)")
     ap.add_argument("--shift-images", type=int, default=SHIFT_IMAGES,
                     help=f"images the shift check re-predicts (default {SHIFT_IMAGES}; 0: every image)")
+    ap.add_argument("--dump", type=Path, default=None,
+                    help="also write each row's out-of-fold probabilities, unchanged and under every change, "
+                         "to this .npz (one file per seed: SEED is replaced by the seed)")
     args = ap.parse_args(argv)
     X, y, groups, series, rows = shift_data(args.data, args.shift_images or None)
     loso_fold = np.unique(series, return_inverse=True)[1]
@@ -249,12 +260,18 @@ def main(argv: list[str] | None = None) -> None:
         lines += [f"Seed {seed}: accuracy, then the share of the {len(rows)} images' predictions each change flips.", "",
                   "| head | split | accuracy | max flip | mean flip | max right→wrong | "
                   + " | ".join(names) + " |", "|---|---|---|---|---|---|" + "---|" * len(names)]
+        dumped: dict[str, np.ndarray] = {}
         for head_name, (head, kind) in heads.items():
             for split_name, fold in splits.items():
                 r = scored(head, cs, y, fold, rows, changed, differences[kind] if kind else None)
                 lines.append(table_row(head_name, split_name, r, names))
                 print(lines[-1], file=sys.stderr, flush=True)
+                dumped |= {f"{head_name} | {split_name} | {change}": p
+                           for change, p in {"(unchanged)": r["proba"], **r["proba_after"]}.items()}
         lines.append("")
+        if args.dump:
+            np.savez_compressed(str(args.dump).replace("SEED", str(seed)), rows=rows, y=y[rows], series=series[rows],
+                                classes=np.unique(y), **dumped)
     write(lines, args.out)
 
 

@@ -26,7 +26,14 @@ from . import plots
 from ._files import write_bytes_atomic
 from .datasets import Dataset
 from .errors import FastVLADError
-from .evaluate import CVResult, by_group_text, refit_text, share_interval_text
+from .evaluate import (
+    MARGINS_SHOWN,
+    CVResult,
+    by_group_text,
+    refit_text,
+    share_interval_text,
+    steady_margin_text,
+)
 from .images import read, to_rgb255
 from .model_file import data_sha256
 
@@ -262,7 +269,22 @@ def _shift_section(nums: dict[str, Any]) -> str:
             f'{shift["seconds"]:.0f} s in all.</p>' +
             _table(["change", "predictions changed", "95 % interval", "right ones made wrong", "accuracy", "seconds"],
                    rows) +
-            _shift_by_group(shift))
+            _shift_by_group(shift) + _margins_section(shift))
+
+
+def _margins_section(shift: dict[str, Any]) -> str:
+    """The answers at or above a few margins (the answer's probability minus the runner-up's): how many,
+    how right, and the most one acquisition change alters; then from which margin on they held."""
+    margins = shift.get("margins")
+    if not margins:
+        return ""
+    rows = [[f"{r['margin']:.2f}", f"{100 * r['kept']:.1f} %", f"{r['accuracy']:.3f}" if r["n"] else "–",
+             f"{100 * r['max_flipped']:.1f} %"]
+            for r in margins if any(abs(r["margin"] - m) < 1e-9 for m in MARGINS_SHOWN)]
+    return ('<p class="muted">Sure answers: the margin is an answer\'s probability minus the runner-up\'s; '
+            "<code>fastvlad predict --min-margin</code> marks the answers under a margin as not sure. "
+            f"{html.escape(steady_margin_text(margins).capitalize())}.</p>" +
+            _table(["margin ≥", "answers", "accuracy", "most changed by one change"], rows))
 
 
 def _shift_by_group(shift: dict[str, Any]) -> str:

@@ -1,0 +1,92 @@
+"""Do the answers an acquisition change flips lie where the model was unsure?
+
+    python benchmarks/margin_check.py DUMP.npz [--out margins.md]
+
+Reads the out-of-fold probabilities that ``benchmarks/head_check.py --dump`` writes (each row's mean
+probability over its views, unchanged and under every change of the shift check) and, for each head
+and split, ranks the answers by their **margin**: the unchanged answer's probability minus the
+runner-up's. For the surest share of answers (all, 90 %, 80 %, ...) it prints the margin they
+clear, their accuracy, and the share of them each change flips. If the flips gather at small
+margins, a margin read at predict tells a user which answers would not survive another
+acquisition; if they do not, no threshold on the answer's own probabilities does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+#: The shares of answers kept, surest first.
+KEPT = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+CONTROL = "control: one pixel ±1"
+
+
+def margin(proba: np.ndarray) -> np.ndarray:
+    """The top probability minus the runner-up's, per row of ``(n, n_classes)``: ``(n,)`` float64."""
+    top2 = np.sort(proba, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+def kept_rows(m: np.ndarray, share: float) -> np.ndarray:
+    """The ``share`` of rows with the largest margins ``m`` (ties broken by row order): ``(n,)`` bool."""
+    order = np.argsort(-m, kind="stable")
+    keep = np.zeros(len(m), dtype=bool)
+    keep[order[: int(round(share * len(m)))]] = True
+    return keep
+
+
+def rows_by_margin(before: np.ndarray, after: dict[str, np.ndarray], y: np.ndarray,
+                   classes: np.ndarray) -> list[dict[str, object]]:
+    """For each share of ``KEPT``: its margin floor, accuracy, and per change the share flipped among
+    the kept answers. ``before`` ``(n, C)``, ``after`` change → ``(n, C)``, ``y`` ``(n,)`` str."""
+    m = margin(before)
+    pred = classes[before.argmax(axis=1)]
+    out = []
+    for share in KEPT:
+        keep = kept_rows(m, share)
+        flips = {name: float((classes[p.argmax(axis=1)][keep] != pred[keep]).mean()) for name, p in after.items()}
+        acquisition = [v for n, v in flips.items() if n != CONTROL]
+        out.append({"share": share, "floor": float(m[keep].min()), "n": int(keep.sum()),
+                    "accuracy": float((pred[keep] == y[keep]).mean()), "max": max(acquisition),
+                    "mean": float(np.mean(acquisition)), "flips": flips})
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dump", type=Path)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if not args.dump.is_file():
+        sys.exit(f"no dump at {args.dump} (write one with benchmarks/head_check.py --dump)")
+    d = np.load(args.dump, allow_pickle=False)
+    y, classes = d["y"].astype(str), d["classes"].astype(str)
+    runs: dict[str, dict[str, np.ndarray]] = {}
+    for key in d.files:
+        if key.count(" | ") == 2:
+            head, split, change = key.split(" | ")
+            runs.setdefault(f"{head} | {split}", {})[change] = d[key]
+    lines = [f"`python benchmarks/margin_check.py {args.dump.name}` ({len(y)} images)", ""]
+    for name, probas in runs.items():
+        before = probas.pop("(unchanged)")
+        changes = list(probas)
+        lines += [f"{name}: the surest answers, their accuracy, and the share of them each change flips.", "",
+                  "| answers kept | margin ≥ | images | accuracy | max flip | mean flip | "
+                  + " | ".join(changes) + " |", "|---|---|---|---|---|---|" + "---|" * len(changes)]
+        for r in rows_by_margin(before, probas, y, classes):
+            flips = r["flips"]
+            assert isinstance(flips, dict)
+            lines.append(f"| {r['share']:.0%} | {r['floor']:.3f} | {r['n']} | {r['accuracy']:.3f} | {r['max']:.3f} | "
+                         f"{r['mean']:.3f} | " + " | ".join(f"{flips[c]:.3f}" for c in changes) + " |")
+        lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
