@@ -1,7 +1,7 @@
 """Which heads keep their answers under an acquisition change, on new series and on seen ones.
 
     python benchmarks/head_check.py [--data ../shared/datasets/nanofiber-sem] [--seeds 0 1] [--softness 10]
-        [--heads TEXT ...] [--shift-images 200] [--out heads.md]
+        [--heads TEXT ...] [--shift-images 200] [--out heads.md] [--dump probaSEED.npz]
 
 For each seed, the default estimator's codes (with ``--softness``, soft assignment; without it the
 nearest centre, the default of run 62's time) are computed once (``evaluate.encode_images``: one
@@ -31,6 +31,8 @@ check's changes; one more CNN pass per image).
 
 ``--shift-images 0`` re-predicts every image under every change (nine CNN passes per image and view)
 instead of the 200, whose shares carry a binomial standard error of about 0.02.
+``--dump`` keeps each re-predicted row's out-of-fold probabilities (the mean over its views),
+unchanged and under every change, per head and split, for ``benchmarks/margin_check.py``.
 """
 
 from __future__ import annotations
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += [f"Seed {seed}: accuracy, then the share of the {len(rows)} images' predictions each change flips.", "",
                   "| head | split | accuracy | max flip | mean flip | max right→wrong | "
                   + " | ".join(names) + " |", "|---|---|---|---|---|---|" + "---|" * len(names)]
-        dumped: dict[str, np.ndarray] = {}
+        dumped: dict[str, Any] = {}  # Any: savez also takes allow_pickle by keyword
         for head_name, (head, kind) in heads.items():
             for split_name, fold in splits.items():
                 r = scored(head, cs, y, fold, rows, changed, differences[kind] if kind else None)

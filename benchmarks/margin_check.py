@@ -19,15 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
+from fastvlad.evaluate import (
+    MARGINS_SHOWN,
+    answer_margin,
+    by_margin,
+    steady_margin_text,
+)
+
 #: The shares of answers kept, surest first.
 KEPT = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 CONTROL = "control: one pixel ±1"
-
-
-def margin(proba: np.ndarray) -> np.ndarray:
-    """The top probability minus the runner-up's, per row of ``(n, n_classes)``: ``(n,)`` float64."""
-    top2 = np.sort(proba, axis=1)[:, -2:]
-    return top2[:, 1] - top2[:, 0]
 
 
 def kept_rows(m: np.ndarray, share: float) -> np.ndarray:
@@ -42,7 +43,7 @@ def rows_by_margin(before: np.ndarray, after: dict[str, np.ndarray], y: np.ndarr
                    classes: np.ndarray) -> list[dict[str, object]]:
     """For each share of ``KEPT``: its margin floor, accuracy, and per change the share flipped among
     the kept answers. ``before`` ``(n, C)``, ``after`` change → ``(n, C)``, ``y`` ``(n,)`` str."""
-    m = margin(before)
+    m = answer_margin(before)
     pred = classes[before.argmax(axis=1)]
     out = []
     for share in KEPT:
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, probas in runs.items():
         before = probas.pop("(unchanged)")
         changes = list(probas)
-        lines += [f"{name}: the surest answers, their accuracy, and the share of them each change flips.", "",
+        lines += [f"{name}: the surest answers, their accuracy (pooled over the images), and the share of them "
+                  "each change flips.", "",
                   "| answers kept | margin ≥ | images | accuracy | max flip | mean flip | "
                   + " | ".join(changes) + " |", "|---|---|---|---|---|---|" + "---|" * len(changes)]
         for r in rows_by_margin(before, probas, y, classes):
@@ -81,6 +83,16 @@ def main(argv: list[str] | None = None) -> None:
             assert isinstance(flips, dict)
             lines.append(f"| {r['share']:.0%} | {r['floor']:.3f} | {r['n']} | {r['accuracy']:.3f} | {r['max']:.3f} | "
                          f"{r['mean']:.3f} | " + " | ".join(f"{flips[c]:.3f}" for c in changes) + " |")
+        pred = classes[before.argmax(axis=1)]
+        altered = {c: (np.ones(len(y), dtype=bool), classes[p.argmax(axis=1)] != pred)
+                   for c, p in probas.items() if c != CONTROL}
+        floors = by_margin(answer_margin(before), pred == y, altered)
+        lines += ["", "The same by fixed margins, as `fastvlad evaluate --shift` reports them "
+                  f"(`evaluate.by_margin`): {steady_margin_text(floors)}.", "",
+                  "| margin ≥ | answers kept | accuracy | the others' accuracy | max flip |", "|---|---|---|---|---|"]
+        lines += [f"| {r['margin']:.2f} | {r['kept']:.3f} | {r['accuracy']:.3f} | "
+                  f"{'–' if r['accuracy_rest'] is None else format(r['accuracy_rest'], '.3f')} | {r['max_flipped']:.3f} |"
+                  for r in floors if r["margin"] in MARGINS_SHOWN or r["margin"] in (0.08, 0.12)]
         lines.append("")
     text = "\n".join(lines)
     print(text)
