@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from fastvlad.evaluate import (
-    MARGINS_SHOWN,
     answer_margin,
     by_margin,
+    shown_margins,
     steady_margin_text,
 )
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
                   "| margin ≥ | answers kept | accuracy | the others' accuracy | max flip |", "|---|---|---|---|---|"]
         lines += [f"| {r['margin']:.2f} | {r['kept']:.3f} | {r['accuracy']:.3f} | "
                   f"{'–' if r['accuracy_rest'] is None else format(r['accuracy_rest'], '.3f')} | {r['max_flipped']:.3f} |"
-                  for r in floors if r["margin"] in MARGINS_SHOWN or r["margin"] in (0.08, 0.12)]
+                  for r in floors if r in shown_margins(floors) or r["margin"] in (0.08, 0.12)]
         lines.append("")
     text = "\n".join(lines)
     print(text)

@@ -553,9 +553,9 @@ def by_margin(margin: np.ndarray, right: np.ndarray, changed: Mapping[str, tuple
               grid: Sequence[float] = MARGIN_GRID) -> list[dict[str, Any]]:
     """Per floor of ``grid``, the answers whose ``margin`` ``(m,)`` reaches it: ``margin``, ``kept``
     (their share), ``n``, ``accuracy`` (``right`` ``(m,)`` bool; ``accuracy_rest`` of the others, None
-    when none), and ``max_flipped``, the largest
-    share of them one acquisition change alters. ``changed``: per change, ``(readable, altered)``,
-    each ``(m,)`` bool (a change's share counts the answers it could re-predict)."""
+    when none), and ``max_flipped``, the largest share of them one acquisition change alters.
+    ``changed``: per change, ``(readable, altered)``, each ``(m,)`` bool (a change's share counts the
+    answers it could re-predict)."""
     rows = []
     for floor in grid:
         kept = margin >= floor
@@ -574,13 +574,6 @@ def steady_margin(margins: Sequence[dict[str, Any]], share: float = STEADY_SHARE
     return next((r for r in margins if r["n"] and r["max_flipped"] < share), None)
 
 
-def changed_by_group(groups: np.ndarray, before: np.ndarray, after: np.ndarray) -> dict[str, list[int]]:
-    """Per value of ``groups`` ``(m,)``: [predictions a change changed, predictions] (``before`` and
-    ``after``, ``(m,)``)."""
-    return {str(g): [int((after[groups == g] != before[groups == g]).sum()), int((groups == g).sum())]
-            for g in np.unique(groups)}
-
-
 def steady_margin_text(margins: Sequence[dict[str, Any]], share: float = STEADY_SHARE) -> str:
     """One sentence on ``steady_margin``: from which margin on the answers held, how many they are and
     how right, e.g. "from a margin of 0.10 on, no acquisition change altered 5 % of the answers:
@@ -592,6 +585,18 @@ def steady_margin_text(margins: Sequence[dict[str, Any]], share: float = STEADY_
     rest = "" if row["accuracy_rest"] is None else f" (the others {row['accuracy_rest']:.3f})"
     return (f"from a margin of {row['margin']:.2f} on, no acquisition change altered {100 * share:g} % of the "
             f"answers: {100 * row['kept']:.1f} % of them, accuracy {row['accuracy']:.3f}{rest}")
+
+
+def shown_margins(margins: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of ``by_margin``'s table at the floors of ``MARGINS_SHOWN`` (the printed table)."""
+    return [r for r in margins if any(abs(r["margin"] - m) < 1e-9 for m in MARGINS_SHOWN)]
+
+
+def changed_by_group(groups: np.ndarray, before: np.ndarray, after: np.ndarray) -> dict[str, list[int]]:
+    """Per value of ``groups`` ``(m,)``: [predictions a change changed, predictions] (``before`` and
+    ``after``, ``(m,)``)."""
+    return {str(g): [int((after[groups == g] != before[groups == g]).sum()), int((groups == g).sum())]
+            for g in np.unique(groups)}
 
 
 def changed_by_group_text(check: ShiftCheck, most: int = 10) -> str:

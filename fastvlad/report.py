@@ -27,11 +27,11 @@ from ._files import write_bytes_atomic
 from .datasets import Dataset
 from .errors import FastVLADError
 from .evaluate import (
-    MARGINS_SHOWN,
     CVResult,
     by_group_text,
     refit_text,
     share_interval_text,
+    shown_margins,
     steady_margin_text,
 )
 from .images import read, to_rgb255
@@ -280,7 +280,7 @@ def _margins_section(shift: dict[str, Any]) -> str:
         return ""
     rows = [[f"{r['margin']:.2f}", f"{100 * r['kept']:.1f} %", f"{r['accuracy']:.3f}" if r["n"] else "–",
              f"{100 * r['max_flipped']:.1f} %"]
-            for r in margins if any(abs(r["margin"] - m) < 1e-9 for m in MARGINS_SHOWN)]
+            for r in shown_margins(margins)]
     return ('<p class="muted">Sure answers: the margin is an answer\'s probability minus the runner-up\'s; '
             "<code>fastvlad predict --min-margin</code> marks the answers under a margin as not sure. "
             f"{html.escape(steady_margin_text(margins).capitalize())}.</p>" +

@@ -56,6 +56,30 @@ def test_predict_writes_csv(model_file: Path, demo_folder: Path, tmp_path: Path)
     np.testing.assert_allclose(got, proba, atol=5e-7)  # the CSV's 6 decimals
 
 
+def test_predict_marks_answers_under_the_margin_as_not_sure(model_file: Path, demo_folder: Path,
+                                                           tmp_path: Path) -> None:
+    out = tmp_path / "preds.csv"
+    res = CliRunner().invoke(app, ["-q", "predict", str(model_file), str(demo_folder), "-o", str(out)])
+    assert res.exit_code == 0 and "margin" not in next(csv.reader(out.open()))  # only when asked for
+    rows = list(csv.DictReader(out.open()))
+    p = np.array([[float(r[f"p_{c}"]) for c in fastvlad.load(model_file).classes_] for r in rows])
+    top2 = np.sort(p, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]  # worked here from the written probabilities, not by the module's helper
+    threshold = float(np.median(margin))  # halfway between two answers' margins: some on each side
+    res = CliRunner().invoke(app, ["-q", "predict", str(model_file), str(demo_folder), "-o", str(out),
+                                   "--min-margin", str(threshold)])
+    assert res.exit_code == 0, res.output
+    marked = list(csv.DictReader(out.open()))
+    assert [r["predicted"] for r in marked] == [r["predicted"] for r in rows]
+    np.testing.assert_allclose([float(r["margin"]) for r in marked], margin, atol=2e-6)
+    assert [r["sure"] for r in marked] == ["yes" if m >= threshold else "no" for m in margin]
+    assert {r["sure"] for r in marked} == {"yes", "no"}
+    for bad in ("-0.1", "1.5", "nan"):
+        res = CliRunner().invoke(app, ["-q", "predict", str(model_file), str(demo_folder), "-o", str(out),
+                                       "--min-margin", bad])
+        assert isinstance(res.exception, ParameterError) and f"--min-margin={float(bad)!r}" in str(res.exception)
+
+
 def test_evaluate_grouped(vgg16_path: Path, demo_folder: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["-q", "evaluate", str(demo_folder), "--folds", "2", *SMALL,
                                    "--confusion", str(tmp_path / "cm.png"), "--json", str(tmp_path / "cv.json")])

@@ -23,7 +23,9 @@ from fastvlad.estimator import FastVLAD
 from fastvlad.evaluate import (
     CVResult,
     ShiftCheck,
+    answer_margin,
     by_group_text,
+    by_margin,
     changed_by_group,
     changed_by_group_text,
     changed_shares,
@@ -31,6 +33,8 @@ from fastvlad.evaluate import (
     cross_validate,
     folds,
     shift_check,
+    steady_margin,
+    steady_margin_text,
     stratified_rows,
 )
 
@@ -231,6 +235,38 @@ def test_a_changed_share_carries_its_95_percent_interval() -> None:
     assert changed_shares(y_true[:1], y_true[:1], after[:1])["flipped_95"][0] > 0.2  # 1 of 1: far from sure
 
 
+def test_an_answers_margin_is_its_probability_minus_the_runner_ups() -> None:
+    proba = np.array([[0.5, 0.3, 0.2], [0.1, 0.45, 0.45], [0.0, 0.0, 1.0], [np.nan, np.nan, np.nan]])
+    np.testing.assert_allclose(answer_margin(proba)[:3], [0.2, 0.0, 1.0], atol=1e-12)
+    assert np.isnan(answer_margin(proba)[3])
+    np.testing.assert_array_equal(answer_margin(np.array([[1.0], [np.nan]])), [1.0, np.nan])
+
+
+def test_sure_answers_are_those_at_or_above_a_margin() -> None:
+    """``by_margin``: per floor, the answers whose margin reaches it, how right they are and the most one
+    change alters among them, counting only the answers a change could re-predict; ``steady_margin``:
+    the first floor where every change alters under 5 %. Worked by hand on six answers."""
+    margin = np.array([0.0, 0.05, 0.1, 0.2, 0.3, np.nan])
+    right = np.array([False, True, False, True, True, False])
+    readable = np.array([True, True, True, True, False, True])
+    changed = {"gain": (np.ones(6, bool), np.array([True, True, False, False, False, False])),
+               "blur": (readable, np.array([False, False, True, False, True, False]))}  # row 4 unreadable: not counted
+    rows = by_margin(margin, right, changed, grid=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5))
+    assert [r["n"] for r in rows] == [5, 4, 3, 2, 1, 0]  # the NaN margin (an unread image) is never sure
+    assert [r["kept"] for r in rows] == pytest.approx([5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6, 0.0])
+    assert [r["accuracy"] for r in rows] == pytest.approx([0.6, 0.75, 2 / 3, 1.0, 1.0, 0.0])
+    assert [r["accuracy_rest"] for r in rows][:2] == pytest.approx([0.0, 0.0]) and rows[3]["accuracy_rest"] == 0.25
+    # floor 0: gain 2/5, blur 1/4 (row 2; row 4 unread); 0.05: gain 1/4, blur 1/3; 0.1: 0, 1/2; 0.2: 0, 0
+    assert [r["max_flipped"] for r in rows] == pytest.approx([0.4, 1 / 3, 0.5, 0.0, 0.0, 0.0])
+    assert steady_margin(rows) == rows[3] and steady_margin(rows, share=0.45) == rows[0]
+    assert steady_margin(rows[:3]) is None and steady_margin([]) is None
+    assert steady_margin_text(rows) == ("from a margin of 0.20 on, no acquisition change altered 5 % of the "
+                                        "answers: 33.3 % of them, accuracy 1.000 (the others 0.250)")
+    assert steady_margin_text(rows[:3]).startswith("at no margin up to 0.10 did every acquisition change alter")
+    check = ShiftCheck(np.arange(6), 0.5, [], 1.0, margins=rows)
+    assert check.steady_margin == rows[3] and check.to_dict()["steady_margin"]["margin"] == 0.2
+
+
 def test_changes_are_counted_per_held_out_group_without_the_control() -> None:
     """``changed_by_group``: per held-out value, the predictions a change changed; the check sums
     them over the acquisition changes only (the control is none), most changed share first."""
@@ -314,6 +350,13 @@ def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_pat
     assert sum(n for _, n in by_group.values()) == 8 * 8
     assert any(line.startswith("  changed by held-out series (predictions changed / re-predicted, over the 8 changes)")
                for line in lines)
+    margins = nums["shift"]["margins"]  # every answer at floor 0: its largest change is the table's
+    assert [r["margin"] for r in margins][:3] == [0.0, 0.01, 0.02] and len(margins) == 51
+    assert margins[0]["n"] == 8 and margins[0]["max_flipped"] == nums["shift"]["max_flipped"]
+    assert margins[0]["accuracy"] == nums["shift"]["accuracy_unchanged"]
+    assert [r["n"] for r in margins] == sorted((r["n"] for r in margins), reverse=True)
+    assert f"  {steady_margin_text(margins)}" in lines and nums["shift"]["steady_margin"] == steady_margin(margins)
+    assert f"  0.00        100.0 %{margins[0]['accuracy']:>10.3f}{100 * margins[0]['max_flipped']:>12.1f} %" in lines
     for c in nums["shift"]["changes"]:
         assert 0 <= c["lost"] <= 1 and 0 <= c["flipped"] <= 1 and c["n"] == 8
         low, high = c["flipped_95"]
@@ -326,6 +369,7 @@ def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_pat
     _check_self_contained(page)
     assert "Per held-out series" in page and "Shift check" in page and "cannot tell class from series" in page
     assert "Per held-out series, over the acquisition changes" in page
+    assert "Sure answers" in page and "<td>0.00</td><td>100.0 %</td>" in page
     assert "per group (the group column, 8 values)" in page
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert report["cv"] == "leave-one-series-out" and report["folds"] == nums["folds"]

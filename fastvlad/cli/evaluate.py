@@ -205,15 +205,14 @@ def _print_shift(res: CVResult) -> None:
 
 def _print_margins(check: ShiftCheck) -> None:
     """The answers at or above a few margins: how many, how right, how much one change alters."""
-    from ..evaluate import MARGINS_SHOWN, steady_margin_text
+    from ..evaluate import shown_margins, steady_margin_text
 
     typer.echo("  sure answers (margin: the answer's probability minus the runner-up's; predict --min-margin "
                "marks the others):")
     typer.echo(f"  {'margin ≥':<10}{'answers':>9}{'accuracy':>10}{'most changed':>14}")
-    for r in check.margins:
-        if any(abs(r["margin"] - m) < 1e-9 for m in MARGINS_SHOWN):
-            accuracy = f"{r['accuracy']:.3f}" if r["n"] else "–"
-            typer.echo(f"  {r['margin']:<10.2f}{100 * r['kept']:>7.1f} %{accuracy:>10}{100 * r['max_flipped']:>12.1f} %")
+    for r in shown_margins(check.margins):
+        accuracy = f"{r['accuracy']:.3f}" if r["n"] else "–"
+        typer.echo(f"  {r['margin']:<10.2f}{100 * r['kept']:>7.1f} %{accuracy:>10}{100 * r['max_flipped']:>12.1f} %")
     typer.echo(f"  {steady_margin_text(check.margins)}")
 
 
