@@ -138,11 +138,6 @@ def mean_proba(head: Any, views: list[np.ndarray]) -> np.ndarray:
     return np.asarray(sum(head.predict_proba(v) for v in views), dtype=np.float64) / len(views)
 
 
-def predicted(head: Any, classes: np.ndarray, views: list[np.ndarray]) -> np.ndarray:
-    """The class of the mean probability over an image's views (each ``(m, D)``): ``(m,)``."""
-    return classes[mean_proba(head, views).argmax(axis=1)]
-
-
 def scored(head: Head | PairedHead, cs: Any, y: np.ndarray, fold: np.ndarray, rows: np.ndarray,
            changed: dict[str, list[np.ndarray]],
            differences: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
