@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from fastvlad import intensity
 from fastvlad.evaluate import (
     answer_margin,
     by_margin,
@@ -28,7 +30,6 @@ from fastvlad.evaluate import (
 
 #: The shares of answers kept, surest first.
 KEPT = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
-CONTROL = "control: one pixel ±1"
 
 
 def kept_rows(m: np.ndarray, share: float) -> np.ndarray:
@@ -39,17 +40,16 @@ def kept_rows(m: np.ndarray, share: float) -> np.ndarray:
     return keep
 
 
-def rows_by_margin(before: np.ndarray, after: dict[str, np.ndarray], y: np.ndarray,
-                   classes: np.ndarray) -> list[dict[str, object]]:
+def rows_by_margin(m: np.ndarray, pred: np.ndarray, after: dict[str, np.ndarray],
+                   y: np.ndarray) -> list[dict[str, Any]]:
     """For each share of ``KEPT``: its margin floor, accuracy, and per change the share flipped among
-    the kept answers. ``before`` ``(n, C)``, ``after`` change → ``(n, C)``, ``y`` ``(n,)`` str."""
-    m = answer_margin(before)
-    pred = classes[before.argmax(axis=1)]
+    the kept answers. ``m`` the margins ``(n,)``; ``pred``, ``y`` and each change's answers ``after``
+    ``(n,)`` str."""
     out = []
     for share in KEPT:
         keep = kept_rows(m, share)
-        flips = {name: float((classes[p.argmax(axis=1)][keep] != pred[keep]).mean()) for name, p in after.items()}
-        acquisition = [v for n, v in flips.items() if n != CONTROL]
+        flips = {name: float((a[keep] != pred[keep]).mean()) for name, a in after.items()}
+        acquisition = [v for n, v in flips.items() if n not in intensity.CONTROLS]
         out.append({"share": share, "floor": float(m[keep].min()), "n": int(keep.sum()),
                     "accuracy": float((pred[keep] == y[keep]).mean()), "max": max(acquisition),
                     "mean": float(np.mean(acquisition)), "flips": flips})
@@ -74,19 +74,17 @@ def main(argv: list[str] | None = None) -> None:
     for name, probas in runs.items():
         before = probas.pop("(unchanged)")
         changes = list(probas)
+        m, pred = answer_margin(before), classes[before.argmax(axis=1)]
+        after = {c: classes[p.argmax(axis=1)] for c, p in probas.items()}
         lines += [f"{name}: the surest answers, their accuracy (pooled over the images), and the share of them "
                   "each change flips.", "",
                   "| answers kept | margin ≥ | images | accuracy | max flip | mean flip | "
                   + " | ".join(changes) + " |", "|---|---|---|---|---|---|" + "---|" * len(changes)]
-        for r in rows_by_margin(before, probas, y, classes):
-            flips = r["flips"]
-            assert isinstance(flips, dict)
+        for r in rows_by_margin(m, pred, after, y):
             lines.append(f"| {r['share']:.0%} | {r['floor']:.3f} | {r['n']} | {r['accuracy']:.3f} | {r['max']:.3f} | "
-                         f"{r['mean']:.3f} | " + " | ".join(f"{flips[c]:.3f}" for c in changes) + " |")
-        pred = classes[before.argmax(axis=1)]
-        altered = {c: (np.ones(len(y), dtype=bool), classes[p.argmax(axis=1)] != pred)
-                   for c, p in probas.items() if c != CONTROL}
-        floors = by_margin(answer_margin(before), pred == y, altered)
+                         f"{r['mean']:.3f} | " + " | ".join(f"{r['flips'][c]:.3f}" for c in changes) + " |")
+        altered = {c: (np.ones(len(y), dtype=bool), a != pred) for c, a in after.items() if c not in intensity.CONTROLS}
+        floors = by_margin(m, pred == y, altered)
         lines += ["", "The same by fixed margins, as `fastvlad evaluate --shift` reports them "
                   f"(`evaluate.by_margin`): {steady_margin_text(floors)}.", "",
                   "| margin ≥ | answers kept | accuracy | the others' accuracy | max flip |", "|---|---|---|---|---|"]
