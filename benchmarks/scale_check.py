@@ -2,6 +2,7 @@
 brings its scale to the set's median.
 
     python benchmarks/scale_check.py [--data ../shared/datasets/nanofiber-sem] [--seeds 0 1 2] [--cache DIR] [--out F]
+        [--shift]
 
 On a new series the default's errors fall on whole micrographs (every tile of one right, every tile of
 another wrong). A micrograph's tiles share its magnification and fibres, so this script measures each
@@ -24,7 +25,11 @@ alpha 20, balanced) per fold on:
   and 1 had been read, at the one weight tried: seeds 2 on are its fair check);
 - ``both codes side by side (no copies)``: one head on the two codes concatenated (each half / √2).
 
-Every row predicts the mean over the image and its mirror. The scale is measured on the unlabelled
+Every row predicts the mean over the image and its mirror. With ``--shift``, at the first seed, the
+shift check's 200 images (``evaluate.shift_sample`` at seed 0) are re-predicted under every change of
+``intensity.SHIFTS`` and the control by the leave-one-series-out head that held them out, for ``the
+default`` and ``both codes side by side``; a changed image's texture scale, and so its zoom, is
+measured on the changed image. The scale is measured on the unlabelled
 image, so the reference (the median over all 1,035 images) uses no label; a model would keep the
 median of its training images. The images' scales do not depend on the seed (``--cache`` keeps them,
 and every seed's codes).
@@ -44,10 +49,11 @@ from head_check import DATA, command_line, mean_proba, shift_data, write
 from PIL import Image
 from scipy import ndimage
 
-from fastvlad import classifier
-from fastvlad.encoder import View
+from fastvlad import classifier, intensity
+from fastvlad.encoder import Encoder, View
 from fastvlad.estimator import FastVLAD
-from fastvlad.evaluate import encode_images, folds
+from fastvlad.evaluate import changed_shares, encode_images, folds
+from fastvlad.images import Transformed
 
 #: The zooms an image may be encoded at (images of one zoom are batched together).
 LEVELS = np.array([0.5, 0.6, 0.7, 0.85, 1.0, 1.2, 1.4, 1.7, 2.0])
@@ -112,40 +118,82 @@ def codes_of(X: list[str], seed: int, zooms: np.ndarray, cache: Path | None) -> 
     return out
 
 
-Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (train mask, test mask) → (n_test, K) probabilities
+#: The codes a row predicts from, per image: at the input size and mirrored, at its own zoom and mirrored.
+VIEWS = ("codes", "mirror", "scaled", "scaled_mirror")
+#: (train mask ``(n,)``, the test images' ``VIEWS`` ``(m, D)`` each) → probabilities ``(m, K)``.
+Predictor = Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray]
 
 
 def predictors(c: dict[str, np.ndarray], yi: np.ndarray, n_classes: int) -> dict[str, Predictor]:
-    """Each row's fit-and-predict for one fold."""
+    """Each row's fit (on the training images of one fold) and predict."""
     def ridge(codes: np.ndarray, labels: np.ndarray) -> classifier.LinearHead:
         return classifier.train_ridge(codes, labels, n_classes, 20.0, classifier.balanced_weights(labels, n_classes))
 
-    def default(tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+    def side(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.concatenate([a, b], axis=1) / np.sqrt(2.0)
+
+    def default(tr: np.ndarray, te: dict[str, np.ndarray]) -> np.ndarray:
         copies = np.isin(c["copy_of"], np.flatnonzero(tr))
         head = ridge(np.concatenate([c["codes"][tr], c["copies"][copies]]),
                      np.concatenate([yi[tr], yi[c["copy_of"][copies]]]))
-        return mean_proba(head, [c["codes"][te], c["mirror"][te]])
+        return mean_proba(head, [te["codes"], te["mirror"]])
 
-    def plain(name: str) -> Predictor:
-        return lambda tr, te: mean_proba(ridge(c[name][tr], yi[tr]), [c[name][te], c[f"{name}_mirror" if name != "codes" else "mirror"][te]])
+    def plain(tr: np.ndarray, te: dict[str, np.ndarray]) -> np.ndarray:
+        return mean_proba(ridge(c["codes"][tr], yi[tr]), [te["codes"], te["mirror"]])
 
-    side = np.concatenate([c["codes"], c["scaled"]], axis=1) / np.sqrt(2.0)
-    side_mirror = np.concatenate([c["mirror"], c["scaled_mirror"]], axis=1) / np.sqrt(2.0)
+    def scaled(tr: np.ndarray, te: dict[str, np.ndarray]) -> np.ndarray:
+        return mean_proba(ridge(c["scaled"][tr], yi[tr]), [te["scaled"], te["scaled_mirror"]])
+
+    def side_by_side(tr: np.ndarray, te: dict[str, np.ndarray]) -> np.ndarray:
+        head = ridge(side(c["codes"], c["scaled"])[tr], yi[tr])
+        return mean_proba(head, [side(te["codes"], te["scaled"]), side(te["mirror"], te["scaled_mirror"])])
+
     return {"the default": default,
-            "the default, no copies": plain("codes"),
-            "scale-normalised": plain("scaled"),
-            "mean of both heads": lambda tr, te: (default(tr, te) + plain("scaled")(tr, te)) / 2.0,
-            "¾ the default + ¼ scale-normalised": lambda tr, te: 0.75 * default(tr, te) + 0.25 * plain("scaled")(tr, te),
-            "both codes side by side (no copies)":
-                lambda tr, te: mean_proba(ridge(side[tr], yi[tr]), [side[te], side_mirror[te]])}
+            "the default, no copies": plain,
+            "scale-normalised": scaled,
+            "mean of both heads": lambda tr, te: (default(tr, te) + scaled(tr, te)) / 2.0,
+            "¾ the default + ¼ scale-normalised": lambda tr, te: 0.75 * default(tr, te) + 0.25 * scaled(tr, te),
+            "both codes side by side (no copies)": side_by_side}
 
 
-def out_of_fold(predict: Predictor, fold: np.ndarray, n_classes: int) -> np.ndarray:
+def out_of_fold(predict: Predictor, c: dict[str, np.ndarray], fold: np.ndarray, n_classes: int) -> np.ndarray:
     """Every image's class predicted by the fold that held it out ``(n,)`` int."""
     proba = np.zeros((len(fold), n_classes))
     for f in np.unique(fold):
-        proba[fold == f] = predict(fold != f, fold == f)
+        proba[fold == f] = predict(fold != f, {v: c[v][fold == f] for v in VIEWS})
     return proba.argmax(axis=1)
+
+
+def changed_classes(predict: Predictor, changed: dict[str, np.ndarray], fold: np.ndarray, rows: np.ndarray,
+                    n_classes: int) -> np.ndarray:
+    """The class of each of ``rows`` from its ``changed`` codes (``VIEWS``, ``(len(rows), D)`` each), by
+    the fold that held it out ``(len(rows),)`` int."""
+    proba = np.zeros((len(rows), n_classes))
+    for f in np.unique(fold[rows]):
+        at = np.flatnonzero(fold[rows] == f)
+        proba[at] = predict(fold != f, {v: changed[v][at] for v in VIEWS})
+    return proba.argmax(axis=1)
+
+
+def changed_codes(encoder: Encoder, X: list[str], rows: np.ndarray, reference: float) -> dict[str, dict[str, np.ndarray]]:
+    """Per change: the changed images' codes ``(len(rows), D)`` at the input size and mirrored, and at
+    the zoom of their own (changed) texture scale and mirrored."""
+    out = {}
+    for name, fn in {**intensity.SHIFTS, **intensity.CONTROLS}.items():
+        sources = [Transformed(X[int(r)], fn, name) for r in rows]
+        zooms = zoom_for(np.array([texture_scale(fn(np.asarray(Image.open(X[int(r)]).convert("L"), dtype=np.float32)))
+                                   for r in rows]), reference)
+        got = {"codes": encoder.encode(sources).rows(len(rows)),
+               "mirror": encoder.encode_view(sources, View(1)).rows(len(rows)),
+               "scaled": np.zeros((len(rows), encoder.centres.size), np.float32)}
+        got["scaled_mirror"] = got["scaled"].copy()
+        for z in np.unique(zooms):
+            at = np.flatnonzero(zooms == z)
+            part = [sources[i] for i in at]
+            got["scaled"][at] = encoder.encode_view(part, View(0, float(z))).rows(len(at))
+            got["scaled_mirror"][at] = encoder.encode_view(part, View(1, float(z))).rows(len(at))
+        out[name] = got
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,8 +202,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--cache", type=Path, default=None, help="keep (and reuse) the scales and each seed's codes here")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown tables here")
+    ap.add_argument("--shift", action="store_true",
+                    help="at the first seed, re-predict the shift check's 200 images under every change")
     args = ap.parse_args(argv)
-    X, y, groups, series, _ = shift_data(args.data)
+    X, y, groups, series, shift_rows = shift_data(args.data)
     if args.cache:
         args.cache.mkdir(parents=True, exist_ok=True)
     classes, yi = np.unique(y, return_inverse=True)
@@ -177,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         splits = {"leave-one-series-out": loso, "grouped 5-fold": folds(y, groups, 5, seed, None)}
         for split, fold in splits.items():
             for name, predict in rows.items():
-                pred = out_of_fold(predict, fold, len(classes))
+                pred = out_of_fold(predict, c, fold, len(classes))
                 acc = np.mean([np.mean(pred[fold == f] == yi[fold == f]) for f in np.unique(fold)])
                 per = [f"{np.mean(pred[series == s] == yi[series == s]):.2f}" if split == loso_name(splits) else "–"
                        for s in names]
@@ -185,7 +235,34 @@ def main(argv: list[str] | None = None) -> None:
                 print(table[-1], file=sys.stderr, flush=True)
                 if seed == args.seeds[0] and split == loso_name(splits) and name == "the default":
                     lines += micrograph_table(groups, series, scales, zooms, pred == yi)
+    if args.shift:
+        table += ["", shift_table(X, y, loso, shift_rows, args.seeds[0], reference, codes_of(X, args.seeds[0], zooms, args.cache))]
     write(lines + table + [""], args.out)
+
+
+#: The rows the shift check re-predicts.
+SHIFT_ROWS = ("the default", "both codes side by side (no copies)")
+
+
+def shift_table(X: list[str], y: np.ndarray, loso: np.ndarray, rows: np.ndarray, seed: int, reference: float,
+                c: dict[str, np.ndarray]) -> str:
+    """The share of ``rows``' leave-one-series-out answers each change flips, for ``SHIFT_ROWS``."""
+    est = FastVLAD(random_state=seed)
+    encoder = Encoder.of(est).fit_codebook(X, int(est.k), int(est.codebook_images))  # the codebook codes_of used
+    changed = changed_codes(encoder, X, rows, reference)
+    classes, yi = np.unique(y, return_inverse=True)
+    names = list(changed)
+    out = [f"Seed {seed}, leave-one-series-out: the share of the {len(rows)} images' answers each change flips.", "",
+           "| row | max flip | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for name in SHIFT_ROWS:
+        predict = predictors(c, yi, len(classes))[name]
+        before = classes[out_of_fold(predict, c, loso, len(classes))[rows]].astype(str)
+        flips = {n: changed_shares(y[rows], before, classes[changed_classes(predict, changed[n], loso, rows, len(classes))]
+                                   .astype(str))["flipped"] for n in names}
+        largest = max(v for n, v in flips.items() if n not in intensity.CONTROLS)
+        out.append(f"| {name} | **{largest:.3f}** | " + " | ".join(f"{flips[n]:.3f}" for n in names) + " |")
+        print(out[-1], file=sys.stderr, flush=True)
+    return "\n".join(out)
 
 
 def loso_name(splits: dict[str, np.ndarray]) -> str:
