@@ -43,6 +43,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from head_check import DATA, command_line, mean_proba, shift_data, write
@@ -111,7 +112,7 @@ def codes_of(X: list[str], seed: int, zooms: np.ndarray, cache: Path | None) -> 
         sources = [X[i] for i in idx]
         scaled[idx] = cs.encoder.encode_view(sources, View(0, float(z))).rows(len(sources))
         scaled_mirror[idx] = cs.encoder.encode_view(sources, View(1, float(z))).rows(len(sources))
-    out = {"codes": cs.codes, "mirror": cs.views[0], "copies": cs.augmented, "copy_of": cs.augmented_of,
+    out: dict[str, Any] = {"codes": cs.codes, "mirror": cs.views[0],  # Any: savez also takes allow_pickle "copies": cs.augmented, "copy_of": cs.augmented_of,
            "scaled": scaled, "scaled_mirror": scaled_mirror}
     if path:
         np.savez(path, **out)
@@ -184,9 +185,8 @@ def changed_codes(encoder: Encoder, X: list[str], rows: np.ndarray, reference: f
         zooms = zoom_for(np.array([texture_scale(fn(np.asarray(Image.open(X[int(r)]).convert("L"), dtype=np.float32)))
                                    for r in rows]), reference)
         got = {"codes": encoder.encode(sources).rows(len(rows)),
-               "mirror": encoder.encode_view(sources, View(1)).rows(len(rows)),
-               "scaled": np.zeros((len(rows), encoder.centres.size), np.float32)}
-        got["scaled_mirror"] = got["scaled"].copy()
+               "mirror": encoder.encode_view(sources, View(1)).rows(len(rows))}
+        got["scaled"], got["scaled_mirror"] = np.zeros_like(got["codes"]), np.zeros_like(got["codes"])
         for z in np.unique(zooms):
             at = np.flatnonzero(zooms == z)
             part = [sources[i] for i in at]
