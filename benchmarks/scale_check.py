@@ -196,12 +196,19 @@ def changed_codes(encoder: Encoder, X: list[str], rows: np.ndarray, reference: f
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser(doc: str, cache: str) -> argparse.ArgumentParser:
+    """The options this script and ``weight_check.py`` share: ``--data``, ``--seeds``, ``--cache``
+    (helped by ``cache``) and ``--out``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--cache", type=Path, default=None, help="keep (and reuse) the scales and each seed's codes here")
+    ap.add_argument("--cache", type=Path, default=None, help=cache)
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown tables here")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = parser(__doc__, "keep (and reuse) the scales and each seed's codes here")
     ap.add_argument("--shift", action="store_true",
                     help="at the first seed, re-predict the shift check's 200 images under every change")
     args = ap.parse_args(argv)

@@ -18,15 +18,13 @@ The codes are the default's (``scale_check.codes_of``: one codebook shared by th
 
 from __future__ import annotations
 
-import argparse
 import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
-from head_check import DATA, command_line, mean_proba, shift_data, write
-from scale_check import codes_of, scales_of, zoom_for
+from head_check import command_line, mean_proba, shift_data, write
+from scale_check import codes_of, parser, scales_of, zoom_for
 
 from fastvlad import classifier
 from fastvlad.evaluate import folds
@@ -54,12 +52,7 @@ WEIGHTS: dict[str, Weights] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--cache", type=Path, default=None, help="scale_check.py's cache (codes reused, or kept)")
-    ap.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
-    args = ap.parse_args(argv)
+    args = parser(__doc__, "scale_check.py's cache (codes reused, or kept)").parse_args(argv)
     X, y, groups, series, _ = shift_data(args.data)
     if args.cache:
         args.cache.mkdir(parents=True, exist_ok=True)
