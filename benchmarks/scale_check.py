@@ -25,14 +25,15 @@ alpha 20, balanced) per fold on:
   and 1 had been read, at the one weight tried: seeds 2 on are its fair check);
 - ``both codes side by side (no copies)``: one head on the two codes concatenated (each half / √2).
 
-Every row predicts the mean over the image and its mirror. With ``--shift``, at the first seed, the
-shift check's 200 images (``evaluate.shift_sample`` at seed 0) are re-predicted under every change of
-``intensity.SHIFTS`` and the control by the leave-one-series-out head that held them out, for ``the
-default`` and ``both codes side by side``; a changed image's texture scale, and so its zoom, is
-measured on the changed image. The scale is measured on the unlabelled
+Every row predicts the mean over the image and its mirror. The scale is measured on the unlabelled
 image, so the reference (the median over all 1,035 images) uses no label; a model would keep the
 median of its training images. The images' scales do not depend on the seed (``--cache`` keeps them,
 and every seed's codes).
+
+With ``--shift``, at the first seed, the shift check's 200 images (``evaluate.shift_sample`` at seed
+0) are re-predicted under every change of ``intensity.SHIFTS`` and the control by the
+leave-one-series-out head that held them out, for ``the default`` and ``both codes side by side``; a
+changed image's texture scale, and so its zoom, is measured on the changed image.
 """
 
 from __future__ import annotations
@@ -112,8 +113,9 @@ def codes_of(X: list[str], seed: int, zooms: np.ndarray, cache: Path | None) -> 
         sources = [X[i] for i in idx]
         scaled[idx] = cs.encoder.encode_view(sources, View(0, float(z))).rows(len(sources))
         scaled_mirror[idx] = cs.encoder.encode_view(sources, View(1, float(z))).rows(len(sources))
-    out: dict[str, Any] = {"codes": cs.codes, "mirror": cs.views[0],  # Any: savez also takes allow_pickle "copies": cs.augmented, "copy_of": cs.augmented_of,
-           "scaled": scaled, "scaled_mirror": scaled_mirror}
+    out: dict[str, Any] = {  # Any: savez also takes allow_pickle by keyword
+        "codes": cs.codes, "mirror": cs.views[0], "copies": cs.augmented, "copy_of": cs.augmented_of,
+        "scaled": scaled, "scaled_mirror": scaled_mirror}
     if path:
         np.savez(path, **out)
     return out
