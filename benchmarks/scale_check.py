@@ -75,7 +75,10 @@ def texture_scale(values: np.ndarray) -> float:
     yy, xx = np.indices(ac.shape)
     radius = np.hypot(yy - cy, xx - cx).astype(int).ravel()
     profile = np.bincount(radius, ac.ravel()) / np.bincount(radius)
-    i = int(np.argmax(profile < 0.5))
+    below = np.flatnonzero(profile < 0.5)
+    if not below.size:  # correlated across the whole image (e.g. flat): wider than any fibre here
+        return float(len(profile))
+    i = int(below[0])  # ≥ 1: the profile is 1 at radius 0
     return float(i - 1 + (profile[i - 1] - 0.5) / (profile[i - 1] - profile[i]))
 
 
