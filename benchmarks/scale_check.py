@@ -126,58 +126,76 @@ def codes_of(X: list[str], seed: int, zooms: np.ndarray, cache: Path | None) -> 
 
 #: The codes a row predicts from, per image: at the input size and mirrored, at its own zoom and mirrored.
 VIEWS = ("codes", "mirror", "scaled", "scaled_mirror")
-#: (train mask ``(n,)``, the test images' ``VIEWS`` ``(m, D)`` each) → probabilities ``(m, K)``.
-Predictor = Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray]
+#: A fitted row: the test images' ``VIEWS`` ``(m, D)`` each → probabilities ``(m, K)``.
+Fitted = Callable[[dict[str, np.ndarray]], np.ndarray]
+#: A row: fit on the training images of one fold (train mask ``(n,)``) → ``Fitted``.
+Row = Callable[[np.ndarray], Fitted]
 
 
-def predictors(c: dict[str, np.ndarray], yi: np.ndarray, n_classes: int) -> dict[str, Predictor]:
-    """Each row's fit (on the training images of one fold) and predict."""
+def predictors(c: dict[str, np.ndarray], yi: np.ndarray, n_classes: int) -> dict[str, Row]:
+    """Each row's fit (on the training images of one fold), returning its predict."""
     def ridge(codes: np.ndarray, labels: np.ndarray) -> classifier.LinearHead:
         return classifier.train_ridge(codes, labels, n_classes, 20.0, classifier.balanced_weights(labels, n_classes))
 
     def side(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.concatenate([a, b], axis=1) / np.sqrt(2.0)
 
-    def default(tr: np.ndarray, te: dict[str, np.ndarray]) -> np.ndarray:
+    both = side(c["codes"], c["scaled"])  # every image's two codes side by side, made once
+
+    def default(tr: np.ndarray) -> Fitted:
         copies = np.isin(c["copy_of"], np.flatnonzero(tr))
         head = ridge(np.concatenate([c["codes"][tr], c["copies"][copies]]),
                      np.concatenate([yi[tr], yi[c["copy_of"][copies]]]))
-        return mean_proba(head, [te["codes"], te["mirror"]])
+        return lambda te: mean_proba(head, [te["codes"], te["mirror"]])
 
-    def plain(tr: np.ndarray, te: dict[str, np.ndarray]) -> np.ndarray:
-        return mean_proba(ridge(c["codes"][tr], yi[tr]), [te["codes"], te["mirror"]])
+    def plain(tr: np.ndarray) -> Fitted:
+        head = ridge(c["codes"][tr], yi[tr])
+        return lambda te: mean_proba(head, [te["codes"], te["mirror"]])
 
-    def scaled(tr: np.ndarray, te: dict[str, np.ndarray]) -> np.ndarray:
-        return mean_proba(ridge(c["scaled"][tr], yi[tr]), [te["scaled"], te["scaled_mirror"]])
+    def scaled(tr: np.ndarray) -> Fitted:
+        head = ridge(c["scaled"][tr], yi[tr])
+        return lambda te: mean_proba(head, [te["scaled"], te["scaled_mirror"]])
 
-    def side_by_side(tr: np.ndarray, te: dict[str, np.ndarray]) -> np.ndarray:
-        head = ridge(side(c["codes"], c["scaled"])[tr], yi[tr])
-        return mean_proba(head, [side(te["codes"], te["scaled"]), side(te["mirror"], te["scaled_mirror"])])
+    def side_by_side(tr: np.ndarray) -> Fitted:
+        head = ridge(both[tr], yi[tr])
+        return lambda te: mean_proba(head, [side(te["codes"], te["scaled"]), side(te["mirror"], te["scaled_mirror"])])
+
+    def mixed(weight: float) -> Row:
+        """The default's and the scale-normalised head's probabilities, the latter weighted ``weight``."""
+        def fit(tr: np.ndarray) -> Fitted:
+            a, b = default(tr), scaled(tr)
+            return lambda te: (1.0 - weight) * a(te) + weight * b(te)
+        return fit
 
     return {"the default": default,
             "the default, no copies": plain,
             "scale-normalised": scaled,
-            "mean of both heads": lambda tr, te: (default(tr, te) + scaled(tr, te)) / 2.0,
-            "¾ the default + ¼ scale-normalised": lambda tr, te: 0.75 * default(tr, te) + 0.25 * scaled(tr, te),
+            "mean of both heads": mixed(0.5),
+            "¾ the default + ¼ scale-normalised": mixed(0.25),
             "both codes side by side (no copies)": side_by_side}
 
 
-def out_of_fold(predict: Predictor, c: dict[str, np.ndarray], fold: np.ndarray, n_classes: int) -> np.ndarray:
+def fold_models(row: Row, fold: np.ndarray) -> dict[int, Fitted]:
+    """``row`` fitted once per fold, on the images the fold holds out of ``fold`` ``(n,)``."""
+    return {int(f): row(fold != f) for f in np.unique(fold)}
+
+
+def out_of_fold(models: dict[int, Fitted], c: dict[str, np.ndarray], fold: np.ndarray, n_classes: int) -> np.ndarray:
     """Every image's class predicted by the fold that held it out ``(n,)`` int."""
     proba = np.zeros((len(fold), n_classes))
-    for f in np.unique(fold):
-        proba[fold == f] = predict(fold != f, {v: c[v][fold == f] for v in VIEWS})
+    for f, predict in models.items():
+        proba[fold == f] = predict({v: c[v][fold == f] for v in VIEWS})
     return proba.argmax(axis=1)
 
 
-def changed_classes(predict: Predictor, changed: dict[str, np.ndarray], fold: np.ndarray, rows: np.ndarray,
+def changed_classes(models: dict[int, Fitted], changed: dict[str, np.ndarray], fold: np.ndarray, rows: np.ndarray,
                     n_classes: int) -> np.ndarray:
     """The class of each of ``rows`` from its ``changed`` codes (``VIEWS``, ``(len(rows), D)`` each), by
     the fold that held it out ``(len(rows),)`` int."""
     proba = np.zeros((len(rows), n_classes))
     for f in np.unique(fold[rows]):
         at = np.flatnonzero(fold[rows] == f)
-        proba[at] = predict(fold != f, {v: changed[v][at] for v in VIEWS})
+        proba[at] = models[int(f)]({v: changed[v][at] for v in VIEWS})
     return proba.argmax(axis=1)
 
 
@@ -235,11 +253,11 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         c = codes_of(X, seed, zooms, args.cache)
         print(f"seed {seed}: codes in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
-        rows = predictors(c, yi, len(classes))
+        fits = predictors(c, yi, len(classes))
         splits = {"leave-one-series-out": loso, "grouped 5-fold": folds(y, groups, 5, seed, None)}
         for split, fold in splits.items():
-            for name, predict in rows.items():
-                pred = out_of_fold(predict, c, fold, len(classes))
+            for name, row in fits.items():
+                pred = out_of_fold(fold_models(row, fold), c, fold, len(classes))
                 acc = np.mean([np.mean(pred[fold == f] == yi[fold == f]) for f in np.unique(fold)])
                 per = [f"{np.mean(pred[series == s] == yi[series == s]):.2f}" if split == loso_name(splits) else "–"
                        for s in names]
@@ -267,9 +285,9 @@ def shift_table(X: list[str], y: np.ndarray, loso: np.ndarray, rows: np.ndarray,
     out = [f"Seed {seed}, leave-one-series-out: the share of the {len(rows)} images' answers each change flips.", "",
            "| row | max flip | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for name in SHIFT_ROWS:
-        predict = predictors(c, yi, len(classes))[name]
-        before = classes[out_of_fold(predict, c, loso, len(classes))[rows]].astype(str)
-        flips = {n: changed_shares(y[rows], before, classes[changed_classes(predict, changed[n], loso, rows, len(classes))]
+        models = fold_models(predictors(c, yi, len(classes))[name], loso)  # one fit per fold, for every change
+        before = classes[out_of_fold(models, c, loso, len(classes))[rows]].astype(str)
+        flips = {n: changed_shares(y[rows], before, classes[changed_classes(models, changed[n], loso, rows, len(classes))]
                                    .astype(str))["flipped"] for n in names}
         largest = max(v for n, v in flips.items() if n not in intensity.CONTROLS)
         out.append(f"| {name} | **{largest:.3f}** | " + " | ".join(f"{flips[n]:.3f}" for n in names) + " |")
