@@ -6,7 +6,7 @@
 The shift check (``evaluate --shift``) changes an image's gray levels, focus and noise; a new series
 also comes at another magnification. This script re-predicts the shift check's 200 out-of-fold images
 (``evaluate.shift_sample`` at seed 0, the same rows as ``head_check.py`` and ``scale_check.py``), each
-with the leave-one-series-out model that held it out, after ``magnified``: the centre 1/z of the tile
+with the leave-one-series-out model that held it out, after ``intensity.magnified``: the centre 1/z of the tile
 by 1/z of it, which the encoder brings to the same input size as the whole tile — the tile as a
 microscope z times the magnification would show it, with z² less of the field. Only magnification up
 can be made from a tile (down needs field the tile lacks).
@@ -20,6 +20,7 @@ The rows are the default and the options that give the head other magnifications
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import sys
 import time
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 from head_check import DATA, command_line, shift_data, write
 
+from fastvlad import intensity
 from fastvlad.estimator import FastVLAD
 from fastvlad.evaluate import cross_validate, shift_check
 
@@ -45,19 +47,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def magnified(values: np.ndarray, z: float) -> np.ndarray:
-    """The centre ``1/z`` of an image ``(H, W)`` or ``(H, W, C)`` on each side (at least 1 px): the
-    field a microscope at ``z`` times the magnification would show in the same number of pixels,
-    once the encoder brings it to its input size."""
-    h, w = values.shape[:2]
-    ch, cw = max(1, round(h / z)), max(1, round(w / z))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return np.ascontiguousarray(values[top:top + ch, left:left + cw])
-
-
 def magnifications(levels: tuple[float, ...] = MAGNIFICATIONS) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-    """The shift check's changes: name → ``magnified`` at each level."""
-    return {f"magnification ×{z:g}": (lambda v, z=z: magnified(v, z)) for z in levels}
+    """The shift check's changes: name → ``intensity.magnified`` at each level (the CLI's
+    ``--shift-magnification`` is 1.25, 1.5 and 2, ``intensity.MAGNIFICATIONS``)."""
+    return {f"magnification ×{z:g}": functools.partial(intensity.magnified, z=z) for z in levels}
 
 
 def main(argv: list[str] | None = None) -> None:

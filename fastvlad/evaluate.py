@@ -13,8 +13,8 @@ as with a user's model and a new sample), at one encoding of every image per fol
   straddle train and test), stratified when there is none.
 
 ``shift_check`` re-predicts out-of-fold images under acquisition changes (``intensity.SHIFTS``:
-gain, offset, gamma, blur, noise), each with the classifier of the fold that held it out, and
-reports the share of predictions that change.
+gain, offset, gamma, blur, noise; optionally ``intensity.MAGNIFICATIONS``), each with the
+classifier of the fold that held it out, and reports the share of predictions that change.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ class ShiftCheck:
 
     @property
     def acquisition_changes(self) -> list[dict[str, Any]]:
-        """The changes but the control (which is no acquisition change)."""
-        return [c for c in self.changes if not c.get("control")]
+        """The changes but the control and the magnifications (``change_kind``)."""
+        return [c for c in self.changes if change_kind(c) == "acquisition"]
 
     @property
     def max_flipped(self) -> float:
@@ -617,12 +617,25 @@ def _first(items: list[str], most: int) -> str:
     return ", ".join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
+#: What the shift check's magnifications are, for the CLI and the report.
+MAGNIFICATION_NOTE = ("magnification ×z: the image's centre 1/z by 1/z brought to the input size, as z times the "
+                      "magnification would show it; not counted among the acquisition changes. Where the files "
+                      "carry a pixel size, --scale takes magnification out")
+
+
+def change_kind(change: Mapping[str, Any]) -> str:
+    """What a shift check's change is: "acquisition" (counted in the largest share and the margins),
+    "control" (``intensity.CONTROLS``) or "magnification" (``intensity.MAGNIFICATIONS``), both shown
+    beside them. A change recorded before ``kind`` was: "control" or "acquisition"."""
+    return str(change.get("kind", "control" if change.get("control") else "acquisition"))
+
+
 def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None = SHIFT_IMAGES,
                 shifts: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
-                random_state: int = 0) -> ShiftCheck:
+                random_state: int = 0, magnification: bool = False) -> ShiftCheck:
     """Re-predict out-of-fold images under each change of ``shifts`` (default ``intensity.SHIFTS`` and
-    the control, ``intensity.CONTROLS``), each with the classifier of the fold that held it out, and
-    record it in ``result.shift``.
+    the control, ``intensity.CONTROLS``; with ``magnification`` also ``intensity.MAGNIFICATIONS``),
+    each with the classifier of the fold that held it out, and record it in ``result.shift``.
 
     ``X``: the images given to ``cross_validate`` (same order). ``n_images``: a seeded sample, stratified
     by the held-out group (or ``group``) and class; None for every image. Each change costs one CNN
@@ -640,7 +653,10 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
                              "pass the same images as to cross_validate")
     if n_images is not None and n_images < 1:
         raise ParameterError(f"n_images={n_images}: give at least 1 (or None for every image)")
-    shifts = {**intensity.SHIFTS, **intensity.CONTROLS} if shifts is None else shifts
+    if shifts is None:
+        shifts = {**intensity.SHIFTS, **intensity.CONTROLS}
+    if magnification:
+        shifts = {**shifts, **intensity.MAGNIFICATIONS}
     groups = result.row_groups if result.row_groups is not None else np.full(len(result.y_true), "")
     rows = shift_sample(groups, result.y_true, n_images, random_state)
     t0 = time.perf_counter()
@@ -649,12 +665,14 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
         t = time.perf_counter()
         sources = [Transformed(X[int(indices[r])], fn, name) for r in rows]
         pred, ok = changed_predictions(result, sources, rows)
-        changes.append({"name": name, "n": int(len(ok)), "control": name in intensity.CONTROLS,
+        kind = ("control" if name in intensity.CONTROLS else
+                "magnification" if name in intensity.MAGNIFICATIONS else "acquisition")
+        changes.append({"name": name, "n": int(len(ok)), "kind": kind, "control": kind == "control",
                         **changed_shares(result.y_true[ok], result.y_pred[ok], pred),
                         **({"by_group": changed_by_group(groups[ok], result.y_pred[ok], pred)}
                            if result.row_groups is not None else {}),
                         "seconds": time.perf_counter() - t})
-        if name not in intensity.CONTROLS:
+        if kind == "acquisition":
             readable, flipped = np.isin(rows, ok), np.zeros(len(rows), dtype=bool)
             flipped[readable] = pred != result.y_pred[ok]
             altered[name] = (readable, flipped)

@@ -11,6 +11,7 @@ Images arrive as ``images.to_255`` makes them: float32 0..255, ``(H, W)`` or ``(
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -151,6 +152,26 @@ def one_pixel(values: np.ndarray) -> np.ndarray:
 #: image's points anew flips on its own (every change above also re-draws them, unless the points
 #: are shared by every image of a size).
 CONTROLS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"control: one pixel ±1": one_pixel}
+
+
+def magnified(values: np.ndarray, z: float) -> np.ndarray:
+    """The centre ``1/z`` of an image ``(H, W)`` or ``(H, W, C)`` on each side (``z`` ≥ 1; at least
+    1 px): once the encoder brings it to its input size, the field as ``z`` times the magnification
+    would show it in the same number of pixels (fibres ``z`` times wider, ``z²`` less of the field).
+    Only a higher magnification can be made from an image; a lower one needs field it lacks."""
+    if not z >= 1:
+        raise ParameterError(f"magnification {z}: give 1 or more (a lower one needs field the image lacks)")
+    h, w = values.shape[:2]
+    ch, cw = max(1, round(h / z)), max(1, round(w / z))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return np.ascontiguousarray(values[top:top + ch, left:left + cw])
+
+
+#: The shift check's magnifications (``evaluate --shift-magnification``), reported beside the
+#: acquisition changes but not among them: a new series at another magnification. Where the files
+#: carry a pixel size, ``scale_nm_per_px`` takes magnification out instead.
+MAGNIFICATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    f"magnification ×{z:g}": functools.partial(magnified, z=z) for z in (1.25, 1.5, 2.0)}
 
 
 def dihedral(values: np.ndarray, op: int) -> np.ndarray:

@@ -27,8 +27,10 @@ from ._files import write_bytes_atomic
 from .datasets import Dataset
 from .errors import FastVLADError
 from .evaluate import (
+    MAGNIFICATION_NOTE,
     CVResult,
     by_group_text,
+    change_kind,
     refit_text,
     share_interval_text,
     shown_margins,
@@ -266,7 +268,9 @@ def _shift_section(nums: dict[str, Any]) -> str:
             "sampling alone changes). "
             "The 95 % interval is where a share could lie on another sample of as many images. "
             f'Most changed by an acquisition change: {100 * shift["max_flipped"]:.1f} %; '
-            f'{shift["seconds"]:.0f} s in all.</p>' +
+            f'{shift["seconds"]:.0f} s in all.'
+            + (f" {html.escape(MAGNIFICATION_NOTE[0].upper() + MAGNIFICATION_NOTE[1:])}."
+               if any(change_kind(c) == "magnification" for c in shift["changes"]) else "") + "</p>" +
             _table(["change", "predictions changed", "95 % interval", "right ones made wrong", "accuracy", "seconds"],
                    rows) +
             _shift_by_group(shift) + _margins_section(shift))

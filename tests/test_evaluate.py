@@ -21,6 +21,7 @@ from fastvlad.cli import app
 from fastvlad.errors import InvalidDatasetError, ParameterError
 from fastvlad.estimator import FastVLAD
 from fastvlad.evaluate import (
+    MAGNIFICATION_NOTE,
     CVResult,
     ShiftCheck,
     answer_margin,
@@ -205,6 +206,27 @@ def test_shift_check_is_deterministic_and_identity_changes_nothing(split_cv: tup
     assert res.to_dict()["shift"]["changes"][0]["name"] == "identity"
 
 
+def test_magnifications_are_shown_beside_the_acquisition_changes(split_cv: tuple[CVResult, datasets.Dataset]) -> None:
+    """A change named in ``intensity.MAGNIFICATIONS`` is recorded with kind "magnification" and kept out
+    of what counts the acquisition changes: the largest share, the margins, the per-group counts.
+    Here it inverts the image, so it changes answers an unchanged image does not."""
+    res, ds = split_cv
+    sources = [str(p) for p in ds.paths]
+    name = next(iter(intensity.MAGNIFICATIONS))
+    check = shift_check(res, sources, n_images=12, shifts={"identity": lambda v: v, name: lambda v: 255.0 - v})
+    kinds = {c["name"]: c["kind"] for c in check.changes}
+    assert kinds == {"identity": "acquisition", name: "magnification"}
+    assert check.changes[1]["flipped"] > 0 and not check.changes[1]["control"]
+    assert check.max_flipped == 0.0 and [c["name"] for c in check.acquisition_changes] == ["identity"]
+    assert check.margins[0]["max_flipped"] == 0.0
+    assert all(changed == 0 for changed, _ in check.changed_by_group().values())
+    assert check.to_dict()["max_flipped"] == 0.0
+    every = shift_check(res, sources, n_images=4, magnification=True)
+    assert [c["kind"] for c in every.changes] == ["acquisition"] * 8 + ["control"] + ["magnification"] * 3
+    assert [c["name"] for c in every.changes][-3:] == list(intensity.MAGNIFICATIONS)
+    assert all(c["n"] == 4 for c in every.changes)
+
+
 def test_changed_shares_count_right_answers_lost_among_the_right_ones() -> None:
     """``lost`` is the share of the right predictions a change makes wrong: a flip between two wrong
     classes, or from wrong to right, changes a prediction but loses no right answer."""
@@ -373,6 +395,22 @@ def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_pat
     assert "per group (the group column, 8 values)" in page
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert report["cv"] == "leave-one-series-out" and report["folds"] == nums["folds"]
+
+
+def test_cli_shift_magnification(vgg16_path: Path, balanced: Path, tmp_path: Path) -> None:
+    """``--shift-magnification`` runs the shift check with the magnifications shown apart, in the
+    terminal, the JSON and the report."""
+    out = CliRunner().invoke(app, ["-q", "evaluate", str(balanced), "--split", "series", "--shift-magnification",
+                                   "--shift-images", "4", *SMALL, "--json", str(tmp_path / "cv.json"),
+                                   "--report", str(tmp_path / "rep")])
+    assert out.exit_code == 0, out.output
+    shift = json.loads((tmp_path / "cv.json").read_text())["shift"]
+    assert [c["name"] for c in shift["changes"] if c["kind"] == "magnification"] == list(intensity.MAGNIFICATIONS)
+    assert shift["max_flipped"] == max(c["flipped"] for c in shift["changes"] if c["kind"] == "acquisition")
+    assert f"  ({MAGNIFICATION_NOTE})" in out.output.splitlines()
+    assert all(f"  {name:<22}" in out.output for name in intensity.MAGNIFICATIONS)
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "Magnification ×z: the image" in page and "<td>magnification ×2</td>" in page
 
 
 def test_cli_refit_all(vgg16_path: Path, balanced: Path, tmp_path: Path) -> None:

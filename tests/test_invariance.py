@@ -106,6 +106,24 @@ def test_keep_aspect_sizes() -> None:
     assert not EncoderSettings.of(FastVLAD(image_size=(112, 164))).keep_aspect  # (H, W) is used as it is
 
 
+def test_magnified_is_the_centre_of_the_image() -> None:
+    """``intensity.magnified``: the centre 1/z by 1/z of the image (gray or colour), the image itself at
+    z = 1, and a clear error for a lower magnification, which needs field the image lacks."""
+    gray = np.arange(306 * 448, dtype=np.float32).reshape(306, 448)
+    np.testing.assert_array_equal(intensity.magnified(gray, 2.0), gray[76:229, 112:336])
+    np.testing.assert_array_equal(intensity.magnified(gray, 1.0), gray)
+    colour = np.stack([gray, gray + 1, gray + 2], axis=-1)
+    out = intensity.magnified(colour, 1.25)
+    assert out.shape == (245, 358, 3) and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, colour[30:275, 45:403])
+    assert intensity.magnified(np.ones((3, 3), np.float32), 100.0).shape == (1, 1)  # never empty
+    for z in (0.8, 0.0, float("nan")):
+        with pytest.raises(ParameterError, match="needs field the image lacks"):
+            intensity.magnified(gray, z)
+    assert list(intensity.MAGNIFICATIONS) == ["magnification ×1.25", "magnification ×1.5", "magnification ×2"]
+    assert intensity.MAGNIFICATIONS["magnification ×1.5"](gray).shape == (204, 299)
+
+
 def test_augmented_copies_and_flips_are_seeded() -> None:
     images = [_micrograph(i) for i in range(3)]
     prep = Preprocess((32, 48))

@@ -58,6 +58,9 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
                                                  "column (e.g. series): every value held out once, accuracy per value."),
              shift: bool = typer.Option(False, "--shift", help="Re-predict out-of-fold images under acquisition "
                                         "changes (gain, offset, gamma, blur, noise): share of predictions changed."),
+             shift_magnification: bool = typer.Option(False, "--shift-magnification", help="With the shift "
+                                                      "check (implied), also re-predict each image's centre at "
+                                                      "1.25, 1.5 and 2 times the magnification (shown apart)."),
              shift_images: int = typer.Option(200, "--shift-images", help="Images the shift check re-predicts "
                                               "(seeded, stratified by group and class; 0: all). Each change costs "
                                               "one CNN pass per image."),
@@ -100,7 +103,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
         if report:
             raise WriteError("--report with --tile is not supported yet (its thumbnails are per image); "
                              "use --json and --confusion")
-        if split is not None or shift or refit != "head":
+        if split is not None or shift or shift_magnification or refit != "head":
             raise ParameterError("--split, --shift and --refit all with --tile are not supported yet; tile the "
                                  "micrographs into a manifest with a series column instead (see README, From the "
                                  "microscope)")
@@ -113,8 +116,8 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
         inputs = plan.sources if plan is not None else sources
         res = cross_validate(est, inputs, ds.y, ds.groups, folds, split=split_values,
                              split_name=split.strip().lower() if split else "split", refit=refit)
-        if shift:
-            shift_check(res, inputs, shift_images or None, random_state=seed)
+        if shift or shift_magnification:
+            shift_check(res, inputs, shift_images or None, random_state=seed, magnification=shift_magnification)
     _print_cv(res)
     if tiled:
         agg, acc = cv.micrographs()
@@ -180,7 +183,12 @@ def _print_per_group(res: CVResult) -> None:
 
 
 def _print_shift(res: CVResult) -> None:
-    from ..evaluate import changed_by_group_text, share_interval_text
+    from ..evaluate import (
+        MAGNIFICATION_NOTE,
+        change_kind,
+        changed_by_group_text,
+        share_interval_text,
+    )
 
     check = res.shift
     assert check is not None
@@ -199,6 +207,8 @@ def _print_shift(res: CVResult) -> None:
     if any(c.get("control") for c in check.changes):
         typer.echo("  (the control is no acquisition change: the image all but unchanged, its points drawn anew; "
                    "what it changes, point sampling alone changes)")
+    if any(change_kind(c) == "magnification" for c in check.changes):
+        typer.echo(f"  ({MAGNIFICATION_NOTE})")
     if check.margins:
         _print_margins(check)
 
