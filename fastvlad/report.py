@@ -298,7 +298,7 @@ def _shift_by_group(shift: dict[str, Any]) -> str:
         return ""
     rows = [[g, str(c), str(n), f"{100 * c / max(n, 1):.1f} %"] for g, (c, n) in counts.items()]
     return (f'<p class="muted">Per held-out {html.escape(str(shift.get("group_by")))}, over the acquisition '
-            "changes (not the control): where the changed predictions fall.</p>" +
+            "changes (not the control or a magnification): where the changed predictions fall.</p>" +
             _table([str(shift.get("group_by")), "predictions changed", "re-predicted", "share"], rows))
 
 
