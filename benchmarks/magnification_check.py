@@ -33,10 +33,13 @@ from head_check import DATA, command_line, shift_data, write
 
 from fastvlad import intensity
 from fastvlad.estimator import FastVLAD
-from fastvlad.evaluate import cross_validate, shift_check
+from fastvlad.evaluate import answer_margin, by_margin, cross_validate, shift_check
 
 #: The magnifications tried (z: the tile's centre 1/z by 1/z, brought to the input size).
 MAGNIFICATIONS = (1.1, 1.25, 1.5, 2.0)
+
+#: The margin floor of the sure answers (README, "Sure answers"; ``predict --min-margin``).
+SURE = 0.15
 
 #: name → estimator parameters changed from the default.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -69,6 +72,10 @@ def main(argv: list[str] | None = None) -> None:
              "accuracy after.", "",
              "| variant | seed | leave-one-series-out | accuracy on the 200 | " + " | ".join(changes) + " | seconds |",
              "|---|---|---|---|" + "---|" * len(changes) + "---|"]
+    sure = ["", f"The sure answers (margin ≥ {SURE}): their share of the 200 and accuracy, and the share of them each "
+            "magnification changes.", "",
+            "| variant | seed | sure answers | their accuracy | " + " | ".join(changes) + " |",
+            "|---|---|---|---|" + "---|" * len(changes)]
     for seed in args.seeds:
         for name in names:
             t = time.perf_counter()
@@ -78,8 +85,13 @@ def main(argv: list[str] | None = None) -> None:
             cells = [f"{c['flipped']:.3f} / {c['lost']:.3f} / {c['accuracy']:.3f}" for c in check.changes]
             lines.append(f"| {name} | {seed} | **{result.accuracy:.3f}** | {check.accuracy:.3f} | "
                          + " | ".join(cells) + f" | {time.perf_counter() - t:.0f} |")
-            print(lines[-1], file=sys.stderr, flush=True)
-    write(lines + [""], args.out)
+            margin = answer_margin(result.proba[check.rows])
+            right = result.y_pred[check.rows] == result.y_true[check.rows]
+            at = [by_margin(margin, right, {n: check.changed_rows[n]}, grid=(SURE,))[0] for n in changes]
+            sure.append(f"| {name} | {seed} | {at[0]['kept']:.3f} | {at[0]['accuracy']:.3f} | "
+                        + " | ".join(f"{r['max_flipped']:.3f}" for r in at) + " |")
+            print(lines[-1], sure[-1], sep="\n", file=sys.stderr, flush=True)
+    write(lines + sure + [""], args.out)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,9 @@ class ShiftCheck:
     group_by: str | None = None  # the column each change's ``by_group`` counts are over, e.g. "series"
     #: Per margin floor of ``MARGIN_GRID``: the answers at or above it (``by_margin``).
     margins: list[dict[str, Any]] = field(default_factory=list)
+    #: Per change: ``(readable, changed)``, each ``(m,)`` bool over ``rows`` (``by_margin``'s input;
+    #: not in ``to_dict``).
+    changed_rows: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     @property
     def acquisition_changes(self) -> list[dict[str, Any]]:
@@ -672,15 +675,15 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
                         **({"by_group": changed_by_group(groups[ok], result.y_pred[ok], pred)}
                            if result.row_groups is not None else {}),
                         "seconds": time.perf_counter() - t})
-        if kind == "acquisition":
-            readable, flipped = np.isin(rows, ok), np.zeros(len(rows), dtype=bool)
-            flipped[readable] = pred != result.y_pred[ok]
-            altered[name] = (readable, flipped)
+        readable, flipped = np.isin(rows, ok), np.zeros(len(rows), dtype=bool)
+        flipped[readable] = pred != result.y_pred[ok]
+        altered[name] = (readable, flipped)
     right = result.y_pred[rows] == result.y_true[rows]
+    acquisition = {c["name"]: altered[c["name"]] for c in changes if c["kind"] == "acquisition"}
     check = ShiftCheck(rows, float(right.mean()) if len(rows) else 0.0,
                        changes, time.perf_counter() - t0,
                        f"{result.group_by} and class" if result.row_groups is not None else "class",
                        result.group_by if result.row_groups is not None else None,
-                       by_margin(answer_margin(result.proba[rows]), right, altered))
+                       by_margin(answer_margin(result.proba[rows]), right, acquisition), altered)
     result.shift = check
     return check

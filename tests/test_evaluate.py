@@ -220,7 +220,10 @@ def test_magnifications_are_shown_beside_the_acquisition_changes(split_cv: tuple
     assert check.max_flipped == 0.0 and [c["name"] for c in check.acquisition_changes] == ["identity"]
     assert check.margins[0]["max_flipped"] == 0.0
     assert all(changed == 0 for changed, _ in check.changed_by_group().values())
-    assert check.to_dict()["max_flipped"] == 0.0
+    assert check.to_dict()["max_flipped"] == 0.0 and "changed_rows" not in check.to_dict()
+    for c in check.changes:  # every change's rows, the magnification's too: what its share counts
+        readable, changed = check.changed_rows[c["name"]]
+        assert readable.all() and changed.mean() == c["flipped"]
     every = shift_check(res, sources, n_images=4, magnification=True)
     assert [c["kind"] for c in every.changes] == ["acquisition"] * 8 + ["control"] + ["magnification"] * 3
     assert [c["name"] for c in every.changes][-3:] == list(intensity.MAGNIFICATIONS)
