@@ -63,7 +63,8 @@ class ShiftCheck:
     seconds: float  # the whole check: every change's CNN passes and predictions
     stratified_by: str = "class"  # what the sample is stratified by, e.g. "series and class"
     group_by: str | None = None  # the column each change's ``by_group`` counts are over, e.g. "series"
-    #: Per margin floor of ``MARGIN_GRID``: the answers at or above it (``by_margin``).
+    #: Per margin floor of ``MARGIN_GRID``: the answers at or above it (``by_margin``), and with
+    #: magnifications ``max_flipped_magnification``, the largest share of them one alters.
     margins: list[dict[str, Any]] = field(default_factory=list)
     #: Per change: ``(readable, changed)``, each ``(m,)`` bool over ``rows`` (``by_margin``'s input;
     #: not in ``to_dict``).
@@ -679,11 +680,15 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
         flipped[readable] = pred != result.y_pred[ok]
         altered[name] = (readable, flipped)
     right = result.y_pred[rows] == result.y_true[rows]
-    acquisition = {c["name"]: altered[c["name"]] for c in changes if c["kind"] == "acquisition"}
+    margin = answer_margin(result.proba[rows])
+    margins = by_margin(margin, right, {c["name"]: altered[c["name"]] for c in changes if c["kind"] == "acquisition"})
+    magnified = {c["name"]: altered[c["name"]] for c in changes if c["kind"] == "magnification"}
+    if magnified:  # beside each floor, apart from the acquisition changes' largest
+        for row, mag in zip(margins, by_margin(margin, right, magnified)):
+            row["max_flipped_magnification"] = mag["max_flipped"]
     check = ShiftCheck(rows, float(right.mean()) if len(rows) else 0.0,
                        changes, time.perf_counter() - t0,
                        f"{result.group_by} and class" if result.row_groups is not None else "class",
-                       result.group_by if result.row_groups is not None else None,
-                       by_margin(answer_margin(result.proba[rows]), right, acquisition), altered)
+                       result.group_by if result.row_groups is not None else None, margins, altered)
     result.shift = check
     return check

@@ -282,13 +282,16 @@ def _margins_section(shift: dict[str, Any]) -> str:
     margins = shift.get("margins")
     if not margins:
         return ""
+    magnified = "max_flipped_magnification" in margins[0]
     rows = [[f"{r['margin']:.2f}", f"{100 * r['kept']:.1f} %", f"{r['accuracy']:.3f}" if r["n"] else "–",
              f"{100 * r['max_flipped']:.1f} %"]
+            + ([f"{100 * r['max_flipped_magnification']:.1f} %"] if magnified else [])
             for r in shown_margins(margins)]
     return ('<p class="muted">Sure answers: the margin is an answer\'s probability minus the runner-up\'s; '
             "<code>fastvlad predict --min-margin</code> marks the answers under a margin as not sure. "
             f"{html.escape(steady_margin_text(margins).capitalize())}.</p>" +
-            _table(["margin ≥", "answers", "accuracy", "most changed by one change"], rows))
+            _table(["margin ≥", "answers", "accuracy", "most changed by one change"]
+                   + (["most changed by a magnification"] if magnified else []), rows))
 
 
 def _shift_by_group(shift: dict[str, Any]) -> str:

@@ -219,6 +219,7 @@ def test_magnifications_are_shown_beside_the_acquisition_changes(split_cv: tuple
     assert check.changes[1]["flipped"] > 0 and not check.changes[1]["control"]
     assert check.max_flipped == 0.0 and [c["name"] for c in check.acquisition_changes] == ["identity"]
     assert check.margins[0]["max_flipped"] == 0.0
+    assert check.margins[0]["max_flipped_magnification"] == check.changes[1]["flipped"]  # every answer at floor 0
     assert all(changed == 0 for changed, _ in check.changed_by_group().values())
     assert check.to_dict()["max_flipped"] == 0.0 and "changed_rows" not in check.to_dict()
     for c in check.changes:  # every change's rows, the magnification's too: what its share counts
@@ -228,6 +229,8 @@ def test_magnifications_are_shown_beside_the_acquisition_changes(split_cv: tuple
     assert [c["kind"] for c in every.changes] == ["acquisition"] * 8 + ["control"] + ["magnification"] * 3
     assert [c["name"] for c in every.changes][-3:] == list(intensity.MAGNIFICATIONS)
     assert all(c["n"] == 4 for c in every.changes)
+    none = shift_check(res, sources, n_images=4, shifts={"identity": lambda v: v})
+    assert all("max_flipped_magnification" not in r for r in none.margins)
 
 
 def test_changed_shares_count_right_answers_lost_among_the_right_ones() -> None:
@@ -414,6 +417,11 @@ def test_cli_shift_magnification(vgg16_path: Path, balanced: Path, tmp_path: Pat
     assert all(f"  {name:<22}" in out.output for name in intensity.MAGNIFICATIONS)
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "Magnification ×z: the image" in page and "<td>magnification ×2</td>" in page
+    top = shift["margins"][0]
+    assert top["max_flipped_magnification"] == max(c["flipped"] for c in shift["changes"] if c["kind"] == "magnification")
+    assert f"{'by a magnification':>20}" in out.output and "<th>most changed by a magnification</th>" in page
+    assert (f"  0.00        100.0 %{top['accuracy']:>10.3f}{100 * top['max_flipped']:>12.1f} %"
+            f"{100 * top['max_flipped_magnification']:>18.1f} %") in out.output.splitlines()
 
 
 def test_cli_refit_all(vgg16_path: Path, balanced: Path, tmp_path: Path) -> None:

@@ -219,10 +219,13 @@ def _print_margins(check: ShiftCheck) -> None:
 
     typer.echo("  sure answers (margin: the answer's probability minus the runner-up's; predict --min-margin "
                "marks the others):")
-    typer.echo(f"  {'margin ≥':<10}{'answers':>9}{'accuracy':>10}{'most changed':>14}")
+    magnified = "max_flipped_magnification" in check.margins[0]
+    typer.echo(f"  {'margin ≥':<10}{'answers':>9}{'accuracy':>10}{'most changed':>14}"
+               + (f"{'by a magnification':>20}" if magnified else ""))
     for r in shown_margins(check.margins):
         accuracy = f"{r['accuracy']:.3f}" if r["n"] else "–"
-        typer.echo(f"  {r['margin']:<10.2f}{100 * r['kept']:>7.1f} %{accuracy:>10}{100 * r['max_flipped']:>12.1f} %")
+        typer.echo(f"  {r['margin']:<10.2f}{100 * r['kept']:>7.1f} %{accuracy:>10}{100 * r['max_flipped']:>12.1f} %"
+                   + (f"{100 * r['max_flipped_magnification']:>18.1f} %" if magnified else ""))
     typer.echo(f"  {steady_margin_text(check.margins)}")
 
 
