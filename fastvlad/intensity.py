@@ -167,11 +167,15 @@ def magnified(values: np.ndarray, z: float) -> np.ndarray:
     return np.ascontiguousarray(values[top:top + ch, left:left + cw])
 
 
+def magnifications(levels: tuple[float, ...]) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """Shift-check changes, name → ``magnified`` at each of ``levels`` (e.g. "magnification ×1.5")."""
+    return {f"magnification ×{z:g}": functools.partial(magnified, z=z) for z in levels}
+
+
 #: The shift check's magnifications (``evaluate --shift-magnification``), reported beside the
 #: acquisition changes but not among them: a new series at another magnification. Where the files
 #: carry a pixel size, ``scale_nm_per_px`` takes magnification out instead.
-MAGNIFICATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    f"magnification ×{z:g}": functools.partial(magnified, z=z) for z in (1.25, 1.5, 2.0)}
+MAGNIFICATIONS = magnifications((1.25, 1.5, 2.0))
 
 
 def dihedral(values: np.ndarray, op: int) -> np.ndarray:

@@ -204,7 +204,7 @@ def _print_shift(res: CVResult) -> None:
                "as many images; right→wrong: the share of the right ones it makes wrong)")
     if check.group_by is not None:
         typer.echo(f"  {changed_by_group_text(check)}")
-    if any(c.get("control") for c in check.changes):
+    if any(change_kind(c) == "control" for c in check.changes):
         typer.echo("  (the control is no acquisition change: the image all but unchanged, its points drawn anew; "
                    "what it changes, point sampling alone changes)")
     if any(change_kind(c) == "magnification" for c in check.changes):
