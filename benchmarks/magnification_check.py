@@ -125,12 +125,12 @@ def main(argv: list[str] | None = None) -> None:
     names = [n for n in VARIANTS if args.only is None or any(o in n for o in args.only)]
     lines = [f"`{command_line('magnification_check.py', argv)}` — {platform.node()}, {time.strftime('%Y-%m-%d %H:%M')}",
              "", "Per magnification: the share of the 200 answers changed / of the right ones made wrong / the "
-             "accuracy after.", "",
+             "accuracy after" + ("; then the largest share one acquisition change alters." if acq else "."), "",
              "| variant | seed | leave-one-series-out (worst series) | accuracy on the 200 | "
              + " | ".join([*changes, *acq]) + " | seconds |",
              "|---|---|---|---|" + "---|" * (len(changes) + len(acq)) + "---|"]
     sure = ["", f"The sure answers (margin ≥ {SURE}): their share of the 200 and accuracy, and the share of them each "
-            "magnification changes.", "",
+            "magnification changes" + ("; then the most one acquisition change alters." if acq else "."), "",
             "| variant | seed | sure answers | their accuracy | " + " | ".join([*changes, *acq]) + " |",
             "|---|---|---|---|" + "---|" * (len(changes) + len(acq))]
     for seed in args.seeds:
