@@ -19,6 +19,7 @@ classifier of the fold that held it out, and reports the share of predictions th
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ REFITS = ("head", "all")
 STEADY_SHARE = 0.05
 #: The margins (top probability minus the runner-up's) the shift check tries as a floor for sure answers.
 MARGIN_GRID = tuple(round(0.01 * i, 2) for i in range(51))
+#: The normal quantile of a two-sided 95 % interval (``share_interval``).
+WILSON_Z = 1.959963984540054
 #: The floors printed in the shift check's table of sure answers (every one of ``MARGIN_GRID`` is in the JSON).
 MARGINS_SHOWN = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 
@@ -66,6 +69,9 @@ class ShiftCheck:
     #: Per margin floor of ``MARGIN_GRID``: the answers at or above it (``by_margin``), and with
     #: magnifications ``max_flipped_magnification``, the largest share of them one alters.
     margins: list[dict[str, Any]] = field(default_factory=list)
+    #: What ``flipped_95`` counts as one sample: "group" (the images of one ``groups`` value, e.g. a
+    #: micrograph's tiles, ``effective_samples``) or "image".
+    interval_by: str = "image"
     #: Per change: ``(readable, changed)``, each ``(m,)`` bool over ``rows`` (``by_margin``'s input;
     #: not in ``to_dict``).
     changed_rows: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
@@ -100,7 +106,7 @@ class ShiftCheck:
         return {"n_images": int(len(self.rows)), "accuracy_unchanged": self.accuracy, "changes": self.changes,
                 "max_flipped": self.max_flipped, "seconds": self.seconds, "stratified_by": self.stratified_by,
                 "group_by": self.group_by, "changed_by_group": self.changed_by_group(), "margins": self.margins,
-                "steady_margin": self.steady_margin}
+                "steady_margin": self.steady_margin, "interval_by": self.interval_by}
 
 
 @dataclass
@@ -510,30 +516,62 @@ def changed_predictions(result: CVResult, sources: list[Transformed],
     return pred[readable].astype(str), rows[readable]
 
 
-def changed_shares(y_true: np.ndarray, before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
+def changed_shares(y_true: np.ndarray, before: np.ndarray, after: np.ndarray,
+                   clusters: np.ndarray | None = None) -> dict[str, Any]:
     """What a change did to ``(m,)`` predictions: ``flipped``, the share that changed, and
-    ``flipped_95``, its 95 % interval (``share_interval``); ``lost``, the share of the right ones made
-    wrong (a flip among wrong answers costs nothing a user sees); ``accuracy`` after it. All 0 for
-    no rows."""
+    ``flipped_95``, its 95 % interval over ``flipped_95_samples`` samples (``share_interval``: the
+    rows, or with ``clusters`` ``(m,)``, e.g. each row's micrograph, ``effective_samples``); ``lost``,
+    the share of the right ones made wrong (a flip among wrong answers costs nothing a user sees);
+    ``accuracy`` after it. All 0 for no rows."""
     right, changed = before == y_true, after != before
+    samples = float(len(before)) if clusters is None else effective_samples(clusters)
     return {"flipped": float(changed.mean()) if len(before) else 0.0,
-            "flipped_95": share_interval(int(changed.sum()), len(before)),
+            "flipped_95": share_interval(float(changed.mean()) if len(before) else 0.0, samples),
+            "flipped_95_samples": samples,
             "lost": float((after[right] != y_true[right]).mean()) if right.any() else 0.0,
             "accuracy": float((after == y_true).mean()) if len(before) else 0.0}
 
 
-def share_interval(k: int, n: int) -> list[float]:
-    """The 95 % Wilson score interval ``[low, high]`` of a share of ``k`` in ``n`` (scipy's
-    ``binomtest``; ``[0, 1]`` for no rows): where the share could lie on another sample of as many
-    images. On 200 images a share of 9.5 % reads 6.2–14.4 %, so two settings' shares a few points
-    apart are not told apart by one check. It counts the images as independent; tiles of one
-    micrograph tend to change together, so the real spread is wider still."""
-    if n == 0:
-        return [0.0, 1.0]
-    from scipy.stats import binomtest
+def effective_samples(clusters: np.ndarray) -> float:
+    """How many independent samples ``(m,)`` rows are when the rows of one cluster (the tiles of one
+    micrograph) change together: m² / Σ m_g² over the clusters' sizes m_g (Kish's effective number of
+    clusters; m when every row is its own cluster, the number of clusters when they are all as large).
+    The tiles of the nanofiber set are copies of one micrograph a few pixels apart (ACCURACY.md run
+    88), and their answers are mostly all right or all wrong; for tiles that change apart it is an
+    underestimate, and the interval wider than it need be."""
+    sizes = np.unique(np.asarray(clusters), return_counts=True)[1].astype(np.float64)
+    return float(sizes.sum() ** 2 / (sizes ** 2).sum()) if len(sizes) else 0.0
 
-    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return [float(ci.low), float(ci.high)]
+
+def share_interval(share: float, n: float) -> list[float]:
+    """The 95 % Wilson score interval ``[low, high]`` of a ``share`` observed on ``n`` independent
+    samples (n need not be whole: ``effective_samples``; ``[0, 1]`` for none): where the share could lie
+    on another sample of as many. On 200 images a share of 9.5 % reads 6.2–14.4 %; on the 26.6
+    micrographs the shift check's 200 tiles of the nanofiber set are worth (its series split, seed 0),
+    3.0–26.2 %: two settings' shares a few points apart are not told apart by one check."""
+    if n <= 0:
+        return [0.0, 1.0]
+    z2 = WILSON_Z ** 2
+    centre = (share + z2 / (2 * n)) / (1 + z2 / n)
+    half = WILSON_Z / (1 + z2 / n) * math.sqrt(share * (1 - share) / n + z2 / (4 * n * n))
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def interval_note(shift: Mapping[str, Any]) -> str:
+    """What the 95 % intervals of a shift check's dict (``ShiftCheck.to_dict``) count as a sample, in
+    words: "where it could lie on another sample of as many groups (…)" or "… images"."""
+    if shift.get("interval_by") != "group":
+        return "where it could lie on another sample of as many images"
+    samples = [c["flipped_95_samples"] for c in shift["changes"] if "flipped_95_samples" in c]
+    worth = f": the {shift['n_images']} images count as {min(samples):.1f}" if samples else ""
+    return (f"where it could lie on another sample of as many groups (the images of one group, e.g. the tiles of "
+            f"one micrograph, tend to change together and count as one sample{worth})")
+
+
+def changed_groups_text(change: Mapping[str, Any]) -> str:
+    """A change's ``changed_groups`` as "5/38" (groups with an answer changed, of the groups), "–" without."""
+    counts = change.get("changed_groups")
+    return "–" if counts is None else f"{counts['some']}/{counts['of']}"
 
 
 def share_interval_text(change: dict[str, Any]) -> str:
@@ -594,6 +632,16 @@ def steady_margin_text(margins: Sequence[dict[str, Any]], share: float = STEADY_
 def shown_margins(margins: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows of ``by_margin``'s table at the floors of ``MARGINS_SHOWN`` (the printed table)."""
     return [r for r in margins if any(abs(r["margin"] - m) < 1e-9 for m in MARGINS_SHOWN)]
+
+
+def changed_clusters(clusters: np.ndarray, before: np.ndarray, after: np.ndarray) -> dict[str, int]:
+    """How a change's altered answers fall on ``clusters`` ``(m,)`` (e.g. micrographs): ``some`` (the
+    clusters with an answer altered), ``all`` (those with every answer altered) and ``of`` (the
+    clusters). ``some`` near ``all`` says the answers of a cluster change together."""
+    altered = np.asarray(after) != np.asarray(before)
+    names, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+    count, size = np.bincount(inverse, altered, len(names)), np.bincount(inverse, minlength=len(names))
+    return {"some": int((count > 0).sum()), "all": int((count == size).sum()), "of": int(len(names))}
 
 
 def changed_by_group(groups: np.ndarray, before: np.ndarray, after: np.ndarray) -> dict[str, list[int]]:
@@ -672,9 +720,12 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
         kind = ("control" if name in intensity.CONTROLS else
                 "magnification" if name in intensity.MAGNIFICATIONS else "acquisition")
         changes.append({"name": name, "n": int(len(ok)), "kind": kind, "control": kind == "control",
-                        **changed_shares(result.y_true[ok], result.y_pred[ok], pred),
+                        **changed_shares(result.y_true[ok], result.y_pred[ok], pred,
+                                         None if result.groups is None else result.groups[ok]),
                         **({"by_group": changed_by_group(groups[ok], result.y_pred[ok], pred)}
                            if result.row_groups is not None else {}),
+                        **({"changed_groups": changed_clusters(result.groups[ok], result.y_pred[ok], pred)}
+                           if result.groups is not None else {}),
                         "seconds": time.perf_counter() - t})
         readable, flipped = np.isin(rows, ok), np.zeros(len(rows), dtype=bool)
         flipped[readable] = pred != result.y_pred[ok]
@@ -689,6 +740,7 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
     check = ShiftCheck(rows, float(right.mean()) if len(rows) else 0.0,
                        changes, time.perf_counter() - t0,
                        f"{result.group_by} and class" if result.row_groups is not None else "class",
-                       result.group_by if result.row_groups is not None else None, margins, altered)
+                       result.group_by if result.row_groups is not None else None, margins,
+                       "image" if result.groups is None else "group", altered)
     result.shift = check
     return check

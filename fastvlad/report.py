@@ -31,6 +31,8 @@ from .evaluate import (
     CVResult,
     by_group_text,
     change_kind,
+    changed_groups_text,
+    interval_note,
     refit_text,
     share_interval_text,
     shown_margins,
@@ -256,9 +258,9 @@ def _shift_section(nums: dict[str, Any]) -> str:
     shift = nums.get("shift")
     if not shift:
         return ""
-    rows = [["(unchanged)", "", "", "", f"{shift['accuracy_unchanged']:.3f}", ""]]
-    rows += [[c["name"], f"{100 * c['flipped']:.1f} %", share_interval_text(c), _lost(c), f"{c['accuracy']:.3f}",
-              f"{c['seconds']:.1f}"] for c in shift["changes"]]
+    rows = [["(unchanged)", "", "", "", "", f"{shift['accuracy_unchanged']:.3f}", ""]]
+    rows += [[c["name"], f"{100 * c['flipped']:.1f} %", share_interval_text(c), changed_groups_text(c), _lost(c),
+              f"{c['accuracy']:.3f}", f"{c['seconds']:.1f}"] for c in shift["changes"]]
     return ("<h2>Shift check</h2>"
             f'<p class="muted">{shift["n_images"]} out-of-fold images (a seeded sample, stratified by '
             f'{html.escape(shift["stratified_by"])}) re-predicted under each acquisition change by the classifier '
@@ -266,12 +268,14 @@ def _shift_section(nums: dict[str, Any]) -> str:
             "held them out; a model whose answers hold on new samples changes few. The control is no "
             "acquisition change: the image all but unchanged, its points drawn anew (what it changes, point "
             "sampling alone changes). "
-            "The 95 % interval is where a share could lie on another sample of as many images. "
+            f"The 95 % interval is {html.escape(interval_note(shift))}; groups: the groups with a prediction "
+            "changed, of those re-predicted. "
             f'Most changed by an acquisition change: {100 * shift["max_flipped"]:.1f} %; '
             f'{shift["seconds"]:.0f} s in all.'
             + (f" {html.escape(MAGNIFICATION_NOTE[0].upper() + MAGNIFICATION_NOTE[1:])}."
                if any(change_kind(c) == "magnification" for c in shift["changes"]) else "") + "</p>" +
-            _table(["change", "predictions changed", "95 % interval", "right ones made wrong", "accuracy", "seconds"],
+            _table(["change", "predictions changed", "95 % interval", "groups", "right ones made wrong", "accuracy",
+                    "seconds"],
                    rows) +
             _shift_by_group(shift) + _margins_section(shift))
 

@@ -29,10 +29,14 @@ from fastvlad.evaluate import (
     by_margin,
     changed_by_group,
     changed_by_group_text,
+    changed_clusters,
+    changed_groups_text,
     changed_shares,
     confounds,
     cross_validate,
+    effective_samples,
     folds,
+    share_interval,
     shift_check,
     steady_margin,
     steady_margin_text,
@@ -240,15 +244,15 @@ def test_changed_shares_count_right_answers_lost_among_the_right_ones() -> None:
     before = np.array(["a", "a", "b", "c", "a"])  # right, right, right, wrong, wrong
     after = np.array(["a", "b", "b", "b", "b"])  # kept, lost, kept, wrong → right, wrong → wrong
     def shares(*arrays: np.ndarray) -> dict[str, float]:
-        return {k: v for k, v in changed_shares(*arrays).items() if k != "flipped_95"}
+        return {k: v for k, v in changed_shares(*arrays).items() if not k.startswith("flipped_95")}
 
     assert shares(y_true, before, after) == {"flipped": 0.6, "lost": 1 / 3, "accuracy": 0.6}
     assert shares(y_true, before, before) == {"flipped": 0.0, "lost": 0.0, "accuracy": 0.6}
     none_right = shares(y_true[3:], before[3:], y_true[3:])
     assert none_right == {"flipped": 1.0, "lost": 0.0, "accuracy": 1.0}
     empty = np.array([], dtype=str)
-    assert changed_shares(empty, empty, empty) == {"flipped": 0.0, "flipped_95": [0.0, 1.0], "lost": 0.0,
-                                                   "accuracy": 0.0}
+    assert changed_shares(empty, empty, empty) == {"flipped": 0.0, "flipped_95": [0.0, 1.0], "flipped_95_samples": 0.0,
+                                                   "lost": 0.0, "accuracy": 0.0}
 
 
 def test_a_changed_share_carries_its_95_percent_interval() -> None:
@@ -261,6 +265,42 @@ def test_a_changed_share_carries_its_95_percent_interval() -> None:
     assert low == pytest.approx(0.0617, abs=1e-4) and high == pytest.approx(0.1436, abs=1e-4)
     assert changed_shares(y_true, y_true, y_true)["flipped_95"] == pytest.approx([0.0, 0.0188], abs=1e-4)
     assert changed_shares(y_true[:1], y_true[:1], after[:1])["flipped_95"][0] > 0.2  # 1 of 1: far from sure
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 1), (1, 1), (0, 38), (3, 38), (19, 200), (200, 200), (7, 1035)])
+def test_the_share_interval_is_scipys_wilson_interval_on_whole_samples(k: int, n: int) -> None:
+    """``share_interval`` takes a fractional sample size (``effective_samples``); on whole ones it is
+    scipy's Wilson score interval (an independent implementation)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert share_interval(k / n, n) == pytest.approx([ci.low, ci.high], abs=1e-12)
+
+
+def test_tiles_of_one_micrograph_count_as_one_sample_in_the_interval() -> None:
+    """Tiles of one micrograph change together (ACCURACY.md run 88: they are copies of it a few pixels
+    apart), so 200 tiles of 10 micrographs, 2 micrographs wholly changed, are 10 samples, 2 changed:
+    the interval is Wilson's on 2 of 10 (0.057–0.510), not on 40 of 200 (0.150–0.261)."""
+    clusters = np.repeat(np.arange(10), 20).astype(str)
+    y_true = np.array(["a"] * 200)
+    after = y_true.copy()
+    after[:40] = "b"  # micrographs 0 and 1, every tile
+    shares = changed_shares(y_true, y_true, after, clusters)
+    assert shares["flipped"] == 0.2 and shares["flipped_95_samples"] == 10.0
+    assert shares["flipped_95"] == pytest.approx([0.0567, 0.5098], abs=1e-4)
+    assert changed_shares(y_true, y_true, after)["flipped_95"] == pytest.approx([0.1505, 0.2609], abs=1e-4)
+    assert changed_clusters(clusters, y_true, after) == {"some": 2, "all": 2, "of": 10}
+    after[45] = "b"  # one tile more, of micrograph 2
+    assert changed_clusters(clusters, y_true, after) == {"some": 3, "all": 2, "of": 10}
+
+
+def test_effective_samples_of_clusters() -> None:
+    """m² / Σ m_g²: every row its own cluster gives m; equal clusters their number; one large cluster
+    and three single tiles, 47² / (44² + 3) — about one sample more than the large one."""
+    assert effective_samples(np.arange(7)) == 7.0
+    assert effective_samples(np.repeat(["p", "q", "r"], 5)) == 3.0
+    assert effective_samples(np.array(["big"] * 44 + ["a", "b", "c"])) == pytest.approx(47 ** 2 / (44 ** 2 + 3))
+    assert effective_samples(np.array([], dtype=str)) == 0.0
 
 
 def test_an_answers_margin_is_its_probability_minus_the_runner_ups() -> None:
@@ -378,6 +418,7 @@ def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_pat
     assert sum(n for _, n in by_group.values()) == 8 * 8
     assert any(line.startswith("  changed by held-out series (predictions changed / re-predicted, over the 8 changes)")
                for line in lines)
+    assert nums["shift"]["interval_by"] == "group" and "count as one sample: the 8 images count as " in out.output
     margins = nums["shift"]["margins"]  # every answer at floor 0: its largest change is the table's
     assert [r["margin"] for r in margins][:3] == [0.0, 0.01, 0.02] and len(margins) == 51
     assert margins[0]["n"] == 8 and margins[0]["max_flipped"] == nums["shift"]["max_flipped"]
@@ -389,8 +430,11 @@ def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_pat
         assert 0 <= c["lost"] <= 1 and 0 <= c["flipped"] <= 1 and c["n"] == 8
         low, high = c["flipped_95"]
         assert low <= c["flipped"] <= high and high - low > 0.3  # 8 images: a wide interval
-        interval = f"{100 * low:.1f}–{100 * high:.1f} %"
-        assert f"{c['name']:<22}{100 * c['flipped']:>7.1f} %{interval:>16}{100 * c['lost']:>11.1f} %" in out.output
+        interval, groups_changed = f"{100 * low:.1f}–{100 * high:.1f} %", c["changed_groups"]
+        assert groups_changed["of"] <= 8 and groups_changed["all"] <= groups_changed["some"] <= groups_changed["of"]
+        assert c["flipped_95_samples"] <= groups_changed["of"]  # the 8 images' tiles of one group count once
+        assert (f"{c['name']:<22}{100 * c['flipped']:>7.1f} %{interval:>16}{changed_groups_text(c):>9}"
+                f"{100 * c['lost']:>11.1f} %") in out.output
     page = (tmp_path / "rep" / "index.html").read_text()
     assert all(f"<td>{100 * c['flipped']:.1f} %</td><td>{100 * c['flipped_95'][0]:.1f}–" in page
                for c in nums["shift"]["changes"])

@@ -187,6 +187,8 @@ def _print_shift(res: CVResult) -> None:
         MAGNIFICATION_NOTE,
         change_kind,
         changed_by_group_text,
+        changed_groups_text,
+        interval_note,
         share_interval_text,
     )
 
@@ -195,13 +197,14 @@ def _print_shift(res: CVResult) -> None:
     typer.echo(f"shift check: {len(check.rows)} out-of-fold images (seeded, stratified by {check.stratified_by}) "
                "re-predicted "
                f"under {len(check.changes)} changes, {check.seconds:.0f} s")
-    typer.echo(f"  {'change':<22}{'changed':>9}{'95 % interval':>16}{'right→wrong':>13}{'accuracy':>10}")
-    typer.echo(f"  {'(unchanged)':<22}{'':>9}{'':>16}{'':>13}{check.accuracy:>10.3f}")
+    typer.echo(f"  {'change':<22}{'changed':>9}{'95 % interval':>16}{'groups':>9}{'right→wrong':>13}{'accuracy':>10}")
+    typer.echo(f"  {'(unchanged)':<22}{'':>9}{'':>16}{'':>9}{'':>13}{check.accuracy:>10.3f}")
     for c in check.changes:
         typer.echo(f"  {c['name']:<22}{100 * c['flipped']:>7.1f} %{share_interval_text(c):>16}"
-                   f"{100 * c['lost']:>11.1f} %{c['accuracy']:>10.3f}")
-    typer.echo("  (changed: the share of predictions the change changes, and where it could lie on another sample of "
-               "as many images; right→wrong: the share of the right ones it makes wrong)")
+                   f"{changed_groups_text(c):>9}{100 * c['lost']:>11.1f} %{c['accuracy']:>10.3f}")
+    typer.echo(f"  (changed: the share of predictions the change changes, and {interval_note(check.to_dict())}; "
+               "groups: the groups with a prediction changed, of those re-predicted; right→wrong: the share of the "
+               "right ones it makes wrong)")
     if check.group_by is not None:
         typer.echo(f"  {changed_by_group_text(check)}")
     if any(change_kind(c) == "control" for c in check.changes):
