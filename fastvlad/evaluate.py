@@ -72,6 +72,9 @@ class ShiftCheck:
     #: What ``flipped_95`` counts as one sample: "group" (the images of one ``groups`` value, e.g. a
     #: micrograph's tiles, ``effective_samples``) or "image".
     interval_by: str = "image"
+    #: With ``interval_by`` "group": how alike a group's answers change (``flip_correlation``; None: not
+    #: known, every group counted as one sample).
+    flip_correlation: float | None = None
     #: Per change: ``(readable, changed)``, each ``(m,)`` bool over ``rows`` (``by_margin``'s input;
     #: not in ``to_dict``).
     changed_rows: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
@@ -106,7 +109,8 @@ class ShiftCheck:
         return {"n_images": int(len(self.rows)), "accuracy_unchanged": self.accuracy, "changes": self.changes,
                 "max_flipped": self.max_flipped, "seconds": self.seconds, "stratified_by": self.stratified_by,
                 "group_by": self.group_by, "changed_by_group": self.changed_by_group(), "margins": self.margins,
-                "steady_margin": self.steady_margin, "interval_by": self.interval_by}
+                "steady_margin": self.steady_margin, "interval_by": self.interval_by,
+                "flip_correlation": self.flip_correlation}
 
 
 @dataclass
@@ -517,14 +521,14 @@ def changed_predictions(result: CVResult, sources: list[Transformed],
 
 
 def changed_shares(y_true: np.ndarray, before: np.ndarray, after: np.ndarray,
-                   clusters: np.ndarray | None = None) -> dict[str, Any]:
+                   samples: float | None = None) -> dict[str, Any]:
     """What a change did to ``(m,)`` predictions: ``flipped``, the share that changed, and
-    ``flipped_95``, its 95 % interval over ``flipped_95_samples`` samples (``share_interval``: the
-    rows, or with ``clusters`` ``(m,)``, e.g. each row's micrograph, ``effective_samples``); ``lost``,
-    the share of the right ones made wrong (a flip among wrong answers costs nothing a user sees);
-    ``accuracy`` after it. All 0 for no rows."""
+    ``flipped_95``, its 95 % interval (``share_interval``) over ``flipped_95_samples`` independent
+    samples (``samples``; None: the m rows, or see ``effective_samples``); ``lost``, the share of the
+    right ones made wrong (a flip among wrong answers costs nothing a user sees); ``accuracy`` after
+    it. All 0 for no rows."""
     right, changed = before == y_true, after != before
-    samples = float(len(before)) if clusters is None else effective_samples(clusters)
+    samples = float(len(before)) if samples is None else samples
     return {"flipped": float(changed.mean()) if len(before) else 0.0,
             "flipped_95": share_interval(float(changed.mean()) if len(before) else 0.0, samples),
             "flipped_95_samples": samples,
@@ -532,23 +536,49 @@ def changed_shares(y_true: np.ndarray, before: np.ndarray, after: np.ndarray,
             "accuracy": float((after == y_true).mean()) if len(before) else 0.0}
 
 
-def effective_samples(clusters: np.ndarray) -> float:
-    """How many independent samples ``(m,)`` rows are when the rows of one cluster (the tiles of one
-    micrograph) change together: m² / Σ m_g² over the clusters' sizes m_g (Kish's effective number of
-    clusters; m when every row is its own cluster, the number of clusters when they are all as large).
-    The tiles of the nanofiber set are copies of one micrograph a few pixels apart (ACCURACY.md run
-    88), and their answers are mostly all right or all wrong; for tiles that change apart it is an
-    underestimate, and the interval wider than it need be."""
+def flip_correlation(changed: Sequence[tuple[np.ndarray, np.ndarray]]) -> float | None:
+    """How alike the answers of one cluster (the tiles of one micrograph) change: the intraclass
+    correlation of the changed flags, pooled over the changes — each ``(changed, clusters)``, ``(m,)``
+    bool and ``(m,)`` — by one-way ANOVA over (change, cluster) cells (the estimator for unbalanced
+    clusters of binary data, clipped to [0, 1]); None when nothing changed or no cell has two rows."""
+    ss_between = ss_within = df_between = df_within = n0_sum = 0.0
+    for flags, clusters in changed:
+        _, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+        n_g = np.bincount(inverse).astype(np.float64)
+        k_g = np.bincount(inverse, np.asarray(flags, dtype=np.float64))
+        m = n_g.sum()
+        if m == 0:
+            continue
+        ss_between += float((n_g * (k_g / n_g - k_g.sum() / m) ** 2).sum())
+        ss_within += float((k_g - k_g ** 2 / n_g).sum())
+        df_between, df_within = df_between + len(n_g) - 1, df_within + m - len(n_g)
+        n0_sum += m - float((n_g ** 2).sum()) / m
+    if df_between <= 0 or df_within <= 0:
+        return None
+    msb, msw, n0 = ss_between / df_between, ss_within / df_within, n0_sum / df_between
+    if msb + (n0 - 1) * msw <= 0:
+        return None
+    return float(np.clip((msb - msw) / (msb + (n0 - 1) * msw), 0.0, 1.0))
+
+
+def effective_samples(clusters: np.ndarray, correlation: float | None = None) -> float:
+    """How many independent samples ``(m,)`` rows in clusters (e.g. the tiles of micrographs) are
+    worth when a cluster's rows correlate by ``correlation`` (``flip_correlation``): m / (1 + (m_w − 1) ρ),
+    m_w = Σ m_g² / m the size-weighted mean cluster size (Kish's design effect). ρ = 0: the m rows;
+    ρ = 1 or None (not known: the widest), m² / Σ m_g², about the number of clusters."""
     sizes = np.unique(np.asarray(clusters), return_counts=True)[1].astype(np.float64)
-    return float(sizes.sum() ** 2 / (sizes ** 2).sum()) if len(sizes) else 0.0
+    if not len(sizes):
+        return 0.0
+    m, rho = sizes.sum(), 1.0 if correlation is None else correlation
+    return float(m / (1.0 + ((sizes ** 2).sum() / m - 1.0) * rho))
 
 
 def share_interval(share: float, n: float) -> list[float]:
     """The 95 % Wilson score interval ``[low, high]`` of a ``share`` observed on ``n`` independent
     samples (n need not be whole: ``effective_samples``; ``[0, 1]`` for none): where the share could lie
-    on another sample of as many. On 200 images a share of 9.5 % reads 6.2–14.4 %; on the 26.6
-    micrographs the shift check's 200 tiles of the nanofiber set are worth (its series split, seed 0),
-    3.0–26.2 %: two settings' shares a few points apart are not told apart by one check."""
+    on another sample of as many. On 200 independent images a share of 9.5 % reads 6.2–14.4 %; on 26.6,
+    what the shift check's 200 tiles of the nanofiber set are worth were every micrograph's tiles to
+    change together (``effective_samples``), 3.0–26.2 %."""
     if n <= 0:
         return [0.0, 1.0]
     z2 = WILSON_Z ** 2
@@ -559,13 +589,15 @@ def share_interval(share: float, n: float) -> list[float]:
 
 def interval_note(shift: Mapping[str, Any]) -> str:
     """What the 95 % intervals of a shift check's dict (``ShiftCheck.to_dict``) count as a sample, in
-    words: "where it could lie on another sample of as many groups (…)" or "… images"."""
+    words: "where it could lie on another sample of as many images" or of as many groups' images."""
     if shift.get("interval_by") != "group":
         return "where it could lie on another sample of as many images"
     samples = [c["flipped_95_samples"] for c in shift["changes"] if "flipped_95_samples" in c]
-    worth = f": the {shift['n_images']} images count as {min(samples):.1f}" if samples else ""
-    return (f"where it could lie on another sample of as many groups (the images of one group, e.g. the tiles of "
-            f"one micrograph, tend to change together and count as one sample{worth})")
+    rho = shift.get("flip_correlation")
+    how = (f"the answers of one group change alike (intraclass correlation {rho:.2f})" if rho is not None else
+           "how alike the answers of one group change is not known here, so each group counts as one sample")
+    worth = f": the {shift['n_images']} images count as {min(samples):.1f} independent samples" if samples else ""
+    return f"where it could lie on another sample of as many groups ({how}{worth})"
 
 
 def changed_groups_text(change: Mapping[str, Any]) -> str:
@@ -720,8 +752,7 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
         kind = ("control" if name in intensity.CONTROLS else
                 "magnification" if name in intensity.MAGNIFICATIONS else "acquisition")
         changes.append({"name": name, "n": int(len(ok)), "kind": kind, "control": kind == "control",
-                        **changed_shares(result.y_true[ok], result.y_pred[ok], pred,
-                                         None if result.groups is None else result.groups[ok]),
+                        **changed_shares(result.y_true[ok], result.y_pred[ok], pred),
                         **({"by_group": changed_by_group(groups[ok], result.y_pred[ok], pred)}
                            if result.row_groups is not None else {}),
                         **({"changed_groups": changed_clusters(result.groups[ok], result.y_pred[ok], pred)}
@@ -730,6 +761,15 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
         readable, flipped = np.isin(rows, ok), np.zeros(len(rows), dtype=bool)
         flipped[readable] = pred != result.y_pred[ok]
         altered[name] = (readable, flipped)
+    correlation = None
+    if result.groups is not None:  # the tiles of one group change together: fewer samples than rows
+        cells = [(flipped[readable], result.groups[rows[readable]]) for name, (readable, flipped) in altered.items()
+                 if name in intensity.SHIFTS]
+        correlation = flip_correlation(cells)
+        for c in changes:
+            readable = altered[c["name"]][0]
+            c["flipped_95_samples"] = effective_samples(result.groups[rows[readable]], correlation)
+            c["flipped_95"] = share_interval(c["flipped"], c["flipped_95_samples"])
     right = result.y_pred[rows] == result.y_true[rows]
     margin = answer_margin(result.proba[rows])
     margins = by_margin(margin, right, {c["name"]: altered[c["name"]] for c in changes if c["kind"] == "acquisition"})
@@ -741,6 +781,6 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
                        changes, time.perf_counter() - t0,
                        f"{result.group_by} and class" if result.row_groups is not None else "class",
                        result.group_by if result.row_groups is not None else None, margins,
-                       "image" if result.groups is None else "group", altered)
+                       "image" if result.groups is None else "group", correlation, altered)
     result.shift = check
     return check

@@ -35,6 +35,7 @@ from fastvlad.evaluate import (
     confounds,
     cross_validate,
     effective_samples,
+    flip_correlation,
     folds,
     share_interval,
     shift_check,
@@ -277,29 +278,71 @@ def test_the_share_interval_is_scipys_wilson_interval_on_whole_samples(k: int, n
     assert share_interval(k / n, n) == pytest.approx([ci.low, ci.high], abs=1e-12)
 
 
-def test_tiles_of_one_micrograph_count_as_one_sample_in_the_interval() -> None:
-    """Tiles of one micrograph change together (ACCURACY.md run 88: they are copies of it a few pixels
-    apart), so 200 tiles of 10 micrographs, 2 micrographs wholly changed, are 10 samples, 2 changed:
-    the interval is Wilson's on 2 of 10 (0.057–0.510), not on 40 of 200 (0.150–0.261)."""
+def test_tiles_of_one_micrograph_that_change_together_count_as_one_sample() -> None:
+    """Tiles of one micrograph can change together (ACCURACY.md run 88: they are copies of it a few
+    pixels apart): 200 tiles of 10 micrographs, 2 micrographs wholly changed, correlate fully and are 10
+    samples, 2 changed — Wilson's interval on 2 of 10 (0.057–0.510), not on 40 of 200 (0.150–0.261)."""
     clusters = np.repeat(np.arange(10), 20).astype(str)
+    flags = np.zeros(200, dtype=bool)
+    flags[:40] = True  # micrographs 0 and 1, every tile
+    rho = flip_correlation([(flags, clusters)])
+    assert rho == 1.0 and effective_samples(clusters, rho) == 10.0
+    assert share_interval(0.2, effective_samples(clusters, rho)) == pytest.approx([0.0567, 0.5098], abs=1e-4)
+    assert share_interval(0.2, 200) == pytest.approx([0.1505, 0.2609], abs=1e-4)
     y_true = np.array(["a"] * 200)
-    after = y_true.copy()
-    after[:40] = "b"  # micrographs 0 and 1, every tile
-    shares = changed_shares(y_true, y_true, after, clusters)
-    assert shares["flipped"] == 0.2 and shares["flipped_95_samples"] == 10.0
-    assert shares["flipped_95"] == pytest.approx([0.0567, 0.5098], abs=1e-4)
-    assert changed_shares(y_true, y_true, after)["flipped_95"] == pytest.approx([0.1505, 0.2609], abs=1e-4)
+    after = np.where(flags, "b", "a")
+    assert changed_shares(y_true, y_true, after, 10.0)["flipped_95"] == share_interval(0.2, 10.0)
     assert changed_clusters(clusters, y_true, after) == {"some": 2, "all": 2, "of": 10}
     after[45] = "b"  # one tile more, of micrograph 2
     assert changed_clusters(clusters, y_true, after) == {"some": 3, "all": 2, "of": 10}
 
 
+def _anova_icc(cells: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """The pooled one-way ANOVA intraclass correlation written out row by row (``flip_correlation``'s oracle)."""
+    ssb = ssw = dfb = dfw = n0 = 0.0
+    for flags, clusters in cells:
+        y, m = flags.astype(float), len(flags)
+        names = sorted(set(clusters.tolist()))
+        for g in names:
+            yg = y[clusters == g]
+            ssb += len(yg) * (yg.mean() - y.mean()) ** 2
+            ssw += sum((v - yg.mean()) ** 2 for v in yg)
+        dfb, dfw = dfb + len(names) - 1, dfw + m - len(names)
+        n0 += m - sum((clusters == g).sum() ** 2 for g in names) / m
+    msb, msw, n0 = ssb / dfb, ssw / dfw, n0 / dfb
+    return max(0.0, min(1.0, (msb - msw) / (msb + (n0 - 1) * msw)))
+
+
+def test_flip_correlation_is_the_pooled_intraclass_correlation() -> None:
+    """Whole clusters changed: 1; one change in every cluster whatever its size: 0 (clipped); partial
+    clusters of unequal sizes, pooled over three changes: the ANOVA estimator written out by hand; no
+    change at all, or one row per cluster: not known (None)."""
+    rng = np.random.default_rng(0)
+    clusters = np.repeat(["a", "b", "c", "d"], [2, 2, 5, 9])
+    whole = np.isin(clusters, ["a", "c"])
+    assert flip_correlation([(whole, clusters)]) == 1.0
+    spread = np.zeros(len(clusters), dtype=bool)
+    for g in "abcd":
+        spread[np.flatnonzero(clusters == g)[:1]] = True
+    assert flip_correlation([(spread, clusters)]) == 0.0
+    cells = [(rng.random(len(clusters)) < np.where(np.isin(clusters, ["c", "d"]), 0.6, 0.1), clusters),
+             (spread, clusters), (whole & (rng.random(len(clusters)) < 0.7), clusters)]
+    expected = _anova_icc(cells)
+    assert 0.0 < expected < 1.0 and flip_correlation(cells) == pytest.approx(expected, abs=1e-12)
+    assert flip_correlation([(np.zeros(len(clusters), dtype=bool), clusters)]) is None
+    assert flip_correlation([(np.ones(4, dtype=bool), np.arange(4))]) is None
+
+
 def test_effective_samples_of_clusters() -> None:
-    """m² / Σ m_g²: every row its own cluster gives m; equal clusters their number; one large cluster
-    and three single tiles, 47² / (44² + 3) — about one sample more than the large one."""
-    assert effective_samples(np.arange(7)) == 7.0
-    assert effective_samples(np.repeat(["p", "q", "r"], 5)) == 3.0
-    assert effective_samples(np.array(["big"] * 44 + ["a", "b", "c"])) == pytest.approx(47 ** 2 / (44 ** 2 + 3))
+    """m / (1 + (Σ m_g² / m − 1) ρ): every row its own cluster gives m; equal clusters fully alike their
+    number, not alike the rows; one large cluster and three single tiles, fully alike, 47² / (44² + 3) —
+    about one sample more than the large one; ρ not known counts as fully alike."""
+    assert effective_samples(np.arange(7), 0.5) == 7.0
+    assert effective_samples(np.repeat(["p", "q", "r"], 5), 1.0) == 3.0
+    assert effective_samples(np.repeat(["p", "q", "r"], 5), 0.0) == 15.0
+    assert effective_samples(np.repeat(["p", "q", "r"], 5), 0.5) == pytest.approx(15 / 3)
+    big = np.array(["big"] * 44 + ["a", "b", "c"])
+    assert effective_samples(big, 1.0) == effective_samples(big) == pytest.approx(47 ** 2 / (44 ** 2 + 3))
     assert effective_samples(np.array([], dtype=str)) == 0.0
 
 
@@ -373,7 +416,7 @@ def test_refit_all_is_a_whole_fit_per_fold(vgg16_path: Path, confounded: Path) -
     ds = datasets.load(confounded)
     X, y, series = [str(p) for p in ds.paths], np.asarray(ds.y), ds.column("series")
     est = FastVLAD(**small_model_params(classifier="logistic"))
-    res = cross_validate(est, X, y, split=series, split_name="series", refit="all")
+    res = cross_validate(est, X, y, ds.groups, split=series, split_name="series", refit="all")
     assert res.refit == "all" and res.encoder is None and res.to_dict()["refit"] == "all"
     for f, held in enumerate(res.fold_names):
         test = series == held
@@ -386,6 +429,9 @@ def test_refit_all_is_a_whole_fit_per_fold(vgg16_path: Path, confounded: Path) -
                                    rtol=0, atol=1e-6)
     same = shift_check(res, X, n_images=8, shifts={"identity": lambda v: v}, random_state=0)
     assert same.changes[0]["n"] == 8 and same.changes[0]["flipped"] == 0.0
+    # nothing changed, so how alike a group's answers change is not known: each group one sample
+    assert same.interval_by == "group" and same.flip_correlation is None
+    assert same.changes[0]["flipped_95_samples"] == effective_samples(res.groups[same.rows], None) < 8
     with pytest.raises(ParameterError, match="refit='everything' is unknown"):
         cross_validate(est, X, y, refit="everything")
     with pytest.raises(ParameterError, match="codes= is the shared encoding"):
@@ -418,7 +464,8 @@ def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_pat
     assert sum(n for _, n in by_group.values()) == 8 * 8
     assert any(line.startswith("  changed by held-out series (predictions changed / re-predicted, over the 8 changes)")
                for line in lines)
-    assert nums["shift"]["interval_by"] == "group" and "count as one sample: the 8 images count as " in out.output
+    assert nums["shift"]["interval_by"] == "group" and "the 8 images count as " in out.output
+    assert "flip_correlation" in nums["shift"]
     margins = nums["shift"]["margins"]  # every answer at floor 0: its largest change is the table's
     assert [r["margin"] for r in margins][:3] == [0.0, 0.01, 0.02] and len(margins) == 51
     assert margins[0]["n"] == 8 and margins[0]["max_flipped"] == nums["shift"]["max_flipped"]
@@ -432,7 +479,7 @@ def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_pat
         assert low <= c["flipped"] <= high and high - low > 0.3  # 8 images: a wide interval
         interval, groups_changed = f"{100 * low:.1f}–{100 * high:.1f} %", c["changed_groups"]
         assert groups_changed["of"] <= 8 and groups_changed["all"] <= groups_changed["some"] <= groups_changed["of"]
-        assert c["flipped_95_samples"] <= groups_changed["of"]  # the 8 images' tiles of one group count once
+        assert effective_samples(np.array(["g"] * 8), 1.0) <= c["flipped_95_samples"] <= 8  # groups: fewer than 8
         assert (f"{c['name']:<22}{100 * c['flipped']:>7.1f} %{interval:>16}{changed_groups_text(c):>9}"
                 f"{100 * c['lost']:>11.1f} %") in out.output
     page = (tmp_path / "rep" / "index.html").read_text()
