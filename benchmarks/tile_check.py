@@ -1,6 +1,6 @@
 """What a tile of the nanofiber set is: the whole source micrograph, translated by a few pixels.
 
-    python benchmarks/tile_check.py [--data ../shared/datasets/nanofiber-sem] [--out F]
+    python benchmarks/tile_check.py [--data ../shared/datasets/nanofiber-sem] [--seeds 0 1 2] [--out F]
 
 The data's README calls every image "a translated tile of one source micrograph". This script measures
 what that means: per micrograph (the ``group`` column) it registers every tile on the first one by

@@ -761,18 +761,18 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
         readable, flipped = np.isin(rows, ok), np.zeros(len(rows), dtype=bool)
         flipped[readable] = pred != result.y_pred[ok]
         altered[name] = (readable, flipped)
+    acquisition = {c["name"]: altered[c["name"]] for c in changes if c["kind"] == "acquisition"}
     correlation = None
-    if result.groups is not None:  # the tiles of one group change together: fewer samples than rows
-        cells = [(flipped[readable], result.groups[rows[readable]]) for name, (readable, flipped) in altered.items()
-                 if name in intensity.SHIFTS]
-        correlation = flip_correlation(cells)
+    if result.groups is not None:  # the tiles of one group change alike: fewer samples than rows
+        correlation = flip_correlation([(flipped[readable], result.groups[rows[readable]])
+                                        for readable, flipped in acquisition.values()])
         for c in changes:
             readable = altered[c["name"]][0]
             c["flipped_95_samples"] = effective_samples(result.groups[rows[readable]], correlation)
             c["flipped_95"] = share_interval(c["flipped"], c["flipped_95_samples"])
     right = result.y_pred[rows] == result.y_true[rows]
     margin = answer_margin(result.proba[rows])
-    margins = by_margin(margin, right, {c["name"]: altered[c["name"]] for c in changes if c["kind"] == "acquisition"})
+    margins = by_margin(margin, right, acquisition)
     magnified = {c["name"]: altered[c["name"]] for c in changes if c["kind"] == "magnification"}
     if magnified:  # beside each floor, apart from the acquisition changes' largest
         for row, mag in zip(margins, by_margin(margin, right, magnified)):
