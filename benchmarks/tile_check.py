@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
              "| micrograph | series | tiles | size (px) | largest translation (px) | correlation once aligned, "
              "min–median | best match among the series' other micrographs: correlation, translation, overlap |",
              "|---|---|---|---|---|---|---|"]
-    largest, lowest, same = 0, 1.0, set()
+    largest, lowest = 0, 1.0
+    same: set[tuple[str, str]] = set()
     for g in sorted(tiles, key=lambda g: (series_of[g], g)):
         pairs = [registered(first[g], read_gray(p)) for p in tiles[g][1:]]
         moved = max((max(abs(dy), abs(dx)) for (dy, dx), _ in pairs), default=0)
@@ -136,24 +137,24 @@ def main(argv: list[str] | None = None) -> None:
             share = overlap(shift, first[g].shape)
             match = f"{best}: {c:.3f}, ({shift[0]}, {shift[1]}) px, {share:.2f}"
             if c >= SAME_FIELD and share >= MIN_OVERLAP:
-                same.add(tuple(sorted((g, best))))
+                same.add((min(g, best), max(g, best)))
         within = f"{min(corr):.3f}–{np.median(corr):.3f}" if corr else "– (one tile)"
         h, w = first[g].shape
         lines.append(f"| {g} | {series_of[g]} | {len(tiles[g])} | {w}×{h} | {moved} | {within} | {match} |")
         largest, lowest = max(largest, moved), min([lowest, *corr])
-    fields = distinct(list(tiles), sorted(same))
+    n_fields = distinct(list(tiles), sorted(same))
     sample = shift_sample(series, np.asarray(ds.labels), SHIFT_IMAGES, 0)
     held, counts = np.unique(groups[sample], return_counts=True)
     lines += ["", f"Over the {len(tiles)} micrographs ({len(ds.paths)} tiles): the largest translation is "
               f"{largest} px, the lowest correlation of two tiles of one micrograph once aligned {lowest:.3f}.",
               f"Pairs of micrographs taken for one field (correlation ≥ {SAME_FIELD} over ≥ {MIN_OVERLAP:.0%} of "
-              f"the field): {', '.join(' = '.join(p) for p in sorted(same)) or 'none'}; so {fields} distinct "
+              f"the field): {', '.join(' = '.join(p) for p in sorted(same)) or 'none'}; so {n_fields} distinct "
               f"fields among the {len(tiles)} micrographs.",
               f"The shift check's sample ({SHIFT_IMAGES} rows, seed 0, stratified by series and class) holds "
               f"{len(held)} of the {len(tiles)} micrographs, 1–{counts.max()} rows each (median "
               f"{int(np.median(counts))})."]
     if args.seeds:
-        fields, y = by_field(groups, same), np.asarray(ds.labels).astype(str)
+        fields, y = by_field(groups, same), np.asarray(ds.labels).astype(str)  # (n,) each
         lines += ["", "| seed | grouped 5-fold, by micrograph | pairs of one field on both sides | grouped 5-fold, "
                   "by field |", "|---|---|---|---|"]
         for seed in args.seeds:
