@@ -33,6 +33,7 @@ from .evaluate import (
     change_kind,
     changed_groups_text,
     interval_note,
+    mean_interval_text,
     refit_text,
     share_interval_text,
     shown_margins,
@@ -224,7 +225,9 @@ def _metrics_section(nums: dict[str, Any], figures: dict[str, bytes]) -> str:
     if col:  # leave-one-group-out: the mean over held-out groups, its spread, and every group
         head = (f'<p class="headline">accuracy <b>{nums["accuracy_mean"]:.3f} ± {nums["accuracy_std"]:.3f}</b> '
                 f'(mean ± std over {len(nums["fold_accuracy"])} values of {html.escape(col)}, each held out '
-                f'once; min {nums["accuracy_min"]:.3f}, max {nums["accuracy_max"]:.3f})</p>'
+                f'once; min {nums["accuracy_min"]:.3f}, max {nums["accuracy_max"]:.3f}'
+                + (f'; {mean_interval_text(nums["accuracy_mean_95"], len(nums["fold_accuracy"]))}'
+                   if nums.get("accuracy_mean_95") else "") + ')</p>'
                 f'<p class="muted">pooled over all out-of-fold predictions: {nums["pooled_accuracy"]:.3f}</p>')
         head += _warnings(nums) + f"<h2>Per held-out {html.escape(col)}</h2>" + _per_group_table(nums, col)
     else:

@@ -37,6 +37,7 @@ from fastvlad.evaluate import (
     effective_samples,
     flip_correlation,
     folds,
+    mean_interval,
     share_interval,
     shift_check,
     steady_margin,
@@ -268,6 +269,14 @@ def test_a_changed_share_carries_its_95_percent_interval() -> None:
     assert changed_shares(y_true[:1], y_true[:1], after[:1])["flipped_95"][0] > 0.2  # 1 of 1: far from sure
 
 
+def test_the_mean_accuracy_over_held_out_groups_carries_a_t_interval() -> None:
+    """Mean ± t(0.975, n − 1)·s/√n with the sample standard deviation s, worked by hand: 0.6, 0.7, 0.8
+    → 0.7 ± 4.302653 × 0.1 / √3 = 0.4516–0.9484; clipped to [0, 1]; none for one value."""
+    assert mean_interval([0.6, 0.7, 0.8]) == pytest.approx([0.45158, 0.94842], abs=1e-5)
+    assert mean_interval([0.9, 1.0, 1.0, 0.3]) == pytest.approx([0.2643, 1.0], abs=1e-4)
+    assert mean_interval([0.7]) is None and mean_interval([0.5, 0.5]) == [0.5, 0.5]
+
+
 @pytest.mark.parametrize(("k", "n"), [(0, 1), (1, 1), (0, 38), (3, 38), (19, 200), (200, 200), (7, 1035)])
 def test_the_share_interval_is_scipys_wilson_interval_on_whole_samples(k: int, n: int) -> None:
     """``share_interval`` takes a fractional sample size (``effective_samples``); on whole ones it is
@@ -450,6 +459,9 @@ def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_pat
     assert any(line.startswith("ppc9") and "not in training: CNT-fiber" in line for line in lines)
     assert any(line.split() == ["true", "/", "predicted", *sorted(set(datasets.load(confounded).y))] for line in lines)
     nums = json.loads((tmp_path / "cv.json").read_text())
+    low, high = mean_interval(nums["fold_accuracy"])
+    assert nums["accuracy_mean_95"] == [low, high]
+    assert f"the mean's 95 % interval {low:.3f}–{high:.3f} (Student's t over the 4 values)" in out.output
     groups = nums["by_group"]  # the demo set's group column: 2 groups per class, whatever the split
     assert groups["n_groups"] == 8 and groups["all_right"] + groups["all_wrong"] + groups["mixed"] == 8
     assert by_group_text(groups, 24) in lines
