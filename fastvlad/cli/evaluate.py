@@ -175,7 +175,7 @@ def _print_per_group(res: CVResult) -> None:
 
     interval = mean_interval_text(res.accuracy_95, len(acc))
     typer.echo(f"accuracy per held-out {col}: mean {res.accuracy:.3f} (min {acc.min():.3f}, max "
-               f"{acc.max():.3f}, std {res.accuracy_std:.3f}{'; ' + interval if interval else ''}); pooled over all "
+               f"{acc.max():.3f}, std {res.accuracy_std:.3f}){'; ' + interval if interval else ''}; pooled over all "
                f"images {float((res.y_pred == res.y_true).mean()):.3f}")
     width = max(len(col), *(len(str(f["held_out"])) for f in res.per_fold())) + 2
     typer.echo(f"{col:<{width}}{'n':>6}{'accuracy':>10}  classes")
