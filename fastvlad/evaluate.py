@@ -568,7 +568,8 @@ def flip_correlation(changed: Sequence[tuple[np.ndarray, np.ndarray]]) -> float 
     """How alike the answers of one cluster (the tiles of one micrograph) change: the intraclass
     correlation of the changed flags, pooled over the changes — each ``(changed, clusters)``, ``(m,)``
     bool and ``(m,)`` — by one-way ANOVA over (change, cluster) cells (the estimator for unbalanced
-    clusters of binary data, clipped to [0, 1]); None when nothing changed or no cell has two rows."""
+    clusters of binary data, clipped to [0, 1]); None when nothing changed or no cell has two rows.
+    It is estimated from the same check whose intervals it widens, and its own uncertainty is not in them."""
     ss_between = ss_within = df_between = df_within = n0_sum = 0.0
     for flags, clusters in changed:
         _, inverse = np.unique(np.asarray(clusters), return_inverse=True)
