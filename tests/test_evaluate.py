@@ -459,9 +459,9 @@ def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_pat
     assert any(line.startswith("ppc9") and "not in training: CNT-fiber" in line for line in lines)
     assert any(line.split() == ["true", "/", "predicted", *sorted(set(datasets.load(confounded).y))] for line in lines)
     nums = json.loads((tmp_path / "cv.json").read_text())
-    low, high = mean_interval(nums["fold_accuracy"])
-    assert nums["accuracy_mean_95"] == [low, high]
-    assert f"the mean's 95 % interval {low:.3f}–{high:.3f} (Student's t over the 4 values)" in out.output
+    mean_low, mean_high = mean_interval(nums["fold_accuracy"])
+    assert nums["accuracy_mean_95"] == [mean_low, mean_high]
+    assert f"the mean's 95 % interval {mean_low:.3f}–{mean_high:.3f} (Student's t over the 4 values)" in out.output
     groups = nums["by_group"]  # the demo set's group column: 2 groups per class, whatever the split
     assert groups["n_groups"] == 8 and groups["all_right"] + groups["all_wrong"] + groups["mixed"] == 8
     assert by_group_text(groups, 24) in lines
@@ -495,6 +495,7 @@ def test_cli_split_series_with_shift(vgg16_path: Path, confounded: Path, tmp_pat
         assert (f"{c['name']:<22}{100 * c['flipped']:>7.1f} %{interval:>16}{changed_groups_text(c):>9}"
                 f"{100 * c['lost']:>11.1f} %") in out.output
     page = (tmp_path / "rep" / "index.html").read_text()
+    assert f"the mean's 95 % interval {mean_low:.3f}–{mean_high:.3f}" in page
     assert all(f"<td>{100 * c['flipped']:.1f} %</td><td>{100 * c['flipped_95'][0]:.1f}–" in page
                for c in nums["shift"]["changes"])
     _check_self_contained(page)
