@@ -699,10 +699,9 @@ def changed_clusters(clusters: np.ndarray, before: np.ndarray, after: np.ndarray
     """How a change's altered answers fall on ``clusters`` ``(m,)`` (e.g. micrographs): ``some`` (the
     clusters with an answer altered), ``all`` (those with every answer altered) and ``of`` (the
     clusters). ``some`` near ``all`` says the answers of a cluster change together."""
-    altered = np.asarray(after) != np.asarray(before)
-    names, inverse = np.unique(np.asarray(clusters), return_inverse=True)
-    count, size = np.bincount(inverse, altered, len(names)), np.bincount(inverse, minlength=len(names))
-    return {"some": int((count > 0).sum()), "all": int((count == size).sum()), "of": int(len(names))}
+    counts = changed_by_group(np.asarray(clusters), np.asarray(before), np.asarray(after)).values()
+    return {"some": sum(changed > 0 for changed, _ in counts), "all": sum(changed == n for changed, n in counts),
+            "of": len(counts)}
 
 
 def changed_by_group(groups: np.ndarray, before: np.ndarray, after: np.ndarray) -> dict[str, list[int]]:
