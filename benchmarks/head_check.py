@@ -138,6 +138,14 @@ def mean_proba(head: Any, views: list[np.ndarray]) -> np.ndarray:
     return np.asarray(sum(head.predict_proba(v) for v in views), dtype=np.float64) / len(views)
 
 
+def training_set(cs: Any, yi: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A fold's training codes ``(m, D)`` and class indices ``(m,)``: its images' codes (``train``,
+    ``(n,)`` bool) and their copies (``cs.augmented``, labelled as their image), as a fit sees them."""
+    copies = np.isin(cs.augmented_of, np.flatnonzero(train))
+    return (np.concatenate([cs.codes[train], cs.augmented[copies]]),
+            np.concatenate([yi[train], yi[cs.augmented_of[copies]]]))
+
+
 def scored(head: Head | PairedHead, cs: Any, y: np.ndarray, fold: np.ndarray, rows: np.ndarray,
            changed: dict[str, list[np.ndarray]],
            differences: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
@@ -149,9 +157,7 @@ def scored(head: Head | PairedHead, cs: Any, y: np.ndarray, fold: np.ndarray, ro
     heads = {}
     for f in np.unique(fold):
         train, test = fold != f, fold == f
-        copies = np.isin(cs.augmented_of, np.flatnonzero(train))
-        codes = np.concatenate([cs.codes[train], cs.augmented[copies]])
-        labels = np.concatenate([yi[train], yi[cs.augmented_of[copies]]])
+        codes, labels = training_set(cs, yi, train)
         heads[f] = (head(codes, labels, len(classes)) if differences is None  # type: ignore[call-arg]
                     else head(codes, labels, len(classes), differences(train)))  # type: ignore[call-arg]
         proba[test] = mean_proba(heads[f], [cs.codes[test], *(v[test] for v in cs.views)])

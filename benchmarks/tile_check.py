@@ -32,7 +32,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from head_check import DATA, command_line, estimator_head, mean_proba, write
+from head_check import (
+    DATA,
+    command_line,
+    estimator_head,
+    mean_proba,
+    training_set,
+    write,
+)
 from PIL import Image
 from skimage.registration import phase_cross_correlation
 
@@ -97,9 +104,7 @@ def grouped_accuracy(cs: CodeSet, y: np.ndarray, fold: np.ndarray) -> float:
     right = np.empty(len(y), dtype=bool)
     for f in np.unique(fold):
         train, test = fold != f, fold == f
-        copies = np.isin(cs.augmented_of, np.flatnonzero(train))
-        head = estimator_head(np.concatenate([cs.codes[train], cs.augmented[copies]]),
-                              np.concatenate([yi[train], yi[cs.augmented_of[copies]]]), len(classes))
+        head = estimator_head(*training_set(cs, yi, train), len(classes))
         right[test] = mean_proba(head, [cs.codes[test], *(v[test] for v in cs.views)]).argmax(axis=1) == yi[test]
     return float(np.mean([right[fold == f].mean() for f in np.unique(fold)]))
 
