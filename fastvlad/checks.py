@@ -58,20 +58,42 @@ def parse_image_size(text: str) -> int | tuple[int, int] | None:
 
 def real(name: str, value: Any, lo: float, hi: float = math.inf, lo_open: bool = False, hint: str = "") -> float:
     """``value`` as a finite float in [lo, hi] ((lo, hi] with ``lo_open``), or a ``ParameterError``."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    v = float(value) if ok else math.nan
+    v = _as_float(value)
     if not (math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi):
         span = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]" if math.isfinite(hi) else f"{'>' if lo_open else '≥'} {lo:g}"
-        raise ParameterError(f"{name}={value!r}: must be a number {span}{hint}")
+        raise ParameterError(f"{name}={_shown(value)}: must be a number {span}{hint}")
     return v
 
 
 def integer(name: str, value: Any, lo: int, hint: str = "") -> int:
     """``value`` as an int ≥ ``lo`` (integral floats accepted), or a ``ParameterError``."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    if not ok or not math.isfinite(float(value)) or float(value) != int(value) or int(value) < lo:
-        raise ParameterError(f"{name}={value!r}: must be an integer ≥ {lo}{hint}")
+    v = _as_float(value)
+    if not math.isfinite(v) or v != int(v) or int(v) < lo:
+        raise ParameterError(f"{name}={_shown(value)}: must be an integer ≥ {lo}{hint}")
     return int(value)
+
+
+def _as_float(value: Any) -> float:
+    """A number (not a bool) as a float; NaN for anything else, and for an int too large for a float
+    (10**400 from an edited model file), which ``float()`` would raise ``OverflowError`` on."""
+    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, (bool, np.bool_)):
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:
+        return math.nan
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut short: an int of thousands of digits is not a message."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}…({len(text)} characters)"
+
+
+def seed(est: Any) -> int:
+    """An estimator's ``random_state`` as the int every seeded draw needs (an integral float such as
+    0.0 is accepted, as for every integer parameter, and NumPy's and XGBoost's seeds refuse it)."""
+    return integer("random_state", est.random_state, 0)
 
 
 #: The estimator parameters that are True or False (the model file's loader checks them too).
@@ -139,7 +161,8 @@ def parameters(est: Any, n_images: int | None = None) -> None:
     choice("aspect", est.aspect, ASPECTS)
     choice("points", est.points, POINT_DRAWS)
     if est.softness is not None:
-        real("softness", est.softness, 0, lo_open=True, hint=" (soft assignment's sharpness; None: the nearest centre only)")
+        real("softness", est.softness, 0, MAX_SOFTNESS, lo_open=True,
+             hint=" (soft assignment's sharpness; None: the nearest centre only)")
     if est.class_weight not in (None, "balanced"):
         raise ParameterError(f"class_weight={est.class_weight!r}: use 'balanced' (every class weighs the same in "
                              "training, whatever its number of images) or None")
@@ -150,6 +173,10 @@ def parameters(est: Any, n_images: int | None = None) -> None:
     zoom(est.zoom, size)
     _enough_points(k, density, size, min(codebook_images, n_images or codebook_images))
 
+
+#: Largest ``softness``: at 1e5 soft assignment already gives the nearest centre's code (tests/test_vlad.py),
+#: and far beyond it ``softness / unit`` leaves float32's range.
+MAX_SOFTNESS = 1e6
 
 #: A ``zoom`` factor's range (a copy at a quarter to four times the magnification), and how many.
 ZOOM_RANGE = (0.25, 4.0)

@@ -29,8 +29,10 @@ class BoosterSettings:
     @classmethod
     def of(cls, model: Any) -> BoosterSettings:
         """The settings of an estimator's parameters (``FastVLAD``)."""
-        return cls(model.n_estimators, model.max_depth, model.learning_rate, model.max_bin, model.colsample_bynode,
-                   model.subsample, model.min_child_weight)
+        # ints and floats as XGBoost's JSON parameters want them (an integral float such as 100.0 passes
+        # the parameter checks, and XGBoost refuses it for max_bin)
+        return cls(int(model.n_estimators), int(model.max_depth), float(model.learning_rate), int(model.max_bin),
+                   float(model.colsample_bynode), float(model.subsample), float(model.min_child_weight))
 
     def params(self, n_classes: int, device: str, seed: int) -> dict[str, Any]:
         """XGBoost training parameters."""

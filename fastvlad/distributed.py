@@ -469,7 +469,7 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
         raise InvalidDatasetError(f"none of the {len(X)} images could be read (e.g. {model.skipped_[0][1]})")
     _sum_seconds(parts, model.timings_)
     y_ok = y_arr[encoded.indices]
-    originals = zoom_sources(X, encoded.indices, bool(model.zoom_jitter), model.random_state)
+    originals = zoom_sources(X, encoded.indices, bool(model.zoom_jitter), checks.seed(model))
     copies, of = _zoomed_copies(client, originals, model, partition_size)
     model.timings_["classifier"] = _train(client, model, futures, [len(p.indices) for p in parts], y_ok,
                                           (copies, y_ok[of]))
@@ -535,7 +535,7 @@ def _train(client: Client, model: FastVLAD, futures: list[Future], rows: list[in
     device = client.submit(_worker_device, model.device, pure=False).result()
     dtrain = dxgb.DaskQuantileDMatrix(client, codes, labels, max_bin=settings.max_bin,
                                       weight=da.from_array(weights, chunks=chunks) if weights is not None else None)
-    out = dxgb.train(client, settings.params(n_classes, device, model.random_state), dtrain,
+    out = dxgb.train(client, settings.params(n_classes, device, checks.seed(model)), dtrain,
                      num_boost_round=settings.n_estimators)
     model.head_ = out["booster"]
     return time.perf_counter() - t

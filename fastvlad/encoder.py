@@ -87,7 +87,7 @@ class EncoderSettings:
     def of(cls, model: Any) -> EncoderSettings:
         """The settings of an estimator's parameters (``FastVLAD``)."""
         return cls(model.density, checks.image_size(model.image_size), model.resample, model.interpolation,
-                   model.intra, model.power, model.random_state, pca=int(model.pca) if model.pca else None,
+                   model.intra, model.power, checks.seed(model), pca=int(model.pca) if model.pca else None,
                    whiten=bool(model.whiten), normalize=model.normalize,
                    keep_aspect=model.aspect == "keep" and checks.one_side(model.image_size), points=model.points,
                    softness=float(model.softness) if model.softness is not None else None)
@@ -451,6 +451,10 @@ class Encoder:
                 taps, points = self.taps(batch.pixels[part], batch.points[part], timings)  # type: ignore[index]  # noqa: B023
                 c, labels = self.codes(taps, points, batch.grid, centres, proj, workspace, timings)  # noqa: B023
                 codes[part] = self.backend.to_numpy(c)  # noqa: B023 - run() calls it before the loop moves on
+                if not np.isfinite(codes[part]).all():  # noqa: B023
+                    # Pixels are finite and 0..255 by now: only the model's arrays can overflow float32.
+                    raise ModelFormatError("the model gives VLAD codes that are not finite (its codebook or "
+                                           "projection overflow float32); the model is damaged or edited")
                 if kept.labels is not None:  # noqa: B023
                     labels = labels.reshape(points.shape[:2])
                     hc = self.hypercolumns(taps, points, batch.grid, workspace, timings, proj)  # noqa: B023

@@ -241,7 +241,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
             return encoded.codes, y
         with kernel_guard():
             codes, rows = training_copies(Encoder.of(self), X, encoded.indices, int(self.augment),
-                                          tuple(self.zoom), self.random_state, timings, bool(self.zoom_jitter))
+                                          tuple(self.zoom), checks.seed(self), timings, bool(self.zoom_jitter))
         return np.concatenate([encoded.codes, codes]), np.concatenate([y, y[rows]])
 
     @staticmethod
@@ -261,7 +261,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         else:
             device = backends.resolve(self.device).device
             self.head_ = classifier.train(codes, y_int, len(self.classes_), classifier.BoosterSettings.of(self),
-                                          device, self.random_state, weights)
+                                          device, checks.seed(self), weights)
         self.train_info_ = {"n_images": int(len(codes)), "code_dim": int(codes.shape[1]),
                             "classifier_seconds": time.perf_counter() - t,
                             "data_sha256": hashlib.sha256(codes.tobytes() + y_arr.astype(str).tobytes()).hexdigest()}
@@ -457,9 +457,9 @@ def _model_from_config(path: str | os.PathLike[str], cfg: dict[str, Any], codebo
     if model.k != codebook.shape[0]:
         raise bad(f"k={model.k} but codebook.npy has {codebook.shape[0]} centres")
     classes, taps, sha = cfg["classes"], cfg["taps"], cfg["backbone_sha256"]
-    if not (isinstance(classes, list) and 2 <= len(classes) <= MAX_CLASSES and all(isinstance(c, str) for c in classes)
+    if not (isinstance(classes, list) and 2 <= len(classes) <= MAX_CLASSES and all(_class_name(c) for c in classes)
             and len(set(classes)) == len(classes)):
-        raise bad(f"classes must be a list of 2 to {MAX_CLASSES} distinct names")
+        raise bad(f"classes must be a list of 2 to {MAX_CLASSES} distinct, non-empty names")
     if not (isinstance(taps, list) and taps and all(isinstance(t, str) and t for t in taps)):
         raise bad("taps must be a non-empty list of tensor names")
     if not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
@@ -475,6 +475,19 @@ def _model_from_config(path: str | os.PathLike[str], cfg: dict[str, Any], codebo
     model.taps_ = tuple(taps)
     model.train_info_ = train
     return model
+
+
+def _class_name(name: Any) -> bool:
+    """Whether ``name`` can be a class a model writes: a non-empty string that UTF-8 can encode (a
+    lone surrogate from an edited file cannot be written to a CSV, and an empty name reads as a
+    missing answer there)."""
+    if not isinstance(name, str) or not name:
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _loaded_projection(path: str | os.PathLike[str], model: FastVLAD,

@@ -16,6 +16,7 @@ import os
 import struct
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,11 @@ MEMBER_LIMITS = {"format.json": 4096, "manifest.json": 64 * 1024, "config.json":
                  "linear.npy": 1 << 30}
 #: Largest model file and largest sum of its members' sizes.
 MAX_TOTAL_BYTES = 2 << 30
+#: A member over ``INFLATION_FROM`` bytes may inflate at most ``MAX_INFLATION`` times its compressed
+#: size. A model's float arrays deflate to 0.9 of their size and its booster to about an eighth, so
+#: only a bomb (zeros: a thousandfold) exceeds it — a small file that would take gigabytes to read.
+MAX_INFLATION = 100
+INFLATION_FROM = 1 << 20
 _REQUIRED = ("format.json", "config.json", "codebook.npy", "manifest.json")
 #: The classifier head: exactly one of these.
 _HEADS = ("booster.ubj", "linear.npy")
@@ -91,6 +97,15 @@ def load(path: str | os.PathLike[str]) -> ModelContents:
     path = Path(path)
     if not path.is_file():
         raise ModelFormatError(f"{path}: no such model file")
+    try:
+        return _load(path)
+    except MemoryError:  # members within every limit can still exceed this machine's memory
+        raise ModelFormatError(f"{path}: not enough memory to read this model file (its members declare "
+                               "more than this machine can hold; a fastvlad model takes megabytes)") from None
+
+
+def _load(path: Path) -> ModelContents:
+    """``load`` of an existing file."""
     members = _read_members(path)
     _check_format(path, members)
     manifest = _json(path, members, "manifest.json")
@@ -132,7 +147,7 @@ def _read_members(path: Path) -> dict[str, bytes]:
             infos = zf.infolist()
             names = [i.filename for i in infos]
             if len(set(names)) != len(names):
-                twice = sorted({n for n in names if names.count(n) > 1})
+                twice = sorted(n for n, count in Counter(names).items() if count > 1)
                 raise ModelFormatError(f"{path}: member name(s) {twice} appear more than once (file edited)")
             for info in infos:
                 _check_entry(path, info)
@@ -164,6 +179,10 @@ def _check_directory(path: Path) -> None:
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or len(tail) < at + 22:
         raise ModelFormatError(f"{path}: not a readable fastvlad model file (no zip end record)")
+    if tail[max(0, at - 20):at].startswith(b"PK\x06\x07"):
+        # A zip64 locator makes zipfile take the entry count and directory size from the zip64 end
+        # record instead of the one checked below; a model is far under 4 GiB and never has one.
+        raise ModelFormatError(f"{path}: the zip has a zip64 end record, which no fastvlad model has (file edited)")
     entries, directory_size = struct.unpack_from("<HI", tail, at + 10)
     if entries > len(MEMBER_LIMITS) or directory_size > 64 * 1024:
         raise ModelFormatError(f"{path}: the zip declares {entries} members in a {directory_size}-byte directory; "
@@ -185,6 +204,9 @@ def _check_entry(path: Path, info: zipfile.ZipInfo) -> None:
     if info.file_size > MEMBER_LIMITS[name]:
         raise ModelFormatError(f"{path}: member {name} declares {info.file_size} bytes, over the "
                                f"{MEMBER_LIMITS[name]} a model's {name} may have (a zip bomb?)")
+    if info.file_size > INFLATION_FROM and info.file_size > MAX_INFLATION * max(info.compress_size, 1):
+        raise ModelFormatError(f"{path}: member {name} inflates {info.compress_size} bytes to {info.file_size}, over "
+                               f"{MAX_INFLATION} times; a model's members compress far less (a zip bomb?)")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -220,16 +242,26 @@ def _npy(path: Path, members: dict[str, bytes], name: str) -> np.ndarray:
         shape, fortran_order, dtype = read_header(f)
     except (ValueError, SyntaxError, TypeError, OverflowError, EOFError, MemoryError) as exc:
         raise ModelFormatError(f"{path}: unreadable member {name} ({type(exc).__name__}: {exc})") from None
-    data = members[name][f.tell():]
-    if dtype != np.dtype("<f4") or len(shape) != 2 or math.prod(shape) * 4 != len(data):
+    data = memoryview(members[name])[f.tell():]  # a view: a large member is not copied to be read
+    sides = all(type(d) is int and d >= 0 for d in shape)  # not a bool, nor a negative "unknown" side
+    if dtype != np.dtype("<f4") or len(shape) != 2 or not sides or math.prod(shape) * 4 != len(data):
         raise ModelFormatError(f"{path}: {name} must be a finite 2-D float32 array, not {dtype} {shape} "
                                f"with {len(data)} bytes of data")
     a = np.frombuffer(data, dtype="<f4").reshape(shape, order="F" if fortran_order else "C")
     if not np.isfinite(a).all():
         raise ModelFormatError(f"{path}: {name} must be a finite 2-D float32 array, not {dtype} {shape} "
                                "with NaN or infinite values")
+    if a.size and float(np.abs(a).max()) > MAX_ABS:
+        raise ModelFormatError(f"{path}: {name} holds a value of magnitude {float(np.abs(a).max()):.3g}, over the "
+                               f"{MAX_ABS:g} any model has (the file is damaged or edited)")
     # One layout for every loaded array (see projection.Projection): C-contiguous, writable.
     return np.array(a, dtype=np.float32, order="C")
+
+
+#: Largest magnitude in a model's arrays. Centres and projections are CNN activations (hundreds to
+#: thousands) and their linear maps; beyond 1e15 a squared distance over a few thousand dimensions
+#: leaves float32's range, and every code and answer would be NaN.
+MAX_ABS = 1e15
 
 
 def _projection(path: Path, members: dict[str, bytes]) -> np.ndarray | None:

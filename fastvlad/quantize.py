@@ -522,10 +522,29 @@ def _recipe(fields: Any) -> Recipe:
         d = dict(fields or {})
         if "float_layers" in d:
             d["float_layers"] = tuple(d["float_layers"])
-        return Recipe(**d)
+        recipe = Recipe(**d)
     except (TypeError, ValueError):
-        raise ModelFormatError(f"the model's int8 record names an unknown recipe {fields!r}; the file is damaged "
-                               "or from a newer fastvlad") from None
+        recipe = None
+    if recipe is None or not _known(recipe):
+        raise ModelFormatError(f"the model's int8 record names an unknown recipe {str(fields)[:200]}; the file is "
+                               "damaged or from a newer fastvlad")
+    return recipe
+
+
+#: The values a recipe's choices take (``_method`` and ``quantize_static`` know no others).
+METHODS = ("minmax", "entropy", "percentile")
+FORMATS = ("qdq", "qoperator")
+
+
+def _known(recipe: Recipe) -> bool:
+    """Whether every field of ``recipe`` has a type and value this fastvlad can build with (a model
+    file's record is checked at load, not when a build fails after calibrating)."""
+    percentile = recipe.percentile
+    return (recipe.method in METHODS and recipe.fmt in FORMATS
+            and isinstance(recipe.per_channel, bool) and isinstance(recipe.reduce_range, bool)
+            and all(isinstance(layer, str) and layer for layer in recipe.float_layers)
+            and isinstance(percentile, (int, float)) and not isinstance(percentile, bool)
+            and 0 < percentile <= 100)
 
 
 def for_model(backbone: str | os.PathLike[str], taps: Sequence[str] | None,

@@ -22,7 +22,7 @@ from .backends.cpu import CPU
 from .errors import ParameterError
 
 NORMALISATIONS = ("intra", "power")
-__all__ = ["SOFT_CUTOFF", "encode", "encode_from_taps", "encode_soft", "normalise", "residual_sums", "soft_weights",
+__all__ = ["SOFT_CUTOFF", "SOFT_SCALE_MAX", "encode", "encode_from_taps", "encode_soft", "normalise", "residual_sums", "soft_weights",
            "spacing"]
 
 
@@ -73,6 +73,12 @@ def spacing(centres: np.ndarray) -> float:
 SOFT_CUTOFF = 30.0
 
 
+#: Largest factor on d² − min d²: past it every weight but the nearest centres' is under the cutoff
+#: anyway, and an infinite factor would make 0·∞ = NaN of the nearest centre's own term (a codebook
+#: whose centres nearly coincide makes ``unit`` tiny).
+SOFT_SCALE_MAX = 1e30
+
+
 def soft_weights(x: Any, centres: Any, softness: float, unit: float, backend: Backend = CPU,
                  cross: Any = None) -> Any:
     """Each point's weight on each centre, ``exp(−softness·(d²_j − min d²) / unit)`` normalised over
@@ -84,11 +90,21 @@ def soft_weights(x: Any, centres: Any, softness: float, unit: float, backend: Ba
     c = xp.ascontiguousarray(xp.asarray(centres), dtype=xp.float32)
     if cross is None:
         cross = backend.matmul_per_image(x.astype(xp.float32, copy=False), c.T)
-    # ‖x‖² is the same for every centre of a point: it cancels in d² − min d².
-    d2 = (c * c).sum(axis=1) - 2.0 * cross
-    z = (d2 - d2.min(axis=2, keepdims=True)) * xp.float32(softness / unit)
-    w = xp.where(z <= SOFT_CUTOFF, xp.exp(-xp.minimum(z, SOFT_CUTOFF)), xp.float32(0))
-    return w / w.sum(axis=2, keepdims=True)
+    # ‖x‖² is the same for every centre of a point: it cancels in d² − min d². One (n, S, k) array,
+    # worked in place: the same operations in the same order as the expression
+    # w = where(z ≤ cutoff, exp(−min(z, cutoff)), 0) / Σw with z = (d² − min d²)·softness/unit
+    # (the same bits), without its six temporaries of that size (BENCHMARKS.md, "Soft weights in place").
+    z = cross * xp.float32(-2.0)
+    z += (c * c).sum(axis=1)
+    z -= z.min(axis=2, keepdims=True)
+    z *= xp.float32(min(softness / unit, SOFT_SCALE_MAX))
+    far = ~(z <= SOFT_CUTOFF)  # NaN too, as where() would
+    xp.minimum(z, SOFT_CUTOFF, out=z)
+    xp.negative(z, out=z)
+    xp.exp(z, out=z)
+    z[far] = 0
+    z /= z.sum(axis=2, keepdims=True)
+    return z
 
 
 def encode_soft(x: Any, centres: Any, softness: float, intra: bool = True, power: bool = False,

@@ -494,7 +494,8 @@ def test_transform_works_or_is_a_fastvlad_error(vgg16_path: Path, X: object, ski
     ({"alpha": 0}, r"alpha=0: must be a number > 0 \(the ridge head's L2 strength\)"),
     ({"alpha": float("inf")}, "alpha=inf"),
     ({"points": "grid"}, r"points='grid' is unknown; use one of \('per_image', 'shared'\)"),
-    ({"softness": 0}, r"softness=0: must be a number > 0 \(soft assignment's sharpness; None: the nearest centre only\)"),
+    ({"softness": 0}, r"softness=0: must be a number \(0, 1e\+06\] \(soft assignment's sharpness; None: the nearest "
+                      r"centre only\)"),
     ({"softness": float("inf")}, "softness=inf"),
     ({"softness": "10"}, "softness='10'"),
     ({"zoom": 1.4}, r"zoom=1.4: give up to 8 factors on the input size"),
@@ -513,6 +514,9 @@ def test_transform_works_or_is_a_fastvlad_error(vgg16_path: Path, X: object, ski
     ({"tta_zoom": (0.7, 0.1)}, r"tta_zoom\[1\]=0.1: must be a number \[0.25, 4\]"),
     ({"tta_zoom": (0.7,), "image_size": None}, r"tta_zoom=\(0.7,\) needs an image_size"),
     ({"random_state": None}, "random_state=None"),
+    ({"k": 10**400}, r"k=10000000000000000000…\(401 characters\): must be an integer ≥ 2"),  # no OverflowError
+    ({"density": 10**400}, r"density=10000000000000000000…\(401 characters\): must be a number"),
+    ({"softness": 1e7}, r"softness=10000000.0: must be a number \(0, 1e\+06\]"),
     ({"batch_size": 0}, "batch_size=0"),
     ({"fp16": "yes"}, "fp16='yes'"),
     ({"taps": "block1_conv2,block2_conv2"}, "taps='block1_conv2,block2_conv2': give a list of tensor names"),
@@ -577,3 +581,20 @@ def test_bad_labels() -> None:
                      [[1.0, float("nan")], "no None or NaN"], [["a", "a"], r"only one class \(\['a'\]\)"]):
         with pytest.raises(FastVLADError, match=match):
             FastVLAD(density=1, k=8).fit([GRAY, GRAY], y)
+
+
+
+def test_integral_floats_work_as_their_ints(vgg16_path: Path) -> None:
+    """An integer parameter given as an integral float (as JSON or a config file may give it) fits
+    the same model as its int: NumPy's seeds and XGBoost's ``max_bin`` refuse floats (a TypeError
+    and an XGBoostError), so they get ints."""
+    from fastvlad.estimator import FastVLAD
+
+    from .conftest import small_model_params
+
+    images, labels = tiny_model.demo_images()
+    X = list(images[:12])
+    as_ints = FastVLAD(**small_model_params(n_estimators=3, max_bin=16)).fit(X, labels[:12])
+    as_floats = FastVLAD(**small_model_params(random_state=0.0, n_estimators=3.0, max_depth=3.0, max_bin=16.0,
+                                              k=8.0)).fit(X, labels[:12])
+    np.testing.assert_array_equal(as_floats.predict_proba(X[:4]), as_ints.predict_proba(X[:4]))

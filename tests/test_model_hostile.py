@@ -221,6 +221,47 @@ def test_encrypted_or_unusual_compression_is_refused(saved: Path, tmp_path: Path
     _refused(enc, "encrypted")
 
 
+def _zip64_duplicates(out: Path, n: int) -> Path:
+    """A zip whose classic end record declares a model's 6 entries in 100 bytes, and whose zip64 end
+    record (which zipfile reads instead) declares ``n`` central-directory entries, all one name."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("format.json", b'{"format": "fastvlad-model", "version": 1}')
+    raw = buf.getvalue()
+    directory_at, end_at = raw.index(b"PK\x01\x02"), raw.index(b"PK\x05\x06")
+    directory = raw[directory_at:end_at] * n
+    zip64_end = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, n, n, len(directory), directory_at)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, directory_at + len(directory), 1)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 6, 6, 100, directory_at, 0)
+    out.write_bytes(raw[:directory_at] + directory + zip64_end + locator + end)
+    return out
+
+
+def test_a_zip64_end_record_is_refused_before_its_entries_are_read(tmp_path: Path) -> None:
+    """zipfile takes the entry count from a zip64 end record: 20,000 entries of one name took 12 s
+    to list and check for duplicates (200,000 about 20 minutes) before this was refused."""
+    _refused(_zip64_duplicates(tmp_path / "z64.fvl", 20_000), "zip64 end record")
+
+
+def test_a_member_that_inflates_a_hundredfold_is_refused(saved: Path, tmp_path: Path) -> None:
+    """A zip bomb within every size limit: 2.4 MB of zeros deflate to a few kilobytes. A model's
+    arrays compress to about 0.9 of their size, its booster to an eighth."""
+    zeros = io.BytesIO()
+    np.save(zeros, np.zeros((1024, 600), np.float32))
+    bomb = model_files.edited(saved, tmp_path / "bomb.fvl", projection_npy=zeros.getvalue())
+    _refused(bomb, r"projection.npy inflates \d+ bytes to 2457728, over 100 times")
+    with zipfile.ZipFile(saved) as zf:  # the real model's members stay far under the limit
+        assert all(i.file_size <= 10 * max(i.compress_size, 1) for i in zf.infolist())
+
+
+def test_running_out_of_memory_while_reading_is_a_model_error(saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_memory(path: Path) -> dict[str, bytes]:
+        raise MemoryError
+
+    monkeypatch.setattr(model_file, "_read_members", no_memory)
+    _refused(saved, "not enough memory to read this model file")
+
+
 # -- the arrays ----------------------------------------------------------------------------------------
 def _npy_header(shape: tuple[int, ...], descr: str = "<f4", fortran: bool = False) -> bytes:
     buf = io.BytesIO()
@@ -235,6 +276,10 @@ def _npy_header(shape: tuple[int, ...], descr: str = "<f4", fortran: bool = Fals
     (_npy_header((1, 64)) + bytes(64 * 4), "at least 2 centres"),
     (b"\x93NUMPY\x01\x00\xff\xff" + b"{" * 100, "unreadable member codebook.npy"),
     (b"\x93NUMPY\x03\x00", "unreadable member codebook.npy"),
+    (_npy_header((-8, -64)) + bytes(8 * 64 * 4), r"float32 array, not float32 \(-8, -64\)"),  # NumPy: "one unknown side"
+    (_npy_header((True, 512)) + bytes(512 * 4), r"float32 array, not float32 \(True, 512\)"),
+    (_npy_header((8, 64)) + np.full((8, 64), 3e38, "<f4").tobytes(),
+     r"codebook.npy holds a value of magnitude 3e\+38, over the 1e\+15"),
 ])
 def test_hostile_codebook_is_refused(saved: Path, tmp_path: Path, npy: bytes, match: str) -> None:
     _refused(model_files.edited(saved, tmp_path / "bad.fvl", codebook_npy=npy), match)
@@ -298,6 +343,16 @@ CONFIG_EDITS = {
     "train not an object": (lambda c: c.update(train=[1]), "train and versions must be objects"),
     "explained variance": (lambda c: c["train"].update(pca_explained_variance="all"), "pca_explained_variance"),
     "params not an object": (lambda c: c.update(params=[]), "params must be an object"),
+    "k too large for a float": (_params(k=10**400), r"k=10000000000000000000…\(401 characters\): must be an integer"),
+    "density too large for a float": (_params(density=10**400), r"density=1000.*: must be a number"),
+    "softness past its range": (_params(softness=1e308), r"softness=1e\+308: must be a number \(0, 1e\+06\]"),
+    "an empty class name": (lambda c: c.update(classes=["", "b", "c", "d"]), "distinct, non-empty names"),
+    "a class name UTF-8 cannot write": (lambda c: c.update(classes=["\ud800", "b", "c", "d"]), "non-empty names"),
+    "an unknown int8 recipe": (lambda c: c.update(quantized={"sha256": "a" * 64, "calibration_sha256": "b" * 64,
+                                                             "recipe": {"method": 5}}), "unknown recipe"),
+    "an int8 recipe of the wrong types": (lambda c: c.update(quantized={"sha256": "a" * 64, "calibration_sha256": "b" * 64,
+                                                                        "recipe": {"per_channel": "yes"}}),
+                                          "unknown recipe"),
 }
 
 
@@ -353,3 +408,13 @@ def test_a_backbone_with_another_sha256_is_refused(saved: Path, tmp_path: Path) 
         with pytest.raises(ModelFormatError, match=f"backbone SHA-256 {other[:12]}….* has {real[:12]}…"):
             use([images[0]])
     assert fastvlad.load(saved).transform([images[0]]).shape == (1, model.codebook_.size)
+
+
+def test_codes_that_overflow_are_a_model_error_not_unreadable_images() -> None:
+    """Centres too large for float32 squares made every code NaN, and every image read as
+    unreadable (CLI exit 0). The encoder refuses non-finite codes: pixels are finite by then."""
+    images, _ = tiny_model.demo_images()
+    model = tiny_model.fitted_copy()
+    model.codebook_ = np.full_like(model.codebook_, 3e37)
+    with pytest.raises(ModelFormatError, match="VLAD codes that are not finite"):
+        model.predict(list(images[:2]))

@@ -283,6 +283,27 @@ def test_soft_encode_with_the_unit_and_cross_term_given_is_the_same() -> None:
         vlad.encode_soft(x, c, 10.0, cross=cross[:, :, :6])
 
 
+def test_soft_weights_in_place_are_the_expression_bit_for_bit() -> None:
+    """``soft_weights`` works in one array in place for speed: the same bits as the expression it
+    replaced, NaN rows and weights under the cutoff included, and the cross term it is given unchanged."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 300, 8), dtype=np.float32)
+    x[1, 5] = np.nan  # a point of a broken image: its row NaN, as before
+    c = rng.standard_normal((9, 8), dtype=np.float32)
+    cross = codebook.cross_per_image(x, c)
+    kept = cross.copy()
+    for softness in (0.5, 10.0, 400.0):  # at 400 most weights fall under the cutoff
+        unit = vlad.spacing(c)
+        d2 = (c * c).sum(axis=1) - 2.0 * cross
+        z = (d2 - d2.min(axis=2, keepdims=True)) * np.float32(softness / unit)
+        w = np.where(z <= vlad.SOFT_CUTOFF, np.exp(-np.minimum(z, vlad.SOFT_CUTOFF)), np.float32(0))
+        want = w / w.sum(axis=2, keepdims=True)
+        got = vlad.soft_weights(x, c, softness, unit, cross=cross)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(cross, kept)
+
+
 def test_spacing_is_the_median_nearest_centre_squared_distance() -> None:
     c = np.array([[0, 0], [1, 0], [0, 3], [10, 10]], np.float32)  # nearest: 1, 1, 9, 85 → median 5
     assert vlad.spacing(c) == pytest.approx(5.0)
@@ -310,3 +331,14 @@ def test_soft_weights_under_the_cutoff_are_zero() -> None:
     np.testing.assert_array_equal(got[3], 0.0)
     np.testing.assert_allclose(got.ravel(), reference.vlad_soft(x[0], c, 1.0), atol=1e-6)
     assert np.abs(got[:3]).sum(axis=1).min() > 0
+
+
+def test_soft_weights_stay_finite_when_softness_over_unit_leaves_float32() -> None:
+    """Centres 1e-20 apart make the unit 1e-40: softness / unit overflows float32, and 0·∞ made
+    the nearest centre's own term NaN. The factor is capped (``SOFT_SCALE_MAX``): the nearest centre."""
+    c = np.array([[0.0, 0.0], [1e-20, 0.0], [0.0, 1e-20], [4.0, 4.0]], np.float32)
+    unit = vlad.spacing(c)
+    assert np.float32(1e6 / unit) == np.inf
+    x = np.array([[[4.1, 3.9], [-1.0, -1.0]]], np.float32)
+    w = vlad.soft_weights(x, c, 1e6, unit)
+    np.testing.assert_array_equal(w, [[[0, 0, 0, 1], [1, 0, 0, 0]]])
