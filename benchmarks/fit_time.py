@@ -11,7 +11,8 @@ The settings: 0.1.0's default (224×224 squashed, gray levels as read, XGBoost; 
 ``benchmarks/accuracy.py`` defines it), the default before ACCURACY.md's run 45 (no zoomed copies,
 ridge alpha 10), the default of run 45 (zoomed copies at 1.4 and 0.7, alpha 40) and today's
 (``FastVLAD()``: one zoomed copy at 1.2, flipped and re-exposed, alpha 20, run 51; with soft
-assignment, ``softness=10``, run 69), and run 51's with the nearest centre only.
+assignment, ``softness=10``, run 69), run 51's with the nearest centre only, and today's with the
+CNN at int8 (``precision="int8"``; 3× faster only on a CPU with VNNI, README "Precision").
 ``--only TEXT`` keeps the settings whose name contains TEXT. The tiles: a seeded sample of the shared
 nanofiber set.
 """
@@ -39,6 +40,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "the default of run 45 (zoom 1.4/0.7, alpha 40)": dict(zoom=(1.4, 0.7), alpha=40.0),
     "the default of run 51 (one jittered zoomed copy at 1.2, alpha 20; the nearest centre)": dict(softness=None),
     "the default (run 51's, with soft assignment, softness 10; run 69)": {},
+    "the default with the CNN at int8 (precision='int8')": dict(precision="int8"),
 }
 TODAY = "the default (run 51's, with soft assignment, softness 10; run 69)"
 
