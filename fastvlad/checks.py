@@ -283,8 +283,22 @@ def sources_and_labels(X: Any, y: Any) -> tuple[list[ImageSource], np.ndarray]:
         raise ParameterError(f"y has shape {labels.shape}; it must be one label per image ({len(items)})")
     if not _plain_labels(labels):
         raise ParameterError(f"y of dtype {labels.dtype}: labels must be strings or numbers, with no None or NaN")
-    enough_classes(np.unique(labels))
+    classes = np.unique(labels)
+    unwritable = [str(c) for c in classes if isinstance(c, str) and not utf8(c)]
+    if unwritable:  # a folder or CSV label with bytes that are not UTF-8: a model file could not hold it
+        raise InvalidDatasetError(f"class name(s) {', '.join(ascii(c) for c in unwritable)} are not valid UTF-8 (undecodable "
+                                  "bytes in a folder name or label); rename them")
+    enough_classes(classes)
     return items, labels
+
+
+def utf8(text: str) -> bool:
+    """Whether UTF-8 can encode ``text`` (a name decoded from undecodable bytes holds lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _plain_labels(labels: np.ndarray) -> bool:

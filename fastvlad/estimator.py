@@ -481,13 +481,7 @@ def _class_name(name: Any) -> bool:
     """Whether ``name`` can be a class a model writes: a non-empty string that UTF-8 can encode (a
     lone surrogate from an edited file cannot be written to a CSV, and an empty name reads as a
     missing answer there)."""
-    if not isinstance(name, str) or not name:
-        return False
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return isinstance(name, str) and bool(name) and checks.utf8(name)
 
 
 def _loaded_projection(path: str | os.PathLike[str], model: FastVLAD,

@@ -297,7 +297,7 @@ def hash_file_into(h: Any, path: str | os.PathLike[str]) -> None:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     except OSError:
-        h.update(b"\0unreadable\0" + str(path).encode())
+        h.update(b"\0unreadable\0" + os.fsencode(path))  # a name's own bytes, UTF-8 or not
 
 
 def data_sha256(sources: Sequence[Any], labels: Sequence[object] | np.ndarray | None = None) -> str:
@@ -316,6 +316,6 @@ def data_sha256(sources: Sequence[Any], labels: Sequence[object] | np.ndarray | 
         else:
             hash_file_into(h, src)
         if labels is not None:
-            h.update(b"\0label\0" + str(labels[i]).encode())
+            h.update(b"\0label\0" + str(labels[i]).encode("utf-8", "surrogateescape"))
         digests.append(h.digest())
     return hashlib.sha256(b"".join(sorted(digests))).hexdigest()

@@ -598,3 +598,21 @@ def test_integral_floats_work_as_their_ints(vgg16_path: Path) -> None:
     as_floats = FastVLAD(**small_model_params(random_state=0.0, n_estimators=3.0, max_depth=3.0, max_bin=16.0,
                                               k=8.0)).fit(X, labels[:12])
     np.testing.assert_array_equal(as_floats.predict_proba(X[:4]), as_ints.predict_proba(X[:4]))
+
+
+def test_a_class_name_that_is_not_utf8_is_refused_before_any_image() -> None:
+    """A class folder named with bytes that are not UTF-8 decodes to lone surrogates: a model file
+    could not hold that name, and saving it crashed (or loading refused it)."""
+    from fastvlad.estimator import FastVLAD
+
+    X = [GRAY, GRAY, "/nonexistent/image.png"]  # reading it would be an ImageReadError
+    with pytest.raises(InvalidDatasetError, match=r"class name\(s\) 'a\\udcff' are not valid UTF-8"):
+        FastVLAD(density=1, k=8).fit(X, ["a\udcff", "b", "a\udcff"])
+
+
+def test_the_data_hash_takes_names_that_are_not_utf8(tmp_path: Path) -> None:
+    """An unreadable file feeds its name to the training data's hash: its own bytes, UTF-8 or not."""
+    from fastvlad import model_file
+
+    missing = os.fsdecode(os.fsencode(tmp_path) + b"/bad\xff.png")
+    assert model_file.data_sha256([missing], ["x"]) != model_file.data_sha256([missing + "2"], ["x"])
