@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import progress
+from . import checks, progress
 from ._files import write_bytes_atomic
 from .classifier import LinearHead
 from .encoder import EncodedBatch, Encoder
@@ -115,12 +115,17 @@ def save_overlay(expl: Explanation, path: str | Path) -> tuple[Path, Path]:
     from . import plots
 
     path = Path(path)
-    support_path = path.with_name(f"{path.stem}.support{path.suffix or '.png'}")
+    support = support_path(path)
     k = len(expl.support)
     plots.write_png(path, plots.codeword_panel(expl.image, expl.grid, expl.points, expl.codewords, k))
-    plots.write_png(support_path, plots.support_panel(expl.image, expl.grid, expl.points,
-                                                      expl.support[expl.codewords]))
-    return path, support_path
+    plots.write_png(support, plots.support_panel(expl.image, expl.grid, expl.points, expl.support[expl.codewords]))
+    return path, support
+
+
+def support_path(path: str | Path) -> Path:
+    """Where ``save_overlay`` puts the support overlay of an overlay at ``path``: ``<stem>.support.<ext>``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.support{path.suffix or '.png'}")
 
 
 @dataclass
@@ -167,6 +172,9 @@ def _crop(padded: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
 def rank_codewords(model: Any, sources: Sequence[ImageSource], n_patches: int = 6, patch: int = 32) -> CodewordRanking:
     """Mean |per-codeword contribution| to every class over ``sources``, and for every codeword
     the ``n_patches`` points nearest its centre (one per image) as ``patch``² crops of the network input."""
+    # np.zeros would refuse a negative count only as "negative dimensions", and 0 patches has no grid to draw
+    n_patches = checks.integer("n_patches", n_patches, 1)
+    patch = checks.integer("patch", patch, 1)
     k = model.codebook_.shape[0]
     n_cls = len(model.classes_)
     sum_abs = np.zeros((n_cls, k))
@@ -201,11 +209,14 @@ def rank_codewords(model: Any, sources: Sequence[ImageSource], n_patches: int = 
 
 
 def write_ranking(ranking: CodewordRanking, folder: str | Path, top: int = 5) -> list[Path]:
-    """``codewords.json`` and one ``codewords_<n>_<class>.png`` grid per class into ``folder``."""
+    """``codewords.json`` and one ``codewords_<n>_<class>.png`` grid per class into ``folder``
+    (``ranking_paths`` lists them)."""
     from . import plots
 
+    top = checks.integer("top", top, 1)
     folder = Path(folder)
-    written = [write_bytes_atomic(folder / "codewords.json", json.dumps(ranking.to_dict(top), indent=2).encode())]
+    json_path, *grid_paths = ranking_paths(folder, ranking.classes)
+    written = [write_bytes_atomic(json_path, json.dumps(ranking.to_dict(top), indent=2).encode())]
     for i, cls in enumerate(ranking.classes):
         rows = ranking.top(cls, top)
         if not len(rows):
@@ -213,5 +224,13 @@ def write_ranking(ranking: CodewordRanking, folder: str | Path, top: int = 5) ->
             continue
         labels = [f"#{j}  mean |c| {ranking.mean_abs[i, j]:.3g}  mean {ranking.mean[i, j]:+.3g}" for j in rows]
         written.append(plots.patch_grid_png(ranking.patches[rows], ranking.patch_dist[rows] < np.inf, labels,
-                                            f"{cls}: codewords that matter most", folder / f"codewords_{i}_{plots.slug(cls)}.png"))
+                                            f"{cls}: codewords that matter most", grid_paths[i]))
     return written
+
+
+def ranking_paths(folder: str | Path, classes: Sequence[str]) -> list[Path]:
+    """The files ``write_ranking`` may write into ``folder``: ``codewords.json``, then one grid per class."""
+    from . import plots
+
+    folder = Path(folder)
+    return [folder / "codewords.json", *(folder / f"codewords_{i}_{plots.slug(c)}.png" for i, c in enumerate(classes))]

@@ -3,7 +3,12 @@ no network) plus the same figures as PNG files, the numbers as JSON and the per-
 out-of-fold predictions as CSV.
 
 Layout of ``DIR``: ``index.html``, ``report.json``, ``predictions.csv``, ``confusion.png``,
-``folds.png``, ``examples/<n>_<class>_{correct,wrong}_<i>.png``.
+``folds.png``, ``examples/<n>_<class>_{correct,wrong}_<i>.png``. The report is built in a hidden
+folder and moved into ``DIR`` when complete, so a failure leaves no half-written report.
+
+A file name that is not UTF-8 (Python keeps its undecodable bytes as lone surrogates, PEP 383)
+is written as its own bytes in ``predictions.csv``, as ``\\udcNN`` escapes in ``report.json``
+(``os.fsencode`` of the loaded string gives the bytes back) and as ``\\xNN`` in the page.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ import html
 import io
 import json
 import logging
+import os
+import secrets
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +33,7 @@ import numpy as np
 from . import plots
 from ._files import write_bytes_atomic
 from .datasets import Dataset
-from .errors import FastVLADError
+from .errors import FastVLADError, WriteError
 from .evaluate import (
     MAGNIFICATION_NOTE,
     CVResult,
@@ -47,6 +55,8 @@ log = logging.getLogger("fastvlad")
 #: Thumbnails shown per class for correct and for wrong out-of-fold predictions.
 EXAMPLES_PER_KIND = 6
 THUMB_SIDE = 128
+#: The files of the report's folder, but the thumbnails in ``examples/``; ``index.html`` comes last.
+FILES = ("report.json", "predictions.csv", "confusion.png", "folds.png", "index.html")
 
 
 @dataclass
@@ -160,12 +170,85 @@ def predictions_csv(res: CVResult, paths: list[str], root: Path) -> bytes:
     for i, path in enumerate(paths):
         w.writerow([_relative(path, root), int(res.fold[i]), res.y_true[i], res.y_pred[i],
                     *[f"{v:.6f}" for v in res.proba[i]]])
-    return text.getvalue().encode()
+    return text.getvalue().encode("utf-8", "surrogateescape")  # a name not UTF-8: its own bytes
+
+
+def check_folder(folder: str | Path) -> None:
+    """``WriteError`` now, before hours of cross-validation, when the report could not be written
+    into ``folder``: it is a file, one of its ``FILES`` is a folder, its ``examples`` a file, or
+    there is no permission to write."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise WriteError(f"{folder} is a file; the report is a folder (index.html and its figures): "
+                         "give a folder name")
+    for name in FILES:
+        if (folder / name).is_dir():
+            raise WriteError(f"{folder / name} is a folder; the report writes a file there: move it or "
+                             "choose another report folder")
+    if (folder / "examples").exists() and not (folder / "examples").is_dir():
+        raise WriteError(f"{folder / 'examples'} is a file; the report writes its thumbnails into a folder "
+                         "there: move it or choose another report folder")
+    _staging(folder).rmdir()  # where the report is built: fails now if it cannot be made
+
+
+def files(folder: str | Path) -> list[Path]:
+    """Every file ``write_report`` may replace in ``folder`` (to check against the inputs): its
+    ``FILES`` and, since thumbnail names depend on the results, whatever is in ``examples/`` now."""
+    folder = Path(folder)
+    examples = folder / "examples"
+    present = sorted(p for p in examples.rglob("*") if p.is_file()) if examples.is_dir() else []
+    return [*(folder / name for name in FILES), *present]
 
 
 def write_report(folder: str | Path, res: CVResult, est: Any, ds: Dataset) -> Path:
-    """Write the report into ``folder``; returns the path of ``index.html``."""
+    """Write the report into ``folder``; returns the path of ``index.html``.
+
+    Everything is built in a hidden folder first and moved in when complete: a failure leaves
+    ``folder`` as it was (no new folder, an old report untouched)."""
     folder = Path(folder)
+    check_folder(folder)
+    staging = _staging(folder)
+    try:
+        _write_files(staging, res, est, ds)
+        _publish(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder / "index.html"
+
+
+def _staging(folder: Path) -> Path:
+    """A new hidden folder on ``folder``'s file system (inside it when it exists, else beside it),
+    so that moving the report in is a rename. ``WriteError`` when it cannot be made."""
+    where = folder if folder.is_dir() else folder.parent
+    # not tempfile.mkdtemp: its 0700 would become the report folder's and lock others out of it
+    staging = where / f".{folder.name}.report.{os.getpid()}.{secrets.token_hex(4)}.part"
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+        return staging
+    except OSError as exc:
+        raise WriteError(f"cannot write the report into {folder}: {exc.strerror or exc}; check that "
+                         "its folder is writable, or choose another one") from None
+
+
+def _publish(staging: Path, folder: Path) -> None:
+    """Move the finished report from ``staging`` into ``folder``: one rename for a new folder;
+    into an existing one file by file, ``index.html`` last (the other files there are kept)."""
+    try:
+        if not folder.exists():
+            os.rename(staging, folder)
+            return
+        moved = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == "index.html")
+        for src in moved:
+            dst = folder / src.relative_to(staging)
+            dst.parent.mkdir(exist_ok=True)
+            os.replace(src, dst)
+    except OSError as exc:
+        raise WriteError(f"cannot move the report into {folder}: {exc.strerror or exc}") from None
+
+
+def _write_files(folder: Path, res: CVResult, est: Any, ds: Dataset) -> None:
+    """Every file of the report into ``folder`` (empty)."""
     paths = _row_paths(res, ds)
     nums = numbers(res, est, ds)
     write_bytes_atomic(folder / "report.json", json.dumps(nums, indent=2).encode())
@@ -183,7 +266,13 @@ def write_report(folder: str | Path, res: CVResult, est: Any, ds: Dataset) -> Pa
                 kind = "correct" if correct else "wrong"
                 write_bytes_atomic(folder / "examples" / f"{n}_{plots.slug(cls)}_{kind}_{i}.png", ex.png)
     page = render_html(nums, {k: p.read_bytes() for k, p in figures.items()}, shown, paths, ds.root)
-    return write_bytes_atomic(folder / "index.html", page.encode())
+    write_bytes_atomic(folder / "index.html", _page_bytes(page))
+
+
+def _page_bytes(page: str) -> bytes:
+    """The page as UTF-8, a name that is not UTF-8 shown as ``\\xNN`` escapes of its bytes (raw
+    ones would show as "�"; predictions.csv has them as they are)."""
+    return page.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").encode("utf-8")
 
 
 # -- HTML ------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 import fastvlad
+from fastvlad import plots
 from fastvlad.cli import app
-from fastvlad.errors import ParameterError
+from fastvlad.errors import ParameterError, WriteError
 from fastvlad.estimator import FastVLAD
 
 SMALL = ["--density", "0.1", "-k", "8", "--image-size", "64"]
@@ -228,3 +231,91 @@ def test_error_is_a_message_not_a_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "no images found" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "m.fvl").exists()
+
+
+def _copy_image(demo_folder: Path, to: Path | bytes, nth: int = 0) -> None:
+    """The ``nth`` demo image copied to ``to`` (a ``bytes`` path for a name that is not UTF-8)."""
+    src = sorted(demo_folder.glob("*/*.png"))[nth]
+    os.makedirs(os.path.dirname(to), exist_ok=True)
+    shutil.copy(src, to)
+
+
+def test_explain_refuses_to_write_over_its_inputs(model_file: Path, demo_folder: Path, tmp_path: Path) -> None:
+    """-o the image, the model, or a name whose support overlay (``<stem>.support.png``) is the image:
+    refused before any work, nothing changed."""
+    img, model = tmp_path / "a.support.png", tmp_path / "m.fvl"
+    _copy_image(demo_folder, img)
+    shutil.copy(model_file, model)
+    before = {p: p.read_bytes() for p in (img, model)}
+    for out in (img, model, tmp_path / "a.png"):  # a.png's support overlay is a.support.png
+        res = CliRunner().invoke(app, ["-q", "explain", str(model), str(img), "-o", str(out), "--device", "cpu"])
+        assert isinstance(res.exception, WriteError) and "refusing to write" in str(res.exception), res.output
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_explain_on_a_dataset_refuses_to_write_over_its_images(model_file: Path, demo_folder: Path,
+                                                               tmp_path: Path) -> None:
+    """Dataset mode writes <DIR>/codewords.json and one codewords_<n>_<class>.png per class: an
+    image of the data at one of those names is refused, as is a DIR that is a file."""
+    first = str(fastvlad.load(model_file).classes_[0])
+    out = tmp_path / "cw"
+    victim = out / f"codewords_0_{plots.slug(first)}.png"
+    _copy_image(demo_folder, victim)
+    _copy_image(demo_folder, tmp_path / "b.png", 1)
+    manifest = tmp_path / "data.csv"
+    manifest.write_text(f"path,label\ncw/{victim.name},{first}\nb.png,{first}\n")
+    before = victim.read_bytes()
+    res = CliRunner().invoke(app, ["-q", "explain", str(model_file), str(manifest), "-o", str(out),
+                                   "--max-images", "2", "--device", "cpu"])
+    assert isinstance(res.exception, WriteError) and "refusing to write" in str(res.exception), res.output
+    assert victim.read_bytes() == before and sorted(out.iterdir()) == [victim]
+    res = CliRunner().invoke(app, ["-q", "explain", str(model_file), str(manifest), "-o", str(manifest),
+                                   "--max-images", "2", "--device", "cpu"])
+    assert isinstance(res.exception, WriteError) and "is a file" in str(res.exception), res.output
+
+
+@pytest.mark.parametrize("option", [["--patches=-1"], ["--patches", "0"], ["--max-images", "0"], ["--top", "0"]])
+def test_explain_refuses_bad_options(model_file: Path, demo_folder: Path, tmp_path: Path, option: list[str]) -> None:
+    res = CliRunner().invoke(app, ["-q", "explain", str(model_file), str(demo_folder), "-o", str(tmp_path / "cw"),
+                                   "--device", "cpu", *option])
+    name = option[0].split("=")[0]
+    assert isinstance(res.exception, ParameterError) and f"{name}=" in str(res.exception), res.output
+    assert not (tmp_path / "cw").exists()
+
+
+BAD_NAME = b"bad\xff\xfename.png"  # not UTF-8: a name from another system's encoding
+
+
+def _data_with_a_bad_name(demo_folder: Path, tmp_path: Path) -> Path:
+    """A class folder with two images, one of them named ``BAD_NAME``."""
+    root = tmp_path / "data"
+    _copy_image(demo_folder, root / "CNT-fiber" / "ok.png")
+    _copy_image(demo_folder, os.fsencode(root / "CNT-fiber") + b"/" + BAD_NAME, 1)
+    return root
+
+
+def test_predict_writes_a_name_that_is_not_utf8(model_file: Path, demo_folder: Path, tmp_path: Path) -> None:
+    """The CSV holds the file name's own bytes (read it back with errors="surrogateescape"), to a
+    file and to standard output."""
+    data = _data_with_a_bad_name(demo_folder, tmp_path)
+    out = tmp_path / "w.csv"
+    res = CliRunner().invoke(app, ["-q", "predict", str(model_file), str(data), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    with open(out, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(os.fsencode(r["path"]) for r in rows) == [b"CNT-fiber/" + BAD_NAME, b"CNT-fiber/ok.png"]
+    assert all(r["predicted"] for r in rows)
+    res = CliRunner().invoke(app, ["-q", "predict", str(model_file), str(data), "-o", "-"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout_bytes.startswith(b"path,") and b"CNT-fiber/" + BAD_NAME + b"," in res.stdout_bytes
+
+
+def test_encode_writes_a_name_that_is_not_utf8(model_file: Path, demo_folder: Path, tmp_path: Path) -> None:
+    data = _data_with_a_bad_name(demo_folder, tmp_path)
+    out = tmp_path / "codes.npy"
+    res = CliRunner().invoke(app, ["-q", "encode", str(data), "-o", str(out), "--model", str(model_file)])
+    assert res.exit_code == 0, res.output
+    names = out.with_suffix(".paths.txt").read_bytes().splitlines()
+    assert sorted(os.path.basename(n) for n in names) == [BAD_NAME, b"ok.png"]
+    assert all(os.path.isfile(n) for n in names) and np.isfinite(np.load(out)).all()

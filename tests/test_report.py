@@ -20,9 +20,10 @@ from sklearn.metrics import (
 )
 from typer.testing import CliRunner
 
-from fastvlad import report
+from fastvlad import evaluate, report
 from fastvlad.cli import app
 from fastvlad.datasets import Dataset
+from fastvlad.errors import WriteError
 from fastvlad.estimator import FastVLAD
 from fastvlad.evaluate import CVResult
 
@@ -182,3 +183,102 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     keep = os.environ.get("FASTVLAD_KEEP_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+@pytest.fixture
+def no_cv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if ``evaluate`` starts its cross-validation: the outputs are checked before it."""
+    def ran(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cross-validation ran before the outputs were checked")
+
+    monkeypatch.setattr(evaluate, "cross_validate", ran)
+
+
+def _manifest(demo_folder: Path, to: Path) -> Path:
+    """The demo manifest at ``to``, its paths made absolute so it can lie anywhere."""
+    rows = list(csv.DictReader((demo_folder / "manifest.csv").open()))
+    to.parent.mkdir(parents=True, exist_ok=True)
+    with to.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({**r, "path": str(demo_folder / r["path"])} for r in rows)
+    return to
+
+
+def test_evaluate_refuses_a_report_over_its_data(demo_folder: Path, tmp_path: Path, no_cv: None) -> None:
+    """The manifest at DIR/predictions.csv (a file the report writes), or an image in DIR/examples:
+    refused before the cross-validation, nothing changed."""
+    manifest = _manifest(demo_folder, tmp_path / "rep" / "predictions.csv")
+    before = manifest.read_bytes()
+    res = CliRunner().invoke(app, ["-q", "evaluate", str(manifest), "--folds", "2", *SMALL,
+                                   "--report", str(tmp_path / "rep")])
+    assert isinstance(res.exception, WriteError) and "refusing to write" in str(res.exception), res.output
+    assert manifest.read_bytes() == before and sorted((tmp_path / "rep").iterdir()) == [manifest]
+    image = tmp_path / "rep2" / "examples" / "0_CNT-Cluster_correct_0.png"
+    image.parent.mkdir(parents=True)
+    shutil.copy(sorted(demo_folder.glob("CNT-Cluster/*.png"))[0], image)
+    other = _manifest(demo_folder, tmp_path / "m.csv")
+    with other.open("a") as f:
+        f.write(f"{image},CNT-Cluster,extra\n")
+    res = CliRunner().invoke(app, ["-q", "evaluate", str(other), "--folds", "2", *SMALL,
+                                   "--report", str(tmp_path / "rep2")])
+    assert isinstance(res.exception, WriteError) and "refusing to write" in str(res.exception), res.output
+
+
+def test_evaluate_checks_every_output_before_the_cv(demo_folder: Path, tmp_path: Path, no_cv: None) -> None:
+    """--report at a file, or a report folder whose examples/ is a file: a clear message before the
+    cross-validation, and neither --json nor --confusion written."""
+    taken = tmp_path / "existing_file"
+    taken.write_text("mine")
+    rep = tmp_path / "rep4"
+    rep.mkdir()
+    (rep / "examples").write_text("mine")
+    for folder, says in ((taken, f"{taken} is a file"), (rep, f"{rep / 'examples'} is a file")):
+        res = CliRunner().invoke(app, ["-q", "evaluate", str(demo_folder), "--folds", "2", *SMALL,
+                                       "--json", str(tmp_path / "j.json"), "--confusion", str(tmp_path / "c.png"),
+                                       "--report", str(folder)])
+        assert isinstance(res.exception, WriteError) and says in str(res.exception), res.output
+    assert sorted(tmp_path.iterdir()) == [taken, rep] and sorted(rep.iterdir()) == [rep / "examples"]
+    assert taken.read_text() == "mine"
+
+
+def test_a_failed_report_leaves_nothing_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure while the report is written: no new folder, an old report untouched, no temp file."""
+    res, ds = _synthetic(tmp_path / "data")
+
+    def fail(*args: object, **kwargs: object) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "render_html", fail)
+    with pytest.raises(OSError):
+        report.write_report(tmp_path / "rep", res, FastVLAD(**small_model_params()), ds)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "index.html").write_text("old report")
+    with pytest.raises(OSError):
+        report.write_report(old, res, FastVLAD(**small_model_params()), ds)
+    assert [p.name for p in old.iterdir()] == ["index.html"] and (old / "index.html").read_text() == "old report"
+    monkeypatch.undo()
+    page = report.write_report(old, res, FastVLAD(**small_model_params()), ds)
+    assert page == old / "index.html" and "old report" not in page.read_text()
+    assert sorted(p.name for p in old.iterdir()) == ["confusion.png", "examples", "folds.png", "index.html",
+                                                   "predictions.csv", "report.json"]
+
+
+def test_report_writes_a_name_that_is_not_utf8(tmp_path: Path) -> None:
+    """A file name that is not UTF-8: its own bytes in predictions.csv (read back with
+    errors="surrogateescape"), escaped as \\xNN in the page, which stays UTF-8."""
+    res, ds = _synthetic(tmp_path / "data")
+    row = int(report.choose_examples(res, res.classes[0], True)[0])  # an image the page shows
+    i = int(res.indices[row])
+    bad = os.fsencode(ds.paths[i].parent) + b"/bad\xff\xfename.png"
+    os.rename(ds.paths[i], bad)
+    ds.paths[i] = Path(os.fsdecode(bad))
+    page = report.write_report(tmp_path / "rep", res, FastVLAD(**small_model_params()), ds)
+    assert "bad\\xff\\xfename.png" in page.read_bytes().decode("utf-8")
+    with open(tmp_path / "rep" / "predictions.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        paths = [os.fsencode(r["path"]) for r in csv.DictReader(f)]
+    assert paths[row] == b"bad\xff\xfename.png"
+    nums = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert os.fsencode(nums["predictions"][row]["path"]) == bad

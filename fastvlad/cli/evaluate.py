@@ -88,9 +88,9 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
 
     if shift_images < 0:
         raise ParameterError(f"--shift-images {shift_images}: give a number of images, or 0 for all")
+    written = _check_outputs(report, confusion_png, json_out)
     ds = load(data, on_error)
-    outputs.refuse_inputs([report and report / "index.html", confusion_png, json_out],
-                          outputs.dataset_files(data, ds.paths))
+    outputs.refuse_inputs(written, outputs.dataset_files(data, ds.paths))
     split_values = ds.column(split) if split is not None else None
     est = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
                     normalize=normalize, points=points, softness=softness, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha,
@@ -123,20 +123,37 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
         agg, acc = cv.micrographs()
         typer.echo(f"micrograph accuracy (mean of its tiles' probabilities): {acc:.3f} on "
                    f"{int((agg.readable > 0).sum())} micrographs ({len(cv.plan.sources)} tiles)")
+    if report:  # first: of the outputs, the one most likely to fail, and then none is written
+        from ..report import write_report
+
+        path = write_report(report, res, est, ds)
+        typer.echo(f"report: {path}")
     if json_out:
         from .._files import write_bytes_atomic
 
+        # ensure_ascii: a file name that is not UTF-8 is kept as \udcNN escapes (os.fsencode gives its bytes)
         write_bytes_atomic(json_out, json.dumps(res.to_dict(), indent=2).encode())
     if confusion_png:
         from ..plots import confusion_matrix_png
 
         confusion_matrix_png(res.confusion(), res.classes, confusion_png)
-    if report:
-        from ..report import write_report
-
-        path = write_report(report, res, est, ds)
-        typer.echo(f"report: {path}")
     report_skipped(res.skipped)
+
+
+def _check_outputs(report: Optional[Path], confusion_png: Optional[Path], json_out: Optional[Path]) -> list[Path]:
+    """Before the cross-validation: ``WriteError`` when an output cannot be written. Returns every
+    file evaluate may write, to check against its inputs."""
+    from .. import report as report_files
+    from .._files import check_writable
+
+    written = []
+    for path in (json_out, confusion_png):
+        if path is not None:
+            written.append(check_writable(path))
+    if report is not None:
+        report_files.check_folder(report)
+        written += report_files.files(report)
+    return written
 
 
 def _print_cv(res: CVResult) -> None:

@@ -10,12 +10,48 @@ from typing import Optional
 import numpy as np
 import typer
 
-from ..explain import explain, rank_codewords, save_overlay, write_ranking
+from .. import checks
+from .._files import check_writable
+from ..errors import WriteError
+from ..explain import (
+    explain,
+    rank_codewords,
+    ranking_paths,
+    save_overlay,
+    support_path,
+    write_ranking,
+)
+from . import outputs
 
 
 def _sample(n: int, max_images: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n, size=min(n, max_images), replace=False))
+
+
+def _check_options(top: int, patches: int, max_images: int) -> None:
+    """The counts, before the model is even read (``ParameterError`` naming the option)."""
+    checks.integer("--top", top, 1)
+    checks.integer("--patches", patches, 1)
+    checks.integer("--max-images", max_images, 1)
+
+
+def _check_outputs(written: Sequence[Path], model_path: Path, inputs: Sequence[Path]) -> None:
+    """Before the CNN runs: ``WriteError`` when a file explain would write is the model or one
+    of the images it reads, or cannot be written."""
+    outputs.refuse_inputs(written, [model_path], "the model")
+    outputs.refuse_inputs(written, inputs)
+    for path in written:
+        check_writable(path)
+
+
+def _ranking_folder(output: Optional[Path]) -> Path:
+    """The folder of a dataset's ranking (default ``codewords``); ``WriteError`` when it is a file."""
+    folder = output or Path("codewords")
+    if folder.exists() and not folder.is_dir():
+        raise WriteError(f"-o {folder} is a file; for a dataset explain writes a folder (codewords.json and "
+                         "a PNG per class): give a folder name")
+    return folder
 
 
 def explain_command(model_path: Path = typer.Argument(..., metavar="MODEL"),
@@ -33,6 +69,9 @@ def explain_command(model_path: Path = typer.Argument(..., metavar="MODEL"),
     from .. import datasets
     from ..estimator import load
 
+    _check_options(top, patches, max_images)
+    if outputs.is_stdout(output):
+        raise WriteError("-o -: explain writes PNG files (and, for a dataset, JSON); give a file or folder name")
     model = load(model_path)
     model.set_params(device=device)
     if model.tile is not None or model.scale_nm_per_px is not None or model.crop_bottom is not None:
@@ -42,8 +81,10 @@ def explain_command(model_path: Path = typer.Argument(..., metavar="MODEL"),
                              "The napari plugin (pip install 'fastvlad[napari]') shows each tile's class and "
                              "codewords; in Python: fastvlad.napari_plugin.classify(model, path)")
     if image.is_file() and image.suffix.lower() in datasets.IMAGE_SUFFIXES:
+        overlay = output or Path("overlay.png")
+        _check_outputs([overlay, support_path(overlay)], model_path, [image])
         expl = explain(model, str(image), target)
-        written: Sequence[Path] = save_overlay(expl, output or Path("overlay.png"))
+        written: Sequence[Path] = save_overlay(expl, overlay)
         cls = expl.classes[expl.target]
         typer.echo(f"{image}: {cls} (p = {expl.proba[expl.target]:.3f}); margin {expl.margin[expl.target]:+.3f} = "
                    f"bias {expl.bias[expl.target]:+.3f} + codewords {expl.support.sum():+.3f}")
@@ -54,9 +95,12 @@ def explain_command(model_path: Path = typer.Argument(..., metavar="MODEL"),
             typer.echo(f"  codeword {j:>4}: {expl.support[j]:+.4f} ({f'nearest to {n} points' if n else 'nearest to no point'})")
     else:
         ds = datasets.load(image, require_labels=False)
-        chosen = _sample(len(ds), max_images, model.random_state)
+        folder = _ranking_folder(output)
+        _check_outputs(ranking_paths(folder, [str(c) for c in model.classes_]), model_path,
+                       outputs.dataset_files(image, ds.paths))
+        chosen = _sample(len(ds), max_images, checks.seed(model))
         ranking = rank_codewords(model, [str(ds.paths[i]) for i in chosen], patches)
-        written = write_ranking(ranking, output or Path("codewords"), top)
+        written = write_ranking(ranking, folder, top)
         for cls in ranking.classes:
             typer.echo(f"{cls}: codewords {', '.join(str(j) for j in ranking.top(cls, top))}")
     typer.echo("wrote " + ", ".join(str(p) for p in written))

@@ -278,7 +278,7 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
     codes = np.full((len(X), model.codebook_.size), np.nan, dtype=np.float32)
     codes[encoded.indices] = encoded.codes
     write_atomic(output, lambda f: np.save(f, codes, allow_pickle=False))
-    write_atomic(output.with_suffix(".paths.txt"), lambda f: f.write("\n".join(paths).encode() + b"\n"))
+    write_atomic(output.with_suffix(".paths.txt"), lambda f: f.write(outputs.encoded("\n".join(paths) + "\n")))
     if plan is not None and model.tile:
         boxes = [[paths[t], src.index, *(round(v) for v in src.file_box())]  # type: ignore[union-attr]
                  for t, src in enumerate(X)]
@@ -296,4 +296,4 @@ def _csv_bytes(rows: list[tuple[str, str]]) -> bytes:
 
     text = io.StringIO()
     csv.writer(text).writerows(rows)
-    return text.getvalue().encode()
+    return outputs.encoded(text.getvalue())

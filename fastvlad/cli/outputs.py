@@ -56,15 +56,37 @@ def dataset_files(data: Path, paths: Iterable[Path]) -> list[Path]:
     return [*files, *paths]
 
 
+def encoded(text: str) -> bytes:
+    """``text`` as UTF-8, a file name that is not UTF-8 as its own bytes.
+
+    Python reads such a name (bytes of another system's encoding) with each undecodable byte as
+    a lone surrogate (PEP 383), which plain ``encode()`` refuses after all the work is done.
+    "surrogateescape" writes the original bytes back, so a CSV's path names the file on disk,
+    as ``ls > list.txt`` would; read it back with ``errors="surrogateescape"`` (or as bytes)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def write_text(output: Path, text: str) -> None:
-    """``text`` to standard output for ``-o -``, else atomically to ``output``."""
+    """``text`` to standard output for ``-o -``, else atomically to ``output`` (both ``encoded``)."""
     if is_stdout(output):
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        _write_stdout(text)
         return
     from .._files import write_bytes_atomic
 
-    write_bytes_atomic(output, text.encode())
+    write_bytes_atomic(output, encoded(text))
+
+
+def _write_stdout(text: str) -> None:
+    """``text`` on standard output, ``encoded`` like a file (a text stream's own encoding may
+    refuse a file name that is not UTF-8)."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # a text-only stream (io.StringIO): it takes any str
+        sys.stdout.write(text)
+    else:
+        sys.stdout.flush()  # what was written as text comes first
+        buffer.write(encoded(text))
+        buffer.flush()
+    sys.stdout.flush()
 
 
 def message(text: str, output: Path | None) -> None:
@@ -74,4 +96,4 @@ def message(text: str, output: Path | None) -> None:
     stream.flush()
 
 
-__all__ = ["STDOUT", "dataset_files", "is_stdout", "message", "refuse_inputs", "write_text"]
+__all__ = ["STDOUT", "dataset_files", "encoded", "is_stdout", "message", "refuse_inputs", "write_text"]
