@@ -11,8 +11,9 @@ Rules (documented in README, tested in tests/test_datasets.py):
   separated; UTF-8 (with or without BOM). Paths are relative to the CSV's folder. Every
   column but ``path`` is kept as text in ``Dataset.columns`` (e.g. ``series``, to evaluate
   leave-one-series-out); ``Dataset.column(name)`` reads one, naming the others when it is missing.
-- Errors (``InvalidDatasetError``): no images, one class, an empty label, duplicate
-  paths, a missing ``path`` column, rows of the wrong length, a CSV that is not UTF-8 text,
+- Errors (``InvalidDatasetError``, naming the CSV, or the folder without one): no images, one
+  class, an empty label, duplicate paths, a missing ``path`` column, a column named twice (in
+  any case: ``label`` and ``Label``), rows of the wrong length, a CSV that is not UTF-8 text,
   and — unless ``check_files=False`` (``on_error="skip"``) — listed files that do not exist.
 """
 
@@ -49,6 +50,12 @@ class Dataset:
     root: Path
     pixel_size_nm: np.ndarray | None = None  # (n,) float64 from a pixel_size_nm column, NaN where empty
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # every CSV column but path: (n,) str each
+    manifest: Path | None = None  # the CSV it was read from, if any
+
+    @property
+    def origin(self) -> Path:
+        """What messages name: the CSV, or the folder (or image) without one; a folder may hold several CSVs."""
+        return self.manifest if self.manifest is not None else self.root
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -57,7 +64,7 @@ class Dataset:
     def y(self) -> np.ndarray:
         """The labels ``(n,)`` str; ``InvalidDatasetError`` for unlabelled data."""
         if self.labels is None:
-            raise InvalidDatasetError(f"{self.root}: the images have no labels; use class sub-folders or a "
+            raise InvalidDatasetError(f"{self.origin}: the images have no labels; use class sub-folders or a "
                                       "'label' column")
         return self.labels
 
@@ -74,13 +81,13 @@ class Dataset:
         if key not in self.columns:
             have = ", ".join(repr(c) for c in self.columns) if self.columns else "none (a folder of class sub-folders " \
                 "has no columns)"
-            raise InvalidDatasetError(f"{self.root}: the data has no column {name!r}; its columns are {have}. Give a "
+            raise InvalidDatasetError(f"{self.origin}: the data has no column {name!r}; its columns are {have}. Give a "
                                       f"manifest.csv with a {key!r} column, or split by one of those")
         values = self.columns[key]
         empty = np.flatnonzero(values == "")
         if len(empty):
             shown = ", ".join(str(self.paths[i]) for i in empty[:EXAMPLES])
-            raise InvalidDatasetError(f"{self.root}: {len(empty)} image(s) have no value in column {key!r} (e.g. "
+            raise InvalidDatasetError(f"{self.origin}: {len(empty)} image(s) have no value in column {key!r} (e.g. "
                                       f"{shown}); fill it in for every image")
         return values
 
@@ -202,10 +209,9 @@ def from_csv(manifest: Path, check_files: bool = True) -> Dataset:
     if labels is not None:
         _note_folder_disagreement(manifest, paths, labels)
     pixel_sizes = _pixel_sizes(manifest, header, rows) if "pixel_size_nm" in header else None
-    # A repeated column name keeps its first column, as ``col`` does for path, label and group.
     columns = {name: np.array([r[j].strip() for _, r in rows]) for j, name in enumerate(header)
-               if name and name != "path" and header.index(name) == j}
-    return Dataset(paths, labels, groups, manifest.parent, pixel_sizes, columns)
+               if name and name != "path"}
+    return Dataset(paths, labels, groups, manifest.parent, pixel_sizes, columns, manifest)
 
 
 def _pixel_sizes(manifest: Path, header: list[str], rows: list[tuple[int, list[str]]]) -> np.ndarray:
@@ -246,14 +252,29 @@ def _read_rows(manifest: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     delimiter = next((d for d in ",;\t" if d in first), ",")
     try:
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-        header = [h.strip().lower() for h in next(reader, [])]
+        names = [h.strip() for h in next(reader, [])]
         rows = [(reader.line_num, row) for row in reader if any(field.strip() for field in row)]
     except csv.Error as exc:
         raise InvalidDatasetError(f"{manifest}: not a valid CSV ({exc})") from None
+    _check_unique(manifest, names)
+    header = [name.lower() for name in names]
     if "path" not in header:
         raise InvalidDatasetError(f"{manifest}: the header {header[:5]} has no 'path' column; the first line must "
                                   "name the columns, e.g. 'path,label,group' (label and group optional)")
     return header, rows
+
+
+def _check_unique(manifest: Path, names: list[str]) -> None:
+    """Refuse a header naming a column twice: names are case-insensitive, so for 'label' and
+    'Label' which one is meant cannot be told. Unnamed columns (trailing separators) may repeat."""
+    seen: dict[str, str] = {}
+    for name in filter(None, names):
+        first = seen.get(name.lower())
+        if first is not None:
+            case = "; column names are case-insensitive" if first != name else ""
+            raise InvalidDatasetError(f"{manifest}: the header names one column twice ({first!r} and {name!r}{case}); "
+                                      "rename or remove one of them")
+        seen[name.lower()] = name
 
 
 def _resolve(folder: Path, rel: str) -> Path:
@@ -287,16 +308,35 @@ def _note_folder_disagreement(manifest: Path, paths: list[Path], labels: np.ndar
 def check_labelled(ds: Dataset) -> None:
     """At least two classes, and no empty label; a notice for classes with a single image."""
     if ds.labels is None:
-        raise InvalidDatasetError(f"{ds.root}: no labels; use class sub-folders or a 'label' column")
+        raise InvalidDatasetError(f"{ds.origin}: no labels; use class sub-folders or a 'label' column")
     empty = np.flatnonzero(ds.labels == "")
     if len(empty):
         shown = ", ".join(str(ds.paths[i]) for i in empty[:EXAMPLES])
-        raise InvalidDatasetError(f"{ds.root}: {len(empty)} image(s) have an empty label (e.g. {shown}); "
+        raise InvalidDatasetError(f"{ds.origin}: {len(empty)} image(s) have an empty label (e.g. {shown}); "
                                   "label every image")
     if len(ds.classes) < 2:
-        raise InvalidDatasetError(f"{ds.root}: found only class(es) {ds.classes}; a classifier needs at least two")
+        raise InvalidDatasetError(f"{ds.origin}: found only class(es) {ds.classes}; a classifier needs at least two")
     counts = Counter(ds.labels.tolist())
     single = sorted(c for c, n in counts.items() if n == 1)
     if single:
         log.warning("fastvlad: class(es) %s have a single image; the model can train, but cross-validation and "
                     "held-out scores need several per class", single)
+
+
+def classes_left(y: np.ndarray, y_read: np.ndarray) -> list[str]:
+    """The classes of the images read (labels ``y_read``), out of those given (``y`` (n,)), sorted.
+
+    With ``on_error="skip"`` a class can vanish with its images: a warning names each, and fewer
+    than two left is an ``InvalidDatasetError`` (a score over one class says nothing)."""
+    counts = Counter(np.asarray(y).astype(str).tolist())
+    left = sorted(set(np.asarray(y_read).astype(str).tolist()))
+    lost = ", ".join(f"{c!r} ({n})" for c, n in sorted(counts.items()) if c not in left)
+    if len(left) < 2:
+        which = f"only class {left[0]!r} is" if left else "no class is"
+        raise InvalidDatasetError(f"{which} left after skipping unreadable images: every image of class(es) {lost} was "
+                                  "skipped, and a classifier needs at least two classes; fix those images (on_error="
+                                  "'raise', CLI: --on-error raise, names them all) or add readable ones")
+    if lost:
+        log.warning("fastvlad: every image of class(es) %s was skipped as unreadable; only %s are left", lost,
+                    ", ".join(map(repr, left)))
+    return left

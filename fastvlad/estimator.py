@@ -16,7 +16,16 @@ from typing import Any, cast
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from . import backends, booster_check, checks, classifier, model_file, quantize, tiling
+from . import (
+    backends,
+    booster_check,
+    checks,
+    classifier,
+    datasets,
+    model_file,
+    quantize,
+    tiling,
+)
 from ._version import __version__
 from .backbone import DEFAULT_BACKBONE
 from .encoder import Encoded, Encoder, Timings, View, predict_views, training_copies
@@ -199,6 +208,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.skipped_ = (plan.failures() if plan is not None else []) + self.describe_failures(X, encoded)
         if not len(encoded.indices):
             raise InvalidDatasetError(f"none of the {len(X)} images could be read (e.g. {self.skipped_[0][1]})")
+        datasets.classes_left(y_given, y_arr[encoded.indices])  # a class all of whose images were skipped
         codes, labels = self._with_augmented(X, encoded, y_arr[encoded.indices], timings)
         self.fit_codes(codes, labels)
         # fit_codes counted rows; a user trained on the images, the copies are the head's alone

@@ -34,7 +34,7 @@ from sklearn.metrics import (
 )
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from . import checks, progress
+from . import checks, datasets, progress
 from .encoder import Encoder, Timings, View, training_copies
 from .errors import InvalidDatasetError, ParameterError
 from .estimator import FastVLAD
@@ -284,16 +284,28 @@ def by_group_text(summary: dict[str, Any] | None, n_images: int) -> str:
             f"the {summary['n_groups']} groups, not the {n_images} images)")
 
 
+def check_folds(n_splits: int, split: np.ndarray | None, split_name: str = "split", source: object = None) -> None:
+    """What the folds are made over, before any image is read: with ``split`` (n,), at least two
+    values to leave out in turn; without, ``n_splits`` ≥ 2. ``source`` (e.g. the manifest) starts
+    the message of a split of one value."""
+    if split is None:
+        checks.integer("n_splits", n_splits, 2, " (the number of folds, CLI: --folds)")
+        return
+    values = np.unique(np.asarray(split).astype(str))
+    if len(values) < 2:
+        shown = f"value {str(values[0])!r}" if len(values) else "no value (there are no images)"
+        where = f"{source}: " if source is not None else ""
+        raise InvalidDatasetError(f"{where}cannot leave one group out: every image has the same {split_name} {shown}; "
+                                  "split by a column with at least two values")
+
+
 def folds(y: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int,
-          split: np.ndarray | None = None) -> np.ndarray:
+          split: np.ndarray | None = None, split_name: str = "split") -> np.ndarray:
     """Fold index of every image: with ``split``, one fold per value (sorted), leave-one-group-out;
     otherwise grouped-stratified with groups, stratified without."""
+    check_folds(n_splits, split, split_name)
     if split is not None:
-        values, fold = np.unique(np.asarray(split), return_inverse=True)
-        if len(values) < 2:
-            raise InvalidDatasetError(f"cannot leave one group out: every image has the same split value "
-                                      f"{values[0]!r}; split by a column with at least two values")
-        return fold.astype(np.int64)
+        return np.unique(np.asarray(split), return_inverse=True)[1].astype(np.int64)
     n_splits_ok = min(n_splits, len(np.unique(groups)) if groups is not None else np.bincount(
         np.unique(y, return_inverse=True)[1]).min())
     if n_splits_ok < 2:
@@ -348,7 +360,7 @@ def encode_images(estimator: FastVLAD, X: Sequence[ImageSource]) -> CodeSet:
     encoder = Encoder.of(est).fit_codebook(X, int(est.k), int(est.codebook_images), timings=timings)
     enc = encoder.encode(X, timings)
     copies = Timings()  # as fit reports them: the copies' CNN passes, and their whole encoding
-    aug, aug_of = training_copies(encoder, X, enc.indices, int(est.augment), tuple(est.zoom), est.random_state, copies,
+    aug, aug_of = training_copies(encoder, X, enc.indices, int(est.augment), tuple(est.zoom), checks.seed(est), copies,
                                   bool(est.zoom_jitter))
     seconds = {**timings.seconds, **copies.seconds}
     views = []
@@ -383,17 +395,18 @@ def cross_validate(estimator: FastVLAD, X: Sequence[ImageSource], y: np.ndarray,
             raise ParameterError(f"{name} has {len(column)} values for {len(X)} images; give one per image")
     if refit not in REFITS:
         raise ParameterError(f"refit={refit!r} is unknown; use one of {REFITS}")
+    check_folds(n_splits, split, split_name)
     if refit == "all":
         if codes is not None:
             raise ParameterError("codes= is the shared encoding of refit='head'; refit='all' encodes every fold itself")
         return cross_validate_whole(est, X, y, groups, n_splits, split, split_name)
     cs = codes if codes is not None else encode_images(est, X)
     y_ok = np.asarray(y).astype(str)[cs.indices]
+    classes = datasets.classes_left(np.asarray(y), y_ok)  # as fit, refuse to score one class
     g_ok = np.asarray(groups).astype(str)[cs.indices] if groups is not None else None
     s_ok = np.asarray(split).astype(str)[cs.indices] if split is not None else None
-    fold = folds(y_ok, g_ok, n_splits, est.random_state, s_ok)
+    fold = folds(y_ok, g_ok, n_splits, checks.seed(est), s_ok, split_name)
     n_folds = int(fold.max()) + 1
-    classes = sorted(set(y_ok.tolist()))
     pred = np.empty(len(y_ok), dtype=object)
     proba = np.zeros((len(y_ok), len(classes)), dtype=np.float32)
     accs: list[float] = []
@@ -449,7 +462,7 @@ def cross_validate_whole(est: FastVLAD, X: list[ImageSource], y: np.ndarray, gro
     y_all = np.asarray(y).astype(str)
     g_all = np.asarray(groups).astype(str) if groups is not None else None
     s_all = np.asarray(split).astype(str) if split is not None else None
-    fold = folds(y_all, g_all, n_splits, est.random_state, s_all)
+    fold = folds(y_all, g_all, n_splits, checks.seed(est), s_all, split_name)
     n_folds = int(fold.max()) + 1
     classes = sorted(set(y_all.tolist()))
     proba = np.full((len(X), len(classes)), np.nan, dtype=np.float32)
@@ -479,6 +492,7 @@ def cross_validate_whole(est: FastVLAD, X: list[ImageSource], y: np.ndarray, gro
     if not len(indices):
         raise InvalidDatasetError(f"none of the {len(X)} images could be read (e.g. {skipped[0][1]})")
     y_ok, fold_ok = y_all[indices], fold[indices]
+    datasets.classes_left(y_all, y_ok)  # as fit, refuse to score one class
     pred = np.asarray(classes)[proba[indices].argmax(axis=1)]
     accs = [float((pred[fold_ok == f] == y_ok[fold_ok == f]).mean()) if (fold_ok == f).any() else float("nan")
             for f in range(n_folds)]

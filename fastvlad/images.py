@@ -458,8 +458,8 @@ class Preprocess:
         label = name if name is not None else source_name(source)
         try:
             values = self.gray_levels(source, label)  # gray stays one channel until resized: 3× less work
-            self._check_native(values, label)
-            return caffe(_three_channels(resize(values, self.target(values.shape[:2]), self.resample)))
+            size = self.input_size(values.shape[:2], label)
+            return caffe(_three_channels(resize(values, size, self.resample)))
         except FastVLADError:
             raise
         except MemoryError:
@@ -481,10 +481,21 @@ class Preprocess:
         """The image as float32 0..255 ``(H, W[, C])``, transformed (a ``Transformed`` source) and normalised."""
         return intensity.normalize(_raw_levels(source, label), self.normalize)
 
-    def _check_native(self, rgb: np.ndarray, label: object) -> None:
-        if self.size is not None:
-            return
-        h, w = rgb.shape[:2]
+    def input_size(self, hw: tuple[int, ...], label: object) -> tuple[int, int] | None:
+        """``target(hw)``, checked against the network input limit: ``ImageReadError`` naming ``label``
+        when the image is too small at native size, or its input too large."""
+        size = self.target(hw)
+        if size is None:
+            self._check_native(hw, label)
+        elif size[0] * size[1] > config.MAX_INPUT_PIXELS:  # only with keep_aspect: a fixed size is checked at init
+            raise ImageReadError(label, f"its aspect ratio gives an input of {size[0]}×{size[1]} pixels (height × "
+                                 f"width), over the network input limit of {config.MAX_INPUT_PIXELS} (the image is "
+                                 f"{hw[0]}×{hw[1]})", "crop it or use aspect='squash' (CLI: --aspect squash), or "
+                                 "raise fastvlad.config.MAX_INPUT_PIXELS")
+        return size
+
+    def _check_native(self, hw: tuple[int, ...], label: object) -> None:
+        h, w = hw[:2]
         if min(h, w) < MIN_SIDE:
             raise ImageReadError(label, f"{w}×{h} pixels is smaller than the {MIN_SIDE}×{MIN_SIDE} the network "
                                  "needs at native size", "set image_size (e.g. 224) to resize it")

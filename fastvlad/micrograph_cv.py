@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import tiling
+from . import datasets, tiling
 from .evaluate import CVResult, cross_validate
 from .images import ImageSource
 
@@ -45,6 +45,7 @@ def cross_validate_tiles(estimator: Any, X: Sequence[ImageSource], y: np.ndarray
     if plan is None:
         plan = tiling.Plan(list(X), np.arange(len(X)), len(X))
     y = np.asarray(y)
+    datasets.classes_left(y, y[plan.owner])  # micrographs dropped while planning never reach cross_validate
     by = np.asarray(groups) if groups is not None else np.arange(len(X)).astype(str)
     res = cross_validate(estimator, plan.sources, y[plan.owner], by[plan.owner], n_splits)
     res.skipped = plan.failures() + res.skipped

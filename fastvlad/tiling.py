@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from . import checks, images, microscopy
+from . import checks, config, images, microscopy
 from .errors import ImageReadError
 from .model_file import hash_file_into
 
@@ -47,6 +47,11 @@ BAR_MIN_SHARE = 0.02
 BAR_MAX_SHARE = 0.4
 #: Non-bar rows tolerated inside a bar (anti-aliased logos, a thin grey frame).
 BAR_GAP = 3
+#: Tiles one micrograph may give. Generous: the largest image allowed (``config.MAX_IMAGE_PIXELS``,
+#: a 16384² montage) cut into 224² tiles every 112 pixels gives 146² = 21,316. Far more is a mistake
+#: (a 16² tile every pixel of a 306×448 image: 126,003 tiles), and the encoder would hold codes for
+#: them all (6 GB for those).
+MAX_TILES = 25_000
 
 
 @dataclass(frozen=True)
@@ -224,13 +229,30 @@ def prepare(m: Micrograph, settings: Settings) -> Prepared:
             log.debug("%s: no pixel size; used at its stored size (missing_scale='ignore')", m.name)
         else:
             factor = pixel_size / settings.scale_nm_per_px
-            h, w = values.shape[:2]
-            size = (max(1, round(h * factor)), max(1, round(w * factor)))
-            values = images.resize(values, size, settings.resample)
+            values = images.resize(values, _resampled_size(m.name, values.shape[:2], pixel_size,
+                                                           settings.scale_nm_per_px), settings.resample)
     if min(values.shape[:2]) < images.MIN_SIDE:
         raise ImageReadError(m.name, f"only {values.shape[1]}×{values.shape[0]} pixels are left after cropping "
                              f"{crop} rows and resampling by {factor:.3g}", "lower crop_bottom or scale_nm_per_px")
     return Prepared(np.ascontiguousarray(values, dtype=np.float32), factor, crop, pixel_size)
+
+
+def _resampled_size(name: str, hw: tuple[int, ...], pixel_size: float, scale: float) -> tuple[int, int]:
+    """(height, width) of an ``hw`` image of ``pixel_size`` nm pixels resampled to ``scale`` nm per
+    pixel; ``ImageReadError`` naming ``name`` when that is over ``config.MAX_IMAGE_PIXELS``."""
+    factor = pixel_size / scale
+    h, w = hw[0] * factor, hw[1] * factor  # floats: rounding a huge or infinite side would overflow
+    if not h * w <= config.MAX_IMAGE_PIXELS:  # `not <=`: also an infinite factor (a subnormal scale)
+        raise ImageReadError(name, f"resampling its {pixel_size:g} nm pixels to {scale:g} nm per pixel "
+                             f"(×{factor:.4g}) would make it {_count(h)}×{_count(w)} pixels (height × width), over the "
+                             f"limit of {config.MAX_IMAGE_PIXELS:,}", "check its pixel size (pixel_size_nm or its "
+                             "metadata), raise scale_nm_per_px (CLI: --scale), or raise fastvlad.config.MAX_IMAGE_PIXELS")
+    return max(1, round(h)), max(1, round(w))
+
+
+def _count(n: float) -> str:
+    """A number of pixels for a message: 20,000, or 2e+13 where digits would not help."""
+    return f"{n:,.0f}" if n < 1e9 else f"{n:.3g}"
 
 
 def _crop_rows(values: np.ndarray, crop: int | str | None, m: Micrograph) -> int:
@@ -338,6 +360,28 @@ def boxes(height: int, width: int, tile: tuple[int, int],
     return [(top, left, th, tw) for top in _starts(height, th, sh) for left in _starts(width, tw, sw)]
 
 
+def tile_count(height: int, width: int, tile: tuple[int, int], stride: tuple[int, int] | None = None) -> int:
+    """``len(boxes(height, width, tile, stride))``, without making them."""
+    th, tw = min(tile[0], height), min(tile[1], width)
+    sh, sw = stride or tile
+    return (-(-(height - th) // sh) + 1) * (-(-(width - tw) // sw) + 1)
+
+
+def _tiles_of(m: Micrograph, p: Prepared, settings: Settings) -> list[tuple[int, int, int, int] | None]:
+    """The boxes of ``m``'s tiles (``[None]``: untiled, the whole micrograph); ``ImageReadError``
+    naming it when it would give more than ``MAX_TILES``."""
+    if settings.tile is None:
+        return [None]
+    h, w = p.values.shape[:2]
+    n = tile_count(h, w, settings.tile, settings.stride)
+    if n > MAX_TILES:
+        (th, tw), (sh, sw) = settings.tile, settings.stride or settings.tile
+        raise ImageReadError(m.name, f"tiles of {th}×{tw} every {sh}×{sw} pixels would be {n:,} tiles of its {h}×{w} "
+                             f"pixels (height × width), over the limit of {MAX_TILES:,} per micrograph",
+                             "use a larger tile or tile_stride (CLI: --tile, --tile-stride)")
+    return list(boxes(h, w, settings.tile, settings.stride))
+
+
 def _starts(n: int, t: int, s: int) -> list[int]:
     starts = list(range(0, n - t + 1, s))
     if starts[-1] + t < n:
@@ -401,13 +445,12 @@ def plan(X: Sequence[images.ImageSource], settings: Settings, skip_errors: bool 
         m = src if isinstance(src, Micrograph) else Micrograph(src, label=images.source_name(src, i))  # type: ignore[arg-type]
         try:
             p = prepared(m, settings)
+            cut = _tiles_of(m, p, settings)
         except ImageReadError as exc:
             if not skip_errors:
                 raise
             failed.append((i, exc))
             continue
-        h, w = p.values.shape[:2]
-        cut = boxes(h, w, settings.tile, settings.stride) if settings.tile is not None else [None]
         for j, box in enumerate(cut):
             sources.append(Tile(m, settings, box, j, p.factor))
             owner.append(i)

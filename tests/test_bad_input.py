@@ -616,3 +616,23 @@ def test_the_data_hash_takes_names_that_are_not_utf8(tmp_path: Path) -> None:
 
     missing = os.fsdecode(os.fsencode(tmp_path) + b"/bad\xff.png")
     assert model_file.data_sha256([missing], ["x"]) != model_file.data_sha256([missing + "2"], ["x"])
+
+
+def test_fit_names_a_class_whose_images_were_all_skipped(vgg16_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With on_error="skip" a class can vanish with its images: the model then knows one class fewer
+    than the user gave, and says which."""
+    import logging
+
+    from fastvlad.estimator import FastVLAD
+
+    from .conftest import small_model_params
+
+    images, labels = tiny_model.demo_images()
+    X: list[object] = list(images[:18])
+    y = np.asarray(labels[:18]).copy()
+    gone = y[0]
+    X = [f"/nonexistent/{i}.png" if c == gone else x for i, (x, c) in enumerate(zip(X, y))]
+    with caplog.at_level(logging.WARNING, logger="fastvlad"):
+        model = FastVLAD(**small_model_params(on_error="skip")).fit(X, y)
+    assert gone not in model.classes_
+    assert f"every image of class(es) '{gone}'" in caplog.text

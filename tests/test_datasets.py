@@ -271,3 +271,33 @@ def test_missing_csv_files_are_skipped_and_reported(vgg16_path: Path, two_classe
 def test_bad_on_error_value(two_classes: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["train", str(two_classes), "-o", str(tmp_path / "m.fvl"), "--on-error", "ignore"])
     assert isinstance(res.exception, ParameterError) and "--on-error='ignore' is unknown" in str(res.exception)
+
+
+def test_manifest_errors_name_the_csv_not_its_folder(two_classes: Path) -> None:
+    """A dataset error from a CSV names the CSV: the folder may hold several manifests."""
+    for text, call, match in (("path,label\na/0.png,a\na/1.png,a\n", datasets.load, "found only class"),
+                              ("path,label\na/0.png,a\nb/0.png,\n", datasets.load, "empty label"),
+                              ("path,label\na/0.png,a\nb/0.png,b\n",
+                               lambda p: datasets.load(p).column("series"), "no column 'series'"),
+                              ("path,label,series\na/0.png,a,s1\nb/0.png,b,\n",
+                               lambda p: datasets.load(p).column("series"), "no value in column 'series'")):
+        csv_path = manifest(two_classes, text, "train.csv")
+        with pytest.raises(InvalidDatasetError, match=match) as err:
+            call(csv_path)
+        assert str(err.value).startswith(f"{csv_path}: "), str(err.value)
+    with pytest.raises(InvalidDatasetError) as err:  # a folder's own errors still name the folder
+        datasets.load(two_classes).column("series")
+    assert str(err.value).startswith(f"{two_classes}: ")
+
+
+@pytest.mark.parametrize("header", ["path,label,Label", "Path,label,PATH", "path,label,group,GROUP"])
+def test_csv_columns_repeated_in_another_case_are_refused(two_classes: Path, header: str) -> None:
+    """Column names are case-insensitive, so 'label' and 'Label' are one name twice: which one is
+    meant cannot be told (the first used to win silently)."""
+    names = header.split(",")
+    rows = "".join(",".join([f"{cls}/0.png", cls] + ["x"] * (len(names) - 2)) + "\n" for cls in "ab")
+    csv_path = manifest(two_classes, f"{header}\n{rows}", "m.csv")
+    dup, last = next(n for n in names if n.lower() == names[-1].lower()), names[-1]
+    with pytest.raises(InvalidDatasetError, match=rf"m\.csv: the header names one column twice \('{dup}' and "
+                       rf"'{last}'; column names are case-insensitive\)"):
+        datasets.load(csv_path)

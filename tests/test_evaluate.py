@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from sklearn.metrics import accuracy_score
 from typer.testing import CliRunner
 
@@ -32,6 +34,7 @@ from fastvlad.evaluate import (
     changed_clusters,
     changed_groups_text,
     changed_shares,
+    check_folds,
     confounds,
     cross_validate,
     effective_samples,
@@ -559,3 +562,66 @@ def test_leave_one_series_out_on_nanofiber(nanofiber: Path, vgg16_path: Path, tm
     assert all(0.0 <= f["accuracy"] <= 1.0 for f in nums["folds"])
     assert nums["accuracy_mean"] == pytest.approx(np.mean([f["accuracy"] for f in nums["folds"]]))
     assert nums["warnings"] == []  # every class of this set comes from two series or more
+
+
+# -- classes left after skipping, fold counts, a split of one value ------------------------------
+def _demo_images(label: str, n: int) -> list[np.ndarray]:
+    return [demo.make_image(label, (64, 64), np.random.default_rng([7, i])) for i in range(n)]
+
+
+def test_cross_validation_refuses_a_single_readable_class(vgg16_path: Path, tmp_path: Path) -> None:
+    """on_error="skip" and every image of all classes but one unreadable: scoring one class would
+    read 1.000; fit refuses it, and so does cross-validation, naming the class left and those lost."""
+    gone = [str(tmp_path / f"gone{i}.png") for i in range(3)]
+    X = [*_demo_images("CNT-fiber", 4), *gone]
+    y = np.array(["CNT-fiber"] * 4 + ["CNT-Matrix"] * 3)
+    with pytest.raises(InvalidDatasetError, match=r"only class 'CNT-fiber' is left.*every image of class\(es\) "
+                       r"'CNT-Matrix' \(3\) was skipped.*needs at least two"):
+        cross_validate(FastVLAD(**small_model_params(on_error="skip")), X, y, n_splits=2)
+
+
+def test_a_class_whose_images_were_all_skipped_is_named(vgg16_path: Path, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    X = [*_demo_images("CNT-fiber", 4), *_demo_images("CNT-Matrix", 4), str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    y = np.array(["CNT-fiber"] * 4 + ["CNT-Matrix"] * 4 + ["CNT-Cluster"] * 2)
+    with caplog.at_level(logging.WARNING, logger="fastvlad"):
+        res = cross_validate(FastVLAD(**small_model_params(on_error="skip")), X, y, n_splits=2)
+    assert res.classes == ["CNT-Matrix", "CNT-fiber"] and len(res.skipped) == 2
+    assert "every image of class(es) 'CNT-Cluster' (2) was skipped" in caplog.text
+
+
+def test_cli_evaluate_with_one_readable_class_fails(vgg16_path: Path, tmp_path: Path) -> None:
+    for i in range(4):
+        (tmp_path / "a").mkdir(exist_ok=True)
+        Image.fromarray(demo.make_image("CNT-fiber", (64, 64), np.random.default_rng([0, i]))).save(tmp_path / "a" / f"{i}.png")
+    (tmp_path / "b").mkdir()
+    for i in range(2):
+        (tmp_path / "b" / f"{i}.png").write_bytes(b"")  # unreadable
+    out = CliRunner().invoke(app, ["-q", "evaluate", str(tmp_path), "--folds", "2", "--on-error", "skip", *SMALL,
+                                   "--zoom", "none", "--tta", "0", "--device", "cpu"])
+    assert out.exit_code != 0 and isinstance(out.exception, InvalidDatasetError), out.output
+    assert "only class 'a' is left" in str(out.exception)
+
+
+@pytest.mark.parametrize("n_splits", [0, 1, -3])
+def test_fewer_than_two_folds_is_a_parameter_error(n_splits: int, tmp_path: Path) -> None:
+    y = np.array(["a", "b"] * 10)
+    with pytest.raises(ParameterError, match=rf"n_splits={n_splits}: must be an integer ≥ 2.*--folds"):
+        folds(y, None, n_splits, 0)
+    X = [str(tmp_path / f"{i}.png") for i in range(20)]  # never read: refused before any image
+    with pytest.raises(ParameterError, match=rf"n_splits={n_splits}: must be an integer ≥ 2"):
+        cross_validate(FastVLAD(**small_model_params()), X, y, n_splits=n_splits)
+
+
+def test_a_split_of_one_value_shows_the_value_and_the_column(tmp_path: Path) -> None:
+    y = np.array(["a", "b"] * 10)
+    X = [str(tmp_path / f"{i}.png") for i in range(20)]  # never read: refused before any image
+    with pytest.raises(InvalidDatasetError, match=r"every image has the same series value 'only'; split by a "
+                       r"column with at least two values") as err:
+        cross_validate(FastVLAD(**small_model_params()), X, y, split=np.full(20, "only"), split_name="series")
+    assert "np.str_" not in str(err.value)
+    with pytest.raises(InvalidDatasetError, match="same split value 'only'"):
+        folds(y, None, 3, 0, np.full(20, "only"))
+    with pytest.raises(InvalidDatasetError, match=r"^m\.csv: cannot leave one group out: every image has the same "
+                       "series value 'only'"):  # what the CLI can say, naming its manifest
+        check_folds(5, np.full(20, "only"), "series", "m.csv")

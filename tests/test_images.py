@@ -247,3 +247,17 @@ def test_native_batches_cut_where_the_shape_changes() -> None:
     batches = list(iter_batches(sources, Preprocess(None), batch_size=8))
     assert [b.indices for b in batches] == [[0, 1], [2], [3]]
     assert [b.pixels.shape[2:] for b in batches] == [(20, 30), (20, 20), (20, 30)]
+
+
+def test_keep_aspect_input_over_the_limit_names_the_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A very wide image: its short side scaled to image_size makes the long side huge (a 1×20000
+    PNG became a 64×1,280,000 input and an OOM kill); the input size is checked like the native one."""
+    monkeypatch.setattr(config, "MAX_INPUT_PIXELS", 5000)
+    wide = np.zeros((10, 1000), np.uint8)
+    prep = Preprocess((16, 16), keep_aspect=True)
+    with pytest.raises(ImageReadError, match=r"wide\.png: its aspect ratio gives an input of 16×1600 pixels \(height × "
+                       r"width\), over the network input limit of 5000.*crop it or use aspect='squash'"):
+        prep(wide, name="wide.png")
+    assert prep(np.zeros((40, 60), np.uint8)).shape == (3, 16, 24)  # a usual aspect is fine
+    batches = list(iter_batches([RGB, wide, RGB], prep, batch_size=8, skip_errors=True))  # skipped, not fatal
+    assert [b.indices for b in batches] == [[0, 2]] and [i for i, _ in batches[0].failed] == [1]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fastvlad import model_file, tiling
+from fastvlad import config, model_file, tiling
 from fastvlad.cli import app
 from fastvlad.errors import ImageReadError, ParameterError
 from fastvlad.estimator import load
@@ -274,3 +274,36 @@ def test_data_bar_from_fei_metadata(tmp_path: Path) -> None:
 def test_explain_says_it_does_not_follow_tiles_yet(tiled_model: tuple[Path, str], sem_data: Path) -> None:
     res = CliRunner().invoke(app, ["-q", "explain", str(tiled_model[0]), str(sem_data / "m1.tif")])
     assert isinstance(res.exception, ParameterError) and "napari_plugin.classify" in str(res.exception)
+
+
+# -- size limits -----------------------------------------------------------------------------------
+def test_resampling_beyond_the_image_limit_names_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--scale / pixel_size_nm: the resampled size is checked before resizing (it was an OverflowError
+    for --scale 1e-9, an out-of-memory for a 2000 nm pixel at --scale 2)."""
+    image = np.zeros((20, 30), np.uint8)
+    with pytest.raises(ImageReadError, match=r"big\.tif: resampling its 1000 nm pixels to 1e-09 nm per pixel "
+                       r"\(×1e\+12\) would make it 2e\+13×3e\+13 pixels \(height × width\), over the limit"):
+        tiling.prepare(tiling.Micrograph(image, 1000.0, "big.tif"), tiling.Settings(scale_nm_per_px=1e-9))
+    monkeypatch.setattr(config, "MAX_IMAGE_PIXELS", 10_000)
+    with pytest.raises(ImageReadError, match=r"m\.png: resampling its 10 nm pixels to 1 nm per pixel \(×10\) "
+                       r"would make it 200×300 pixels \(height × width\), over the limit of 10,000"):
+        tiling.prepare(tiling.Micrograph(image, 10.0, "m.png"), tiling.Settings(scale_nm_per_px=1.0))
+    assert tiling.prepare(tiling.Micrograph(image, 6.0), tiling.Settings(scale_nm_per_px=2.0)).values.shape == (60, 90)
+
+
+def test_tiles_per_micrograph_are_capped() -> None:
+    """tile=(16, 16), tile_stride=(1, 1) cut ~126,000 tiles from a 306×448 micrograph and the encoder
+    then ran out of memory; the plan refuses it, naming the image, the count and the fix."""
+    image = np.zeros((306, 448), np.uint8)
+    settings = tiling.Settings(tile=(16, 16), stride=(1, 1))
+    with pytest.raises(ImageReadError, match=r"dense\.png: tiles of 16×16 every 1×1 pixels would be 126,003 tiles "
+                       r"of its 306×448 pixels \(height × width\), over the limit of [\d,]+ per micrograph\. use "
+                       r"a larger tile or tile_stride"):
+        tiling.plan([tiling.Micrograph(image, label="dense.png")], settings)
+    plan = tiling.plan([tiling.Micrograph(image, label="dense.png"), np.zeros((64, 64), np.uint8)], settings,
+                       skip_errors=True)  # skipped like an unreadable micrograph
+    assert [i for i, _ in plan.failed] == [0] and len(plan.sources) == 49 ** 2
+    assert tiling.tile_count(16384, 16384, (224, 224), (112, 112)) <= tiling.MAX_TILES  # a full-size montage
+    for h, w, tile, stride in [(100, 250, (40, 100), None), (100, 250, (30, 70), (45, 90)), (20, 30, (64, 64), None),
+                               (306, 448, (16, 16), (3, 7)), (128, 128, (64, 64), (64, 64))]:
+        assert tiling.tile_count(h, w, tile, stride) == len(tiling.boxes(h, w, tile, stride))

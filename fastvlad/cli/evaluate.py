@@ -84,7 +84,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
     """Cross-validate (grouped by the 'group' column when present, the tiles of one micrograph always
     together, or leaving one value of --split out at a time): accuracy (per held-out group), per-class
     P/R, confusion, and with --shift the shift check."""
-    from ..evaluate import cross_validate, shift_check
+    from ..evaluate import check_folds, cross_validate, shift_check
 
     if shift_images < 0:
         raise ParameterError(f"--shift-images {shift_images}: give a number of images, or 0 for all")
@@ -92,6 +92,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
     ds = load(data, on_error)
     outputs.refuse_inputs(written, outputs.dataset_files(data, ds.paths))
     split_values = ds.column(split) if split is not None else None
+    check_folds(folds, split_values, split.strip().lower() if split is not None else "split", ds.origin)
     est = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
                     normalize=normalize, points=points, softness=softness, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha,
                     zoom_jitter=zoom_jitter, tta=tta, tta_zoom=tta_zoom,
