@@ -19,8 +19,10 @@ classifier of the fold that held it out, and reports the share of predictions th
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +41,8 @@ from .encoder import Encoder, Timings, View, training_copies
 from .errors import InvalidDatasetError, ParameterError
 from .estimator import FastVLAD
 from .images import ImageSource, Transformed
+
+log = logging.getLogger("fastvlad")
 
 #: Images re-predicted under each change by the shift check unless told otherwise.
 SHIFT_IMAGES = 200
@@ -308,13 +312,20 @@ def folds(y: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int,
         return np.unique(np.asarray(split), return_inverse=True)[1].astype(np.int64)
     n_splits_ok = min(n_splits, len(np.unique(groups)) if groups is not None else np.bincount(
         np.unique(y, return_inverse=True)[1]).min())
+    what = "groups" if groups is not None else "images in the smallest class"
     if n_splits_ok < 2:
-        raise InvalidDatasetError(f"cannot make {n_splits} folds: too few {'groups' if groups is not None else 'images per class'}")
+        raise InvalidDatasetError(f"cannot make {n_splits} folds: too few {what}")
+    if n_splits_ok < n_splits:
+        log.warning("fastvlad: %d folds instead of %d: there are only %d %s", n_splits_ok, n_splits, n_splits_ok, what)
     splitter = (StratifiedGroupKFold(n_splits_ok, shuffle=True, random_state=seed) if groups is not None
                 else StratifiedKFold(n_splits_ok, shuffle=True, random_state=seed))
     fold = np.empty(len(y), dtype=np.int64)
-    for i, (_, test) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
-        fold[test] = i
+    with warnings.catch_warnings(record=True) as said:  # scikit-learn's notes, told as fastvlad's own
+        warnings.simplefilter("always")
+        for i, (_, test) in enumerate(splitter.split(np.zeros(len(y)), y, groups)):
+            fold[test] = i
+    for note in dict.fromkeys(str(w.message) for w in said):
+        log.warning("fastvlad: %s", note)
     return fold
 
 

@@ -625,3 +625,26 @@ def test_a_split_of_one_value_shows_the_value_and_the_column(tmp_path: Path) -> 
     with pytest.raises(InvalidDatasetError, match=r"^m\.csv: cannot leave one group out: every image has the same "
                        "series value 'only'"):  # what the CLI can say, naming its manifest
         check_folds(5, np.full(20, "only"), "series", "m.csv")
+
+
+def test_folds_say_when_there_are_fewer_than_asked_and_tell_sklearns_notes(caplog: pytest.LogCaptureFixture) -> None:
+    """Six groups give six folds, not the 100 asked for, and the user is told; scikit-learn's note on
+    a class smaller than the folds comes as fastvlad's warning, not as a raw UserWarning with its
+    source line."""
+    import logging
+    import warnings
+
+    from fastvlad.evaluate import folds
+
+    y = np.array(["a"] * 6 + ["b"] * 6)
+    groups = np.repeat(np.arange(6), 2).astype(str)
+    with caplog.at_level(logging.WARNING, logger="fastvlad"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # a raw warning fails the test
+        fold = folds(y, groups, 100, 0)
+    assert fold.max() + 1 == 6 and "6 folds instead of 100: there are only 6 groups" in caplog.text
+    caplog.clear()
+    y_small = np.array(["a"] * 9 + ["b"])  # one image of b: fewer than the 3 folds
+    with caplog.at_level(logging.WARNING, logger="fastvlad"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        folds(y_small, np.arange(10).astype(str), 3, 0)
+    assert "fastvlad: The least populated class in y has only 1 members" in caplog.text
