@@ -449,12 +449,17 @@ class Encoder:
 
             def work(part: slice) -> None:
                 taps, points = self.taps(batch.pixels[part], batch.points[part], timings)  # type: ignore[index]  # noqa: B023
-                c, labels = self.codes(taps, points, batch.grid, centres, proj, workspace, timings)  # noqa: B023
-                codes[part] = self.backend.to_numpy(c)  # noqa: B023 - run() calls it before the loop moves on
+                # Pixels are finite and 0..255 by now, and a CNN's activations far from float32's limits:
+                # only the model's own arrays can overflow it (into NaN codes, or zero ones once a norm is ∞).
+                try:
+                    with np.errstate(over="raise"):
+                        c, labels = self.codes(taps, points, batch.grid, centres, proj, workspace, timings)  # noqa: B023
+                except FloatingPointError:
+                    c = None
+                codes[part] = self.backend.to_numpy(c) if c is not None else np.nan  # noqa: B023
                 if not np.isfinite(codes[part]).all():  # noqa: B023
-                    # Pixels are finite and 0..255 by now: only the model's arrays can overflow float32.
-                    raise ModelFormatError("the model gives VLAD codes that are not finite (its codebook or "
-                                           "projection overflow float32); the model is damaged or edited")
+                    raise ModelFormatError("the model's codebook or projection overflow float32 when encoding (its "
+                                           "VLAD codes would not be finite); the model is damaged or edited")
                 if kept.labels is not None:  # noqa: B023
                     labels = labels.reshape(points.shape[:2])
                     hc = self.hypercolumns(taps, points, batch.grid, workspace, timings, proj)  # noqa: B023

@@ -378,7 +378,8 @@ def _tiles_of(m: Micrograph, p: Prepared, settings: Settings) -> list[tuple[int,
         (th, tw), (sh, sw) = settings.tile, settings.stride or settings.tile
         raise ImageReadError(m.name, f"tiles of {th}×{tw} every {sh}×{sw} pixels would be {n:,} tiles of its {h}×{w} "
                              f"pixels (height × width), over the limit of {MAX_TILES:,} per micrograph",
-                             "use a larger tile or tile_stride (CLI: --tile, --tile-stride)")
+                             "use a larger tile or tile_stride (CLI: --tile, --tile-stride); a saved model "
+                             "cuts the tiles it was trained with, so retrain it, or its file was edited")
     return list(boxes(h, w, settings.tile, settings.stride))
 
 

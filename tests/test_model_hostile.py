@@ -416,5 +416,19 @@ def test_codes_that_overflow_are_a_model_error_not_unreadable_images() -> None:
     images, _ = tiny_model.demo_images()
     model = tiny_model.fitted_copy()
     model.codebook_ = np.full_like(model.codebook_, 3e37)
-    with pytest.raises(ModelFormatError, match="VLAD codes that are not finite"):
+    with pytest.raises(ModelFormatError, match="overflow float32 when encoding"):
         model.predict(list(images[:2]))
+
+
+def test_a_projection_that_overflows_the_normalisation_is_a_model_error() -> None:
+    """A projection of 9e14 (under the load bound of 1e15) made finite residual sums whose squares
+    overflow: an infinite norm gave all-zero codes, the same answer for every image, with exit 0."""
+    from dataclasses import replace
+
+    images, _ = tiny_model.demo_images()
+    model = tiny_model.fitted_copy()
+    model.projection_ = replace(model.projection_, weight=np.full_like(model.projection_.weight, 9e14))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no raw RuntimeWarning on the way
+        with pytest.raises(ModelFormatError, match="overflow float32 when encoding"):
+            model.predict(list(images[:2]))
