@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
+import shutil
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -113,3 +116,51 @@ def _alive(pid: int) -> bool:
     except OSError:  # EPERM: exists, owned by someone else
         return True
     return True
+
+
+# -- folders ---------------------------------------------------------------------------------------
+def staging_folder(folder: str | os.PathLike[str]) -> Path:
+    """A new hidden folder on ``folder``'s file system (inside it when it exists, else beside it,
+    made if missing), so that moving its files into ``folder`` is a rename. ``WriteError`` when it
+    cannot be made."""
+    folder = Path(folder)
+    where = folder if folder.is_dir() else folder.parent
+    # not tempfile.mkdtemp: its 0700 would become a new folder's and lock others out of it
+    staging = where / f".{folder.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+        return staging
+    except OSError as exc:
+        raise WriteError(f"cannot write into {folder}: {exc.strerror or exc}; check that its folder is "
+                         "writable, or choose another one") from None
+
+
+def publish_folder(staging: Path, folder: str | os.PathLike[str], last: str | None = None) -> None:
+    """Move the files of ``staging`` into ``folder``: one rename for a new folder; into an existing
+    one file by file, the one named ``last`` last (the other files there are kept)."""
+    folder = Path(folder)
+    try:
+        if not folder.exists():
+            os.rename(staging, folder)
+            return
+        moved = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == last)
+        for src in moved:
+            dst = folder / src.relative_to(staging)
+            dst.parent.mkdir(exist_ok=True)
+            os.replace(src, dst)
+    except OSError as exc:
+        raise WriteError(f"cannot move the files into {folder}: {exc.strerror or exc}") from None
+
+
+@contextmanager
+def folder_atomic(folder: str | os.PathLike[str], last: str | None = None) -> Iterator[Path]:
+    """Write a folder's files into the staging folder this yields; they are moved into ``folder``
+    (``publish_folder``) only when the block ends without an error, so a failure leaves ``folder``
+    as it was. The staging folder is always removed."""
+    staging = staging_folder(folder)
+    try:
+        yield staging
+        publish_folder(staging, folder, last)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

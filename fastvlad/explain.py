@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import checks, progress
-from ._files import write_bytes_atomic
+from ._files import folder_atomic, write_bytes_atomic
 from .classifier import LinearHead
 from .encoder import EncodedBatch, Encoder
 from .errors import NotFittedError, ParameterError
@@ -210,21 +210,25 @@ def rank_codewords(model: Any, sources: Sequence[ImageSource], n_patches: int = 
 
 def write_ranking(ranking: CodewordRanking, folder: str | Path, top: int = 5) -> list[Path]:
     """``codewords.json`` and one ``codewords_<n>_<class>.png`` grid per class into ``folder``
-    (``ranking_paths`` lists them)."""
+    (``ranking_paths`` lists them), all or none: they are made in a hidden folder and moved in,
+    ``codewords.json`` last."""
     from . import plots
 
     top = checks.integer("top", top, 1)
     folder = Path(folder)
     json_path, *grid_paths = ranking_paths(folder, ranking.classes)
-    written = [write_bytes_atomic(json_path, json.dumps(ranking.to_dict(top), indent=2).encode())]
-    for i, cls in enumerate(ranking.classes):
-        rows = ranking.top(cls, top)
-        if not len(rows):
-            log.info("%s: no codeword contributes to this class; no patch grid written", cls)
-            continue
-        labels = [f"#{j}  mean |c| {ranking.mean_abs[i, j]:.3g}  mean {ranking.mean[i, j]:+.3g}" for j in rows]
-        written.append(plots.patch_grid_png(ranking.patches[rows], ranking.patch_dist[rows] < np.inf, labels,
-                                            f"{cls}: codewords that matter most", grid_paths[i]))
+    written = [json_path]
+    with folder_atomic(folder, last=json_path.name) as staging:
+        write_bytes_atomic(staging / json_path.name, json.dumps(ranking.to_dict(top), indent=2).encode())
+        for i, cls in enumerate(ranking.classes):
+            rows = ranking.top(cls, top)
+            if not len(rows):
+                log.info("%s: no codeword contributes to this class; no patch grid written", cls)
+                continue
+            labels = [f"#{j}  mean |c| {ranking.mean_abs[i, j]:.3g}  mean {ranking.mean[i, j]:+.3g}" for j in rows]
+            plots.patch_grid_png(ranking.patches[rows], ranking.patch_dist[rows] < np.inf, labels,
+                                 f"{cls}: codewords that matter most", staging / grid_paths[i].name)
+            written.append(grid_paths[i])
     return written
 
 

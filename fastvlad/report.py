@@ -20,9 +20,6 @@ import html
 import io
 import json
 import logging
-import os
-import secrets
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import plots
-from ._files import write_bytes_atomic
+from ._files import folder_atomic, staging_folder, write_bytes_atomic
 from .datasets import Dataset
 from .errors import FastVLADError, WriteError
 from .evaluate import (
@@ -188,7 +185,7 @@ def check_folder(folder: str | Path) -> None:
     if (folder / "examples").exists() and not (folder / "examples").is_dir():
         raise WriteError(f"{folder / 'examples'} is a file; the report writes its thumbnails into a folder "
                          "there: move it or choose another report folder")
-    _staging(folder).rmdir()  # where the report is built: fails now if it cannot be made
+    staging_folder(folder).rmdir()  # where the report is built: fails now if it cannot be made
 
 
 def files(folder: str | Path) -> list[Path]:
@@ -207,44 +204,9 @@ def write_report(folder: str | Path, res: CVResult, est: Any, ds: Dataset) -> Pa
     ``folder`` as it was (no new folder, an old report untouched)."""
     folder = Path(folder)
     check_folder(folder)
-    staging = _staging(folder)
-    try:
+    with folder_atomic(folder, last="index.html") as staging:
         _write_files(staging, res, est, ds)
-        _publish(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder / "index.html"
-
-
-def _staging(folder: Path) -> Path:
-    """A new hidden folder on ``folder``'s file system (inside it when it exists, else beside it),
-    so that moving the report in is a rename. ``WriteError`` when it cannot be made."""
-    where = folder if folder.is_dir() else folder.parent
-    # not tempfile.mkdtemp: its 0700 would become the report folder's and lock others out of it
-    staging = where / f".{folder.name}.report.{os.getpid()}.{secrets.token_hex(4)}.part"
-    try:
-        where.mkdir(parents=True, exist_ok=True)
-        staging.mkdir()
-        return staging
-    except OSError as exc:
-        raise WriteError(f"cannot write the report into {folder}: {exc.strerror or exc}; check that "
-                         "its folder is writable, or choose another one") from None
-
-
-def _publish(staging: Path, folder: Path) -> None:
-    """Move the finished report from ``staging`` into ``folder``: one rename for a new folder;
-    into an existing one file by file, ``index.html`` last (the other files there are kept)."""
-    try:
-        if not folder.exists():
-            os.rename(staging, folder)
-            return
-        moved = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == "index.html")
-        for src in moved:
-            dst = folder / src.relative_to(staging)
-            dst.parent.mkdir(exist_ok=True)
-            os.replace(src, dst)
-    except OSError as exc:
-        raise WriteError(f"cannot move the report into {folder}: {exc.strerror or exc}") from None
 
 
 def _write_files(folder: Path, res: CVResult, est: Any, ds: Dataset) -> None:

@@ -168,3 +168,32 @@ def test_explain_a_pca_model(vgg16_path: Path, small_demo: tuple[list[np.ndarray
     e = explain.explain(model, X[1])
     assert e.contributions.shape == (4, model.k)
     np.testing.assert_allclose(e.contributions.sum(axis=1) + e.bias, e.margin, rtol=1e-5, atol=1e-5)
+
+
+def test_a_ranking_that_fails_part_way_leaves_nothing(model: FastVLAD, small_demo: tuple[list[np.ndarray], np.ndarray],
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """write_ranking writes all its files or none: a failure at the second class's grid left
+    codewords.json and the first grid behind."""
+    from fastvlad import plots
+
+    X, _ = small_demo
+    ranking = explain.rank_codewords(model, X[:8], n_patches=2, patch=16)
+    real, calls = plots.patch_grid_png, []
+
+    def second_fails(*args: object) -> Path:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plots, "patch_grid_png", second_fails)
+    out = tmp_path / "ranking"
+    with pytest.raises(OSError, match="disk full"):
+        explain.write_ranking(ranking, out, top=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no folder, no hidden staging left
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OSError, match="disk full"):
+        calls.clear()
+        explain.write_ranking(ranking, out, top=2)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
