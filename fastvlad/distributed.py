@@ -7,7 +7,8 @@ The work is the local pipeline's, cut into partitions of the image list:
   kernels already use all the cores the worker is given (``FASTVLAD_THREADS``);
 - the codebook sample is the local one — the same images, the same points, in the same
   order (``Encoder.sample_plan``) — gathered to the client, where the PCA (if any) and k-means
-  are fitted as in ``Encoder.fit_codebook``; they are then broadcast to every worker;
+  are fitted as in ``Encoder.fit_codebook``; they then reach every task as one shared task's
+  result, which the scheduler recomputes if a worker dies (``_shared``);
 - every partition returns its images' positions with its codes, and the client checks that
   each image came back exactly once, so a partition recomputed after a worker died can be
   neither lost nor counted twice;
@@ -327,12 +328,24 @@ def _sum_seconds(parts: Sequence[_Part] | Sequence[_Sample], into: dict[str, flo
             into[stage] = into.get(stage, 0.0) + s
 
 
+def _shared(client: Client, value: Any) -> Future:
+    """``value`` for many tasks as the result of a task holding it, which the scheduler recomputes
+    if the worker holding it dies. Scattered data cannot be recomputed: a worker killed while the
+    only copy of the scattered centres was on it made a whole encoding fail with
+    ``FutureCancelledError`` ("lost scattered data, which can't be recovered"; CI at ``c6d6783``)."""
+    return client.submit(_identity, value, pure=False)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
 def _submit_encode(client: Client, X: Sequence[AnySource], model: FastVLAD, partition_size: int | None,
                    views: Sequence[View] = (View(),)) -> list[Future]:
-    """One encoding task per partition and view; the centres and projection are sent once to every
-    worker. Positions run over the views in turn: view v's image i is ``v·len(X) + i``."""
+    """One encoding task per partition and view; the centres and projection are one shared task
+    (``_shared``). Positions run over the views in turn: view v's image i is ``v·len(X) + i``."""
     spec = _spec(model)
-    encoder = client.scatter((model.codebook_, getattr(model, "projection_", None)), broadcast=True)
+    encoder = _shared(client, (model.codebook_, getattr(model, "projection_", None)))
     size = _partition_size(client, len(X), partition_size)
     return [client.submit(_encode_part, _shipped(X, r), v * len(X) + r.start, encoder, spec, view, pure=False)
             for v, view in enumerate(views) for r in _cut(len(X), size)]
@@ -431,7 +444,7 @@ def _encode_and_predict(client: Client, X: Sequence[AnySource], model: FastVLAD,
                         views: Sequence[View]) -> Encoded:
     """The probabilities of every view of the readable images (positions as ``_submit_encode``'s;
     each partition predicted where it was encoded, so only ``(n, n_classes)`` comes back)."""
-    head = client.scatter(model.head_, broadcast=True)
+    head = _shared(client, model.head_)
     futures = [client.submit(_predict_part, f, head, pure=False)
                for f in _submit_encode(client, X, model, partition_size, views)]
     return _assemble(len(X) * len(views), _gather(client, futures))

@@ -263,3 +263,22 @@ def test_zoomed_copies_on_the_cluster_match_the_local_fit(client: Client, data: 
     assert (local.train_info_["n_images"], local.train_info_["n_copies"]) == (len(data[0]), 2 * len(data[0]))
     with pytest.raises(ParameterError, match=r"zoom=\(1.25, 0.75\) with classifier='xgboost'.*linear heads"):
         distributed.fit(client, *data, FastVLAD(**small_model_params(zoom=(1.25, 0.75))), partition_size=5)
+
+
+def test_shared_values_survive_the_workers_that_held_them(client: Client) -> None:
+    """The centres and the head reach the tasks as ``distributed._shared``: recomputed when every
+    worker holding them dies. Scattered (the earlier way) they were lost with their worker, and a
+    whole encoding failed with FutureCancelledError (CI at c6d6783)."""
+    client.wait_for_workers(2, timeout=30)
+    shared = distributed._shared(client, np.arange(5))
+    assert shared.result(timeout=30).sum() == 10
+    holders = client.who_has([shared])[shared.key]
+    assert holders
+    pids = client.run(os.getpid, workers=list(holders))
+    for pid in pids.values():
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while set(holders) & set(client.scheduler_info()["workers"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.wait_for_workers(2, timeout=60)  # the nannies' replacements
+    assert client.submit(np.sum, shared, pure=False).result(timeout=60) == 10
