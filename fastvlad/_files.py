@@ -70,6 +70,16 @@ def _temp_beside(target: Path) -> tuple[int, str]:
         raise _write_error(target, exc) from None
 
 
+def encoded(text: str) -> bytes:
+    """``text`` as UTF-8, a file name that is not UTF-8 as its own bytes.
+
+    Python reads such a name (bytes of another system's encoding) with each undecodable byte as
+    a lone surrogate (PEP 383), which plain ``encode()`` refuses after all the work is done.
+    "surrogateescape" writes the original bytes back, so a CSV's path names the file on disk,
+    as ``ls > list.txt`` would; read it back with ``errors="surrogateescape"`` (or as bytes)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """``write_atomic`` for a bytes payload."""
     def write(f: BinaryIO) -> None:

@@ -152,6 +152,11 @@ class EncodedBatch:
     dist: np.ndarray | None = None  # (n, S) float32 squared distance of every point's hypercolumn to it
 
 
+#: Why encoding stopped when the model's arrays overflow float32 (``Encoder.encode_batches``).
+OVERFLOW = ("the model's codebook or projection overflow float32 when encoding (its VLAD codes would not be "
+            "finite); the model is damaged or edited")
+
+
 class Workspace:
     """Reused output buffers: a fresh (n, S, 1472) float32 array per batch (235 MB for 8
     images at d = 10 %) costs more in page faults than the gather that fills it."""
@@ -450,16 +455,16 @@ class Encoder:
             def work(part: slice) -> None:
                 taps, points = self.taps(batch.pixels[part], batch.points[part], timings)  # type: ignore[index]  # noqa: B023
                 # Pixels are finite and 0..255 by now, and a CNN's activations far from float32's limits:
-                # only the model's own arrays can overflow it (into NaN codes, or zero ones once a norm is ∞).
+                # only the model's own arrays can overflow it (into NaN codes, or zero ones once a norm is
+                # ∞: NumPy raises then; the kernels and BLAS do not, and leave NaN or ∞ in the codes).
                 try:
                     with np.errstate(over="raise"):
                         c, labels = self.codes(taps, points, batch.grid, centres, proj, workspace, timings)  # noqa: B023
                 except FloatingPointError:
-                    c = None
-                codes[part] = self.backend.to_numpy(c) if c is not None else np.nan  # noqa: B023
+                    raise ModelFormatError(OVERFLOW) from None
+                codes[part] = self.backend.to_numpy(c)  # noqa: B023 - run() calls it before the loop moves on
                 if not np.isfinite(codes[part]).all():  # noqa: B023
-                    raise ModelFormatError("the model's codebook or projection overflow float32 when encoding (its "
-                                           "VLAD codes would not be finite); the model is damaged or edited")
+                    raise ModelFormatError(OVERFLOW)
                 if kept.labels is not None:  # noqa: B023
                     labels = labels.reshape(points.shape[:2])
                     hc = self.hypercolumns(taps, points, batch.grid, workspace, timings, proj)  # noqa: B023

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ._files import write_atomic
+from ._files import encoded, write_atomic
 from .errors import ModelFormatError
 
 FORMAT = "fastvlad-model"
@@ -251,9 +251,10 @@ def _npy(path: Path, members: dict[str, bytes], name: str) -> np.ndarray:
     if not np.isfinite(a).all():
         raise ModelFormatError(f"{path}: {name} must be a finite 2-D float32 array, not {dtype} {shape} "
                                "with NaN or infinite values")
-    if a.size and float(np.abs(a).max()) > MAX_ABS:
-        raise ModelFormatError(f"{path}: {name} holds a value of magnitude {float(np.abs(a).max()):.3g}, over the "
-                               f"{MAX_ABS:g} any model has (the file is damaged or edited)")
+    peak = float(np.abs(a).max()) if a.size else 0.0
+    if peak > MAX_ABS:
+        raise ModelFormatError(f"{path}: {name} holds a value of magnitude {peak:.3g}, over the {MAX_ABS:g} any "
+                               "model has (the file is damaged or edited)")
     # One layout for every loaded array (see projection.Projection): C-contiguous, writable.
     return np.array(a, dtype=np.float32, order="C")
 
@@ -316,6 +317,6 @@ def data_sha256(sources: Sequence[Any], labels: Sequence[object] | np.ndarray | 
         else:
             hash_file_into(h, src)
         if labels is not None:
-            h.update(b"\0label\0" + str(labels[i]).encode("utf-8", "surrogateescape"))
+            h.update(b"\0label\0" + encoded(str(labels[i])))
         digests.append(h.digest())
     return hashlib.sha256(b"".join(sorted(digests))).hexdigest()

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import plots
-from ._files import folder_atomic, staging_folder, write_bytes_atomic
+from ._files import encoded, folder_atomic, staging_folder, write_bytes_atomic
 from .datasets import Dataset
 from .errors import FastVLADError, WriteError
 from .evaluate import (
@@ -167,7 +167,7 @@ def predictions_csv(res: CVResult, paths: list[str], root: Path) -> bytes:
     for i, path in enumerate(paths):
         w.writerow([_relative(path, root), int(res.fold[i]), res.y_true[i], res.y_pred[i],
                     *[f"{v:.6f}" for v in res.proba[i]]])
-    return text.getvalue().encode("utf-8", "surrogateescape")  # a name not UTF-8: its own bytes
+    return encoded(text.getvalue())  # a name not UTF-8: its own bytes
 
 
 def check_folder(folder: str | Path) -> None:
@@ -234,7 +234,7 @@ def _write_files(folder: Path, res: CVResult, est: Any, ds: Dataset) -> None:
 def _page_bytes(page: str) -> bytes:
     """The page as UTF-8, a name that is not UTF-8 shown as ``\\xNN`` escapes of its bytes (raw
     ones would show as "�"; predictions.csv has them as they are)."""
-    return page.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").encode("utf-8")
+    return encoded(page).decode("utf-8", "backslashreplace").encode("utf-8")
 
 
 # -- HTML ------------------------------------------------------------------------------------------

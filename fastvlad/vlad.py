@@ -22,8 +22,8 @@ from .backends.cpu import CPU
 from .errors import ParameterError
 
 NORMALISATIONS = ("intra", "power")
-__all__ = ["SOFT_CUTOFF", "SOFT_SCALE_MAX", "encode", "encode_from_taps", "encode_soft", "normalise", "residual_sums", "soft_weights",
-           "spacing"]
+__all__ = ["SOFT_CUTOFF", "SOFT_SCALE_MAX", "encode", "encode_from_taps", "encode_soft", "normalise", "residual_sums",
+           "soft_weights", "spacing"]
 
 
 def _check(x: Any, labels: Any, centres: Any) -> None:

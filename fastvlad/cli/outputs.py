@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from .._files import encoded
 from ..errors import WriteError
 
 #: ``-o -``: write to standard output (CSV outputs only).
@@ -54,16 +55,6 @@ def dataset_files(data: Path, paths: Iterable[Path]) -> list[Path]:
     """The files a dataset argument reads: the CSV manifest (given or inside the folder) and every image."""
     files = [data] if data.is_file() else [data / "manifest.csv"]
     return [*files, *paths]
-
-
-def encoded(text: str) -> bytes:
-    """``text`` as UTF-8, a file name that is not UTF-8 as its own bytes.
-
-    Python reads such a name (bytes of another system's encoding) with each undecodable byte as
-    a lone surrogate (PEP 383), which plain ``encode()`` refuses after all the work is done.
-    "surrogateescape" writes the original bytes back, so a CSV's path names the file on disk,
-    as ``ls > list.txt`` would; read it back with ``errors="surrogateescape"`` (or as bytes)."""
-    return text.encode("utf-8", "surrogateescape")
 
 
 def write_text(output: Path, text: str) -> None:
