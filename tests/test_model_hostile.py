@@ -340,6 +340,15 @@ CONFIG_EDITS = {
     "fewer classes than the booster": (lambda c: c.update(classes=["a", "b", "c"]), "num_class is 4, expected 3"),
     "bad backbone hash": (lambda c: c.update(backbone_sha256="../../etc"), "backbone_sha256 must be 64"),
     "taps not a list": (lambda c: c.update(taps="block1_conv2"), "taps must be a non-empty list"),
+    "a tap named twice": (lambda c: c.update(taps=["block1_conv2"] * 5), "names a tap more than once"),
+    "taps unlike the taps parameter": (lambda c: c.update(taps=["block1_conv2"]),
+                                       r"taps \['block1_conv2'\] are not those of its taps parameter"),
+    "a tap the VGG16 has not": (lambda c: (c.update(taps=["block1_conv2", "nope"]),
+                                           c["params"].update(taps=["block1_conv2", "nope"])),
+                                r"taps \['nope'\] are not tensors of the embedded VGG16"),
+    "taps narrower than the projection": (lambda c: (c.update(taps=["block1_conv2"]),
+                                                     c["params"].update(taps=["block1_conv2"])),
+                                          "its taps give 64-dim hypercolumns but projection.npy takes 1472"),
     "train not an object": (lambda c: c.update(train=[1]), "train and versions must be objects"),
     "explained variance": (lambda c: c["train"].update(pca_explained_variance="all"), "pca_explained_variance"),
     "params not an object": (lambda c: c.update(params=[]), "params must be an object"),
@@ -362,6 +371,15 @@ def test_config_edits_are_refused(saved: Path, tmp_path: Path, name: str) -> Non
     cfg = _config(saved)
     edit(cfg)
     _refused(model_files.edited(saved, tmp_path / "bad.fvl", config_json=json.dumps(cfg).encode()), match)
+
+
+def test_a_codebook_narrower_than_the_taps_without_projection_is_refused(saved: Path, tmp_path: Path) -> None:
+    """Without projection.npy the codebook takes the whole hypercolumn: a 64-wide one is refused at
+    load (it failed at the first encode, naming no model file)."""
+    cfg = _config(saved)
+    cfg["params"].update(pca=None)
+    bad = model_files.edited(saved, tmp_path / "bad.fvl", config_json=json.dumps(cfg).encode(), projection_npy=None)
+    _refused(bad, "its taps give 1472-dim hypercolumns but codebook.npy takes 64")
 
 
 @pytest.mark.parametrize(("text", "match"), [

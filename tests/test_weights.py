@@ -147,6 +147,17 @@ def test_taps_equal_the_original_graph(cached: Cached) -> None:
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * np.abs(r).max(), err_msg=tap)
 
 
+def test_the_channel_table_is_the_graphs(cached: Cached) -> None:
+    """``vgg16_channels`` (what a loaded model's widths are checked against without opening the
+    graph) names every tensor of the built graph that can be tapped, with its channels as ONNX's
+    shape inference gives them."""
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(cached.onnx))).graph
+    infos = {v.name: v for v in [*graph.value_info, *graph.output, *graph.input]}
+    tensors = [i.name for i in graph.input] + [o for node in graph.node for o in node.output]
+    got = {t: infos[t].type.tensor_type.shape.dim[1].dim_value for t in tensors}
+    assert got == weights.vgg16_channels()
+
+
 @pytest.mark.parametrize(
     ("h", "w", "sizes"),
     [
