@@ -31,6 +31,11 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
     Raises ``WriteError`` (naming the path, the problem and the fix) on any OS error.
     """
     target = Path(path)
+    with kept_if_used(target.parent):
+        return _write_atomic(target, write, mode)
+
+
+def _write_atomic(target: Path, write: Callable[[BinaryIO], object], mode: int) -> Path:
     fd, tmp = _temp_beside(target)
     try:
         os.fchmod(fd, mode)  # mkstemp's 0600 would lock others out of shared folders
@@ -54,10 +59,29 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     if target.is_dir():
         raise _write_error(target, IsADirectoryError(errno.EISDIR, "is a folder"))
-    fd, probe = _temp_beside(target)
-    os.close(fd)
-    os.unlink(probe)
+    with kept_if_used(target.parent):  # the probe's folders are made again when the file is written
+        fd, probe = _temp_beside(target)
+        os.close(fd)
+        os.unlink(probe)
     return target
+
+
+@contextmanager
+def kept_if_used(folder: Path) -> Iterator[None]:
+    """Of the folders missing on the way to ``folder`` now, remove those the block left empty: a
+    check before the work, or a write that failed, leaves no empty folder behind."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    try:
+        yield
+    finally:
+        for made in missing:  # innermost first; one still holding a file stays, and so do its parents
+            try:
+                made.rmdir()
+            except OSError:
+                break
 
 
 def _temp_beside(target: Path) -> tuple[int, str]:
@@ -168,9 +192,19 @@ def folder_atomic(folder: str | os.PathLike[str], last: str | None = None) -> It
     """Write a folder's files into the staging folder this yields; they are moved into ``folder``
     (``publish_folder``) only when the block ends without an error, so a failure leaves ``folder``
     as it was. The staging folder is always removed."""
-    staging = staging_folder(folder)
-    try:
-        yield staging
-        publish_folder(staging, folder, last)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    folder = Path(folder)
+    with kept_if_used(folder.parent):
+        staging = staging_folder(folder)
+        try:
+            yield staging
+            publish_folder(staging, folder, last)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_stageable(folder: str | os.PathLike[str]) -> None:
+    """``WriteError`` now, before the work, when ``folder_atomic`` could not stage ``folder``; it
+    leaves nothing behind."""
+    folder = Path(folder)
+    with kept_if_used(folder.parent):
+        staging_folder(folder).rmdir()

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import plots
-from ._files import encoded, folder_atomic, staging_folder, write_bytes_atomic
+from ._files import check_stageable, encoded, folder_atomic, write_bytes_atomic
 from .datasets import Dataset
 from .errors import FastVLADError, WriteError
 from .evaluate import (
@@ -185,7 +185,7 @@ def check_folder(folder: str | Path) -> None:
     if (folder / "examples").exists() and not (folder / "examples").is_dir():
         raise WriteError(f"{folder / 'examples'} is a file; the report writes its thumbnails into a folder "
                          "there: move it or choose another report folder")
-    staging_folder(folder).rmdir()  # where the report is built: fails now if it cannot be made
+    check_stageable(folder)  # where the report is built: fails now if it cannot be made
 
 
 def files(folder: str | Path) -> list[Path]:

@@ -189,6 +189,43 @@ def test_cli_checks_the_output_before_the_work(saved_model: Path, demo_folder: P
     assert isinstance(res.exception, WriteError) and "is a folder; give a file name" in str(res.exception)
 
 
+def test_checks_and_failed_writes_leave_no_new_folder(tmp_path: Path) -> None:
+    """The folders a check before the work makes for its probe, or a write or staged folder that
+    failed, are gone after it; a write that succeeds keeps them."""
+    _files.check_writable(tmp_path / "a" / "b" / "out.csv")
+    _files.check_stageable(tmp_path / "c" / "report")
+    assert list(tmp_path.iterdir()) == []
+
+    def fail(f: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(WriteError):
+        _files.write_atomic(tmp_path / "d" / "e" / "out.csv", fail)
+    with pytest.raises(RuntimeError), _files.folder_atomic(tmp_path / "f" / "report") as staging:
+        (staging / "index.html").write_text("half")
+        raise RuntimeError("the report failed")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "g").mkdir()
+    _files.write_bytes_atomic(tmp_path / "g" / "h" / "out.csv", b"x")
+    with _files.folder_atomic(tmp_path / "i" / "report") as staging:
+        (staging / "index.html").write_text("whole")
+    assert (tmp_path / "g" / "h" / "out.csv").read_bytes() == b"x"
+    assert (tmp_path / "i" / "report" / "index.html").read_text() == "whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g", "i"]
+
+
+def test_a_predict_that_fails_after_its_check_leaves_no_folder(saved_model: Path, tmp_path: Path) -> None:
+    """``-o new/folder/out.csv`` is checked before the work; the work then fails (no image reads):
+    nothing is left at ``new``."""
+    empty = tmp_path / "images"
+    empty.mkdir()
+    (empty / "a.png").write_bytes(b"not an image")
+    res = CliRunner().invoke(app, ["-q", "predict", str(saved_model), str(empty), "-o",
+                                   str(tmp_path / "new" / "folder" / "out.csv")])
+    assert res.exit_code != 0
+    assert not (tmp_path / "new").exists()
+
+
 # -- GPU out of memory: halve the batch and retry ----------------------------------------------
 class OutOfMemoryError(MemoryError):
     """Named like ``cupy.cuda.memory.OutOfMemoryError``."""
