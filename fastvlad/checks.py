@@ -157,21 +157,32 @@ def parameters(est: Any, n_images: int | None = None) -> None:
     integer("augment", est.augment, 0, " (augmented copies of every training image; 0: none)")
     for name in FLAGS:
         flag(name, getattr(est, name))
-    choice("classifier", est.classifier, CLASSIFIERS)
+    head(est)
     choice("aspect", est.aspect, ASPECTS)
     choice("points", est.points, POINT_DRAWS)
     if est.softness is not None:
         real("softness", est.softness, 0, MAX_SOFTNESS, lo_open=True,
              hint=" (soft assignment's sharpness; None: the nearest centre only)")
+    backbone_and_taps(est.backbone, est.taps)
+    size = image_size(est.image_size)
+    zoom(est.zoom, size)
+    _enough_points(k, density, size, min(codebook_images, n_images or codebook_images))
+
+
+def head(est: Any) -> None:
+    """The classifier head's parameters (``FastVLAD.fit_codes`` fits only the head, and checks only
+    these): ``classifier``, ``class_weight``, ``C``, ``alpha``, ``code_pca``."""
+    choice("classifier", est.classifier, CLASSIFIERS)
     if est.class_weight not in (None, "balanced"):
         raise ParameterError(f"class_weight={est.class_weight!r}: use 'balanced' (every class weighs the same in "
                              "training, whatever its number of images) or None")
     real("C", est.C, 0, lo_open=True, hint=" (the logistic head's inverse L2 strength)")
     real("alpha", est.alpha, 0, lo_open=True, hint=" (the ridge head's L2 strength)")
-    backbone_and_taps(est.backbone, est.taps)
-    size = image_size(est.image_size)
-    zoom(est.zoom, size)
-    _enough_points(k, density, size, min(codebook_images, n_images or codebook_images))
+    if getattr(est, "code_pca", None) is not None:
+        integer("code_pca", est.code_pca, 1, " (principal axes of the codes the linear head sees, or None)")
+        if est.classifier not in LINEAR:
+            raise ParameterError(f"code_pca={est.code_pca!r} applies to the linear heads ({', '.join(LINEAR)}), "
+                                 f"not classifier={est.classifier!r}; set code_pca=None")
 
 
 #: Largest ``softness``: at 1e5 soft assignment already gives the nearest centre's code (tests/test_vlad.py),

@@ -7,7 +7,7 @@ XGBoost's defaults mirror scikit-learn's ``GradientBoostingClassifier()`` that t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -104,19 +104,32 @@ LINEAR = ("logistic", "ridge")
 
 @dataclass(frozen=True)
 class LinearHead:
-    """A linear head on the codes: ``p = softmax(codes @ coef.T + intercept)``. For the logistic
-    regression these are its probabilities; for the ridge classifier, a softmax of its scores
-    (targets ±1): they order the classes as the scores do but are not calibrated.
+    """A linear head on the codes: ``p = softmax(x @ coef.T + intercept)``, x the codes, or with
+    ``axes`` their unit-length projection on the training codes' principal axes (``CodeAxes``). For
+    the logistic regression these are its probabilities; for the ridge classifier, a softmax of its
+    scores (targets ±1): they order the classes as the scores do but are not calibrated.
 
-    coef ``(n_classes, dim)`` float32, intercept ``(n_classes,)`` float32; saved as one
-    ``(n_classes, dim + 1)`` array (no pickle)."""
+    coef ``(n_classes, dim or d)`` float32, intercept ``(n_classes,)`` float32; saved as one
+    ``(n_classes, dim or d + 1)`` array, and the axes as another (no pickle)."""
 
     coef: np.ndarray
     intercept: np.ndarray
+    axes: CodeAxes | None = None
 
     def margin(self, codes: np.ndarray) -> np.ndarray:
         """Raw scores ``(n, n_classes)`` float64 (the softmax's input)."""
-        return np.asarray(codes, dtype=np.float64) @ self.coef.T.astype(np.float64) + self.intercept
+        x = self.axes.apply(codes) if self.axes is not None else np.asarray(codes, dtype=np.float64)
+        return x @ self.coef.T.astype(np.float64) + self.intercept
+
+    def contributions(self, codes: np.ndarray) -> np.ndarray:
+        """Each code element's share of each score, ``(n, n_classes, dim)`` float64: with the intercept
+        they sum to ``margin`` (with ``axes``, each centred element times its weight through the axes,
+        over the image's length on them)."""
+        x = np.asarray(codes, dtype=np.float64)
+        if self.axes is None:
+            return x[:, None, :] * self.coef[None].astype(np.float64)
+        through = self.coef.astype(np.float64) @ self.axes.axes.T.astype(np.float64)  # (n_classes, dim)
+        return ((x - self.axes.mean)[:, None, :] * through[None]) * self.axes.inverse_length(x)[:, None, None]
 
     def predict_proba(self, codes: np.ndarray) -> np.ndarray:
         m = self.margin(codes)
@@ -128,18 +141,74 @@ class LinearHead:
         return np.hstack([self.coef, self.intercept[:, None]]).astype(np.float32)
 
     @classmethod
-    def from_array(cls, a: np.ndarray) -> LinearHead:
+    def from_array(cls, a: np.ndarray, axes: CodeAxes | None = None) -> LinearHead:
         a = np.ascontiguousarray(a, dtype=np.float32)
-        return cls(np.ascontiguousarray(a[:, :-1]), np.ascontiguousarray(a[:, -1]))
+        return cls(np.ascontiguousarray(a[:, :-1]), np.ascontiguousarray(a[:, -1]), axes)
+
+
+#: ``CodeAxes`` divides each axis by its variance to this power over 2: 1 would whiten the codes
+#: fully, 0 only rotate them (ACCURACY.md, run 93: 0.5 read best on new series).
+CODE_WHITEN_POWER = 0.5
+
+
+@dataclass(frozen=True)
+class CodeAxes:
+    """The training codes' first principal axes, each divided by the square root of its standard
+    deviation (``CODE_WHITEN_POWER``); a code on them is scaled to unit length, as VLAD codes are
+    after each of their normalisations. A linear head's penalty then weighs the codes' main
+    directions less and their rare ones more (Jégou and Chum, ECCV 2012, whiten VLAD codes so).
+    mean ``(dim,)`` and axes ``(dim, d)`` float32, as saved."""
+
+    mean: np.ndarray
+    axes: np.ndarray
+
+    @classmethod
+    def fit(cls, codes: np.ndarray, dims: int) -> CodeAxes:
+        """The axes of codes ``(n, dim)``: ``dims`` of them, or as many as the codes span."""
+        x = np.asarray(codes, dtype=np.float64)
+        mean = x.mean(axis=0)
+        _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+        d = min(int(dims), int(np.count_nonzero(s > s[0] * 1e-6)) if s.size and s[0] > 0 else 0)
+        if d == 0:
+            raise ValueError("the training codes are all the same: they span no axis")
+        axes = vt[:d].T / (s[:d] ** 2 / len(x)) ** (CODE_WHITEN_POWER / 2)
+        return cls(mean.astype(np.float32), axes.astype(np.float32))
+
+    def projected(self, codes: np.ndarray) -> np.ndarray:
+        """Codes ``(n, dim)`` on the axes, before the unit length: ``(n, d)`` float64."""
+        return (np.asarray(codes, dtype=np.float64) - self.mean) @ self.axes.astype(np.float64)
+
+    def inverse_length(self, codes: np.ndarray) -> np.ndarray:
+        """1 / the length of each code's projection ``(n,)`` float64 (0 for a code at the mean)."""
+        length = np.linalg.norm(self.projected(codes), axis=1)
+        return np.divide(1.0, length, out=np.zeros_like(length), where=length > 0)
+
+    def apply(self, codes: np.ndarray) -> np.ndarray:
+        """Codes ``(n, dim)`` on the axes, unit length: ``(n, d)`` float64."""
+        return self.projected(codes) * self.inverse_length(codes)[:, None]
+
+    def to_array(self) -> np.ndarray:
+        """``(d + 1, dim)`` float32: the axes as rows, then the mean."""
+        return np.vstack([self.axes.T, self.mean[None]]).astype(np.float32)
+
+    @classmethod
+    def from_array(cls, a: np.ndarray) -> CodeAxes:
+        a = np.asarray(a, dtype=np.float32)
+        return cls(np.ascontiguousarray(a[-1]), np.ascontiguousarray(a[:-1].T))
 
 
 def train_linear(model: Any, codes: np.ndarray, y: np.ndarray, n_classes: int,
                  weights: np.ndarray | None = None) -> LinearHead:
     """Fit the linear head of an estimator's parameters (``FastVLAD``: ``classifier`` in ``LINEAR``,
-    its ``C`` or ``alpha``, ``random_state``) on codes ``(n, dim)`` and labels ``(n,)`` in [0, n_classes)."""
+    its ``C`` or ``alpha``, ``random_state``, ``code_pca``) on codes ``(n, dim)`` and labels ``(n,)``
+    in [0, n_classes). With ``code_pca``, on the codes' ``CodeAxes``, which the head keeps."""
+    axes = CodeAxes.fit(codes, int(model.code_pca)) if model.code_pca else None
+    x = axes.apply(codes) if axes is not None else codes
     if model.classifier == "ridge":
-        return train_ridge(codes, y, n_classes, float(model.alpha), weights)
-    return train_logistic(codes, y, n_classes, float(model.C), int(model.random_state), weights)
+        head = train_ridge(x, y, n_classes, float(model.alpha), weights)
+    else:
+        head = train_logistic(x, y, n_classes, float(model.C), int(model.random_state), weights)
+    return replace(head, axes=axes)
 
 
 def train_logistic(codes: np.ndarray, y: np.ndarray, n_classes: int, C: float, seed: int = 0,

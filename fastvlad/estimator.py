@@ -41,14 +41,14 @@ FAITHFUL_PARAMS: dict[str, Any] = {
     "n_estimators": 100, "max_depth": 3, "learning_rate": 0.1, "max_bin": 256, "colsample_bynode": 1.0,
     "subsample": 1.0, "min_child_weight": 1.0,
     "classifier": "xgboost", "class_weight": None, "normalize": "none", "augment": 0, "zoom": (), "zoom_jitter": False,
-    "tta": 0, "tta_zoom": (), "points": "per_image", "softness": None,
+    "tta": 0, "tta_zoom": (), "points": "per_image", "softness": None, "code_pca": None,
 }
 #: Parameters added after model files were first written, with the values those files' models
 #: were trained with (a file without them means these, whatever today's defaults are).
 LEGACY_PARAMS: dict[str, Any] = {"aspect": "squash", "classifier": "xgboost", "C": 100.0, "class_weight": None,
                                  "normalize": "none", "augment": 0, "tta": 0, "precision": "fp32",
                                  "calibration": None, "points": "per_image", "zoom": (), "tta_zoom": (),
-                                 "zoom_jitter": False, "softness": None}
+                                 "zoom_jitter": False, "softness": None, "code_pca": None}
 
 
 class FastVLAD(ClassifierMixin, BaseEstimator):
@@ -131,7 +131,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                  learning_rate: float = 0.1, max_bin: int = 32, colsample_bynode: float = 1.0,
                  subsample: float = 1.0, min_child_weight: float = 1.0,
                  classifier: str = "ridge", C: float = 100.0, alpha: float = 20.0,
-                 class_weight: str | None = "balanced",
+                 class_weight: str | None = "balanced", code_pca: int | None = None,
                  normalize: str = "stretch", augment: int = 0, zoom: Sequence[float] = (1.2,),
                  zoom_jitter: bool = True, tta: int = 1, tta_zoom: Sequence[float] = (),
                  points: str = "per_image", softness: float | None = 10.0,
@@ -164,6 +164,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.C = C
         self.alpha = alpha
         self.class_weight = class_weight
+        self.code_pca = code_pca
         self.normalize = normalize
         self.augment = augment
         self.zoom = zoom
@@ -262,6 +263,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
 
     def fit_codes(self, codes: np.ndarray, y: Sequence[Any] | np.ndarray) -> FastVLAD:
         """Train only the classifier head, on codes from ``transform`` (used by cross-validation)."""
+        checks.head(self)
         y_arr = np.asarray(y)
         self.classes_, y_int = np.unique(y_arr, return_inverse=True)
         checks.enough_classes(self.classes_)
@@ -385,9 +387,11 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
             config["quantized"] = self.quantized_  # checked at use, as backbone_sha256 is
         proj = getattr(self, "projection_", None)
         linear = isinstance(self.head_, classifier.LinearHead)
+        axes = self.head_.axes if linear else None
         return model_file.save(path, model_file.ModelContents(
             config, self.codebook_, None if linear else classifier.to_bytes(self.head_),
-            proj.to_array() if proj is not None else None, self.head_.to_array() if linear else None))
+            proj.to_array() if proj is not None else None, self.head_.to_array() if linear else None,
+            axes.to_array() if axes is not None else None))
 
 
 def load(path: str | os.PathLike[str]) -> FastVLAD:
@@ -441,14 +445,17 @@ def _loaded_head(path: str | os.PathLike[str], model: FastVLAD, contents: model_
     """The classifier head: ``linear.npy`` (checked against the classes and the code width), or
     ``booster.ubj``, checked in Python before XGBoost parses it."""
     expected = "linear.npy" if model.classifier in classifier.LINEAR else "booster.ubj"
+    axes = _loaded_axes(path, model, contents)
     if contents.linear is not None:
-        width = (len(model.classes_), contents.codebook.size + 1)
+        dims = axes.axes.shape[1] if axes is not None else contents.codebook.size
+        width = (len(model.classes_), dims + 1)
         if expected != "linear.npy" or contents.linear.shape != width:
             raise ModelFormatError(f"{path}: linear.npy has shape {contents.linear.shape}, but classifier="
-                                   f"{model.classifier!r} with {width[0]} classes and {width[1] - 1} code dims "
-                                   f"needs {expected}{' of shape ' + str(width) if expected == 'linear.npy' else ''}; "
+                                   f"{model.classifier!r} with {width[0]} classes and {width[1] - 1} "
+                                   f"{'code axes' if axes is not None else 'code dims'} needs {expected}"
+                                   f"{' of shape ' + str(width) if expected == 'linear.npy' else ''}; "
                                    "the file is damaged or edited")
-        return classifier.LinearHead.from_array(contents.linear)
+        return classifier.LinearHead.from_array(contents.linear, axes)
     if expected != "booster.ubj" or contents.booster is None:
         raise ModelFormatError(f"{path}: classifier={model.classifier!r} needs {expected}, which is missing")
     try:
@@ -459,6 +466,25 @@ def _loaded_head(path: str | os.PathLike[str], model: FastVLAD, contents: model_
         return classifier.from_bytes(booster)
     except Exception as exc:  # XGBoost refusing a checked model: still the file's fault
         raise ModelFormatError(f"{path}: the XGBoost model cannot be read ({exc})") from None
+
+
+def _loaded_axes(path: str | os.PathLike[str], model: FastVLAD,
+                 contents: model_file.ModelContents) -> classifier.CodeAxes | None:
+    """The linear head's ``CodeAxes`` (``code_axes.npy``), there exactly when ``code_pca`` is set:
+    ``(d + 1, code width)`` with 1 ≤ d ≤ code_pca."""
+    a = contents.code_axes
+    if model.code_pca is None:
+        if a is not None:
+            raise ModelFormatError(f"{path}: code_axes.npy is there but config.json says code_pca=None; the file is "
+                                   "damaged or edited")
+        return None
+    if a is None:
+        raise ModelFormatError(f"{path}: the model was trained with code_pca={model.code_pca} but has no code_axes.npy")
+    if a.shape[1] != contents.codebook.size or not 2 <= a.shape[0] <= int(model.code_pca) + 1:
+        raise ModelFormatError(f"{path}: code_axes.npy has shape {a.shape}; code_pca={model.code_pca} and "
+                               f"{contents.codebook.size}-dim codes need (1 to {model.code_pca} + 1, "
+                               f"{contents.codebook.size}); the file is damaged or edited")
+    return classifier.CodeAxes.from_array(a)
 
 
 _CONFIG_KEYS = {"params", "classes", "backbone_sha256", "taps"}

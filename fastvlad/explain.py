@@ -59,7 +59,7 @@ def codeword_contributions(head: Any, codes: np.ndarray, k: int) -> tuple[np.nda
     if codes.shape[1] % k:
         raise ParameterError(f"code width {codes.shape[1]} is not a multiple of k = {k}; the model file is inconsistent")
     if isinstance(head, LinearHead):
-        contribs = np.concatenate([codes[:, None, :] * head.coef[None], np.broadcast_to(
+        contribs = np.concatenate([head.contributions(codes), np.broadcast_to(
             head.intercept[None, :, None], (len(codes), len(head.intercept), 1))], axis=2)
     else:
         contribs = head.predict(xgb.DMatrix(codes), pred_contribs=True)

@@ -37,7 +37,8 @@ class ModelContents:
     codebook: np.ndarray
     booster: bytes | None  # XGBoost UBJSON (classifier="xgboost"), or None with ``linear``
     projection: np.ndarray | None = None  # (dim + 1, p) float32 hypercolumn PCA, see projection.Projection
-    linear: np.ndarray | None = None  # (n_classes, code width + 1) float32 logistic head, see classifier.LinearHead
+    linear: np.ndarray | None = None  # (n_classes, code width or d + 1) float32 linear head, see classifier.LinearHead
+    code_axes: np.ndarray | None = None  # (d + 1, code width) float32 with code_pca, see classifier.CodeAxes
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -57,6 +58,8 @@ def save(path: str | os.PathLike[str], contents: ModelContents) -> Path:
         members["booster.ubj"] = contents.booster
     if contents.linear is not None:
         members["linear.npy"] = _npy_bytes(np.ascontiguousarray(contents.linear, dtype=np.float32))
+    if contents.code_axes is not None:
+        members["code_axes.npy"] = _npy_bytes(np.ascontiguousarray(contents.code_axes, dtype=np.float32))
     if contents.projection is not None:
         members["projection.npy"] = _npy_bytes(np.ascontiguousarray(contents.projection, dtype=np.float32))
     manifest = {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
@@ -74,7 +77,7 @@ def save(path: str | os.PathLike[str], contents: ModelContents) -> Path:
 #: a model's arrays are ``k × dim`` floats (k = 100 × 1472 at the paper's settings: 0.6 MB).
 MEMBER_LIMITS = {"format.json": 4096, "manifest.json": 64 * 1024, "config.json": 64 << 20,
                  "codebook.npy": 1 << 30, "projection.npy": 1 << 30, "booster.ubj": 1 << 30,
-                 "linear.npy": 1 << 30}
+                 "linear.npy": 1 << 30, "code_axes.npy": 1 << 30}
 #: Largest model file and largest sum of its members' sizes.
 MAX_TOTAL_BYTES = 2 << 30
 #: A member over ``INFLATION_FROM`` bytes may inflate at most ``MAX_INFLATION`` times its compressed
@@ -131,7 +134,8 @@ def _load(path: Path) -> ModelContents:
         raise ModelFormatError(f"{path}: a model holds one classifier head ({' or '.join(_HEADS)}); this file has "
                                f"{' and '.join(heads) if heads else 'none'}")
     linear = _npy(path, members, "linear.npy") if "linear.npy" in members else None
-    return ModelContents(config, codebook, members.get("booster.ubj"), _projection(path, members), linear)
+    code_axes = _npy(path, members, "code_axes.npy") if "code_axes.npy" in members else None
+    return ModelContents(config, codebook, members.get("booster.ubj"), _projection(path, members), linear, code_axes)
 
 
 def _read_members(path: Path) -> dict[str, bytes]:

@@ -19,6 +19,7 @@ from fastvlad.encoder import Encoder, EncoderSettings, batch_points
 from fastvlad.errors import ModelFormatError, NotFittedError, ParameterError
 from fastvlad.estimator import FastVLAD, load
 
+from . import tiny_model
 from .conftest import reference_code, small_model_params
 from .model_files import members_of, write_members
 
@@ -262,6 +263,74 @@ def test_ridge_head_is_scikit_learns_ridge_classifier(n_classes: int) -> None:
         codes, y, sample_weight=w).predict(codes))
     probs = head.predict_proba(codes)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("classifier_name", ["ridge", "logistic"])
+def test_code_pca_fits_the_head_on_the_code_axes(classifier_name: str) -> None:
+    """``code_pca=d``: the head is fitted on the training codes' ``CodeAxes`` (centred, first d principal
+    axes, each over the square root of its standard deviation, every code then unit length) and keeps
+    them: its scores on any codes are those of a head fitted on the projections, its contributions
+    sum to them, and it differs from the head on the codes themselves."""
+    from fastvlad import classifier
+
+    rng = np.random.default_rng(2)
+    scales = np.geomspace(3.0, 0.01, 40)
+    codes = (rng.normal(size=(70, 40)) * scales + 0.5).astype(np.float32)
+    y = (codes[:, 0] + codes[:, 5] > 1.0).astype(int) + (codes[:, 30] > 0.5)
+    new = (rng.normal(size=(9, 40)) * scales + 0.5).astype(np.float32)
+    head = FastVLAD(classifier=classifier_name, code_pca=12).fit_codes(codes, y).head_
+    axes = classifier.CodeAxes.fit(codes, 12)
+    assert head.axes is not None
+    np.testing.assert_array_equal(head.axes.axes, axes.axes)
+    on_axes = FastVLAD(classifier=classifier_name).fit_codes(axes.apply(codes), y).head_
+    for x in (codes, new):
+        np.testing.assert_allclose(head.margin(x), on_axes.margin(axes.apply(x)), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(head.contributions(x).sum(axis=2) + head.intercept, head.margin(x), rtol=1e-5,
+                                   atol=1e-6)
+    plain = FastVLAD(classifier=classifier_name).fit_codes(codes, y).head_
+    np.testing.assert_allclose(plain.contributions(new).sum(axis=2) + plain.intercept, plain.margin(new), rtol=1e-5,
+                               atol=1e-6)
+    assert not np.allclose(head.margin(new), plain.margin(new), rtol=1e-2, atol=1e-2)
+    # the axes: centred, each axis' variance ∝ the codes' standard deviation along it, codes unit length on them
+    z = axes.projected(codes)
+    assert axes.axes.shape == (40, 12) and axes.axes.dtype == np.float32
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-4)
+    s = np.linalg.svd(codes - codes.mean(axis=0), compute_uv=False)[:12]
+    ratio = z.var(axis=0) / s
+    np.testing.assert_allclose(ratio / ratio[0], 1.0, rtol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(axes.apply(new), axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(classifier.CodeAxes.from_array(axes.to_array()).axes, axes.axes)
+
+
+def test_a_model_with_code_pca_predicts_the_same_after_save_and_load(vgg16_path: Path, tmp_path: Path) -> None:
+    """The head's axes are saved (``code_axes.npy``) and give the same probabilities after loading."""
+    images, labels = tiny_model.demo_images()
+    model = clone(tiny_model.fitted()).set_params(classifier="ridge", code_pca=5).fit(list(images), labels)
+    assert model.head_.axes is not None and model.head_.axes.axes.shape[1] == 5
+    loaded = load(model.save(tmp_path / "m.fvl"))
+    assert "code_axes.npy" in members_of(tmp_path / "m.fvl")
+    np.testing.assert_array_equal(loaded.predict_proba(list(images[:6])), model.predict_proba(list(images[:6])))
+
+
+def test_code_pca_keeps_only_the_axes_the_codes_span() -> None:
+    """Codes of rank 3 give 3 axes, whatever ``code_pca`` asks; identical codes are an error."""
+    from fastvlad import classifier
+
+    rng = np.random.default_rng(3)
+    codes = rng.normal(size=(30, 3)) @ rng.normal(size=(3, 20))
+    assert classifier.CodeAxes.fit(codes, 10).axes.shape == (20, 3)
+    with pytest.raises(ValueError, match="span no axis"):
+        classifier.CodeAxes.fit(np.ones((5, 20)), 4)
+
+
+@pytest.mark.parametrize(("params", "match"), [
+    (dict(code_pca=0), "code_pca=0"),
+    (dict(code_pca=2.5), "code_pca=2.5"),
+    (dict(code_pca=8, classifier="xgboost"), "applies to the linear heads"),
+])
+def test_code_pca_is_checked(params: dict[str, object], match: str) -> None:
+    with pytest.raises(ParameterError, match=match):
+        FastVLAD(**params).fit_codes(np.eye(4, dtype=np.float32), [0, 1, 0, 1])
 
 
 def test_xgboost_regularisation_reaches_the_booster() -> None:

@@ -382,6 +382,45 @@ def test_a_codebook_narrower_than_the_taps_without_projection_is_refused(saved: 
     _refused(bad, "its taps give 1472-dim hypercolumns but codebook.npy takes 64")
 
 
+@pytest.fixture(scope="module")
+def with_axes(saved: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a ridge head on 5 code axes (``code_pca=5``)."""
+    images, labels = tiny_model.demo_images()
+    model = tiny_model.fitted_copy(classifier="ridge", code_pca=5)
+    model.fit_codes(model.transform(list(images)), labels)
+    return model.save(tmp_path_factory.mktemp("axes") / "axes.fvl")
+
+
+def test_code_axes_edits_are_refused(with_axes: Path, tmp_path: Path) -> None:
+    """code_axes.npy is there exactly when code_pca is set, with the shape code_pca and the codes
+    give, and finite; linear.npy then has one column per axis."""
+    members = model_files.members_of(with_axes)
+    cfg = json.loads(members["config.json"])
+    axes = np.load(io.BytesIO(members["code_axes.npy"]))
+    linear = np.load(io.BytesIO(members["linear.npy"]))
+    assert axes.shape == (6, 8 * 64) and linear.shape == (4, 6)
+
+    def npy(a: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        np.save(buf, a.astype(np.float32))
+        return buf.getvalue()
+
+    def config(**change: Any) -> bytes:
+        return json.dumps({**cfg, "params": {**cfg["params"], **change}}).encode()
+
+    nan = axes.copy()
+    nan[0, 0] = np.nan
+    for name, change, match in [
+        ("missing", dict(code_axes_npy=None), "trained with code_pca=5 but has no code_axes.npy"),
+        ("without code_pca", dict(config_json=config(code_pca=None)), "code_axes.npy is there but .* code_pca=None"),
+        ("more axes than code_pca", dict(config_json=config(code_pca=3)), r"code_axes.npy has shape \(6, 512\)"),
+        ("narrower than the codes", dict(code_axes_npy=npy(axes[:, :100])), r"code_axes.npy has shape \(6, 100\)"),
+        ("not finite", dict(code_axes_npy=npy(nan)), "code_axes.npy must be a finite"),
+        ("a head on the codes", dict(linear_npy=npy(np.zeros((4, 513)))), r"linear.npy has shape \(4, 513\).*code axes"),
+    ]:
+        _refused(model_files.edited(with_axes, tmp_path / f"{name}.fvl", **change), match)
+
+
 @pytest.mark.parametrize(("text", "match"), [
     (b'{"params": NaN}', "not valid JSON.*NaN is not a JSON number"),
     (b'{"params": 1e999}', "not valid JSON.*out of range"),

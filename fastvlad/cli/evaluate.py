@@ -20,6 +20,7 @@ from .options import (
     AUGMENT,
     BACKBONE,
     CLASSIFIER,
+    CODE_PCA,
     CROP_BOTTOM,
     DENSITY,
     DEVICE,
@@ -76,7 +77,8 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
              aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
              points: Optional[str] = POINTS, softness: Optional[str] = SOFTNESS,
              classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, zoom: Optional[str] = ZOOM,
-             alpha: Optional[float] = ALPHA, zoom_jitter: Optional[bool] = ZOOM_JITTER,
+             alpha: Optional[float] = ALPHA, code_pca: Optional[int] = CODE_PCA,
+             zoom_jitter: Optional[bool] = ZOOM_JITTER,
              tta: Optional[int] = TTA, tta_zoom: Optional[str] = TTA_ZOOM,
              scale: Optional[float] = SCALE, missing_scale: Optional[str] = MISSING_SCALE, tile: Optional[str] = TILE,
              tile_stride: Optional[str] = TILE_STRIDE, crop_bottom: Optional[str] = CROP_BOTTOM,
@@ -95,6 +97,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
     check_folds(folds, split_values, split.strip().lower() if split is not None else "split", ds.origin)
     est = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
                     normalize=normalize, points=points, softness=softness, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha,
+                    code_pca=code_pca,
                     zoom_jitter=zoom_jitter, tta=tta, tta_zoom=tta_zoom,
                     **precision_of(precision, None),
                     **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))

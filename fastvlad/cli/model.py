@@ -21,6 +21,7 @@ from .options import (
     BACKBONE,
     CALIBRATE,
     CLASSIFIER,
+    CODE_PCA,
     CROP_BOTTOM,
     DENSITY,
     DEVICE,
@@ -63,7 +64,8 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
           pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
           points: Optional[str] = POINTS, softness: Optional[str] = SOFTNESS,
           classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, zoom: Optional[str] = ZOOM,
-          alpha: Optional[float] = ALPHA, zoom_jitter: Optional[bool] = ZOOM_JITTER,
+          alpha: Optional[float] = ALPHA, code_pca: Optional[int] = CODE_PCA,
+          zoom_jitter: Optional[bool] = ZOOM_JITTER,
           tta: Optional[int] = TTA, tta_zoom: Optional[str] = TTA_ZOOM,
           fp16: Optional[bool] = FP16, precision: Optional[str] = PRECISION,
           calibrate: Optional[Path] = CALIBRATE, scale: Optional[float] = SCALE,
@@ -79,6 +81,7 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
     outputs.refuse_inputs([output], outputs.dataset_files(data, ds.paths))
     model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
                       normalize=normalize, points=points, softness=softness, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha,
+                      code_pca=code_pca,
                       zoom_jitter=zoom_jitter, tta=tta, tta_zoom=tta_zoom,
                       calibration=str(calibrate) if calibrate else None, **precision_of(precision, fp16),
                       **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))

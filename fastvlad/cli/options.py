@@ -38,6 +38,9 @@ AUGMENT = typer.Option(None, metavar="N", help="Augmented copies (flips, gain, o
                        "given to the classifier (default 0).")
 ALPHA = typer.Option(None, "--alpha", metavar="A", help="The ridge head's L2 strength (default 20; with --zoom "
                      "none use 10, with --zoom 1.4,0.7 use 40; see README).")
+CODE_PCA = typer.Option(None, "--code-pca", metavar="D", help="Fit the ridge or logistic head on the training codes' "
+                        "first D principal axes, half-whitened, each code unit length there (default: off; 64 is "
+                        "measured in ACCURACY.md).")
 ZOOM = typer.Option(None, metavar="Z,Z", help="Give the classifier every training image also at these multiples "
                     "of the input size, as at other magnifications (default 1.2; 'none': none, 0.41 of the CNN "
                     "pixels at fit).")
