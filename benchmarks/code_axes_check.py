@@ -33,7 +33,7 @@ from head_check import (
     table_row,
     write,
 )
-from vlad_check import DATA, Points
+from vlad_check import DATA, cached_points
 
 from fastvlad import intensity
 from fastvlad.encoder import Encoder
@@ -62,16 +62,11 @@ def main(argv: list[str] | None = None) -> None:
              "", "| seed | head | split | accuracy | max flip | mean flip | max right→wrong | " + " | ".join(names) + " |",
              "|---|---|---|---|---|---|---|" + "---|" * len(names)]
     for seed in args.seeds:
-        folder = args.cache / f"seed{seed}"
-        if not (folder / "images.npy").is_file():
-            import vlad_check
-
-            vlad_check.main(["--data", str(args.data), "--seed", str(seed), "--cache", str(args.cache),
-                             "--only", "no row"])
+        pts = cached_points(args.data, args.cache, seed, names)
         est = FastVLAD(random_state=seed)
         encoder = Encoder.of(est).fit_codebook(X, int(est.k), int(est.codebook_images))
         t = time.perf_counter()
-        codes = code_sets(Points.load(folder, names), np.asarray(encoder.centres))
+        codes = code_sets(pts, np.asarray(encoder.centres))
         print(f"seed {seed}: codes in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
         cs = argparse.Namespace(codes=codes["images"], augmented=codes["copies"], augmented_of=np.arange(len(X)),
                                 views=[codes["mirror"]])

@@ -34,7 +34,7 @@ from head_check import (
     table_row,
     write,
 )
-from vlad_check import DATA, Points
+from vlad_check import DATA, Points, cached_points
 
 from fastvlad import codebook, intensity, vlad
 from fastvlad.encoder import Encoder
@@ -88,13 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     X, y, groups, series, rows = shift_data(args.data)
     changes = {**intensity.SHIFTS, **intensity.CONTROLS}
-    folder = args.cache / f"seed{args.seed}"
-    if not (folder / "images.npy").is_file():
-        import vlad_check
-
-        vlad_check.main(["--data", str(args.data), "--seed", str(args.seed), "--cache", str(args.cache),
-                         "--only", "no row"])
-    pts = Points.load(folder, list(changes))
+    pts = cached_points(args.data, args.cache, args.seed, list(changes))
     est = FastVLAD(random_state=args.seed)
     encoder = Encoder.of(est).fit_codebook(X, int(est.k), int(est.codebook_images))
     made: list[Codes] = []

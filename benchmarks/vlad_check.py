@@ -128,6 +128,15 @@ class Points:
                    changed)
 
 
+def cached_points(data: Path, cache: Path, seed: int, names: list[str]) -> Points:
+    """The default's ``Points`` of ``seed`` from ``cache`` (made there first by this script's ``main``,
+    with no row scored, when missing); ``names``: the changes, in ``intensity`` order."""
+    folder = cache / f"seed{seed}"
+    if not (folder / "images.npy").is_file():
+        main(["--data", str(data), "--seed", str(seed), "--cache", str(cache), "--only", "no row"])
+    return Points.load(folder, names)
+
+
 def take_points(encoder: Encoder, X: list[str], rows: np.ndarray, seed: int, changes: dict) -> Points:  # type: ignore[type-arg]
     """``Points`` of the default estimator (``zoom=(1.2,)`` jittered, the mirror as second view)."""
     copies = zoom_sources(X, np.arange(len(X)), True, seed)

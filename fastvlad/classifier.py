@@ -167,11 +167,17 @@ class CodeAxes:
         """The axes of codes ``(n, dim)``: ``dims`` of them, or as many as the codes span."""
         x = np.asarray(codes, dtype=np.float64)
         mean = x.mean(axis=0)
-        _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-        d = min(int(dims), int(np.count_nonzero(s > s[0] * 1e-6)) if s.size and s[0] > 0 else 0)
+        x = x - mean
+        # The eigenvectors of the smaller of x·xᵀ and xᵀ·x: a GEMM and an (m, m) eigh, about ten times
+        # faster than an SVD of x for a fit's few thousand codes of 6,400 dims.
+        gram = x @ x.T if len(x) <= x.shape[1] else x.T @ x
+        var, vec = np.linalg.eigh(gram)
+        var, vec = var[::-1], vec[:, ::-1]  # largest first
+        d = min(int(dims), int(np.count_nonzero(var > var[0] * 1e-10)) if var.size and var[0] > 0 else 0)
         if d == 0:
             raise ValueError("the training codes are all the same: they span no axis")
-        axes = vt[:d].T / (s[:d] ** 2 / len(x)) ** (CODE_WHITEN_POWER / 2)
+        axes = x.T @ vec[:, :d] / np.sqrt(var[:d]) if len(x) <= x.shape[1] else vec[:, :d]  # (dim, d), orthonormal
+        axes = axes / (var[:d] / len(x)) ** (CODE_WHITEN_POWER / 2)
         return cls(mean.astype(np.float32), axes.astype(np.float32))
 
     def projected(self, codes: np.ndarray) -> np.ndarray:

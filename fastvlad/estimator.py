@@ -74,7 +74,9 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
       which orders the classes but is not calibrated); ``"logistic"`` (``C=100``) a multinomial
       logistic regression, the default before ACCURACY.md's run 31; ``"xgboost"`` the paper's kind
       of head (``n_estimators``, ``max_depth``, ``learning_rate``, ``max_bin``, ``colsample_bynode``,
-      ``subsample``, ``min_child_weight``);
+      ``subsample``, ``min_child_weight``); ``code_pca=d`` fits a linear head on the training codes'
+      first d principal axes, each divided by the square root of its standard deviation, every code
+      unit length there (``classifier.CodeAxes``; saved with the head; default None: off);
     - ``softness=10``: every point counts for every centre, weighted by its squared distance (soft
       assignment, ``vlad.encode_soft``), so a point near a border between centres does not jump from
       one to the other when the image changes a little (the paper: the nearest centre only, ``None``);
