@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import progress
+from .errors import InvalidDatasetError
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,8 @@ class CodeAxes:
         var, vec = var[::-1], vec[:, ::-1]  # largest first
         d = min(int(dims), int(np.count_nonzero(var > var[0] * 1e-10)) if var.size and var[0] > 0 else 0)
         if d == 0:
-            raise ValueError("the training codes are all the same: they span no axis")
+            raise InvalidDatasetError("the training codes are all the same, so they span no axis for code_pca: "
+                                      "the training images do not differ; use code_pca=None or other images")
         axes = x.T @ vec[:, :d] / np.sqrt(var[:d]) if len(x) <= x.shape[1] else vec[:, :d]  # (dim, d), orthonormal
         axes = axes / (var[:d] / len(x)) ** (CODE_WHITEN_POWER / 2)
         return cls(mean.astype(np.float32), axes.astype(np.float32))

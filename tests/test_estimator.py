@@ -16,7 +16,12 @@ from fastvlad import backends, reference
 from fastvlad.backbone import Backbone
 from fastvlad.backends.cpu import CPU, CpuBackend
 from fastvlad.encoder import Encoder, EncoderSettings, batch_points
-from fastvlad.errors import ModelFormatError, NotFittedError, ParameterError
+from fastvlad.errors import (
+    InvalidDatasetError,
+    ModelFormatError,
+    NotFittedError,
+    ParameterError,
+)
 from fastvlad.estimator import FastVLAD, load
 
 from . import tiny_model
@@ -319,7 +324,7 @@ def test_code_pca_keeps_only_the_axes_the_codes_span() -> None:
     rng = np.random.default_rng(3)
     codes = rng.normal(size=(30, 3)) @ rng.normal(size=(3, 20))
     assert classifier.CodeAxes.fit(codes, 10).axes.shape == (20, 3)
-    with pytest.raises(ValueError, match="span no axis"):
+    with pytest.raises(InvalidDatasetError, match="span no axis"):
         classifier.CodeAxes.fit(np.ones((5, 20)), 4)
 
 
