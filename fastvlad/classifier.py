@@ -169,16 +169,16 @@ class CodeAxes:
         x = np.asarray(codes, dtype=np.float64)
         mean = x.mean(axis=0)
         x = x - mean
-        # The eigenvectors of the smaller of x·xᵀ and xᵀ·x: a GEMM and an (m, m) eigh, about ten times
-        # faster than an SVD of x for a fit's few thousand codes of 6,400 dims.
-        gram = x @ x.T if len(x) <= x.shape[1] else x.T @ x
-        var, vec = np.linalg.eigh(gram)
+        # The eigenvectors of the smaller of x·xᵀ and xᵀ·x: a GEMM and an (m, m) eigh instead of an SVD
+        # of x, for a fit's few thousand codes of 6,400 dims.
+        wide = len(x) <= x.shape[1]
+        var, vec = np.linalg.eigh(x @ x.T if wide else x.T @ x)
         var, vec = var[::-1], vec[:, ::-1]  # largest first
         d = min(int(dims), int(np.count_nonzero(var > var[0] * 1e-10)) if var.size and var[0] > 0 else 0)
         if d == 0:
             raise InvalidDatasetError("the training codes are all the same, so they span no axis for code_pca: "
                                       "the training images do not differ; use code_pca=None or other images")
-        axes = x.T @ vec[:, :d] / np.sqrt(var[:d]) if len(x) <= x.shape[1] else vec[:, :d]  # (dim, d), orthonormal
+        axes = x.T @ vec[:, :d] / np.sqrt(var[:d]) if wide else vec[:, :d]  # (dim, d), orthonormal
         axes = axes / (var[:d] / len(x)) ** (CODE_WHITEN_POWER / 2)
         return cls(mean.astype(np.float32), axes.astype(np.float32))
 
@@ -188,12 +188,12 @@ class CodeAxes:
 
     def inverse_length(self, codes: np.ndarray) -> np.ndarray:
         """1 / the length of each code's projection ``(n,)`` float64 (0 for a code at the mean)."""
-        length = np.linalg.norm(self.projected(codes), axis=1)
-        return np.divide(1.0, length, out=np.zeros_like(length), where=length > 0)
+        return _inverse_norms(self.projected(codes))
 
     def apply(self, codes: np.ndarray) -> np.ndarray:
         """Codes ``(n, dim)`` on the axes, unit length: ``(n, d)`` float64."""
-        return self.projected(codes) * self.inverse_length(codes)[:, None]
+        z = self.projected(codes)
+        return z * _inverse_norms(z)[:, None]
 
     def to_array(self) -> np.ndarray:
         """``(d + 1, dim)`` float32: the axes as rows, then the mean."""
@@ -203,6 +203,12 @@ class CodeAxes:
     def from_array(cls, a: np.ndarray) -> CodeAxes:
         a = np.asarray(a, dtype=np.float32)
         return cls(np.ascontiguousarray(a[-1]), np.ascontiguousarray(a[:-1].T))
+
+
+def _inverse_norms(z: np.ndarray) -> np.ndarray:
+    """1 / each row's length of ``z`` ``(n, d)``: ``(n,)`` float64, 0 for a zero row."""
+    length = np.linalg.norm(z, axis=1)
+    return np.divide(1.0, length, out=np.zeros_like(length), where=length > 0)
 
 
 def train_linear(model: Any, codes: np.ndarray, y: np.ndarray, n_classes: int,
