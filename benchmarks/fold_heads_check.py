@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                    for c, fn in changes.items()}
         for h, params in heads.items():
             head = model if not params else FastVLAD(random_state=args.seed, **params).fit_codes(*model.codes_seen_)
-            cols = [list(classes).index(c) for c in head.classes_]
+            cols = np.searchsorted(classes, head.classes_)
             proba[h][np.ix_(test, cols)] = mean_proba(head, held)
             for c in changes:
                 after[h][c][np.ix_(at, cols)] = mean_proba(head, changed[c])
@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> None:
              "| seed | head | LOSO mean | min–max | pooled | " + " | ".join(names) + " |",
              "|---|---|---|---|---|" + "---|" * len(names)]
     for h, r in results.items():
-        per = list(r["per_series"].values())
-        lines.append(f"| {args.seed} | {h} | {r['loso_mean']:.3f} | {min(per):.3f}–{max(per):.3f} | {r['pooled']:.3f} | "
-                     + " | ".join(f"{v:.3f}" for v in per) + " |")
+        acc = list(r["per_series"].values())
+        lines.append(f"| {args.seed} | {h} | {r['loso_mean']:.3f} | {min(acc):.3f}–{max(acc):.3f} | {r['pooled']:.3f} | "
+                     + " | ".join(f"{v:.3f}" for v in acc) + " |")
     lines += ["", "| seed | head | largest | mean of the 8 | most right made wrong | " + " | ".join(changes) + " |",
               "|---|---|---|---|---|" + "---|" * len(changes)]
     for h, r in results.items():

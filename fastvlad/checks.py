@@ -177,12 +177,10 @@ def head(est: Any) -> None:
         raise ParameterError(f"class_weight={est.class_weight!r}: use 'balanced' (every class weighs the same in "
                              "training, whatever its number of images) or None")
     real("C", est.C, 0, lo_open=True, hint=" (the logistic head's inverse L2 strength)")
-    real("alpha", est.alpha, 0, lo_open=True, hint=" (the ridge head's L2 strength)")
+    if est.alpha is not None:  # None: the strength measured for what the head sees (classifier.ridge_alpha)
+        real("alpha", est.alpha, 0, lo_open=True, hint=" (the ridge head's L2 strength, or None)")
     if getattr(est, "code_pca", None) is not None:
         integer("code_pca", est.code_pca, 1, " (principal axes of the codes the linear head sees, or None)")
-        if est.classifier not in LINEAR:
-            raise ParameterError(f"code_pca={est.code_pca!r} applies to the linear heads ({', '.join(LINEAR)}), "
-                                 f"not classifier={est.classifier!r}; set code_pca=None")
 
 
 #: Largest ``softness``: at 1e5 soft assignment already gives the nearest centre's code (tests/test_vlad.py),

@@ -101,6 +101,23 @@ def from_bytes(data: bytes):  # type: ignore[no-untyped-def]
 # -- the linear head ------------------------------------------------------------------------------
 #: The heads that are a ``LinearHead`` (saved as ``linear.npy``); the rest is XGBoost.
 LINEAR = ("logistic", "ridge")
+#: The ridge head's L2 strength when ``alpha`` is None, by what the head sees: the codes' principal
+#: axes (``code_pca``; ACCURACY.md runs 93–94) or the codes themselves (runs 49–51).
+RIDGE_ALPHA = {"code axes": 40.0, "codes": 20.0}
+
+
+def uses_code_axes(model: Any) -> bool:
+    """Whether an estimator's (``FastVLAD``) head is fitted on its codes' ``CodeAxes``: a linear head
+    with ``code_pca`` set (XGBoost ignores ``code_pca``, as the linear heads ignore its parameters)."""
+    return model.code_pca is not None and model.classifier in LINEAR
+
+
+def ridge_alpha(model: Any) -> float:
+    """The ridge head's L2 strength: the estimator's ``alpha``, or when it is None ``RIDGE_ALPHA``'s
+    for what the head sees (the axes' unit-length codes and the raw codes want different strengths)."""
+    if model.alpha is not None:
+        return float(model.alpha)
+    return RIDGE_ALPHA["code axes" if uses_code_axes(model) else "codes"]
 
 
 @dataclass(frozen=True)
@@ -214,12 +231,12 @@ def _inverse_norms(z: np.ndarray) -> np.ndarray:
 def train_linear(model: Any, codes: np.ndarray, y: np.ndarray, n_classes: int,
                  weights: np.ndarray | None = None) -> LinearHead:
     """Fit the linear head of an estimator's parameters (``FastVLAD``: ``classifier`` in ``LINEAR``,
-    its ``C`` or ``alpha``, ``random_state``, ``code_pca``) on codes ``(n, dim)`` and labels ``(n,)``
+    its ``C`` or ``ridge_alpha``, ``random_state``, ``code_pca``) on codes ``(n, dim)`` and labels ``(n,)``
     in [0, n_classes). With ``code_pca``, on the codes' ``CodeAxes``, which the head keeps."""
-    axes = CodeAxes.fit(codes, int(model.code_pca)) if model.code_pca else None
+    axes = CodeAxes.fit(codes, int(model.code_pca)) if uses_code_axes(model) else None
     x = axes.apply(codes) if axes is not None else codes
     if model.classifier == "ridge":
-        head = train_ridge(x, y, n_classes, float(model.alpha), weights)
+        head = train_ridge(x, y, n_classes, ridge_alpha(model), weights)
     else:
         head = train_logistic(x, y, n_classes, float(model.C), int(model.random_state), weights)
     return replace(head, axes=axes)

@@ -69,23 +69,26 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
       and an (H, W) pair is used as it is;
     - ``pca=64``: hypercolumns projected on their first 64 principal axes (fitted on the codebook
       sample, applied to each tap before interpolation: exact);
-    - ``classifier="ridge"`` (``alpha=20``, ``class_weight="balanced"``): a ridge classifier on the
-      codes (least squares onto ±1 targets per class; ``predict_proba`` is a softmax of its scores,
-      which orders the classes but is not calibrated); ``"logistic"`` (``C=100``) a multinomial
-      logistic regression, the default before ACCURACY.md's run 31; ``"xgboost"`` the paper's kind
-      of head (``n_estimators``, ``max_depth``, ``learning_rate``, ``max_bin``, ``colsample_bynode``,
-      ``subsample``, ``min_child_weight``); ``code_pca=d`` fits a linear head on the training codes'
-      first d principal axes, each divided by the square root of its standard deviation, every code
-      unit length there (``classifier.CodeAxes``; saved with the head; default None: off);
+    - ``classifier="ridge"`` (``class_weight="balanced"``): a ridge classifier (least squares onto
+      ±1 targets per class; ``predict_proba`` is a softmax of its scores, which orders the classes
+      but is not calibrated) on the codes' first ``code_pca=64`` principal axes, each divided by the
+      square root of its standard deviation, every code unit length there (``classifier.CodeAxes``,
+      fitted on the training codes and saved with the head; ``code_pca=None``: on the codes
+      themselves, the default before ACCURACY.md's run 94). ``alpha``, the ridge's L2 strength:
+      None for the one measured for what it sees (``classifier.RIDGE_ALPHA``: 40 on the axes, 20 on
+      the codes). ``"logistic"`` (``C=100``) a multinomial logistic regression, the default before
+      run 31; ``"xgboost"`` the paper's kind of head (``n_estimators``, ``max_depth``,
+      ``learning_rate``, ``max_bin``, ``colsample_bynode``, ``subsample``, ``min_child_weight``;
+      it ignores ``code_pca``);
     - ``softness=10``: every point counts for every centre, weighted by its squared distance (soft
       assignment, ``vlad.encode_soft``), so a point near a border between centres does not jump from
       one to the other when the image changes a little (the paper: the nearest centre only, ``None``);
     - ``zoom=(1.2,)``, ``zoom_jitter=True``: the head also learns from every training image
       encoded at 1.2 times the input size, as if taken at a higher magnification, and flipped and
       re-exposed (gain, offset, gamma) as an ``augment`` copy is (the codebook and ``predict`` stay
-      at ``image_size``; the copy costs 1.44× the image's CNN pixels at fit). More rows want a
-      stronger ``alpha``: with ``zoom=()`` use ``alpha=10``, with ``zoom=(1.4, 0.7)`` ``alpha=40``
-      (ACCURACY.md, runs 31, 37–51).
+      at ``image_size``; the copy costs 1.44× the image's CNN pixels at fit). On the codes
+      themselves (``code_pca=None``) more rows wanted a stronger ``alpha``: with ``zoom=()`` use
+      ``alpha=10``, with ``zoom=(1.4, 0.7)`` ``alpha=40`` (ACCURACY.md, runs 31, 37–51).
 
     ``augment=n`` gives the classifier n randomly flipped and re-exposed copies of every training
     image (gain, offset, gamma; the codebook stays on the originals); ``zoom=(z, ...)`` gives it
@@ -132,8 +135,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                  taps: Sequence[str] | None = None, n_estimators: int = 100, max_depth: int = 3,
                  learning_rate: float = 0.1, max_bin: int = 32, colsample_bynode: float = 1.0,
                  subsample: float = 1.0, min_child_weight: float = 1.0,
-                 classifier: str = "ridge", C: float = 100.0, alpha: float = 20.0,
-                 class_weight: str | None = "balanced", code_pca: int | None = None,
+                 classifier: str = "ridge", C: float = 100.0, alpha: float | None = None,
+                 class_weight: str | None = "balanced", code_pca: int | None = 64,
                  normalize: str = "stretch", augment: int = 0, zoom: Sequence[float] = (1.2,),
                  zoom_jitter: bool = True, tta: int = 1, tta_zoom: Sequence[float] = (),
                  points: str = "per_image", softness: float | None = 10.0,
@@ -447,6 +450,8 @@ def _loaded_head(path: str | os.PathLike[str], model: FastVLAD, contents: model_
     """The classifier head: ``linear.npy`` (checked against the classes and the code width), or
     ``booster.ubj``, checked in Python before XGBoost parses it."""
     expected = "linear.npy" if model.classifier in classifier.LINEAR else "booster.ubj"
+    if expected == "linear.npy" and contents.linear is None:  # named before the axes a linear head would take
+        raise ModelFormatError(f"{path}: classifier={model.classifier!r} needs linear.npy, which is missing")
     axes = _loaded_axes(path, model, contents)
     if contents.linear is not None:
         dims = axes.axes.shape[1] if axes is not None else contents.codebook.size
@@ -472,19 +477,20 @@ def _loaded_head(path: str | os.PathLike[str], model: FastVLAD, contents: model_
 
 def _loaded_axes(path: str | os.PathLike[str], model: FastVLAD,
                  contents: model_file.ModelContents) -> classifier.CodeAxes | None:
-    """The linear head's ``CodeAxes`` (``code_axes.npy``), there exactly when ``code_pca`` is set:
-    ``(d + 1, code width)`` with 1 ≤ d ≤ code_pca."""
-    a = contents.code_axes
-    if model.code_pca is None:
+    """The linear head's ``CodeAxes`` (``code_axes.npy``), there exactly when the head uses them
+    (``classifier.uses_code_axes``): ``(d + 1, code width)`` with 1 ≤ d ≤ code_pca."""
+    a, dims = contents.code_axes, model.code_pca
+    if dims is None or not classifier.uses_code_axes(model):
         if a is not None:
-            raise ModelFormatError(f"{path}: code_axes.npy is there but config.json says code_pca=None; the file is "
-                                   "damaged or edited")
+            raise ModelFormatError(f"{path}: code_axes.npy is there but config.json says code_pca={model.code_pca} "
+                                   f"with classifier={model.classifier!r}, which uses none; the file is damaged or "
+                                   "edited")
         return None
     if a is None:
-        raise ModelFormatError(f"{path}: the model was trained with code_pca={model.code_pca} but has no code_axes.npy")
-    if a.shape[1] != contents.codebook.size or not 2 <= a.shape[0] <= int(model.code_pca) + 1:
-        raise ModelFormatError(f"{path}: code_axes.npy has shape {a.shape}; code_pca={model.code_pca} and "
-                               f"{contents.codebook.size}-dim codes need (1 to {model.code_pca} + 1, "
+        raise ModelFormatError(f"{path}: the model was trained with code_pca={dims} but has no code_axes.npy")
+    if a.shape[1] != contents.codebook.size or not 2 <= a.shape[0] <= int(dims) + 1:
+        raise ModelFormatError(f"{path}: code_axes.npy has shape {a.shape}; code_pca={dims} and "
+                               f"{contents.codebook.size}-dim codes need (1 to {dims} + 1, "
                                f"{contents.codebook.size}); the file is damaged or edited")
     return classifier.CodeAxes.from_array(a)
 

@@ -638,7 +638,8 @@ def share_interval(share: float, n: float) -> list[float]:
     z2 = WILSON_Z ** 2
     centre = (share + z2 / (2 * n)) / (1 + z2 / n)
     half = WILSON_Z / (1 + z2 / n) * math.sqrt(share * (1 - share) / n + z2 / (4 * n * n))
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    # at a share of 0 (or 1) the bound is exactly 0 (or 1); rounding left it 1e-17 off, above the share
+    return [0.0 if share <= 0 else max(0.0, centre - half), 1.0 if share >= 1 else min(1.0, centre + half)]
 
 
 def interval_note(shift: Mapping[str, Any]) -> str:

@@ -491,7 +491,7 @@ def test_transform_works_or_is_a_fastvlad_error(vgg16_path: Path, X: object, ski
     ({"subsample": 0}, "subsample=0"),
     ({"min_child_weight": -1}, "min_child_weight=-1"),
     ({"classifier": "svm"}, r"classifier='svm' is unknown; use one of \('xgboost', 'logistic', 'ridge'\)"),
-    ({"alpha": 0}, r"alpha=0: must be a number > 0 \(the ridge head's L2 strength\)"),
+    ({"alpha": 0}, r"alpha=0: must be a number > 0 \(the ridge head's L2 strength, or None\)"),
     ({"alpha": float("inf")}, "alpha=inf"),
     ({"points": "grid"}, r"points='grid' is unknown; use one of \('per_image', 'shared'\)"),
     ({"softness": 0}, r"softness=0: must be a number \(0, 1e\+06\] \(soft assignment's sharpness; None: the nearest "

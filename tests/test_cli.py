@@ -190,6 +190,25 @@ def test_train_softness_option(vgg16_path: Path, demo_folder: Path, tmp_path: Pa
     assert not (tmp_path / "x.fvl").exists()
 
 
+def test_train_code_pca_option(vgg16_path: Path, demo_folder: Path, tmp_path: Path) -> None:
+    """--code-pca 5 is the estimator's code_pca=5 and the saved model has it (and its axes); without
+    the option the default 64; --code-pca none is None (the head on the codes, no code_axes.npy); a
+    bad value names the option and writes nothing."""
+    out = tmp_path / "m.fvl"
+    res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(out), *SMALL, "--code-pca", "5"])
+    assert res.exit_code == 0, res.output
+    model = fastvlad.load(out)
+    assert model.code_pca == 5 and model.head_.axes is not None and model.alpha is None
+    res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(out), *SMALL])
+    assert res.exit_code == 0 and fastvlad.load(out).code_pca == 64
+    res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(out), *SMALL, "--code-pca", "none"])
+    assert res.exit_code == 0 and fastvlad.load(out).code_pca is None and fastvlad.load(out).head_.axes is None
+    for bad, says in (("many", "--code-pca 'many'"), ("2.5", "--code-pca '2.5'"), ("0", "code_pca=0")):
+        res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(tmp_path / "x.fvl"), "--code-pca", bad])
+        assert isinstance(res.exception, ParameterError) and says in str(res.exception), res.output
+    assert not (tmp_path / "x.fvl").exists()
+
+
 def test_train_tta_zoom_option(vgg16_path: Path, demo_folder: Path, tmp_path: Path) -> None:
     """--tta-zoom 0.75 is the estimator's tta_zoom=(0.75,): the saved model has it and predict's CSV
     averages that view too (as the API does); --tta-zoom none is (); a bad list names the option

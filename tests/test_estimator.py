@@ -256,7 +256,7 @@ def test_ridge_head_is_scikit_learns_ridge_classifier(n_classes: int) -> None:
     codes, y = rng.normal(size=(45, 30)).astype(np.float32), rng.integers(0, n_classes, 45)
     y[:n_classes] = np.arange(n_classes)
     w = classifier.balanced_weights(y, n_classes)
-    head = FastVLAD(classifier="ridge", alpha=3.0).fit_codes(codes, y).head_
+    head = FastVLAD(classifier="ridge", alpha=3.0, code_pca=None).fit_codes(codes, y).head_
     for alpha, same in ((3.0, True), (30.0, False)):
         ref = RidgeClassifier(alpha=alpha).fit(codes, y, sample_weight=w)
         scores = ref.decision_function(codes).reshape(len(codes), -1)
@@ -287,12 +287,14 @@ def test_code_pca_fits_the_head_on_the_code_axes(classifier_name: str) -> None:
     axes = classifier.CodeAxes.fit(codes, 12)
     assert head.axes is not None
     np.testing.assert_array_equal(head.axes.axes, axes.axes)
-    on_axes = FastVLAD(classifier=classifier_name).fit_codes(axes.apply(codes), y).head_
+    # alpha=None on the axes: the strength measured there, not the codes' one
+    on_axes = FastVLAD(classifier=classifier_name, code_pca=None,
+                       alpha=classifier.RIDGE_ALPHA["code axes"]).fit_codes(axes.apply(codes), y).head_
     for x in (codes, new):
         np.testing.assert_allclose(head.margin(x), on_axes.margin(axes.apply(x)), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(head.contributions(x).sum(axis=2) + head.intercept, head.margin(x), rtol=1e-5,
                                    atol=1e-6)
-    plain = FastVLAD(classifier=classifier_name).fit_codes(codes, y).head_
+    plain = FastVLAD(classifier=classifier_name, code_pca=None).fit_codes(codes, y).head_
     np.testing.assert_allclose(plain.contributions(new).sum(axis=2) + plain.intercept, plain.margin(new), rtol=1e-5,
                                atol=1e-6)
     assert not np.allclose(head.margin(new), plain.margin(new), rtol=1e-2, atol=1e-2)
@@ -331,11 +333,32 @@ def test_code_pca_keeps_only_the_axes_the_codes_span() -> None:
 @pytest.mark.parametrize(("params", "match"), [
     (dict(code_pca=0), "code_pca=0"),
     (dict(code_pca=2.5), "code_pca=2.5"),
-    (dict(code_pca=8, classifier="xgboost"), "applies to the linear heads"),
+    (dict(code_pca=None, alpha=0.0), "alpha=0.0"),
 ])
 def test_code_pca_is_checked(params: dict[str, object], match: str) -> None:
     with pytest.raises(ParameterError, match=match):
         FastVLAD(**params).fit_codes(np.eye(4, dtype=np.float32), [0, 1, 0, 1])
+
+
+def test_alpha_none_is_the_strength_measured_for_what_the_head_sees() -> None:
+    """``alpha=None`` (the default): ``RIDGE_ALPHA``'s 40 on the code axes (``code_pca``, the default), 20
+    on the codes themselves; a number given is used as it is. XGBoost ignores ``code_pca`` (as the
+    linear heads ignore its parameters): no axes, the booster on the codes."""
+    from fastvlad import classifier
+
+    assert classifier.RIDGE_ALPHA == {"code axes": 40.0, "codes": 20.0}
+    assert classifier.ridge_alpha(FastVLAD()) == 40.0
+    assert classifier.ridge_alpha(FastVLAD(code_pca=None)) == 20.0
+    assert classifier.ridge_alpha(FastVLAD(alpha=7.0)) == classifier.ridge_alpha(FastVLAD(alpha=7.0, code_pca=None)) == 7.0
+    rng = np.random.default_rng(4)
+    codes, y = rng.normal(size=(40, 12)).astype(np.float32), np.arange(40) % 2
+    default, forty = FastVLAD().fit_codes(codes, y).head_, FastVLAD(alpha=40.0).fit_codes(codes, y).head_
+    np.testing.assert_array_equal(default.margin(codes), forty.margin(codes))
+    twenty = FastVLAD(alpha=20.0).fit_codes(codes, y).head_
+    assert not np.allclose(default.margin(codes), twenty.margin(codes), rtol=1e-3, atol=1e-3)
+    booster = FastVLAD(classifier="xgboost", n_estimators=2).fit_codes(codes, y)
+    assert not classifier.uses_code_axes(booster) and booster.code_pca == 64
+    assert not isinstance(booster.head_, classifier.LinearHead)
 
 
 def test_xgboost_regularisation_reaches_the_booster() -> None:

@@ -413,6 +413,8 @@ def test_code_axes_edits_are_refused(with_axes: Path, tmp_path: Path) -> None:
     for name, change, match in [
         ("missing", dict(code_axes_npy=None), "trained with code_pca=5 but has no code_axes.npy"),
         ("without code_pca", dict(config_json=config(code_pca=None)), "code_axes.npy is there but .* code_pca=None"),
+        ("with an XGBoost head", dict(config_json=config(classifier="xgboost")),
+         "code_axes.npy is there but .* classifier='xgboost', which uses none"),
         ("more axes than code_pca", dict(config_json=config(code_pca=3)), r"code_axes.npy has shape \(6, 512\)"),
         ("narrower than the codes", dict(code_axes_npy=npy(axes[:, :100])), r"code_axes.npy has shape \(6, 100\)"),
         ("not finite", dict(code_axes_npy=npy(nan)), "code_axes.npy must be a finite"),

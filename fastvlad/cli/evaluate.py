@@ -77,7 +77,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
              aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
              points: Optional[str] = POINTS, softness: Optional[str] = SOFTNESS,
              classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, zoom: Optional[str] = ZOOM,
-             alpha: Optional[float] = ALPHA, code_pca: Optional[int] = CODE_PCA,
+             alpha: Optional[float] = ALPHA, code_pca: Optional[str] = CODE_PCA,
              zoom_jitter: Optional[bool] = ZOOM_JITTER,
              tta: Optional[int] = TTA, tta_zoom: Optional[str] = TTA_ZOOM,
              scale: Optional[float] = SCALE, missing_scale: Optional[str] = MISSING_SCALE, tile: Optional[str] = TILE,

@@ -64,7 +64,7 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
           pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
           points: Optional[str] = POINTS, softness: Optional[str] = SOFTNESS,
           classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, zoom: Optional[str] = ZOOM,
-          alpha: Optional[float] = ALPHA, code_pca: Optional[int] = CODE_PCA,
+          alpha: Optional[float] = ALPHA, code_pca: Optional[str] = CODE_PCA,
           zoom_jitter: Optional[bool] = ZOOM_JITTER,
           tta: Optional[int] = TTA, tta_zoom: Optional[str] = TTA_ZOOM,
           fp16: Optional[bool] = FP16, precision: Optional[str] = PRECISION,

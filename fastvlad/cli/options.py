@@ -36,11 +36,11 @@ CLASSIFIER = typer.Option(None, metavar="[ridge|logistic|xgboost]", help="The he
                           "logistic or xgboost (--faithful).")
 AUGMENT = typer.Option(None, metavar="N", help="Augmented copies (flips, gain, offset, gamma) of every training image "
                        "given to the classifier (default 0).")
-ALPHA = typer.Option(None, "--alpha", metavar="A", help="The ridge head's L2 strength (default 20; with --zoom "
-                     "none use 10, with --zoom 1.4,0.7 use 40; see README).")
-CODE_PCA = typer.Option(None, "--code-pca", metavar="D", help="Fit the ridge or logistic head on the training codes' "
-                        "first D principal axes, half-whitened, each code unit length there (default: off; 64 is "
-                        "measured in ACCURACY.md).")
+ALPHA = typer.Option(None, "--alpha", metavar="A", help="The ridge head's L2 strength (default 40 on the code axes, "
+                     "20 with --code-pca none; see README).")
+CODE_PCA = typer.Option(None, "--code-pca", metavar="D|none", help="Fit the ridge or logistic head on the training "
+                        "codes' first D principal axes, half-whitened, each code unit length there (default 64); "
+                        "'none': on the codes themselves.")
 ZOOM = typer.Option(None, metavar="Z,Z", help="Give the classifier every training image also at these multiples "
                     "of the input size, as at other magnifications (default 1.2; 'none': none, 0.41 of the CNN "
                     "pixels at fit).")
@@ -131,18 +131,31 @@ def parse_zoom(text: Optional[str], name: str = "zoom") -> dict[str, Any]:
                              "or 'none'") from None
 
 
-def parse_softness(text: Optional[str]) -> dict[str, Any]:
-    """``--softness`` as an estimator parameter: {} when not given, {"softness": None} for 'none',
-    else {"softness": B}."""
+def number_or_none(option: str, text: Optional[str], kind: type, hint: str) -> dict[str, Any]:
+    """An option that takes a number or 'none' as its estimator parameter (``--code-pca`` →
+    ``code_pca``): {} when not given, {name: None} for 'none', else {name: kind(text)}; ``hint``
+    says what to give instead of a bad value."""
     if text is None:
         return {}
+    name = option.lstrip("-").replace("-", "_")
     if text.strip().lower() == "none":
-        return {"softness": None}
+        return {name: None}
     try:
-        return {"softness": float(text)}
+        return {name: kind(text)}
     except ValueError:
-        raise ParameterError(f"--softness {text!r}: give a number > 0 (e.g. 10), or 'none' for the nearest centre "
-                             "only") from None
+        raise ParameterError(f"{option} {text!r}: {hint}") from None
+
+
+def parse_softness(text: Optional[str]) -> dict[str, Any]:
+    """``--softness`` as an estimator parameter (``number_or_none``)."""
+    return number_or_none("--softness", text, float, "give a number > 0 (e.g. 10), or 'none' for the nearest "
+                          "centre only")
+
+
+def parse_code_pca(text: Optional[str]) -> dict[str, Any]:
+    """``--code-pca`` as an estimator parameter (``number_or_none``)."""
+    return number_or_none("--code-pca", text, int, "give a whole number of axes > 0 (e.g. 64), or 'none' for the "
+                          "codes themselves")
 
 
 def precision_of(precision: Optional[str], fp16: Optional[bool]) -> dict[str, Any]:
@@ -163,7 +176,7 @@ def precision_of(precision: Optional[str], fp16: Optional[bool]) -> dict[str, An
 def estimator(density: float, k: int, image_size: Optional[str], device: str, backbone: str, taps: Optional[str],
               seed: int, on_error: str, faithful: bool = False, pca: Optional[str] = None,
               zoom: Optional[str] = None, tta_zoom: Optional[str] = None, softness: Optional[str] = None,
-              **extra: Any) -> FastVLAD:
+              code_pca: Optional[str] = None, **extra: Any) -> FastVLAD:
     """The estimator of a command's options; an option not given (None) keeps the estimator's
     default (``--faithful``: the paper's)."""
     from ..estimator import FastVLAD
@@ -173,6 +186,7 @@ def estimator(density: float, k: int, image_size: Optional[str], device: str, ba
     extra.update(parse_zoom(zoom))
     extra.update(parse_zoom(tta_zoom, "tta_zoom"))
     extra.update(parse_softness(softness))
+    extra.update(parse_code_pca(code_pca))
     if image_size is not None:
         extra["image_size"] = parse_image_size(image_size)
     make = FastVLAD.faithful if faithful else FastVLAD
