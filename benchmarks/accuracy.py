@@ -320,7 +320,11 @@ BEFORE_RUN_45: dict[str, Any] = {"zoom": (), "alpha": 10.0}
 BEFORE_RUN_51: dict[str, Any] = {"zoom_jitter": False}
 #: Every variant before run 70 gave each point to its nearest centre (run 70 made ``softness=10`` the default).
 BEFORE_RUN_70: dict[str, Any] = {"softness": None}
-VARIANTS = [(name, {**LOGISTIC, **BEFORE_RUN_40, **BEFORE_RUN_45, **BEFORE_RUN_51, **BEFORE_RUN_70, **params}, shift)
+#: Every variant before run 94 fitted its linear head on the codes themselves (run 94 made
+#: ``code_pca=64`` the default; ``alpha=None`` then means the codes' 20, as before).
+BEFORE_RUN_94: dict[str, Any] = {"code_pca": None}
+VARIANTS = [(name, {**LOGISTIC, **BEFORE_RUN_40, **BEFORE_RUN_45, **BEFORE_RUN_51, **BEFORE_RUN_70, **BEFORE_RUN_94,
+                    **params}, shift)
             for name, params, shift in VARIANTS]
 #: Benchmark-only knobs that change the codes (``variant_knobs``): part of an encoding's key.
 ENCODER_KNOBS = ("stretch", "jitter_blur_noise", "jitter_gamma", "stretch_smooth", "tap_norm", "stretch_at_input",

@@ -8,7 +8,7 @@ every image, its mirror, its jittered copy at 1.2× and the shift check's 200 im
 change; made there first when missing) are encoded with the default's codebook as the library
 encodes them (``codebooks_check.code_sets``: soft assignment, softness 10). Each head is the
 estimator's (``FastVLAD.fit_codes``: ridge, balanced) at ``alpha`` and ``code_pca`` (None: the
-default), fitted per fold under leave-one-series-out and grouped 5-fold, re-predicting the 200
+default until run 94), fitted per fold under leave-one-series-out and grouped 5-fold, re-predicting the 200
 images under each change (``head_check.scored``). With ``code_pca=d`` the head is fitted on the
 training codes' first d principal axes, each divided by the square root of its standard deviation,
 each code unit length there (``classifier.CodeAxes``), and predicts through them.
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     X, y, groups, series, rows = shift_data(args.data)
     changes = {**intensity.SHIFTS, **intensity.CONTROLS}
     names = list(changes)
-    heads = {"ridge, alpha 20 (the default)": functools.partial(estimator_head, classifier="ridge", alpha=20.0)}
+    heads = {"ridge, alpha 20 (the default until run 94)": functools.partial(estimator_head, classifier="ridge", alpha=20.0)}
     heads.update({f"code_pca {d}, alpha {a:g}": functools.partial(estimator_head, classifier="ridge", alpha=a,
                                                                   code_pca=d)
                   for d in args.dims for a in args.alphas})

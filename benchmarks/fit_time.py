@@ -10,8 +10,9 @@ default's in that round; then the median and range over rounds::
 The settings: 0.1.0's default (224×224 squashed, gray levels as read, XGBoost; as
 ``benchmarks/accuracy.py`` defines it), the default before ACCURACY.md's run 45 (no zoomed copies,
 ridge alpha 10), the default of run 45 (zoomed copies at 1.4 and 0.7, alpha 40) and today's
-(``FastVLAD()``: one zoomed copy at 1.2, flipped and re-exposed, alpha 20, run 51; with soft
-assignment, ``softness=10``, run 69), run 51's with the nearest centre only, and today's with the
+(``FastVLAD()``: one zoomed copy at 1.2, flipped and re-exposed, run 51; with soft assignment,
+``softness=10``, run 69; the ridge head on the codes' 64 principal axes, ``code_pca=64``, run 94),
+run 69's (the ridge on the codes, alpha 20), run 51's with the nearest centre only, and today's with the
 CNN at int8 (``precision="int8"``; 3× faster only on a CPU with VNNI, README "Precision").
 ``--only TEXT`` keeps the settings whose name contains TEXT. The tiles: a seeded sample of the shared
 nanofiber set.
@@ -36,13 +37,14 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nanofiber-
 SETTINGS: dict[str, dict[str, Any]] = {
     "0.1.0's default (224×224 squashed, as read, XGBoost)": dict(
         image_size=224, aspect="squash", normalize="none", classifier="xgboost", class_weight=None, tta=0, zoom=()),
-    "the default before run 45 (no zoomed copies, alpha 10)": dict(zoom=(), alpha=10.0),
-    "the default of run 45 (zoom 1.4/0.7, alpha 40)": dict(zoom=(1.4, 0.7), alpha=40.0),
-    "the default of run 51 (one jittered zoomed copy at 1.2, alpha 20; the nearest centre)": dict(softness=None),
-    "the default (run 51's, with soft assignment, softness 10; run 69)": {},
+    "the default before run 45 (no zoomed copies, alpha 10)": dict(zoom=(), alpha=10.0, code_pca=None),
+    "the default of run 45 (zoom 1.4/0.7, alpha 40)": dict(zoom=(1.4, 0.7), alpha=40.0, code_pca=None),
+    "the default of run 51 (one jittered zoomed copy at 1.2, alpha 20; the nearest centre)": dict(softness=None, code_pca=None),
+    "the default of run 69 (run 51's, with soft assignment, softness 10; the ridge on the codes)": dict(code_pca=None),
+    "the default (run 69's, the ridge on the codes' 64 principal axes, alpha 40; run 94)": {},
     "the default with the CNN at int8 (precision='int8')": dict(precision="int8"),
 }
-TODAY = "the default (run 51's, with soft assignment, softness 10; run 69)"
+TODAY = "the default (run 69's, the ridge on the codes' 64 principal axes, alpha 40; run 94)"
 
 
 def sample(data: Path, n: int, seed: int) -> tuple[list[str], np.ndarray]:

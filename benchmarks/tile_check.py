@@ -18,7 +18,8 @@ class), and how many of its rows the most represented micrograph holds.
 
 With ``--seeds``, it measures what the pairs of one field do to grouped 5-fold CV: per seed, the
 default estimator's codes (one PCA and codebook shared by the folds, as ``evaluate.encode_images`` fits
-them) and the default's head (``benchmarks/head_check.py``'s ``estimator_head``, the jittered copies
+them) and the ridge head on the codes (the default's until run 94: ``benchmarks/head_check.py``'s
+``estimator_head``, the jittered copies
 with their image, the mirror averaged at predict) fitted per fold of ``evaluate.folds`` grouped by the
 ``group`` column as it is, and grouped by field (each pair of ``SAME_FIELD`` one group), with how many
 pairs the first grouping puts on both sides.
