@@ -41,10 +41,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "the default of run 45 (zoom 1.4/0.7, alpha 40)": dict(zoom=(1.4, 0.7), alpha=40.0, code_pca=None),
     "the default of run 51 (one jittered zoomed copy at 1.2, alpha 20; the nearest centre)": dict(softness=None, code_pca=None),
     "the default of run 69 (run 51's, with soft assignment, softness 10; the ridge on the codes)": dict(code_pca=None),
-    "the default (run 69's, the ridge on the codes' 64 principal axes, alpha 40; run 94)": {},
+    "the default (run 69's, the ridge on the codes' 64 principal axes, alpha 80; run 94)": {},
     "the default with the CNN at int8 (precision='int8')": dict(precision="int8"),
 }
-TODAY = "the default (run 69's, the ridge on the codes' 64 principal axes, alpha 40; run 94)"
+TODAY = "the default (run 69's, the ridge on the codes' 64 principal axes, alpha 80; run 94)"
 
 
 def sample(data: Path, n: int, seed: int) -> tuple[list[str], np.ndarray]:

@@ -103,7 +103,7 @@ def from_bytes(data: bytes):  # type: ignore[no-untyped-def]
 LINEAR = ("logistic", "ridge")
 #: The ridge head's L2 strength when ``alpha`` is None, by what the head sees: the codes' principal
 #: axes (``code_pca``; ACCURACY.md runs 93–94) or the codes themselves (runs 49–51).
-RIDGE_ALPHA = {"code axes": 40.0, "codes": 20.0}
+RIDGE_ALPHA = {"code axes": 80.0, "codes": 20.0}
 
 
 def uses_code_axes(model: Any) -> bool:

@@ -75,7 +75,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
       square root of its standard deviation, every code unit length there (``classifier.CodeAxes``,
       fitted on the training codes and saved with the head; ``code_pca=None``: on the codes
       themselves, the default before ACCURACY.md's run 94). ``alpha``, the ridge's L2 strength:
-      None for the one measured for what it sees (``classifier.RIDGE_ALPHA``: 40 on the axes, 20 on
+      None for the one measured for what it sees (``classifier.RIDGE_ALPHA``: 80 on the axes, 20 on
       the codes). ``"logistic"`` (``C=100``) a multinomial logistic regression, the default before
       run 31; ``"xgboost"`` the paper's kind of head (``n_estimators``, ``max_depth``,
       ``learning_rate``, ``max_bin``, ``colsample_bynode``, ``subsample``, ``min_child_weight``;

@@ -341,19 +341,19 @@ def test_code_pca_is_checked(params: dict[str, object], match: str) -> None:
 
 
 def test_alpha_none_is_the_strength_measured_for_what_the_head_sees() -> None:
-    """``alpha=None`` (the default): ``RIDGE_ALPHA``'s 40 on the code axes (``code_pca``, the default), 20
+    """``alpha=None`` (the default): ``RIDGE_ALPHA``'s 80 on the code axes (``code_pca``, the default), 20
     on the codes themselves; a number given is used as it is. XGBoost ignores ``code_pca`` (as the
     linear heads ignore its parameters): no axes, the booster on the codes."""
     from fastvlad import classifier
 
-    assert classifier.RIDGE_ALPHA == {"code axes": 40.0, "codes": 20.0}
-    assert classifier.ridge_alpha(FastVLAD()) == 40.0
+    assert classifier.RIDGE_ALPHA == {"code axes": 80.0, "codes": 20.0}
+    assert classifier.ridge_alpha(FastVLAD()) == 80.0
     assert classifier.ridge_alpha(FastVLAD(code_pca=None)) == 20.0
     assert classifier.ridge_alpha(FastVLAD(alpha=7.0)) == classifier.ridge_alpha(FastVLAD(alpha=7.0, code_pca=None)) == 7.0
     rng = np.random.default_rng(4)
     codes, y = rng.normal(size=(40, 12)).astype(np.float32), np.arange(40) % 2
-    default, forty = FastVLAD().fit_codes(codes, y).head_, FastVLAD(alpha=40.0).fit_codes(codes, y).head_
-    np.testing.assert_array_equal(default.margin(codes), forty.margin(codes))
+    default, eighty = FastVLAD().fit_codes(codes, y).head_, FastVLAD(alpha=80.0).fit_codes(codes, y).head_
+    np.testing.assert_array_equal(default.margin(codes), eighty.margin(codes))
     twenty = FastVLAD(alpha=20.0).fit_codes(codes, y).head_
     assert not np.allclose(default.margin(codes), twenty.margin(codes), rtol=1e-3, atol=1e-3)
     booster = FastVLAD(classifier="xgboost", n_estimators=2).fit_codes(codes, y)

@@ -36,7 +36,7 @@ CLASSIFIER = typer.Option(None, metavar="[ridge|logistic|xgboost]", help="The he
                           "logistic or xgboost (--faithful).")
 AUGMENT = typer.Option(None, metavar="N", help="Augmented copies (flips, gain, offset, gamma) of every training image "
                        "given to the classifier (default 0).")
-ALPHA = typer.Option(None, "--alpha", metavar="A", help="The ridge head's L2 strength (default 40 on the code axes, "
+ALPHA = typer.Option(None, "--alpha", metavar="A", help="The ridge head's L2 strength (default 80 on the code axes, "
                      "20 with --code-pca none; see README).")
 CODE_PCA = typer.Option(None, "--code-pca", metavar="D|none", help="Fit the ridge or logistic head on the training "
                         "codes' first D principal axes, half-whitened, each code unit length there (default 64); "
