@@ -31,7 +31,7 @@ from vlad_check import DATA
 from fastvlad import datasets, intensity, tiling
 from fastvlad.encoder import Encoder
 from fastvlad.estimator import FastVLAD
-from fastvlad.evaluate import SHIFT_IMAGES, changed_shares, shift_sample
+from fastvlad.evaluate import SHIFT_IMAGES, changed_shares, mean_proba, shift_sample
 from fastvlad.images import Transformed
 
 #: The default until run 94 (the ridge on the codes, alpha 20) and a weaker ridge on the code axes.
@@ -63,11 +63,6 @@ def view_codes(model: FastVLAD, sources: list[Any]) -> list[np.ndarray]:
     """The codes of ``sources`` at each of ``model``'s views, the image itself first: ``(n, D)`` each."""
     encoder = Encoder.of(model)
     return [encoder.encode_view(sources, view).rows(len(sources)) for view in model.views()]
-
-
-def mean_proba(model: FastVLAD, views: list[np.ndarray]) -> np.ndarray:
-    """``(n, C)``: the mean of ``model``'s probabilities over the views' codes (as ``mean_over_views``)."""
-    return np.mean([model.predict_proba_codes(v) for v in views], axis=0)
 
 
 def main(argv: list[str] | None = None) -> None:
