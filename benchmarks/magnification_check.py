@@ -11,7 +11,8 @@ by 1/z of it, which the encoder brings to the same input size as the whole tile 
 microscope z times the magnification would show it, with z² less of the field. Only magnification up
 can be made from a tile (down needs field the tile lacks).
 
-The rows are the default and the options that give the head other magnifications at fit or predict
+The rows are the default (the head on the code axes since ACCURACY.md run 94; runs 84–87 ran the head
+on the codes, the row now named "the default until run 94") and the options that give the head other magnifications at fit or predict
 (``zoom``, ``zoom_jitter``, ``tta_zoom``); every row is ``evaluate.cross_validate`` and
 ``evaluate.shift_check`` as the CLI runs them (``--refit head``: one codebook shared by the folds, as
 ``fastvlad evaluate`` does by default; ``--refit all``: a whole fit per fold). ``--acquisition`` also
@@ -57,6 +58,7 @@ SURE = 0.15
 #: name → estimator parameters changed from the default.
 VARIANTS: dict[str, dict[str, Any]] = {
     "the default (jittered copy at 1.2)": {},
+    "the default until run 94 (the ridge on the codes, code_pca=None)": {"code_pca": None},
     "no zoomed copy (zoom=())": {"zoom": ()},
     "copies at 1.4 and 0.7, alpha 40 (run 45)": {"zoom": (1.4, 0.7), "zoom_jitter": False, "alpha": 40.0},
     "the default, tta_zoom=(0.7,)": {"tta_zoom": (0.7,)},
