@@ -12,8 +12,8 @@ microscope z times the magnification would show it, with z² less of the field. 
 can be made from a tile (down needs field the tile lacks).
 
 The rows are the default (the head on the code axes since ACCURACY.md run 94; runs 84–87 ran the head
-on the codes, the row now named "the default until run 94") and the options that give the head other magnifications at fit or predict
-(``zoom``, ``zoom_jitter``, ``tta_zoom``); every row is ``evaluate.cross_validate`` and
+on the codes, the row now named "the default until run 94") and the options that give the head other
+magnifications at fit or predict (``zoom``, ``zoom_jitter``, ``tta_zoom``); every row is ``evaluate.cross_validate`` and
 ``evaluate.shift_check`` as the CLI runs them (``--refit head``: one codebook shared by the folds, as
 ``fastvlad evaluate`` does by default; ``--refit all``: a whole fit per fold). ``--acquisition`` also
 re-predicts the 200 under the shift check's acquisition changes (``intensity.SHIFTS``) and adds a column,
