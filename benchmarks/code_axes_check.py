@@ -1,7 +1,7 @@
 """The linear head on the codes' principal axes (``code_pca``): more accurate and steadier on new series?
 
     python benchmarks/code_axes_check.py --cache DIR [--data ../shared/datasets/nanofiber-sem] [--seeds 0 1 2]
-        [--dims 64 128] [--alphas 20 40 80] [--out F]
+        [--dims 64 128] [--alphas 20 40 80] [--stretch LO HI] [--out F]
 
 Per seed, the default's points (``benchmarks/vlad_check.py``'s cache: the projected hypercolumns of
 every image, its mirror, its jittered copy at 1.2× and the shift check's 200 images under every
@@ -11,13 +11,16 @@ estimator's (``FastVLAD.fit_codes``: ridge, balanced) at ``alpha`` and ``code_pc
 default until run 94), fitted per fold under leave-one-series-out and grouped 5-fold, re-predicting the 200
 images under each change (``head_check.scored``). With ``code_pca=d`` the head is fitted on the
 training codes' first d principal axes, each divided by the square root of its standard deviation,
-each code unit length there (``classifier.CodeAxes``), and predicts through them.
+each code unit length there (``classifier.CodeAxes``), and predicts through them. ``--stretch LO HI``
+sets the stretch's percentiles (``intensity.STRETCH_PERCENTILES``, default 1 99) for the whole run; the
+cache then holds points of that stretch only, and a cache made with other percentiles is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import platform
 import sys
 import time
@@ -49,8 +52,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--dims", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--alphas", type=float, nargs="+", default=[20.0, 40.0, 80.0])
+    ap.add_argument("--stretch", type=float, nargs=2, default=list(intensity.STRETCH_PERCENTILES),
+                    metavar=("LO", "HI"), help="the stretch's percentiles for this run (default 1 99)")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     args = ap.parse_args(argv)
+    intensity.STRETCH_PERCENTILES = stretch_of_cache(args.cache, tuple(args.stretch))
     X, y, groups, series, rows = shift_data(args.data)
     changes = {**intensity.SHIFTS, **intensity.CONTROLS}
     names = list(changes)
@@ -79,6 +85,21 @@ def main(argv: list[str] | None = None) -> None:
                 lines.append(f"| {seed} " + table_row(name, split_name, r, names))
                 print(lines[-1], file=sys.stderr, flush=True)
     write(lines, args.out)
+
+
+def stretch_of_cache(cache: Path, stretch: tuple[float, float]) -> tuple[float, float]:
+    """``stretch``, recorded in ``cache/stretch.json`` (made when missing); a cache whose points were
+    made with other percentiles is refused, since its folders are named by the seed alone."""
+    marker = cache / "stretch.json"
+    made = json.loads(marker.read_text()) if marker.is_file() else None
+    if made is None and any(cache.glob("seed*/images.npy")):
+        made = [1.0, 99.0]  # caches made before this option: the default stretch
+    if made is not None and tuple(made) != stretch:
+        raise SystemExit(f"{cache} holds points of the stretch {made[0]:g}–{made[1]:g}, not {stretch[0]:g}–{stretch[1]:g}: "
+                         "give another --cache")
+    cache.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(list(stretch)))
+    return stretch
 
 
 if __name__ == "__main__":
