@@ -91,9 +91,10 @@ def stretch_of_cache(cache: Path, stretch: tuple[float, float]) -> tuple[float, 
     """``stretch``, recorded in ``cache/stretch.json`` (made when missing); a cache whose points were
     made with other percentiles is refused, since its folders are named by the seed alone."""
     marker = cache / "stretch.json"
-    made = json.loads(marker.read_text()) if marker.is_file() else None
-    if made is None and any(cache.glob("seed*/images.npy")):
-        made = [1.0, 99.0]  # caches made before this option: the default stretch
+    made = None
+    if any(cache.glob("seed*/images.npy")):  # a marker without points (a run stopped early) binds nothing
+        # caches made before this option, or by vlad_check.py itself, are the default stretch's
+        made = json.loads(marker.read_text()) if marker.is_file() else [1.0, 99.0]
     if made is not None and tuple(made) != stretch:
         raise SystemExit(f"{cache} holds points of the stretch {made[0]:g}–{made[1]:g}, not {stretch[0]:g}–{stretch[1]:g}: "
                          "give another --cache")
