@@ -12,15 +12,14 @@ default until run 94), fitted per fold under leave-one-series-out and grouped 5-
 images under each change (``head_check.scored``). With ``code_pca=d`` the head is fitted on the
 training codes' first d principal axes, each divided by the square root of its standard deviation,
 each code unit length there (``classifier.CodeAxes``), and predicts through them. ``--stretch LO HI``
-sets the stretch's percentiles (``intensity.STRETCH_PERCENTILES``, default 1 99) for the whole run; the
-cache then holds points of that stretch only, and a cache made with other percentiles is refused.
+sets the stretch's percentiles (``intensity.STRETCH_PERCENTILES``, default 1 99) for the whole run;
+``vlad_check.Points`` records them with the cached points and refuses points of other percentiles.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import platform
 import sys
 import time
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
                     metavar=("LO", "HI"), help="the stretch's percentiles for this run (default 1 99)")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     args = ap.parse_args(argv)
-    intensity.STRETCH_PERCENTILES = stretch_of_cache(args.cache, tuple(args.stretch))
+    intensity.STRETCH_PERCENTILES = tuple(args.stretch)  # the cached points record it (vlad_check.Points)
     X, y, groups, series, rows = shift_data(args.data)
     changes = {**intensity.SHIFTS, **intensity.CONTROLS}
     names = list(changes)
@@ -85,22 +84,6 @@ def main(argv: list[str] | None = None) -> None:
                 lines.append(f"| {seed} " + table_row(name, split_name, r, names))
                 print(lines[-1], file=sys.stderr, flush=True)
     write(lines, args.out)
-
-
-def stretch_of_cache(cache: Path, stretch: tuple[float, float]) -> tuple[float, float]:
-    """``stretch``, recorded in ``cache/stretch.json`` (made when missing); a cache whose points were
-    made with other percentiles is refused, since its folders are named by the seed alone."""
-    marker = cache / "stretch.json"
-    made = None
-    if any(cache.glob("seed*/images.npy")):  # a marker without points (a run stopped early) binds nothing
-        # caches made before this option, or by vlad_check.py itself, are the default stretch's
-        made = json.loads(marker.read_text()) if marker.is_file() else [1.0, 99.0]
-    if made is not None and tuple(made) != stretch:
-        raise SystemExit(f"{cache} holds points of the stretch {made[0]:g}–{made[1]:g}, not {stretch[0]:g}–{stretch[1]:g}: "
-                         "give another --cache")
-    cache.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(list(stretch)))
-    return stretch
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import platform
 import sys
 import time
@@ -103,6 +104,10 @@ def points_of(encoder: Encoder, sources: list[AnySource], view: View) -> np.ndar
     return out
 
 
+#: the stretch of points cached before ``Points`` recorded it
+DEFAULT_STRETCH = (1.0, 99.0)
+
+
 @dataclass
 class Points:
     """The points behind every code the check needs (each ``(n, S, p)`` float16)."""
@@ -114,6 +119,7 @@ class Points:
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / "stretch.json").write_text(json.dumps(list(intensity.STRETCH_PERCENTILES)))
         np.save(folder / "images.npy", self.images)
         np.save(folder / "mirror.npy", self.mirror)
         np.save(folder / "copies.npy", self.copies)
@@ -123,6 +129,14 @@ class Points:
 
     @classmethod
     def load(cls, folder: Path, names: list[str]) -> Points:
+        """The points saved in ``folder``; refused when they were made with other stretch percentiles
+        than ``intensity.STRETCH_PERCENTILES`` now (folders saved without a record: the default 1–99)."""
+        record = folder / "stretch.json"
+        made = tuple(json.loads(record.read_text())) if record.is_file() else DEFAULT_STRETCH
+        if made != tuple(intensity.STRETCH_PERCENTILES):
+            now = intensity.STRETCH_PERCENTILES
+            raise SystemExit(f"{folder} holds points of the stretch {made[0]:g}–{made[1]:g}, not {now[0]:g}–{now[1]:g}: "
+                             "give another --cache")
         changed = {n: [np.load(folder / f"changed{i}_{v}.npy") for v in (0, 1)] for i, n in enumerate(names)}
         return cls(np.load(folder / "images.npy"), np.load(folder / "mirror.npy"), np.load(folder / "copies.npy"),
                    changed)
