@@ -1,7 +1,7 @@
 """The linear head on the codes' principal axes (``code_pca``): more accurate and steadier on new series?
 
     python benchmarks/code_axes_check.py --cache DIR [--data ../shared/datasets/nanofiber-sem] [--seeds 0 1 2]
-        [--dims 64 128] [--alphas 20 40 80] [--stretch LO HI] [--out F]
+        [--dims 64 128] [--alphas 20 40 80] [--stretch LO HI] [--xgboost] [--out F]
 
 Per seed, the default's points (``benchmarks/vlad_check.py``'s cache: the projected hypercolumns of
 every image, its mirror, its jittered copy at 1.2× and the shift check's 200 images under every
@@ -14,6 +14,9 @@ training codes' first d principal axes, each divided by the square root of its s
 each code unit length there (``classifier.CodeAxes``), and predicts through them. ``--stretch LO HI``
 sets the stretch's percentiles (``intensity.STRETCH_PERCENTILES``, default 1 99) for the whole run;
 ``vlad_check.Points`` records them with the cached points and refuses points of other percentiles.
+``--xgboost`` adds the paper's kind of head, XGBoost at the estimator's settings (``classifier="xgboost"``:
+100 rounds, depth 3, 32 bins, balanced weights), on the codes and on each ``--dims``' axes (the
+library's XGBoost head ignores ``code_pca``; here the axes are applied as the linear head applies them).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import functools
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from codebooks_check import code_sets
@@ -37,10 +42,33 @@ from head_check import (
 )
 from vlad_check import DATA, cached_points
 
-from fastvlad import intensity
+from fastvlad import classifier, intensity
 from fastvlad.encoder import Encoder
 from fastvlad.estimator import FastVLAD
 from fastvlad.evaluate import folds
+
+
+@dataclass(frozen=True)
+class BoosterHead:
+    """An XGBoost booster on the codes, or on their ``CodeAxes`` when ``axes`` is set."""
+
+    booster: Any
+    axes: classifier.CodeAxes | None = None
+
+    def features(self, codes: np.ndarray) -> np.ndarray:
+        """What the booster sees of codes ``(n, D)``: ``(n, D or d)`` float32."""
+        return np.asarray(codes if self.axes is None else self.axes.apply(codes), dtype=np.float32)
+
+    def predict_proba(self, codes: np.ndarray) -> np.ndarray:
+        return classifier.predict_proba(self.booster, self.features(codes))
+
+
+def booster_head(codes: np.ndarray, y: np.ndarray, n_classes: int, dims: int | None = None) -> BoosterHead:
+    """The estimator's XGBoost head (``classifier="xgboost"``, its defaults, balanced weights) fitted
+    on codes ``(n, D)``, or on their first ``dims`` ``CodeAxes``."""
+    head = BoosterHead(None, classifier.CodeAxes.fit(codes, dims) if dims else None)
+    booster = FastVLAD(classifier="xgboost").fit_codes(head.features(codes), y).head_
+    return BoosterHead(booster, head.axes)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--alphas", type=float, nargs="+", default=[20.0, 40.0, 80.0])
     ap.add_argument("--stretch", type=float, nargs=2, default=list(intensity.STRETCH_PERCENTILES),
                     metavar=("LO", "HI"), help="the stretch's percentiles for this run (default 1 99)")
+    ap.add_argument("--xgboost", action="store_true", help="also the XGBoost head, on the codes and on each "
+                    "--dims' axes")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     args = ap.parse_args(argv)
     intensity.STRETCH_PERCENTILES = tuple(args.stretch)  # the cached points record it (vlad_check.Points)
@@ -63,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     heads.update({f"code_pca {d}, alpha {a:g}": functools.partial(estimator_head, classifier="ridge", alpha=a,
                                                                   code_pca=d)
                   for d in args.dims for a in args.alphas})
+    if args.xgboost:
+        heads["xgboost on the codes"] = booster_head
+        heads.update({f"xgboost on code_pca {d}": functools.partial(booster_head, dims=d) for d in args.dims})
     lines = [f"`{command_line('code_axes_check.py', argv)}` — {platform.node()}, {time.strftime('%Y-%m-%d %H:%M')}",
              "", "| seed | head | split | accuracy | max flip | mean flip | max right→wrong | " + " | ".join(names) + " |",
              "|---|---|---|---|---|---|---|" + "---|" * len(names)]
