@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from codebooks_check import code_sets
 from head_check import (
+    Head,
     command_line,
     estimator_head,
     scored,
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     X, y, groups, series, rows = shift_data(args.data)
     changes = {**intensity.SHIFTS, **intensity.CONTROLS}
     names = list(changes)
-    heads = {"ridge, alpha 20 (the default until run 94)": functools.partial(estimator_head, classifier="ridge", alpha=20.0)}
+    heads: dict[str, Head] = {"ridge, alpha 20 (the default until run 94)": functools.partial(estimator_head, classifier="ridge", alpha=20.0)}
     heads.update({f"code_pca {d}, alpha {a:g}": functools.partial(estimator_head, classifier="ridge", alpha=a,
                                                                   code_pca=d)
                   for d in args.dims for a in args.alphas})
