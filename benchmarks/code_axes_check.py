@@ -1,7 +1,7 @@
 """The linear head on the codes' principal axes (``code_pca``): more accurate and steadier on new series?
 
     python benchmarks/code_axes_check.py --cache DIR [--data ../shared/datasets/nanofiber-sem] [--seeds 0 1 2]
-        [--dims 64 128] [--alphas 20 40 80] [--stretch LO HI] [--xgboost] [--out F]
+        [--dims 64 128] [--alphas 20 40 80] [--stretch LO HI] [--xgboost] [--k K ...] [--out F]
 
 Per seed, the default's points (``benchmarks/vlad_check.py``'s cache: the projected hypercolumns of
 every image, its mirror, its jittered copy at 1.2× and the shift check's 200 images under every
@@ -17,6 +17,10 @@ sets the stretch's percentiles (``intensity.STRETCH_PERCENTILES``, default 1 99)
 ``--xgboost`` adds the paper's kind of head, XGBoost at the estimator's settings (``classifier="xgboost"``:
 100 rounds, depth 3, 32 bins, balanced weights), on the codes and on each ``--dims``' axes (the
 library's XGBoost head ignores ``code_pca``; here the axes are applied as the linear head applies them).
+``--k K ...`` adds, per K, a codebook of K centres drawn from the cached points
+(``codebooks_check.other_centres``: k-means on 500 points of each of 100 seeded images), every head
+fitted on its codes too; K = 100 there is the default's size drawn anew, which tells the k-means
+draw from the codebook's size.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from codebooks_check import code_sets
+from codebooks_check import code_sets, other_centres
 from head_check import (
     Head,
     command_line,
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
                     metavar=("LO", "HI"), help="the stretch's percentiles for this run (default 1 99)")
     ap.add_argument("--xgboost", action="store_true", help="also the XGBoost head, on the codes and on each "
                     "--dims' axes")
+    ap.add_argument("--k", type=int, nargs="*", default=[], help="also codebooks of these sizes, drawn from the "
+                    "cached points")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     args = ap.parse_args(argv)
     intensity.STRETCH_PERCENTILES = tuple(args.stretch)  # the cached points record it (vlad_check.Points)
@@ -104,19 +110,23 @@ def main(argv: list[str] | None = None) -> None:
         pts = cached_points(args.data, args.cache, seed, names)
         est = FastVLAD(random_state=seed)
         encoder = Encoder.of(est).fit_codebook(X, int(est.k), int(est.codebook_images))
-        t = time.perf_counter()
-        codes = code_sets(pts, np.asarray(encoder.centres))
-        print(f"seed {seed}: codes in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
-        cs = argparse.Namespace(codes=codes["images"], augmented=codes["copies"], augmented_of=np.arange(len(X)),
-                                views=[codes["mirror"]])
-        changed = {name: [codes[f"{name}/{v}"] for v in (0, 1)] for name in names}
+        books = {"": np.asarray(encoder.centres)}
+        books.update({f"; k {k} drawn from the points": other_centres(pts.images, seed, 1, k) for k in args.k})
         splits = {"leave-one-series-out": np.unique(series, return_inverse=True)[1],
                   "grouped 5-fold": folds(y, groups, 5, seed, None)}
-        for name, head in heads.items():
-            for split_name, fold in splits.items():
-                r = scored(head, cs, y, fold, rows, changed)
-                lines.append(f"| {seed} " + table_row(name, split_name, r, names))
-                print(lines[-1], file=sys.stderr, flush=True)
+        for book, centres in books.items():
+            t = time.perf_counter()
+            codes = code_sets(pts, centres)
+            print(f"seed {seed}{book}: codes in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+            cs = argparse.Namespace(codes=codes["images"], augmented=codes["copies"], augmented_of=np.arange(len(X)),
+                                    views=[codes["mirror"]])
+            changed = {name: [codes[f"{name}/{v}"] for v in (0, 1)] for name in names}
+            for name, head in heads.items():
+                for split_name, fold in splits.items():
+                    r = scored(head, cs, y, fold, rows, changed)
+                    lines.append(f"| {seed} " + table_row(name + book, split_name, r, names))
+                    print(lines[-1], file=sys.stderr, flush=True)
+            del codes, cs, changed
     write(lines, args.out)
 
 
