@@ -475,18 +475,20 @@ class Encoder:
             retry.run(n, work)
             yield kept
 
-    def encode_view(self, sources: Sequence[AnySource], view: View, timings: Timings | None = None) -> Encoded:
+    def encode_view(self, sources: Sequence[AnySource], view: View, timings: Timings | None = None,
+                    label: str | None = None) -> Encoded:
         """``encode`` of every image as ``view`` shows it: flipped by ``view.op``, at the input size times
-        ``view.zoom``."""
+        ``view.zoom``; the progress bar says so unless ``label`` is given."""
         encoder = self if view.zoom == 1.0 else replace(self, settings=self.settings.zoomed(view.zoom))
-        return encoder.encode(flipped(sources, view.op) if view.op else sources, timings)
+        return encoder.encode(flipped(sources, view.op) if view.op else sources, timings, label or view.label())
 
-    def encode(self, sources: Sequence[AnySource], timings: Timings | None = None) -> Encoded:
-        """VLAD codes of every image: ``(n, k·dim)`` float32 (dim = p with a projection), one CNN pass each."""
+    def encode(self, sources: Sequence[AnySource], timings: Timings | None = None, label: str = "encoding") -> Encoded:
+        """VLAD codes of every image: ``(n, k·dim)`` float32 (dim = p with a projection), one CNN pass each.
+        ``label`` names the pass on the progress bar."""
         codes = np.zeros((len(sources), self.centres.size if self.centres is not None else 0), dtype=np.float32)
         done = np.zeros(len(sources), dtype=bool)
         failed: list[tuple[int, ImageReadError]] = []
-        with progress.bar(len(sources), "encoding") as bar:
+        with progress.bar(len(sources), label) as bar:
             for enc in self.encode_batches(sources, timings):
                 failed += enc.batch.failed
                 codes[enc.batch.indices] = enc.codes
@@ -504,6 +506,11 @@ class View:
 
     op: int = 0
     zoom: float = 1.0
+
+    def label(self) -> str:
+        """What the progress bar calls this view's pass, e.g. "encoding, mirrored"."""
+        flips = ("", "mirrored", "flipped up–down", "turned 180°")[self.op & 3]
+        return ", ".join(["encoding", *([flips] if flips else []), *([f"at {self.zoom:g}×"] if self.zoom != 1.0 else [])])
 
 
 def predict_views(tta: int, tta_zoom: Sequence[float] = ()) -> list[View]:
@@ -562,11 +569,11 @@ def training_copies(encoder: Encoder, sources: Sequence[AnySource], indices: np.
 
     if augment:
         t, extra = time.perf_counter(), Timings()
-        enc = encoder.encode(augmented(sources, indices, augment, seed), extra)
+        enc = encoder.encode(augmented(sources, indices, augment, seed), extra, "encoding augmented copies")
         add("augment", enc, enc.indices % max(1, len(indices)), extra, t)
     originals = zoom_sources(sources, indices, zoom_jitter, seed) if zoom else []
     for factor in zoom:
         t, extra = time.perf_counter(), Timings()
-        enc = encoder.encode_view(originals, View(0, factor), extra)
+        enc = encoder.encode_view(originals, View(0, factor), extra, f"encoding training copies at {factor:g}×")
         add("zoom", enc, enc.indices, extra, t)
     return np.concatenate(codes), np.concatenate(rows)

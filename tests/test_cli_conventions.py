@@ -114,6 +114,8 @@ def test_progress_lines_when_not_a_terminal(model_file: Path, demo_folder: Path,
     assert res.exit_code == 0, res.output
     lines = [line for line in res.stderr.splitlines() if line.startswith("encoding: ")]
     assert lines and lines[-1].startswith("encoding: 16/16 img (") and "\r" not in res.stderr and "\x1b" not in res.stderr
+    # the mirror averaged at predict is a second pass: its bar says so, not a second "encoding"
+    assert any(line.startswith("encoding, mirrored: 16/16 img (") for line in res.stderr.splitlines())
     quiet = _invoke("--no-progress", "predict", str(model_file), str(demo_folder), "-o", out)
     assert quiet.exit_code == 0 and "encoding: " not in quiet.stderr
     forced = _invoke("-q", "--progress", "predict", str(model_file), str(demo_folder), "-o", out)

@@ -411,3 +411,12 @@ def test_describe_views_names_each_view() -> None:
         "each image, 1 flipped copy and the image at 0.7× the input size (3 CNN passes)"
     assert describe_views(predict_views(0, (1.0,))) == "each image and the image at 1× the input size (2 CNN passes)"
     assert describe_views(predict_views(0)) == "each image (1 CNN pass)"
+
+
+def test_each_view_names_its_progress_bar() -> None:
+    """Each CNN pass of a prediction or a fit has its own bar: the labels tell them apart."""
+    from fastvlad.encoder import View, predict_views
+
+    assert [v.label() for v in predict_views(3, (0.7,))] == [
+        "encoding", "encoding, mirrored", "encoding, flipped up–down", "encoding, turned 180°", "encoding, at 0.7×"]
+    assert View(1, 1.2).label() == "encoding, mirrored, at 1.2×"
