@@ -4,7 +4,7 @@
 
 ROOT is a checkout (default: the one this script is in). Prints the number of modules, the
 import edges between them, the import circles, the calls to private ``FastVLAD`` methods
-outside ``estimator.py`` (file:line), the ``impl ==`` / ``device ==`` / ``__import__("cupy")``
+outside ``estimator.py`` and the private names of one module used in another (file:line), the ``impl ==`` / ``device ==`` / ``__import__("cupy")``
 occurrences per module, and what ``import fastvlad`` and ``import fastvlad.explain`` load (in a
 fresh interpreter on ROOT).
 
@@ -213,6 +213,49 @@ def private_calls(root: Path) -> list[tuple[str, int, str]]:
     return sorted(out)
 
 
+def _module_aliases(name: str, tree: ast.AST, mods: dict[str, Path]) -> dict[str, str]:
+    """Local names that module ``name`` binds to the package's modules: alias → dotted module."""
+    here = name if _is_package(name, mods) else name.rpartition(".")[0]
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in mods:
+                    out[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom):
+            base = here.split(".")[: len(here.split(".")) - (node.level - 1)] if node.level else []
+            source = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:
+                if f"{source}.{alias.name}" in mods:
+                    out[alias.asname or alias.name] = f"{source}.{alias.name}"
+    return out
+
+
+def private_uses(root: Path) -> list[tuple[str, int, str]]:
+    """Private names (``_x``, not dunders) of one package module used from another, as
+    ``module._x`` or ``from module import _x``: (file, line, code)."""
+    mods = modules(root)
+    out = []
+    for name, path in mods.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        aliases = _module_aliases(name, tree, mods)
+        here = name if _is_package(name, mods) else name.rpartition(".")[0]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                base = here.split(".")[: len(here.split(".")) - (node.level - 1)] if node.level else []
+                source = ".".join(base + [node.module])
+                hits = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                if source in mods and source != name and hits:
+                    out.append((str(path.relative_to(root)), node.lineno, f"from {source} import {', '.join(hits)}"))
+            elif (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
+                dotted = ast.unparse(node.value)
+                head, _, rest = dotted.partition(".")
+                target = aliases.get(head, "") + (f".{rest}" if rest and head in aliases else "")
+                if target in mods and target != name:
+                    out.append((str(path.relative_to(root)), node.lineno, ast.unparse(node)))
+    return sorted(out)
+
+
 def dispatch_by_name(root: Path) -> dict[str, dict[str, int]]:
     """Per module, how often each of ``PATTERNS`` occurs (modules without any left out)."""
     out = {}
@@ -277,6 +320,10 @@ def main(argv: list[str]) -> None:
     print(f"calls to them outside estimator.py: {len(calls)}")
     for file, line, code in calls:
         print(f"  {file}:{line}: {code}(")
+    uses = private_uses(root)
+    print(f"private names of one module used in another: {len(uses)}")
+    for file, line, code in uses:
+        print(f"  {file}:{line}: {code}")
     dispatch = dispatch_by_name(root)
     totals = {p: sum(c[p] for c in dispatch.values()) for p in PATTERNS}
     print("dispatch by name: " + ", ".join(f"{p} {n}" for p, n in totals.items()))

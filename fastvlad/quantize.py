@@ -439,7 +439,7 @@ def _intact(path: Path) -> str | None:
         recorded = Path(f"{path}.sha256").read_text().split()[0]
     except (OSError, IndexError):
         return None
-    return recorded if weights._is_intact(path) else None
+    return recorded if weights.is_intact(path) else None
 
 
 def build(backbone: str | os.PathLike[str] = "vgg16", taps: Sequence[str] | None = None,

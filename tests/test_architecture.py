@@ -1,7 +1,7 @@
 """The package's shape (issue 16), read from the source with ``ast`` by ``benchmarks/import_graph.py``:
-no import circles inside ``fastvlad/``, no private ``FastVLAD`` method called outside
-``estimator.py``, no device dispatch by name in the stage modules, and the command line only in
-``fastvlad/cli/``."""
+no import circles inside ``fastvlad/``, no private name of one module used in another, no private
+``FastVLAD`` method called outside ``estimator.py``, no device dispatch by name in the stage modules,
+and the command line only in ``fastvlad/cli/``."""
 
 from __future__ import annotations
 
@@ -38,6 +38,12 @@ def test_no_import_circles() -> None:
         "\n".join("  " + " -> ".join(c) for c in new)
     stale = ALLOWED_CIRCLES - {frozenset(c) for c in found}
     assert not stale, f"allowed circles that are gone; remove them from ALLOWED_CIRCLES: {sorted(map(sorted, stale))}"
+
+
+def test_no_private_name_of_one_module_used_in_another() -> None:
+    uses = import_graph.private_uses(ROOT)
+    assert not uses, "private names used outside their module (give them a public name or move them):\n" + \
+        "\n".join(f"  {f}:{line}: {code}" for f, line, code in uses)
 
 
 def test_no_private_estimator_methods_outside_estimator() -> None:
@@ -91,7 +97,8 @@ FILES = {
     "sub/__init__.py": "",
     "sub/c.py": "from typing import TYPE_CHECKING\nfrom ..a import f\nif TYPE_CHECKING:\n    from .. import d\nx = 1\n",
     "d.py": "from .sub import c\n",  # a submodule of a package d is not in: runs sub/__init__ too
-    "e.py": "def g(m):\n    return m._hidden(), m.public(), m.__init__()\n",
+    "e.py": "def g(m):\n    return m._hidden(), m.public(), m.__init__()\n"
+            "from . import a\nfrom .a import _q, f\nx = a._p, a.f, a.__name__\n",
 }
 
 
@@ -114,6 +121,11 @@ def test_reader_finds_every_kind_of_import(made_up: Path) -> None:
     assert set(edges["fastvlad.d"]) == {"fastvlad.sub.c", "fastvlad.sub"}
     assert import_graph.circles(edges) == [["fastvlad", "fastvlad.estimator", "fastvlad"],
                                            ["fastvlad.a", "fastvlad.b", "fastvlad.sub.c", "fastvlad.a"]]
+
+
+def test_reader_finds_private_names_used_across_modules(made_up: Path) -> None:
+    e = str(Path("fastvlad/e.py"))
+    assert import_graph.private_uses(made_up) == [(e, 4, "from fastvlad.a import _q"), (e, 5, "a._p")]
 
 
 def test_reader_finds_private_calls(made_up: Path) -> None:
