@@ -1,7 +1,7 @@
 """Several heads on one whole fit per held-out series: ``code_pca`` as a user's model meets a new series.
 
     python benchmarks/fold_heads_check.py [--data ../shared/datasets/nanofiber-sem] [--seed 0]
-        [--heads "code_pca=none" "alpha=40" ...] [--json F] [--out F]
+        [--heads "code_pca=none" "alpha=40" ...] [--stretch LO HI] [--json F] [--out F]
 
 What ``fastvlad evaluate DATA --split series --refit all --shift --seed S`` measures for the default,
 measured here for every head of ``--heads`` in the same run: per held-out series, the default
@@ -11,7 +11,9 @@ of 200 at seed S, as ``shift_check`` draws them; ``intensity.SHIFTS`` and the co
 once with that fold's encoder, at every view; then each head (``FastVLAD.fit_codes`` on the fold's
 own training codes, its images' and their jittered zoomed copies', with the parameters named)
 predicts the mean over the views. The first head, the default's, is the fold's own model, so its row
-repeats ``evaluate``'s numbers for that seed; the others cost no CNN pass.
+repeats ``evaluate``'s numbers for that seed; the others cost no CNN pass. ``--stretch LO HI`` sets
+the stretch's percentiles (``intensity.STRETCH_PERCENTILES``, default 1 99) for the whole run: every
+fit, copy and changed image, the default's row included.
 """
 
 from __future__ import annotations
@@ -70,9 +72,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--heads", nargs="+", default=DEFAULT_HEADS, help="each 'name=value ...' (FastVLAD parameters)")
+    ap.add_argument("--stretch", type=float, nargs=2, default=list(intensity.STRETCH_PERCENTILES),
+                    metavar=("LO", "HI"), help="the stretch's percentiles for this run (default 1 99)")
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown tables here")
     args = ap.parse_args(argv)
+    intensity.STRETCH_PERCENTILES = tuple(args.stretch)
     if not (args.data / "manifest.csv").is_file():
         sys.exit(f"no dataset at {args.data} (see ../shared/datasets/README.md)")
     ds = datasets.load(args.data)
