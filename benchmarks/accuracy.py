@@ -530,13 +530,14 @@ def exposed(values: np.ndarray, exposure: int) -> np.ndarray:
 _ENCODE_VIEW = Encoder.encode_view
 
 
-def encode_exposed(self: Encoder, sources: Any, view: View, timings: Timings | None = None) -> Any:
+def encode_exposed(self: Encoder, sources: Any, view: View, timings: Timings | None = None,
+                   label: str | None = None) -> Any:
     """``Encoder.encode_view`` that also shows an ``ExposedView``: every source re-exposed first."""
     if isinstance(view, ExposedView):
         sources = [images.Transformed(s, functools.partial(exposed, exposure=view.exposure), f"exposed {view.exposure}")
                    for s in sources]
         view = View(view.op, view.zoom)
-    return _ENCODE_VIEW(self, sources, view, timings)
+    return _ENCODE_VIEW(self, sources, view, timings, label)
 
 
 def jitter_with(values: np.ndarray, rng: np.random.Generator, gamma_range: tuple[float, float],
