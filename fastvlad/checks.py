@@ -58,22 +58,22 @@ def parse_image_size(text: str) -> int | tuple[int, int] | None:
 
 def real(name: str, value: Any, lo: float, hi: float = math.inf, lo_open: bool = False, hint: str = "") -> float:
     """``value`` as a finite float in [lo, hi] ((lo, hi] with ``lo_open``), or a ``ParameterError``."""
-    v = _as_float(value)
+    v = as_float(value)
     if not (math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi):
         span = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]" if math.isfinite(hi) else f"{'>' if lo_open else '≥'} {lo:g}"
-        raise ParameterError(f"{name}={_shown(value)}: must be a number {span}{hint}")
+        raise ParameterError(f"{name}={shown(value)}: must be a number {span}{hint}")
     return v
 
 
 def integer(name: str, value: Any, lo: int, hint: str = "") -> int:
     """``value`` as an int ≥ ``lo`` (integral floats accepted), or a ``ParameterError``."""
-    v = _as_float(value)
+    v = as_float(value)
     if not math.isfinite(v) or v != int(v) or int(v) < lo:
-        raise ParameterError(f"{name}={_shown(value)}: must be an integer ≥ {lo}{hint}")
+        raise ParameterError(f"{name}={shown(value)}: must be an integer ≥ {lo}{hint}")
     return int(value)
 
 
-def _as_float(value: Any) -> float:
+def as_float(value: Any) -> float:
     """A number (not a bool) as a float; NaN for anything else, and for an int too large for a float
     (10**400 from an edited model file), which ``float()`` would raise ``OverflowError`` on."""
     if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, (bool, np.bool_)):
@@ -84,7 +84,7 @@ def _as_float(value: Any) -> float:
         return math.nan
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     """``repr(value)``, cut short: an int of thousands of digits is not a message."""
     text = repr(value)
     return text if len(text) <= 40 else f"{text[:20]}…({len(text)} characters)"

@@ -21,6 +21,9 @@ CODEBOOK_MAX_POINTS = 50_000
 PCA_MAX_POINTS = 20_000
 #: Cost of one bilinearly gathered value in multiply-adds, for choosing project-first vs gather-first per tap.
 GATHER_COST = 8
+#: How far beyond the training images' ``input_scale`` range (either way) an image may reach the
+#: network before ``predict`` says it is seen at another scale: the zoomed training copies cover 1.2×.
+SCALE_TOLERANCE = 1.25
 #: Largest image, in pixels, that the decoder accepts (decompression-bomb guard).
 MAX_IMAGE_PIXELS = 1 << 28
 #: Largest network input, in pixels (image_size, or an image at native size): VGG16's five taps

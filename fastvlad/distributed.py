@@ -53,7 +53,7 @@ from .errors import (
     ModelFormatError,
     ParameterError,
 )
-from .estimator import check_fitted
+from .estimator import check_fitted, scale_range
 from .images import AnySource, Derived, ImageSource, Transformed
 
 if TYPE_CHECKING:
@@ -152,6 +152,7 @@ class _Part:
     values: np.ndarray  # (n_ok, ...) codes or probabilities, rows in ``indices`` order
     failed: list[tuple[int, ImageReadError]]
     seconds: dict[str, float] = field(default_factory=dict)
+    scales: np.ndarray | None = None  # (n_ok,) each image's ``images.input_scale``
 
 
 _TURN = threading.Lock()
@@ -233,17 +234,18 @@ def _encode_part(sources: Sequence[ImageSource], start: int, encoder: tuple[np.n
     timings = Timings()
     with _worker_turn():
         enc = _worker_encoder(spec, encoder).encode_view(sources, view, timings)
-    return _Part(enc.indices + start, enc.codes, [(i + start, e) for i, e in enc.failed], dict(timings.seconds))
+    return _Part(enc.indices + start, enc.codes, [(i + start, e) for i, e in enc.failed], dict(timings.seconds),
+                 enc.scales)
 
 
 def _predict_part(part: _Part, head: Any) -> _Part:
     """Class probabilities of an encoded partition: values (n_ok, n_classes) float32."""
     proba = classifier.predict_proba(head, part.values) if len(part.indices) else part.values[:, :0]
-    return _Part(part.indices, proba, part.failed, part.seconds)
+    return replace(part, values=proba)
 
 
 def _without_values(part: _Part) -> _Part:
-    return _Part(part.indices, np.empty((len(part.indices), 0), np.float32), part.failed, part.seconds)
+    return replace(part, values=np.empty((len(part.indices), 0), np.float32))
 
 
 def _values(part: _Part) -> np.ndarray:
@@ -318,7 +320,9 @@ def _assemble(n: int, parts: Sequence[_Part]) -> Encoded:
     order = np.argsort(indices, kind="stable")
     values = np.concatenate([p.values for p in parts])[order]
     failed = sorted((f for p in parts for f in p.failed), key=lambda f: f[0])
-    return Encoded(values, indices[order], failed)
+    known = all(p.scales is not None for p in parts)
+    scales = np.concatenate([p.scales for p in parts if p.scales is not None])[order] if known and parts else None
+    return Encoded(values, indices[order], failed, scales)
 
 
 def _sum_seconds(parts: Sequence[_Part] | Sequence[_Sample], into: dict[str, float]) -> None:
@@ -436,7 +440,10 @@ def predict_proba(client: Client | None, X: Sequence[ImageSource], model: FastVL
     n, views = len(X), model.views()
     encoded = _encode_and_predict(client, X, model, partition_size, views)  # every view in one round of tasks
     each = encoded.rows(n * len(views)).reshape(len(views), n, -1)  # probabilities, not codes
-    encoded = replace(encoded, failed=[(i, e) for i, e in encoded.failed if i < n])
+    own = encoded.indices < n  # the first view: the images themselves
+    encoded = replace(encoded, failed=[(i, e) for i, e in encoded.failed if i < n], indices=encoded.indices[own],
+                      codes=encoded.codes[own], scales=None if encoded.scales is None else encoded.scales[own])
+    model.note_other_scales(X, encoded)
     return each.sum(axis=0) / np.float32(len(views)), model.describe_failures(X, encoded)
 
 
@@ -496,6 +503,8 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
         "partitions": len(futures), "codebook_pass_seconds": codebook_pass}
     if model.projection_ is not None:
         info["pca_explained_variance"] = model.projection_.explained_variance_ratio
+    if encoded.scales is not None:
+        info["input_scale"] = scale_range(encoded.scales)
     model.train_info_ = info
     model.timings_["total"] = time.perf_counter() - t0
     return model

@@ -133,6 +133,7 @@ class Encoded:
     codes: np.ndarray  # (n_ok, k·dim) float32
     indices: np.ndarray  # (n_ok,) positions in the source list
     failed: list[tuple[int, ImageReadError]]
+    scales: np.ndarray | None = None  # (n_ok,) float64 each image's ``images.input_scale``; None: not known
 
     def rows(self, n: int) -> np.ndarray:
         """``codes`` at their positions in a list of ``n`` sources: ``(n, k·dim)`` float32, NaN rows
@@ -486,16 +487,18 @@ class Encoder:
         """VLAD codes of every image: ``(n, k·dim)`` float32 (dim = p with a projection), one CNN pass each.
         ``label`` names the pass on the progress bar."""
         codes = np.zeros((len(sources), self.centres.size if self.centres is not None else 0), dtype=np.float32)
+        scales = np.full(len(sources), np.nan)
         done = np.zeros(len(sources), dtype=bool)
         failed: list[tuple[int, ImageReadError]] = []
         with progress.bar(len(sources), label) as bar:
             for enc in self.encode_batches(sources, timings):
                 failed += enc.batch.failed
                 codes[enc.batch.indices] = enc.codes
+                scales[enc.batch.indices] = enc.batch.scales
                 done[enc.batch.indices] = True
                 bar.advance(len(enc.batch.indices) + len(enc.batch.failed))
         ok = np.flatnonzero(done)
-        return Encoded(codes[ok], ok, failed)
+        return Encoded(codes[ok], ok, failed, scales[ok])
 
 
 @dataclass(frozen=True)

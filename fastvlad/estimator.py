@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
+import math
 import os
 import platform
 import re
@@ -21,6 +23,7 @@ from . import (
     booster_check,
     checks,
     classifier,
+    config,
     datasets,
     model_file,
     quantize,
@@ -49,6 +52,24 @@ LEGACY_PARAMS: dict[str, Any] = {"aspect": "squash", "classifier": "xgboost", "C
                                  "normalize": "none", "augment": 0, "tta": 0, "precision": "fp32",
                                  "calibration": None, "points": "per_image", "zoom": (), "tta_zoom": (),
                                  "zoom_jitter": False, "softness": None, "code_pca": None}
+
+
+log = logging.getLogger(__name__)
+
+
+def scale_range(scales: np.ndarray) -> list[float]:
+    """[min, median, max] of the training images' ``images.input_scale`` ``(n,)``, for ``train_info_``."""
+    return [float(scales.min()), float(np.median(scales)), float(scales.max())]
+
+
+def off_scale(trained: Any, scales: np.ndarray | None) -> np.ndarray:
+    """Which of ``scales`` ``(n,)`` lie beyond the training images' range ``trained`` ([min, median,
+    max], ``scale_range``) by more than ``config.SCALE_TOLERANCE`` either way: ``(n,)`` bool (all False
+    when either is unknown, as for a model saved before it was recorded)."""
+    if trained is None or scales is None:
+        return np.zeros(0 if scales is None else len(scales), dtype=bool)
+    lo, hi = trained[0] / config.SCALE_TOLERANCE, trained[2] * config.SCALE_TOLERANCE
+    return (scales < lo) | (scales > hi)
 
 
 class FastVLAD(ClassifierMixin, BaseEstimator):
@@ -229,6 +250,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
                                 class_counts={str(c): int(n) for c, n in zip(names, counts)})
         self.train_info_["skipped"] = [[name, why] for name, why in self.skipped_]
         self.train_info_["codebook_pass_seconds"] = codebook_pass
+        if encoded.scales is not None:
+            self.train_info_["input_scale"] = scale_range(encoded.scales)
         timings.seconds["total"] = time.perf_counter() - t0
         self.timings_ = dict(timings.seconds)
         return self
@@ -334,7 +357,24 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         itself at each ``tta_zoom`` factor). Also the images' own encoding, which says which failed."""
         X = checks.sources(X)
         encoded = self.encode(X)
+        self.note_other_scales(X, encoded)
         return self.mean_over_views(X, self.predict_proba_codes(encoded.rows(len(X)))), encoded
+
+    def note_other_scales(self, X: Sequence[ImageSource], encoded: Encoded) -> None:
+        """Log a warning when images reach the network at another scale than the training images did
+        (``off_scale``): a larger field resized to the same input shows smaller features, which the
+        model reads as another magnification."""
+        off = off_scale(getattr(self, "train_info_", {}).get("input_scale"), encoded.scales)
+        if not off.any():
+            return
+        ratios = encoded.scales[off] / self.train_info_["input_scale"][1]  # type: ignore[index]
+        lo, hi = f"{ratios.min():.2g}", f"{ratios.max():.2g}"
+        names = [source_name(X[int(i)], int(i)) for i in encoded.indices[off][:3]]
+        log.warning("fastvlad: %d of %d images reach the network at %s× the scale of the training images (each "
+                    "image is resized to the input size, so a larger field shows smaller features: another "
+                    "magnification to the model, and answers may change), e.g. %s; cut them as the training images "
+                    "were (tile=, --tile HxW), or train and predict with pixel sizes (scale_nm_per_px=, --scale)",
+                    int(off.sum()), len(encoded.indices), lo if lo == hi else f"{lo}–{hi}", ", ".join(names))
 
     def mean_over_views(self, X: Sequence[ImageSource], own: np.ndarray) -> np.ndarray:
         """``(n, n_classes)`` float32: the mean of ``own``, the images' own probabilities (the first
@@ -546,6 +586,11 @@ def _model_from_config(path: str | os.PathLike[str], cfg: dict[str, Any], codebo
     ratio = train.get("pca_explained_variance", 0.0)
     if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0.0 <= ratio <= 1.0):
         raise bad(f"train.pca_explained_variance={ratio!r} must be a number in [0, 1]")
+    scales = train.get("input_scale", [1.0, 1.0, 1.0])
+    values = [checks.as_float(v) for v in scales] if isinstance(scales, list) and len(scales) == 3 else [math.nan]
+    if not (all(0.0 < v < math.inf for v in values) and values == sorted(values)):
+        raise bad(f"train.input_scale={checks.shown(scales)} must be [min, median, max]: three increasing "
+                  "positive numbers")
     model.classes_ = np.array(classes)
     model.backbone_sha256_ = sha
     model.taps_ = tuple(taps)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import math
 import os
 import queue
 import stat
@@ -400,6 +401,13 @@ def caffe(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((rgb[..., ::-1] - CAFFE_MEAN_BGR).transpose(2, 0, 1), dtype=np.float32)
 
 
+def input_scale(image_hw: tuple[int, ...], input_hw: tuple[int, ...]) -> float:
+    """How much larger the network input shows an image's features than its pixels: the linear
+    factor of the resize, √(input area / image area) (1.0 at native size; 112/306 for a 306×448 tile
+    brought to 112×164)."""
+    return math.sqrt(input_hw[0] * input_hw[1] / (image_hw[0] * image_hw[1]))
+
+
 def zoomed_size(size: tuple[int, int], factor: float) -> tuple[int, int]:
     """The input size ``(H, W)`` times ``factor``, rounded (``zoom``: an image at another magnification)."""
     return round(size[0] * factor), round(size[1] * factor)
@@ -455,11 +463,17 @@ class Preprocess:
 
     def __call__(self, source: AnySource, name: object = None) -> np.ndarray:
         """One image → (3, H, W) float32 network input; any failure is an ``ImageReadError``."""
+        return self.prepare(source, name)[0]
+
+    def prepare(self, source: AnySource, name: object = None) -> tuple[np.ndarray, float]:
+        """One image → (3, H, W) float32 network input and its ``input_scale`` (how many input pixels
+        one of the image's pixels becomes); any failure is an ``ImageReadError``."""
         label = name if name is not None else source_name(source)
         try:
             values = self.gray_levels(source, label)  # gray stays one channel until resized: 3× less work
             size = self.input_size(values.shape[:2], label)
-            return caffe(_three_channels(resize(values, size, self.resample)))
+            pixels = caffe(_three_channels(resize(values, size, self.resample)))
+            return pixels, input_scale(values.shape[:2], pixels.shape[1:])
         except FastVLADError:
             raise
         except MemoryError:
@@ -508,12 +522,14 @@ class Preprocess:
 @dataclass
 class Batch:
     """Network inputs of some images: ``indices`` into the source list, ``pixels`` (n, 3, H, W),
-    and, when ``iter_batches`` was given ``points_of``, every image's points (n, S, 2) int32."""
+    each image's ``input_scale``, and, when ``iter_batches`` was given ``points_of``, every image's
+    points (n, S, 2) int32."""
 
     indices: list[int]
     pixels: np.ndarray
     failed: list[tuple[int, ImageReadError]] = field(default_factory=list)
     points: np.ndarray | None = None
+    scales: list[float] = field(default_factory=list)  # each image's ``input_scale``
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -565,20 +581,20 @@ def iter_batches(sources: Sequence[AnySource], prep: Preprocess, batch_size: int
         stop.set()
 
 
-_Decoded = Union[tuple[np.ndarray, Optional[np.ndarray]], ImageReadError]
+_Decoded = Union[tuple[np.ndarray, Optional[np.ndarray], float], ImageReadError]
 
 
 def _decoded(sources: Sequence[AnySource], prep: Preprocess, chunk: int, threads: int,
              points_of: PointsOf | None = None) -> Iterator[tuple[int, _Decoded]]:
-    """(position, (pixels, points) or why it could not be read) of every source, in order;
+    """(position, (pixels, points, input scale) or why it could not be read) of every source, in order;
     ``threads`` threads decode ``chunk`` sources at a time (Pillow and NumPy release the GIL)."""
 
     def one(i: int) -> _Decoded:
         try:
-            pixels = prep(sources[i], name=source_name(sources[i], i))
+            pixels, scale = prep.prepare(sources[i], name=source_name(sources[i], i))
         except ImageReadError as exc:
             return exc
-        return pixels, points_of(pixels, sources[i]) if points_of is not None else None
+        return pixels, points_of(pixels, sources[i]) if points_of is not None else None, scale
 
     pool = ThreadPoolExecutor(threads, thread_name_prefix="fastvlad-decode") if threads > 1 else None
     try:
@@ -600,11 +616,12 @@ def _decode_batches(sources: Sequence[AnySource], prep: Preprocess, batch_size: 
     indices: list[int] = []
     pixels: list[np.ndarray] = []
     points: list[np.ndarray] = []
+    scales: list[float] = []
     failed: list[tuple[int, ImageReadError]] = []
 
     def batch() -> Batch:
         stacked = np.stack(pixels) if pixels else np.empty((0, 3, 1, 1), np.float32)
-        return Batch(indices, stacked, failed, np.stack(points) if points_of is not None and points else None)
+        return Batch(indices, stacked, failed, np.stack(points) if points_of is not None and points else None, scales)
 
     for i, item in _decoded(sources, prep, batch_size, threads, points_of):
         if isinstance(item, ImageReadError):
@@ -612,12 +629,13 @@ def _decode_batches(sources: Sequence[AnySource], prep: Preprocess, batch_size: 
                 raise item
             failed.append((i, item))
             continue
-        img, img_points = item
+        img, img_points, scale = item
         if pixels and (len(pixels) == batch_size or img.shape != pixels[0].shape):
             yield batch()
-            indices, pixels, points, failed = [], [], [], []
+            indices, pixels, points, scales, failed = [], [], [], [], []
         indices.append(i)
         pixels.append(img)
+        scales.append(scale)
         if img_points is not None:
             points.append(img_points)
     if pixels or failed:

@@ -76,11 +76,13 @@ def test_fit_encode_predict_match_the_local_path(client: Client, data: tuple[lis
     np.testing.assert_array_equal(model.codebook_, local_model.codebook_)
     assert model.backbone_sha256_ == local_model.backbone_sha256_ and model.taps_ == local_model.taps_
     assert model.train_info_["n_images"] == len(paths) and model.train_info_["partitions"] == 6
+    assert model.train_info_["input_scale"] == local_model.train_info_["input_scale"]  # what predict checks
 
     enc = distributed.encode(client, paths, model, partition_size=5)
     np.testing.assert_array_equal(enc.indices, np.arange(len(paths)))
     # Points are seeded by image content, so partitioning cannot change a code.
     np.testing.assert_allclose(enc.codes, local_codes, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(enc.scales, local_model.encode(paths).scales)
 
     proba, skipped = distributed.predict_proba(client, paths, model, partition_size=4)
     assert skipped == []

@@ -373,3 +373,42 @@ def test_xgboost_regularisation_reaches_the_booster() -> None:
     plain = classifier.to_bytes(classifier.train(codes, y, 3, classifier.BoosterSettings(n_estimators=5)))
     for changed in (settings, classifier.BoosterSettings(n_estimators=5, min_child_weight=3.0)):
         assert classifier.to_bytes(classifier.train(codes, y, 3, changed)) != plain
+
+
+def test_images_at_another_scale_than_the_training_images_are_named(caplog: pytest.LogCaptureFixture,
+                                                                    tmp_path: Path) -> None:
+    """The fit records the training images' input scale; predicting an image twice their size (a
+    larger field, resized to the same input: smaller features) logs a warning naming it, one within
+    ``config.SCALE_TOLERANCE`` does not, and the record survives save and load."""
+    import logging
+
+    from fastvlad import demo
+
+    model = tiny_model.fitted()
+    assert model.train_info_["input_scale"] == [1.0, 1.0, 1.0]  # 64×64 demo images at image_size=64
+    rng = np.random.default_rng(1)
+    same, near = demo.make_image(0, 64, rng), demo.make_image(1, 72, rng)
+    large = demo.make_image(2, 128, rng)
+    with caplog.at_level(logging.WARNING, logger="fastvlad"):
+        model.predict([same, near])
+    assert not [r for r in caplog.records if "scale of the training images" in r.getMessage()]
+    loaded = load(model.save(tmp_path / "m.fvl"))
+    assert loaded.train_info_["input_scale"] == [1.0, 1.0, 1.0]
+    with caplog.at_level(logging.WARNING, logger="fastvlad"):
+        loaded.predict([same, large])
+    said = [r.getMessage() for r in caplog.records if "scale of the training images" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("fastvlad: 1 of 2 images reach the network at 0.5× the scale")
+    assert "e.g. array #1;" in said[0] and "--tile" in said[0] and "--scale" in said[0]
+
+
+def test_input_scales_follow_the_readable_images(tmp_path: Path) -> None:
+    """``Encoded.scales`` lines up with ``indices`` when an image between two others cannot be read."""
+    from fastvlad import demo
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    rng = np.random.default_rng(2)
+    model = tiny_model.fitted_copy(on_error="skip")
+    enc = model.encode([demo.make_image(0, 64, rng), str(broken), demo.make_image(1, 128, rng)])
+    np.testing.assert_array_equal(enc.indices, [0, 2])
+    np.testing.assert_allclose(enc.scales, [1.0, 0.5])

@@ -261,3 +261,17 @@ def test_keep_aspect_input_over_the_limit_names_the_image(monkeypatch: pytest.Mo
     assert prep(np.zeros((40, 60), np.uint8)).shape == (3, 16, 24)  # a usual aspect is fine
     batches = list(iter_batches([RGB, wide, RGB], prep, batch_size=8, skip_errors=True))  # skipped, not fatal
     assert [b.indices for b in batches] == [[0, 2]] and [i for i, _ in batches[0].failed] == [1]
+
+
+def test_prepare_says_how_much_the_resize_scales_the_image() -> None:
+    """``input_scale``: 112/306 for a nanofiber tile at 112 on the short side, 1 at native size, the
+    linear factor of the area when squashed."""
+    from fastvlad.images import Preprocess
+
+    tile = np.random.default_rng(0).integers(0, 256, (306, 448), dtype=np.uint8)
+    pixels, scale = Preprocess(size=(112, 112), keep_aspect=True).prepare(tile)
+    assert pixels.shape == (3, 112, 164) and scale == pytest.approx(np.sqrt(112 * 164 / (306 * 448)))
+    assert abs(scale - 112 / 306) < 1e-3
+    assert Preprocess(size=None).prepare(tile)[1] == 1.0
+    assert Preprocess(size=(153, 224)).prepare(tile)[1] == pytest.approx(0.5)
+    np.testing.assert_array_equal(Preprocess(size=(112, 112), keep_aspect=True)(tile), pixels)
