@@ -399,6 +399,12 @@ def test_images_at_another_scale_than_the_training_images_are_named(caplog: pyte
     said = [r.getMessage() for r in caplog.records if "scale of the training images" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith("fastvlad: 1 of 2 images reach the network at 0.5× the scale")
     assert "e.g. array #1;" in said[0] and "--tile" in said[0] and "--scale" in said[0]
+    caplog.clear()
+    older = tiny_model.fitted_copy()  # a model saved before the record: nothing to compare with, nothing said
+    older.train_info_ = {k: v for k, v in model.train_info_.items() if k != "input_scale"}
+    with caplog.at_level(logging.WARNING, logger="fastvlad"):
+        older.predict([same, large])
+    assert not [r for r in caplog.records if "scale of the training images" in r.getMessage()]
 
 
 def test_input_scales_follow_the_readable_images(tmp_path: Path) -> None:
