@@ -589,8 +589,8 @@ def _model_from_config(path: str | os.PathLike[str], cfg: dict[str, Any], codebo
     scales = train.get("input_scale", [1.0, 1.0, 1.0])
     values = [checks.as_float(v) for v in scales] if isinstance(scales, list) and len(scales) == 3 else [math.nan]
     if not (all(0.0 < v < math.inf for v in values) and values == sorted(values)):
-        raise bad(f"train.input_scale={checks.shown(scales)} must be [min, median, max]: three increasing "
-                  "positive numbers")
+        raise bad(f"train.input_scale={checks.shown(scales)} must be [min, median, max]: three positive numbers "
+                  "in order")
     model.classes_ = np.array(classes)
     model.backbone_sha256_ = sha
     model.taps_ = tuple(taps)
