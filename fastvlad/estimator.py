@@ -367,7 +367,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         off = off_scale(getattr(self, "train_info_", {}).get("input_scale"), encoded.scales)
         if not off.any():
             return
-        ratios = encoded.scales[off] / self.train_info_["input_scale"][1]  # type: ignore[index]
+        with np.errstate(over="ignore"):  # an edited file's record may be tiny: the ratio is then ∞, not a crash
+            ratios = encoded.scales[off] / self.train_info_["input_scale"][1]  # type: ignore[index]
         lo, hi = f"{ratios.min():.2g}", f"{ratios.max():.2g}"
         names = [source_name(X[int(i)], int(i)) for i in encoded.indices[off][:3]]
         log.warning("fastvlad: %d of %d images reach the network at %s× the scale of the training images (each "

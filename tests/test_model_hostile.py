@@ -497,3 +497,20 @@ def test_a_projection_that_overflows_the_normalisation_is_a_model_error() -> Non
         warnings.simplefilter("error")  # no raw RuntimeWarning on the way
         with pytest.raises(ModelFormatError, match="overflow float32 when encoding"):
             model.predict(list(images[:2]))
+
+
+def test_an_extreme_input_scale_record_gives_a_warning_not_a_crash(saved: Path, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A record that passes the load check but is absurd (5e-324: every image looks infinitely too
+    large) still predicts, with the scale warning and no NumPy overflow warning."""
+    import logging
+
+    cfg = _config(saved)
+    cfg["train"]["input_scale"] = [5e-324, 5e-324, 5e-324]  # the smallest float: 1 / it overflows
+    model = fastvlad.load(model_files.edited(saved, tmp_path / "tiny.fvl", config_json=json.dumps(cfg).encode()))
+    images, _ = tiny_model.demo_images()
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="fastvlad"):
+        warnings.simplefilter("error")
+        proba = model.predict_proba(list(images[:2]))
+    assert np.isfinite(proba).all()
+    assert any("at inf× the scale" in r.getMessage() for r in caplog.records)
