@@ -1,7 +1,8 @@
 """The linear head on the codes' principal axes (``code_pca``): more accurate and steadier on new series?
 
     python benchmarks/code_axes_check.py --cache DIR [--data ../shared/datasets/nanofiber-sem] [--seeds 0 1 2]
-        [--dims 64 128] [--alphas 20 40 80] [--stretch LO HI] [--xgboost] [--k K ...] [--out F]
+        [--dims 64 128] [--alphas 20 40 80] [--stretch LO HI] [--xgboost] [--k K ...]
+        [--whiten-power P ...] [--out F]
 
 Per seed, the default's points (``benchmarks/vlad_check.py``'s cache: the projected hypercolumns of
 every image, its mirror, its jittered copy at 1.2× and the shift check's 200 images under every
@@ -20,7 +21,9 @@ library's XGBoost head ignores ``code_pca``; here the axes are applied as the li
 ``--k K ...`` adds, per K, a codebook of K centres drawn from the cached points
 (``codebooks_check.other_centres``: k-means on 500 points of each of 100 seeded images), every head
 fitted on its codes too; K = 100 there is the default's size drawn anew, which tells the k-means
-draw from the codebook's size.
+draw from the codebook's size. ``--whiten-power P ...`` adds, for each ``--dims`` and ``--alphas``, the
+head with each axis divided by its standard deviation to the power P (``classifier.CODE_WHITEN_POWER``,
+the default 0.5; 0: the principal axes as they are, 1: fully whitened) — set for that head's fit only.
 """
 
 from __future__ import annotations
@@ -76,6 +79,17 @@ def booster_head(codes: np.ndarray, y: np.ndarray, n_classes: int, dims: int | N
     return BoosterHead(booster, head.axes)
 
 
+def whitened_head(codes: np.ndarray, y: np.ndarray, n_classes: int, power: float, **params: Any) -> Any:
+    """``estimator_head`` with ``classifier.CODE_WHITEN_POWER`` at ``power`` while it fits (its
+    ``CodeAxes`` keep the axes so scaled, so predicting needs nothing set)."""
+    keep = classifier.CODE_WHITEN_POWER
+    classifier.CODE_WHITEN_POWER = power
+    try:
+        return estimator_head(codes, y, n_classes, **params)
+    finally:
+        classifier.CODE_WHITEN_POWER = keep
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
@@ -90,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
                     "--dims' axes")
     ap.add_argument("--k", type=int, nargs="*", default=[], help="also codebooks of these sizes, drawn from the "
                     "cached points")
+    ap.add_argument("--whiten-power", type=float, nargs="*", default=[], help="also the code-axes heads with each "
+                    "axis divided by its standard deviation to these powers (the default's: 0.5)")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     args = ap.parse_args(argv)
     intensity.STRETCH_PERCENTILES = tuple(args.stretch)  # the cached points record it (vlad_check.Points)
@@ -100,6 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     heads.update({f"code_pca {d}, alpha {a:g}": functools.partial(estimator_head, classifier="ridge", alpha=a,
                                                                   code_pca=d)
                   for d in args.dims for a in args.alphas})
+    heads.update({f"code_pca {d}, alpha {a:g}, whitening power {p:g}":
+                  functools.partial(whitened_head, power=p, classifier="ridge", alpha=a, code_pca=d)
+                  for d in args.dims for a in args.alphas for p in args.whiten_power})
     if args.xgboost:
         heads["xgboost on the codes"] = booster_head
         heads.update({f"xgboost on code_pca {d}": functools.partial(booster_head, dims=d) for d in args.dims})
