@@ -4,8 +4,8 @@
 
 ROOT is a checkout (default: the one this script is in). Prints the number of modules, the
 import edges between them, the import circles, the calls to private ``FastVLAD`` methods
-outside ``estimator.py`` and the private names of one module used in another (file:line), the ``impl ==`` / ``device ==`` / ``__import__("cupy")``
-occurrences per module, and what ``import fastvlad`` and ``import fastvlad.explain`` load (in a
+outside ``estimator.py`` and the private names of one module used in another (file:line), the
+``impl ==`` / ``device ==`` / ``__import__("cupy")`` occurrences per module, and what ``import fastvlad`` and ``import fastvlad.explain`` load (in a
 fresh interpreter on ROOT).
 
 The graph: every ``.py`` file under ``fastvlad/`` is a module (``cli/__init__.py`` is
@@ -57,6 +57,20 @@ def _is_package(name: str, mods: dict[str, Path]) -> bool:
     return mods[name].name == "__init__.py"
 
 
+def _package_of(name: str, mods: dict[str, Path]) -> str:
+    """The package a relative import in module ``name`` starts from."""
+    return name if _is_package(name, mods) else name.rpartition(".")[0]
+
+
+def _from_source(node: ast.ImportFrom, here: str) -> str:
+    """The dotted module a ``from … import`` reads from, its relative dots resolved from package ``here``."""
+    if not node.level:
+        return node.module or ""
+    base = here.split(".")
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
     """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (their ``else`` runs)."""
     stack = [tree]
@@ -72,7 +86,7 @@ def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
 def imports_of(name: str, mods: dict[str, Path]) -> dict[str, int]:
     """The package's modules that module ``name`` imports: target → first line that does."""
     tree = ast.parse(mods[name].read_text(encoding="utf-8"))
-    here = name if _is_package(name, mods) else name.rpartition(".")[0]  # the package of a relative import
+    here = _package_of(name, mods)
     found: dict[str, int] = {}
 
     def add(target: str, line: int) -> None:
@@ -94,12 +108,7 @@ def imports_of(name: str, mods: dict[str, Path]) -> dict[str, int]:
                 if alias.name == PACKAGE or alias.name.startswith(PACKAGE + "."):
                     add(alias.name, node.lineno)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = here.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                source = ".".join(base + ([node.module] if node.module else []))
-            else:
-                source = node.module or ""
+            source = _from_source(node, here)
             if source != PACKAGE and not source.startswith(PACKAGE + "."):
                 continue
             for alias in node.names:
@@ -213,9 +222,8 @@ def private_calls(root: Path) -> list[tuple[str, int, str]]:
     return sorted(out)
 
 
-def _module_aliases(name: str, tree: ast.AST, mods: dict[str, Path]) -> dict[str, str]:
-    """Local names that module ``name`` binds to the package's modules: alias → dotted module."""
-    here = name if _is_package(name, mods) else name.rpartition(".")[0]
+def _module_aliases(here: str, tree: ast.AST, mods: dict[str, Path]) -> dict[str, str]:
+    """Local names that a module of package ``here`` binds to the package's modules: alias → dotted module."""
     out = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -223,8 +231,7 @@ def _module_aliases(name: str, tree: ast.AST, mods: dict[str, Path]) -> dict[str
                 if alias.name in mods:
                     out[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
         elif isinstance(node, ast.ImportFrom):
-            base = here.split(".")[: len(here.split(".")) - (node.level - 1)] if node.level else []
-            source = ".".join(base + ([node.module] if node.module else []))
+            source = _from_source(node, here)
             for alias in node.names:
                 if f"{source}.{alias.name}" in mods:
                     out[alias.asname or alias.name] = f"{source}.{alias.name}"
@@ -238,12 +245,11 @@ def private_uses(root: Path) -> list[tuple[str, int, str]]:
     out = []
     for name, path in mods.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        aliases = _module_aliases(name, tree, mods)
-        here = name if _is_package(name, mods) else name.rpartition(".")[0]
+        here = _package_of(name, mods)
+        aliases = _module_aliases(here, tree, mods)
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module:
-                base = here.split(".")[: len(here.split(".")) - (node.level - 1)] if node.level else []
-                source = ".".join(base + [node.module])
+                source = _from_source(node, here)
                 hits = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
                 if source in mods and source != name and hits:
                     out.append((str(path.relative_to(root)), node.lineno, f"from {source} import {', '.join(hits)}"))
