@@ -8,6 +8,10 @@ centre's slice of the accumulator in shared memory per block (``backends/``).
 ``encode_from_taps`` (what the encoder runs without PCA) fuses the hypercolumn gather into that
 kernel on the CPU: each member's hypercolumn is interpolated from the CNN taps straight into its
 centre's row, so the (n, S, 1472) hypercolumns are never written (1.7× faster than gather then VLAD).
+
+``encode_soft`` (the default, ``softness``) weighs every point against every centre: the backend's
+``soft_weights`` turns the cross term x·cᵀ into centre-major weights (on the CPU one Numba pass with
+each point's row in L1), and one GEMM per image sums the weighted residuals.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from .errors import ParameterError
 
 NORMALISATIONS = ("intra", "power")
 __all__ = ["SOFT_CUTOFF", "SOFT_SCALE_MAX", "encode", "encode_from_taps", "encode_soft", "normalise", "residual_sums",
-           "soft_weights", "spacing"]
+           "soft_scale", "soft_weights", "spacing"]
 
 
 def _check(x: Any, labels: Any, centres: Any) -> None:
@@ -79,32 +83,23 @@ SOFT_CUTOFF = 30.0
 SOFT_SCALE_MAX = 1e30
 
 
+def soft_scale(softness: float, unit: float) -> float:
+    """The factor on ``d² − min d²`` in the soft weights: ``softness / unit``, at most ``SOFT_SCALE_MAX``."""
+    return min(softness / unit, SOFT_SCALE_MAX)
+
+
 def soft_weights(x: Any, centres: Any, softness: float, unit: float, backend: Backend = CPU,
                  cross: Any = None) -> Any:
     """Each point's weight on each centre, ``exp(−softness·(d²_j − min d²) / unit)`` normalised over
     the centres, zero under ``exp(−SOFT_CUTOFF)``: x ``(n, S, dim)``, centres ``(k, dim)`` →
-    ``(n, S, k)`` float32 (rows sum to 1; ``softness`` → ∞ is the nearest centre's one-hot row).
-    ``cross``: x·cᵀ ``(n, S, k)`` float32 when at hand (``codebook.cross_per_image``), else one GEMM
-    per image computes it."""
+    ``(n, S, k)`` float32 (rows sum to 1; ``softness`` → ∞ is the nearest centre's one-hot row), a view
+    of the backend's centre-major ``(n, k, S)`` array. ``cross``: x·cᵀ ``(n, S, k)`` float32 when at
+    hand (``codebook.cross_per_image``), else one GEMM per image computes it."""
     xp = backend.xp
     c = xp.ascontiguousarray(xp.asarray(centres), dtype=xp.float32)
     if cross is None:
         cross = backend.matmul_per_image(x.astype(xp.float32, copy=False), c.T)
-    # ‖x‖² is the same for every centre of a point: it cancels in d² − min d². One (n, S, k) array,
-    # worked in place: the same operations in the same order as the expression
-    # w = where(z ≤ cutoff, exp(−min(z, cutoff)), 0) / Σw with z = (d² − min d²)·softness/unit
-    # (the same bits), without its six temporaries of that size (BENCHMARKS.md, "Soft weights in place").
-    z = cross * xp.float32(-2.0)
-    z += (c * c).sum(axis=1)
-    z -= z.min(axis=2, keepdims=True)
-    z *= xp.float32(min(softness / unit, SOFT_SCALE_MAX))
-    far = ~(z <= SOFT_CUTOFF)  # NaN too, as where() would
-    xp.minimum(z, SOFT_CUTOFF, out=z)
-    xp.negative(z, out=z)
-    xp.exp(z, out=z)
-    z[far] = 0
-    z /= z.sum(axis=2, keepdims=True)
-    return z
+    return backend.soft_weights(cross, (c * c).sum(axis=1), soft_scale(softness, unit), SOFT_CUTOFF).transpose(0, 2, 1)
 
 
 def encode_soft(x: Any, centres: Any, softness: float, intra: bool = True, power: bool = False,
@@ -126,9 +121,8 @@ def encode_soft(x: Any, centres: Any, softness: float, intra: bool = True, power
     xp = backend.xp
     c = xp.ascontiguousarray(xp.asarray(centres), dtype=xp.float32)
     unit = spacing(backend.to_numpy(c)) if unit is None else unit
-    w = soft_weights(x, c, softness, unit, backend, cross)
-    wt = xp.ascontiguousarray(w.transpose(0, 2, 1))  # (n, k, S)
-    sums = xp.matmul(wt, x.astype(xp.float32, copy=False)) - wt.sum(axis=2)[:, :, None] * c  # (n, k, dim)
+    wt = soft_weights(x, c, softness, unit, backend, cross).transpose(0, 2, 1)  # (n, k, S), contiguous
+    sums = backend.matmul_per_image(wt, x.astype(xp.float32, copy=False)) - wt.sum(axis=2)[:, :, None] * c  # (n, k, dim)
     return normalise(sums, intra, power, xp)
 
 

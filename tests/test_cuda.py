@@ -279,14 +279,17 @@ def _toy_cnn(channels: tuple[int, ...] = (6, 10, 12)):  # type: ignore[no-untype
     return taps
 
 
-@pytest.mark.parametrize(("pca", "dtype"), [(None, np.float32), (4, np.float32), (None, np.float16), (4, np.float16)])
-def test_pipeline_on_the_cuda_backend(cp: ModuleType, pca: int | None, dtype: type,
+@pytest.mark.parametrize(("pca", "dtype", "softness"), [(None, np.float32, None), (4, np.float32, None),
+                                                     (None, np.float16, None), (4, np.float16, None),
+                                                     (4, np.float32, 10.0), (None, np.float16, 10.0)])
+def test_pipeline_on_the_cuda_backend(cp: ModuleType, pca: int | None, dtype: type, softness: float | None,
                                       request: pytest.FixtureRequest) -> None:
     """``Encoder.codebook_sample`` and ``Encoder.encode`` with the CUDA backend, taps arriving on
     the device as IO binding hands them over, against the CPU backend: the GPU pipeline's glue, not
-    only its kernels (full width and PCA, float32 and float16 taps). In the emulator the stand-in
+    only its kernels (full width and PCA, float32 and float16 taps, hard and soft assignment — the
+    soft weights by array expressions there, by a Numba kernel on the CPU). In the emulator the stand-in
     refuses implicit host/device transfers as CuPy does, so a NumPy call on a device array fails."""
-    settings = EncoderSettings(density=0.3, image_size=(32, 32), pca=pca)  # 150 points per image
+    settings = EncoderSettings(density=0.3, image_size=(32, 32), pca=pca, softness=softness)  # 150 points per image
     rng = np.random.default_rng(10)
     images = [rng.integers(0, 255, (40, 40), dtype=np.uint8) for _ in range(5)]
     cnn = _toy_cnn()

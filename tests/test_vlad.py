@@ -8,6 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastvlad import codebook, hypercolumn, reference, vlad
+from fastvlad.backends import base
+from fastvlad.backends.cpu import CPU
 from fastvlad.errors import ParameterError
 
 #: The CPU backend's VLAD, and the vectorised oracle (reference residual sums, then the shared
@@ -283,25 +285,84 @@ def test_soft_encode_with_the_unit_and_cross_term_given_is_the_same() -> None:
         vlad.encode_soft(x, c, 10.0, cross=cross[:, :, :6])
 
 
-def test_soft_weights_in_place_are_the_expression_bit_for_bit() -> None:
-    """``soft_weights`` works in one array in place for speed: the same bits as the expression it
-    replaced, NaN rows and weights under the cutoff included, and the cross term it is given unchanged."""
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((3, 300, 8), dtype=np.float32)
-    x[1, 5] = np.nan  # a point of a broken image: its row NaN, as before
-    c = rng.standard_normal((9, 8), dtype=np.float32)
-    cross = codebook.cross_per_image(x, c)
+def _written_out(cross: np.ndarray, c: np.ndarray, scale: float) -> np.ndarray:
+    """The soft weights as first written, with six temporaries: ``(n, S, k)`` float32."""
+    d2 = (c * c).sum(axis=1) - 2.0 * cross
+    z = (d2 - d2.min(axis=2, keepdims=True)) * np.float32(scale)
+    w = np.where(z <= vlad.SOFT_CUTOFF, np.exp(-np.minimum(z, vlad.SOFT_CUTOFF)), np.float32(0))
+    with np.errstate(invalid="ignore"):  # the NaN row: 0 / 0
+        return w / w.sum(axis=2, keepdims=True)
+
+
+def _soft_case(rng: np.random.Generator, n: int = 3, s: int = 300, k: int = 9) -> tuple[np.ndarray, np.ndarray]:
+    x = rng.standard_normal((n, s, 8), dtype=np.float32)
+    x[1, 5] = np.nan  # a point of a broken image: its row NaN
+    c = rng.standard_normal((k, 8), dtype=np.float32)
+    return codebook.cross_per_image(x, c), c
+
+
+def test_soft_weights_expression_in_place_is_the_written_out_expression_bit_for_bit() -> None:
+    """``backends.base.soft_weights`` (the CUDA backend's, against ``xp``) works in one array in place
+    for speed: the same bits as the expression it replaced, NaN rows and weights under the cutoff
+    included, and the cross term it is given unchanged."""
+    cross, c = _soft_case(np.random.default_rng(7))
     kept = cross.copy()
     for softness in (0.5, 10.0, 400.0):  # at 400 most weights fall under the cutoff
-        unit = vlad.spacing(c)
-        d2 = (c * c).sum(axis=1) - 2.0 * cross
-        z = (d2 - d2.min(axis=2, keepdims=True)) * np.float32(softness / unit)
-        w = np.where(z <= vlad.SOFT_CUTOFF, np.exp(-np.minimum(z, vlad.SOFT_CUTOFF)), np.float32(0))
-        want = w / w.sum(axis=2, keepdims=True)
-        got = vlad.soft_weights(x, c, softness, unit, cross=cross)
-        assert got.dtype == np.float32
-        np.testing.assert_array_equal(got, want)
+        scale = vlad.soft_scale(softness, vlad.spacing(c))
+        got = base.soft_weights(cross, (c * c).sum(axis=1), scale, vlad.SOFT_CUTOFF)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got.transpose(0, 2, 1), _written_out(cross, c, scale))
     np.testing.assert_array_equal(cross, kept)
+
+
+@pytest.mark.parametrize("n,s,k", [(3, 300, 9), (2, 64, 5), (1, 65, 100), (2, 1, 2), (2, 0, 4), (0, 10, 3)])
+def test_soft_weights_kernel_is_the_expression(n: int, s: int, k: int) -> None:
+    """The CPU backend's one-pass kernel against the expression: the same zeros (the cutoff is decided
+    on the same float32 z) and NaN rows, the other weights within float32 rounding (``exp`` and the
+    row's sum may round differently), centre-major; point blocks of ``SOFT_BLOCK`` and their ragged
+    ends included."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((n, s, 8), dtype=np.float32)
+    if n > 1 and s > 5:
+        x[1, 5] = np.nan
+    c = rng.standard_normal((k, 8), dtype=np.float32)
+    if k > 2:
+        c[2] = c[1]  # twin centres: equal weights
+    cross = codebook.cross_per_image(x, c)
+    for softness in (0.01, 0.5, 10.0, 400.0, 1e40):  # 1e40: the factor is capped (SOFT_SCALE_MAX)
+        scale = vlad.soft_scale(softness, vlad.spacing(c))
+        with np.errstate(invalid="ignore"):  # the NaN row: 0 / 0
+            want = base.soft_weights(cross, (c * c).sum(axis=1), scale, vlad.SOFT_CUTOFF)
+        got = CPU.soft_weights(cross, (c * c).sum(axis=1), scale, vlad.SOFT_CUTOFF)
+        assert got.shape == (n, k, s) and got.dtype == np.float32
+        np.testing.assert_array_equal(got == 0, want == 0)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=0)
+        if k > 2 and s:
+            np.testing.assert_array_equal(got[:, 1], got[:, 2])
+
+
+def test_soft_weights_kernel_makes_every_row_nan_when_a_centre_is_nan() -> None:
+    """A NaN centre (an edited model) makes every point's minimum NaN in NumPy, so every weight: the
+    kernel's too, not finite weights over the other centres that would hide it."""
+    rng = np.random.default_rng(10)
+    c = rng.standard_normal((4, 3), dtype=np.float32)
+    c[3, 0] = np.nan
+    cross = codebook.cross_per_image(rng.standard_normal((1, 70, 3), dtype=np.float32), c)
+    assert np.isnan(CPU.soft_weights(cross, (c * c).sum(axis=1), 1.0, vlad.SOFT_CUTOFF)).all()
+
+
+def test_soft_weights_kernel_is_the_reference_loop() -> None:
+    """The kernel's weights as ``reference.vlad_soft`` computes them, point by point in float64."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 130, 6), dtype=np.float32)
+    c = rng.standard_normal((7, 6), dtype=np.float32)
+    unit = vlad.spacing(c)
+    d2 = ((x[0, :, None, :].astype(np.float64) - c[None]) ** 2).sum(axis=-1)
+    z = 3.0 * (d2 - d2.min(axis=1, keepdims=True)) / unit
+    w = np.where(z <= 30.0, np.exp(-np.minimum(z, 30.0)), 0.0)
+    want = w / w.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(vlad.soft_weights(x, c, 3.0, unit)[0], want, atol=2e-6)
 
 
 def test_spacing_is_the_median_nearest_centre_squared_distance() -> None:

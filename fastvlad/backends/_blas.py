@@ -92,7 +92,8 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 
 def per_image(a: Any, b: Any, out: Any = None) -> Any:
-    """``a @ b`` for a batch ``(n, m, c)`` and a matrix ``(c, p)``: ``(n, m, p)`` float32 (into ``out``).
+    """``a @ b`` for a batch ``(n, m, c)`` and a matrix ``(c, p)`` shared by the images, or one per image
+    ``(n, c, p)``: ``(n, m, p)`` float32 (into ``out``).
 
     On the CPU the images are spread over as many threads as Numba uses (``numba.get_num_threads``)."""
     import numba
@@ -101,7 +102,7 @@ def per_image(a: Any, b: Any, out: Any = None) -> Any:
         out = np.empty((a.shape[0], a.shape[1], b.shape[-1]), dtype=np.float32)
 
     def one(i: int) -> None:
-        np.matmul(a[i], b, out=out[i])
+        np.matmul(a[i], b if b.ndim == 2 else b[i], out=out[i])
 
     threads = min(numba.get_num_threads(), len(a))
     with _single_threaded_blas():

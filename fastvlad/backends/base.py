@@ -71,8 +71,8 @@ class Backend(Protocol):
         channels) is added to ``out`` ``(n, S, C)`` instead."""
 
     def matmul_per_image(self, a: Any, b: Any, out: Any = None) -> Any:
-        """``a @ b`` for a batch ``(n, m, c)`` and a matrix ``(c, p)``: ``(n, m, p)`` float32, one
-        GEMM per image, so that no image's result depends on its batch."""
+        """``a @ b`` for a batch ``(n, m, c)`` and a matrix ``(c, p)`` (or one per image, ``(n, c, p)``):
+        ``(n, m, p)`` float32, one GEMM per image, so that no image's result depends on its batch."""
 
     def argmin_rows(self, cross: Any, c_sq: Any, labels: Any) -> Any:
         """``labels[i] = argmin_j c_sq[j] − 2·cross[i, j]`` (lowest j on ties) of a cross term
@@ -91,6 +91,31 @@ class Backend(Protocol):
         """VLAD codes ``(n, k·D)`` float32 of hypercolumns whose first columns are ``x`` ``(n, S, D_x)``
         and whose others are ``taps`` interpolated at ``points`` (``tables``), each point counted
         for the centre ``labels`` gives it."""
+
+    def soft_weights(self, cross: Any, c_sq: Any, scale: float, cutoff: float) -> Any:
+        """Soft assignment's weights, centre-major: from the cross term x·cᵀ ``(n, S, k)`` float32 and
+        the centres' squared norms ``(k,)``, ``w[i, j, s] = e_j / Σ e`` with ``e_j = exp(−z_j)``,
+        ``z_j = scale·(d²_j − min d²)`` (``d²_j − min d²`` from ``c_sq − 2·cross``), and ``e_j = 0`` where
+        ``z_j > cutoff``: ``(n, k, S)`` float32, each point's column summing to 1 (NaN for a NaN row)."""
+
+
+def soft_weights(cross: Any, c_sq: Any, scale: float, cutoff: float, xp: ModuleType = np) -> Any:
+    """``Backend.soft_weights`` as array expressions, written once against ``xp`` (the CUDA backend's;
+    the CPU's Numba kernel is checked against it). One ``(n, S, k)`` array worked in place — the same
+    bits as ``w = where(z ≤ cutoff, exp(−min(z, cutoff)), 0) / Σw`` without its six temporaries of that
+    size — then laid out centre-major: ``(n, k, S)`` float32."""
+    # ‖x‖² is the same for every centre of a point: it cancels in d² − min d².
+    z = cross * xp.float32(-2.0)
+    z += c_sq
+    z -= z.min(axis=2, keepdims=True)
+    z *= xp.float32(scale)
+    far = ~(z <= cutoff)  # NaN too, as where() would
+    xp.minimum(z, cutoff, out=z)
+    xp.negative(z, out=z)
+    xp.exp(z, out=z)
+    z[far] = 0
+    z /= z.sum(axis=2, keepdims=True)
+    return xp.ascontiguousarray(z.transpose(0, 2, 1))
 
 
 def normalise(v: Any, intra: bool = True, power: bool = False, xp: ModuleType = np) -> Any:

@@ -8,6 +8,7 @@ not bounds-check: the stage modules validate shapes and index ranges before call
 - argmin: the nearest centre from a GEMM's cross term, fused into one pass over it;
 - VLAD: per-(image, centre) residual sums in an L1-resident float64 row, normalised before the one
   write; the fused variant interpolates the taps straight into that row;
+- soft assignment's weights: one pass over the cross term, each point's row in L1, written centre-major;
 - the k-means mini-batch update (k-means always runs on the host).
 """
 
@@ -350,6 +351,52 @@ def vlad(x: np.ndarray, labels: np.ndarray, centres: np.ndarray, intra: bool, po
     return codes.reshape(len(codes), -1)
 
 
+# -- soft assignment's weights ------------------------------------------------------------------
+
+#: Points per task of the soft-weights kernel: one task writes a 64-point run of every centre's row of
+#: the centre-major output, so each of its k destination cache lines is filled whole while it lives in L1.
+SOFT_BLOCK = 64
+
+
+@njit(parallel=True, cache=True)  # pragma: no cover - jitted
+def _soft_weights_kernel(cross, c_sq, scale, cutoff, out):  # type: ignore[no-untyped-def]
+    # Each point's k weights are worked in one float32 row that stays in L1, with the operations of
+    # ``base.soft_weights`` in its order (``exp`` and the row's sum round differently: NumPy's float32
+    # exp is within a few ulps, its sum pairwise in float32), then written centre-major. A NaN in the row makes its minimum NaN, as NumPy's does: every weight 0, the row NaN.
+    n, s_count, k = cross.shape
+    blocks = (s_count + SOFT_BLOCK - 1) // SOFT_BLOCK
+    for task in prange(n * blocks):
+        i = task // blocks
+        first = (task - i * blocks) * SOFT_BLOCK
+        z = np.empty(k, dtype=np.float32)
+        for s in range(first, min(s_count, first + SOFT_BLOCK)):
+            row = cross[i, s]
+            low = np.float32(np.inf)
+            for j in range(k):
+                v = row[j] * np.float32(-2.0) + c_sq[j]
+                z[j] = v
+                if v < low or v != v:
+                    low = v
+            total = 0.0  # float64: the row's sum to float32 rounding whatever its order
+            for j in range(k):
+                v = (z[j] - low) * scale
+                e = np.exp(-v) if v <= cutoff else np.float32(0.0)
+                z[j] = e
+                total += e
+            norm = np.float32(total)
+            for j in range(k):
+                out[i, j, s] = z[j] / norm if total > 0 else np.float32(np.nan)
+
+
+def soft_weights(cross: np.ndarray, c_sq: np.ndarray, scale: float, cutoff: float) -> np.ndarray:
+    """``Backend.soft_weights`` in one pass over the cross term: ``(n, S, k)`` → ``(n, k, S)`` float32."""
+    cross = np.ascontiguousarray(cross, dtype=np.float32)
+    out = np.empty((cross.shape[0], cross.shape[2], cross.shape[1]), dtype=np.float32)
+    kernel: Any = _soft_weights_kernel  # a Numba dispatcher: mypy cannot see its signature
+    kernel(cross, np.ascontiguousarray(c_sq, dtype=np.float32), np.float32(scale), np.float32(cutoff), out)
+    return out
+
+
 # -- k-means -------------------------------------------------------------------------------------
 
 
@@ -429,6 +476,9 @@ class CpuBackend:
     def vlad(self, x: Any, labels: Any, centres: Any, intra: bool, power: bool, taps: Sequence[Any] = (),
              points: Any = None, tables: Tables = ()) -> Any:
         return vlad(x, labels, centres, intra, power, taps, points, tables)
+
+    def soft_weights(self, cross: Any, c_sq: Any, scale: float, cutoff: float) -> Any:
+        return soft_weights(cross, c_sq, scale, cutoff)
 
 
 CPU = CpuBackend()

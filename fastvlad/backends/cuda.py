@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import config
 from ..errors import DeviceUnavailableError, ParameterError
-from .base import GPU_INSTALL, AxisTable, Tables, normalise
+from .base import GPU_INSTALL, AxisTable, Tables, normalise, soft_weights
 
 #: Dynamic shared memory a block may use without an opt-in attribute, on every architecture.
 SHARED_BYTES = 48 * 1024
@@ -295,3 +295,6 @@ class CudaBackend:
                 self.gather(taps, points, tables, hc[..., x.shape[2] :])
             x = hc
         return normalise(self.residual_sums(x, labels, centres), intra, power, _cupy())
+
+    def soft_weights(self, cross: Any, c_sq: Any, scale: float, cutoff: float) -> Any:
+        return soft_weights(cross, c_sq, scale, cutoff, _cupy())  # CuPy's elementwise kernels
