@@ -362,7 +362,8 @@ SOFT_BLOCK = 64
 def _soft_weights_kernel(cross, c_sq, scale, cutoff, out):  # type: ignore[no-untyped-def]
     # Each point's k weights are worked in one float32 row that stays in L1, with the operations of
     # ``base.soft_weights`` in its order (``exp`` and the row's sum round differently: NumPy's float32
-    # exp is within a few ulps, its sum pairwise in float32), then written centre-major. A NaN in the row makes its minimum NaN, as NumPy's does: every weight 0, the row NaN.
+    # exp is within a few ulps, its sum pairwise in float32), then written centre-major. A NaN in the
+    # row makes its minimum NaN, as NumPy's does: every weight 0, the row NaN.
     n, s_count, k = cross.shape
     blocks = (s_count + SOFT_BLOCK - 1) // SOFT_BLOCK
     for task in prange(n * blocks):
