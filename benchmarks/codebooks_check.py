@@ -55,20 +55,20 @@ def other_centres(points: np.ndarray, seed: int, m: int, k: int) -> np.ndarray:
     return centres
 
 
-def soft_codes(points: np.ndarray, centres: np.ndarray, batch: int = 32) -> np.ndarray:
-    """The library's soft-assignment codes (softness 10) of ``(n, S, p)`` points: ``(n, k·p)`` float32."""
+def soft_codes(points: np.ndarray, centres: np.ndarray, batch: int = 32, softness: float = 10.0) -> np.ndarray:
+    """The library's soft-assignment codes (the default's softness 10) of ``(n, S, p)`` points: ``(n, k·p)`` float32."""
     unit = vlad.spacing(centres)
     out = np.zeros((len(points), centres.size), np.float32)
     for a in range(0, len(points), batch):
-        out[a:a + batch] = vlad.encode_soft(points[a:a + batch].astype(np.float32), centres, 10.0, unit=unit)
+        out[a:a + batch] = vlad.encode_soft(points[a:a + batch].astype(np.float32), centres, softness, unit=unit)
     return out
 
 
-def code_sets(pts: Points, centres: np.ndarray) -> Codes:
-    """Every code the check needs, with one codebook."""
+def code_sets(pts: Points, centres: np.ndarray, softness: float = 10.0) -> Codes:
+    """Every code the check needs, with one codebook (at ``softness``)."""
     codes = {"images": pts.images, "mirror": pts.mirror, "copies": pts.copies,
              **{f"{name}/{v}": arr for name, pair in pts.changed.items() for v, arr in enumerate(pair)}}
-    return {key: soft_codes(p, centres) for key, p in codes.items()}
+    return {key: soft_codes(p, centres, softness=softness) for key, p in codes.items()}
 
 
 def side_by_side(parts: list[Codes]) -> Codes:
