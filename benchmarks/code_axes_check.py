@@ -2,7 +2,7 @@
 
     python benchmarks/code_axes_check.py --cache DIR [--data ../shared/datasets/nanofiber-sem] [--seeds 0 1 2]
         [--dims 64 128] [--alphas 20 40 80] [--stretch LO HI] [--xgboost] [--k K ...]
-        [--whiten-power P ...] [--softness B ...] [--out F]
+        [--whiten-power P ...] [--softness B ...] [--power] [--out F]
 
 Per seed, the default's points (``benchmarks/vlad_check.py``'s cache: the projected hypercolumns of
 every image, its mirror, its jittered copy at 1.2× and the shift check's 200 images under every
@@ -26,6 +26,8 @@ head with each axis divided by its standard deviation to the power P (``classifi
 the default 0.5; 0: the principal axes as they are, 1: fully whitened) — set for that head's fit only.
 ``--softness B ...`` adds, per B, the codes of the default's codebook at soft assignment's ``softness``
 B (the default's 10; larger is nearer the nearest centre alone), every head fitted on them too.
+``--power`` adds the default codebook's codes with the signed square root of every residual sum before
+the per-centre L2 (``power=True``, ``--power``), every head fitted on them too.
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
                     "axis divided by its standard deviation to these powers (the default's: 0.5)")
     ap.add_argument("--softness", type=float, nargs="*", default=[], help="also the default codebook's codes at "
                     "these softnesses (the default's: 10)")
+    ap.add_argument("--power", action="store_true", help="also the default codebook's codes with the signed "
+                    "square root (power normalisation)")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     args = ap.parse_args(argv)
     intensity.STRETCH_PERCENTILES = tuple(args.stretch)  # the cached points record it (vlad_check.Points)
@@ -133,14 +137,17 @@ def main(argv: list[str] | None = None) -> None:
         pts = cached_points(args.data, args.cache, seed, names)
         est = FastVLAD(random_state=seed)
         encoder = Encoder.of(est).fit_codebook(X, int(est.k), int(est.codebook_images))
-        books = {"": (np.asarray(encoder.centres), 10.0)}
-        books.update({f"; k {k} drawn from the points": (other_centres(pts.images, seed, 1, k), 10.0) for k in args.k})
-        books.update({f"; softness {b:g}": (np.asarray(encoder.centres), b) for b in args.softness})
+        books = {"": (np.asarray(encoder.centres), 10.0, False)}
+        books.update({f"; k {k} drawn from the points": (other_centres(pts.images, seed, 1, k), 10.0, False)
+                      for k in args.k})
+        books.update({f"; softness {b:g}": (np.asarray(encoder.centres), b, False) for b in args.softness})
+        if args.power:
+            books["; signed square root"] = (np.asarray(encoder.centres), 10.0, True)
         splits = {"leave-one-series-out": np.unique(series, return_inverse=True)[1],
                   "grouped 5-fold": folds(y, groups, 5, seed, None)}
-        for book, (centres, softness) in books.items():
+        for book, (centres, softness, power) in books.items():
             t = time.perf_counter()
-            codes = code_sets(pts, centres, softness)
+            codes = code_sets(pts, centres, softness, power)
             print(f"seed {seed}{book}: codes in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
             cs = argparse.Namespace(codes=codes["images"], augmented=codes["copies"], augmented_of=np.arange(len(X)),
                                     views=[codes["mirror"]])

@@ -55,20 +55,23 @@ def other_centres(points: np.ndarray, seed: int, m: int, k: int) -> np.ndarray:
     return centres
 
 
-def soft_codes(points: np.ndarray, centres: np.ndarray, batch: int = 32, softness: float = 10.0) -> np.ndarray:
-    """The library's soft-assignment codes (the default's softness 10) of ``(n, S, p)`` points: ``(n, k·p)`` float32."""
+def soft_codes(points: np.ndarray, centres: np.ndarray, batch: int = 32, softness: float = 10.0,
+               power: bool = False) -> np.ndarray:
+    """The library's soft-assignment codes (the default's softness 10, no signed square root) of ``(n, S, p)``
+    points: ``(n, k·p)`` float32."""
     unit = vlad.spacing(centres)
     out = np.zeros((len(points), centres.size), np.float32)
     for a in range(0, len(points), batch):
-        out[a:a + batch] = vlad.encode_soft(points[a:a + batch].astype(np.float32), centres, softness, unit=unit)
+        out[a:a + batch] = vlad.encode_soft(points[a:a + batch].astype(np.float32), centres, softness, power=power,
+                                            unit=unit)
     return out
 
 
-def code_sets(pts: Points, centres: np.ndarray, softness: float = 10.0) -> Codes:
-    """Every code the check needs, with one codebook (at ``softness``)."""
+def code_sets(pts: Points, centres: np.ndarray, softness: float = 10.0, power: bool = False) -> Codes:
+    """Every code the check needs, with one codebook (at ``softness``, with ``power``'s signed square root)."""
     codes = {"images": pts.images, "mirror": pts.mirror, "copies": pts.copies,
              **{f"{name}/{v}": arr for name, pair in pts.changed.items() for v, arr in enumerate(pair)}}
-    return {key: soft_codes(p, centres, softness=softness) for key, p in codes.items()}
+    return {key: soft_codes(p, centres, softness=softness, power=power) for key, p in codes.items()}
 
 
 def side_by_side(parts: list[Codes]) -> Codes:
