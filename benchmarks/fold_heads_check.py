@@ -1,7 +1,7 @@
 """Several heads on one whole fit per held-out series: ``code_pca`` as a user's model meets a new series.
 
     python benchmarks/fold_heads_check.py [--data ../shared/datasets/nanofiber-sem] [--seed 0]
-        [--heads "code_pca=none" "alpha=40" ...] [--stretch LO HI] [--json F] [--out F]
+        [--heads "code_pca=none" "alpha=40" ...] [--model "power=true ..."] [--stretch LO HI] [--json F] [--out F]
 
 What ``fastvlad evaluate DATA --split series --refit all --shift --seed S`` measures for the default,
 measured here for every head of ``--heads`` in the same run: per held-out series, the default
@@ -13,7 +13,9 @@ own training codes, its images' and their jittered zoomed copies', with the para
 predicts the mean over the views. The first head, the default's, is the fold's own model, so its row
 repeats ``evaluate``'s numbers for that seed; the others cost no CNN pass. ``--stretch LO HI`` sets
 the stretch's percentiles (``intensity.STRETCH_PERCENTILES``, default 1 99) for the whole run: every
-fit, copy and changed image, the default's row included.
+fit, copy and changed image, the default's row included. ``--model "name=value ..."`` gives every fold's
+whole fit those ``FastVLAD`` parameters (e.g. ``power=true``): the first row is then that model's, and
+the heads are fitted on its codes.
 """
 
 from __future__ import annotations
@@ -52,11 +54,13 @@ class Recorded(FastVLAD):
 
 
 def head_params(text: str) -> dict[str, Any]:
-    """``"code_pca=64 alpha=40"`` → ``{"code_pca": 64, "alpha": 40.0}`` (ints stay ints, "none" is None)."""
+    """``"code_pca=64 alpha=40"`` → ``{"code_pca": 64, "alpha": 40.0}`` (ints stay ints, "none" is None,
+    "true" and "false" booleans)."""
+    words: dict[str, Any] = {"none": None, "true": True, "false": False}
     params: dict[str, Any] = {}
     for item in text.split():
         name, value = item.split("=")
-        params[name] = (None if value.lower() == "none" else int(value) if value.lstrip("-").isdigit()
+        params[name] = (words[value.lower()] if value.lower() in words else int(value) if value.lstrip("-").isdigit()
                         else float(value))
     return params
 
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--heads", nargs="+", default=DEFAULT_HEADS, help="each 'name=value ...' (FastVLAD parameters)")
+    ap.add_argument("--model", default="", help="'name=value ...': FastVLAD parameters of every fold's whole fit")
     ap.add_argument("--stretch", type=float, nargs=2, default=list(intensity.STRETCH_PERCENTILES),
                     metavar=("LO", "HI"), help="the stretch's percentiles for this run (default 1 99)")
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
@@ -88,14 +93,15 @@ def main(argv: list[str] | None = None) -> None:
     classes = np.unique(y)
     changes = {**intensity.SHIFTS, **intensity.CONTROLS}
     rows = shift_sample(series, y, SHIFT_IMAGES, args.seed)
-    heads = {"the default": {}, **{text: head_params(text) for text in args.heads}}
+    heads = {f"the default, {args.model}" if args.model else "the default": {},
+             **{text: head_params(text) for text in args.heads}}
     proba = {h: np.full((len(y), len(classes)), np.nan) for h in heads}
     after = {h: {c: np.full((len(rows), len(classes)), np.nan) for c in changes} for h in heads}
     t0 = time.perf_counter()
     for s in names:
         train, test = np.flatnonzero(series != s), np.flatnonzero(series == s)
         t = time.perf_counter()
-        model = Recorded(random_state=args.seed).fit([sources[i] for i in train], y[train])
+        model = Recorded(random_state=args.seed, **head_params(args.model)).fit([sources[i] for i in train], y[train])
         held = view_codes(model, [sources[i] for i in test])
         at = np.flatnonzero(series[rows] == s)
         changed = {c: view_codes(model, [Transformed(sources[int(r)], fn, c) for r in rows[at]])
