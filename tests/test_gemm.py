@@ -26,6 +26,18 @@ def test_per_image_equals_one_matmul_per_image() -> None:
     assert _gemm.per_image(a, b, out=out) is out and np.array_equal(out, got)
 
 
+def test_per_image_with_a_matrix_per_image() -> None:
+    """Soft assignment's sums ``W_iᵀ x_i``: each image its own right-hand matrix ``(n, c, p)``."""
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((4, 9, 30), dtype=np.float32)
+    b = rng.standard_normal((4, 30, 6), dtype=np.float32)
+    got = _gemm.per_image(a, b)
+    assert got.shape == (4, 9, 6)
+    for i in range(4):
+        np.testing.assert_array_equal(got[i], a[i] @ b[i])
+    np.testing.assert_array_equal(_gemm.per_image(a[1:2], b[1:2])[0], got[1])  # no image depends on its batch
+
+
 def test_blas_threads_restored_after_concurrent_callers() -> None:
     """Four threads in and out of the single-threaded section at once: the process's BLAS thread
     count is what it was before (per-call save/restore would race and could leave it at 1).
