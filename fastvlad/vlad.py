@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import hypercolumn
+from . import codebook, hypercolumn
 from .backends import Backend, normalise
 from .backends.cpu import CPU
 from .errors import ParameterError
@@ -98,7 +98,7 @@ def soft_weights(x: Any, centres: Any, softness: float, unit: float, backend: Ba
     xp = backend.xp
     c = xp.ascontiguousarray(xp.asarray(centres), dtype=xp.float32)
     if cross is None:
-        cross = backend.matmul_per_image(x.astype(xp.float32, copy=False), c.T)
+        cross = codebook.cross_per_image(x, c, backend)
     return backend.soft_weights(cross, (c * c).sum(axis=1), soft_scale(softness, unit), SOFT_CUTOFF).transpose(0, 2, 1)
 
 
