@@ -29,8 +29,27 @@ def _flat(values: np.ndarray) -> bool:
 
 def stretch(values: np.ndarray) -> np.ndarray:
     """The 1st–99th percentiles of the image's gray levels → 0..255 (clipped beyond)."""
-    lo, hi = np.percentile(values, STRETCH_PERCENTILES)
+    lo, hi = percentiles(values, STRETCH_PERCENTILES)
     return stretched_between(values, float(lo), float(hi))
+
+
+def percentiles(values: np.ndarray, q: tuple[float, ...]) -> np.ndarray:
+    """``np.percentile(values, q)`` (linear interpolation), to the same bits: ``(len(q),)`` float64.
+
+    An 8-bit image's gray levels (whole numbers 0..255) are read from their histogram, about a
+    fifth of the time of NumPy's partition of every pixel, which decoding paid for each image."""
+    with np.errstate(invalid="ignore"):  # NaN or out-of-range levels: not 8-bit, caught just below
+        levels = values.astype(np.uint8)
+    if values.size == 0 or not np.array_equal(levels, values):
+        return np.percentile(values, q)
+    below = np.cumsum(np.bincount(levels.ravel(), minlength=256))  # below[v]: pixels at levels ≤ v
+    n = values.size
+    # NumPy's own steps from here: the virtual index (n − 1)·q/100 between two order statistics,
+    # their interpolation by np.quantile on each pair (which takes its fraction g as it is: (2 − 1)·g).
+    at = (n - 1) * np.true_divide(np.asarray(q, dtype=np.float64), 100)
+    first = np.floor(at).astype(np.int64)
+    pairs = np.searchsorted(below, np.stack([first, np.minimum(first + 1, n - 1)]), side="right")
+    return np.diagonal(np.quantile(pairs.astype(values.dtype), at - first, axis=0)).copy()
 
 
 def stretched_between(values: np.ndarray, lo: float, hi: float) -> np.ndarray:

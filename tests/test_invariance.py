@@ -60,6 +60,37 @@ def test_normalisations_of_a_flat_image_and_unknown_names() -> None:
         FastVLAD(normalize="zscore").fit([flat, flat], ["a", "b"])
 
 
+def _gray_levels(rng: np.random.Generator, n: int, kind: int) -> np.ndarray:
+    """``n`` whole gray levels 0..255: uniform, a bright band, one level, or a clipped normal."""
+    if kind == 0:
+        return rng.integers(0, 256, n)
+    if kind == 1:
+        return rng.integers(int(rng.integers(0, 256)), 256, n)
+    if kind == 2:
+        return np.full(n, int(rng.integers(0, 256)))
+    return np.clip(np.round(rng.normal(rng.uniform(0, 255), rng.uniform(0.1, 60), n)), 0, 255)
+
+
+def test_percentiles_from_the_histogram_are_numpys() -> None:
+    """``intensity.percentiles`` reads 8-bit levels from their histogram: the same bits (and dtype)
+    as ``np.percentile`` whatever the pixel count (1, 2, odd, a tile's 137,088), the spread of the
+    levels and the percentiles (the ends 0 and 100 included); anything else takes NumPy's path."""
+    rng = np.random.default_rng(0)
+    for trial in range(400):
+        n = int(rng.choice([1, 2, 3, 7, 101, 999, 306 * 448, int(rng.integers(1, 5000))]))
+        levels = _gray_levels(rng, n, trial % 4)
+        for dtype in (np.float32, np.float64):
+            values = levels.astype(dtype).reshape((1, n) if trial % 2 else (n,))
+            for q in ((1.0, 99.0), (0.0, 100.0), (2.0, 98.0), (50.0,), (33.3, 66.7, 99.9)):
+                fast, numpy_ = intensity.percentiles(values, q), np.percentile(values, q)
+                assert fast.dtype == numpy_.dtype and np.array_equal(fast, numpy_), (n, dtype, q, fast, numpy_)
+    # Not whole 0..255 levels: fractions, beyond 255, below 0, NaN, colour — NumPy's answers as they are.
+    img = _micrograph().astype(np.float32)
+    for values in (img + 0.5, img * 3, img - 100, np.dstack([img, img / 2, img / 3])):
+        assert np.array_equal(intensity.percentiles(values, (1.0, 99.0)), np.percentile(values, (1.0, 99.0)))
+    img[0, 0] = np.nan
+    assert np.isnan(intensity.percentiles(img, (1.0, 99.0))).all()
+
 def test_codes_ignore_gain_and_offset_with_stretch(vgg16_path: Path,
                                                     small_demo: tuple[list[np.ndarray], np.ndarray]) -> None:
     """End to end on 8-bit images: re-exposing them moves the codes a few times less with stretch

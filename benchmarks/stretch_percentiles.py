@@ -1,0 +1,115 @@
+"""The stretch's percentiles by NumPy's partition and from the 8-bit histogram, in one run.
+
+    python benchmarks/stretch_percentiles.py [--data DATA] [--images 64] [--rounds 21]
+        [--encode --precision fp32 int8 --encode-rounds 7]
+
+The default ``normalize="stretch"`` reads every image's 1st and 99th gray-level percentiles on the
+decoding thread. ``np.percentile`` partitions all pixels; ``intensity.percentiles`` counts an 8-bit
+image's 256 levels and interpolates as NumPy does, to the same bits (checked on every image before
+timing; the tests check it too). Timed in turn, the order reversed every other round, the first
+round dropped, on ``--images`` images of ``DATA`` (a dataset folder or manifest; demo images of
+306×448 without one):
+
+- ``percentiles``: the two percentiles alone;
+- ``prepare``: the decoding thread's whole work per image at the defaults (read, 0..255, stretch,
+  resize to 112×164, caffe);
+- with ``--encode``: the default estimator fitted on the images, its ``Encoder`` encoding them with
+  each way in turn, at each ``--precision`` (images per second; the codes must be equal).
+
+Printed: ms per image or images per second (median and range over rounds) and the per-round ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+
+import numpy as np
+from soft_weights import report, timed
+
+from fastvlad import intensity
+from fastvlad.images import Preprocess
+
+
+@contextlib.contextmanager
+def numpys_percentiles() -> Iterator[None]:
+    """``intensity.stretch`` with ``np.percentile``, as before the histogram."""
+    fast = intensity.percentiles
+    intensity.percentiles = np.percentile  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        intensity.percentiles = fast
+
+
+def before(run: Callable[[], object]) -> Callable[[], object]:
+    def call() -> object:
+        with numpys_percentiles():
+            return run()
+    return call
+
+
+def pick_images(data: str | None, n: int) -> tuple[list, np.ndarray]:
+    """``n`` images spread over ``data`` (paths) or ``n`` demo tiles (arrays), with their labels."""
+    from fastvlad import demo
+    from fastvlad.datasets import load
+
+    if data:
+        ds = load(data)
+        pick = np.linspace(0, len(ds) - 1, n).astype(int)
+        return [ds.paths[i] for i in pick], ds.y[pick]
+    x, labels = demo.make_dataset(-(-n // 4), size=(306, 448))
+    return list(x[:n]), labels[:n]
+
+
+def encoder_rounds(images: list, labels: np.ndarray, precision: str, rounds: int) -> None:
+    from fastvlad.encoder import Encoder
+    from fastvlad.estimator import FastVLAD
+
+    encoder = Encoder.of(FastVLAD(precision=precision, zoom=()).fit(images, labels))
+    now = functools.partial(encoder.encode, images)
+    codes = {"numpy": before(now)().codes, "histogram": now().codes}  # type: ignore[attr-defined]
+    assert np.array_equal(codes["numpy"], codes["histogram"]), "the codes differ"
+    seconds = timed({"numpy": before(now), "histogram": now}, rounds)
+    print(f"encoder, {precision}, {len(images)} images, {rounds - 1} rounds (codes equal):")
+    for name, s in seconds.items():
+        rate = len(images) / s
+        print(f"  {name}: {np.median(rate):.2f} images/s (rounds {rate.min():.2f}–{rate.max():.2f})")
+    ratio = seconds["numpy"] / seconds["histogram"]
+    print(f"  numpy / histogram (time): {np.median(ratio):.3f} (rounds {ratio.min():.3f}–{ratio.max():.3f})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=None, help="dataset folder or manifest (default: demo images)")
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=21)
+    ap.add_argument("--encode", action="store_true", help="also time the default encoder")
+    ap.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "int8"])
+    ap.add_argument("--encode-rounds", type=int, default=7)
+    args = ap.parse_args(argv)
+    images, labels = pick_images(args.data, args.images)
+    prep = Preprocess((112, 112), normalize="stretch", keep_aspect=True)
+    levels = [Preprocess(normalize="none").gray_levels(img, i) for i, img in enumerate(images)]  # 0..255
+    q = intensity.STRETCH_PERCENTILES
+    assert all(np.array_equal(intensity.percentiles(v, q), np.percentile(v, q)) for v in levels)
+    print(f"{len(images)} images of {args.data or 'demo images (306×448)'}, {args.rounds - 1} rounds "
+          "(percentiles equal on every image):")
+    print("percentiles (1st, 99th):")
+    report(timed({"numpy": lambda: [np.percentile(v, q) for v in levels],
+                  "histogram": lambda: [intensity.percentiles(v, q) for v in levels]}, args.rounds),
+           len(images), [("numpy", "histogram")])
+    print("prepare (the decoding thread's work per image at the defaults):")
+    def prepare_all() -> list:
+        return [prep.prepare(img, i) for i, img in enumerate(images)]
+
+    report(timed({"numpy": before(prepare_all), "histogram": prepare_all}, args.rounds),
+           len(images), [("numpy", "histogram")])
+    for precision in args.precision if args.encode else ():
+        encoder_rounds(images, labels, precision, args.encode_rounds)
+
+
+if __name__ == "__main__":
+    main()
