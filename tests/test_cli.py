@@ -155,16 +155,16 @@ def test_bad_pca_option(demo_folder: Path, tmp_path: Path) -> None:
 
 
 def test_train_zoom_and_alpha_options(vgg16_path: Path, demo_folder: Path, tmp_path: Path) -> None:
-    """--zoom 1.5,0.75 --alpha 20 --no-zoom-jitter is the estimator's zoom=(1.5, 0.75), alpha=20,
-    zoom_jitter=False: the saved model has them and learnt from three times the images; --zoom none
+    """--zoom 1.5,0.75 --alpha 20 --no-zoom-jitter --power is the estimator's zoom=(1.5, 0.75), alpha=20,
+    zoom_jitter=False, power=True: the saved model has them and learnt from three times the images; --zoom none
     is zoom=(); a bad list or alpha names the option and writes nothing."""
     out = tmp_path / "m.fvl"
     res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(out), *SMALL, "--zoom", "1.5,0.75",
-                                   "--alpha", "20", "--no-zoom-jitter"])
+                                   "--alpha", "20", "--no-zoom-jitter", "--power"])
     assert res.exit_code == 0, res.output
     model = fastvlad.load(out)
     assert model.zoom == (1.5, 0.75) and model.alpha == 20 and model.train_info_["n_images"] == 16
-    assert model.zoom_jitter is False
+    assert model.zoom_jitter is False and model.power is True
     assert model.train_info_["n_copies"] == 2 * 16 and "(the head also on 32 augmented or zoomed copies)" in res.output
     res = CliRunner().invoke(app, ["-q", "train", str(demo_folder), "-o", str(tmp_path / "x.fvl"), "--alpha", "0"])
     assert isinstance(res.exception, ParameterError) and "alpha=0" in str(res.exception)

@@ -31,6 +31,7 @@ from .options import (
     ON_ERROR,
     PCA,
     POINTS,
+    POWER,
     PRECISION,
     SCALE,
     SEED,
@@ -75,7 +76,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
              backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED,
              on_error: str = ON_ERROR, faithful: bool = FAITHFUL, pca: Optional[str] = PCA,
              aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
-             points: Optional[str] = POINTS, softness: Optional[str] = SOFTNESS,
+             points: Optional[str] = POINTS, softness: Optional[str] = SOFTNESS, power: Optional[bool] = POWER,
              classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, zoom: Optional[str] = ZOOM,
              alpha: Optional[float] = ALPHA, code_pca: Optional[str] = CODE_PCA,
              zoom_jitter: Optional[bool] = ZOOM_JITTER,
@@ -96,7 +97,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
     split_values = ds.column(split) if split is not None else None
     check_folds(folds, split_values, split.strip().lower() if split is not None else "split", ds.origin)
     est = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
-                    normalize=normalize, points=points, softness=softness, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha,
+                    normalize=normalize, points=points, softness=softness, power=power, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha,
                     code_pca=code_pca,
                     zoom_jitter=zoom_jitter, tta=tta, tta_zoom=tta_zoom,
                     **precision_of(precision, None),

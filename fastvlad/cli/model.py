@@ -33,6 +33,7 @@ from .options import (
     ON_ERROR,
     PCA,
     POINTS,
+    POWER,
     PRECISION,
     SCALE,
     SCHEDULER,
@@ -62,7 +63,7 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
           backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
           scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
           pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
-          points: Optional[str] = POINTS, softness: Optional[str] = SOFTNESS,
+          points: Optional[str] = POINTS, softness: Optional[str] = SOFTNESS, power: Optional[bool] = POWER,
           classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, zoom: Optional[str] = ZOOM,
           alpha: Optional[float] = ALPHA, code_pca: Optional[str] = CODE_PCA,
           zoom_jitter: Optional[bool] = ZOOM_JITTER,
@@ -80,7 +81,7 @@ def train(data: Path = typer.Argument(..., help="Folder of class sub-folders, or
     ds = load(data, on_error)
     outputs.refuse_inputs([output], outputs.dataset_files(data, ds.paths))
     model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
-                      normalize=normalize, points=points, softness=softness, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha,
+                      normalize=normalize, points=points, softness=softness, power=power, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha,
                       code_pca=code_pca,
                       zoom_jitter=zoom_jitter, tta=tta, tta_zoom=tta_zoom,
                       calibration=str(calibrate) if calibrate else None, **precision_of(precision, fp16),
@@ -238,7 +239,7 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
            backbone: str = BACKBONE, taps: Optional[str] = TAPS, seed: int = SEED, on_error: str = ON_ERROR,
            scheduler: Optional[str] = SCHEDULER, workers: int = WORKERS, faithful: bool = FAITHFUL,
            pca: Optional[str] = PCA, aspect: Optional[str] = ASPECT, normalize: Optional[str] = NORMALIZE,
-           points: Optional[str] = POINTS, softness: Optional[str] = SOFTNESS,
+           points: Optional[str] = POINTS, softness: Optional[str] = SOFTNESS, power: Optional[bool] = POWER,
            classifier: Optional[str] = CLASSIFIER, augment: Optional[int] = AUGMENT, zoom: Optional[str] = ZOOM,
            tta: Optional[int] = TTA, tta_zoom: Optional[str] = TTA_ZOOM,
            fp16: Optional[bool] = FP16, precision: Optional[str] = PRECISION,
@@ -266,7 +267,7 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
         model.set_params(**{k: v for k, v in micro.items() if k in ("missing_scale", "tile_stride", "crop_bottom")})
     else:
         model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca,
-                          aspect=aspect, normalize=normalize, points=points, softness=softness, classifier=classifier, augment=augment,
+                          aspect=aspect, normalize=normalize, points=points, softness=softness, power=power, classifier=classifier, augment=augment,
                           zoom=zoom, tta=tta, tta_zoom=tta_zoom,
                           calibration=str(calibrate) if calibrate else None, **precision_of(precision, fp16),
                           **micro)

@@ -30,6 +30,8 @@ POINTS = typer.Option(None, metavar="[per_image|shared]", help="How each image's
                       "so a change of gray levels keeps the points).")
 SOFTNESS = typer.Option(None, metavar="B|none", help="Soft assignment of each point to the centres, weight "
                         "exp(-B·Δd²/u) (default 10; see README); 'none': the nearest centre only (--faithful).")
+POWER = typer.Option(None, "--power/--no-power", help="The signed square root of every VLAD code before its "
+                     "global L2 (default: off; read README's tried list before taking it).")
 NORMALIZE = typer.Option(None, metavar="[stretch|equalize|clahe|none]", help="Gray levels before the CNN: stretch "
                          "(1st–99th percentile → 0..255; default), equalize, clahe or none (--faithful).")
 CLASSIFIER = typer.Option(None, metavar="[ridge|logistic|xgboost]", help="The head on the codes: ridge (default), "
