@@ -28,28 +28,44 @@ def _flat(values: np.ndarray) -> bool:
 
 
 def stretch(values: np.ndarray) -> np.ndarray:
-    """The 1st–99th percentiles of the image's gray levels → 0..255 (clipped beyond)."""
-    lo, hi = percentiles(values, STRETCH_PERCENTILES)
-    return stretched_between(values, float(lo), float(hi))
+    """The 1st–99th percentiles of the image's gray levels → 0..255 (clipped beyond).
+
+    An 8-bit image (whole gray levels 0..255, as most detectors write) takes its percentiles from
+    its histogram and the map as a table of its 256 levels: the same bits as mapping every pixel,
+    in about a quarter of the time the decoding thread spent per image."""
+    levels = eight_bit(values)
+    if levels is None:
+        lo, hi = np.percentile(values, STRETCH_PERCENTILES)
+        return stretched_between(values, float(lo), float(hi))
+    lo, hi = level_percentiles(levels, STRETCH_PERCENTILES)
+    return stretched_between(np.arange(256, dtype=values.dtype), float(lo), float(hi))[levels]
+
+
+def eight_bit(values: np.ndarray) -> np.ndarray | None:
+    """``values`` as uint8 when every one is a whole number 0..255 (an 8-bit image), else None."""
+    with np.errstate(invalid="ignore"):  # NaN or out-of-range levels: not 8-bit, caught just below
+        levels = values.astype(np.uint8)
+    return levels if values.size and np.array_equal(levels, values) else None
 
 
 def percentiles(values: np.ndarray, q: tuple[float, ...]) -> np.ndarray:
-    """``np.percentile(values, q)`` (linear interpolation), to the same bits: ``(len(q),)`` float64.
+    """``np.percentile(values, q)`` (linear interpolation), to the same bits: ``(len(q),)`` float64;
+    an 8-bit image's by ``level_percentiles``."""
+    levels = eight_bit(values)
+    return np.percentile(values, q) if levels is None else level_percentiles(levels, q)
 
-    An 8-bit image's gray levels (whole numbers 0..255) are read from their histogram, about a
-    fifth of the time of NumPy's partition of every pixel, which decoding paid for each image."""
-    with np.errstate(invalid="ignore"):  # NaN or out-of-range levels: not 8-bit, caught just below
-        levels = values.astype(np.uint8)
-    if values.size == 0 or not np.array_equal(levels, values):
-        return np.percentile(values, q)
+
+def level_percentiles(levels: np.ndarray, q: tuple[float, ...]) -> np.ndarray:
+    """``np.percentile`` of 8-bit gray levels (any shape, uint8) read from their histogram, to
+    NumPy's bits: ``(len(q),)`` float64. About a third of the time of NumPy's partition."""
     below = np.cumsum(np.bincount(levels.ravel(), minlength=256))  # below[v]: pixels at levels ≤ v
-    n = values.size
+    n = levels.size
     # NumPy's own steps from here: the virtual index (n − 1)·q/100 between two order statistics,
     # their interpolation by np.quantile on each pair (which takes its fraction g as it is: (2 − 1)·g).
     at = (n - 1) * np.true_divide(np.asarray(q, dtype=np.float64), 100)
     first = np.floor(at).astype(np.int64)
     pairs = np.searchsorted(below, np.stack([first, np.minimum(first + 1, n - 1)]), side="right")
-    return np.diagonal(np.quantile(pairs.astype(values.dtype), at - first, axis=0)).copy()
+    return np.diagonal(np.quantile(pairs.astype(np.float64), at - first, axis=0)).copy()
 
 
 def stretched_between(values: np.ndarray, lo: float, hi: float) -> np.ndarray:

@@ -91,6 +91,24 @@ def test_percentiles_from_the_histogram_are_numpys() -> None:
     img[0, 0] = np.nan
     assert np.isnan(intensity.percentiles(img, (1.0, 99.0))).all()
 
+
+def test_stretch_of_8_bit_levels_by_table_is_the_map_of_every_pixel() -> None:
+    """``stretch`` maps an 8-bit image through a table of its 256 levels: the same bits, dtype and
+    shape as NumPy's percentiles and skimage's map applied to every pixel — gray and colour, float32
+    and float64, narrow and flat ranges (a flat one → 128) — and other images take that path itself."""
+    def every_pixel(values: np.ndarray) -> np.ndarray:
+        lo, hi = np.percentile(values, intensity.STRETCH_PERCENTILES)
+        return intensity.stretched_between(values, float(lo), float(hi))
+
+    rng = np.random.default_rng(1)
+    img = _micrograph(2).astype(np.float32)
+    cases = [img, img.astype(np.float64), np.dstack([img, 255 - img, img // 2]), img // 40, np.full((9, 7), 3.0),
+             img + 0.5, img * 1.5]
+    cases += [_gray_levels(rng, 999, kind).astype(np.float32).reshape(27, 37) for kind in range(4) for _ in range(25)]
+    for values in cases:
+        got, want = intensity.stretch(values), every_pixel(values)
+        assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
+
 def test_codes_ignore_gain_and_offset_with_stretch(vgg16_path: Path,
                                                     small_demo: tuple[list[np.ndarray], np.ndarray]) -> None:
     """End to end on 8-bit images: re-exposing them moves the codes a few times less with stretch
