@@ -32,7 +32,7 @@ def stretch(values: np.ndarray) -> np.ndarray:
 
     An 8-bit image (whole gray levels 0..255, as most detectors write) takes its percentiles from
     its histogram and the map as a table of its 256 levels: the same bits as mapping every pixel,
-    in about a quarter of the time the decoding thread spent per image."""
+    in half its time (``benchmarks/stretch_8bit.py``), on the decoding thread of every image."""
     levels = eight_bit(values)
     if levels is None:
         lo, hi = np.percentile(values, STRETCH_PERCENTILES)
@@ -57,7 +57,7 @@ def percentiles(values: np.ndarray, q: tuple[float, ...]) -> np.ndarray:
 
 def level_percentiles(levels: np.ndarray, q: tuple[float, ...]) -> np.ndarray:
     """``np.percentile`` of 8-bit gray levels (any shape, uint8) read from their histogram, to
-    NumPy's bits: ``(len(q),)`` float64. About a third of the time of NumPy's partition."""
+    NumPy's bits: ``(len(q),)`` float64, without NumPy's partition of every pixel."""
     below = np.cumsum(np.bincount(levels.ravel(), minlength=256))  # below[v]: pixels at levels ≤ v
     n = levels.size
     # NumPy's own steps from here: the virtual index (n − 1)·q/100 between two order statistics,
