@@ -109,6 +109,9 @@ AUGMENTED_POINTS = 0x41554731  # "AUG1"
 def flipped(sources: Sequence[AnySource], op: int) -> list[Transformed]:
     """Every source flipped by ``intensity.dihedral(op)`` (test-time augmentation)."""
     return [Transformed(s, functools.partial(intensity.dihedral, op=op), f"flip {op}") for s in sources]
+
+
+#: The resampling filters ``resize`` knows (Pillow's).
 RESAMPLE = ("bilinear", "nearest", "bicubic", "lanczos")
 #: Smallest side VGG16's five taps accept (four 2× poolings leave at least one pixel).
 MIN_SIDE = 16
