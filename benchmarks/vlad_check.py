@@ -61,6 +61,8 @@ from fastvlad.evaluate import folds
 from fastvlad.images import AnySource, Transformed, flipped
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nanofiber-sem"
+
+
 @dataclass(frozen=True)
 class Aggregation:
     """One row of the table: softness b (None: hard), floor g, the ridge head's alpha, and which of the
@@ -87,6 +89,7 @@ AGGREGATIONS: list[Aggregation] = [
     *(Aggregation(f"soft 10, power, no intra, alpha {a:g}", 10.0, alpha=a, intra=False, power=True)
       for a in (5.0, 40.0)),
 ]
+
 
 def points_of(encoder: Encoder, sources: list[AnySource], view: View) -> np.ndarray:
     """Every image's projected hypercolumns at its points as ``view`` shows it: ``(n, S, p)`` float16."""
@@ -238,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     for agg in AGGREGATIONS:
         if not any(o in agg.name for o in args.only):
             continue
+
         def codes(P: np.ndarray) -> np.ndarray:
             return aggregate(P, centres, agg.soft, agg.floor, scale, norm, intra=agg.intra, power=agg.power)  # noqa: B023
 

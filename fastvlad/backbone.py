@@ -191,7 +191,6 @@ class Backbone:
         return self._dims
 
 
-
 _SHARED: dict[tuple[Any, ...], Backbone] = {}
 _SHARED_LOCK = threading.Lock()
 #: Sessions kept open at once (each holds its weights, ~60 MB for VGG16, and ONNX Runtime's arena).

@@ -583,7 +583,6 @@ def test_bad_labels() -> None:
             FastVLAD(density=1, k=8).fit([GRAY, GRAY], y)
 
 
-
 def test_integral_floats_work_as_their_ints(vgg16_path: Path) -> None:
     """An integer parameter given as an integral float (as JSON or a config file may give it) fits
     the same model as its int: NumPy's seeds and XGBoost's ``max_bin`` refuse floats (a TypeError

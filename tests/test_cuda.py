@@ -260,7 +260,6 @@ def test_gpu_benchmark_script_runs(cp: ModuleType, monkeypatch: pytest.MonkeyPat
         assert f"\n{kernel} " in out
 
 
-
 def _toy_cnn(channels: tuple[int, ...] = (6, 10, 12)):  # type: ignore[no-untyped-def]
     """A stand-in for the CNN (no ONNX Runtime, no weights): taps ``(n, h/2^l, w/2^l, C_l)``
     channels-last, average pools of the pixels mixed by fixed random weights, rectified."""

@@ -248,6 +248,7 @@ def test_changed_shares_count_right_answers_lost_among_the_right_ones() -> None:
     y_true = np.array(["a", "a", "b", "b", "c"])
     before = np.array(["a", "a", "b", "c", "a"])  # right, right, right, wrong, wrong
     after = np.array(["a", "b", "b", "b", "b"])  # kept, lost, kept, wrong → right, wrong → wrong
+
     def shares(*arrays: np.ndarray) -> dict[str, float]:
         return {k: v for k, v in changed_shares(*arrays).items() if not k.startswith("flipped_95")}
 

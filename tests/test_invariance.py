@@ -109,6 +109,7 @@ def test_stretch_of_8_bit_levels_by_table_is_the_map_of_every_pixel() -> None:
         got, want = intensity.stretch(values), every_pixel(values)
         assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
 
+
 def test_codes_ignore_gain_and_offset_with_stretch(vgg16_path: Path,
                                                     small_demo: tuple[list[np.ndarray], np.ndarray]) -> None:
     """End to end on 8-bit images: re-exposing them moves the codes a few times less with stretch

@@ -184,7 +184,6 @@ def test_faithful_settings() -> None:
         FastVLAD(pca=0).fit_codebook([np.zeros((64, 64), np.uint8)] * 2)
 
 
-
 @pytest.mark.parametrize("pca", [64, 100])
 def test_a_hypercolumn_no_wider_than_pca_is_kept_whole(vgg16_path: Path, tmp_path: Path, pca: int) -> None:
     """block1_conv2 alone has 64 channels: pca=64 or more fits no projection, and the model still
