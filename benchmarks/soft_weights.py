@@ -67,18 +67,10 @@ def encoder_rounds(data: str | None, n: int, precision: str, rounds: int) -> Non
     """The default encoder as before the kernel and as now, in turn, on the same ``n`` images."""
     from dataclasses import replace
 
-    from fastvlad import demo
-    from fastvlad.datasets import load
     from fastvlad.encoder import Encoder
     from fastvlad.estimator import FastVLAD
 
-    if data:
-        ds = load(data)
-        pick = np.linspace(0, len(ds) - 1, n).astype(int)
-        images, labels = [ds.paths[i] for i in pick], ds.y[pick]
-    else:
-        x, labels = demo.make_dataset(-(-n // 4), size=(306, 448))
-        images, labels = list(x[:n]), labels[:n]
+    images, labels = pick_images(data, n)
     model = FastVLAD(precision=precision, zoom=()).fit(images, labels)
     now = Encoder.of(model)
     encoders = {"before": replace(now, backend=Before(batch_size=now.backend.batch_size)), "now": now}
@@ -92,6 +84,19 @@ def encoder_rounds(data: str | None, n: int, precision: str, rounds: int) -> Non
     ratio = seconds["before"] / seconds["now"]
     print(f"  before / now (time): {np.median(ratio):.3f} (rounds {ratio.min():.3f}–{ratio.max():.3f}); "
           f"codes differ by at most {np.abs(codes['before'] - codes['now']).max():.2e}")
+
+
+def pick_images(data: str | None, n: int) -> tuple[list, np.ndarray]:
+    """``n`` images spread over ``data`` (paths) or ``n`` demo tiles of 306×448 (arrays), with their labels."""
+    from fastvlad import demo
+    from fastvlad.datasets import load
+
+    if data:
+        ds = load(data)
+        pick = np.linspace(0, len(ds) - 1, n).astype(int)
+        return [ds.paths[i] for i in pick], ds.y[pick]
+    x, labels = demo.make_dataset(-(-n // 4), size=(306, 448))
+    return list(x[:n]), labels[:n]
 
 
 def timed(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, np.ndarray]:

@@ -30,7 +30,7 @@ import functools
 from collections.abc import Callable, Iterator
 
 import numpy as np
-from soft_weights import report, timed
+from soft_weights import pick_images, report, timed
 
 from fastvlad import intensity
 from fastvlad.images import Preprocess
@@ -58,19 +58,6 @@ def before(run: Callable[[], object]) -> Callable[[], object]:
         with stretch_pixel_by_pixel():
             return run()
     return call
-
-
-def pick_images(data: str | None, n: int) -> tuple[list, np.ndarray]:
-    """``n`` images spread over ``data`` (paths) or ``n`` demo tiles (arrays), with their labels."""
-    from fastvlad import demo
-    from fastvlad.datasets import load
-
-    if data:
-        ds = load(data)
-        pick = np.linspace(0, len(ds) - 1, n).astype(int)
-        return [ds.paths[i] for i in pick], ds.y[pick]
-    x, labels = demo.make_dataset(-(-n // 4), size=(306, 448))
-    return list(x[:n]), labels[:n]
 
 
 def encoder_rounds(images: list, labels: np.ndarray, precision: str, rounds: int) -> None:
