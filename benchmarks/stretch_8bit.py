@@ -33,24 +33,27 @@ import numpy as np
 from soft_weights import pick_images, report, timed
 
 from fastvlad import intensity
+from fastvlad.encoder import EncoderSettings
+from fastvlad.estimator import FastVLAD
 from fastvlad.images import Preprocess
-
-
-def every_pixel(values: np.ndarray) -> np.ndarray:
-    """The stretch as before the table: NumPy's percentiles, skimage's map on every pixel."""
-    lo, hi = np.percentile(values, intensity.STRETCH_PERCENTILES)
-    return intensity.stretched_between(values, float(lo), float(hi))
 
 
 @contextlib.contextmanager
 def stretch_pixel_by_pixel() -> Iterator[None]:
     """``normalize="stretch"`` as before the table."""
     table = intensity.NORMALIZATIONS["stretch"]
-    intensity.NORMALIZATIONS["stretch"] = every_pixel
+    intensity.NORMALIZATIONS["stretch"] = intensity.stretch_pixelwise
     try:
         yield
     finally:
         intensity.NORMALIZATIONS["stretch"] = table
+
+
+def histogram_percentiles(values: np.ndarray, q: tuple[float, ...]) -> np.ndarray:
+    """The percentiles as ``stretch`` reads them from an 8-bit image (its levels found, then counted)."""
+    levels = intensity.eight_bit(values)
+    assert levels is not None, "not an 8-bit image"
+    return intensity.level_percentiles(levels, q)
 
 
 def before(run: Callable[[], object]) -> Callable[[], object]:
@@ -87,19 +90,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--encode-rounds", type=int, default=7)
     args = ap.parse_args(argv)
     images, labels = pick_images(args.data, args.images)
-    prep = Preprocess((112, 112), normalize="stretch", keep_aspect=True)
+    prep = EncoderSettings.of(FastVLAD()).preprocess  # the default's, as the encoder builds it
     levels = [Preprocess(normalize="none").gray_levels(img, i) for i, img in enumerate(images)]  # 0..255
     q = intensity.STRETCH_PERCENTILES
-    assert all(np.array_equal(intensity.percentiles(v, q), np.percentile(v, q)) for v in levels)
-    assert all(np.array_equal(intensity.stretch(v), every_pixel(v)) for v in levels)
+    assert all(np.array_equal(histogram_percentiles(v, q), np.percentile(v, q)) for v in levels)
+    assert all(np.array_equal(intensity.stretch(v), intensity.stretch_pixelwise(v)) for v in levels)
     print(f"{len(images)} images of {args.data or 'demo images (306×448)'}, {args.rounds - 1} rounds "
           "(percentiles and stretch equal on every image):")
     pairs = [("every pixel", "table")]
     print("percentiles (1st, 99th):")
     report(timed({"every pixel": lambda: [np.percentile(v, q) for v in levels],
-                  "table": lambda: [intensity.percentiles(v, q) for v in levels]}, args.rounds), len(images), pairs)
+                  "table": lambda: [histogram_percentiles(v, q) for v in levels]}, args.rounds), len(images), pairs)
     print("stretch:")
-    report(timed({"every pixel": lambda: [every_pixel(v) for v in levels],
+    report(timed({"every pixel": lambda: [intensity.stretch_pixelwise(v) for v in levels],
                   "table": lambda: [intensity.stretch(v) for v in levels]}, args.rounds), len(images), pairs)
 
     def prepare_all() -> list:

@@ -35,10 +35,15 @@ def stretch(values: np.ndarray) -> np.ndarray:
     in half its time (``benchmarks/stretch_8bit.py``), on the decoding thread of every image."""
     levels = eight_bit(values)
     if levels is None:
-        lo, hi = np.percentile(values, STRETCH_PERCENTILES)
-        return stretched_between(values, float(lo), float(hi))
+        return stretch_pixelwise(values)
     lo, hi = level_percentiles(levels, STRETCH_PERCENTILES)
     return stretched_between(np.arange(256, dtype=values.dtype), float(lo), float(hi))[levels]
+
+
+def stretch_pixelwise(values: np.ndarray) -> np.ndarray:
+    """``stretch`` of any image: NumPy's percentiles of every pixel, every pixel mapped."""
+    lo, hi = np.percentile(values, STRETCH_PERCENTILES)
+    return stretched_between(values, float(lo), float(hi))
 
 
 def eight_bit(values: np.ndarray) -> np.ndarray | None:
@@ -46,13 +51,6 @@ def eight_bit(values: np.ndarray) -> np.ndarray | None:
     with np.errstate(invalid="ignore"):  # NaN or out-of-range levels: not 8-bit, caught just below
         levels = values.astype(np.uint8)
     return levels if values.size and np.array_equal(levels, values) else None
-
-
-def percentiles(values: np.ndarray, q: tuple[float, ...]) -> np.ndarray:
-    """``np.percentile(values, q)`` (linear interpolation), to the same bits: ``(len(q),)`` float64;
-    an 8-bit image's by ``level_percentiles``."""
-    levels = eight_bit(values)
-    return np.percentile(values, q) if levels is None else level_percentiles(levels, q)
 
 
 def level_percentiles(levels: np.ndarray, q: tuple[float, ...]) -> np.ndarray:

@@ -72,9 +72,9 @@ def _gray_levels(rng: np.random.Generator, n: int, kind: int) -> np.ndarray:
 
 
 def test_percentiles_from_the_histogram_are_numpys() -> None:
-    """``intensity.percentiles`` reads 8-bit levels from their histogram: the same bits (and dtype)
-    as ``np.percentile`` whatever the pixel count (1, 2, odd, a tile's 137,088), the spread of the
-    levels and the percentiles (the ends 0 and 100 included); anything else takes NumPy's path."""
+    """``intensity.level_percentiles`` reads 8-bit levels from their histogram: the same bits (and
+    dtype) as ``np.percentile`` whatever the pixel count (1, 2, odd, a tile's 137,088), the spread of
+    the levels and the percentiles (the ends 0 and 100 included); ``eight_bit`` lets nothing else in."""
     rng = np.random.default_rng(0)
     for trial in range(400):
         n = int(rng.choice([1, 2, 3, 7, 101, 999, 306 * 448, int(rng.integers(1, 5000))]))
@@ -82,14 +82,15 @@ def test_percentiles_from_the_histogram_are_numpys() -> None:
         for dtype in (np.float32, np.float64):
             values = levels.astype(dtype).reshape((1, n) if trial % 2 else (n,))
             for q in ((1.0, 99.0), (0.0, 100.0), (2.0, 98.0), (50.0,), (33.3, 66.7, 99.9)):
-                fast, numpy_ = intensity.percentiles(values, q), np.percentile(values, q)
+                fast, numpy_ = intensity.level_percentiles(intensity.eight_bit(values), q), np.percentile(values, q)
                 assert fast.dtype == numpy_.dtype and np.array_equal(fast, numpy_), (n, dtype, q, fast, numpy_)
-    # Not whole 0..255 levels: fractions, beyond 255, below 0, NaN, colour — NumPy's answers as they are.
+    # Not whole 0..255 levels: fractions, beyond 255, below 0, NaN, colour — not 8-bit, NumPy's path.
     img = _micrograph().astype(np.float32)
-    for values in (img + 0.5, img * 3, img - 100, np.dstack([img, img / 2, img / 3])):
-        assert np.array_equal(intensity.percentiles(values, (1.0, 99.0)), np.percentile(values, (1.0, 99.0)))
+    assert intensity.eight_bit(img) is not None
+    for values in (img + 0.5, img * 3, img - 100, np.dstack([img, img / 2, img / 3]), img[:0]):
+        assert intensity.eight_bit(values) is None
     img[0, 0] = np.nan
-    assert np.isnan(intensity.percentiles(img, (1.0, 99.0))).all()
+    assert intensity.eight_bit(img) is None
 
 
 def test_stretch_of_8_bit_levels_by_table_is_the_map_of_every_pixel() -> None:
