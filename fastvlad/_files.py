@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ def _write_atomic(target: Path, write: Callable[[BinaryIO], object], mode: int) 
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        check_replaceable(target)  # again, just before: the check before the work was minutes ago
         os.replace(tmp, target)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -59,11 +61,26 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     if target.is_dir():
         raise _write_error(target, IsADirectoryError(errno.EISDIR, "is a folder"))
+    check_replaceable(target)
     with kept_if_used(target.parent):  # the probe's folders are made again when the file is written
         fd, probe = _temp_beside(target)
         os.close(fd)
         os.unlink(probe)
     return target
+
+
+def check_replaceable(path: str | os.PathLike[str]) -> None:
+    """``WriteError`` when ``path`` exists and is neither a regular file nor a folder.
+
+    A write renames a new file over the target, so a device, pipe or socket there would be
+    replaced (as root, /dev/null itself). Links are followed: a link to a device is refused too."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return  # missing (or not statable): the write itself says why it cannot be made
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise WriteError(f"{path} is not a regular file (a device, pipe or socket): fastvlad writes a file by "
+                         "replacing it; give a file path (for standard output: -o -)")
 
 
 @contextmanager
@@ -179,6 +196,8 @@ def publish_folder(staging: Path, folder: str | os.PathLike[str], last: str | No
             os.rename(staging, folder)
             return
         moved = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == last)
+        for src in moved:  # all checked before the first move: a refusal leaves ``folder`` as it was
+            check_replaceable(folder / src.relative_to(staging))
         for src in moved:
             dst = folder / src.relative_to(staging)
             dst.parent.mkdir(exist_ok=True)

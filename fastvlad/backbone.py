@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import config, weights
-from .errors import BackboneError
+from .errors import BackboneError, in_one_line
 
 log = logging.getLogger("fastvlad")
 
@@ -138,7 +138,10 @@ class Backbone:
         try:
             model = onnx.load(str(graph))
         except Exception as exc:
-            raise BackboneError(f"{graph}: not a readable ONNX model ({exc})") from None
+            raise BackboneError(f"{graph}: not a readable ONNX model ({in_one_line(exc)})") from None
+        if not model.graph.input:  # an empty file parses as an empty model
+            raise BackboneError(f"{graph}: not a readable ONNX model (its graph has no input; a backbone takes "
+                                "images (n, 3, H, W))")
         #: The graph's metadata (an int8 copy names what it was built from: ``quantize.record_of``).
         self.metadata = {p.key: p.value for p in model.metadata_props}
         self.input_name = model.graph.input[0].name
@@ -154,7 +157,7 @@ class Backbone:
         try:
             self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=list(providers))
         except Exception as exc:
-            raise BackboneError(f"{path}: ONNX Runtime cannot load the model ({exc})") from None
+            raise BackboneError(f"{path}: ONNX Runtime cannot load the model ({in_one_line(exc)})") from None
         self.providers = tuple(self.session.get_providers())
         self._outputs = [f"{t}:nhwc" for t in self.taps]
         self._dims: tuple[int, ...] | None = None
@@ -170,7 +173,8 @@ class Backbone:
                 return self._run_bound(pixels)
             return self.session.run(self._outputs, {self.input_name: pixels})
         except Exception as exc:  # the message keeps ORT's text: errors.is_gpu_out_of_memory reads it
-            raise BackboneError(f"{self.path}: inference failed on a batch of shape {pixels.shape} ({exc})") from None
+            raise BackboneError(f"{self.path}: inference failed on a batch of shape {pixels.shape} "
+                                f"({in_one_line(exc)})") from None
 
     def _run_bound(self, pixels: np.ndarray, device: str = "cuda") -> list:  # type: ignore[type-arg]
         """IO binding: the batch is copied in once, the taps stay in ``device`` memory (no

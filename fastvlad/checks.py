@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from . import config, intensity
+from . import config, datasets, intensity
 from .backends import DEVICES
 from .classifier import LINEAR
 from .errors import FastVLADError, ImageReadError, InvalidDatasetError, ParameterError
@@ -65,11 +65,12 @@ def real(name: str, value: Any, lo: float, hi: float = math.inf, lo_open: bool =
     return v
 
 
-def integer(name: str, value: Any, lo: int, hint: str = "") -> int:
-    """``value`` as an int ≥ ``lo`` (integral floats accepted), or a ``ParameterError``."""
+def integer(name: str, value: Any, lo: int, hint: str = "", hi: int | None = None) -> int:
+    """``value`` as an int ≥ ``lo`` (and ≤ ``hi``; integral floats accepted), or a ``ParameterError``."""
     v = as_float(value)
-    if not math.isfinite(v) or v != int(v) or int(v) < lo:
-        raise ParameterError(f"{name}={shown(value)}: must be an integer ≥ {lo}{hint}")
+    if not math.isfinite(v) or v != int(v) or int(v) < lo or (hi is not None and int(v) > hi):
+        span = f"≥ {lo}" if hi is None else f"from {lo} to {hi}"
+        raise ParameterError(f"{name}={shown(value)}: must be an integer {span}{hint}")
     return int(value)
 
 
@@ -154,7 +155,8 @@ def parameters(est: Any, n_images: int | None = None) -> None:
     real("colsample_bynode", est.colsample_bynode, 0, 1, lo_open=True)
     real("subsample", est.subsample, 0, 1, lo_open=True)
     real("min_child_weight", est.min_child_weight, 0)
-    integer("augment", est.augment, 0, " (augmented copies of every training image; 0: none)")
+    integer("augment", est.augment, 0, " (augmented copies of every training image, each one more CNN pass per "
+            "image; 0: none)", hi=config.MAX_AUGMENT)
     for name in FLAGS:
         flag(name, getattr(est, name))
     head(est)
@@ -284,30 +286,58 @@ def readable(X: Sequence[ImageSource]) -> None:
                              "fix or remove them, or skip them with on_error='skip' (CLI: --on-error skip)")
 
 
+def label_array(y: Any, n: int, what: str = "image") -> np.ndarray:
+    """``y`` as ``(n,)`` labels, one per ``what``: strings or numbers, no None, NaN or bytes."""
+    labels = np.asarray(y)
+    if labels.ndim != 1 or len(labels) != n:
+        raise ParameterError(f"y has shape {labels.shape}; it must be one label per {what} ({n})")
+    if not _plain_labels(labels):
+        raise ParameterError(f"y of dtype {labels.dtype}: labels must be strings or numbers, with no None or NaN "
+                             "(bytes: decode them to str first)")
+    return labels
+
+
+def sample_weights(w: Any, n: int) -> np.ndarray:
+    """``(n,)`` float64 weights: finite, ≥ 0, not all 0."""
+    a = np.asarray(w)
+    if a.shape != (n,) or a.dtype.kind not in "biuf" or not np.isfinite(a).all() or (a < 0).any() or not a.any():
+        raise ParameterError(f"sample_weight of shape {a.shape} and dtype {a.dtype}: give {n} finite numbers ≥ 0, "
+                             "not all 0")
+    return a.astype(np.float64)
+
+
+def codes(codes: Any, codebook: np.ndarray | None) -> np.ndarray:
+    """VLAD codes ``(n, D)`` for ``fit_codes``, as given: finite numbers, and D = the codebook's k·p when there is one
+    (codes of another encoder would fit a head that ``predict`` cannot feed)."""
+    a = np.asarray(codes)
+    if a.ndim != 2 or a.dtype.kind not in "iuf" or not len(a):
+        raise ParameterError(f"codes of shape {a.shape} and dtype {a.dtype}: give a 2-D array of numbers, one "
+                             "row per image (as transform returns)")
+    if not np.isfinite(a).all():
+        raise ParameterError("codes hold NaN or infinity: give codes as transform returns them")
+    if codebook is not None and a.shape[1] != codebook.size:
+        raise ParameterError(f"codes have {a.shape[1]} columns but this model's codebook makes codes of {codebook.size} "
+                             f"({codebook.shape[0]} centres × {codebook.shape[1]}); give codes from this model's transform")
+    return a
+
+
 def sources_and_labels(X: Any, y: Any) -> tuple[list[ImageSource], np.ndarray]:
     """Images and their labels, same length, at least two classes."""
     items = sources(X)
-    labels = np.asarray(y)
-    if labels.ndim != 1 or len(labels) != len(items):
-        raise ParameterError(f"y has shape {labels.shape}; it must be one label per image ({len(items)})")
-    if not _plain_labels(labels):
-        raise ParameterError(f"y of dtype {labels.dtype}: labels must be strings or numbers, with no None or NaN")
+    return items, training_labels(y, len(items))
+
+
+def training_labels(y: Any, n: int, what: str = "image") -> np.ndarray:
+    """``label_array`` of labels a classifier can learn: at least two classes, each a name a model can write."""
+    labels = label_array(y, n, what)
     classes = np.unique(labels)
-    unwritable = [str(c) for c in classes if isinstance(c, str) and not utf8(c)]
-    if unwritable:  # a folder or CSV label with bytes that are not UTF-8: a model file could not hold it
-        raise InvalidDatasetError(f"class name(s) {', '.join(ascii(c) for c in unwritable)} are not valid UTF-8 (undecodable "
-                                  "bytes in a folder name or label); rename them")
+    problem = datasets.class_names_problem([c for c in classes.tolist() if isinstance(c, str)])
+    if problem:
+        raise InvalidDatasetError(f"{problem}; rename them")
     enough_classes(classes)
-    return items, labels
-
-
-def utf8(text: str) -> bool:
-    """Whether UTF-8 can encode ``text`` (a name decoded from undecodable bytes holds lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    if len(classes) > config.MAX_CLASSES:
+        raise InvalidDatasetError(f"{len(classes)} classes: at most {config.MAX_CLASSES} (a model file holds no more)")
+    return labels
 
 
 def _plain_labels(labels: np.ndarray) -> bool:
@@ -315,7 +345,7 @@ def _plain_labels(labels: np.ndarray) -> bool:
         return bool(np.isfinite(labels).all())
     if labels.dtype.kind == "O":
         return all(isinstance(v, (str, int, np.integer)) and not isinstance(v, bool) for v in labels)
-    return labels.dtype.kind in "biuUS"
+    return labels.dtype.kind in "biuU"
 
 
 def enough_classes(classes: np.ndarray) -> None:

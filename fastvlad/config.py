@@ -29,6 +29,14 @@ MAX_IMAGE_PIXELS = 1 << 28
 #: Largest network input, in pixels (image_size, or an image at native size): VGG16's five taps
 #: alone are 122 floats = 488 bytes per input pixel, so one 4096² image needs over 8 GB.
 MAX_INPUT_PIXELS = 4096 * 4096
+#: Most augmented copies per training image (``augment``): each is one more CNN pass per image, and
+#: their list is built before the first pass, so an absurd count would fill the memory first.
+MAX_AUGMENT = 100
+#: Most classes a model holds: fit refuses more, and a model file naming more is refused as edited
+#: (a bound for a hostile config.json; XGBoost has none).
+MAX_CLASSES = 100_000
+#: Most example patches per codeword that ``explain`` draws (``--patches``): a (k, n, 32, 32, 3) grid.
+MAX_PATCHES = 100
 
 
 def usable_cores() -> int:

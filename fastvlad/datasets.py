@@ -24,9 +24,10 @@ import io
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -314,6 +315,9 @@ def check_labelled(ds: Dataset) -> None:
         shown = ", ".join(str(ds.paths[i]) for i in empty[:EXAMPLES])
         raise InvalidDatasetError(f"{ds.origin}: {len(empty)} image(s) have an empty label (e.g. {shown}); "
                                   "label every image")
+    problem = class_names_problem(ds.classes)
+    if problem:
+        raise InvalidDatasetError(f"{ds.origin}: {problem}; rename them")
     if len(ds.classes) < 2:
         raise InvalidDatasetError(f"{ds.origin}: found only class(es) {ds.classes}; a classifier needs at least two")
     counts = Counter(ds.labels.tolist())
@@ -321,6 +325,35 @@ def check_labelled(ds: Dataset) -> None:
     if single:
         log.warning("fastvlad: class(es) %s have a single image; the model can train, but cross-validation and "
                     "held-out scores need several per class", single)
+
+
+def class_name(name: Any) -> bool:
+    """Whether ``name`` can be a class a model writes: a non-empty string that UTF-8 can encode (a lone
+    surrogate cannot be written to a CSV, an empty name reads as a missing answer there) and that holds
+    no control character (a newline or an escape sequence would break the CSV row or the terminal line)."""
+    return isinstance(name, str) and bool(name) and _utf8(name) and not any(ord(ch) < 32 or ord(ch) == 127 for ch in name)
+
+
+def class_names_problem(names: Sequence[str]) -> str | None:
+    """What is wrong with the class names that ``class_name`` refuses, in words, or None."""
+    bad = [n for n in names if not class_name(n)]
+    if not bad:
+        return None
+    shown = ", ".join(ascii(n) for n in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    why = [text for found, text in (
+        (any(not n for n in bad), "are empty"),
+        (any(not _utf8(n) for n in bad), "are not valid UTF-8 (undecodable bytes in a folder name or label)"),
+        (any(n and _utf8(n) for n in bad), "hold control characters (newline, tab, escape)")) if found]
+    return f"class name(s) {shown} {' or '.join(why)}"
+
+
+def _utf8(text: str) -> bool:
+    """Whether UTF-8 can encode ``text`` (a name decoded from undecodable bytes holds lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def classes_left(y: np.ndarray, y_read: np.ndarray) -> list[str]:

@@ -88,6 +88,10 @@ def local_cluster(n_workers: int, device: str = "auto"):  # type: ignore[no-unty
     _require_dask()
     if n_workers < 1:
         raise ParameterError(f"--workers {n_workers}: start at least one worker process")
+    most = max(2, config.usable_cores())
+    if n_workers > most:  # each is a process holding a network: thousands would fill the memory first
+        raise ParameterError(f"--workers {n_workers}: at most {most} here ({config.usable_cores()} usable cores; "
+                             "more processes than cores only share them)")
     if device != "cpu" and backends.cuda_problem() is None:
         try:
             from dask_cuda import LocalCUDACluster
@@ -118,6 +122,13 @@ def connect(scheduler: str | None = None, workers: int = 0, device: str = "auto"
     from distributed import Client
 
     if scheduler:
+        from distributed.comm.addressing import get_address_host_port
+
+        try:  # before Client(): a Client that failed to start prints a traceback when it is collected
+            get_address_host_port(scheduler)
+        except ValueError as exc:
+            raise ParameterError(f"--scheduler {scheduler}: not a scheduler address ({exc}); give one as "
+                                 "tcp://HOST:PORT") from None
         try:
             client = Client(scheduler, timeout=timeout)
         except OSError as exc:  # also TimeoutError

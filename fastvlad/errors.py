@@ -70,6 +70,11 @@ class MissingDependencyError(FastVLADError, ImportError):
     """A package fastvlad needs for what was asked is not installed (the message says which and how)."""
 
 
+def in_one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line (ONNX Runtime's span several), or its type's name when it has none."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 # Type names and message fragments of out-of-memory errors from CuPy (allocator, cuBLAS,
 # runtime) and ONNX Runtime's CUDA provider (BFC arena, CUDA calls). Matched as text
 # because ONNX Runtime reports them as generic exceptions, and BackboneError wraps them.

@@ -292,9 +292,9 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     def fit_codes(self, codes: np.ndarray, y: Sequence[Any] | np.ndarray) -> FastVLAD:
         """Train only the classifier head, on codes from ``transform`` (used by cross-validation)."""
         checks.head(self)
-        y_arr = np.asarray(y)
+        codes = checks.codes(codes, getattr(self, "codebook_", None))
+        y_arr = checks.training_labels(y, len(codes), "code")
         self.classes_, y_int = np.unique(y_arr, return_inverse=True)
-        checks.enough_classes(self.classes_)
         t = time.perf_counter()
         weights = classifier.balanced_weights(y_int, len(self.classes_)) if self.class_weight == "balanced" else None
         if self.classifier in classifier.LINEAR:
@@ -402,6 +402,15 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         proba = classifier.predict_proba(self.head_, codes)
         proba[np.isnan(codes).any(axis=1)] = np.nan
         return proba
+
+    def score(self, X: Sequence[ImageSource], y: Sequence[Any] | np.ndarray, sample_weight: Any = None) -> float:
+        """Accuracy of ``predict(X)`` against labels ``y`` (n,), compared as text (a loaded model's classes are
+        strings); ``sample_weight`` (n,) weighs the images. An image skipped as unreadable counts as wrong."""
+        items = checks.sources(X)
+        y_arr = checks.label_array(y, len(items))
+        weights = None if sample_weight is None else checks.sample_weights(sample_weight, len(items))
+        right = self.predict(items).astype(str) == y_arr.astype(str)
+        return float(np.average(right, weights=weights))
 
     def predict(self, X: Sequence[ImageSource]) -> np.ndarray:
         """Predicted class names ``(n,)``; with ``on_error="skip"``, an object array with None
@@ -574,9 +583,10 @@ def _model_from_config(path: str | os.PathLike[str], cfg: dict[str, Any], codebo
     if model.k != codebook.shape[0]:
         raise bad(f"k={model.k} but codebook.npy has {codebook.shape[0]} centres")
     classes, taps, sha = cfg["classes"], cfg["taps"], cfg["backbone_sha256"]
-    if not (isinstance(classes, list) and 2 <= len(classes) <= MAX_CLASSES and all(_class_name(c) for c in classes)
-            and len(set(classes)) == len(classes)):
-        raise bad(f"classes must be a list of 2 to {MAX_CLASSES} distinct, non-empty names")
+    if not (isinstance(classes, list) and 2 <= len(classes) <= config.MAX_CLASSES
+            and all(datasets.class_name(c) for c in classes) and len(set(classes)) == len(classes)):
+        raise bad(f"classes must be a list of 2 to {config.MAX_CLASSES} distinct, non-empty names without control "
+                  "characters")
     if not (isinstance(taps, list) and taps and all(isinstance(t, str) and t for t in taps)):
         raise bad("taps must be a non-empty list of tensor names")
     if not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
@@ -597,13 +607,6 @@ def _model_from_config(path: str | os.PathLike[str], cfg: dict[str, Any], codebo
     model.taps_ = tuple(taps)
     model.train_info_ = train
     return model
-
-
-def _class_name(name: Any) -> bool:
-    """Whether ``name`` can be a class a model writes: a non-empty string that UTF-8 can encode (a
-    lone surrogate from an edited file cannot be written to a CSV, and an empty name reads as a
-    missing answer there)."""
-    return isinstance(name, str) and bool(name) and checks.utf8(name)
 
 
 def _loaded_projection(path: str | os.PathLike[str], model: FastVLAD,
@@ -628,9 +631,6 @@ def check_fitted(model: FastVLAD) -> None:
     if not hasattr(model, "head_") and not hasattr(model, "codebook_"):
         raise NotFittedError("this FastVLAD is not fitted yet; call fit(X, y) or fastvlad.load(path)")
 
-
-#: Most classes a loaded model may name (a bound for a hostile config.json; XGBoost has none).
-MAX_CLASSES = 100_000
 
 _SERIAL = threading.RLock()
 

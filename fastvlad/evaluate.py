@@ -303,6 +303,24 @@ def check_folds(n_splits: int, split: np.ndarray | None, split_name: str = "spli
                                   "split by a column with at least two values")
 
 
+def fold_count(y: np.ndarray, groups: np.ndarray | None, n_splits: int) -> tuple[int, str]:
+    """How many of ``n_splits`` stratified folds labels ``y`` (n,) allow, and what limits them: with
+    ``groups`` (n,), no more than the groups, nor than the images of the largest class (scikit-learn's
+    StratifiedGroupKFold refuses more); without, than the images of the smallest class.
+    ``InvalidDatasetError`` under 2. Cheap: run it before any image is encoded."""
+    counts = np.bincount(np.unique(np.asarray(y).astype(str), return_inverse=True)[1])
+    if groups is not None:
+        n_groups = len(np.unique(np.asarray(groups).astype(str)))
+        n_ok, what = min(n_splits, n_groups, int(counts.max(initial=0))), (
+            "groups" if n_groups <= counts.max(initial=0) else "images in the largest class")
+    else:
+        n_ok, what = min(n_splits, int(counts.min()) if len(counts) else 0), "images in the smallest class"
+    if n_ok < 2:
+        raise InvalidDatasetError(f"cannot make {n_splits} folds: too few {what} ({n_ok}); "
+                                  "cross-validation needs at least 2")
+    return n_ok, what
+
+
 def folds(y: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int,
           split: np.ndarray | None = None, split_name: str = "split") -> np.ndarray:
     """Fold index of every image: with ``split``, one fold per value (sorted), leave-one-group-out;
@@ -310,11 +328,7 @@ def folds(y: np.ndarray, groups: np.ndarray | None, n_splits: int, seed: int,
     check_folds(n_splits, split, split_name)
     if split is not None:
         return np.unique(np.asarray(split), return_inverse=True)[1].astype(np.int64)
-    n_splits_ok = min(n_splits, len(np.unique(groups)) if groups is not None else np.bincount(
-        np.unique(y, return_inverse=True)[1]).min())
-    what = "groups" if groups is not None else "images in the smallest class"
-    if n_splits_ok < 2:
-        raise InvalidDatasetError(f"cannot make {n_splits} folds: too few {what}")
+    n_splits_ok, what = fold_count(y, groups, n_splits)
     if n_splits_ok < n_splits:
         log.warning("fastvlad: %d folds instead of %d: there are only %d %s", n_splits_ok, n_splits, n_splits_ok, what)
     splitter = (StratifiedGroupKFold(n_splits_ok, shuffle=True, random_state=seed) if groups is not None
@@ -407,6 +421,8 @@ def cross_validate(estimator: FastVLAD, X: Sequence[ImageSource], y: np.ndarray,
     if refit not in REFITS:
         raise ParameterError(f"refit={refit!r} is unknown; use one of {REFITS}")
     check_folds(n_splits, split, split_name)
+    if split is None:  # the folds' count, before hours of encoding (folds() makes them afterwards)
+        fold_count(np.asarray(y), groups, n_splits)
     if refit == "all":
         if codes is not None:
             raise ParameterError("codes= is the shared encoding of refit='head'; refit='all' encodes every fold itself")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import checks, progress
+from . import checks, config, progress
 from ._files import folder_atomic, write_bytes_atomic
 from .classifier import LinearHead
 from .encoder import EncodedBatch, Encoder
@@ -173,8 +173,8 @@ def rank_codewords(model: Any, sources: Sequence[ImageSource], n_patches: int = 
     """Mean |per-codeword contribution| to every class over ``sources``, and for every codeword
     the ``n_patches`` points nearest its centre (one per image) as ``patch``² crops of the network input."""
     # np.zeros would refuse a negative count only as "negative dimensions", and 0 patches has no grid to draw
-    n_patches = checks.integer("n_patches", n_patches, 1)
-    patch = checks.integer("patch", patch, 1)
+    n_patches = checks.integer("n_patches", n_patches, 1, hi=config.MAX_PATCHES)
+    patch = checks.integer("patch", patch, 1, hi=config.MAX_PATCHES * 4)
     k = model.codebook_.shape[0]
     n_cls = len(model.classes_)
     sum_abs = np.zeros((n_cls, k))

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import stat
 import struct
 import zipfile
 import zlib
@@ -98,13 +99,28 @@ def load(path: str | os.PathLike[str]) -> ModelContents:
     """Read and verify a model file; any damage or version mismatch is a ``ModelFormatError``
     naming the file, the member and the problem (never another exception, whatever the bytes)."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFormatError(f"{path}: no such model file")
+    _check_regular(path)
     try:
         return _load(path)
     except MemoryError:  # members within every limit can still exceed this machine's memory
         raise ModelFormatError(f"{path}: not enough memory to read this model file (its members declare "
                                "more than this machine can hold; a fastvlad model takes megabytes)") from None
+
+
+def _check_regular(path: Path) -> None:
+    """``ModelFormatError`` unless ``path`` is an existing regular file (links followed). Checked
+    with ``stat``, never by opening: reading a FIFO would block until something wrote to it."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: a NUL byte in the name
+        raise ModelFormatError(f"{path}: no such model file") from None
+    except OSError as exc:
+        raise ModelFormatError(f"{path}: cannot read the model file ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
+        raise ModelFormatError(f"{path} is not a regular file (a folder); give the path of a .fvl model file")
+    if not stat.S_ISREG(mode):
+        raise ModelFormatError(f"{path} is not a regular file (a device, pipe or socket); give the path of a .fvl "
+                               "model file")
 
 
 def _load(path: Path) -> ModelContents:

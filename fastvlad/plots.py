@@ -28,9 +28,14 @@ def _save(fig: Any, path: str | Path) -> Path:
     return Path(path)
 
 
+#: Longest slug: a file name may hold 255 bytes, and the slug sits between a number and a suffix.
+SLUG_CHARS = 64
+
+
 def slug(name: str) -> str:
-    """A file-name-safe version of a class name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "class"
+    """A file-name-safe version of a class name, at most ``SLUG_CHARS`` long (callers number their
+    files, so two long names cut to the same slug still give two files)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:SLUG_CHARS] or "class"
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

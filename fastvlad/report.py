@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from . import plots
-from ._files import check_stageable, encoded, folder_atomic, write_bytes_atomic
+from ._files import (
+    check_replaceable,
+    check_stageable,
+    encoded,
+    folder_atomic,
+    write_bytes_atomic,
+)
 from .datasets import Dataset
 from .errors import FastVLADError, WriteError
 from .evaluate import (
@@ -182,6 +188,7 @@ def check_folder(folder: str | Path) -> None:
         if (folder / name).is_dir():
             raise WriteError(f"{folder / name} is a folder; the report writes a file there: move it or "
                              "choose another report folder")
+        check_replaceable(folder / name)  # a pipe or device there would be refused only after the work
     if (folder / "examples").exists() and not (folder / "examples").is_dir():
         raise WriteError(f"{folder / 'examples'} is a file; the report writes its thumbnails into a folder "
                          "there: move it or choose another report folder")

@@ -28,10 +28,12 @@ from PIL import Image
 from fastvlad import checks, config
 from fastvlad.encoder import EncoderSettings
 from fastvlad.errors import (
+    BackboneError,
     FastVLADError,
     ImageReadError,
     InvalidDatasetError,
     ParameterError,
+    in_one_line,
 )
 from fastvlad.images import Preprocess, iter_batches, probe, to_rgb255
 
@@ -521,6 +523,8 @@ def test_transform_works_or_is_a_fastvlad_error(vgg16_path: Path, X: object, ski
     ({"fp16": "yes"}, "fp16='yes'"),
     ({"taps": "block1_conv2,block2_conv2"}, "taps='block1_conv2,block2_conv2': give a list of tensor names"),
     ({"backbone": 3}, "backbone=3"),
+    # no bound once filled the memory with the copies' list before the first CNN pass
+    ({"augment": 10**8}, r"augment=100000000: must be an integer from 0 to 100 \(augmented copies"),
 ])
 def test_bad_parameter_before_any_image(params: dict[str, object], match: str) -> None:
     from fastvlad.estimator import FastVLAD
@@ -635,3 +639,39 @@ def test_fit_names_a_class_whose_images_were_all_skipped(vgg16_path: Path, caplo
         model = FastVLAD(**small_model_params(on_error="skip")).fit(X, y)
     assert gone not in model.classes_
     assert f"every image of class(es) '{gone}'" in caplog.text
+
+
+def _fixed_size_onnx(path: Path) -> Path:
+    """A one-convolution ONNX model whose input is fixed at (1, 3, 8, 8); its output is tap ``c1``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "W")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "W"], ["c1"], pads=[1, 1, 1, 1])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("c1", TensorProto.FLOAT, None)], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_an_empty_backbone_file_is_a_backbone_error(tmp_path: Path) -> None:
+    """An empty file parses as an ONNX model without a graph: it was an IndexError on its first input."""
+    from fastvlad.backbone import Backbone
+
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(BackboneError, match=r"empty\.onnx: not a readable ONNX model \(its graph has no input"):
+        Backbone(tmp_path / "empty.onnx", taps=["c1"])
+
+
+def test_onnx_runtimes_errors_come_in_one_line(tmp_path: Path) -> None:
+    """ONNX Runtime's messages span several lines; fastvlad's errors are one."""
+    from fastvlad.backbone import Backbone
+
+    backbone = Backbone(_fixed_size_onnx(tmp_path / "fixed.onnx"), taps=["c1"])
+    with pytest.raises(BackboneError, match=r"fixed\.onnx: inference failed on a batch of shape \(1, 3, 16, 16\) "
+                       r"\(.*Got: 16 Expected: 8.*\)") as err:
+        backbone(np.zeros((1, 3, 16, 16), np.float32))
+    assert "\n" not in str(err.value)
+    assert in_one_line(RuntimeError()) == "RuntimeError" and in_one_line(ValueError("a\n  b\tc ")) == "a b c"

@@ -294,7 +294,8 @@ def test_explain_on_a_dataset_refuses_to_write_over_its_images(model_file: Path,
     assert isinstance(res.exception, WriteError) and "is a file" in str(res.exception), res.output
 
 
-@pytest.mark.parametrize("option", [["--patches=-1"], ["--patches", "0"], ["--max-images", "0"], ["--top", "0"]])
+@pytest.mark.parametrize("option", [["--patches=-1"], ["--patches", "0"], ["--max-images", "0"], ["--top", "0"],
+                                    ["--patches", "100000000"]])  # no bound: out of memory after the work
 def test_explain_refuses_bad_options(model_file: Path, demo_folder: Path, tmp_path: Path, option: list[str]) -> None:
     res = CliRunner().invoke(app, ["-q", "explain", str(model_file), str(demo_folder), "-o", str(tmp_path / "cw"),
                                    "--device", "cpu", *option])

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from fastvlad import backends
 from fastvlad._version import __version__
-from fastvlad.cli import app
+from fastvlad.cli import app, outputs
 from fastvlad.cli.evaluate import confusion_text
 from fastvlad.errors import WriteError
 
@@ -80,6 +80,65 @@ def test_refuses_to_write_over_what_it_reads(model_file: Path, demo_folder: Path
     assert isinstance(res.exception, WriteError), res.output
     assert "refusing to write" in str(res.exception)
     assert output.read_bytes() == before
+
+
+class _Stream(io.StringIO):
+    """Standard output whose writes fail with ``error``."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__()
+        self.error = error
+
+    def write(self, text: str) -> int:
+        raise self.error
+
+
+@pytest.mark.parametrize("stdout", ["none", "closed", "bad descriptor", "broken pipe"])
+def test_standard_output_that_cannot_be_written(monkeypatch: pytest.MonkeyPatch, stdout: str) -> None:
+    """Closed (None when started with ``>&-``): a ``WriteError``, not an AttributeError. A reader
+    that left (``| head``) stays a BrokenPipeError, which Click turns into a quiet exit."""
+    closed = io.StringIO()
+    closed.close()
+    stream = {"none": None, "closed": closed, "bad descriptor": _Stream(OSError(9, "Bad file descriptor")),
+              "broken pipe": _Stream(BrokenPipeError(32, "Broken pipe"))}[stdout]
+    monkeypatch.setattr(sys, "stdout", stream)
+    error = BrokenPipeError if stdout == "broken pipe" else WriteError
+    with pytest.raises(error, match=None if stdout == "broken pipe" else "standard output is closed"):
+        outputs.write_text(Path(outputs.STDOUT), "path,predicted\n")
+
+
+def test_csv_to_a_closed_standard_output_is_exit_2(model_file: Path, demo_folder: Path) -> None:
+    image = next(demo_folder.rglob("*.png"))
+    proc = subprocess.run(["sh", "-c", 'exec "$0" "$@" >&-', sys.executable, "-m", "fastvlad", "-q", "predict",
+                           str(model_file), str(image), "-o", "-"], capture_output=False, stderr=subprocess.PIPE,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: standard output is closed") and len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--json", "same.out", "--confusion", "same.out"], "--json and --confusion both write same.out"),
+    (["--json", "same.out", "--confusion", "{tmp}/sub/../same.out"], "--json and --confusion both write {tmp}/sub/.."),
+    (["--json", "rep/report.json", "--report", "rep"], "--json and --report both write rep/report.json"),
+    (["--confusion", "rep/examples/0.png", "--report", "./rep"], "--confusion and --report both write rep/examples"),
+    (["--json", "rep", "--report", "rep"], "--json and --report both write rep "),
+], ids=["one name", "one file by two names", "the report's json", "a thumbnail", "the report folder"])
+def test_evaluate_refuses_two_outputs_to_one_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  args: list[str], message: str) -> None:
+    """One would silently replace the other (the report's own report.json the user's): refused
+    before the data is read, nothing written."""
+    from fastvlad import datasets
+
+    def no_work(*a: object, **k: object) -> None:
+        raise AssertionError("the data should not have been touched")
+
+    monkeypatch.setattr(datasets, "load", no_work)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    res = _invoke("-q", "evaluate", "data", *(a.format(tmp=tmp_path) for a in args))
+    assert isinstance(res.exception, WriteError), res.output
+    assert message.format(tmp=tmp_path) in str(res.exception) and "give each output its own path" in str(res.exception)
+    assert [p.name for p in tmp_path.iterdir()] == ["sub"]
 
 
 def test_refusal_is_exit_2_with_one_line(model_file: Path, demo_folder: Path, tmp_path: Path) -> None:

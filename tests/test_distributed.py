@@ -149,6 +149,12 @@ def test_connect_checks_its_options() -> None:
     with (pytest.raises(DistributedError, match="tcp://127.0.0.1:1: cannot connect"),
           distributed.connect("tcp://127.0.0.1:1", 0, timeout=1)):
         pass
+    # an address Dask cannot parse was "unexpected ValueError"; a worker count without bound started them all
+    with pytest.raises(ParameterError, match=r"--scheduler zzz://::::: not a scheduler address \(unknown address "
+                       "scheme 'zzz'"), distributed.connect("zzz://::::"):
+        pass
+    with pytest.raises(ParameterError, match=r"--workers 100000: at most \d+ here"), distributed.connect(None, 100000):
+        pass
 
 
 def test_cli_encode_predict_on_the_cluster(client: Client, dask_model: FastVLAD, demo_folder: Path,

@@ -418,3 +418,55 @@ def test_input_scales_follow_the_readable_images(tmp_path: Path) -> None:
     enc = model.encode([demo.make_image(0, 64, rng), str(broken), demo.make_image(1, 128, rng)])
     np.testing.assert_array_equal(enc.indices, [0, 2])
     np.testing.assert_allclose(enc.scales, [1.0, 0.5])
+
+
+def test_score_checks_its_labels_and_compares_them_as_text(tmp_path: Path) -> None:
+    """``score`` was scikit-learn's: a raw ValueError on a length mismatch, "Mix of label input types"
+    for numbers against a loaded model's class names."""
+    images, labels = tiny_model.demo_images()
+    model = tiny_model.fitted()
+    X = list(images[:8])
+    right = model.predict(X) == labels[:8]
+    assert model.score(X, labels[:8]) == pytest.approx(right.mean())
+    assert model.score(X, labels[:8], sample_weight=right.astype(float)) == 1.0
+    with pytest.raises(ParameterError, match=r"y has shape \(2,\); it must be one label per image \(3\)"):
+        model.score(X[:3], labels[:2])
+    with pytest.raises(ParameterError, match=r"y has shape \(\); it must be one label per image"):
+        model.score(X[:3], None)
+    with pytest.raises(ParameterError, match="labels must be strings or numbers"):
+        model.score(X[:3], [1.0, np.nan, 2.0])
+    with pytest.raises(ParameterError, match="sample_weight"):
+        model.score(X[:3], labels[:3], sample_weight=[1.0, -1.0, 1.0])
+    numbered = clone(model).fit(list(images), np.unique(labels, return_inverse=True)[1])
+    loaded = load(numbered.save(tmp_path / "n.fvl"))  # class names "0".."3" now
+    assert loaded.score(X, numbered.predict(X)) == 1.0
+
+
+def test_fit_codes_refuses_codes_that_predict_could_not_use() -> None:
+    """Codes of another width fitted a head that ``predict`` then broke on (a broadcast error); NaN
+    codes died in LAPACK."""
+    model = tiny_model.fitted_copy()
+    width = model.codebook_.size
+    y = ["a", "b"] * 4
+    with pytest.raises(ParameterError, match=rf"codes have 7 columns but this model's codebook makes codes of {width}"):
+        model.fit_codes(np.random.default_rng(0).random((8, 7)), y)
+    with pytest.raises(ParameterError, match="codes hold NaN"):
+        FastVLAD().fit_codes(np.full((8, 7), np.nan), y)
+    with pytest.raises(ParameterError, match=r"codes of shape \(8,\)"):
+        FastVLAD().fit_codes(np.zeros(8), y)
+    with pytest.raises(ParameterError, match=r"one label per code \(8\)"):
+        FastVLAD().fit_codes(np.zeros((8, 7)), y[:6])
+
+
+@pytest.mark.parametrize(("y", "match"), [
+    (["", "b"] * 3, r"class name\(s\) '' are empty"),
+    (["a\nb", "c"] * 3, r"'a\\nb' hold control characters"),
+    (["a\x1b[31m", "c"] * 3, r"'a\\x1b\[31m'"),
+    ([b"a", b"b"] * 3, "bytes: decode them to str first"),
+])
+def test_fit_refuses_class_names_a_model_could_not_write(y: list[object], match: str) -> None:
+    """An empty class was fitted and saved into a model that ``load`` then called damaged; newlines and
+    escape sequences went raw into CSV rows and the terminal; bytes came back as "b'a'" after a save."""
+    images, _ = tiny_model.demo_images()
+    with pytest.raises((ParameterError, InvalidDatasetError), match=match):
+        FastVLAD(**small_model_params()).fit(list(images[:6]), y)

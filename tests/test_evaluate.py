@@ -659,3 +659,21 @@ def test_folds_say_when_there_are_fewer_than_asked_and_tell_sklearns_notes(caplo
         warnings.simplefilter("error")
         folds(y_small, np.arange(10).astype(str), 3, 0)
     assert "fastvlad: The least populated class in y has only 1 members" in caplog.text
+
+
+def test_grouped_folds_are_no_more_than_the_largest_class(caplog: pytest.LogCaptureFixture) -> None:
+    """Four classes of three images in eight groups: scikit-learn's StratifiedGroupKFold refuses more
+    folds than the largest class holds, so 5 asked give 3, said, not a ValueError after the encoding."""
+    y = np.repeat(np.array(["a", "b", "c", "d"]), 3)
+    groups = (np.arange(12) % 8).astype(str)
+    with caplog.at_level(logging.WARNING, logger="fastvlad"):
+        fold = folds(y, groups, 5, 0)
+    assert fold.max() + 1 == 3 and "3 folds instead of 5: there are only 3 images in the largest class" in caplog.text
+    assert all(len(set(groups[fold == f]) & set(groups[fold != f])) == 0 for f in range(3))
+
+
+def test_too_few_groups_for_two_folds_is_refused_before_any_image(tmp_path: Path) -> None:
+    y = np.array(["a", "b"] * 10)
+    X = [str(tmp_path / f"{i}.png") for i in range(20)]  # never read: refused before any image
+    with pytest.raises(InvalidDatasetError, match=r"cannot make 5 folds: too few groups \(1\)"):
+        cross_validate(FastVLAD(**small_model_params()), X, y, groups=np.full(20, "g"), n_splits=5)

@@ -197,3 +197,12 @@ def test_a_ranking_that_fails_part_way_leaves_nothing(model: FastVLAD, small_dem
         calls.clear()
         explain.write_ranking(ranking, out, top=2)
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_a_long_class_name_still_makes_a_file_name(tmp_path: Path) -> None:
+    """A 300-character label (a legitimate manifest value) gave "File name too long" after the work."""
+    classes = ["L" * 300, "é" * 200, "short"]
+    for path in explain.ranking_paths(tmp_path, classes):
+        path.write_bytes(b"")  # the file system takes the name
+        assert len(path.name.encode()) <= 255
+    assert len({p.name for p in explain.ranking_paths(tmp_path, ["L" * 300, "L" * 301])}) == 3

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -187,6 +188,96 @@ def test_cli_checks_the_output_before_the_work(saved_model: Path, demo_folder: P
             "encode": ["encode", str(demo_folder), "--model", str(saved_model)]}[command]
     res = CliRunner().invoke(app, ["-q", *args, "-o", str(tmp_path)])  # a folder
     assert isinstance(res.exception, WriteError) and "is a folder; give a file name" in str(res.exception)
+
+
+def _special_file(path: Path, kind: str) -> Path:
+    """A FIFO, a Unix socket or (as root) a null device of our own at ``path``; skips the test
+    where it cannot be made. Never the real /dev/null: a regression would replace it."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        try:
+            sock.bind(str(path))
+        except OSError as exc:  # a path over the 108 bytes a socket address holds
+            pytest.skip(f"cannot bind a Unix socket at {path}: {exc}")
+        finally:
+            sock.close()
+    else:
+        try:
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "null device", "link to a fifo"])
+def test_a_device_pipe_or_socket_is_never_replaced(tmp_path: Path, kind: str) -> None:
+    """The check before the work and the write itself refuse it: renaming a file over /dev/null
+    (as root) would destroy it."""
+    if kind == "link to a fifo":
+        target = tmp_path / "link"
+        target.symlink_to(_special_file(tmp_path / "fifo", "fifo"))
+    else:
+        target = _special_file(tmp_path / "out", kind)
+    mode = os.lstat(target).st_mode
+    with pytest.raises(WriteError, match=r"is not a regular file \(a device, pipe or socket\).*-o -"):
+        _files.check_writable(target)
+    with pytest.raises(WriteError, match="is not a regular file"):
+        _files.write_bytes_atomic(target, b"x")
+    assert os.lstat(target).st_mode == mode and _parts(tmp_path) == []
+
+
+def test_the_cli_refuses_a_fifo_output_before_the_work(saved_model: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastvlad import datasets
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the data should not have been touched")
+
+    monkeypatch.setattr(datasets, "load", no_work)
+    fifo = _special_file(tmp_path / "p.csv", "fifo")
+    res = CliRunner().invoke(app, ["-q", "predict", str(saved_model), str(tmp_path), "-o", str(fifo)])
+    assert isinstance(res.exception, WriteError) and f"{fifo} is not a regular file" in str(res.exception)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_a_report_folder_keeps_a_fifo_in_it(tmp_path: Path) -> None:
+    """Moving a staged folder's files in is refused before the first move, so nothing is replaced."""
+    folder = tmp_path / "report"
+    folder.mkdir()
+    fifo = _special_file(folder / "index.html", "fifo")
+    with pytest.raises(WriteError, match="is not a regular file"), _files.folder_atomic(folder) as staging:
+        (staging / "a.json").write_text("new")
+        (staging / "index.html").write_text("new")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and not (folder / "a.json").exists()
+    from fastvlad import report
+
+    with pytest.raises(WriteError, match=r"index\.html is not a regular file"):  # and before the work
+        report.check_folder(folder)
+
+
+@pytest.mark.parametrize("kind", ["folder", "socket", "null device"])
+def test_a_model_path_that_is_not_a_file(tmp_path: Path, kind: str) -> None:
+    """It exists, so not "no such model file": what it is instead."""
+    path = tmp_path / "m.fvl"
+    if kind == "folder":
+        path.mkdir()
+    else:
+        _special_file(path, kind)
+    with pytest.raises(ModelFormatError, match=r"m.fvl is not a regular file \((a folder|a device, pipe or socket)\)"):
+        fastvlad.load(path)
+
+
+def test_a_fifo_model_is_refused_without_blocking(tmp_path: Path) -> None:
+    """A subprocess, so that a regression that opens the FIFO (which blocks) fails by its timeout."""
+    fifo = _special_file(tmp_path / "m.fvl", "fifo")
+    proc = subprocess.run([sys.executable, "-m", "fastvlad", "-q", "predict", str(fifo), str(tmp_path), "-o",
+                           str(tmp_path / "p.csv")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == f"error: {fifo} is not a regular file (a device, pipe or socket); give the path of a " \
+                          ".fvl model file\n"
 
 
 def test_checks_and_failed_writes_leave_no_new_folder(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ def _run(folder: Path, n_train: int, n_test: int, size: int, density: float, k: 
                                                           **parse_pca(pca))
     model.fit([str(p) for p in train_ds.paths], train_ds.y)
     t = time.perf_counter()
-    acc = model.score([str(p) for p in test_ds.paths], test_ds.labels)
+    acc = model.score([str(p) for p in test_ds.paths], test_ds.y)
     predict_s = time.perf_counter() - t
     typer.echo(f"held-out accuracy: {acc:.3f} on {len(test_ds)} images")
     n = model.train_info_["n_images"]

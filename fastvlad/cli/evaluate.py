@@ -151,6 +151,7 @@ def _check_outputs(report: Optional[Path], confusion_png: Optional[Path], json_o
     from .. import report as report_files
     from .._files import check_writable
 
+    _refuse_shared(report, confusion_png, json_out)
     written = []
     for path in (json_out, confusion_png):
         if path is not None:
@@ -159,6 +160,29 @@ def _check_outputs(report: Optional[Path], confusion_png: Optional[Path], json_o
         report_files.check_folder(report)
         written += report_files.files(report)
     return written
+
+
+def _refuse_shared(report: Optional[Path], confusion_png: Optional[Path], json_out: Optional[Path]) -> None:
+    """``WriteError`` when two outputs would write one file, the later replacing the earlier: the
+    paths compared resolved (relative, absolute or through a link). The report claims its folder,
+    its files and its ``examples/`` (thumbnail names depend on the results)."""
+    from ..report import FILES
+
+    claimed: dict[Path, tuple[str, Path]] = {}
+    for option, path in (("--json", json_out), ("--confusion", confusion_png)):
+        if path is None:
+            continue
+        where = path.resolve()
+        if where in claimed:
+            raise WriteError(f"{claimed[where][0]} and {option} both write {path}; give each output its own path")
+        claimed[where] = (option, path)
+    if report is None:
+        return
+    folder = report.resolve()
+    for where, (option, path) in claimed.items():
+        if where == folder or where in {folder / name for name in FILES} or folder / "examples" in where.parents:
+            raise WriteError(f"{option} and --report both write {path} (the report writes {', '.join(FILES)} "
+                             "and examples/ in its folder); give each output its own path")
 
 
 def _print_cv(res: CVResult) -> None:

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from .. import checks
+from .. import checks, config
 from .._files import check_writable
 from ..errors import WriteError
 from ..explain import (
@@ -32,7 +32,7 @@ def _sample(n: int, max_images: int, seed: int) -> np.ndarray:
 def _check_options(top: int, patches: int, max_images: int) -> None:
     """The counts, before the model is even read (``ParameterError`` naming the option)."""
     checks.integer("--top", top, 1)
-    checks.integer("--patches", patches, 1)
+    checks.integer("--patches", patches, 1, hi=config.MAX_PATCHES)
     checks.integer("--max-images", max_images, 1)
 
 
@@ -62,7 +62,7 @@ def explain_command(model_path: Path = typer.Argument(..., metavar="MODEL"),
                                                                "a folder (default codewords/)."),
                     target: Optional[str] = typer.Option(None, "--class", help="Explain this class, not the predicted one."),
                     top: int = typer.Option(5, help="Codewords to list per class."),
-                    patches: int = typer.Option(6, help="Example patches per codeword (dataset mode)."),
+                    patches: int = typer.Option(6, help="Example patches per codeword (dataset mode; at most 100)."),
                     max_images: int = typer.Option(200, help="Random images to rank codewords on (dataset mode)."),
                     device: str = typer.Option("auto", metavar="[auto|cpu|cuda]", help="auto, cpu or cuda.")) -> None:
     """Show which codeword each sampled pixel went to and what each codeword contributed (XGBoost TreeSHAP)."""

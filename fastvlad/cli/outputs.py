@@ -6,15 +6,18 @@ command that writes ``-o`` now checks it against its inputs first (``WriteError`
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TextIO
 
 from .._files import encoded
 from ..errors import WriteError
 
 #: ``-o -``: write to standard output (CSV outputs only).
 STDOUT = "-"
+_CLOSED = "standard output is closed, so -o - has nowhere to write; run with it open, or give a file path with -o"
 
 
 def is_stdout(path: Path | str | None) -> bool:
@@ -68,16 +71,36 @@ def write_text(output: Path, text: str) -> None:
 
 
 def _write_stdout(text: str) -> None:
-    """``text`` on standard output, ``encoded`` like a file (a text stream's own encoding may
-    refuse a file name that is not UTF-8)."""
-    buffer = getattr(sys.stdout, "buffer", None)
+    """``text`` on standard output; ``WriteError`` when it is closed or refuses the data."""
+    stream = sys.stdout
+    if stream is None:  # started with standard output closed (``>&-``)
+        raise WriteError(_CLOSED)
+    try:
+        _write_stream(stream, text)
+    except BrokenPipeError:
+        raise  # the reader left (``| head``): Click exits quietly, as a pipeline expects
+    except ValueError:
+        if not stream.closed:
+            raise
+        raise WriteError(_CLOSED) from None
+    except OSError as exc:
+        if exc.errno == errno.EBADF:  # descriptor 1 closed after the start
+            raise WriteError(_CLOSED) from None
+        raise WriteError(f"cannot write to standard output (-o -): {exc.strerror or exc}; give a file path "
+                         "with -o") from None
+
+
+def _write_stream(stream: TextIO, text: str) -> None:
+    """``text`` on ``stream``, ``encoded`` like a file (a text stream's own encoding may refuse a
+    file name that is not UTF-8)."""
+    buffer = getattr(stream, "buffer", None)
     if buffer is None:  # a text-only stream (io.StringIO): it takes any str
-        sys.stdout.write(text)
+        stream.write(text)
     else:
-        sys.stdout.flush()  # what was written as text comes first
+        stream.flush()  # what was written as text comes first
         buffer.write(encoded(text))
         buffer.flush()
-    sys.stdout.flush()
+    stream.flush()
 
 
 def message(text: str, output: Path | None) -> None:
