@@ -255,8 +255,8 @@ def _read_rows(manifest: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
         names = [h.strip() for h in next(reader, [])]
         rows = [(reader.line_num, row) for row in reader if any(field.strip() for field in row)]
-    except csv.Error as exc:
-        raise InvalidDatasetError(f"{manifest}: not a valid CSV ({exc})") from None
+    except csv.Error as exc:  # the reader's line_num is the line it stopped on
+        raise InvalidDatasetError(f"{manifest}, line {reader.line_num}: not a valid CSV ({exc})") from None
     _check_unique(manifest, names)
     header = [name.lower() for name in names]
     if "path" not in header:

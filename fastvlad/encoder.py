@@ -24,6 +24,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -42,6 +43,7 @@ from . import (
 )
 from .backends import Backend
 from .errors import (
+    BackboneError,
     ImageReadError,
     InvalidDatasetError,
     ModelFormatError,
@@ -55,6 +57,7 @@ from .images import (
     augmented,
     flipped,
     iter_batches,
+    source_name,
     zoomed_size,
 )
 from .projection import Projection
@@ -154,8 +157,9 @@ class EncodedBatch:
 
 
 #: Why encoding stopped when the model's arrays overflow float32 (``Encoder.encode_batches``).
-OVERFLOW = ("the model's codebook or projection overflow float32 when encoding (its VLAD codes would not be "
-            "finite); the model is damaged or edited")
+OVERFLOW = ("the model's codebook or projection, or the backbone's taps, overflow float32 when encoding (its VLAD "
+            "codes would not be finite); the model file or the backbone (an ONNX file given as backbone=) is "
+            "damaged or edited")
 
 
 class Workspace:
@@ -199,6 +203,18 @@ class GpuMemoryRetry:
                 self.backend.release_memory()
                 continue
             start = part.stop
+
+
+@contextmanager
+def naming_the_batch(sources: Sequence[AnySource], indices: Sequence[int]) -> Iterator[None]:
+    """A ``BackboneError`` inside the block (the CNN failed on a batch) also names the batch's images:
+    its message otherwise says only the batch's shape."""
+    try:
+        yield
+    except BackboneError as exc:
+        names = [source_name(sources[i], i) for i in indices[:3]]
+        more = f" and {len(indices) - 3} more" if len(indices) > 3 else ""
+        raise BackboneError(f"{exc}; the batch held {', '.join(names)}{more}") from None
 
 
 def image_points(image: np.ndarray, settings: EncoderSettings, source: AnySource | None = None) -> np.ndarray:
@@ -354,7 +370,8 @@ class Encoder:
         for batch in self.batches(sources):
             failed += batch.failed
             if batch.indices:
-                hc = self._hypercolumns_in_parts(retry, batch, workspace, timings)
+                with naming_the_batch(sources, batch.indices):
+                    hc = self._hypercolumns_in_parts(retry, batch, workspace, timings)
                 for j, i in enumerate(batch.indices):
                     keep = keeps[i] if keeps is not None else plan.keep(hc.shape[1])  # type: ignore[union-attr]
                     rows.append(hc[j, keep])
@@ -473,7 +490,8 @@ class Encoder:
                     kept.dist[part] = self.backend.to_numpy(((hc - centres[labels]) ** 2).sum(axis=2))  # type: ignore[index]  # noqa: B023
                 timings.images += part.stop - part.start
 
-            retry.run(n, work)
+            with naming_the_batch(sources, batch.indices):
+                retry.run(n, work)
             yield kept
 
     def encode_view(self, sources: Sequence[AnySource], view: View, timings: Timings | None = None,

@@ -675,3 +675,29 @@ def test_onnx_runtimes_errors_come_in_one_line(tmp_path: Path) -> None:
         backbone(np.zeros((1, 3, 16, 16), np.float32))
     assert "\n" not in str(err.value)
     assert in_one_line(RuntimeError()) == "RuntimeError" and in_one_line(ValueError("a\n  b\tc ")) == "a b c"
+
+
+def test_a_failed_cnn_pass_names_the_batchs_images(tmp_path: Path) -> None:
+    """The CNN failing on a batch (here: a backbone fixed at 8×8 given 16×16 inputs; on a real machine,
+    an input too large for its memory) said only the batch's shape, not which images were in it."""
+    from fastvlad.estimator import FastVLAD
+
+    params = dict(backbone=str(_fixed_size_onnx(tmp_path / "fixed.onnx")), taps=["c1"], image_size=16, k=2,
+                  density=50, pca=None, zoom=(), tta=0, code_pca=None, device="cpu")
+    images = [np.full((16, 16), v, np.uint8) for v in (10, 80, 150, 220)]
+    with pytest.raises(BackboneError, match=r"inference failed on a batch of shape \(4, 3, 16, 16\) .*; the batch "
+                       r"held array #0, array #1, array #2 and 1 more$"):
+        FastVLAD(**params).fit(images, ["a", "b", "a", "b"])
+
+
+def test_a_failed_cnn_pass_at_predict_names_the_batchs_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastvlad.backbone import Backbone
+
+    def fail(self: Backbone, pixels: np.ndarray) -> list[np.ndarray]:
+        raise BackboneError(f"vgg16.onnx: inference failed on a batch of shape {pixels.shape} (RuntimeException)")
+
+    images, _ = tiny_model.demo_images()
+    model = tiny_model.fitted()
+    monkeypatch.setattr(Backbone, "__call__", fail)
+    with pytest.raises(BackboneError, match=r"\(RuntimeException\); the batch held array #0, array #1$"):
+        model.transform(list(images[:2]))

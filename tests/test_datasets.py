@@ -152,6 +152,8 @@ def test_csv_dialects(two_classes: Path) -> None:
     ("path,label\n ,a\n", "line 2: empty path"),
     ("path,label\na/0.png,a\n./a/../a/0.png,b\n", "line 3: path './a/../a/0.png' is already listed on line 2"),
     ('path,label\n"a/0.png,a\n', "not a valid CSV|field"),
+    # the line named: a field over the csv module's limit said only "field larger than field limit"
+    ("path,label\na/0.png,a\nb/0.png," + "x" * 200_000 + "\n", r"line 3: not a valid CSV \(field larger than"),
 ])
 def test_bad_csv(two_classes: Path, text: str | bytes, match: str) -> None:
     with pytest.raises(InvalidDatasetError, match=match):
