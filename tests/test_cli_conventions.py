@@ -105,6 +105,9 @@ def test_standard_output_that_cannot_be_written(monkeypatch: pytest.MonkeyPatch,
     error = BrokenPipeError if stdout == "broken pipe" else WriteError
     with pytest.raises(error, match=None if stdout == "broken pipe" else "standard output is closed"):
         outputs.write_text(Path(outputs.STDOUT), "path,predicted\n")
+    if stdout in ("none", "closed"):  # and before the work
+        with pytest.raises(WriteError, match="standard output is closed"):
+            outputs.check_stdout()
 
 
 def test_csv_to_a_closed_standard_output_is_exit_2(model_file: Path, demo_folder: Path) -> None:

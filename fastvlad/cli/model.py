@@ -129,7 +129,9 @@ def predict(model_path: Path = typer.Argument(..., metavar="MODEL"),
         checks.real("--min-margin", min_margin, 0.0, 1.0)
     model = loaded(model_path, device, on_error, fp16, precision)
     model.set_params(**micrograph_params(None, missing_scale, None, tile_stride, crop_bottom))
-    if not outputs.is_stdout(output):
+    if outputs.is_stdout(output):
+        outputs.check_stdout()
+    else:
         check_writable(output)  # an unwritable -o fails before the work, not after it
     ds = load(data, on_error, require_labels=False)
     outputs.refuse_inputs([output], [model_path], "the model")

@@ -70,6 +70,13 @@ def write_text(output: Path, text: str) -> None:
     write_bytes_atomic(output, encoded(text))
 
 
+def check_stdout() -> None:
+    """``WriteError`` now, before the work, when standard output is closed (``-o -`` could not be written)."""
+    stream = sys.stdout
+    if stream is None or stream.closed:
+        raise WriteError(_CLOSED)
+
+
 def _write_stdout(text: str) -> None:
     """``text`` on standard output; ``WriteError`` when it is closed or refuses the data."""
     stream = sys.stdout
@@ -110,4 +117,4 @@ def message(text: str, output: Path | None) -> None:
     stream.flush()
 
 
-__all__ = ["STDOUT", "dataset_files", "encoded", "is_stdout", "message", "refuse_inputs", "write_text"]
+__all__ = ["STDOUT", "check_stdout", "dataset_files", "encoded", "is_stdout", "message", "refuse_inputs", "write_text"]
