@@ -73,15 +73,14 @@ def write_text(output: Path, text: str) -> None:
 def check_stdout() -> None:
     """``WriteError`` now, before the work, when standard output is closed (``-o -`` could not be written)."""
     stream = sys.stdout
-    if stream is None or stream.closed:
+    if stream is None or stream.closed:  # None: started with standard output closed (``>&-``)
         raise WriteError(_CLOSED)
 
 
 def _write_stdout(text: str) -> None:
     """``text`` on standard output; ``WriteError`` when it is closed or refuses the data."""
+    check_stdout()
     stream = sys.stdout
-    if stream is None:  # started with standard output closed (``>&-``)
-        raise WriteError(_CLOSED)
     try:
         _write_stream(stream, text)
     except BrokenPipeError:
