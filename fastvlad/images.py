@@ -217,9 +217,11 @@ def _existing_file(source: object) -> Path:
 
 @contextmanager
 def _decoding(path: Path) -> Iterator[None]:
-    """Turn anything a decoder raises for one file into an ``ImageReadError`` naming it."""
+    """Turn anything a decoder raises for one file into an ``ImageReadError`` naming it, the
+    decoder's own log lines about it kept off (``microscopy.quiet_tifffile``)."""
     try:
-        yield
+        with microscopy.quiet_tifffile():
+            yield
     except FastVLADError:
         raise
     except PermissionError:

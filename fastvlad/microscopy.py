@@ -12,8 +12,12 @@
   (TVIPS, Olympus SIS, JEOL, Hamamatsu) too.
 - Other formats (PNG, JPEG, BMP…) carry no physical pixel size: ``None``.
 
+An instrument file meets the decompression-bomb guard (``config.MAX_IMAGE_PIXELS``) as a PNG or
+TIFF does, from its headers, before any pixel is decoded. tifffile's log lines about damaged files
+are kept off while fastvlad reads (``quiet_tifffile``): the ``ImageReadError`` says it once.
+
 Nothing here converts values (``images.to_255`` does that); this module only finds pixels and
-their size, and never imports the rest of fastvlad (``images`` imports it).
+their size, and imports no more of fastvlad than ``config`` and ``errors`` (``images`` imports it).
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ from __future__ import annotations
 import logging
 import math
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import config
 from .errors import ImageReadError
 
 log = logging.getLogger("fastvlad")
@@ -105,16 +113,12 @@ def probe_instrument(path: Path) -> None:
 def read_instrument(path: Path) -> Decoded:
     """The first 2-D image of a DM3/DM4/SER/EMI/EMD file and its pixel size, via RosettaSciIO.
 
-    Raises ``ImageReadError`` naming the file: RosettaSciIO missing, no image in the file
-    (spectra only), or a reader error."""
+    Raises ``ImageReadError`` naming the file: RosettaSciIO missing, more pixels than
+    ``config.MAX_IMAGE_PIXELS`` (checked before decoding), no image in the file (spectra only),
+    or a reader error."""
     plugin = _rsciio(path)
-    try:
-        signals = plugin.file_reader(str(path), lazy=False)
-    except ImageReadError:
-        raise
-    except Exception as exc:  # the readers raise many types for damaged or unsupported files
-        raise ImageReadError(path, f"RosettaSciIO cannot read it ({type(exc).__name__}: {exc})",
-                             "check that the file is complete, or re-export it from the instrument's software") from None
+    _check_size(path, _declared_shapes(plugin, path))
+    signals = _file_reader(plugin, path, lazy=False)
     for signal in signals:
         image = _first_image(signal)
         if image is not None:
@@ -122,6 +126,62 @@ def read_instrument(path: Path) -> Decoded:
     kinds = ", ".join(f"{np.ndim(s.get('data'))}-D" for s in signals) or "nothing"
     raise ImageReadError(path, f"holds no 2-D image ({kinds} data: spectra or empty)",
                          "give a file with an image, or export the image from the instrument's software")
+
+
+def _file_reader(plugin: Any, path: Path, lazy: bool) -> list[Any]:
+    """RosettaSciIO's signals of ``path`` (``lazy``: dask arrays, nothing decoded), or an ``ImageReadError``."""
+    try:
+        return plugin.file_reader(str(path), lazy=lazy)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # the readers raise many types for damaged or unsupported files
+        raise ImageReadError(path, f"RosettaSciIO cannot read it ({type(exc).__name__}: {exc})",
+                             "check that the file is complete, or re-export it from the instrument's software") from None
+
+
+def _declared_shapes(plugin: Any, path: Path) -> list[tuple[int, ...]]:
+    """The shape of every array a full read of ``path`` decodes, from its headers alone."""
+    if path.suffix.lower() == ".emd":
+        # RosettaSciIO's lazy EMD reader fails on unchunked datasets (dask wants chunks), so ask HDF5.
+        return _hdf5_data_shapes(path)
+    return [tuple(int(n) for n in np.shape(s["data"])) for s in _file_reader(plugin, path, lazy=True)]
+
+
+def _hdf5_data_shapes(path: Path) -> list[tuple[int, ...]]:
+    """Shapes of the datasets named ``data`` in an HDF5 file (Velox ``Data``, NCEM ``data``): the
+    arrays RosettaSciIO's EMD reader decodes, whatever their compression or allocated size."""
+    import h5py  # RosettaSciIO's EMD reader needs it: installed whenever that reader is
+
+    shapes: list[tuple[int, ...]] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset) and name.rsplit("/", 1)[-1].lower() == "data":
+            shapes.append(tuple(int(n) for n in obj.shape))
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except Exception as exc:  # h5py raises OSError, KeyError, RuntimeError… for damaged files
+        raise ImageReadError(path, f"cannot read it as HDF5 ({type(exc).__name__}: {exc})",
+                             "check that the file is complete, or re-export it from the instrument's software") from None
+    return shapes
+
+
+def _check_size(path: Path, shapes: list[tuple[int, ...]]) -> None:
+    """The decompression-bomb guard of ``images`` for the arrays of an instrument file: their values
+    together, every frame of a stack and every detector's image, since a full read decodes them all."""
+    total = sum(math.prod(shape) for shape in shapes)
+    if total > config.MAX_IMAGE_PIXELS:
+        raise ImageReadError(path, f"{_describe(shapes)} pixels exceeds the limit of {config.MAX_IMAGE_PIXELS} "
+                             "(decompression-bomb guard)", "raise fastvlad.config.MAX_IMAGE_PIXELS if the image is genuine")
+
+
+def _describe(shapes: list[tuple[int, ...]]) -> str:
+    """``17000×17000`` or ``100×2048×2048 + 512×512 + 2 more``: the largest arrays, their axes in the
+    reader's order (RosettaSciIO puts frames first, Velox's HDF5 last), length-1 axes left out."""
+    largest = sorted(shapes, key=math.prod, reverse=True)
+    sizes = ["×".join(str(n) for n in shape if n != 1) or "1" for shape in largest[:3]]
+    return " + ".join(sizes) + (f" + {len(largest) - 3} more" if len(largest) > 3 else "")
 
 
 def _first_image(signal: dict[str, Any]) -> Decoded | None:
@@ -152,6 +212,37 @@ def _axes_pixel_size(axes: list[dict[str, Any]]) -> float | None:
 
 
 # -- TIFF metadata -----------------------------------------------------------------------------
+#: True while fastvlad reads a file in this thread or task (``quiet_tifffile``).
+_QUIET_TIFFFILE: ContextVar[bool] = ContextVar("fastvlad_quiet_tifffile", default=False)
+
+
+class _DuringOurReads(logging.Filter):
+    """Keeps tifffile's records raised inside ``quiet_tifffile`` off the handlers (to fastvlad's debug log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _QUIET_TIFFFILE.get():
+            return True
+        log.debug("tifffile: %s", record.getMessage())
+        return False
+
+
+# A filter keyed by a context variable rather than the logger's level: the level is process-wide, so
+# setting and restoring it around reads would race between decoding threads and mute the user's own tifffile calls.
+logging.getLogger("tifffile").addFilter(_DuringOurReads())
+
+
+@contextmanager
+def quiet_tifffile() -> Iterator[None]:
+    """tifffile's log lines (``<TiffTag.fromfile> raised …`` on damaged files) stay off during the block;
+    the caller reports a file it cannot read as an ``ImageReadError``. Also a decorator."""
+    token = _QUIET_TIFFFILE.set(True)
+    try:
+        yield
+    finally:
+        _QUIET_TIFFFILE.reset(token)
+
+
+@quiet_tifffile()
 def tiff_pixel_size_nm(path: Path) -> float | None:
     """Pixel size of a TIFF from OME-XML, FEI, Zeiss or ImageJ metadata (tifffile), else from
     RosettaSciIO's TIFF reader when installed; None when none says."""
@@ -227,6 +318,7 @@ def _rsciio_tiff(path: Path) -> float | None:
     return _axes_pixel_size(axes[-2:])
 
 
+@quiet_tifffile()
 def data_bar_rows(path: str | Path, height: int) -> int | None:
     """Rows of data bar below the image of a ``height``-row SEM TIFF whose metadata says so (FEI/Thermo:
     ``[Image] ResolutionY`` is the image without its bar), else None."""

@@ -6,16 +6,20 @@ follow the layouts its readers parse (rsciio/digitalmicrograph, rsciio/tia, rsci
 - ``write_dm``: a DigitalMicrograph 3 or 4 file, one image, calibrated x/y axes;
 - ``write_ser``: a TIA series file holding one image (TIA stores rows bottom-up);
 - ``write_velox_emd``: a Velox EMD (HDF5: ``Data/Image/<id>/Data`` (H, W, frames) and a JSON
-  ``Metadata`` byte array), needs h5py;
+  ``Metadata`` byte array), needs h5py; ``write_velox_emd_bomb``: one whose gzip-chunked image is
+  declared but never written, a few KB whatever its shape (a decompression bomb);
 - ``write_fei_tiff``, ``write_zeiss_tiff``, ``write_ome_tiff``, ``write_imagej_tiff``: TIFFs
-  with the SEM vendors' metadata tags, OME-XML or ImageJ's, written by tifffile.
+  with the SEM vendors' metadata tags, OME-XML or ImageJ's, written by tifffile;
+  ``write_damaged_tiff``: one whose ImageLength tag points past the end of the file.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -106,12 +110,25 @@ def write_ser(path: Path, image: np.ndarray, pixel_size_nm: float) -> Path:
 
 def write_velox_emd(path: Path, image: np.ndarray, pixel_size_nm: float) -> Path:
     """A Velox EMD holding one image (needs h5py)."""
+    return _velox_emd(path, image.shape[:2], pixel_size_nm, lambda group: group.create_dataset("Data", data=image[:, :, None]))
+
+
+def write_velox_emd_bomb(path: Path, shape: tuple[int, int, int]) -> Path:
+    """A Velox EMD declaring a gzip-chunked (H, W, frames) image of ``shape`` whose chunks are never
+    written: a few KB on disk, all fill value (zeros) when read (needs h5py)."""
+    return _velox_emd(path, shape[:2], 1.0, lambda group: group.create_dataset(
+        "Data", shape=shape, dtype=np.uint16, chunks=(*shape[:2], 1), compression="gzip"))
+
+
+def _velox_emd(path: Path, hw: tuple[int, ...], pixel_size_nm: float, write_data: Callable[[Any], object]) -> Path:
+    """A Velox EMD of one (H, W) detector image (or stack), its ``Data`` dataset made by ``write_data(group)``."""
     import h5py
 
     meta = {"BinaryResult": {"PixelSize": {"width": str(pixel_size_nm * 1e-9), "height": str(pixel_size_nm * 1e-9)},
-                             "PixelUnitX": "m", "PixelUnitY": "m", "ImageSize": {"width": str(image.shape[1]),
-                                                                                   "height": str(image.shape[0])}},
+                             "PixelUnitX": "m", "PixelUnitY": "m", "ImageSize": {"width": str(hw[1]),
+                                                                                   "height": str(hw[0])}},
             "Core": {"MetadataDefinitionVersion": "7.9", "MetadataSchemaVersion": "v1/2013/07"},
+            "Scan": {"FrameTime": "1"},  # RosettaSciIO reads it for a stack (frames > 1)
             "Acquisition": {"AcquisitionStartDatetime": {"DateTime": "1700000000"}},
             "Optics": {"AccelerationVoltage": "300000"}, "Instrument": {"InstrumentModel": "Test"},
             "Detectors": {"Detector-0": {"DetectorName": "HAADF"}}, "Operations": {},
@@ -120,8 +137,24 @@ def write_velox_emd(path: Path, image: np.ndarray, pixel_size_nm: float) -> Path
     with h5py.File(path, "w") as f:
         f["Version"] = np.array([json.dumps({"format": "Velox", "version": 11}).encode()])
         g = f.create_group("Data/Image/0123456789abcdef")
-        g["Data"] = image[:, :, None]
+        write_data(g)
         g["Metadata"] = raw[:, None]
+    return path
+
+
+def write_damaged_tiff(path: Path) -> Path:
+    """A 96×64 TIFF whose ImageLength (tag 257) claims 100 000 values, stored past the end of the file:
+    tifffile logs ``<TiffTag.fromfile> raised TiffFileError('… invalid value offset 96')`` on opening it."""
+    import tifffile
+
+    tifffile.imwrite(path, np.zeros((96, 64), np.uint16))
+    data = bytearray(path.read_bytes())
+    ifd = struct.unpack_from("<I", data, 4)[0]  # little-endian classic TIFF, as tifffile writes a small one
+    for i in range(struct.unpack_from("<H", data, ifd)[0]):
+        entry = ifd + 2 + 12 * i
+        if struct.unpack_from("<H", data, entry)[0] == 257:
+            struct.pack_into("<I", data, entry + 4, 100_000)  # the count: 400 KB of values past the end
+    path.write_bytes(bytes(data))
     return path
 
 

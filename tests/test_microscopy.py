@@ -6,13 +6,14 @@ CSV's ``pixel_size_nm`` column."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fastvlad import checks, datasets, images, microscopy, tiling
+from fastvlad import checks, config, datasets, images, microscopy, tiling
 from fastvlad.errors import ImageReadError, InvalidDatasetError
 
 from . import microscopy_files as mf
@@ -20,6 +21,7 @@ from . import microscopy_files as mf
 HAS_RSCIIO = importlib.util.find_spec("rsciio") is not None
 HAS_H5PY = importlib.util.find_spec("h5py") is not None
 needs_rsciio = pytest.mark.skipif(not HAS_RSCIIO, reason="RosettaSciIO is not installed (pip install 'fastvlad[microscopy]')")
+needs_h5py = pytest.mark.skipif(not HAS_H5PY, reason="h5py is not installed")
 
 IMAGE = (np.add.outer(np.arange(48) * 7, np.arange(64) * 3) % 4000).astype(np.uint16)  # 48 × 64, not symmetric
 
@@ -34,7 +36,7 @@ def _write(kind: str, folder: Path, image: np.ndarray = IMAGE, nm: float = 2.5) 
 
 
 INSTRUMENT = [pytest.param(k, marks=needs_rsciio) for k in ("dm3", "dm4", "ser")] + \
-    [pytest.param("emd", marks=[needs_rsciio, pytest.mark.skipif(not HAS_H5PY, reason="h5py is not installed")])]
+    [pytest.param("emd", marks=[needs_rsciio, needs_h5py])]
 TIFFS = ["fei", "zeiss", "ome", "imagej"]
 
 
@@ -130,3 +132,63 @@ def test_folders_of_instrument_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in ds.paths) == ["x.dm4", "x.dm4", "y.ser", "y.ser"]
     prep = images.Preprocess((32, 32))
     assert prep(ds.paths[0]).shape == (3, 32, 32)
+
+
+def _spy_reads(monkeypatch: pytest.MonkeyPatch, path: Path) -> list[bool]:
+    """The ``lazy`` flag of every RosettaSciIO read of ``path``'s format from now on (False: pixels decoded)."""
+    plugin = microscopy._rsciio(path)
+    real, reads = plugin.file_reader, []
+
+    def spy(filename: str, lazy: bool = False, **kwargs: object) -> object:
+        reads.append(lazy)
+        return real(filename, lazy=lazy, **kwargs)
+
+    monkeypatch.setattr(plugin, "file_reader", spy)
+    return reads
+
+
+@pytest.mark.parametrize("kind", INSTRUMENT)
+def test_instrument_files_meet_the_bomb_guard_before_decoding(kind: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(kind, tmp_path)
+    reads = _spy_reads(monkeypatch, path)
+    monkeypatch.setattr(config, "MAX_IMAGE_PIXELS", IMAGE.size - 1)
+    with pytest.raises(ImageReadError, match=r"48×64 pixels exceeds the limit of 3071 \(decompression-bomb guard\)") as e:
+        images.read(path)
+    assert str(path) in str(e.value)
+    assert False not in reads  # refused from the headers: no pixel decoded
+    monkeypatch.setattr(config, "MAX_IMAGE_PIXELS", IMAGE.size)  # at the limit: read as before
+    np.testing.assert_array_equal(images.read(path), IMAGE)
+
+
+@needs_rsciio
+@needs_h5py
+def test_compressed_emd_stack_is_refused_from_its_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = mf.write_velox_emd_bomb(tmp_path / "bomb.emd", (128, 128, 3))
+    assert path.stat().st_size < 20_000  # a few KB declaring 49,152 pixels: a decompression bomb in miniature
+    reads = _spy_reads(monkeypatch, path)
+    monkeypatch.setattr(config, "MAX_IMAGE_PIXELS", 128 * 128 * 2)  # one frame fits, the three do not
+    with pytest.raises(ImageReadError, match=r"128×128×3 pixels exceeds the limit of 32768 \(decompression-bomb guard\)") as e:
+        images.read(path)
+    assert str(path) in str(e.value)
+    assert False not in reads  # refused before RosettaSciIO decoded a chunk
+    monkeypatch.setattr(config, "MAX_IMAGE_PIXELS", 128 * 128 * 3)
+    np.testing.assert_array_equal(images.read(path), np.zeros((128, 128), np.uint16))  # a stack gives its first frame
+
+
+def test_damaged_tiff_keeps_tifffile_quiet(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import tifffile
+
+    path = mf.write_damaged_tiff(tmp_path / "damaged.tif")
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="fastvlad")  # another test may have raised it (the CLI's -q)
+    for check in (images.probe, images.read):
+        with pytest.raises(ImageReadError, match="damaged.tif"):  # fastvlad's one line about it
+            check(path)
+    microscopy.pixel_size_nm(path)
+    microscopy.data_bar_rows(path, 96)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("tifffile")] == []
+    assert any(r.name == "fastvlad" and "tifffile: <TiffTag.fromfile> raised" in r.getMessage()
+               for r in caplog.records)  # kept for -v
+    tifffile.TiffFile(path).close()  # the user's own tifffile calls still log: only fastvlad's reads are quiet
+    assert any(r.name == "tifffile" and "invalid value offset" in r.getMessage() for r in caplog.records)
