@@ -68,10 +68,14 @@ def real(name: str, value: Any, lo: float, hi: float = math.inf, lo_open: bool =
 def integer(name: str, value: Any, lo: int, hint: str = "", hi: int | None = None) -> int:
     """``value`` as an int ≥ ``lo`` (and ≤ ``hi``; integral floats accepted), or a ``ParameterError``."""
     v = as_float(value)
-    if not math.isfinite(v) or v != int(v) or int(v) < lo or (hi is not None and int(v) > hi):
+    exact = None
+    if math.isfinite(v) and v == int(v):
+        # An int is compared as it is: as a float, 2**63 - 1 rounds up past a bound of 2**63 - 1.
+        exact = int(value) if isinstance(value, (int, np.integer)) else int(v)
+    if exact is None or exact < lo or (hi is not None and exact > hi):
         span = f"≥ {lo}" if hi is None else f"from {lo} to {hi}"
         raise ParameterError(f"{name}={shown(value)}: must be an integer {span}{hint}")
-    return int(value)
+    return exact
 
 
 def as_float(value: Any) -> float:
@@ -94,7 +98,7 @@ def shown(value: Any) -> str:
 def seed(est: Any) -> int:
     """An estimator's ``random_state`` as the int every seeded draw needs (an integral float such as
     0.0 is accepted, as for every integer parameter, and NumPy's and XGBoost's seeds refuse it)."""
-    return integer("random_state", est.random_state, 0)
+    return integer("random_state", est.random_state, 0, hi=config.MAX_SEED)
 
 
 #: The estimator parameters that are True or False (the model file's loader checks them too).
@@ -148,7 +152,7 @@ def parameters(est: Any, n_images: int | None = None) -> None:
     integer("n_estimators", est.n_estimators, 1)
     integer("max_depth", est.max_depth, 1)
     integer("max_bin", est.max_bin, 2)
-    integer("random_state", est.random_state, 0)
+    seed(est)
     if getattr(est, "pca", None) is not None:
         integer("pca", est.pca, 1, " (hypercolumn PCA components, or None for the full hypercolumn)")
     real("learning_rate", est.learning_rate, 0, lo_open=True)

@@ -37,6 +37,9 @@ MAX_AUGMENT = 100
 MAX_CLASSES = 100_000
 #: Most example patches per codeword that ``explain`` draws (``--patches``): a (k, n, 32, 32, 3) grid.
 MAX_PATCHES = 100
+#: Largest seed (``random_state``, ``--seed``): scikit-learn's splitters and NumPy's legacy
+#: ``RandomState`` take 0 to 2**32 - 1, and XGBoost's seed no more than a signed 64-bit int.
+MAX_SEED = 2**32 - 1
 
 
 def usable_cores() -> int:
@@ -45,10 +48,63 @@ def usable_cores() -> int:
 
 
 def cache_dir() -> Path:
-    """Folder for converted backbones: ``$FASTVLAD_HOME`` or the user cache dir."""
+    """Folder for converted backbones: ``$FASTVLAD_HOME`` or the user cache dir.
+
+    ``ParameterError`` when it is a file or below one: checked here, the one way every caller gets the
+    folder, so the message names the setting instead of mkdir's ``[Errno 17] File exists``. A folder
+    that is not writable passes: a read-only shared cache that already holds the graphs serves."""
+    problem = cache_problem()
+    if problem is not None:
+        from .errors import ParameterError
+
+        raise ParameterError(problem)
+    return cache_location()
+
+
+def cache_location() -> Path:
+    """Where the cache folder is set to be (``$FASTVLAD_HOME`` or the user cache dir), unchecked."""
     env = os.environ.get("FASTVLAD_HOME")
     if env:
         return Path(env).expanduser()
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("fastvlad"))
+
+
+def cache_problem(writable: bool = False) -> str | None:
+    """Why the cache folder cannot be used, in one line naming its setting and the fix; None when it
+    can. ``writable``: also when no file can be made in it (or in the folder it would be made in)."""
+    path = cache_location()
+    problem = folder_problem(path) or (write_problem(path) if writable else None)
+    if problem is None:
+        return None
+    if os.environ.get("FASTVLAD_HOME"):
+        return f"FASTVLAD_HOME={path}: {problem}; point it at a folder (or unset it for the user cache folder)"
+    return f"the user cache folder {path}: {problem}; set FASTVLAD_HOME to a folder to use instead"
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why ``path`` can neither be a folder nor be made one (it, or a folder above it, is a file), or None."""
+    import stat
+
+    for at in (path, *path.parents):
+        try:
+            mode = at.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # missing: mkdir makes it, if what is above it is a folder
+        except OSError:
+            return None  # not readable (permissions): creating or reading the folder says why
+        if stat.S_ISDIR(mode):
+            return None
+        kind = "a file" if stat.S_ISREG(mode) else "a device, pipe or socket"
+        return f"is {kind}, not a folder" if at == path else f"is below {at}, which is {kind}, not a folder"
+    return None
+
+
+def write_problem(path: Path) -> str | None:
+    """Why no file can be made in the folder ``path`` (or, while it is missing, in the nearest folder
+    above it that exists, where it would be made), or None."""
+    at = next((p for p in (path, *path.parents) if os.path.isdir(p)), None)  # isdir: False, not raised, on EACCES
+    if at is None or os.access(at, os.W_OK | os.X_OK):
+        return None
+    return "is not writable" if at == path else f"cannot be made: {at} is not writable"

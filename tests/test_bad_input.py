@@ -516,6 +516,9 @@ def test_transform_works_or_is_a_fastvlad_error(vgg16_path: Path, X: object, ski
     ({"tta_zoom": (0.7, 0.1)}, r"tta_zoom\[1\]=0.1: must be a number \[0.25, 4\]"),
     ({"tta_zoom": (0.7,), "image_size": None}, r"tta_zoom=\(0.7,\) needs an image_size"),
     ({"random_state": None}, "random_state=None"),
+    # XGBoost refused seeds over a signed 64-bit int only after the CNN work; scikit-learn's splitters 2**32
+    ({"random_state": 2**63}, r"random_state=9223372036854775808: must be an integer from 0 to 4294967295"),
+    ({"random_state": 2**32}, r"random_state=4294967296: must be an integer from 0 to 4294967295"),
     ({"k": 10**400}, r"k=10000000000000000000…\(401 characters\): must be an integer ≥ 2"),  # no OverflowError
     ({"density": 10**400}, r"density=10000000000000000000…\(401 characters\): must be a number"),
     ({"softness": 1e7}, r"softness=10000000.0: must be a number \(0, 1e\+06\]"),

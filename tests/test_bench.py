@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from fastvlad.bench.baselines import (
 from fastvlad.bench.machine import PeakRSS
 from fastvlad.bench.scaling import image_counts, plot_scaling, streaming_growth
 from fastvlad.cli import app
-from fastvlad.errors import ParameterError
+from fastvlad.errors import ParameterError, WriteError
 
 TINY = ["--images", "4", "--demo-size", "64", "--image-size", "64", "--density", "0.1", "--k", "8",
         "--reference-images", "4", "--cnn-images", "4"]
@@ -141,6 +142,46 @@ def test_config_checks_name_the_option(tmp_path: Path) -> None:
         bench.check_config(bench.BenchConfig(reference_images=1))
     with pytest.raises(ParameterError, match="--data"):
         bench.check_config(bench.BenchConfig(data=tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("option, match", [
+    ({"demo_size": "abc"}, "--demo-size='abc': give N"),  # was an unexpected ValueError
+    ({"demo_size": "32x32x3"}, "--demo-size='32x32x3'"),  # was cut to 32x32
+    ({"demo_size": "100000x100000"}, "--demo-size 100000x100000: .* at most 16777216 pixels"),  # out of memory
+    ({"demo_size": "8x8"}, "--demo-size 8x8: each side must be at least 16"),
+    ({"batch_size": -4}, "--batch-size=-4: must be an integer ≥ 1"),  # was a ZeroDivisionError after the CNN
+    ({"seed": -1}, "--seed=-1: must be an integer from 0 to 4294967295"),
+    ({"seed": 10**23}, "--seed=100000000000000000000000: must be an integer from 0"),  # was an XGBoostError
+    ({"images": 10**14}, "--images 100000000000000: at most 100000 demo images"),  # wrote PNGs without end
+])
+def test_config_bounds_every_option(option: dict, match: str) -> None:
+    with pytest.raises(ParameterError, match=match):
+        bench.check_config(bench.BenchConfig(**option))
+
+
+def test_bad_estimator_option_fails_before_any_image(tmp_path: Path) -> None:
+    """A model setting the estimator refuses fails before the demo images are written (it had
+    failed after the CNN stage)."""
+    with pytest.raises(ParameterError, match="density=0"):
+        bench.run(bench.BenchConfig(density=0.0), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_checked_against_the_data_before_the_work(tmp_path: Path) -> None:
+    """``--json`` naming the ``--data`` manifest had replaced it with the report (exit 0)."""
+    from PIL import Image
+
+    for i, label in enumerate("abab"):
+        Image.fromarray(np.full((32, 32), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\n" + "".join(f"{i}.png,{c}\n" for i, c in enumerate("abab")))
+    before = manifest.read_bytes()
+    for extra in (["--json", str(manifest)], ["--json", str(tmp_path / "0.png")],
+                  ["--scaling", "--plots", str(manifest)]):
+        res = CliRunner().invoke(app, ["-q", "bench", "--data", str(manifest), "--images", "4", *extra])
+        assert isinstance(res.exception, WriteError), res.output
+        assert re.search("refusing to write|is a file", str(res.exception)) and "bench:" not in res.output
+    assert manifest.read_bytes() == before
 
 
 def test_peak_rss_sees_an_allocation() -> None:

@@ -157,6 +157,18 @@ def test_connect_checks_its_options() -> None:
         pass
 
 
+@pytest.mark.parametrize("text", ["abc", "0", "-2", "1.5", "99999999999999", "٣"])
+def test_worker_threads_variable_is_checked(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``FASTVLAD_THREADS=abc`` on a user-started worker was ``int()``'s ValueError; "-2" read as 1."""
+    monkeypatch.setenv(distributed.THREADS_ENV, text)
+    with pytest.raises(ParameterError, match=f"FASTVLAD_THREADS={text!r}: give a whole number of threads"):
+        distributed.worker_threads()
+    monkeypatch.setenv(distributed.THREADS_ENV, " 3 ")
+    assert distributed.worker_threads() == 3
+    monkeypatch.delenv(distributed.THREADS_ENV)
+    assert distributed.worker_threads() >= 1
+
+
 def test_cli_encode_predict_on_the_cluster(client: Client, dask_model: FastVLAD, demo_folder: Path,
                                            tmp_path: Path) -> None:
     model_file = dask_model.save(tmp_path / "m.fvl")

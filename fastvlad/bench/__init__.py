@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .. import backends
+from .. import backends, checks, config, progress
 from ..backbone import Backbone
 from ..backends import Backend
 from ..encoder import (
@@ -34,7 +34,7 @@ from ..encoder import (
     copies_cnn_seconds,
 )
 from ..errors import ParameterError
-from ..images import Preprocess
+from ..images import MIN_SIDE, Preprocess
 from ..quantize import check_precision, resolve_precision
 from .machine import PeakRSS
 
@@ -44,6 +44,8 @@ log = logging.getLogger("fastvlad")
 STAGE_ORDER = ("decode", "cnn", "points", "hypercolumns", "projection", "assign", "vlad", "classifier")
 #: The paper's workload: images, density (%), k.
 PAPER_IMAGES, PAPER_DENSITY, PAPER_K = 3200, 10.0, 100
+#: Most demo images a run generates (``--images`` without ``--data``): they are written as PNG files first.
+MAX_DEMO_IMAGES = 100_000
 
 
 @dataclass
@@ -97,9 +99,14 @@ class Workload:
 
 
 # -- inputs --------------------------------------------------------------------------------------
-def _size(text: str) -> tuple[int, int]:
-    parts = [int(p) for p in text.lower().replace("×", "x").split("x")]
-    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+def demo_size(text: str) -> tuple[int, int]:
+    """``--demo-size`` "HxW" (or "N") as (height, width): sides of at least ``MIN_SIDE`` pixels
+    (VGG16's four poolings) and no more pixels than one network input may have."""
+    hw = checks.parse_shape("--demo-size", text)
+    if hw is None or min(hw) < MIN_SIDE or hw[0] * hw[1] > config.MAX_INPUT_PIXELS:
+        raise ParameterError(f"--demo-size {text}: each side must be at least {MIN_SIDE} pixels and the image at "
+                             f"most {config.MAX_INPUT_PIXELS} pixels (4096×4096); e.g. 306x448")
+    return hw
 
 
 def demo_workload(n: int, size: str, seed: int, folder: Path) -> Workload:
@@ -108,14 +115,16 @@ def demo_workload(n: int, size: str, seed: int, folder: Path) -> Workload:
 
     from .. import demo
 
-    hw = _size(size)
+    hw = demo_size(size)
     sources, labels = [], []
-    for i in range(n):
-        img = demo.make_image(i % len(demo.CLASSES), hw, np.random.default_rng([seed, i]))
-        path = folder / f"demo_{i:05d}.png"
-        Image.fromarray(img).save(path)
-        sources.append(str(path))
-        labels.append(demo.CLASSES[i % len(demo.CLASSES)])
+    with progress.bar(n, "demo images") as bar:
+        for i in range(n):
+            img = demo.make_image(i % len(demo.CLASSES), hw, np.random.default_rng([seed, i]))
+            path = folder / f"demo_{i:05d}.png"
+            Image.fromarray(img).save(path)
+            sources.append(str(path))
+            labels.append(demo.CLASSES[i % len(demo.CLASSES)])
+            bar.advance()
     return Workload(sources, np.array(labels), f"{n} demo images ({hw[0]}×{hw[1]} PNG)")
 
 
@@ -293,10 +302,11 @@ def run(cfg: BenchConfig, workdir: Path) -> dict[str, Any]:
     from . import scaling as _bench_scaling
 
     check_config(cfg)
+    est = make_estimator(cfg)
+    checks.parameters(est)  # a bad option fails now, not after the CNN stage
     work = (data_workload(cfg.data, cfg.images, cfg.seed) if cfg.data
             else demo_workload(cfg.images, cfg.demo_size, cfg.seed, workdir))
     step = _Step()
-    est = make_estimator(cfg)
     backbone, backend = warm_up(est, work.sources[0])
     fv = measure_fastvlad(cfg, work, est, backbone, step)
     # The paper's pipeline runs at the faithful settings (with the run's explicit options), as fit does.
@@ -384,6 +394,14 @@ def check_config(cfg: BenchConfig) -> None:
         raise ParameterError(f"--precision-rounds {cfg.precision_rounds}: must be ≥ 1")
     if cfg.data is not None and not Path(cfg.data).exists():
         raise ParameterError(f"--data {cfg.data}: no such folder or file; give a dataset folder or CSV manifest")
+    if cfg.data is None:
+        demo_size(cfg.demo_size)
+        if cfg.images > MAX_DEMO_IMAGES:
+            raise ParameterError(f"--images {cfg.images}: at most {MAX_DEMO_IMAGES} demo images (each is written "
+                                 f"to a temporary folder first; the paper's workload is {PAPER_IMAGES})")
+    checks.integer("--seed", cfg.seed, 0, hi=config.MAX_SEED)
+    if cfg.batch_size is not None:
+        checks.integer("--batch-size", cfg.batch_size, 1)
 
 
 # -- output ------------------------------------------------------------------------------------------

@@ -62,6 +62,15 @@ def _point(series: str, value: object, sources: Sequence[ImageSource], backbone:
             "peak_rss_bytes": mem.peak, "rss_increase_bytes": mem.delta, "codes_bytes": n * centres.size * 4}
 
 
+#: The scaling series, one PNG each (``scaling_<series>.png``).
+SERIES = ("images", "density", "k", "image_size")
+
+
+def plot_files(folder: str | Path) -> list[Path]:
+    """The PNG files ``plot_scaling`` writes into ``folder``."""
+    return [Path(folder) / f"scaling_{series}.png" for series in SERIES]
+
+
 def run_scaling(sources: Sequence[ImageSource], backbone: Backbone, settings: EncoderSettings, k: int,
                 backend: Backend, n_images: int, n_small: int, seed: int) -> list[dict[str, Any]]:
     """All four series, varying one parameter of ``settings``/``k`` at a time."""
@@ -127,7 +136,7 @@ def plot_scaling(points: Sequence[dict[str, Any]], folder: str | Path) -> list[P
         ax.set_ylim(bottom=0)
         ax.set_title(f"encoding vs {series.replace('_', ' ')}")
         fig.tight_layout()
-        path = Path(folder) / f"scaling_{series}.png"
+        path = Path(folder) / f"scaling_{series}.png"  # one of plot_files(folder)
         write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
         plt.close(fig)
         written.append(path)

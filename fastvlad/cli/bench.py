@@ -18,6 +18,7 @@ from ..bench import (
     run,
     write_json,
 )
+from ..errors import WriteError
 
 
 def bench_command(
@@ -56,6 +57,7 @@ def bench_command(
     cfg = BenchConfig(images, data, demo_size, density, k, image_size, device, batch_size, seed, cnn_images,
                       reference_images, reference_points, faithful, peers, scaling, scaling_images, extrapolate_to,
                       fp16, precision=precision, precision_rounds=precision_rounds)
+    _check_outputs(json_path, plots, data)
     with tempfile.TemporaryDirectory(prefix="fastvlad-bench-") as tmp:
         result = run(cfg, Path(tmp))
     for line in report_lines(result):
@@ -71,3 +73,21 @@ def bench_command(
 
             for path in plot_scaling(result["scaling"], plots):
                 typer.echo(f"wrote {path}")
+
+
+def _check_outputs(json_path: Optional[Path], plots: Optional[Path], data: Optional[Path]) -> None:
+    """Before the benchmark: ``WriteError`` when ``--json`` or a ``--plots`` file cannot be written,
+    or is one of the ``--data`` files the run reads."""
+    from .. import datasets
+    from .._files import check_writable
+    from ..bench.scaling import plot_files
+    from . import outputs
+
+    written = [check_writable(json_path)] if json_path else []
+    if plots:
+        if plots.exists() and not plots.is_dir():
+            raise WriteError(f"--plots {plots}: is a file; give a folder for the PNG curves")
+        written += [check_writable(path) for path in plot_files(plots)]
+    if written and data is not None and data.exists():
+        ds = datasets.load(data, require_labels=False)
+        outputs.refuse_inputs(written, outputs.dataset_files(data, ds.paths))

@@ -17,7 +17,8 @@ def info() -> None:
     typer.echo(f"{'providers':<12}{', '.join(ort.get_available_providers())}")
     problem = backends.cuda_problem()
     typer.echo(f"{'device':<12}{'cuda' if problem is None else 'cpu (' + problem + ')'}")
-    typer.echo(f"{'cache':<12}{config.cache_dir()}")
+    unusable = config.cache_problem(writable=True)  # a report: say what is wrong, do not fail on it
+    typer.echo(f"{'cache':<12}{config.cache_location()}" + ("" if unusable is None else f" (unusable: {unusable})"))
     from ..quantize import has_vnni
 
     vnni = has_vnni()
