@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,7 @@ class CodewordRanking:
     patches: np.ndarray  # (k, M, P, P, 3) uint8: the M points nearest each centre, one per image at most
     patch_dist: np.ndarray  # (k, M) float32 squared distance of each patch's point; inf = no patch
     n_images: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, why) of images that could not be read
 
     def top(self, cls: str, n: int) -> np.ndarray:
         """Indices of the (at most ``n``) codewords with the largest non-zero mean |contribution| to ``cls``."""
@@ -182,9 +183,11 @@ def rank_codewords(model: Any, sources: Sequence[ImageSource], n_patches: int = 
     patches = np.zeros((k, n_patches, patch, patch, 3), dtype=np.uint8)
     best = np.full((k, n_patches), np.inf, dtype=np.float32)
     n_seen = 0
+    skipped: list[tuple[str, str]] = []
     with progress.bar(len(sources), "explaining") as bar:
         for enc in _encode_batches(model, sources):
             bar.advance(len(enc.batch.indices) + len(enc.batch.failed))
+            skipped += [(str(sources[i]), str(err)) for i, err in enc.batch.failed]
             if not enc.batch.indices:
                 continue
             contrib, _ = codeword_contributions(model.head_, enc.codes, k)
@@ -205,7 +208,7 @@ def rank_codewords(model: Any, sources: Sequence[ImageSource], n_patches: int = 
     order = np.argsort(best, axis=1, kind="stable")  # nearest first
     return CodewordRanking([str(c) for c in model.classes_], sum_abs / n_seen, sum_signed / n_seen,
                            np.take_along_axis(patches, order[:, :, None, None, None], axis=1),
-                           np.take_along_axis(best, order, axis=1), n_seen)
+                           np.take_along_axis(best, order, axis=1), n_seen, skipped)
 
 
 def write_ranking(ranking: CodewordRanking, folder: str | Path, top: int = 5) -> list[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -339,3 +340,69 @@ def test_encode_writes_a_name_that_is_not_utf8(model_file: Path, demo_folder: Pa
     names = out.with_suffix(".paths.txt").read_bytes().splitlines()
     assert sorted(os.path.basename(n) for n in names) == [BAD_NAME, b"ok.png"]
     assert all(os.path.isfile(n) for n in names) and np.isfinite(np.load(out)).all()
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_a_cache_folder_that_is_a_file_is_exit_2_naming_fastvlad_home(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], below: str) -> None:
+    """FASTVLAD_HOME at a file or below one: the commands that reach the cache stop with one line naming
+    the variable, the path and the problem, exit 2; ``info`` says so on its cache line and exits 0."""
+    from fastvlad.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"")
+    home = afile / below if below else afile
+    monkeypatch.setenv("FASTVLAD_HOME", str(home))
+    problem = "is a file, not a folder" if not below else f"is below {afile}, which is a file, not a folder"
+    message = f"FASTVLAD_HOME={home}: {problem}; point it at a folder (or unset it for the user cache folder)"
+    for command in (["models", "pull"], ["models", "quantize"]):
+        res = CliRunner().invoke(app, ["-q", *command])
+        assert isinstance(res.exception, ParameterError) and str(res.exception) == message, res.output
+    monkeypatch.setattr(sys, "argv", ["fastvlad", "-q", "models", "pull"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    res = CliRunner().invoke(app, ["info"])
+    assert res.exit_code == 0, res.output
+    (line,) = [line for line in res.output.splitlines() if line.startswith("cache")]
+    assert line.split(None, 1)[1] == f"{home} (unusable: {message})"
+    assert sorted(tmp_path.iterdir()) == [afile] and afile.read_bytes() == b""
+
+
+def test_encode_removes_the_side_files_of_an_earlier_run(model_file: Path, demo_folder: Path, tmp_path: Path) -> None:
+    """<out>.errors.csv and <out>.tiles.csv of an earlier run (made here by hand) describe other data: an
+    untiled run that skips nothing removes them, and only them, beside its new codes and paths."""
+    out = tmp_path / "codes.npy"
+    stale = [out.with_suffix(".errors.csv"), out.with_suffix(".tiles.csv")]
+    for f in stale:
+        f.write_text("path,error\nold/a.png,cannot decode\n")
+    kept = [tmp_path / "codes.notes.csv", tmp_path / "other.errors.csv"]
+    for f in kept:
+        f.write_text("mine\n")
+    res = CliRunner().invoke(app, ["-q", "encode", str(demo_folder), "-o", str(out), "--model", str(model_file)])
+    assert res.exit_code == 0, res.output
+    assert [f.name for f in stale if f.exists()] == []
+    codes, paths = _written(out)
+    assert codes.shape[0] == len(paths) == 16 and np.isfinite(codes).all()
+    assert all(f.read_text() == "mine\n" for f in kept)
+
+
+@pytest.mark.parametrize("command, option, match", [
+    ("encode", ["--scale", "2"], r"--scale with a saved model: .* leave --scale out"),
+    ("encode", ["--tile", "32x32"], r"--tile with a saved model: .*tile none"),
+    ("encode", ["--tile-stride", "8"], r"--tile-stride 8: .* does not cut tiles"),
+    ("predict", ["--tile-stride", "8"], r"--tile-stride 8: .* does not cut tiles"),
+])
+def test_saved_model_refuses_the_options_it_fixed(model_file: Path, demo_folder: Path, tmp_path: Path,
+                                                   command: str, option: list[str], match: str) -> None:
+    """encode --model ignored --scale and --tile without a word; predict --tile-stride on a model
+    without tiles named "--tile HxW", an option predict does not have."""
+    from fastvlad.errors import ParameterError
+
+    inputs = ([str(demo_folder), "--model", str(model_file)] if command == "encode"
+              else [str(model_file), str(demo_folder)])
+    res = CliRunner().invoke(app, ["-q", command, *inputs, "-o", str(tmp_path / "out"), *option])
+    assert isinstance(res.exception, ParameterError), res.output
+    assert re.search(match, str(res.exception)) and "CLI: --tile HxW" not in str(res.exception)
+    assert list(tmp_path.iterdir()) == []

@@ -153,6 +153,38 @@ def test_explain_cli_on_a_dataset(model_path: Path, demo_folder: Path, tmp_path:
     assert json.loads((tmp_path / "cw" / "codewords.json").read_text())["n_images"] == 6
 
 
+def test_explain_cli_skips_unreadable_images_when_asked(model_path: Path, tmp_path: Path) -> None:
+    """Its error hint named ``--on-error skip``, which explain did not have."""
+    from fastvlad.errors import ImageReadError
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(data / f"{i}.png")
+    (data / "broken.png").write_bytes(b"not a png")
+    args = ["-q", "explain", str(model_path), str(data), "--device", "cpu", "-o", str(tmp_path / "cw")]
+    res = CliRunner().invoke(app, args)
+    assert isinstance(res.exception, ImageReadError) and "--on-error skip" in str(res.exception)
+    assert not (tmp_path / "cw").exists()
+    res = CliRunner().invoke(app, [*args, "--on-error", "skip"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "cw" / "codewords.json").read_text())["n_images"] == 3
+    assert "skipped 1 unreadable image(s)" in res.output and "broken.png" in res.output
+    res = CliRunner().invoke(app, [*args, "--on-error", "ignore"])
+    assert isinstance(res.exception, ParameterError) and "--on-error='ignore'" in str(res.exception)
+
+
+def test_explain_refuses_a_folder_inside_the_dataset(model_path: Path, demo_folder: Path) -> None:
+    """Its PNG grids, written into the dataset folder, would have been read as images next time."""
+    from fastvlad.errors import WriteError
+
+    for out in (demo_folder, demo_folder / "cw"):
+        res = CliRunner().invoke(app, ["-q", "explain", str(model_path), str(demo_folder), "-o", str(out)])
+        assert isinstance(res.exception, WriteError) and "inside the dataset folder" in str(res.exception)
+    assert not (demo_folder / "cw").exists() and not (demo_folder / "codewords.json").exists()
+
+
 def test_unknown_class_is_refused(model: FastVLAD, small_demo: tuple[list[np.ndarray], np.ndarray]) -> None:
     with pytest.raises(ParameterError, match="not one of the model's classes"):
         explain.explain(model, small_demo[0][0], target="graphene")

@@ -242,6 +242,16 @@ def test_evaluate_checks_every_output_before_the_cv(demo_folder: Path, tmp_path:
     assert taken.read_text() == "mine"
 
 
+def test_a_report_inside_the_dataset_folder_is_refused(demo_folder: Path) -> None:
+    """``--report DATA`` had made the report's examples/ a new class of the dataset for the next run."""
+    for folder in (demo_folder, demo_folder / "rep", demo_folder / next(p.name for p in demo_folder.iterdir()
+                                                                         if p.is_dir())):
+        res = CliRunner().invoke(app, ["-q", "evaluate", str(demo_folder), "--folds", "2", *SMALL,
+                                       "--report", str(folder)])
+        assert isinstance(res.exception, WriteError) and "inside the dataset folder" in str(res.exception)
+    assert not (demo_folder / "rep").exists() and not (demo_folder / "examples").exists()
+
+
 def test_a_failed_report_leaves_nothing_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failure while the report is written: no new folder, an old report untouched, no temp file."""
     res, ds = _synthetic(tmp_path / "data")

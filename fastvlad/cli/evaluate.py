@@ -92,6 +92,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
     if shift_images < 0:
         raise ParameterError(f"--shift-images {shift_images}: give a number of images, or 0 for all")
     written = _check_outputs(report, confusion_png, json_out)
+    outputs.refuse_inside_dataset(report, data, "--report")
     ds = load(data, on_error)
     outputs.refuse_inputs(written, outputs.dataset_files(data, ds.paths))
     split_values = ds.column(split) if split is not None else None

@@ -29,11 +29,12 @@ def _sample(n: int, max_images: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(n, max_images), replace=False))
 
 
-def _check_options(top: int, patches: int, max_images: int) -> None:
+def _check_options(top: int, patches: int, max_images: int, on_error: str) -> None:
     """The counts, before the model is even read (``ParameterError`` naming the option)."""
     checks.integer("--top", top, 1)
     checks.integer("--patches", patches, 1, hi=config.MAX_PATCHES)
     checks.integer("--max-images", max_images, 1)
+    checks.choice("--on-error", on_error, checks.ON_ERROR)
 
 
 def _check_outputs(written: Sequence[Path], model_path: Path, inputs: Sequence[Path]) -> None:
@@ -64,16 +65,19 @@ def explain_command(model_path: Path = typer.Argument(..., metavar="MODEL"),
                     top: int = typer.Option(5, help="Codewords to list per class."),
                     patches: int = typer.Option(6, help="Example patches per codeword (dataset mode; at most 100)."),
                     max_images: int = typer.Option(200, help="Random images to rank codewords on (dataset mode)."),
-                    device: str = typer.Option("auto", metavar="[auto|cpu|cuda]", help="auto, cpu or cuda.")) -> None:
+                    device: str = typer.Option("auto", metavar="[auto|cpu|cuda]", help="auto, cpu or cuda."),
+                    on_error: str = typer.Option("raise", metavar="[raise|skip]",
+                                                 help="Dataset mode: 'raise' stops at the first unreadable image; "
+                                                      "'skip' ranks on the readable ones.")) -> None:
     """Show which codeword each sampled pixel went to and what each codeword contributed (XGBoost TreeSHAP)."""
     from .. import datasets
-    from ..estimator import load
+    from .options import load as load_dataset
+    from .options import loaded, report_skipped
 
-    _check_options(top, patches, max_images)
+    _check_options(top, patches, max_images, on_error)
     if outputs.is_stdout(output):
         raise WriteError("-o -: explain writes PNG files (and, for a dataset, JSON); give a file or folder name")
-    model = load(model_path)
-    model.set_params(device=device)
+    model = loaded(model_path, device, on_error, None)
     if model.tile is not None or model.scale_nm_per_px is not None or model.crop_bottom is not None:
         from ..errors import ParameterError
 
@@ -94,13 +98,15 @@ def explain_command(model_path: Path = typer.Argument(..., metavar="MODEL"),
             # soft: others' weighted residuals); it has no region on the map
             typer.echo(f"  codeword {j:>4}: {expl.support[j]:+.4f} ({f'nearest to {n} points' if n else 'nearest to no point'})")
     else:
-        ds = datasets.load(image, require_labels=False)
+        ds = load_dataset(image, on_error, require_labels=False)
         folder = _ranking_folder(output)
+        outputs.refuse_inside_dataset(folder, image, "-o")
         _check_outputs(ranking_paths(folder, [str(c) for c in model.classes_]), model_path,
                        outputs.dataset_files(image, ds.paths))
         chosen = _sample(len(ds), max_images, checks.seed(model))
         ranking = rank_codewords(model, [str(ds.paths[i]) for i in chosen], patches)
         written = write_ranking(ranking, folder, top)
+        report_skipped(ranking.skipped)
         for cls in ranking.classes:
             typer.echo(f"{cls}: codewords {', '.join(str(j) for j in ranking.top(cls, top))}")
     typer.echo("wrote " + ", ".join(str(p) for p in written))

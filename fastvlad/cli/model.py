@@ -48,6 +48,7 @@ from .options import (
     ZOOM,
     ZOOM_JITTER,
     K,
+    check_saved_model_options,
     estimator,
     load,
     loaded,
@@ -128,6 +129,7 @@ def predict(model_path: Path = typer.Argument(..., metavar="MODEL"),
     if min_margin is not None:
         checks.real("--min-margin", min_margin, 0.0, 1.0)
     model = loaded(model_path, device, on_error, fp16, precision)
+    check_saved_model_options(model, model_path, tile_stride=tile_stride)
     model.set_params(**micrograph_params(None, missing_scale, None, tile_stride, crop_bottom))
     if outputs.is_stdout(output):
         outputs.check_stdout()
@@ -250,7 +252,8 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
            tile_stride: Optional[str] = TILE_STRIDE, crop_bottom: Optional[str] = CROP_BOTTOM) -> None:
     """Write the VLAD codes (n, k·dim) float32 as .npy (NaN rows for skipped images), paths beside it
     (and, when images were skipped, <output>.errors.csv with why). With tiles: one row per tile,
-    listed in <output>.tiles.csv."""
+    listed in <output>.tiles.csv. Once the new files are written, an <output>.errors.csv or
+    <output>.tiles.csv of an earlier run that this run did not write is removed: it described other data."""
     from .. import distributed
     from .._files import write_atomic, write_bytes_atomic
 
@@ -258,14 +261,15 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
         raise WriteError("-o -: codes are a binary .npy file; give a file name")
     check_writable(output)  # an unwritable -o fails before the work, not after it
     ds = load(data, on_error, require_labels=False)
-    written = [output, output.with_suffix(".paths.txt"), output.with_suffix(".errors.csv"),
-               output.with_suffix(".tiles.csv")]
+    errors_csv, tiles_csv = output.with_suffix(".errors.csv"), output.with_suffix(".tiles.csv")
+    written = [output, output.with_suffix(".paths.txt"), errors_csv, tiles_csv]
     if model_path:
         outputs.refuse_inputs(written, [model_path], "the model")
     outputs.refuse_inputs(written, outputs.dataset_files(data, ds.paths))
     micro = micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom)
     if model_path:
         model = loaded(model_path, device, on_error, fp16, precision)
+        check_saved_model_options(model, model_path, scale, tile, tile_stride)
         model.set_params(**{k: v for k, v in micro.items() if k in ("missing_scale", "tile_stride", "crop_bottom")})
     else:
         model = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca,
@@ -285,16 +289,32 @@ def encode(data: Path = typer.Argument(...), output: Path = typer.Option(..., "-
     codes[encoded.indices] = encoded.codes
     write_atomic(output, lambda f: np.save(f, codes, allow_pickle=False))
     write_atomic(output.with_suffix(".paths.txt"), lambda f: f.write(outputs.encoded("\n".join(paths) + "\n")))
-    if plan is not None and model.tile:
+    tiled = plan is not None and bool(model.tile)
+    if tiled:
         boxes = [[paths[t], src.index, *(round(v) for v in src.file_box())]  # type: ignore[union-attr]
                  for t, src in enumerate(X)]
-        write_bytes_atomic(output.with_suffix(".tiles.csv"),
+        write_bytes_atomic(tiles_csv,
                            _csv_bytes([("path", "tile", "top", "left", "height", "width"), *boxes]))  # type: ignore[list-item]
     skipped = (plan.failures() if plan is not None else []) + model.describe_failures(X, encoded)
     if skipped:  # the NaN rows' reasons, beside the codes
-        write_bytes_atomic(output.with_suffix(".errors.csv"), _csv_bytes([("path", "error"), *skipped]))
+        write_bytes_atomic(errors_csv, _csv_bytes([("path", "error"), *skipped]))
+    # Only once the new codes and paths are written: a run that fails before then leaves the old set as it was.
+    _remove_stale([f for f, wrote in ((tiles_csv, tiled), (errors_csv, bool(skipped))) if not wrote])
     report_skipped(skipped)
     typer.echo(f"wrote codes {codes.shape} to {output}")
+
+
+def _remove_stale(side_files: list[Path]) -> None:
+    """Remove these side files of an earlier ``encode`` (files or links only: a folder of that name is
+    not one); ``WriteError`` when one cannot be, since it would pass for this run's."""
+    for path in side_files:
+        if not (path.is_file() or path.is_symlink()):
+            continue
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise WriteError(f"{path} is left from an earlier run and describes other data, but cannot be removed "
+                             f"({exc.strerror or exc}); the new codes are written: delete it by hand") from None
 
 
 def _csv_bytes(rows: list[tuple[str, str]]) -> bytes:

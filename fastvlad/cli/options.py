@@ -107,6 +107,20 @@ def micrograph_params(scale: Optional[float] = None, missing_scale: Optional[str
     return out
 
 
+def check_saved_model_options(model: FastVLAD, model_path: Path, scale: Optional[float] = None,
+                              tile: Optional[str] = None, tile_stride: Optional[str] = None) -> None:
+    """``ParameterError`` for micrograph options a saved model fixed at training: ``--scale`` and
+    ``--tile`` (its codebook was learnt there), and ``--tile-stride`` on a model that does not tile."""
+    fixed = [option for option, value in (("--scale", scale), ("--tile", tile)) if value is not None]
+    if fixed:
+        raise ParameterError(f"{' and '.join(fixed)} with a saved model: {model_path} keeps the scale and tile it "
+                             f"was trained at (scale {model.scale_nm_per_px or 'none'} nm/px, tile "
+                             f"{model.tile or 'none'}); leave {' and '.join(fixed)} out")
+    if tile_stride is not None and model.tile is None:
+        raise ParameterError(f"--tile-stride {tile_stride}: {model_path} does not cut tiles (tiles are set when a "
+                             "model is trained: fastvlad train --tile HxW); leave --tile-stride out")
+
+
 def parse_pca(text: Optional[str]) -> dict[str, Any]:
     """``--pca`` as an estimator parameter: {} when not given, {"pca": N or None} otherwise."""
     if text is None:

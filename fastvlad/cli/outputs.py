@@ -54,6 +54,17 @@ def refuse_inputs(outputs: Iterable[Path | None], inputs: Iterable[Path], what: 
                              "choose another output path")
 
 
+def refuse_inside_dataset(folder: Path | None, data: Path, option: str) -> None:
+    """``WriteError`` when an output ``folder`` is a dataset folder ``data`` or lies inside it: the
+    images written there would be read as the dataset's (a new class) the next time it is used."""
+    if folder is None or not data.is_dir():
+        return  # a CSV manifest lists its images: files written beside them are not read
+    root, target = data.resolve(), folder.resolve()
+    if target == root or root in target.parents:
+        raise WriteError(f"{option} {folder} is inside the dataset folder {data}: its PNG files would be read as "
+                         "images of the dataset next time; choose a folder outside it")
+
+
 def dataset_files(data: Path, paths: Iterable[Path]) -> list[Path]:
     """The files a dataset argument reads: the CSV manifest (given or inside the folder) and every image."""
     files = [data] if data.is_file() else [data / "manifest.csv"]
@@ -116,4 +127,5 @@ def message(text: str, output: Path | None) -> None:
     stream.flush()
 
 
-__all__ = ["STDOUT", "check_stdout", "dataset_files", "encoded", "is_stdout", "message", "refuse_inputs", "write_text"]
+__all__ = ["STDOUT", "check_stdout", "dataset_files", "encoded", "is_stdout", "message", "refuse_inputs", "refuse_inside_dataset",
+           "write_text"]
