@@ -172,13 +172,25 @@ def probe(source: ImageSource, name: object = None) -> None:
             _check_pixels(path, *im.size)
 
 
-def _probe_tiff(path: Path) -> bool:
-    """Header check by tifffile; False when tifffile cannot open it (then Pillow decides)."""
+def _open_tiff(path: Path) -> Any:
+    """``path`` opened by tifffile; None when it is another format named .tif (Pillow decides), and
+    an ``ImageReadError`` when it starts as a TIFF but tifffile cannot parse it: Pillow would warn
+    and read past a damaged tag as pixels (an ImageLength of 1000 values made 65539 rows)."""
     import tifffile
 
     try:
-        tif = tifffile.TiffFile(path)
-    except Exception:
+        return tifffile.TiffFile(path)
+    except Exception as exc:
+        if _tiff_magic(path):
+            raise ImageReadError(path, f"cannot decode (a damaged TIFF header: {type(exc).__name__}: {exc})",
+                                 _UNREADABLE) from None
+        return None
+
+
+def _probe_tiff(path: Path) -> bool:
+    """Header check by tifffile; False when the file is not a TIFF (then Pillow decides)."""
+    tif = _open_tiff(path)
+    if tif is None:
         return False
     with tif:
         page: Any = tif.pages[0]
@@ -282,12 +294,9 @@ def _pil_to_array(im: Any) -> np.ndarray:
 
 
 def _read_tiff(path: Path) -> np.ndarray:
-    import tifffile
-
-    try:
-        tif = tifffile.TiffFile(path)
-    except Exception:
-        return _read_pil(path)  # not a TIFF tifffile knows (or mislabelled): let Pillow try
+    tif = _open_tiff(path)
+    if tif is None:
+        return _read_pil(path)  # another format named .tif (mislabelled): let Pillow try
     with tif:
         if len(tif.pages) > 1:
             _note_pages(path, len(tif.pages))
@@ -301,6 +310,12 @@ def _read_tiff(path: Path) -> np.ndarray:
     if arr.ndim == 3 and page.planarconfig == 2 and arr.shape[0] == page.samplesperpixel:
         arr = np.moveaxis(arr, 0, -1)  # planar (separate) samples → channels last
     return orient(arr, int(orientation.value) if orientation is not None else 1)
+
+
+def _tiff_magic(path: Path) -> bool:
+    """Whether ``path`` starts as a TIFF or BigTIFF does (byte order, then 42 or 43)."""
+    with open(path, "rb") as f:
+        return f.read(4) in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 
 
 def orient(arr: np.ndarray, orientation: int) -> np.ndarray:

@@ -87,6 +87,22 @@ class Bad(NamedTuple):
     header: bool  # found by the header scan (probe) without decoding pixels
 
 
+def _tiff_with_long_length(path: Path) -> None:
+    """A 96×64 TIFF whose ImageLength (tag 257) holds 1000 values, all inside the file: Pillow warned
+    "too many entries" and read 65539 rows of nonsense where tifffile refuses the header."""
+    import struct
+
+    import tifffile
+
+    tifffile.imwrite(path, RNG.integers(0, 60000, (96, 64), dtype=np.uint16))
+    data = bytearray(path.read_bytes())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for i in range(struct.unpack_from("<H", data, ifd)[0]):
+        if struct.unpack_from("<H", data, ifd + 2 + 12 * i)[0] == 257:
+            struct.pack_into("<I", data, ifd + 2 + 12 * i + 4, 1000)
+    path.write_bytes(bytes(data))
+
+
 def _bytes(data: bytes) -> Callable[[Path], object]:
     return lambda p: p.write_bytes(data)
 
@@ -109,6 +125,7 @@ BAD_FILES = [
     Bad("bad_crc.png", _bytes(_flip_png_crc(PNG)), UNREADABLE, False),
     Bad("text.png", _bytes(b"hello, not an image\n"), f"{UNREADABLE}.*cannot identify", True),
     Bad("text.tif", _bytes(b"II*\0 but then text"), UNREADABLE, True),
+    Bad("long_length.tif", _tiff_with_long_length, f"{UNREADABLE} \\(a damaged TIFF header", True),
     Bad("page.jpg", _bytes(b"<!DOCTYPE html><html><body>404 Not Found</body></html>"), UNREADABLE, True),
     Bad("random.png", _bytes(RNG.integers(0, 256, 4096, dtype=np.uint8).tobytes()), UNREADABLE, True),
     Bad("archive.webp", _bytes(b"PK\x03\x04" + bytes(100)), UNREADABLE, True),
