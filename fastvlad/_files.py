@@ -59,7 +59,7 @@ def _write_atomic(target: Path, write: Callable[[BinaryIO], object], mode: int) 
 def check_writable(path: str | os.PathLike[str]) -> Path:
     """Fail now, not after hours of work, if ``path`` cannot be written: ``WriteError``."""
     target = Path(path)
-    if target.is_dir():
+    if os.path.isdir(target):  # os.path: False, not an OSError, for a name too long for the file system
         raise _write_error(target, IsADirectoryError(errno.EISDIR, "is a folder"))
     check_replaceable(target)
     with kept_if_used(target.parent):  # the probe's folders are made again when the file is written
@@ -88,7 +88,7 @@ def kept_if_used(folder: Path) -> Iterator[None]:
     """Of the folders missing on the way to ``folder`` now, remove those the block left empty: a
     check before the work, or a write that failed, leaves no empty folder behind."""
     missing = []
-    while not folder.exists() and folder != folder.parent:
+    while not os.path.lexists(folder) and folder != folder.parent:
         missing.append(folder)
         folder = folder.parent
     try:
@@ -97,8 +97,11 @@ def kept_if_used(folder: Path) -> Iterator[None]:
         for made in missing:  # innermost first; one still holding a file stays, and so do its parents
             try:
                 made.rmdir()
-            except OSError:
-                break
+            except FileNotFoundError:
+                continue  # never made (a mkdir below it failed, e.g. a name too long)
+            except OSError as exc:
+                if exc.errno != errno.ENAMETOOLONG:
+                    break
 
 
 def _temp_beside(target: Path) -> tuple[int, str]:
@@ -133,7 +136,10 @@ def _write_error(target: Path, exc: OSError) -> WriteError:
     if exc.errno in _NO_SPACE:
         return WriteError(f"{target}: no space left on the device while writing; free some space "
                           "or write to another disk (nothing was written at this path)")
-    if target.is_dir():
+    if exc.errno == errno.ENAMETOOLONG:
+        return WriteError(f"cannot write {target}: a name in the path is longer than the file system allows; "
+                          "choose a shorter one")
+    if os.path.isdir(target):
         return WriteError(f"{target} is a folder; give a file name to write to")
     why = exc.strerror or str(exc)
     return WriteError(f"cannot write {target}: {why}; check that its folder exists and is writable, "

@@ -311,14 +311,18 @@ def sample_weights(w: Any, n: int) -> np.ndarray:
 
 
 def codes(codes: Any, codebook: np.ndarray | None) -> np.ndarray:
-    """VLAD codes ``(n, D)`` for ``fit_codes``, as given: finite numbers, and D = the codebook's k·p when there is one
-    (codes of another encoder would fit a head that ``predict`` cannot feed)."""
+    """VLAD codes ``(n, D)`` for ``fit_codes``, as given: finite numbers, and D = the codebook's k·p
+    when there is one (codes of another encoder would fit a head that ``predict`` cannot feed)."""
     a = np.asarray(codes)
     if a.ndim != 2 or a.dtype.kind not in "iuf" or not len(a):
         raise ParameterError(f"codes of shape {a.shape} and dtype {a.dtype}: give a 2-D array of numbers, one "
                              "row per image (as transform returns)")
-    if not np.isfinite(a).all():
-        raise ParameterError("codes hold NaN or infinity: give codes as transform returns them")
+    # Checked as float32, the head's type: float64 codes past its range would become infinity there.
+    with np.errstate(over="ignore", invalid="ignore"):
+        as_float32 = a.astype(np.float32, copy=False)
+    if not np.isfinite(as_float32).all():
+        raise ParameterError("codes hold NaN or infinity (or numbers past float32's range): give codes as transform "
+                             "returns them")
     if codebook is not None and a.shape[1] != codebook.size:
         raise ParameterError(f"codes have {a.shape[1]} columns but this model's codebook makes codes of {codebook.size} "
                              f"({codebook.shape[0]} centres × {codebook.shape[1]}); give codes from this model's transform")

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidDatasetError
+from .errors import InvalidDatasetError, printable
 
 log = logging.getLogger("fastvlad")
 
@@ -100,14 +100,14 @@ def load(source: str | Path, require_labels: bool = True, check_files: bool = Tr
     ``on_error="skip"`` reports them with the other unreadable images.
     """
     src = Path(source)
-    if src.is_dir():
+    if os.path.isdir(src):  # os.path: False, not an OSError, for a name too long for the file system
         manifest = src / "manifest.csv"
-        ds = from_csv(manifest, check_files) if manifest.is_file() else from_folder(src, require_labels)
-    elif src.is_file() and src.suffix.lower() == ".csv":
+        ds = from_csv(manifest, check_files) if os.path.isfile(manifest) else from_folder(src, require_labels)
+    elif os.path.isfile(src) and src.suffix.lower() == ".csv":
         ds = from_csv(src, check_files)
-    elif src.is_file() and src.suffix.lower() in IMAGE_SUFFIXES:
+    elif os.path.isfile(src) and src.suffix.lower() in IMAGE_SUFFIXES:
         ds = Dataset([src], None, None, src.parent)
-    elif not src.exists():
+    elif not os.path.exists(src):
         raise InvalidDatasetError(f"{src}: no such folder or file; give a folder of class sub-folders, "
                                   "a CSV manifest (path,label[,group]) or an image")
     else:
@@ -280,17 +280,17 @@ def _check_unique(manifest: Path, names: list[str]) -> None:
 
 def _resolve(folder: Path, rel: str) -> Path:
     path = folder / rel
-    if "\\" in rel and os.sep == "/" and not path.exists():
+    if "\\" in rel and os.sep == "/" and not os.path.exists(path):
         alt = folder / rel.replace("\\", "/")  # a manifest written on Windows
-        if alt.exists():
+        if os.path.exists(alt):
             return alt
     return path
 
 
 def _check_listed(manifest: Path, paths: list[Path], lines: list[int]) -> None:
-    missing = [(line, p) for line, p in zip(lines, paths) if not p.is_file()]
+    missing = [(line, p) for line, p in zip(lines, paths) if not os.path.isfile(p)]
     if missing:
-        shown = "; ".join(f"line {line}: {p}" for line, p in missing[:EXAMPLES])
+        shown = "; ".join(f"line {line}: {printable(str(p))}" for line, p in missing[:EXAMPLES])
         raise InvalidDatasetError(f"{manifest}: {len(missing)} listed file(s) do not exist or are not files "
                                   f"({shown}{'; …' if len(missing) > EXAMPLES else ''}); fix the paths (relative to the "
                                   "CSV's folder), or skip them with on_error='skip' (CLI: --on-error skip)")

@@ -6,6 +6,8 @@ message (no traceback unless ``--verbose``) and exits with ``exit_code``.
 
 from __future__ import annotations
 
+import unicodedata
+
 
 class FastVLADError(Exception):
     """Base class: something the user can fix. The message names what and how."""
@@ -17,13 +19,19 @@ class ParameterError(FastVLADError, ValueError):
     """A parameter is out of range or of the wrong kind (checked before heavy work)."""
 
 
+def printable(text: str, keep: str = "") -> str:
+    """``text`` with its control characters but those in ``keep`` escapes (``\\n``, ``\\x1b``): a
+    newline in a CSV's path cannot break a message's line, nor an escape sequence restyle the terminal."""
+    return "".join(c if c in keep or unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in text)
+
+
 class ImageReadError(FastVLADError):
     """An image file (or array) cannot be decoded or used."""
 
     def __init__(self, source: object, problem: str, fix: str = "") -> None:
         self.source = str(source)
         self.problem = problem
-        msg = f"{self.source}: {problem}"
+        msg = f"{printable(self.source)}: {problem}"
         super().__init__(f"{msg}. {fix}" if fix else msg)
 
     def __reduce__(self):  # type: ignore[no-untyped-def]

@@ -428,10 +428,9 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         """Write the model as one file (see ``model_file``); atomic."""
         if not hasattr(self, "head_"):
             raise NotFittedError("fit the model before saving it")
-        params = self.get_params()
-        params["taps"] = list(params["taps"]) if params["taps"] else None
-        for key in ("image_size", "tile", "tile_stride", "zoom", "tta_zoom"):  # tuples as JSON lists
-            params[key] = list(params[key]) if isinstance(params[key], tuple) else params[key]
+        check_fitted(self)  # a head from fit_codes alone: no codebook, no backbone to record
+        params = {key: json_value(value) for key, value in self.get_params().items()}
+        params["taps"] = params["taps"] or None
         if params["calibration"] is not None:
             params["calibration"] = str(params["calibration"])
         config = {"params": params, "classes": [str(c) for c in self.classes_],
@@ -626,10 +625,20 @@ def _loaded_projection(path: str | os.PathLike[str], model: FastVLAD,
     return proj
 
 
+def json_value(value: Any) -> Any:
+    """A parameter as JSON holds it: tuples and NumPy arrays as lists, NumPy numbers as Python ones
+    (``image_size=np.array([64, 64])`` passes every check, and had failed in ``json.dumps`` after the fit)."""
+    if isinstance(value, (tuple, list, np.ndarray)):
+        return [json_value(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def check_fitted(model: FastVLAD) -> None:
-    """Raise ``NotFittedError`` unless ``model`` has a codebook or a classifier."""
-    if not hasattr(model, "head_") and not hasattr(model, "codebook_"):
-        raise NotFittedError("this FastVLAD is not fitted yet; call fit(X, y) or fastvlad.load(path)")
+    """Raise ``NotFittedError`` unless ``model`` has a codebook, which encoding needs (``fit_codes``
+    alone trains only the classifier head)."""
+    if not hasattr(model, "codebook_"):
+        only_head = " (fit_codes trains only the classifier head)" if hasattr(model, "head_") else ""
+        raise NotFittedError(f"this FastVLAD has no codebook yet{only_head}; call fit(X, y) or fastvlad.load(path)")
 
 
 _SERIAL = threading.RLock()

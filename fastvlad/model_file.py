@@ -312,13 +312,26 @@ def _check_format(path: Path, members: dict[str, bytes]) -> None:
 
 
 def hash_file_into(h: Any, path: str | os.PathLike[str]) -> None:
-    """Feed a file's bytes to the hash ``h`` in 1 MiB chunks; an unreadable file feeds its name."""
+    """Feed a file's bytes to the hash ``h`` in 1 MiB chunks; an unreadable file, or anything but a
+    regular file, feeds its name."""
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        # Without blocking, and checked once open: a FIFO would wait for a writer, /dev/zero never ends
+        # (a skipped image is hashed too).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (OSError, ValueError):
+        fd = None
+    try:
+        if fd is not None and stat.S_ISREG(os.fstat(fd).st_mode):
+            with open(fd, "rb", closefd=False) as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            return
     except OSError:
-        h.update(b"\0unreadable\0" + os.fsencode(path))  # a name's own bytes, UTF-8 or not
+        pass
+    finally:
+        if fd is not None:
+            os.close(fd)
+    h.update(b"\0unreadable\0" + os.fsencode(path))  # a name's own bytes, UTF-8 or not
 
 
 def data_sha256(sources: Sequence[Any], labels: Sequence[object] | np.ndarray | None = None) -> str:

@@ -34,6 +34,7 @@ from fastvlad.errors import (
     InvalidDatasetError,
     ParameterError,
     in_one_line,
+    printable,
 )
 from fastvlad.images import Preprocess, iter_batches, probe, to_rgb255
 
@@ -199,7 +200,7 @@ def test_bad_file(corpus: dict[str, tuple[Path, str, bool]], name: str) -> None:
     prep = Preprocess(None) if name in NATIVE_ONLY else PREP
     with pytest.raises(ImageReadError, match=match) as info:
         prep(path)
-    assert str(path) in str(info.value)  # the message names the file
+    assert printable(str(path)) in str(info.value)  # the message names the file (control characters escaped)
     assert info.value.source == str(path)
 
 
@@ -453,7 +454,7 @@ def test_any_object_is_refused_naming_it(obj: object) -> None:
         Preprocess((16, 16))(obj)  # type: ignore[arg-type]
     err = info.value
     assert err.source == (str(Path(obj)) if isinstance(obj, str) else str(obj))
-    assert str(err).startswith(f"{err.source}: ") and "cannot be converted" not in err.problem
+    assert str(err).startswith(f"{printable(err.source)}: ") and "cannot be converted" not in err.problem
     if not isinstance(obj, str):
         assert err.problem == f"a {type(obj).__name__} is not an image"
 
@@ -639,6 +640,21 @@ def test_the_data_hash_takes_names_that_are_not_utf8(tmp_path: Path) -> None:
 
     missing = os.fsdecode(os.fsencode(tmp_path) + b"/bad\xff.png")
     assert model_file.data_sha256([missing], ["x"]) != model_file.data_sha256([missing + "2"], ["x"])
+
+
+@pytest.mark.timeout(30)
+def test_the_data_hash_never_reads_a_pipe_or_device(tmp_path: Path) -> None:
+    """A skipped image is hashed too: a link to /dev/zero had made ``train --on-error skip`` read
+    for ever after the encoding, and a FIFO had blocked it; anything but a regular file feeds its name."""
+    from fastvlad import model_file
+
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    names = [str(tmp_path / "pipe.png"), str(tmp_path / "zero.png"), str(tmp_path / "folder")]
+    (tmp_path / "folder").mkdir()
+    for name in names:
+        assert model_file.data_sha256([name], ["x"]) == model_file.data_sha256([name], ["x"])
+    assert len({model_file.data_sha256([name], ["x"]) for name in names}) == 3
 
 
 def test_fit_names_a_class_whose_images_were_all_skipped(vgg16_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -8,6 +8,7 @@ import csv
 import io
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -212,3 +213,40 @@ def test_one_image_prints_its_answer(model_file: Path, demo_folder: Path, tmp_pa
     assert res.exit_code == 0, res.output
     (row,) = csv.DictReader((tmp_path / "p.csv").open())
     assert f"{image.name}: {row['predicted']} (p = {float(row['p_' + row['predicted']]):.3f})" in res.stdout
+
+
+def _main(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``fastvlad`` as the shell runs it: (exit code, standard error)."""
+    from fastvlad.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fastvlad", "-q", *argv])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return int(exited.value.code or 0), capsys.readouterr().err
+
+
+def test_a_name_too_long_is_bad_input_and_leaves_no_folder(model_file: Path, demo_folder: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A path component over 255 bytes was "[Errno 36] File name too long", exit 1, and -o x/LONG/y.csv
+    left an empty x/ behind."""
+    long = "n" * 300
+    for argv in (["predict", str(model_file), str(demo_folder), "-o", str(tmp_path / "x" / long / "y.csv")],
+                 ["predict", str(model_file), str(tmp_path / f"{long}.png"), "-o", "-"],
+                 ["explain", str(model_file), str(demo_folder), "-o", str(tmp_path / long)]):
+        code, err = _main(argv, monkeypatch, capsys)
+        assert code == 2 and err.count("\n") == 1, err
+        assert re.search("longer than the file system allows|do not exist|no such|not a folder, a CSV", err), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_error_messages_escape_control_characters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A CSV path holding a newline (quoted) printed the error over two lines; an escape sequence in
+    a name would restyle the terminal."""
+    (tmp_path / "m.csv").write_text('path,label\n"a/\nb.png",x\n"c\x1b[31m.png",y\n')
+    code, err = _main(["train", str(tmp_path / "m.csv"), "-o", str(tmp_path / "m.fvl")], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1 and "\x1b" not in err, err
+    assert "a/\\nb.png" in err and "c\\x1b[31m.png" in err
+    code, err = _main(["predict", str(tmp_path / "m\x1b[31m.fvl"), str(tmp_path / "m.csv")], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1 and "m\\x1b[31m.fvl" in err, err

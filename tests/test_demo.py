@@ -244,3 +244,34 @@ def test_demo_command_cleans_up_unless_kept(vgg16_path: Path, tmp_path: Path, mo
     res = CliRunner().invoke(app, ["-q", "demo", *small, "--keep", str(kept)])
     assert res.exit_code == 0, res.output
     assert (kept / "model.fvl").is_file() and f"model saved to {kept / 'model.fvl'}" in res.output
+
+
+@pytest.mark.parametrize("option, error, match", [
+    (["--n-train", "100000000"], "ParameterError", "--n-train=100000000: must be an integer from 1 to 25000"),
+    (["--n-test", "0"], "ParameterError", "--n-test=0"),  # was "n_per_class must be >= 1"
+    (["--size", "100000"], "ParameterError", "--size=100000: must be an integer from 16 to 4096"),  # out of memory
+    (["--density", "0", "--keep", "{tmp}/new"], "ParameterError", "density=0"),  # was, after writing the images
+    (["--keep", "{tmp}/a_file"], "WriteError", "is a file; give a new or empty folder"),  # was [Errno 20], exit 1
+    (["--keep", "{tmp}/full"], "WriteError", "is not empty"),  # its model.fvl was replaced without a word
+])
+def test_demo_checks_its_options_before_any_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: list[str],
+                                                  error: str, match: str) -> None:
+    """Unbounded counts had written demo PNGs without end; --keep over a file or a non-empty folder
+    (a dataset, a model) failed late or replaced what was there."""
+    import tempfile
+
+    from typer.testing import CliRunner
+
+    from fastvlad.cli import app
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    (tmp_path / "a_file").write_text("mine")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "model.fvl").write_text("mine")
+    res = CliRunner().invoke(app, ["-q", "demo", "--size", "32", "--n-train", "2", "--n-test", "1",
+                                   *[o.format(tmp=tmp_path) for o in option]])
+    assert type(res.exception).__name__ == error and match in str(res.exception), res.output
+    assert list(scratch.iterdir()) == [] and (tmp_path / "full" / "model.fvl").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "full", "tmp"]

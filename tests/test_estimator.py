@@ -456,6 +456,22 @@ def test_fit_codes_refuses_codes_that_predict_could_not_use() -> None:
         FastVLAD().fit_codes(np.zeros(8), y)
     with pytest.raises(ParameterError, match=r"one label per code \(8\)"):
         FastVLAD().fit_codes(np.zeros((8, 7)), y[:6])
+    # finite as float64, infinite as the head's float32: was LinAlgError "Eigenvalues did not converge"
+    with pytest.raises(ParameterError, match="past float32's range"):
+        model.fit_codes(np.random.default_rng(0).random((8, width)) * 1e300, y)
+
+
+def test_a_head_fitted_alone_cannot_encode_or_save(tmp_path: Path) -> None:
+    """fit_codes trains only the head: predict then raised the encoder's ValueError ("fit_codebook
+    first") and save an AttributeError."""
+    from fastvlad.errors import NotFittedError
+
+    head_only = FastVLAD().fit_codes(np.random.default_rng(0).random((8, 7)), ["a", "b"] * 4)
+    for use in (lambda: head_only.predict([np.zeros((32, 32))]), lambda: head_only.transform([np.zeros((32, 32))]),
+                lambda: head_only.save(tmp_path / "m.fvl")):
+        with pytest.raises(NotFittedError, match=r"no codebook yet \(fit_codes trains only the classifier head\)"):
+            use()
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(("y", "match"), [

@@ -135,3 +135,17 @@ def test_training_metadata_in_the_file(vgg16_path: Path, small_demo: tuple[list[
     assert train["n_images"] == 12 and sum(train["class_counts"].values()) == 12
     assert {"cnn", "total"} <= set(train["timings"]) and cfg["versions"]["onnxruntime"]
     assert cfg["backbone_sha256"] == model.backbone_sha256_ and len(cfg["backbone_sha256"]) == 64
+
+
+def test_numpy_typed_parameters_save_and_load(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.ndarray],
+                                              tmp_path: Path) -> None:
+    """``image_size=np.array([64, 64])`` (or ``zoom``, ``k`` as NumPy values) passed every check and
+    the fit, then ``save`` died in json.dumps ("ndarray is not JSON serializable")."""
+    from fastvlad import load
+
+    X, y = small_demo
+    model = FastVLAD(**small_model_params(image_size=np.array([64, 64]), zoom=np.array([1.2]), k=np.int64(8),
+                                          density=np.float64(0.1))).fit(X[:16], y[:16])
+    loaded = load(model.save(tmp_path / "m.fvl"))
+    assert (loaded.image_size, loaded.zoom, loaded.k) == ((64, 64), (1.2,), 8) and type(loaded.k) is int
+    np.testing.assert_array_equal(loaded.transform(X[16:20]), model.transform(X[16:20]))

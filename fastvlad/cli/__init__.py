@@ -8,14 +8,16 @@ registers the commands.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 from typing import Optional
 
 import typer
 
 from .. import progress
-from ..errors import FastVLADError
+from ..errors import FastVLADError, printable
 from . import bench, demo, evaluate, explain, info, model, models
 
 # rich_markup_mode=None: help texts are plain text, so "fastvlad[dask]" is not eaten as a markup tag.
@@ -64,6 +66,17 @@ app.command("bench")(bench.bench_command)
 app.command("explain")(explain.explain_command)
 
 
+def one_line(text: str) -> str:
+    """A message for the terminal: control characters escaped but the newlines of a deliberate list."""
+    return printable(text, keep="\n")
+
+
+def shown_path(name: object) -> str:
+    """A path for a message, its middle cut when it runs past 120 characters."""
+    text = os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else str(name)
+    return text if len(text) <= 120 else f"{text[:60]}…{text[-40:]} ({len(text)} characters)"
+
+
 def _terminate(signum: int, frame: object) -> None:
     # SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so atomic writes remove their temp files.
     raise SystemExit(128 + signum)
@@ -86,22 +99,29 @@ def main() -> None:
             raise
         hint = " (to skip unreadable images and report them instead: --on-error skip)" \
             if isinstance(exc, ImageReadError) and "--on-error skip" not in str(exc) else ""
-        typer.echo(f"error: {exc}{hint}", err=True)
+        typer.echo(f"error: {one_line(str(exc))}{hint}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except (OSError, MemoryError) as exc:
+    except OSError as exc:
         if _VERBOSE:
             raise
-        problem = "out of memory; lower --image-size, --density or the batch size" if isinstance(exc, MemoryError) \
-            else str(exc)
-        typer.echo(f"error: {problem}", err=True)
+        if exc.errno == errno.ENAMETOOLONG:  # a path given is at fault, not the machine: bad input
+            typer.echo(f"error: {one_line(shown_path(exc.filename))}: a name in this path is longer than the file "
+                       "system allows; choose a shorter one", err=True)
+            sys.exit(2)
+        typer.echo(f"error: {one_line(str(exc))}", err=True)
+        sys.exit(1)
+    except MemoryError:
+        if _VERBOSE:
+            raise
+        typer.echo("error: out of memory; lower --image-size, --density or the batch size", err=True)
         sys.exit(1)
     except Exception as exc:  # a bug: say what, and how to see where
         if _VERBOSE:
             raise
-        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback, and please "
+        typer.echo(f"error: unexpected {type(exc).__name__}: {one_line(str(exc))} (run with -v for the traceback, and please "
                    "report it)", err=True)
         sys.exit(1)
     finally:
