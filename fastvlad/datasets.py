@@ -23,6 +23,7 @@ import csv
 import io
 import logging
 import os
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -331,20 +332,39 @@ def class_name(name: Any) -> bool:
     """Whether ``name`` can be a class a model writes: a non-empty string that UTF-8 can encode (a lone
     surrogate cannot be written to a CSV, an empty name reads as a missing answer there) and that holds
     no control character (a newline or an escape sequence would break the CSV row or the terminal line)."""
-    return isinstance(name, str) and bool(name) and _utf8(name) and not any(ord(ch) < 32 or ord(ch) == 127 for ch in name)
+    return isinstance(name, str) and bool(name) and _utf8(name) and not any(_invisible(ch) for ch in name)
+
+
+def _invisible(ch: str) -> bool:
+    """A control character (newline, escape) or a format character (a zero-width space makes "a\u200b"
+    a second class that prints as "a"; a bidi override reverses the rest of a terminal line)."""
+    return unicodedata.category(ch) in ("Cc", "Cf")
 
 
 def class_names_problem(names: Sequence[str]) -> str | None:
     """What is wrong with the class names that ``class_name`` refuses, in words, or None."""
     bad = [n for n in names if not class_name(n)]
     if not bad:
-        return None
+        return _same_looking(names)
     shown = ", ".join(ascii(n) for n in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
     why = [text for found, text in (
         (any(not n for n in bad), "are empty"),
         (any(not _utf8(n) for n in bad), "are not valid UTF-8 (undecodable bytes in a folder name or label)"),
-        (any(n and _utf8(n) for n in bad), "hold control characters (newline, tab, escape)")) if found]
+        (any(n and _utf8(n) for n in bad), "hold control or invisible format characters (newline, tab, escape, "
+                                           "zero-width space, bidi override)")) if found]
     return f"class name(s) {shown} {' or '.join(why)}"
+
+
+def _same_looking(names: Sequence[str]) -> str | None:
+    """Two class names that differ only in Unicode normalisation ("é" composed and "e" + accent), or
+    None: they would be two classes that print alike."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(unicodedata.normalize("NFC", name), name)
+        if other != name:
+            return (f"class names {ascii(other)} and {ascii(name)} differ only in Unicode normalisation and "
+                    "print alike (write both the same way, NFC)")
+    return None
 
 
 def _utf8(text: str) -> bool:

@@ -250,3 +250,31 @@ def test_error_messages_escape_control_characters(tmp_path: Path, monkeypatch: p
     assert "a/\\nb.png" in err and "c\\x1b[31m.png" in err
     code, err = _main(["predict", str(tmp_path / "m\x1b[31m.fvl"), str(tmp_path / "m.csv")], monkeypatch, capsys)
     assert code == 2 and err.count("\n") == 1 and "m\\x1b[31m.fvl" in err, err
+
+
+def test_progress_lines_also_come_by_the_minute(monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Off a terminal a line came only every tenth of the total: a 100,000-image predict printed one
+    line in 90 s and the next about six minutes later. Now one comes at least every minute too."""
+    from fastvlad import progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(progress, "ENABLED", True)
+    monkeypatch.setattr(progress, "MODE", "bar")
+    with progress.bar(1000, "predicting") as bar:
+        for _ in range(30):  # 3 % of the total, 30 s apart: a line when each minute has passed
+            clock[0] += 30.0
+            bar.advance()
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [f"predicting: {n}/1000 img" for n in range(1, 30, 2)], lines
+
+
+def test_evaluate_notes_options_it_does_not_use(tmp_path: Path) -> None:
+    """--folds with --split, and --shift-images without --shift, were ignored without a word."""
+    res = _invoke("-q", "evaluate", str(tmp_path / "missing"), "--split", "series", "--folds", "3",
+                  "--shift-images", "50")
+    assert "--folds 3: not used with --split (one fold per value of series)" in res.output, res.output
+    assert "--shift-images 50: not used without --shift or --shift-magnification" in res.output, res.output
+    res = _invoke("-q", "evaluate", str(tmp_path / "missing"), "--split", "series", "--shift", "--shift-images", "50")
+    assert "not used" not in res.output, res.output

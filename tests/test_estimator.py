@@ -476,7 +476,11 @@ def test_a_head_fitted_alone_cannot_encode_or_save(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("y", "match"), [
     (["", "b"] * 3, r"class name\(s\) '' are empty"),
-    (["a\nb", "c"] * 3, r"'a\\nb' hold control characters"),
+    (["a\nb", "c"] * 3, r"'a\\nb' hold control or invisible format characters"),
+    (["a", "a\u200b"] * 3, r"'a\\u200b' hold control or invisible format"),  # a second class that prints as "a"
+    (["a\u202e", "b"] * 3, r"'a\\u202e'"),  # a bidi override: reversed the rest of the terminal line
+    (["a\x85", "b"] * 3, r"'a\\x85'"),  # a C1 control character (next line)
+    (["\u00e9", "e\u0301"] * 3, r"class names 'e\\u0301' and '\\xe9' differ only in Unicode normalisation"),
     (["a\x1b[31m", "c"] * 3, r"'a\\x1b\[31m'"),
     ([b"a", b"b"] * 3, "bytes: decode them to str first"),
 ])

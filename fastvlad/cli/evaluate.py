@@ -55,7 +55,11 @@ if TYPE_CHECKING:
     from ..evaluate import CVResult, ShiftCheck
 
 
-def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help="Number of folds (without --split)."),
+#: The defaults of --folds and --shift-images (a different value given where it is unused gets a notice).
+DEFAULT_FOLDS, DEFAULT_SHIFT_IMAGES = 5, 200
+
+
+def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(DEFAULT_FOLDS, help="Number of folds (without --split)."),
              split: Optional[str] = typer.Option(None, "--split", help="Leave one group out over this manifest "
                                                  "column (e.g. series): every value held out once, accuracy per value."),
              shift: bool = typer.Option(False, "--shift", help="Re-predict out-of-fold images under acquisition "
@@ -63,7 +67,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
              shift_magnification: bool = typer.Option(False, "--shift-magnification", help="With the shift "
                                                       "check (implied), also re-predict each image's centre at "
                                                       "1.25, 1.5 and 2 times the magnification (shown apart)."),
-             shift_images: int = typer.Option(200, "--shift-images", help="Images the shift check re-predicts "
+             shift_images: int = typer.Option(DEFAULT_SHIFT_IMAGES, "--shift-images", help="Images the shift check re-predicts "
                                               "(seeded, stratified by group and class; 0: all). Each change costs "
                                               "one CNN pass per image."),
              report: Optional[Path] = typer.Option(None, help="Write an HTML report (and PNG/JSON) into this folder."),
@@ -91,6 +95,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
 
     if shift_images < 0:
         raise ParameterError(f"--shift-images {shift_images}: give a number of images, or 0 for all")
+    _note_unused(folds, split, shift_images, shift or shift_magnification)
     written = _check_outputs(report, confusion_png, json_out)
     outputs.refuse_inside_dataset(report, data, "--report")
     ds = load(data, on_error)
@@ -144,6 +149,14 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(5, help
 
         confusion_matrix_png(res.confusion(), res.classes, confusion_png)
     report_skipped(res.skipped)
+
+
+def _note_unused(folds: int, split: Optional[str], shift_images: int, shifted: bool) -> None:
+    """A notice on stderr for an option this run has no use for (it was ignored without a word)."""
+    if split is not None and folds != DEFAULT_FOLDS:
+        typer.echo(f"--folds {folds}: not used with --split (one fold per value of {split})", err=True)
+    if not shifted and shift_images != DEFAULT_SHIFT_IMAGES:
+        typer.echo(f"--shift-images {shift_images}: not used without --shift or --shift-magnification", err=True)
 
 
 def _check_outputs(report: Optional[Path], confusion_png: Optional[Path], json_out: Optional[Path]) -> list[Path]:
