@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +245,11 @@ def sources(X: Any) -> list[ImageSource]:
     """A list of paths or image arrays; a 3-D/4-D array is a stack of images."""
     if isinstance(X, (str, os.PathLike)):
         raise ParameterError(f"X={str(X)!r}: pass a list of images (e.g. [path]), not a single path")
+    if hasattr(X, "columns") and hasattr(X, "iloc"):  # a pandas DataFrame iterates over its column names
+        raise ParameterError(f"X is a table with columns {list(X.columns)[:5]}: pass its column of paths, e.g. "
+                             "X['path']")
+    if isinstance(X, np.ndarray) and X.ndim == 1 and X.dtype.kind in "UO":
+        X = X.tolist()  # paths (or images of several sizes) in an array, as train_test_split returns a list's
     if isinstance(X, np.ndarray):
         if X.ndim not in (3, 4):
             raise ParameterError(f"X has shape {X.shape}; an array of images must be (n, H, W) or (n, H, W, C)")
@@ -292,6 +297,8 @@ def readable(X: Sequence[ImageSource]) -> None:
 
 def label_array(y: Any, n: int, what: str = "image") -> np.ndarray:
     """``y`` as ``(n,)`` labels, one per ``what``: strings or numbers, no None, NaN or bytes."""
+    if isinstance(y, Iterator):  # a generator, as X may be: NumPy would make it one 0-d object
+        y = list(y)
     labels = np.asarray(y)
     if labels.ndim != 1 or len(labels) != n:
         raise ParameterError(f"y has shape {labels.shape}; it must be one label per {what} ({n})")

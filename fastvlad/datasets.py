@@ -23,6 +23,7 @@ import csv
 import io
 import logging
 import os
+import stat
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -127,8 +128,11 @@ def from_folder(folder: Path, require_labels: bool = True) -> Dataset:
         paths: list[Path] = []
         labels: list[str] = []
         ignored: Counter[str] = Counter()
+        linked: list[Path] = []  # os.walk does not follow them (a link back up would loop)
         for sub in subdirs:
-            found = _images_in(sub, _walk(sub), ignored)
+            entries = list(_walk(sub))
+            found = _images_in(sub, entries, ignored)
+            linked += [p for p in entries if p.is_symlink() and p.is_dir()]
             if not found:
                 log.warning("fastvlad: class folder %s holds no images; it is not used as a class", sub)
             paths += found
@@ -138,6 +142,9 @@ def from_folder(folder: Path, require_labels: bool = True) -> Dataset:
         raise InvalidDatasetError(f"{folder}: cannot list the folder ({exc.strerror or exc}: "
                                   f"{exc.filename}); check its permissions") from None
     _note_ignored(folder, ignored)
+    if linked:
+        log.warning("fastvlad: %s: %d linked folder(s) inside class folders are not followed (e.g. %s); link "
+                    "the images themselves, or move them in", folder, len(linked), linked[0])
     if paths and loose:
         log.warning("fastvlad: %s: %d image(s) directly in the folder have no class folder and are not used "
                     "(e.g. %s)", folder, len(loose), loose[0].name)
@@ -147,6 +154,10 @@ def from_folder(folder: Path, require_labels: bool = True) -> Dataset:
         found_loose = f" ({len(loose)} loose images were found: put them in class sub-folders)" if loose else ""
         raise InvalidDatasetError(f"{folder}: no images found in class sub-folders{found_loose}; expected "
                                   f"{folder}/<class>/<image> with {', '.join(IMAGE_SUFFIXES)} files, or a manifest.csv")
+    twice = first_repeat(paths)
+    if twice is not None:
+        raise InvalidDatasetError(f"{folder}: {printable(str(paths[twice[1]]))} is the same file as "
+                                  f"{printable(str(paths[twice[0]]))}, through a link; keep one of them")
     return Dataset(paths, np.array(labels), None, folder)
 
 
@@ -289,12 +300,33 @@ def _resolve(folder: Path, rel: str) -> Path:
 
 
 def _check_listed(manifest: Path, paths: list[Path], lines: list[int]) -> None:
+    """Every listed file exists, and no file is listed twice under two names (a link, a hard link)."""
     missing = [(line, p) for line, p in zip(lines, paths) if not os.path.isfile(p)]
+    twice = first_repeat(paths)
+    if twice is not None:
+        (i, j) = twice
+        raise InvalidDatasetError(f"{manifest}, line {lines[j]}: {printable(str(paths[j]))} is the same file as line "
+                                  f"{lines[i]} ({printable(str(paths[i]))}), through a link; list each image once")
     if missing:
         shown = "; ".join(f"line {line}: {printable(str(p))}" for line, p in missing[:EXAMPLES])
         raise InvalidDatasetError(f"{manifest}: {len(missing)} listed file(s) do not exist or are not files "
                                   f"({shown}{'; …' if len(missing) > EXAMPLES else ''}); fix the paths (relative to the "
                                   "CSV's folder), or skip them with on_error='skip' (CLI: --on-error skip)")
+
+
+def first_repeat(paths: Sequence[Path]) -> tuple[int, int] | None:
+    """Indices (first, again) of the first file that two paths name (a link, a hard link: one image
+    counted twice, maybe in both a training and a test fold), or None. One ``stat`` per path."""
+    first: dict[tuple[int, int], int] = {}
+    for j, path in enumerate(paths):
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            continue  # missing or unreadable: reported as such elsewhere
+        i = first.setdefault((st.st_dev, st.st_ino), j)
+        if i != j and stat.S_ISREG(st.st_mode):
+            return i, j
+    return None
 
 
 def _note_folder_disagreement(manifest: Path, paths: list[Path], labels: np.ndarray) -> None:

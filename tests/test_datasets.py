@@ -303,3 +303,36 @@ def test_csv_columns_repeated_in_another_case_are_refused(two_classes: Path, hea
     with pytest.raises(InvalidDatasetError, match=rf"m\.csv: the header names one column twice \('{dup}' and "
                        rf"'{last}'; column names are case-insensitive\)"):
         datasets.load(csv_path)
+
+
+def test_one_file_under_two_names_is_refused(tmp_path: Path) -> None:
+    """A link (or hard link) to an image already listed made it two images: counted twice, and
+    cross-validation could train on it and test on it."""
+    for c in "ab":
+        (tmp_path / c).mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((32, 32), 60 * i + (c == "b") * 10, np.uint8)).save(tmp_path / c / f"{i}.png")
+    (tmp_path / "a" / "link.png").symlink_to(tmp_path / "b" / "0.png")
+    with pytest.raises(InvalidDatasetError, match=r"b/0.png is the same file as .*a/link.png, through a link"):
+        datasets.load(tmp_path)
+    (tmp_path / "a" / "link.png").unlink()
+    os.link(tmp_path / "a" / "0.png", tmp_path / "hard.png")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\na/0.png,a\na/1.png,a\nb/0.png,b\nhard.png,b\n")
+    with pytest.raises(InvalidDatasetError, match=r"m.csv, line 5: .*hard.png is the same file as line 2"):
+        datasets.load(manifest)
+    assert len(datasets.load(tmp_path)) == 4  # the hard link outside the class folders is not listed there
+
+
+def test_a_linked_folder_inside_a_class_folder_is_noted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Its images were left out without a word (os.walk does not follow links)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(outside / "x.png")
+    for c in "ab":
+        (tmp_path / "d" / c).mkdir(parents=True)
+        Image.fromarray(np.full((32, 32), 9, np.uint8)).save(tmp_path / "d" / c / "0.png")
+    (tmp_path / "d" / "a" / "more").symlink_to(outside)
+    with caplog.at_level(logging.WARNING, logger="fastvlad"):
+        assert len(datasets.load(tmp_path / "d")) == 2
+    assert "1 linked folder(s) inside class folders are not followed (e.g. " in caplog.text, caplog.text

@@ -490,3 +490,22 @@ def test_fit_refuses_class_names_a_model_could_not_write(y: list[object], match:
     images, _ = tiny_model.demo_images()
     with pytest.raises((ParameterError, InvalidDatasetError), match=match):
         FastVLAD(**small_model_params()).fit(list(images[:6]), y)
+
+
+def test_arrays_and_generators_of_paths_and_labels(demo_folder: Path) -> None:
+    """``np.array(paths)`` (what train_test_split returns for one) was refused as "shape (n,)"; a 1-D
+    array of numbers still is."""
+    model = tiny_model.fitted_copy()
+    paths = sorted(str(p) for p in demo_folder.rglob("*.png"))[:3]
+    np.testing.assert_array_equal(model.transform(np.array(paths)), model.transform(paths))
+    with pytest.raises(ParameterError, match=r"X has shape \(3,\)"):
+        model.transform(np.zeros(3))
+    y = [str(c) for c in model.predict(paths)]
+    assert model.score(iter(paths), (c for c in y)) == 1.0  # a generator y had been "shape ()"
+
+
+def test_a_table_as_x_is_refused_naming_its_columns() -> None:
+    """A DataFrame iterates over its column names: ``predict(df)`` had looked for an image called "path"."""
+    pd = pytest.importorskip("pandas")
+    with pytest.raises(ParameterError, match=r"X is a table with columns \['path', 'label'\]: pass its column"):
+        tiny_model.fitted_copy().predict(pd.DataFrame({"path": ["a.png"], "label": ["x"]}))
