@@ -34,8 +34,9 @@ def resolve_model(backbone: str | os.PathLike[str]) -> tuple[Path, tuple[str, ..
     if str(backbone) == DEFAULT_BACKBONE:
         return weights.vgg16_path(), weights.VGG16_TAPS
     path = Path(backbone)
-    if not path.is_file():
-        raise BackboneError(f"backbone {str(backbone)!r}: no such ONNX file; use 'vgg16' or a path to a .onnx model")
+    if not os.path.isfile(path):  # os.path: False, not an OSError, for a name too long
+        what = "not a regular file (a folder, pipe or device)" if os.path.lexists(path) else "no such ONNX file"
+        raise BackboneError(f"backbone {str(backbone)!r}: {what}; use 'vgg16' or a path to a .onnx model")
     return path, None
 
 

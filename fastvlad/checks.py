@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +245,8 @@ def sources(X: Any) -> list[ImageSource]:
     """A list of paths or image arrays; a 3-D/4-D array is a stack of images."""
     if isinstance(X, (str, os.PathLike)):
         raise ParameterError(f"X={str(X)!r}: pass a list of images (e.g. [path]), not a single path")
+    if isinstance(X, Mapping):  # iterating a dict gives its keys, not the images
+        raise ParameterError(f"X is a mapping ({type(X).__name__}): pass a list of images, e.g. list(X.values())")
     if hasattr(X, "columns") and hasattr(X, "iloc"):  # a pandas DataFrame iterates over its column names
         raise ParameterError(f"X is a table with columns {list(X.columns)[:5]}: pass its column of paths, e.g. "
                              "X['path']")
@@ -263,6 +265,8 @@ def sources(X: Any) -> list[ImageSource]:
     if not items:
         raise InvalidDatasetError("X is empty: no images to process")
     for i, item in enumerate(items):
+        if isinstance(item, str) and not item.strip():  # Path("") is the current folder
+            raise ParameterError(f"X[{i}] is an empty path; give an image file or array")
         if isinstance(item, os.PathLike) and not isinstance(item, Path):
             items[i] = Path(item)
         elif not isinstance(item, (str, Path, np.ndarray, Derived)):

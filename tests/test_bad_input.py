@@ -597,6 +597,9 @@ def test_unknown_taps_list_the_tensors_that_exist(tmp_path: Path) -> None:
         FastVLAD(density=1, k=8, backbone=str(tmp_path / "tiny.onnx"), device="cpu").fit([GRAY, GRAY], ["a", "b"])
     with pytest.raises(BackboneError, match="no such ONNX file"):
         FastVLAD(density=1, k=8, backbone=str(tmp_path / "none.onnx"), device="cpu").fit([GRAY, GRAY], ["a", "b"])
+    os.mkfifo(tmp_path / "pipe.onnx")  # it exists: "no such ONNX file" had misled
+    with pytest.raises(BackboneError, match="pipe.onnx': not a regular file"):
+        FastVLAD(density=1, k=8, backbone=str(tmp_path / "pipe.onnx"), device="cpu").fit([GRAY, GRAY], ["a", "b"])
 
 
 def test_bad_labels() -> None:

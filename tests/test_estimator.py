@@ -509,3 +509,12 @@ def test_a_table_as_x_is_refused_naming_its_columns() -> None:
     pd = pytest.importorskip("pandas")
     with pytest.raises(ParameterError, match=r"X is a table with columns \['path', 'label'\]: pass its column"):
         tiny_model.fitted_copy().predict(pd.DataFrame({"path": ["a.png"], "label": ["x"]}))
+
+
+@pytest.mark.parametrize("X, match", [
+    ({"a.png": "a"}, r"X is a mapping \(dict\): pass a list of images"),  # had predicted on its keys
+    (["", "b.png"], r"X\[0\] is an empty path"),  # had said ". is a folder"
+])
+def test_x_that_is_no_list_of_images_is_refused(X: object, match: str) -> None:
+    with pytest.raises(ParameterError, match=match):
+        tiny_model.fitted_copy().predict(X)  # type: ignore[arg-type]
