@@ -154,7 +154,7 @@ def from_folder(folder: Path, require_labels: bool = True) -> Dataset:
         found_loose = f" ({len(loose)} loose images were found: put them in class sub-folders)" if loose else ""
         raise InvalidDatasetError(f"{folder}: no images found in class sub-folders{found_loose}; expected "
                                   f"{folder}/<class>/<image> with {', '.join(IMAGE_SUFFIXES)} files, or a manifest.csv")
-    twice = first_repeat(paths)
+    twice = first_repeat(file_stats(paths))
     if twice is not None:
         raise InvalidDatasetError(f"{folder}: {printable(str(paths[twice[1]]))} is the same file as "
                                   f"{printable(str(paths[twice[0]]))}, through a link; keep one of them")
@@ -301,8 +301,9 @@ def _resolve(folder: Path, rel: str) -> Path:
 
 def _check_listed(manifest: Path, paths: list[Path], lines: list[int]) -> None:
     """Every listed file exists, and no file is listed twice under two names (a link, a hard link)."""
-    missing = [(line, p) for line, p in zip(lines, paths) if not os.path.isfile(p)]
-    twice = first_repeat(paths)
+    stats = file_stats(paths)  # one stat per file serves both checks
+    missing = [(line, p) for line, p, st in zip(lines, paths, stats) if st is None or not stat.S_ISREG(st.st_mode)]
+    twice = first_repeat(stats)
     if twice is not None:
         (i, j) = twice
         raise InvalidDatasetError(f"{manifest}, line {lines[j]}: {printable(str(paths[j]))} is the same file as line "
@@ -314,17 +315,26 @@ def _check_listed(manifest: Path, paths: list[Path], lines: list[int]) -> None:
                                   "CSV's folder), or skip them with on_error='skip' (CLI: --on-error skip)")
 
 
-def first_repeat(paths: Sequence[Path]) -> tuple[int, int] | None:
-    """Indices (first, again) of the first file that two paths name (a link, a hard link: one image
-    counted twice, maybe in both a training and a test fold), or None. One ``stat`` per path."""
-    first: dict[tuple[int, int], int] = {}
-    for j, path in enumerate(paths):
+def file_stats(paths: Sequence[Path]) -> list[os.stat_result | None]:
+    """``os.stat`` of every path (links followed); None where it fails (missing, unreadable, a bad name)."""
+    stats: list[os.stat_result | None] = []
+    for path in paths:
         try:
-            st = os.stat(path)
+            stats.append(os.stat(path))
         except (OSError, ValueError):
-            continue  # missing or unreadable: reported as such elsewhere
+            stats.append(None)
+    return stats
+
+
+def first_repeat(stats: Sequence[os.stat_result | None]) -> tuple[int, int] | None:
+    """Indices (first, again) of the first regular file that two entries of ``file_stats`` name (a
+    link, a hard link: one image counted twice, maybe in both a training and a test fold), or None."""
+    first: dict[tuple[int, int], int] = {}
+    for j, st in enumerate(stats):
+        if st is None or not stat.S_ISREG(st.st_mode):
+            continue  # missing or not a file: reported as such elsewhere
         i = first.setdefault((st.st_dev, st.st_ino), j)
-        if i != j and stat.S_ISREG(st.st_mode):
+        if i != j:
             return i, j
     return None
 
