@@ -309,7 +309,31 @@ def label_array(y: Any, n: int, what: str = "image") -> np.ndarray:
     if not _plain_labels(labels):
         raise ParameterError(f"y of dtype {labels.dtype}: labels must be strings or numbers, with no None or NaN "
                              "(bytes: decode them to str first)")
+    if labels.dtype == object or not isinstance(y, np.ndarray):
+        _one_kind(labels.tolist() if labels.dtype == object else list(y))
     return labels
+
+
+def label_kind(value: Any) -> str:
+    """"text", "bool", "number" or "other": the kinds of label that must not be mixed."""
+    if isinstance(value, (str, np.str_)):
+        return "text"
+    if isinstance(value, (bool, np.bool_)):
+        return "bool"
+    return "number" if isinstance(value, (int, float, np.number)) else "other"
+
+
+def _one_kind(values: list[Any]) -> None:
+    """Labels of one kind: NumPy would make 1 and '1' one class "1" (and True and 1 one class), or fail
+    to sort a mix of text and numbers."""
+    first: dict[str, Any] = {}
+    for v in values:
+        first.setdefault(label_kind(v), v)
+    first.pop("other", None)
+    if len(first) > 1:
+        shown = " and ".join(f"{kind} ({v!r})" for kind, v in first.items())
+        raise ParameterError(f"y mixes {shown}: give every label as text, or every label as a number (1 and '1' "
+                             "would become one class)")
 
 
 def sample_weights(w: Any, n: int) -> np.ndarray:

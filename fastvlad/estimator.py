@@ -433,7 +433,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         params["taps"] = params["taps"] or None
         if params["calibration"] is not None:
             params["calibration"] = str(params["calibration"])
-        config = {"params": params, "classes": [str(c) for c in self.classes_],
+        config = {"params": params, "classes": [json_value(c) for c in self.classes_],
                   "backbone_sha256": self.backbone_sha256_, "taps": list(self.taps_),
                   "train": {**self.train_info_, "timings": getattr(self, "timings_", {})},
                   "versions": versions()}
@@ -544,6 +544,15 @@ def _loaded_axes(path: str | os.PathLike[str], model: FastVLAD,
     return classifier.CodeAxes.from_array(a)
 
 
+def _class_values(classes: list[Any]) -> bool:
+    """Whether ``classes`` is a list of distinct labels as ``save`` writes them: names, numbers or
+    booleans, one kind (a label keeps its type through save and load)."""
+    kinds = {checks.label_kind(c) for c in classes}
+    if len(kinds) != 1 or "other" in kinds or len(set(classes)) != len(classes):
+        return False
+    return all(datasets.class_name(c) for c in classes) if kinds == {"text"} else True
+
+
 _CONFIG_KEYS = {"params", "classes", "backbone_sha256", "taps"}
 _CONFIG_OPTIONAL = {"train", "versions", "quantized"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -582,10 +591,9 @@ def _model_from_config(path: str | os.PathLike[str], cfg: dict[str, Any], codebo
     if model.k != codebook.shape[0]:
         raise bad(f"k={model.k} but codebook.npy has {codebook.shape[0]} centres")
     classes, taps, sha = cfg["classes"], cfg["taps"], cfg["backbone_sha256"]
-    if not (isinstance(classes, list) and 2 <= len(classes) <= config.MAX_CLASSES
-            and all(datasets.class_name(c) for c in classes) and len(set(classes)) == len(classes)):
-        raise bad(f"classes must be a list of 2 to {config.MAX_CLASSES} distinct, non-empty names without control "
-                  "characters")
+    if not (isinstance(classes, list) and 2 <= len(classes) <= config.MAX_CLASSES and _class_values(classes)):
+        raise bad(f"classes must be a list of 2 to {config.MAX_CLASSES} distinct labels, all names (non-empty, "
+                  "without control characters), all numbers or all true/false")
     if not (isinstance(taps, list) and taps and all(isinstance(t, str) and t for t in taps)):
         raise bad("taps must be a non-empty list of tensor names")
     if not (isinstance(sha, str) and _SHA256.fullmatch(sha)):

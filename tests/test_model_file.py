@@ -149,3 +149,21 @@ def test_numpy_typed_parameters_save_and_load(vgg16_path: Path, small_demo: tupl
     loaded = load(model.save(tmp_path / "m.fvl"))
     assert (loaded.image_size, loaded.zoom, loaded.k) == ((64, 64), (1.2,), 8) and type(loaded.k) is int
     np.testing.assert_array_equal(loaded.transform(X[16:20]), model.transform(X[16:20]))
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 2, 3], [0.5, 1.5, 2.5, 3.5], ["0", "1", "2", "3"]], ids=["int", "float", "text"])
+def test_labels_keep_their_type_through_save_and_load(tmp_path: Path, labels: list[object]) -> None:
+    """Numbers stay numbers: ``save`` had written every class as text, so a model trained on 0/1/2/3
+    predicted ``'0'`` after load where it had predicted ``0`` (``predict(X) == y`` all False)."""
+    from fastvlad import load
+
+    from . import tiny_model
+
+    images, y = tiny_model.demo_images()
+    X = list(images[:8])
+    mapped = [labels[int(c)] for c in np.unique(y, return_inverse=True)[1]]
+    model = tiny_model.fitted_copy().fit_codes(tiny_model.fitted().transform(list(images)), mapped)
+    loaded = load(model.save(tmp_path / "m.fvl"))
+    before, after = model.predict(X), loaded.predict(X)
+    assert after.dtype == before.dtype == np.asarray(labels).dtype
+    np.testing.assert_array_equal(after, before)
