@@ -33,6 +33,8 @@ def resolve_model(backbone: str | os.PathLike[str]) -> tuple[Path, tuple[str, ..
     """``"vgg16"`` → the cached converted model and its taps; a path → itself, taps unknown."""
     if str(backbone) == DEFAULT_BACKBONE:
         return weights.vgg16_path(), weights.VGG16_TAPS
+    if not os.fspath(backbone):
+        raise BackboneError("backbone '': an empty path; use 'vgg16' or a path to a .onnx model")
     path = Path(backbone)
     if not os.path.isfile(path):  # os.path: False, not an OSError, for a name too long
         what = "not a regular file (a folder, pipe or device)" if os.path.lexists(path) else "no such ONNX file"

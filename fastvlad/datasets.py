@@ -101,6 +101,9 @@ def load(source: str | Path, require_labels: bool = True, check_files: bool = Tr
     ``check_files=False`` keeps CSV rows whose file is missing, so that a run with
     ``on_error="skip"`` reports them with the other unreadable images.
     """
+    if not os.fspath(source):  # Path("") is the current folder
+        raise InvalidDatasetError("the dataset path is empty; give a folder of class sub-folders, a CSV manifest "
+                                  "or an image file")
     src = Path(source)
     if os.path.isdir(src):  # os.path: False, not an OSError, for a name too long for the file system
         manifest = src / "manifest.csv"

@@ -404,8 +404,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         return proba
 
     def score(self, X: Sequence[ImageSource], y: Sequence[Any] | np.ndarray, sample_weight: Any = None) -> float:
-        """Accuracy of ``predict(X)`` against labels ``y`` (n,), compared as text (a loaded model's classes are
-        strings); ``sample_weight`` (n,) weighs the images. An image skipped as unreadable counts as wrong."""
+        """Accuracy of ``predict(X)`` against labels ``y`` (n,), compared as text (a model file written before
+        labels kept their type holds numbers as text); ``sample_weight`` (n,) weighs the images. An image skipped as unreadable counts as wrong."""
         items = checks.sources(X)
         y_arr = checks.label_array(y, len(items))
         weights = None if sample_weight is None else checks.sample_weights(sample_weight, len(items))

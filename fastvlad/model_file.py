@@ -98,6 +98,8 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, Valu
 def load(path: str | os.PathLike[str]) -> ModelContents:
     """Read and verify a model file; any damage or version mismatch is a ``ModelFormatError``
     naming the file, the member and the problem (never another exception, whatever the bytes)."""
+    if not os.fspath(path):  # Path("") is the current folder
+        raise ModelFormatError("the model path is empty; give the path of a .fvl model file")
     path = Path(path)
     _check_regular(path)
     try:

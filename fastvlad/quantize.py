@@ -245,6 +245,9 @@ def calibration_set(calibration: str | os.PathLike[str] | None) -> tuple[np.ndar
     calibration set: ``None`` → the demo set, else a dataset path (read once per process)."""
     if calibration is None:
         return None, DEMO_CALIBRATION_SHA256
+    if not os.fspath(calibration):  # Path("") is the current folder: it had calibrated on whatever was there
+        raise ParameterError("calibration='': an empty path; give a dataset folder, CSV manifest or image (or None "
+                             "for the built-in demo micrographs)")
     path = Path(calibration)
     try:
         st = path.stat()

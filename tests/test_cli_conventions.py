@@ -278,3 +278,33 @@ def test_evaluate_notes_options_it_does_not_use(tmp_path: Path) -> None:
     assert "--shift-images 50: not used without --shift or --shift-magnification" in res.output, res.output
     res = _invoke("-q", "evaluate", str(tmp_path / "missing"), "--split", "series", "--shift", "--shift-images", "50")
     assert "not used" not in res.output, res.output
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["train", "", "-o", "m.fvl"], "argument 3 is empty"),  # after -q
+    (["models", "quantize", "--calibrate", ""], "the value of --calibrate is empty"),
+    (["predict", "m.fvl", "data", "--output="], "the value of --output is empty"),
+])
+def test_an_empty_argument_is_refused(argv: list[str], named: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Click reads an empty path as the current folder: ``train "$DATA"`` with DATA unset had trained
+    on the folder it ran in, and ``--calibrate ''`` calibrated on it (one run scanned 100,000 files)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a").mkdir()
+    for name in ("x.png", "y.png"):  # a folder that would read as a one-class dataset
+        (tmp_path / "a" / name).write_bytes(b"")
+    code, err = _main(argv, monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1 and named in err, err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "x.png", "y.png"]
+
+
+def test_an_empty_path_is_refused_in_the_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Path("")`` is the current folder: an empty path read whatever was there."""
+    monkeypatch.chdir(tmp_path)
+    from fastvlad import backbone, datasets, load, quantize
+    from fastvlad.errors import FastVLADError
+
+    for call in (lambda: datasets.load(""), lambda: load(""), lambda: quantize.calibration_set(""),
+                 lambda: backbone.resolve_model("")):
+        with pytest.raises(FastVLADError, match="empty"):
+            call()

@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from typing import Optional
 
 import typer
@@ -77,6 +78,17 @@ def shown_path(name: object) -> str:
     return text if len(text) <= 120 else f"{text[:60]}…{text[-40:]} ({len(text)} characters)"
 
 
+def empty_argument(args: Sequence[str]) -> str | None:
+    """Which command-line argument is empty, in words, or None. Click reads an empty path as the
+    current folder: ``fastvlad train "$DATA"`` with DATA unset had trained on whatever was there."""
+    for i, arg in enumerate(args):
+        if arg.startswith("--") and arg.endswith("=") and len(arg) > 3:
+            return f"the value of {arg[:-1]}"
+        if arg == "":
+            return f"the value of {args[i - 1]}" if i and args[i - 1].startswith("-") else f"argument {i + 1}"
+    return None
+
+
 def _terminate(signum: int, frame: object) -> None:
     # SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so atomic writes remove their temp files.
     raise SystemExit(128 + signum)
@@ -91,6 +103,10 @@ def main() -> None:
 
     from ..errors import ImageReadError
 
+    empty = empty_argument(sys.argv[1:])
+    if empty:
+        typer.echo(f"error: {empty} is empty; give a path or value (is a shell variable unset?)", err=True)
+        sys.exit(2)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
