@@ -42,17 +42,24 @@ def resolve_model(backbone: str | os.PathLike[str]) -> tuple[Path, tuple[str, ..
     return path, None
 
 
+def check_taps(graph: Any, taps: Sequence[str], path: object = None) -> None:
+    """``BackboneError`` naming the ``taps`` that are not tensors of the ONNX ``graph`` (of the file
+    ``path``), with some that are."""
+    produced = {o for node in graph.node for o in node.output} | {i.name for i in graph.input}
+    missing = [t for t in taps if t not in produced]
+    if missing:
+        available = [o for node in graph.node for o in node.output if node.op_type in ("Relu", "Conv", "Clip")]
+        where = f"{path}: " if path is not None else ""
+        raise BackboneError(f"{where}taps {missing} are not tensors of this model; some that are: {available[:12]}")
+
+
 def _with_channels_last_taps(model, taps: Sequence[str]):  # type: ignore[no-untyped-def]
     """The model with outputs replaced by ``<tap>:nhwc`` = Transpose(tap, NCHW→NHWC)."""
     import onnx
     from onnx import helper
 
     graph = model.graph
-    produced = {o for node in graph.node for o in node.output} | {i.name for i in graph.input}
-    missing = [t for t in taps if t not in produced]
-    if missing:
-        available = [o for node in graph.node for o in node.output if node.op_type in ("Relu", "Conv", "Clip")]
-        raise BackboneError(f"taps {missing} are not tensors of this model; some that are: {available[:12]}")
+    check_taps(graph, taps)
     del graph.output[:]
     for tap in taps:
         graph.node.append(helper.make_node("Transpose", [tap], [f"{tap}:nhwc"], perm=[0, 2, 3, 1]))

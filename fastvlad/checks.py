@@ -14,7 +14,13 @@ import numpy as np
 from . import config, datasets, intensity
 from .backends import DEVICES
 from .classifier import LINEAR
-from .errors import FastVLADError, ImageReadError, InvalidDatasetError, ParameterError
+from .errors import (
+    FastVLADError,
+    ImageReadError,
+    InvalidDatasetError,
+    ParameterError,
+    skip_advice,
+)
 from .hypercolumn import INTERPOLATION_MODES, points_for_density
 from .images import (
     RESAMPLE,
@@ -296,7 +302,7 @@ def readable(X: Sequence[ImageSource]) -> None:
         listed = "\n  ".join(str(e) for e in bad[:LISTED])
         more = f"\n  … and {len(bad) - LISTED} more" if len(bad) > LISTED else ""
         raise ImageReadError(f"{len(bad)} of {len(X)} images", f"cannot be read:\n  {listed}{more}\n",
-                             "fix or remove them, or skip them with on_error='skip' (CLI: --on-error skip)")
+                             "fix or remove them" + skip_advice(", or skip them with on_error='skip' (CLI: --on-error skip)"))
 
 
 def label_array(y: Any, n: int, what: str = "image") -> np.ndarray:

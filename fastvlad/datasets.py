@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidDatasetError, printable
+from .errors import InvalidDatasetError, printable, skip_advice
 
 log = logging.getLogger("fastvlad")
 
@@ -315,7 +315,7 @@ def _check_listed(manifest: Path, paths: list[Path], lines: list[int]) -> None:
         shown = "; ".join(f"line {line}: {printable(str(p))}" for line, p in missing[:EXAMPLES])
         raise InvalidDatasetError(f"{manifest}: {len(missing)} listed file(s) do not exist or are not files "
                                   f"({shown}{'; …' if len(missing) > EXAMPLES else ''}); fix the paths (relative to the "
-                                  "CSV's folder), or skip them with on_error='skip' (CLI: --on-error skip)")
+                                  "CSV's folder)" + skip_advice(", or skip them with on_error='skip' (CLI: --on-error skip)"))
 
 
 def file_stats(paths: Sequence[Path]) -> list[os.stat_result | None]:

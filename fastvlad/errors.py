@@ -7,6 +7,11 @@ message (no traceback unless ``--verbose``) and exits with ``exit_code``.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+_SKIP_OFFERED: ContextVar[bool] = ContextVar("fastvlad_skip_offered", default=True)
 
 
 class FastVLADError(Exception):
@@ -17,6 +22,22 @@ class FastVLADError(Exception):
 
 class ParameterError(FastVLADError, ValueError):
     """A parameter is out of range or of the wrong kind (checked before heavy work)."""
+
+
+def skip_advice(text: str) -> str:
+    """``text``, advice to skip unreadable images with ``on_error='skip'``, or "" inside
+    ``skipping_not_offered`` (work that has no such option: a calibration set, a benchmark)."""
+    return text if _SKIP_OFFERED.get() else ""
+
+
+@contextmanager
+def skipping_not_offered() -> Iterator[None]:
+    """Errors raised inside leave out ``skip_advice``: the work has no ``on_error`` to follow it with."""
+    token = _SKIP_OFFERED.set(False)
+    try:
+        yield
+    finally:
+        _SKIP_OFFERED.reset(token)
 
 
 def printable(text: str, keep: str = "") -> str:

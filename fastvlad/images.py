@@ -40,6 +40,7 @@ from .errors import (
     ImageReadError,
     MissingDependencyError,
     ParameterError,
+    skip_advice,
 )
 
 log = logging.getLogger("fastvlad")
@@ -116,8 +117,13 @@ RESAMPLE = ("bilinear", "nearest", "bicubic", "lanczos")
 #: Smallest side VGG16's five taps accept (four 2× poolings leave at least one pixel).
 MIN_SIDE = 16
 TIFF_SUFFIXES = (".tif", ".tiff")
-_UNREADABLE = ("check that the file is a complete image (PNG, JPEG, TIFF, BMP, GIF or WebP) and re-export it, "
-               "or skip unreadable images with on_error='skip' (CLI: --on-error skip)")
+
+
+def _unreadable() -> str:
+    """The fix for an image that cannot be decoded (with the skip option where the work has one)."""
+    return ("check that the file is a complete image (PNG, JPEG, TIFF, BMP, GIF or WebP) and re-export it"
+            + skip_advice(", or skip unreadable images with on_error='skip' (CLI: --on-error skip)"))
+
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
 _PIL_DIRECT = ("1", "L", "RGB", "I", "F")  # modes NumPy reads as they are
 _warned_multipage = threading.Event()
@@ -183,7 +189,7 @@ def _open_tiff(path: Path) -> Any:
     except Exception as exc:
         if _tiff_magic(path):
             raise ImageReadError(path, f"cannot decode (a damaged TIFF header: {type(exc).__name__}: {exc})",
-                                 _UNREADABLE) from None
+                                 _unreadable()) from None
         return None
 
 
@@ -223,7 +229,7 @@ def _existing_file(source: object) -> Path:
     if not stat.S_ISREG(st.st_mode):  # reading a FIFO or a device could block or never end
         raise ImageReadError(path, "not a regular file (a pipe, socket or device)", "copy the image to a file")
     if st.st_size == 0:
-        raise ImageReadError(path, "empty file (0 bytes)", _UNREADABLE)
+        raise ImageReadError(path, "empty file (0 bytes)", _unreadable())
     return path
 
 
@@ -242,13 +248,13 @@ def _decoding(path: Path) -> Iterator[None]:
         raise ImageReadError(path, "not enough memory to decode it",
                              "free memory or lower fastvlad.config.MAX_IMAGE_PIXELS") from None
     except Exception as exc:  # Pillow and tifffile raise many types for broken files
-        raise ImageReadError(path, f"cannot decode ({str(exc) or type(exc).__name__})", _UNREADABLE) from None
+        raise ImageReadError(path, f"cannot decode ({str(exc) or type(exc).__name__})", _unreadable()) from None
 
 
 def _check_pixels(path: object, width: int, height: int, depth: int = 1) -> None:
     """The decompression-bomb guard, before any pixel is decoded."""
     if width < 1 or height < 1:
-        raise ImageReadError(path, f"{width}×{height} pixels: the image is empty", _UNREADABLE)
+        raise ImageReadError(path, f"{width}×{height} pixels: the image is empty", _unreadable())
     if width * height * depth > config.MAX_IMAGE_PIXELS:
         raise ImageReadError(path, f"{width}×{height}{f'×{depth}' if depth > 1 else ''} pixels exceeds the limit "
                              f"of {config.MAX_IMAGE_PIXELS} (decompression-bomb guard)",
@@ -502,7 +508,7 @@ class Preprocess:
             raise MissingDependencyError(f"converting {label} needs a package that cannot be imported ({exc}); "
                                          "reinstall fastvlad with its dependencies ('pip install -e .')") from None
         except Exception as exc:  # a decoder or converter failing in a way we did not foresee
-            raise ImageReadError(label, f"cannot be converted ({type(exc).__name__}: {exc})", _UNREADABLE) from None
+            raise ImageReadError(label, f"cannot be converted ({type(exc).__name__}: {exc})", _unreadable()) from None
 
     def target(self, hw: tuple[int, ...]) -> tuple[int, int] | None:
         """The network input size of an image of ``hw`` pixels."""

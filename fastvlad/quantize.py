@@ -53,7 +53,12 @@ import numpy as np
 from . import weights
 from ._files import write_bytes_atomic
 from .config import cache_dir
-from .errors import BackboneError, ModelFormatError, ParameterError
+from .errors import (
+    BackboneError,
+    ModelFormatError,
+    ParameterError,
+    skipping_not_offered,
+)
 
 log = logging.getLogger("fastvlad")
 
@@ -214,16 +219,17 @@ def data_calibration(data: str | os.PathLike[str], n: int = CALIBRATION_IMAGES,
     from .images import Preprocess
 
     path = Path(data)
-    if path.is_file() and path.suffix.lower() in datasets.IMAGE_SUFFIXES:
-        paths = [path]
-    elif path.exists():
-        paths = datasets.load(path, require_labels=False).paths
-    else:
-        raise ParameterError(f"calibration={str(data)!r}: no such folder or file; give a dataset folder, CSV "
-                             "manifest or image (CLI: --calibrate DATA)")
-    chosen = np.sort(np.random.default_rng(0).permutation(len(paths))[:n])
-    prep = Preprocess(size, "bilinear")
-    return np.stack([prep(paths[i]) for i in chosen])
+    with skipping_not_offered():  # every calibration image is needed: there is no on_error here
+        if path.is_file() and path.suffix.lower() in datasets.IMAGE_SUFFIXES:
+            paths = [path]
+        elif path.exists():
+            paths = datasets.load(path, require_labels=False).paths
+        else:
+            raise ParameterError(f"calibration={str(data)!r}: no such folder or file; give a dataset folder, CSV "
+                                 "manifest or image (CLI: --calibrate DATA)")
+        chosen = np.sort(np.random.default_rng(0).permutation(len(paths))[:n])
+        prep = Preprocess(size, "bilinear")
+        return np.stack([prep(paths[i]) for i in chosen])
 
 
 def calibration_sha256(pixels: np.ndarray) -> str:
@@ -288,12 +294,11 @@ def float_graph(model_path: Path, taps: Sequence[str]) -> Any:
     import onnx
     from onnx import helper
 
+    from .backbone import check_taps
+
     model = onnx.load(str(model_path))
     graph = model.graph
-    produced = {o for node in graph.node for o in node.output}
-    missing = [t for t in taps if t not in produced]
-    if missing:
-        raise BackboneError(f"{model_path}: taps {missing} are not tensors of this model")
+    check_taps(graph, taps, model_path)
     for node in graph.node:
         if not node.name:
             node.name = node.output[0]
@@ -452,7 +457,7 @@ def build(backbone: str | os.PathLike[str] = "vgg16", taps: Sequence[str] | None
     cache or built once (``force``: built again). ``pixels`` gives the calibration set directly."""
     from filelock import FileLock
 
-    from .backbone import resolve_model
+    from .backbone import check_taps, resolve_model
 
     path, default_taps = resolve_model(backbone)
     taps = tuple(taps or default_taps or ())
@@ -484,6 +489,9 @@ def build(backbone: str | os.PathLike[str] = "vgg16", taps: Sequence[str] | None
                     sha = None if force else _intact(target)
         if sha is None:
             assert pixels is not None  # given, or the demo set drawn above
+            import onnx
+
+            check_taps(onnx.load(str(path)).graph, taps, path)  # before saying "building"
             log.info("fastvlad: building the int8 copy of %s once (calibration set %s…, %d images); cached at %s",
                      path.name, calib_sha[:12], len(pixels), target)
             import onnxruntime

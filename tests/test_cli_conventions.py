@@ -308,3 +308,16 @@ def test_an_empty_path_is_refused_in_the_api(tmp_path: Path, monkeypatch: pytest
                  lambda: backbone.resolve_model("")):
         with pytest.raises(FastVLADError, match="empty"):
             call()
+
+
+def test_the_skip_hint_only_where_the_command_offers_it(model_file: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """``models quantize --calibrate`` with an unreadable image had ended "(… --on-error skip)", an
+    option that command does not have."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(b"not a png")
+    code, err = _main(["models", "quantize", "--calibrate", str(tmp_path)], monkeypatch, capsys)
+    assert code == 2 and "x.png" in err and "--on-error" not in err, err
+    code, err = _main(["predict", str(model_file), str(tmp_path), "-o", "-"], monkeypatch, capsys)
+    assert code == 2 and "x.png" in err and "--on-error skip" in err, err

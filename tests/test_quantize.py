@@ -22,7 +22,7 @@ from fastvlad import quantize, weights
 from fastvlad.backbone import Backbone
 from fastvlad.cli import app
 from fastvlad.encoder import Encoder
-from fastvlad.errors import ModelFormatError, ParameterError
+from fastvlad.errors import BackboneError, ModelFormatError, ParameterError
 from fastvlad.estimator import FastVLAD, load
 
 from .conftest import numpy_runs, small_model_params
@@ -138,6 +138,16 @@ def test_build_caches_by_backbone_and_calibration(vgg16_path: Path, tmp_path: Pa
     assert quantize.build(vgg16_path, weights.VGG16_TAPS, pixels=pixels, force=True).sha256 == q.sha256
     taps = Backbone(vgg16_path, weights.VGG16_TAPS, quantized=q.path)(_pixels(1, seed=4, size=32))
     assert [t.shape[3] for t in taps] == [64, 128, 256, 512, 512] and all(t.dtype == np.float32 for t in taps)
+
+
+def test_unknown_taps_are_refused_before_building(vgg16_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """``models quantize --taps zzz`` had said "building the int8 copy … cached at …" before the error."""
+    monkeypatch.setenv("FASTVLAD_HOME", str(tmp_path))
+    with caplog.at_level(logging.INFO, logger="fastvlad"), \
+            pytest.raises(BackboneError, match=r"taps \['zzz'\] are not tensors of this model; some that are"):
+        quantize.build(vgg16_path, ["block1_conv2", "zzz"], pixels=_pixels(2, seed=3, size=32))
+    assert "building" not in caplog.text and not list(tmp_path.glob("int8*.onnx"))
 
 
 def test_round_out_is_outward_and_coarse() -> None:

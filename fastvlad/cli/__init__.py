@@ -89,6 +89,19 @@ def empty_argument(args: Sequence[str]) -> str | None:
     return None
 
 
+def offers_on_error(args: Sequence[str]) -> bool:
+    """Whether the command ``args`` name (``models quantize`` has none) takes ``--on-error``: the hint
+    to skip unreadable images is given only where it can be followed."""
+    command = typer.main.get_command(app)
+    for arg in args:
+        if arg.startswith("-"):  # the global options take no value
+            continue
+        command = getattr(command, "commands", {}).get(arg)
+        if command is None or not hasattr(command, "commands"):
+            break
+    return command is not None and any(p.name == "on_error" for p in command.params)
+
+
 def _terminate(signum: int, frame: object) -> None:
     # SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so atomic writes remove their temp files.
     raise SystemExit(128 + signum)
@@ -114,7 +127,8 @@ def main() -> None:
         if _VERBOSE:
             raise
         hint = " (to skip unreadable images and report them instead: --on-error skip)" \
-            if isinstance(exc, ImageReadError) and "--on-error skip" not in str(exc) else ""
+            if isinstance(exc, ImageReadError) and "--on-error skip" not in str(exc) \
+            and offers_on_error(sys.argv[1:]) else ""
         typer.echo(f"error: {one_line(str(exc))}{hint}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
