@@ -331,10 +331,12 @@ def label_kind(value: Any) -> str:
 
 def _one_kind(values: list[Any]) -> None:
     """Labels of one kind: NumPy would make 1 and '1' one class "1" (and True and 1 one class), or fail
-    to sort a mix of text and numbers."""
+    to sort a mix of text and numbers; and no text label NumPy would cut short."""
     first: dict[str, Any] = {}
     for v in values:
         first.setdefault(label_kind(v), v)
+        if isinstance(v, str) and v.endswith("\0"):  # NumPy's text arrays drop trailing NULs: "a\0" would be "a"
+            raise InvalidDatasetError(f"class name {ascii(v)} holds control characters; rename it")
     first.pop("other", None)
     if len(first) > 1:
         shown = " and ".join(f"{kind} ({v!r})" for kind, v in first.items())

@@ -37,7 +37,7 @@ from sklearn.metrics import (
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from . import checks, datasets, progress
-from .encoder import Encoder, Timings, View, training_copies
+from .encoder import Encoder, EncoderSettings, Timings, View, training_copies
 from .errors import InvalidDatasetError, ParameterError
 from .estimator import FastVLAD
 from .images import ImageSource, Transformed
@@ -784,6 +784,15 @@ def change_kind(change: Mapping[str, Any]) -> str:
     return str(change.get("kind", "control" if change.get("control") else "acquisition"))
 
 
+def check_magnification_size(image_size: tuple[int, int] | None) -> None:
+    """``ParameterError`` for the magnification check at the native size (``image_size`` None): an
+    image is not resized there, so its centre crop shows less field at the same magnification."""
+    if image_size is None:
+        raise ParameterError("the magnification check (--shift-magnification) needs an input size: at --image-size "
+                             "native an image is not resized, so its magnified centre shows less of the field, not a "
+                             "magnification; give --image-size N")
+
+
 def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None = SHIFT_IMAGES,
                 shifts: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
                 random_state: int = 0, magnification: bool = False) -> ShiftCheck:
@@ -810,6 +819,8 @@ def shift_check(result: CVResult, X: Sequence[ImageSource], n_images: int | None
     if shifts is None:
         shifts = {**intensity.SHIFTS, **intensity.CONTROLS}
     if magnification:
+        fitted = result.encoder.settings if result.encoder is not None else EncoderSettings.of(result.models[0])
+        check_magnification_size(fitted.image_size)
         shifts = {**shifts, **intensity.MAGNIFICATIONS}
     groups = result.row_groups if result.row_groups is not None else np.full(len(result.y_true), "")
     rows = shift_sample(groups, result.y_true, n_images, random_state)

@@ -609,7 +609,8 @@ def test_bad_labels() -> None:
                      [[1.0, float("nan")], "no None or NaN"], [["a", "a"], r"only one class \(\['a'\]\)"],
                      # NumPy made 1 and '1' one class "1", True and 1 one class, and failed to sort an object mix
                      [[1, "1"], r"y mixes number \(1\) and text \('1'\)"], [[True, 1], "mixes bool"],
-                     [np.array(["a", 2], dtype=object), "mixes text"]):
+                     [np.array(["a", 2], dtype=object), "mixes text"],
+                     [["a", "a\0"], r"class name 'a\\x00' holds control characters"]):  # NumPy had made it "a"
         with pytest.raises(FastVLADError, match=match):
             FastVLAD(density=1, k=8).fit([GRAY, GRAY], y)
 

@@ -677,3 +677,17 @@ def test_too_few_groups_for_two_folds_is_refused_before_any_image(tmp_path: Path
     X = [str(tmp_path / f"{i}.png") for i in range(20)]  # never read: refused before any image
     with pytest.raises(InvalidDatasetError, match=r"cannot make 5 folds: too few groups \(1\)"):
         cross_validate(FastVLAD(**small_model_params()), X, y, groups=np.full(20, "g"), n_splits=5)
+
+
+def test_magnification_check_at_the_native_size_is_refused_before_the_cv(balanced: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """At ``--image-size native`` an image is not resized, so its centre crop is no magnification; on
+    16-px images the check had failed (the crop under 16 px) only after the whole CV had run."""
+    from fastvlad import evaluate
+
+    def no_cv(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the CV ran")
+
+    monkeypatch.setattr(evaluate, "cross_validate", no_cv)
+    out = CliRunner().invoke(app, ["-q", "evaluate", str(balanced), "--shift-magnification", "--image-size", "native"])
+    assert isinstance(out.exception, ParameterError) and "needs an input size" in str(out.exception), out.output

@@ -91,7 +91,13 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(DEFAULT
     """Cross-validate (grouped by the 'group' column when present, the tiles of one micrograph always
     together, or leaving one value of --split out at a time): accuracy (per held-out group), per-class
     P/R, confusion, and with --shift the shift check."""
-    from ..evaluate import check_folds, cross_validate, shift_check
+    from .. import checks
+    from ..evaluate import (
+        check_folds,
+        check_magnification_size,
+        cross_validate,
+        shift_check,
+    )
 
     if shift_images < 0:
         raise ParameterError(f"--shift-images {shift_images}: give a number of images, or 0 for all")
@@ -108,6 +114,8 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(DEFAULT
                     zoom_jitter=zoom_jitter, tta=tta, tta_zoom=tta_zoom,
                     **precision_of(precision, None),
                     **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))
+    if shift_magnification:
+        check_magnification_size(checks.image_size(est.image_size))  # before the CV, not after it
     sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)
     tiled = tiling.Settings.of(est).tile is not None
     if tiled:
