@@ -443,6 +443,10 @@ def tiling(est: Any) -> None:
     stride = parse_shape("tile_stride", getattr(est, "tile_stride", None))
     if stride is not None and tile is None:
         raise ParameterError(f"tile_stride={est.tile_stride!r} without tile: set tile too (CLI: --tile HxW)")
+    if stride is not None and tile is not None and (stride[0] > tile[0] or stride[1] > tile[1]):
+        raise ParameterError(f"tile_stride={est.tile_stride!r} is longer than tile={est.tile!r} on a side: the pixels "
+                             "between tiles would never be seen; give a stride at most the tile (the default, the "
+                             "tile itself, overlaps nothing), or a larger tile")
     crop = getattr(est, "crop_bottom", None)
     if crop is not None and crop != CROP_AUTO:
         integer("crop_bottom", crop, 0, " pixels, or 'auto' to detect an SEM data bar, or None")

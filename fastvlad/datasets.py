@@ -374,10 +374,11 @@ def check_labelled(ds: Dataset) -> None:
 
 
 def class_name(name: Any) -> bool:
-    """Whether ``name`` can be a class a model writes: a non-empty string that UTF-8 can encode (a lone
-    surrogate cannot be written to a CSV, an empty name reads as a missing answer there) and that holds
-    no control character (a newline or an escape sequence would break the CSV row or the terminal line)."""
-    return isinstance(name, str) and bool(name) and _utf8(name) and not any(_invisible(ch) for ch in name)
+    """Whether ``name`` can be a class a model writes: a string with more than blanks (an empty name
+    reads as a missing answer in a CSV, a blank one prints as nothing) that UTF-8 can encode (a lone
+    surrogate cannot be written to a CSV) and that holds no control character (a newline or an escape
+    sequence would break the CSV row or the terminal line)."""
+    return isinstance(name, str) and bool(name.strip()) and _utf8(name) and not any(_invisible(ch) for ch in name)
 
 
 def _invisible(ch: str) -> bool:
@@ -393,9 +394,9 @@ def class_names_problem(names: Sequence[str]) -> str | None:
         return _same_looking(names)
     shown = ", ".join(ascii(n) for n in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
     why = [text for found, text in (
-        (any(not n for n in bad), "are empty"),
+        (any(not n.strip() for n in bad), "are empty or blank"),
         (any(not _utf8(n) for n in bad), "are not valid UTF-8 (undecodable bytes in a folder name or label)"),
-        (any(n and _utf8(n) for n in bad), "hold control or invisible format characters (newline, tab, escape, "
+        (any(n.strip() and _utf8(n) for n in bad), "hold control or invisible format characters (newline, tab, escape, "
                                            "zero-width space, bidi override)")) if found]
     return f"class name(s) {shown} {' or '.join(why)}"
 

@@ -26,18 +26,25 @@ class ParameterError(FastVLADError, ValueError):
 
 def skip_advice(text: str) -> str:
     """``text``, advice to skip unreadable images with ``on_error='skip'``, or "" inside
-    ``skipping_not_offered`` (work that has no such option: a calibration set, a benchmark)."""
+    ``without_skip_advice`` (work that has no such option, a calibration set or a benchmark, or that
+    is skipping them already)."""
     return text if _SKIP_OFFERED.get() else ""
 
 
 @contextmanager
-def skipping_not_offered() -> Iterator[None]:
-    """Errors raised inside leave out ``skip_advice``: the work has no ``on_error`` to follow it with."""
+def without_skip_advice() -> Iterator[None]:
+    """Errors raised inside leave out ``skip_advice``."""
     token = _SKIP_OFFERED.set(False)
     try:
         yield
     finally:
         _SKIP_OFFERED.reset(token)
+
+
+def drop_skip_advice() -> None:
+    """``without_skip_advice`` for the rest of the current context (run it in a copy:
+    ``contextvars.copy_context().run(drop_skip_advice)``)."""
+    _SKIP_OFFERED.set(False)
 
 
 def printable(text: str, keep: str = "") -> str:

@@ -435,7 +435,8 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
             params["calibration"] = str(params["calibration"])
         config = {"params": params, "classes": [json_value(c) for c in self.classes_],
                   "backbone_sha256": self.backbone_sha256_, "taps": list(self.taps_),
-                  "train": {**self.train_info_, "timings": getattr(self, "timings_", {})},
+                  # a loaded model has no timings_: its file's record is kept through a second save
+                  "train": {**self.train_info_, "timings": getattr(self, "timings_", self.train_info_.get("timings", {}))},
                   "versions": versions()}
         if getattr(self, "quantized_", None):
             config["quantized"] = self.quantized_  # checked at use, as backbone_sha256 is

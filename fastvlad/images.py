@@ -1,7 +1,8 @@
 """Image loading: decode, convert to 3-channel 0..255, resize, caffe normalisation, batch.
 
 Conversion rules (documented in README, tested in tests/test_images.py):
-- gray → three equal channels; RGBA/LA → alpha dropped; palette, CMYK, YCbCr → RGB;
+- gray → three equal channels; RGBA/LA → alpha dropped; palette, CMYK, YCbCr → RGB; an RGB
+  image whose three channels are equal is read as gray (the same codes as the gray file);
   EXIF orientation (and the TIFF Orientation tag) applied; a multi-page TIFF or animated
   GIF uses its first page (with a warning).
 - uint8 as is; bool → 0/255; other unsigned integers scaled by 255 / dtype max (16-bit:
@@ -16,6 +17,7 @@ Anything that goes wrong while turning one source into network input is an
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import functools
 import logging
@@ -40,6 +42,7 @@ from .errors import (
     ImageReadError,
     MissingDependencyError,
     ParameterError,
+    drop_skip_advice,
     skip_advice,
 )
 
@@ -354,7 +357,15 @@ def _check_array(arr: np.ndarray, name: object) -> np.ndarray:
                              "(H, W, 3) or (H, W, 4)", hint)
     if min(arr.shape[:2]) < 1:
         raise ImageReadError(name, f"shape {arr.shape} has no pixels")
+    if arr.ndim == 3 and _equal_channels(arr):
+        return arr[..., 0]  # a gray picture stored as RGB: the same codes as stored as gray
     return arr
+
+
+def _equal_channels(arr: np.ndarray) -> bool:
+    """Whether the three channels of ``(H, W, 3)`` are equal: the stretch's percentiles over H·W·3
+    repeated levels interpolate between other order statistics than over the H·W gray ones."""
+    return bool(np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]))
 
 
 def to_rgb255(arr: np.ndarray, name: object = "array") -> np.ndarray:
@@ -577,6 +588,11 @@ def iter_batches(sources: Sequence[AnySource], prep: Preprocess, batch_size: int
     """
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
+    # The decoding threads run in a copy of the caller's context (what its errors say), without
+    # the advice to skip unreadable images while skipping them.
+    context = contextvars.copy_context()
+    if skip_errors:
+        context.run(drop_skip_advice)
 
     def produce() -> None:
         try:
@@ -593,7 +609,7 @@ def iter_batches(sources: Sequence[AnySource], prep: Preprocess, batch_size: int
         except BaseException as exc:  # hand the error to the consumer thread
             q.put(exc)
 
-    worker = threading.Thread(target=produce, name="fastvlad-decode", daemon=True)
+    worker = threading.Thread(target=context.run, args=(produce,), name="fastvlad-decode", daemon=True)
     worker.start()
     try:
         while True:
@@ -623,6 +639,11 @@ def _decoded(sources: Sequence[AnySource], prep: Preprocess, chunk: int, threads
         return pixels, points_of(pixels, sources[i]) if points_of is not None else None, scale
 
     pool = ThreadPoolExecutor(threads, thread_name_prefix="fastvlad-decode") if threads > 1 else None
+    context = contextvars.copy_context()  # each pooled decode runs in a copy of this thread's
+
+    def pooled(i: int) -> _Decoded:
+        return context.copy().run(one, i)
+
     try:
         for start in range(0, len(sources), chunk):
             positions = range(start, min(start + chunk, len(sources)))
@@ -630,7 +651,7 @@ def _decoded(sources: Sequence[AnySource], prep: Preprocess, chunk: int, threads
             # state, and threads entering and leaving it at once could leave the filters changed.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                decoded = list(pool.map(one, positions)) if pool else [one(i) for i in positions]
+                decoded = list(pool.map(pooled, positions)) if pool else [one(i) for i in positions]
             yield from zip(positions, decoded)
     finally:
         if pool is not None:

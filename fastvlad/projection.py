@@ -20,6 +20,7 @@ import numpy as np
 
 from . import config, hypercolumn
 from .backends import Backend
+from .backends._blas import single_threaded_blas
 from .backends.cpu import CPU
 from .errors import ParameterError
 
@@ -100,7 +101,9 @@ def fit(sample: np.ndarray, components: int, whiten: bool = False, random_state:
     mean = sample.mean(axis=0, dtype=np.float64)
     centred = sample - mean.astype(np.float32)
     cov = (centred.T @ centred).astype(np.float64) / (len(sample) - 1)
-    values, vectors = eigh(cov, subset_by_index=[dim - components, dim - 1])
+    with single_threaded_blas():  # LAPACK's eigh on more threads differs in the last bits (subnormal
+        # entries of dead channels), and the model file with it: one machine, one seed, one file
+        values, vectors = eigh(cov, subset_by_index=[dim - components, dim - 1])
     values, vectors = np.maximum(values[::-1], 0.0), vectors[:, ::-1]
     signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(components)])
     vectors = vectors * np.where(signs == 0, 1.0, signs)

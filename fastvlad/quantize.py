@@ -57,7 +57,7 @@ from .errors import (
     BackboneError,
     ModelFormatError,
     ParameterError,
-    skipping_not_offered,
+    without_skip_advice,
 )
 
 log = logging.getLogger("fastvlad")
@@ -219,7 +219,7 @@ def data_calibration(data: str | os.PathLike[str], n: int = CALIBRATION_IMAGES,
     from .images import Preprocess
 
     path = Path(data)
-    with skipping_not_offered():  # every calibration image is needed: there is no on_error here
+    with without_skip_advice():  # every calibration image is needed: there is no on_error here
         if path.is_file() and path.suffix.lower() in datasets.IMAGE_SUFFIXES:
             paths = [path]
         elif path.exists():

@@ -482,6 +482,7 @@ def test_a_head_fitted_alone_cannot_encode_or_save(tmp_path: Path) -> None:
     (["a\x85", "b"] * 3, r"'a\\x85'"),  # a C1 control character (next line)
     (["\u00e9", "e\u0301"] * 3, r"class names 'e\\u0301' and '\\xe9' differ only in Unicode normalisation"),
     (["a\x1b[31m", "c"] * 3, r"'a\\x1b\[31m'"),
+    (["  ", "c"] * 3, r"class name\(s\) '  ' are empty or blank"),  # printed as nothing
     ([b"a", b"b"] * 3, "bytes: decode them to str first"),
 ])
 def test_fit_refuses_class_names_a_model_could_not_write(y: list[object], match: str) -> None:

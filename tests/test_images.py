@@ -275,3 +275,39 @@ def test_prepare_says_how_much_the_resize_scales_the_image() -> None:
     assert Preprocess(size=None).prepare(tile)[1] == 1.0
     assert Preprocess(size=(153, 224)).prepare(tile)[1] == pytest.approx(0.5)
     np.testing.assert_array_equal(Preprocess(size=(112, 112), keep_aspect=True)(tile), pixels)
+
+
+def test_a_gray_picture_stored_as_rgb_is_read_as_gray(tmp_path: Path) -> None:
+    """The stretch's percentiles over H·W·3 repeated levels interpolated between other order
+    statistics than over the H·W gray ones: an RGB (or RGBA, or gray-palette) file with equal
+    channels gave other network input, and other codes, than the same picture saved as gray."""
+    from PIL import Image
+
+    from fastvlad.images import Preprocess
+
+    # 51 distinct levels: the 1st percentile falls halfway between the two darkest gray levels, but on
+    # the darkest one among their 153 repeats
+    gray = np.random.default_rng(3).permutation(np.arange(0, 255, 5, dtype=np.uint8)).reshape(3, 17)
+    Image.fromarray(np.dstack([gray] * 3)).save(tmp_path / "rgb.png")
+    prep = Preprocess((32, 32), normalize="stretch")
+    want = prep(gray)
+    for same in (np.dstack([gray] * 3), np.dstack([gray] * 3 + [np.full_like(gray, 255)]), str(tmp_path / "rgb.png")):
+        np.testing.assert_array_equal(prep(same), want)
+    colour = np.dstack([gray, gray, 255 - gray])  # a colour picture keeps its channels
+    assert not np.array_equal(prep(colour)[2], prep(colour)[0])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_skipped_image_is_not_advised_to_be_skipped(tmp_path: Path, threads: int) -> None:
+    """With ``on_error="skip"`` each skipped image's reason (stderr, the CSV's error column) still
+    ended "or skip unreadable images with on_error='skip'"."""
+    from fastvlad.images import Preprocess, iter_batches
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 50)  # a PNG's first bytes, then nothing it can decode
+    sources = [np.zeros((32, 32), np.uint8), str(bad)]
+    prep = Preprocess((32, 32))
+    skipped = [e for b in iter_batches(sources, prep, 4, skip_errors=True, threads=threads) for _, e in b.failed]
+    assert len(skipped) == 1 and "cannot decode" in str(skipped[0]) and "on_error" not in str(skipped[0])
+    with pytest.raises(ImageReadError, match="or skip unreadable images with on_error='skip'"):
+        list(iter_batches(sources, prep, 4, threads=threads))

@@ -167,3 +167,15 @@ def test_labels_keep_their_type_through_save_and_load(tmp_path: Path, labels: li
     before, after = model.predict(X), loaded.predict(X)
     assert after.dtype == before.dtype == np.asarray(labels).dtype
     np.testing.assert_array_equal(after, before)
+
+
+def test_a_loaded_model_saved_again_keeps_its_training_record(tmp_path: Path) -> None:
+    """A loaded model has no ``timings_``: saving it again had written ``"timings": {}``."""
+    from fastvlad import load
+
+    from . import tiny_model
+
+    first = tiny_model.fitted().save(tmp_path / "a.fvl")
+    again = load(load(first).save(tmp_path / "b.fvl"))
+    train = load(first).train_info_
+    assert train["timings"] and again.train_info_ == train

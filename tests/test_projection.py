@@ -195,3 +195,21 @@ def test_a_hypercolumn_no_wider_than_pca_is_kept_whole(vgg16_path: Path, tmp_pat
     np.testing.assert_array_equal(loaded.predict_proba(images[:3]), est.predict_proba(images[:3]))
     narrower = FastVLAD(**small_model_params(taps=["block1_conv2"], pca=63)).fit_codebook(images)
     assert narrower.projection_ is not None and narrower.codebook_.shape == (8, 63)
+
+
+def test_the_axes_do_not_depend_on_blas_threads() -> None:
+    """LAPACK's eigh on two threads gave other last bits than on one (subnormal entries in the rows of
+    dead channels): the same fit on one machine wrote another model file under another thread count."""
+    from threadpoolctl import threadpool_limits
+
+    from fastvlad.encoder import Encoder
+
+    from . import tiny_model
+
+    images, _ = tiny_model.demo_images()
+    sample = Encoder.of(tiny_model.fitted()).codebook_sample(list(images), 12)
+    fits = []
+    for threads in (1, 2):
+        with threadpool_limits(threads, user_api="blas"):
+            fits.append(projection.fit(sample, 64).weight)
+    np.testing.assert_array_equal(fits[0], fits[1])

@@ -160,6 +160,8 @@ def test_model_file_records_tiling_and_old_files_load_untiled(tmp_path: Path) ->
 
 @pytest.mark.parametrize(("params", "match"), [({"tile": "0x10"}, "tile='0x10'"), ({"tile": 8}, "at least 16"),
                                                ({"tile_stride": 10}, "without tile"),
+                                               # gaps between tiles: README says no pixel is left out
+                                               ({"tile": 64, "tile_stride": (32, 65)}, "longer than tile"),
                                                ({"scale_nm_per_px": -1}, "scale_nm_per_px=-1"),
                                                ({"crop_bottom": "some"}, "crop_bottom='some'"),
                                                ({"missing_scale": "skip"}, "missing_scale='skip'")])

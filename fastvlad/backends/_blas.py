@@ -55,12 +55,12 @@ def _blas_controller() -> Any:
 
 
 _LOCK = threading.Lock()
-_users = 0  # threads inside ``_single_threaded_blas`` now
+_users = 0  # threads inside ``single_threaded_blas`` now
 _saved: list[int] = []
 
 
 @contextmanager
-def _single_threaded_blas() -> Iterator[None]:
+def single_threaded_blas() -> Iterator[None]:
     """OpenBLAS on one thread while any caller is inside: the first in sets it, the last out
     restores it (a per-call save and restore would race, the count being one per process).
     Another BLAS (MKL, BLIS) gets threadpoolctl's limit, which only one Python thread can set."""
@@ -105,7 +105,7 @@ def per_image(a: Any, b: Any, out: Any = None) -> Any:
         np.matmul(a[i], b if b.ndim == 2 else b[i], out=out[i])
 
     threads = min(numba.get_num_threads(), len(a))
-    with _single_threaded_blas():
+    with single_threaded_blas():
         if threads <= 1:
             for i in range(len(a)):
                 one(i)

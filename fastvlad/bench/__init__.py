@@ -33,7 +33,7 @@ from ..encoder import (
     batch_points,
     copies_cnn_seconds,
 )
-from ..errors import ParameterError, skipping_not_offered
+from ..errors import ParameterError, without_skip_advice
 from ..images import MIN_SIDE, Preprocess
 from ..quantize import check_precision, resolve_precision
 from .machine import PeakRSS
@@ -298,7 +298,7 @@ def ratios(cfg: BenchConfig, cnn: dict[str, Any], enc: dict[str, Any], train: di
 # -- the run -----------------------------------------------------------------------------------------
 def run(cfg: BenchConfig, workdir: Path) -> dict[str, Any]:
     """Every measurement of one bench run; returns the JSON-ready result."""
-    with skipping_not_offered():  # a benchmark reads every image: there is no on_error to skip with
+    with without_skip_advice():  # a benchmark reads every image: there is no on_error to skip with
         return _run(cfg, workdir)
 
 

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -92,7 +92,7 @@ def empty_argument(args: Sequence[str]) -> str | None:
 def offers_on_error(args: Sequence[str]) -> bool:
     """Whether the command ``args`` name (``models quantize`` has none) takes ``--on-error``: the hint
     to skip unreadable images is given only where it can be followed."""
-    command = typer.main.get_command(app)
+    command: Any = typer.main.get_command(app)
     for arg in args:
         if arg.startswith("-"):  # the global options take no value
             continue
