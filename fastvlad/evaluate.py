@@ -155,6 +155,8 @@ class CVResult:
 
     @property
     def accuracy_std(self) -> float:
+        """The standard deviation over folds (ddof 0, as ``np.std`` and scikit-learn's users report it;
+        ``accuracy_95`` takes the sample standard deviation, ddof 1)."""
         return float(np.std(self.fold_accuracy))
 
     @property
@@ -227,10 +229,12 @@ class CVResult:
                 "views": [{"flip": v.op, "zoom": v.zoom} for v in self.views]}
 
 
-def mean_interval(values: Sequence[float], confidence: float = 0.95) -> list[float] | None:
+def mean_interval(values: Sequence[float] | np.ndarray, confidence: float = 0.95,
+                  clip: bool = True) -> list[float] | None:
     """The ``confidence`` interval ``[low, high]`` of the mean of ``values`` (one accuracy per held-out
     group: the independent samples of what a new group scores) by Student's t on n − 1 degrees of
-    freedom with the sample standard deviation, clipped to [0, 1]; None for fewer than two values. Eight
+    freedom with the sample standard deviation (ddof 1), clipped to [0, 1] unless not ``clip``; None
+    for fewer than two values. Eight
     series of standard deviation 0.2 leave the mean uncertain by about ±0.18."""
     v = np.asarray(values, dtype=np.float64)
     if len(v) < 2:
@@ -238,14 +242,21 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> list[flo
     from scipy.stats import t
 
     half = float(t.ppf(0.5 + confidence / 2, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
-    return [max(0.0, float(v.mean()) - half), min(1.0, float(v.mean()) + half)]
+    low, high = float(v.mean()) - half, float(v.mean()) + half
+    return [max(0.0, low), min(1.0, high)] if clip else [low, high]
 
 
-def mean_interval_text(interval: Sequence[float] | None, n: int) -> str:
-    """``CVResult.accuracy_95`` in words for the CLI and the report, "" without one."""
+def mean_interval_text(interval: Sequence[float] | None, values: Sequence[float] | np.ndarray) -> str:
+    """``CVResult.accuracy_95`` of ``values`` in words for the CLI and the report, "" without one; says
+    when a bound was clipped to [0, 1] (the std printed beside it is over the values, ddof 0, while
+    the interval takes their sample std)."""
     if interval is None:
         return ""
-    return f"the mean's 95 % interval {interval[0]:.3f}–{interval[1]:.3f} (Student's t over the {n} values)"
+    v = np.asarray(values, dtype=np.float64)
+    unclipped = mean_interval(v, clip=False)
+    clipped = unclipped is not None and (unclipped[0] < 0.0 or unclipped[1] > 1.0)
+    return (f"the mean's 95 % interval {interval[0]:.3f}–{interval[1]:.3f} (Student's t over the {len(v)} values"
+            + (", clipped to [0, 1]" if clipped else "") + ")")
 
 
 def refit_text(refit: str) -> str:
@@ -697,8 +708,8 @@ def answer_margin(proba: np.ndarray) -> np.ndarray:
 def by_margin(margin: np.ndarray, right: np.ndarray, changed: Mapping[str, tuple[np.ndarray, np.ndarray]],
               grid: Sequence[float] = MARGIN_GRID) -> list[dict[str, Any]]:
     """Per floor of ``grid``, the answers whose ``margin`` ``(m,)`` reaches it: ``margin``, ``kept``
-    (their share), ``n``, ``accuracy`` (``right`` ``(m,)`` bool; ``accuracy_rest`` of the others, None
-    when none), and ``max_flipped``, the largest share of them one acquisition change alters.
+    (their share), ``n``, ``accuracy`` (``right`` ``(m,)`` bool; ``accuracy_rest`` of the others; each
+    None when there are none), and ``max_flipped``, the largest share of them one acquisition change alters.
     ``changed``: per change, ``(readable, altered)``, each ``(m,)`` bool (a change's share counts the
     answers it could re-predict)."""
     rows = []
@@ -707,7 +718,7 @@ def by_margin(margin: np.ndarray, right: np.ndarray, changed: Mapping[str, tuple
         shares = [float(altered[kept & readable].mean()) for readable, altered in changed.values()
                   if (kept & readable).any()]
         rows.append({"margin": float(floor), "kept": float(kept.mean()) if len(kept) else 0.0, "n": int(kept.sum()),
-                     "accuracy": float(right[kept].mean()) if kept.any() else 0.0,
+                     "accuracy": float(right[kept].mean()) if kept.any() else None,  # no answer: no accuracy
                      "accuracy_rest": float(right[~kept].mean()) if (~kept).any() else None,
                      "max_flipped": max(shares, default=0.0)})
     return rows

@@ -284,7 +284,7 @@ def _metrics_section(nums: dict[str, Any], figures: dict[str, bytes]) -> str:
         head = (f'<p class="headline">accuracy <b>{nums["accuracy_mean"]:.3f} ± {nums["accuracy_std"]:.3f}</b> '
                 f'(mean ± std over {len(nums["fold_accuracy"])} values of {html.escape(col)}, each held out '
                 f'once; min {nums["accuracy_min"]:.3f}, max {nums["accuracy_max"]:.3f}'
-                + (f'; {mean_interval_text(nums["accuracy_mean_95"], len(nums["fold_accuracy"]))}'
+                + (f'; {mean_interval_text(nums["accuracy_mean_95"], nums["fold_accuracy"])}'
                    if nums.get("accuracy_mean_95") else "") + ')</p>'
                 f'<p class="muted">pooled over all out-of-fold predictions: {nums["pooled_accuracy"]:.3f}</p>')
         head += _warnings(nums) + f"<h2>Per held-out {html.escape(col)}</h2>" + _per_group_table(nums, col)

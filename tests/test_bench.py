@@ -36,11 +36,12 @@ def tiny_result(vgg16_path: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 
 def test_bench_json_keys_and_ranges(tiny_result: tuple[dict, str]) -> None:
     r, _ = tiny_result
-    for key in ("cnn_images_per_s", "encode_images_per_s", "post_cnn_fraction", "device", "reference_speedup",
+    for key in ("cnn_images_per_s", "encode_images_per_s", "post_cnn_share", "device", "reference_speedup",
                 "train_non_cnn_fraction", "stages", "machine", "reference", "extrapolated", "command"):
         assert key in r, key
     assert r["device"] == "cpu" and r["machine"]["versions"]["fastvlad"]
-    assert 0.0 <= r["post_cnn_fraction"] <= 1.0
+    assert 0.0 <= r["post_cnn_share"] <= 1.0 and "post_cnn_fraction" not in r  # (wall − CNN)/wall, named apart
+    # from post_cnn_fraction_int8, which is (wall − CNN)/CNN (issue 15's key), as post_cnn_overhead is
     shares = [s["share"] for s in r["stages"].values()]
     assert all(0.0 <= s <= 1.0 for s in shares) and sum(shares) == pytest.approx(1.0)
     assert list(r["stages"])[:2] == ["decode", "cnn"] and "classifier" in r["stages"]
@@ -95,6 +96,21 @@ def test_fastvlad_seconds_model() -> None:
     # the measured fit on its 10 images less the model there (0.8 + 5 + 10 × 0.5): a fixed setup cost
     assert bench.fit_setup_seconds({**train, "seconds": 13.8}, enc) == pytest.approx(3.0)
     assert bench.fit_setup_seconds({**train, "seconds": 9.0}, enc) == 0.0
+    # The copies grow with the images (they had been counted in the fixed setup), and the head is its
+    # fixed cost + its rows' (its time per image at 10 images had been scaled up as if all per image).
+    train.update(copies_seconds=1.0, head_cost={"fixed_seconds": 1.9, "per_row_seconds": 0.005, "rows_per_image": 2.0})
+    assert bench.fastvlad_seconds(100, train, enc) == pytest.approx(0.8 + 5.0 + 100 * (0.3 + 0.1) + 1.9 + 100 * 0.01)
+
+
+def test_head_cost_separates_fixed_from_per_row() -> None:
+    """``head_cost`` times the head on the training rows (images and copies) and on twice as many."""
+    from . import tiny_model
+
+    model = tiny_model.fitted_copy(zoom=(1.2,), augment=1)
+    images, labels = tiny_model.demo_images()
+    cost = bench.head_cost(model, tiny_model.fitted().transform(list(images)), labels, repeats=1)
+    assert cost["rows_per_image"] == 3.0 and cost["fixed_seconds"] >= 0 and cost["per_row_seconds"] >= 0
+    assert cost["fixed_seconds"] + cost["per_row_seconds"] * 3 * len(labels) > 0
 
 
 def test_stratified_subset_holds_every_class() -> None:

@@ -26,6 +26,7 @@ from .. import backends, checks, config, progress
 from ..backbone import Backbone
 from ..backends import Backend
 from ..encoder import (
+    COPY_STAGES,
     Encoder,
     EncoderSettings,
     Timings,
@@ -221,6 +222,8 @@ def fit_once(est: Any, work: Workload) -> dict[str, Any]:
     classifier = timings.get("classifier", est.train_info_.get("classifier_seconds", 0.0))
     return {"images": len(work.sources), "seconds": total, "timings": timings, "classifier_seconds": classifier,
             "copies_cnn_seconds": copies,
+            # the zoomed and augmented copies, CNN and encoding: per training image, as the encoding is
+            "copies_seconds": float(sum(timings.get(kind, 0.0) for kind in COPY_STAGES)),
             "codebook_images": min(int(est.codebook_images), len(work.sources)),
             "codebook_pass": {k: float(v) for k, v in est.train_info_["codebook_pass_seconds"].items()},
             "non_cnn_fraction": (total - cnn) / cnn if cnn > 0 else float("nan"),
@@ -228,18 +231,43 @@ def fit_once(est: Any, work: Workload) -> dict[str, Any]:
             "params": {k: v for k, v in est.get_params().items() if isinstance(v, (int, float, str, bool, type(None)))}}
 
 
-def encode_once(est: Any, sources: Sequence[str]) -> dict[str, Any]:
-    """(b) The fitted model's encoder over every image, per stage from ``encoder.Timings``."""
+def encode_once(est: Any, sources: Sequence[str]) -> tuple[dict[str, Any], Any]:
+    """(b) The fitted model's encoder over every image, per stage from ``encoder.Timings``; and its
+    ``Encoded`` (the codes, for ``head_cost``)."""
     timings = Timings()
     with PeakRSS() as mem:
         t = time.perf_counter()
-        est.encode(list(sources), timings)
+        encoded = est.encode(list(sources), timings)
         wall = time.perf_counter() - t
     cnn = timings.seconds.get("cnn", 0.0)
     return {"images": timings.images, "seconds": wall, "images_per_s": timings.images / wall,
-            "stage_seconds": dict(timings.seconds), "post_cnn_fraction": min(1.0, max(0.0, 1 - cnn / wall)),
+            "stage_seconds": dict(timings.seconds), "post_cnn_share": min(1.0, max(0.0, 1 - cnn / wall)),
             "post_cnn_overhead": (wall - cnn) / cnn if cnn > 0 else float("nan"),
-            "peak_rss_bytes": mem.peak, "rss_increase_bytes": mem.delta}
+            "peak_rss_bytes": mem.peak, "rss_increase_bytes": mem.delta}, encoded
+
+
+def head_cost(est: Any, codes: np.ndarray, labels: np.ndarray, repeats: int = 3) -> dict[str, float]:
+    """The classifier head's fit time as fixed + per-row seconds, from ``fit_codes`` on the training
+    rows (every image and its copies: ``rows_per_image``) and on twice as many (best of ``repeats``
+    each): at a few images its fixed cost dominates, and scaling its time per image would inflate it."""
+    import copy
+
+    rows_per_image = 1 + int(est.augment) + len(est.zoom)
+    rows = np.tile(codes, (rows_per_image, 1)), np.tile(labels, rows_per_image)
+    seconds = []
+    for times in (1, 2):
+        X, y = np.tile(rows[0], (times, 1)), np.tile(rows[1], times)
+        best = float("inf")
+        for _ in range(repeats):
+            head = copy.copy(est)  # the fitted codebook, a head of its own
+            t = time.perf_counter()
+            head.fit_codes(X, y)
+            best = min(best, time.perf_counter() - t)
+        seconds.append(best)
+    n_rows = len(rows[1])
+    per_row = max(seconds[1] - seconds[0], 0.0) / n_rows
+    return {"rows_per_image": float(rows_per_image), "fixed_seconds": max(seconds[0] - per_row * n_rows, 0.0),
+            "per_row_seconds": per_row}
 
 
 # -- derived figures ---------------------------------------------------------------------------------
@@ -262,13 +290,18 @@ def fastvlad_seconds(n: int, train: dict[str, Any], enc: dict[str, Any]) -> floa
 
     codebook pass: min(codebook_images, n) × its own per-image seconds (CNN, points, the full
     hypercolumns it samples: ``train_info_["codebook_pass_seconds"]``) + its fit-only stages
-    (k-means, PCA); then n × (encoder wall time per image + classifier time per training image)."""
+    (k-means, PCA); then n × (encoder wall time per image + its copies' time per training image);
+    then the head: fixed + per-row seconds × its rows (``head_cost``; without one, the classifier
+    time per training image)."""
     cb_pass = train["codebook_pass"]
     sample = sum(v for s, v in cb_pass.items() if s in STAGE_ORDER) / max(train["codebook_images"], 1)
     fit_only = sum(v for s, v in cb_pass.items() if s not in STAGE_ORDER)  # kmeans, pca
-    per_image = enc["seconds"] / enc["images"] + train["classifier_seconds"] / train["images"]
+    per_image = enc["seconds"] / enc["images"] + train.get("copies_seconds", 0.0) / train["images"]
     cb = min(int(train["params"].get("codebook_images", 100)), n)
-    return cb * sample + fit_only + n * per_image
+    cost = train.get("head_cost")
+    head = (cost["fixed_seconds"] + cost["per_row_seconds"] * cost["rows_per_image"] * n if cost
+            else n * train["classifier_seconds"] / train["images"])
+    return cb * sample + fit_only + n * per_image + head
 
 
 def fit_setup_seconds(train: dict[str, Any], enc: dict[str, Any]) -> float:
@@ -333,7 +366,7 @@ def _run(cfg: BenchConfig, workdir: Path) -> dict[str, Any]:
     return {"command": cfg.command(), "workload": work.description, "dummy_labels": work.dummy_labels,
             "settings": train["params"], "machine": _bench_machine.machine_info(backend),
             "device": backend.device, "cnn_images_per_s": cnn["images_per_s"],
-            "encode_images_per_s": enc["images_per_s"], "post_cnn_fraction": enc["post_cnn_fraction"],
+            "encode_images_per_s": enc["images_per_s"], "post_cnn_share": enc["post_cnn_share"],
             "post_cnn_overhead": enc["post_cnn_overhead"], "peak_rss_bytes": _bench_machine.max_rss(),
             "train_non_cnn_fraction": train["non_cnn_fraction"],
             "train_non_cnn_fraction_faithful": faithful["non_cnn_fraction"] if faithful else None,
@@ -349,7 +382,9 @@ def measure_fastvlad(cfg: BenchConfig, work: Workload, est: Any, backbone: Backb
     cnn = step("(a) CNN alone", cnn_alone, work.sources[: cfg.cnn_images], settings.preprocess, backbone,
                int(est.batch_size or backends.resolve(est.device).batch_size))
     train = step("(b) FastVLAD.fit", fit_once, est, work)
-    enc = step("(b) encoder", encode_once, est, work.sources)
+    enc, encoded = step("(b) encoder", encode_once, est, work.sources)
+    train["head_cost"] = step("(b) the head at two sizes", head_cost, est, encoded.codes,
+                              np.asarray(work.labels)[encoded.indices])
     faithful = None
     if cfg.faithful and hasattr(type(est), "faithful"):
         fest = make_estimator(cfg, faithful=True)
@@ -429,7 +464,7 @@ def report_lines(r: dict[str, Any]) -> list[str]:
     lines += ["", "end to end (same images):",
               f"  (a) CNN alone           {r['cnn_images_per_s']:8.2f} images/s",
               f"  (b) encoder             {r['encode_images_per_s']:8.2f} images/s; not-CNN share "
-              f"{r['post_cnn_fraction']:.1%} (+{r['post_cnn_overhead']:.1%} over the CNN); "
+              f"{r['post_cnn_share']:.1%} (+{r['post_cnn_overhead']:.1%} over the CNN); "
               f"peak RSS +{_mb(enc['rss_increase_bytes'])}",
               f"  (b) fit, default        {train['seconds']:8.1f} s for {train['images']} images; "
               f"(total − CNN) / CNN = {r['train_non_cnn_fraction']:.2f}"

@@ -241,7 +241,7 @@ def _print_per_group(res: CVResult) -> None:
                f"once), {res.seconds['total']:.0f} s")
     from ..evaluate import mean_interval_text
 
-    interval = mean_interval_text(res.accuracy_95, len(acc))
+    interval = mean_interval_text(res.accuracy_95, acc)
     typer.echo(f"accuracy per held-out {col}: mean {res.accuracy:.3f} (min {acc.min():.3f}, max "
                f"{acc.max():.3f}, std {res.accuracy_std:.3f}){'; ' + interval if interval else ''}; pooled over all "
                f"images {float((res.y_pred == res.y_true).mean()):.3f}")
