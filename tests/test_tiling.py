@@ -244,7 +244,7 @@ def test_evaluate_keeps_a_micrographs_tiles_in_one_fold(vgg16_path: Path, sem_da
                                    "--on-error", "skip", "--json", str(tmp_path / "cv.json")])
     assert res.exit_code == 0, res.output
     assert "2-fold grouped CV accuracy" in res.output and "micrograph accuracy" in res.output
-    assert "on 6 micrographs (24 tiles)" in res.output
+    assert "on 6 micrographs (24 tiles)" in res.output and " on 24 tiles, " in res.output  # not "24 images"
     assert json.loads((tmp_path / "cv.json").read_text())["n_images"] == 24
 
 

@@ -137,7 +137,7 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(DEFAULT
                              split_name=split.strip().lower() if split else "split", refit=refit)
         if shift or shift_magnification:
             shift_check(res, inputs, shift_images or None, random_state=seed, magnification=shift_magnification)
-    _print_cv(res)
+    _print_cv(res, "tiles" if tiled else "images")
     if tiled:
         agg, acc = cv.micrographs()
         typer.echo(f"micrograph accuracy (mean of its tiles' probabilities): {acc:.3f} on "
@@ -207,13 +207,14 @@ def _refuse_shared(report: Optional[Path], confusion_png: Optional[Path], json_o
                              "and examples/ in its folder); give each output its own path")
 
 
-def _print_cv(res: CVResult) -> None:
+def _print_cv(res: CVResult, unit: str = "images") -> None:
+    """The CV's accuracy lines; ``unit`` names what a row is ("tiles" of micrographs with --tile)."""
     if res.leave_one_out:
         _print_per_group(res)
     else:
         kind = "grouped" if res.grouped else "stratified"
         typer.echo(f"{len(res.fold_accuracy)}-fold {kind} CV accuracy: {res.accuracy:.3f} ± {res.accuracy_std:.3f} "
-                   f"(folds: {', '.join(f'{a:.3f}' for a in res.fold_accuracy)}) on {len(res.y_true)} images, "
+                   f"(folds: {', '.join(f'{a:.3f}' for a in res.fold_accuracy)}) on {len(res.y_true)} {unit}, "
                    f"{res.seconds['total']:.0f} s")
     from ..encoder import describe_views
     from ..evaluate import by_group_text, refit_text
