@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
 _SKIP_OFFERED: ContextVar[bool] = ContextVar("fastvlad_skip_offered", default=True)
 
 
@@ -74,8 +76,9 @@ def _rebuild_image_error(source: str, problem: str, message: str) -> ImageReadEr
     return err
 
 
-class InvalidDatasetError(FastVLADError):
-    """A dataset folder or manifest is empty, inconsistent or unreadable."""
+class InvalidDatasetError(FastVLADError, ValueError):
+    """A dataset folder or manifest is empty, inconsistent or unreadable (a ``ValueError``, as
+    scikit-learn raises for an empty X or a single class)."""
 
 
 class ModelFormatError(FastVLADError):
@@ -90,8 +93,9 @@ class DeviceUnavailableError(FastVLADError):
     """``device="cuda"`` was asked for but CuPy, the CUDA provider or a GPU is missing."""
 
 
-class NotFittedError(FastVLADError, AttributeError):
-    """An estimator method that needs ``fit`` was called before it."""
+class NotFittedError(FastVLADError, SklearnNotFittedError):
+    """An estimator method that needs ``fit`` was called before it: scikit-learn's ``NotFittedError``
+    too (a ``ValueError`` and ``AttributeError``), so code written for scikit-learn catches it."""
 
 
 class DistributedError(FastVLADError):

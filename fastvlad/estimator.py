@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import hashlib
+import json
 import logging
 import math
 import os
@@ -11,7 +14,7 @@ import platform
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,7 +36,13 @@ from . import (
 from ._version import __version__
 from .backbone import DEFAULT_BACKBONE
 from .encoder import Encoded, Encoder, Timings, View, predict_views, training_copies
-from .errors import FastVLADError, InvalidDatasetError, ModelFormatError, NotFittedError
+from .errors import (
+    FastVLADError,
+    InvalidDatasetError,
+    ModelFormatError,
+    NotFittedError,
+    ParameterError,
+)
 from .images import ImageSource, source_name
 from .projection import Projection
 
@@ -70,6 +79,22 @@ def off_scale(trained: Any, scales: np.ndarray | None) -> np.ndarray:
         return np.zeros(0 if scales is None else len(scales), dtype=bool)
     lo, hi = trained[0] / config.SCALE_TOLERANCE, trained[2] * config.SCALE_TOLERANCE
     return (scales < lo) | (scales > hi)
+
+
+def all_or_nothing(fit: Callable[..., FastVLAD]) -> Callable[..., FastVLAD]:
+    """A fit method that leaves the model as it was when it fails part-way: ``fit`` sets the new
+    codebook before it finds, say, a class left without images, and the old head had then predicted
+    from the new codes (other answers, no error), or failed on another ``k`` with a NumPy error."""
+    @functools.wraps(fit)
+    def whole(self: FastVLAD, *args: Any, **kwargs: Any) -> FastVLAD:
+        before = dict(self.__dict__)
+        try:
+            return fit(self, *args, **kwargs)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+    return whole
 
 
 class FastVLAD(ClassifierMixin, BaseEstimator):
@@ -218,6 +243,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         return cls(**{**FAITHFUL_PARAMS, **overrides})
 
     # -- fitting ------------------------------------------------------------------------------
+    @all_or_nothing
     def fit(self, X: Sequence[ImageSource], y: Sequence[Any] | np.ndarray) -> FastVLAD:
         """Fit the codebook on a sample of ``X``, encode every image once, train the booster."""
         X, y_arr = checks.sources_and_labels(X, y)
@@ -256,6 +282,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.timings_ = dict(timings.seconds)
         return self
 
+    @all_or_nothing
     def fit_codebook(self, X: Sequence[ImageSource], timings: Timings | None = None) -> FastVLAD:
         """Fit only the hypercolumn PCA (with ``pca``) and the k-means codebook, on ``codebook_images``
         random images of ``X``."""
@@ -289,6 +316,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         """(image name, reason) of every image that could not be read."""
         return [(source_name(X[i], i), str(e)) for i, e in encoded.failed]
 
+    @all_or_nothing
     def fit_codes(self, codes: np.ndarray, y: Sequence[Any] | np.ndarray) -> FastVLAD:
         """Train only the classifier head, on codes from ``transform`` (used by cross-validation)."""
         checks.head(self)
@@ -404,13 +432,21 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         return proba
 
     def score(self, X: Sequence[ImageSource], y: Sequence[Any] | np.ndarray, sample_weight: Any = None) -> float:
-        """Accuracy of ``predict(X)`` against labels ``y`` (n,), compared as text (a model file written before
-        labels kept their type holds numbers as text); ``sample_weight`` (n,) weighs the images. An image skipped as unreadable counts as wrong."""
+        """Accuracy of ``predict(X)`` against labels ``y`` (n,), values compared as ``accuracy_score`` does
+        (a model with text classes compares as text); ``sample_weight`` (n,) weighs the images. An image
+        skipped as unreadable counts as wrong."""
         items = checks.sources(X)
         y_arr = checks.label_array(y, len(items))
         weights = None if sample_weight is None else checks.sample_weights(sample_weight, len(items))
-        right = self.predict(items).astype(str) == y_arr.astype(str)
-        return float(np.average(right, weights=weights))
+        text = self.classes_.dtype.kind == "U"
+        if not text and y_arr.dtype.kind == "U":
+            raise ParameterError(f"y holds text labels (e.g. {y_arr[0]!r}) but this model's classes are "
+                                 f"{self.classes_.dtype} values (e.g. {self.classes_[0]!r}): give y as they were")
+        predicted = self.predict(items)
+        # Values compare as scikit-learn's accuracy_score does (0 == 0.0); text classes against numbers,
+        # as a model file written before labels kept their type holds them, compare as text.
+        right = predicted.astype(str) == y_arr.astype(str) if text else predicted == y_arr
+        return float(np.average(np.asarray(right, dtype=bool), weights=weights))
 
     def predict(self, X: Sequence[ImageSource]) -> np.ndarray:
         """Predicted class names ``(n,)``; with ``on_error="skip"``, an object array with None
@@ -443,10 +479,12 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         proj = getattr(self, "projection_", None)
         linear = isinstance(self.head_, classifier.LinearHead)
         axes = self.head_.axes if linear else None
-        return model_file.save(path, model_file.ModelContents(
+        contents = model_file.ModelContents(
             config, self.codebook_, None if linear else classifier.to_bytes(self.head_),
             proj.to_array() if proj is not None else None, self.head_.to_array() if linear else None,
-            axes.to_array() if axes is not None else None))
+            axes.to_array() if axes is not None else None)
+        check_loadable(path, contents)
+        return model_file.save(path, contents)
 
 
 def load(path: str | os.PathLike[str]) -> FastVLAD:
@@ -456,7 +494,11 @@ def load(path: str | os.PathLike[str]) -> FastVLAD:
     ``config.json`` here (known fields, types and ranges, consistent with the codebook), and the
     booster by ``booster_check`` before XGBoost parses it (XGBoost's own parser can crash the
     process on a damaged model)."""
-    contents = model_file.load(path)
+    return model_from_contents(path, model_file.load(path))
+
+
+def model_from_contents(path: str | os.PathLike[str], contents: model_file.ModelContents) -> FastVLAD:
+    """``load``'s checks and assembly of a model file's members (``path`` names it in errors)."""
     model = _model_from_config(path, contents.config, contents.codebook)
     model.quantized_ = quantize.check_record(path, contents.config.get("quantized"))
     model.codebook_ = contents.codebook
@@ -464,6 +506,20 @@ def load(path: str | os.PathLike[str]) -> FastVLAD:
     _check_taps(path, model, contents.codebook)
     model.head_ = _loaded_head(path, model, contents)
     return model
+
+
+def check_loadable(path: str | os.PathLike[str], contents: model_file.ModelContents) -> None:
+    """``ParameterError`` when ``load`` would refuse what ``save`` is about to write: a parameter tied
+    to the fitted arrays (``k``, ``pca``, ``classifier``, ``code_pca``, ``taps``) set after the fit had
+    made a file that ``load`` called damaged. Checked on the members as ``load`` would read them."""
+    as_read = dataclasses.replace(contents, config=json.loads(json.dumps(contents.config)))
+    try:
+        model_from_contents(path, as_read)
+    except ModelFormatError as exc:
+        detail = str(exc).removeprefix(f"{path}: ").removeprefix("config.json: ")
+        detail = detail.removesuffix("; the file is damaged or edited")
+        raise ParameterError(f"{path}: not saved: this model's parameters no longer match what it fitted ({detail}); "
+                             "set them back, or fit again") from None
 
 
 def _check_taps(path: str | os.PathLike[str], model: FastVLAD, codebook: np.ndarray) -> None:

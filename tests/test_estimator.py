@@ -519,3 +519,46 @@ def test_a_table_as_x_is_refused_naming_its_columns() -> None:
 def test_x_that_is_no_list_of_images_is_refused(X: object, match: str) -> None:
     with pytest.raises(ParameterError, match=match):
         tiny_model.fitted_copy().predict(X)  # type: ignore[arg-type]
+
+
+def test_score_compares_values_as_accuracy_score_does() -> None:
+    """``score`` compared labels as text: a model trained on 0/1 scored 0.0 against the same labels as
+    floats or booleans (accuracy_score: 1.0), and text labels scored against a numeric model."""
+    from sklearn.metrics import accuracy_score
+
+    images, y = tiny_model.demo_images()
+    X = list(images)
+    yi = np.unique(y, return_inverse=True)[1] % 2
+    model = tiny_model.fitted_copy().fit_codes(tiny_model.fitted().transform(X), yi)
+    want = accuracy_score(yi, model.predict(X))
+    assert model.score(X, yi.astype(float)) == model.score(X, yi) == want and model.score(X, yi.astype(bool)) == want
+    with pytest.raises(fastvlad.errors.ParameterError, match="y holds text labels"):
+        model.score(X, yi.astype(str))
+
+
+def test_a_fit_that_fails_part_way_leaves_the_model_as_it_was() -> None:
+    """``fit`` set the new codebook before it found a class left without images: the old head then
+    predicted from the new codes without an error (other answers), or failed on another k."""
+    images, y = tiny_model.demo_images()
+    X = list(images)
+    model = tiny_model.fitted_copy(on_error="skip")
+    before = model.predict_proba(X)
+    codebook = model.codebook_
+    one = [x for x, c in zip(X, y) if c == y[0]]  # one class, and the other's images all missing: one class left
+    with pytest.raises(InvalidDatasetError, match="only"):
+        model.set_params(k=6).fit(one + ["/no/such/a.png", "/no/such/b.png"], [y[0]] * len(one) + ["new", "new"])
+    assert model.codebook_ is codebook
+    np.testing.assert_array_equal(model.set_params(k=8).predict_proba(X), before)
+
+
+def test_errors_are_the_ones_scikit_learn_code_catches() -> None:
+    """fastvlad's NotFittedError was not scikit-learn's (``check_estimators_unfitted`` failed, and
+    ``except sklearn.exceptions.NotFittedError`` missed it); an empty X or one class were not ValueErrors."""
+    import sklearn.exceptions
+    from sklearn.utils.estimator_checks import check_estimators_unfitted
+
+    check_estimators_unfitted("FastVLAD", FastVLAD())
+    with pytest.raises(sklearn.exceptions.NotFittedError):
+        FastVLAD().predict([np.zeros((32, 32), np.uint8)])
+    with pytest.raises(ValueError, match="X is empty"):
+        tiny_model.fitted().predict([])

@@ -179,3 +179,19 @@ def test_a_loaded_model_saved_again_keeps_its_training_record(tmp_path: Path) ->
     again = load(load(first).save(tmp_path / "b.fvl"))
     train = load(first).train_info_
     assert train["timings"] and again.train_info_ == train
+
+
+@pytest.mark.parametrize("changed", [{"k": 6}, {"pca": 8}, {"classifier": "ridge"}, {"code_pca": None}])
+def test_save_refuses_parameters_that_no_longer_match_the_fit(tmp_path: Path, changed: dict[str, object]) -> None:
+    """``set_params(k=8)`` (or ``pca``, ``classifier``, ``code_pca``) after the fit: ``save`` wrote a
+    file that ``load`` then refused as damaged or edited."""
+    from . import tiny_model
+
+    images, y = tiny_model.demo_images()
+    model = tiny_model.fitted_copy(classifier="ridge", code_pca=5) if "code_pca" in changed else tiny_model.fitted_copy()
+    if "code_pca" in changed:
+        model.fit_codes(tiny_model.fitted().transform(list(images)), y)
+    model.set_params(**changed)
+    with pytest.raises(FastVLADError, match="not saved: this model's parameters no longer match what it fitted"):
+        model.save(tmp_path / "m.fvl")
+    assert not list(tmp_path.iterdir())
