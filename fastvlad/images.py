@@ -127,6 +127,7 @@ def _unreadable() -> str:
     return ("check that the file is a complete image (PNG, JPEG, TIFF, BMP, GIF or WebP) and re-export it"
             + skip_advice(", or skip unreadable images with on_error='skip' (CLI: --on-error skip)"))
 
+
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
 _PIL_DIRECT = ("1", "L", "RGB", "I", "F")  # modes NumPy reads as they are
 _warned_multipage = threading.Event()
