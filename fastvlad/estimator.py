@@ -471,8 +471,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
             params["calibration"] = str(params["calibration"])
         config = {"params": params, "classes": [json_value(c) for c in self.classes_],
                   "backbone_sha256": self.backbone_sha256_, "taps": list(self.taps_),
-                  # a loaded model has no timings_: its file's record is kept through a second save
-                  "train": {**self.train_info_, "timings": getattr(self, "timings_", self.train_info_.get("timings", {}))},
+                  "train": {**self.train_info_, "timings": getattr(self, "timings_", {})},
                   "versions": versions()}
         if getattr(self, "quantized_", None):
             config["quantized"] = self.quantized_  # checked at use, as backbone_sha256 is
@@ -666,10 +665,20 @@ def _model_from_config(path: str | os.PathLike[str], cfg: dict[str, Any], codebo
     if not (all(0.0 < v < math.inf for v in values) and values == sorted(values)):
         raise bad(f"train.input_scale={checks.shown(scales)} must be [min, median, max]: three positive numbers "
                   "in order")
+    skipped, timings = train.get("skipped", []), train.get("timings", {})
+    if not (isinstance(skipped, list) and all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
+                                              for p in skipped)):
+        raise bad("train.skipped must be a list of [image, reason] pairs")
+    if not (isinstance(timings, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and math.isfinite(v) for v in timings.values())):
+        raise bad("train.timings must map stage names to seconds")
     model.classes_ = np.array(classes)
     model.backbone_sha256_ = sha
     model.taps_ = tuple(taps)
     model.train_info_ = train
+    # the fitted attributes a model has after fit, from the fit's record
+    model.skipped_ = [(name, why) for name, why in skipped]
+    model.timings_ = {str(stage): float(seconds) for stage, seconds in timings.items()}
     return model
 
 

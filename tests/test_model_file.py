@@ -179,6 +179,8 @@ def test_a_loaded_model_saved_again_keeps_its_training_record(tmp_path: Path) ->
     again = load(load(first).save(tmp_path / "b.fvl"))
     train = load(first).train_info_
     assert train["timings"] and again.train_info_ == train
+    # and a loaded model has the fitted attributes a fitted one has, from the fit's record
+    assert again.timings_ == tiny_model.fitted().timings_ and again.skipped_ == tiny_model.fitted().skipped_ == []
 
 
 @pytest.mark.parametrize("changed", [{"k": 6}, {"pca": 8}, {"classifier": "ridge"}, {"code_pca": None}])

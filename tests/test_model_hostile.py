@@ -360,6 +360,8 @@ CONFIG_EDITS = {
     "input scale too large for a float": (lambda c: c["train"].update(input_scale=[1, 1, 10**400]),
                                           r"input_scale=\[1, 1, 1000.* must be \[min, median, max\]"),
     "input scale as flags": (lambda c: c["train"].update(input_scale=[True, True, True]), "input_scale"),
+    "skipped not pairs": (lambda c: c["train"].update(skipped=[["a.png"]]), r"train.skipped must be a list of \[image"),
+    "timings not seconds": (lambda c: c["train"].update(timings={"cnn": "fast"}), "train.timings must map"),
     "params not an object": (lambda c: c.update(params=[]), "params must be an object"),
     "k too large for a float": (_params(k=10**400), r"k=10000000000000000000…\(401 characters\): must be an integer"),
     "density too large for a float": (_params(density=10**400), r"density=1000.*: must be a number"),
