@@ -240,9 +240,16 @@ def test_a_bad_tta_zoom_is_refused_at_predict_before_any_image(model_file: Path,
         model.predict([str(tmp_path / "missing.png")])
 
 
-def test_info() -> None:
+def test_info(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     res = CliRunner().invoke(app, ["info"])
     assert res.exit_code == 0 and "onnxruntime" in res.output and "cache" in res.output
+    # what the cache holds: each calibration set adds an int8 copy, and nothing removes one
+    monkeypatch.setenv("FASTVLAD_HOME", str(tmp_path))
+    (tmp_path / "vgg16_taps.v1.onnx").write_bytes(b"x" * 3_000_000)
+    for name in ("int8.v1.a.b.c.d.onnx", "int8.v1.a.e.c.d.onnx"):
+        (tmp_path / name).write_bytes(b"x" * 2_000_000)
+    res = CliRunner().invoke(app, ["info"])
+    assert "the VGG16 graph: 1 file, 3 MB; int8 copies: 2 files, 4 MB" in res.output, res.output
 
 
 def test_error_is_a_message_not_a_traceback(tmp_path: Path) -> None:
