@@ -366,9 +366,10 @@ def _quiet_root_logger() -> Iterator[None]:
 
 
 def quantize_graph(model_path: Path, taps: Sequence[str], pixels: np.ndarray, recipe: Recipe = DEFAULT_RECIPE,
-                   metadata: dict[str, str] | None = None) -> bytes:
+                   metadata: dict[str, str] | None = None, graph: Any = None) -> bytes:
     """The serialized int8 graph of the float model at ``model_path``, calibrated on ``pixels``
-    ``(n, 3, H, W)`` float32. Outputs: the taps (NCHW float32), as in the float model."""
+    ``(n, 3, H, W)`` float32. Outputs: the taps (NCHW float32), as in the float model. ``graph``:
+    ``float_graph(model_path, taps)`` when the caller has it already."""
     import inspect
 
     import onnx
@@ -382,7 +383,7 @@ def quantize_graph(model_path: Path, taps: Sequence[str], pixels: np.ndarray, re
 
     with tempfile.TemporaryDirectory(prefix="fastvlad-quant-") as tmp:
         src, out, cache = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx", Path(tmp) / "ranges.json"
-        onnx.save(float_graph(model_path, taps), str(src))
+        onnx.save(graph if graph is not None else float_graph(model_path, taps), str(src))
         input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
         options: dict[str, Any] = dict(
             quant_format=QuantFormat.QDQ if recipe.fmt == "qdq" else QuantFormat.QOperator,
@@ -457,7 +458,7 @@ def build(backbone: str | os.PathLike[str] = "vgg16", taps: Sequence[str] | None
     cache or built once (``force``: built again). ``pixels`` gives the calibration set directly."""
     from filelock import FileLock
 
-    from .backbone import check_taps, resolve_model
+    from .backbone import resolve_model
 
     path, default_taps = resolve_model(backbone)
     taps = tuple(taps or default_taps or ())
@@ -489,14 +490,12 @@ def build(backbone: str | os.PathLike[str] = "vgg16", taps: Sequence[str] | None
                     sha = None if force else _intact(target)
         if sha is None:
             assert pixels is not None  # given, or the demo set drawn above
-            import onnx
-
-            check_taps(onnx.load(str(path)).graph, taps, path)  # before saying "building"
+            graph = float_graph(path, taps)  # unknown taps refused before saying "building"
             log.info("fastvlad: building the int8 copy of %s once (calibration set %s…, %d images); cached at %s",
                      path.name, calib_sha[:12], len(pixels), target)
             import onnxruntime
 
-            data = quantize_graph(path, taps, pixels, recipe, metadata={
+            data = quantize_graph(path, taps, pixels, recipe, graph=graph, metadata={
                 "backbone_sha256": backbone_sha, "calibration_sha256": calib_sha, "taps": ",".join(taps),
                 "recipe": json.dumps(asdict(recipe), sort_keys=True), "onnxruntime": onnxruntime.__version__})
             sha = hashlib.sha256(data).hexdigest()
