@@ -568,6 +568,12 @@ def zoom_sources(sources: Sequence[AnySource], indices: Sequence[int] | np.ndarr
     return list(augmented(sources, indices, 1, seed)) if jitter else [sources[int(i)] for i in indices]
 
 
+def copies_per_image(augment: int, zoom: Sequence[float]) -> int:
+    """How many codes ``training_copies`` adds per readable training image: ``augment`` jittered
+    copies and one per factor of ``zoom``."""
+    return int(augment) + len(zoom)
+
+
 def training_copies(encoder: Encoder, sources: Sequence[AnySource], indices: np.ndarray, augment: int,
                     zoom: Sequence[float], seed: int, timings: Timings,
                     zoom_jitter: bool = False) -> tuple[np.ndarray, np.ndarray]:

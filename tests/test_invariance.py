@@ -17,7 +17,7 @@ import pytest
 
 import fastvlad
 from fastvlad import backends, explain, intensity
-from fastvlad.encoder import Encoder, EncoderSettings, image_points
+from fastvlad.encoder import Encoder, EncoderSettings, copies_per_image, image_points
 from fastvlad.errors import ModelFormatError, ParameterError
 from fastvlad.estimator import FastVLAD
 from fastvlad.images import Preprocess, Transformed, augmented, flipped
@@ -264,6 +264,7 @@ def test_fit_with_augmentation_and_tta(vgg16_path: Path, small_demo: tuple[list[
     params = small_model_params(augment=1, tta=3, classifier="logistic")
     model = FastVLAD(**params).fit(images, labels)
     assert model.train_info_["n_images"] == len(images) and model.train_info_["n_copies"] == len(images)
+    assert model.train_info_["n_copies"] == copies_per_image(model.augment, model.zoom) * len(images)
     assert {"augment", "augment_cnn"} <= set(model.timings_) and model.timings_["augment_cnn"] > 0
     proba = model.predict_proba(images[:5])
     np.testing.assert_array_equal(FastVLAD(**params).fit(images, labels).predict_proba(images[:5]), proba)
@@ -291,6 +292,7 @@ def test_fit_with_zoom(vgg16_path: Path, small_demo: tuple[list[np.ndarray], np.
     model = FastVLAD(**params).fit(images, labels)
     n = len(images)
     assert model.train_info_["n_images"] == n and model.train_info_["n_copies"] == 2 * n
+    assert model.train_info_["n_copies"] == copies_per_image(model.augment, model.zoom) * n  # bench.head_cost's count
     assert {"zoom", "zoom_cnn"} <= set(model.timings_) and model.timings_["zoom_cnn"] > 0
     at = [copy.copy(model).set_params(image_size=side).transform(images) for side in (64, 96, 48)]
     assert not np.allclose(at[0], at[1]) and not np.allclose(at[0], at[2])

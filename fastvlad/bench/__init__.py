@@ -33,6 +33,7 @@ from ..encoder import (
     Workspace,
     batch_points,
     copies_cnn_seconds,
+    copies_per_image,
 )
 from ..errors import ParameterError, without_skip_advice
 from ..images import MIN_SIDE, Preprocess
@@ -252,7 +253,7 @@ def head_cost(est: Any, codes: np.ndarray, labels: np.ndarray, repeats: int = 3)
     each): at a few images its fixed cost dominates, and scaling its time per image would inflate it."""
     import copy
 
-    rows_per_image = 1 + int(est.augment) + len(est.zoom)
+    rows_per_image = 1 + copies_per_image(est.augment, est.zoom)
     rows = np.tile(codes, (rows_per_image, 1)), np.tile(labels, rows_per_image)
     seconds = []
     for times in (1, 2):
