@@ -101,6 +101,7 @@ def test_plugin_in_a_headless_viewer(display: None, make_napari_viewer, tmp_path
     assert tuple(classes.scale) == (1.5, 1.5) and classes.data.shape == image.shape
     assert set(np.unique(classes.data)) <= set(range(1, 5)) and len(points.data) == 9 * 50
     assert "answer" in classes.metadata
+    assert [kind for *_, kind in classify_micrograph(layer, model, show_codewords=False)] == ["labels"]
 
     viewer.reset_view()
     from qtpy.QtWidgets import QApplication

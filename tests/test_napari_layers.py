@@ -4,10 +4,12 @@ plugin itself in a viewer when napari is installed)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from fastvlad import demo
-from fastvlad.napari_plugin import classify
+from fastvlad.napari_plugin import classify, layer_data
 
 from .tiny_model import fitted_copy
 
@@ -32,3 +34,12 @@ def test_layers_map_tiles_and_points_onto_the_micrograph() -> None:
     assert (result.class_map[-16:, -16:] == last).all()
     assert len(result.points) == 16 * 50 and result.codewords.max() < 8
     assert result.points.min() >= -0.5 and result.points.max() <= 191.5
+
+    class Layer:  # what layer_data reads of a napari image layer
+        scale, translate = (1.0, 2.0, 2.0), (0.0, 5.0, 7.0)
+
+    shown = layer_data(result, Layer(), Path("m.fvl"))
+    assert [kind for *_, kind in shown] == ["labels", "points"]
+    assert all(kw["scale"] == (2.0, 2.0) and kw["translate"] == (5.0, 7.0) for _, kw, _ in shown)
+    hidden = layer_data(result, Layer(), Path("m.fvl"), codewords=False)  # the widget's "show codewords" unticked
+    assert [kind for *_, kind in hidden] == ["labels"] and hidden[0][0] is result.class_map

@@ -6,12 +6,13 @@
   size from the file).
 - A widget, "Classify micrograph (fastvlad)": pick an image layer and a saved model; it adds the
   per-tile class map (a labels layer, one label per class) and the codeword of every sampled
-  pixel (a points layer coloured by codeword), both aligned to the image.
+  pixel (a points layer coloured by codeword, unless "show codewords" is unticked), both aligned
+  to the image.
 
 ``layers`` (no napari import) computes what the layers show, so it is usable and testable without
 a display.
 """
 
-from .layers import MicrographLayers, classify
+from .layers import MicrographLayers, classify, layer_data
 
-__all__ = ["MicrographLayers", "classify"]
+__all__ = ["MicrographLayers", "classify", "layer_data"]

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import images, tiling
 from ..encoder import Encoder
 from ..errors import ImageReadError
+
+if TYPE_CHECKING:
+    import napari
 
 
 @dataclass
@@ -82,3 +85,21 @@ def _box(source: images.ImageSource, height: int, width: int) -> tuple[float, fl
         p = tiling.prepared(source.micrograph, source.settings)  # rescaled or cropped, not tiled
         return 0.0, 0.0, p.values.shape[0] / p.factor, p.values.shape[1] / p.factor
     return 0.0, 0.0, float(height), float(width)
+
+
+def layer_data(result: MicrographLayers, image: Any, model_file: Path,
+               codewords: bool = True) -> list[napari.types.LayerDataTuple]:
+    """The result as napari layer tuples, aligned with ``image`` (same scale and translation): the
+    class map, and with ``codewords`` the sampled points coloured by their codeword."""
+    place = {"scale": tuple(image.scale)[-2:], "translate": tuple(image.translate)[-2:]}
+    answer = ", ".join(f"{c} {p:.2f}" for c, p in zip(result.classes, result.proba))
+    classes = {"label": list(range(len(result.classes) + 1)), "class": ["(no tile)", *result.classes]}
+    layers: list[napari.types.LayerDataTuple] = [
+        (result.class_map, {"name": f"fastvlad classes ({Path(model_file).name})", "opacity": 0.4,
+                            "features": classes, "metadata": {"classes": result.classes, "answer": answer,
+                                                               "tile_proba": result.tile_proba}, **place}, "labels")]
+    if codewords and len(result.points):
+        layers.append((result.points, {"name": "fastvlad codewords", "size": 3, "border_width": 0,
+                                       "features": {"codeword": result.codewords}, "face_color": "codeword",
+                                       "face_colormap": "turbo", **place}, "points"))
+    return layers
