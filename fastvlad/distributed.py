@@ -53,7 +53,7 @@ from .errors import (
     ModelFormatError,
     ParameterError,
 )
-from .estimator import check_fitted, scale_range
+from .estimator import CNNIdentity, check_fitted, unchanged_on_failure
 from .images import AnySource, Derived, ImageSource, Transformed
 
 if TYPE_CHECKING:
@@ -229,8 +229,7 @@ class _Sample:
 
     points: np.ndarray  # (Σ len(keep), dim) float32, image by image
     seconds: dict[str, float]
-    backbone_sha256: str
-    taps: tuple[str, ...]
+    cnn: CNNIdentity
 
 
 def _check_readable(sources: Sequence[ImageSource]) -> None:
@@ -243,7 +242,7 @@ def _sample_part(sources: Sequence[ImageSource], keeps: Sequence[np.ndarray], sp
     with _worker_turn():
         encoder = _worker_encoder(spec)
         rows, _ = encoder.sample_hypercolumns(sources, keeps, None, timings)
-    return _Sample(np.concatenate(rows), dict(timings.seconds), encoder.cnn.sha256, encoder.cnn.taps)
+    return _Sample(np.concatenate(rows), dict(timings.seconds), CNNIdentity.of(encoder.cnn))
 
 
 def _encode_part(sources: Sequence[ImageSource], start: int, encoder: tuple[np.ndarray, Any], spec: _Spec,
@@ -408,7 +407,12 @@ def fit_codebook(client: Client | None, X: Sequence[ImageSource], model: FastVLA
     fit, since the sampled points are the same (k-means runs on the client)."""
     if client is None:
         return model.fit_codebook(X)
-    X = checks.sources(X)
+    with unchanged_on_failure(model):
+        return _fit_codebook(client, checks.sources(X), model, partition_size)
+
+
+def _fit_codebook(client: Client, X: Sequence[ImageSource], model: FastVLAD, partition_size: int | None) -> FastVLAD:
+    """``fit_codebook`` on a cluster, which leaves ``model`` unchanged if this fails."""
     checks.parameters(model, len(X))
     if model.on_error == "raise":  # fail fast on unreadable headers, as the local fit does
         _gather(client, [client.submit(_check_readable, _shipped(X, r), pure=False)
@@ -424,10 +428,10 @@ def fit_codebook(client: Client | None, X: Sequence[ImageSource], model: FastVLA
                                   "check the images")
     parts: list[_Sample] = _gather(client, futures)
     timings = Timings()
-    model.projection_, model.codebook_ = fit_centres(np.concatenate([p.points for p in parts]), int(model.k),
-                                                     EncoderSettings.of(model), timings)
+    projection, centres = fit_centres(np.concatenate([p.points for p in parts]), int(model.k),
+                                      EncoderSettings.of(model), timings)
+    model.adopt_codebook(projection, centres, parts[0].cnn)
     model.timings_ = dict(timings.seconds)
-    model.backbone_sha256_, model.taps_ = parts[0].backbone_sha256, parts[0].taps
     _sum_seconds(parts, model.timings_)
     return model
 
@@ -482,7 +486,13 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
     booster by ``xgboost.dask``. Returns ``model``, fitted, ready for ``save``."""
     if client is None:
         return model.fit(X, y)
-    X, y_arr = checks.sources_and_labels(X, y)
+    with unchanged_on_failure(model):
+        return _fit(client, *checks.sources_and_labels(X, y), model, partition_size)
+
+
+def _fit(client: Client, X: Sequence[ImageSource], y_arr: np.ndarray, model: FastVLAD,
+         partition_size: int | None) -> FastVLAD:
+    """``fit`` on a cluster, which leaves ``model`` unchanged if this fails."""
     if model.augment:
         raise ParameterError(f"augment={model.augment}: augmented training is not available on a Dask cluster yet; "
                              "train on one machine (no --workers/--scheduler) or set augment=0")
@@ -491,12 +501,7 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
                              f"on a Dask cluster are available for the linear heads {classifier.LINEAR} only; use "
                              "one of them, train on one machine (no --workers/--scheduler), or set zoom=()")
     t0 = time.perf_counter()
-    given = len(X)
-    plan = tiling.plan_for(model, X)  # micrographs → tiles, each with its micrograph's label, as fit does
-    if plan is not None:
-        X, y_arr = plan.sources, y_arr[plan.owner]
-        if not X:
-            raise InvalidDatasetError(f"none of the {given} images could be read (e.g. {plan.failures()[0][1]})")
+    plan, X, y_arr = tiling.training_set(model, X, y_arr)  # micrographs → tiles, as the local fit cuts them
     fit_codebook(client, X, model, partition_size)
     codebook_pass = dict(model.timings_)  # summed over the workers, like the local fit's record
     futures = _submit_encode(client, X, model, partition_size)
@@ -513,18 +518,9 @@ def fit(client: Client | None, X: Sequence[ImageSource], y: Sequence[Any] | np.n
     model.timings_["classifier"] = _train(client, model, futures, [len(p.indices) for p in parts], y_ok,
                                           (copies, y_ok[of]))
     # The local fit's record, less the images' SHA-256 (it would read every file on the client).
-    names, counts = np.unique(y_ok.astype(str), return_counts=True)
-    info: dict[str, Any] = {
-        "n_images": len(y_ok), "n_copies": len(copies), "code_dim": int(model.codebook_.size),
-        "classifier_seconds": model.timings_["classifier"],
-        "n_skipped": len(model.skipped_), "class_counts": {str(c): int(n) for c, n in zip(names, counts)},
-        "skipped": [[name, why] for name, why in model.skipped_], "workers": len(client.nthreads()),
-        "partitions": len(futures), "codebook_pass_seconds": codebook_pass}
-    if model.projection_ is not None:
-        info["pca_explained_variance"] = model.projection_.explained_variance_ratio
-    if encoded.scales is not None:
-        info["input_scale"] = scale_range(encoded.scales)
-    model.train_info_ = info
+    model.train_info_ = {"code_dim": int(model.codebook_.size), "classifier_seconds": model.timings_["classifier"],
+                         **model.fit_record(y_ok, len(copies), encoded.scales, codebook_pass),
+                         "workers": len(client.nthreads()), "partitions": len(futures)}
     model.timings_["total"] = time.perf_counter() - t0
     return model
 

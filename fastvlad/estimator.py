@@ -14,7 +14,7 @@ import platform
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -81,20 +81,43 @@ def off_scale(trained: Any, scales: np.ndarray | None) -> np.ndarray:
     return (scales < lo) | (scales > hi)
 
 
+@contextlib.contextmanager
+def unchanged_on_failure(model: FastVLAD) -> Iterator[FastVLAD]:
+    """Leave ``model`` as it was if the block fails part-way: a fit sets the new codebook before it
+    finds, say, a class left without images, and the old head had then predicted from the new codes
+    (other answers, no error), or failed on another ``k`` with a NumPy error."""
+    before = dict(model.__dict__)
+    try:
+        yield model
+    except BaseException:
+        model.__dict__.clear()
+        model.__dict__.update(before)
+        raise
+
+
 def all_or_nothing(fit: Callable[..., FastVLAD]) -> Callable[..., FastVLAD]:
-    """A fit method that leaves the model as it was when it fails part-way: ``fit`` sets the new
-    codebook before it finds, say, a class left without images, and the old head had then predicted
-    from the new codes (other answers, no error), or failed on another ``k`` with a NumPy error."""
+    """A fit method that leaves the model as it was when it fails part-way (``unchanged_on_failure``)."""
     @functools.wraps(fit)
     def whole(self: FastVLAD, *args: Any, **kwargs: Any) -> FastVLAD:
-        before = dict(self.__dict__)
-        try:
+        with unchanged_on_failure(self):
             return fit(self, *args, **kwargs)
-        except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(before)
-            raise
     return whole
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNIdentity:
+    """What a model records of the CNN its codebook was fitted with, and checks at every use: the
+    float graph's SHA-256, its taps, and the int8 graph's record (``quantize.record_of``; None for a
+    float graph)."""
+
+    sha256: str
+    taps: tuple[str, ...]
+    quantized: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, cnn: Any) -> CNNIdentity:
+        """The identity of an open backbone (``backbone.open_shared``'s)."""
+        return cls(cnn.sha256, tuple(cnn.taps), quantize.record_of(cnn))
 
 
 class FastVLAD(ClassifierMixin, BaseEstimator):
@@ -249,12 +272,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         X, y_arr = checks.sources_and_labels(X, y)
         t0 = time.perf_counter()
         given, y_given = X, y_arr
-        plan = tiling.plan_for(self, X)  # micrographs → tiles, each with its micrograph's label
-        if plan is not None:
-            X, y_arr = plan.sources, y_arr[plan.owner]
-            if not X:
-                raise InvalidDatasetError(f"none of the {len(given)} images could be read "
-                                          f"(e.g. {plan.failures()[0][1]})")
+        plan, X, y_arr = tiling.training_set(self, X, y_arr)  # micrographs → tiles, with their micrograph's label
         timings = Timings()
         self.fit_codebook(X, timings)
         codebook_pass = dict(timings.seconds)  # before the encoder adds to the same stages
@@ -262,25 +280,35 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         self.skipped_ = (plan.failures() if plan is not None else []) + self.describe_failures(X, encoded)
         if not len(encoded.indices):
             raise InvalidDatasetError(f"none of the {len(X)} images could be read (e.g. {self.skipped_[0][1]})")
-        datasets.classes_left(y_given, y_arr[encoded.indices])  # a class all of whose images were skipped
-        codes, labels = self._with_augmented(X, encoded, y_arr[encoded.indices], timings)
+        y_ok = y_arr[encoded.indices]
+        datasets.classes_left(y_given, y_ok)  # a class all of whose images were skipped
+        codes, labels = self._with_augmented(X, encoded, y_ok, timings)
         self.fit_codes(codes, labels)
         # fit_codes counted rows; a user trained on the images, the copies are the head's alone
-        self.train_info_.update(n_images=len(encoded.indices), n_copies=len(codes) - len(encoded.indices))
-        timings.seconds["classifier"] = cast(float, self.train_info_["classifier_seconds"])
-        if self.projection_ is not None:
-            self.train_info_["pca_explained_variance"] = self.projection_.explained_variance_ratio
+        self.train_info_.update(self.fit_record(y_ok, len(codes) - len(y_ok), encoded.scales, codebook_pass))
         # What the model learnt from, for the model file: the images' own bytes, not only their codes.
-        names, counts = np.unique(y_arr[encoded.indices].astype(str), return_counts=True)
-        self.train_info_.update(images_sha256=model_file.data_sha256(given, y_given), n_skipped=len(self.skipped_),
-                                class_counts={str(c): int(n) for c, n in zip(names, counts)})
-        self.train_info_["skipped"] = [[name, why] for name, why in self.skipped_]
-        self.train_info_["codebook_pass_seconds"] = codebook_pass
-        if encoded.scales is not None:
-            self.train_info_["input_scale"] = scale_range(encoded.scales)
+        self.train_info_["images_sha256"] = model_file.data_sha256(given, y_given)
+        timings.seconds["classifier"] = cast(float, self.train_info_["classifier_seconds"])
         timings.seconds["total"] = time.perf_counter() - t0
         self.timings_ = dict(timings.seconds)
         return self
+
+    def fit_record(self, labels: np.ndarray, n_copies: int, scales: np.ndarray | None,
+                   codebook_pass: dict[str, float]) -> dict[str, Any]:
+        """What a fit's record (``train_info_``, kept in the model file) says of the data, by ``fit`` and
+        ``distributed.fit`` alike: the readable images' ``labels`` ``(n_images,)``, how many training
+        copies the head also learnt from, the images' input scales ``(n_images,)`` (or None), the
+        codebook pass's stage seconds, and ``skipped_``."""
+        names, counts = np.unique(labels.astype(str), return_counts=True)
+        record: dict[str, Any] = {
+            "n_images": len(labels), "n_copies": int(n_copies), "n_skipped": len(self.skipped_),
+            "class_counts": {str(c): int(n) for c, n in zip(names, counts)},
+            "skipped": [[name, why] for name, why in self.skipped_], "codebook_pass_seconds": codebook_pass}
+        if self.projection_ is not None:
+            record["pca_explained_variance"] = self.projection_.explained_variance_ratio
+        if scales is not None:
+            record["input_scale"] = scale_range(scales)
+        return record
 
     @all_or_nothing
     def fit_codebook(self, X: Sequence[ImageSource], timings: Timings | None = None) -> FastVLAD:
@@ -293,11 +321,17 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         encoder = Encoder.of(self, check_backbone=False)
         with kernel_guard():
             fitted = encoder.fit_codebook(X, int(self.k), int(self.codebook_images), timings=timings)
-        self.projection_ = fitted.projection
-        self.codebook_: np.ndarray = cast(np.ndarray, fitted.centres)
-        self.backbone_sha256_ = encoder.cnn.sha256
-        self.taps_ = encoder.cnn.taps
-        self.quantized_ = quantize.record_of(encoder.cnn)  # the int8 graph's identity, or None
+        return self.adopt_codebook(fitted.projection, cast(np.ndarray, fitted.centres), CNNIdentity.of(encoder.cnn))
+
+    def adopt_codebook(self, projection: Projection | None, centres: np.ndarray, cnn: CNNIdentity) -> FastVLAD:
+        """Take a fitted hypercolumn PCA and codebook ``(k, p or dim)`` float32, and the identity of the
+        CNN they were fitted with: ``fit_codebook`` fits them here, ``distributed.fit_codebook`` from
+        the workers' hypercolumns."""
+        self.projection_ = projection
+        self.codebook_: np.ndarray = centres
+        self.backbone_sha256_ = cnn.sha256
+        self.taps_ = cnn.taps
+        self.quantized_ = cnn.quantized  # the int8 graph's identity, or None
         return self
 
     def _with_augmented(self, X: Sequence[ImageSource], encoded: Encoded, y: np.ndarray,
@@ -469,10 +503,10 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         params["taps"] = params["taps"] or None
         if params["calibration"] is not None:
             params["calibration"] = str(params["calibration"])
-        config = {"params": params, "classes": [json_value(c) for c in self.classes_],
-                  "backbone_sha256": self.backbone_sha256_, "taps": list(self.taps_),
-                  "train": {**self.train_info_, "timings": getattr(self, "timings_", {})},
-                  "versions": versions()}
+        config: dict[str, Any] = {"params": params, "classes": [json_value(c) for c in self.classes_],
+                                  "backbone_sha256": self.backbone_sha256_, "taps": list(self.taps_),
+                                  "train": {**self.train_info_, "timings": getattr(self, "timings_", {})},
+                                  "versions": versions()}
         if getattr(self, "quantized_", None):
             config["quantized"] = self.quantized_  # checked at use, as backbone_sha256 is
         proj = getattr(self, "projection_", None)

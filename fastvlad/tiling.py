@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import checks, config, images, microscopy
-from .errors import ImageReadError
+from .errors import ImageReadError, InvalidDatasetError
 from .model_file import hash_file_into
 
 log = logging.getLogger("fastvlad")
@@ -470,6 +470,19 @@ def plan_for(model: Any, X: Sequence[images.ImageSource]) -> Plan | None:
     if not skip:
         checks.readable([x for x in X if not isinstance(x, Tile)])
     return plan(X, settings, skip)
+
+
+def training_set(model: Any, X: Sequence[images.ImageSource],
+                 y: np.ndarray) -> tuple[Plan | None, Sequence[images.ImageSource], np.ndarray]:
+    """What a fit of ``model`` trains on: ``plan_for(model, X)`` (or None), its inputs (every tile,
+    or ``X`` as it is) and their labels ``(n_inputs,)`` (each tile its micrograph's ``y``). Raises
+    ``InvalidDatasetError`` when none of ``X`` could be read."""
+    plan = plan_for(model, X)
+    if plan is None:
+        return None, X, y
+    if not plan.sources:
+        raise InvalidDatasetError(f"none of the {len(X)} images could be read (e.g. {plan.failures()[0][1]})")
+    return plan, plan.sources, y[plan.owner]
 
 
 def sources_of(paths: Sequence[Path], pixel_size_nm: np.ndarray | None = None) -> list[images.ImageSource]:

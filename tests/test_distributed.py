@@ -20,7 +20,7 @@ pytest.importorskip("xgboost.dask")
 from distributed import Client
 from typer.testing import CliRunner
 
-from fastvlad import datasets, distributed, load
+from fastvlad import datasets, distributed, load, quantize
 from fastvlad.cli import app
 from fastvlad.errors import DistributedError, ImageReadError, ParameterError
 from fastvlad.estimator import FastVLAD
@@ -284,6 +284,36 @@ def test_zoomed_copies_on_the_cluster_match_the_local_fit(client: Client, data: 
     assert (local.train_info_["n_images"], local.train_info_["n_copies"]) == (len(data[0]), 2 * len(data[0]))
     with pytest.raises(ParameterError, match=r"zoom=\(1.25, 0.75\) with classifier='xgboost'.*linear heads"):
         distributed.fit(client, *data, FastVLAD(**small_model_params(zoom=(1.25, 0.75))), partition_size=5)
+
+
+def test_codebook_on_the_cluster_records_the_int8_graph(client: Client, data: tuple[list[str], np.ndarray]) -> None:
+    """The cluster's codebook records the CNN as the local fit does, the int8 graph's identity with it:
+    it had left ``quantized_`` unset, so an int8 model fitted on a cluster was saved without the
+    record its graph is checked against at every use (or kept a stale one from an earlier fit)."""
+    quantize.build()  # the default int8 graph, cached as tests/test_quantize.py builds it
+    params = small_model_params(precision="int8")
+    local = FastVLAD(**params).fit_codebook(data[0])
+    remote = distributed.fit_codebook(client, data[0], FastVLAD(**params), partition_size=5)
+    assert local.quantized_ is not None and remote.quantized_ == local.quantized_
+    np.testing.assert_array_equal(remote.codebook_, local.codebook_)
+    assert distributed.fit_codebook(client, data[0], remote.set_params(precision="fp32")).quantized_ is None
+
+
+def test_a_failed_fit_on_the_cluster_leaves_the_model_as_it_was(client: Client, data: tuple[list[str], np.ndarray],
+                                                                dask_model: FastVLAD,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the local fit (``estimator.all_or_nothing``): a cluster fit that fails after its new codebook
+    must not leave that codebook beside the old head (other answers, no error)."""
+    model = copy.copy(dask_model).set_params(k=4)
+
+    def fail(*args: object, **kwargs: object) -> float:
+        raise RuntimeError("the head failed")
+
+    monkeypatch.setattr(distributed, "_train", fail)
+    with pytest.raises(RuntimeError, match="the head failed"):
+        distributed.fit(client, *data, model, partition_size=5)
+    assert model.codebook_ is dask_model.codebook_ and model.head_ is dask_model.head_
+    assert model.timings_ is dask_model.timings_ and model.k == 4
 
 
 def test_shared_values_survive_the_workers_that_held_them(client: Client) -> None:
