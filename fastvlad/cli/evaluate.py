@@ -46,6 +46,7 @@ from .options import (
     K,
     estimator,
     load,
+    log,
     micrograph_params,
     precision_of,
     report_skipped,
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
     from ..evaluate import CVResult, ShiftCheck
 
 
-#: The defaults of --folds and --shift-images (a different value given where it is unused gets a notice).
+#: The defaults of --folds and --shift-images (a different value given where it is unused gets a warning).
 DEFAULT_FOLDS, DEFAULT_SHIFT_IMAGES = 5, 200
 
 
@@ -160,11 +161,12 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(DEFAULT
 
 
 def _note_unused(folds: int, split: Optional[str], shift_images: int, shifted: bool) -> None:
-    """A notice on stderr for an option this run has no use for (it was ignored without a word)."""
+    """A warning for an option this run has no use for (it was ignored without a word): through the
+    logger, as every message on stderr, and kept by ``-q``, which hides notices, not warnings."""
     if split is not None and folds != DEFAULT_FOLDS:
-        typer.echo(f"--folds {folds}: not used with --split (one fold per value of {split})", err=True)
+        log.warning(f"--folds {folds}: not used with --split (one fold per value of {split})")
     if not shifted and shift_images != DEFAULT_SHIFT_IMAGES:
-        typer.echo(f"--shift-images {shift_images}: not used without --shift or --shift-magnification", err=True)
+        log.warning(f"--shift-images {shift_images}: not used without --shift or --shift-magnification")
 
 
 def _check_outputs(report: Optional[Path], confusion_png: Optional[Path], json_out: Optional[Path]) -> list[Path]:

@@ -69,7 +69,8 @@ def explain_command(model_path: Path = typer.Argument(..., metavar="MODEL"),
                     on_error: str = typer.Option("raise", metavar="[raise|skip]",
                                                  help="Dataset mode: 'raise' stops at the first unreadable image; "
                                                       "'skip' ranks on the readable ones.")) -> None:
-    """Show which codeword each sampled pixel went to and what each codeword contributed (XGBoost TreeSHAP)."""
+    """Show which codeword each sampled pixel went to and what each codeword contributed (exact: a
+    linear head's coef·x, XGBoost's TreeSHAP)."""
     from .. import datasets
     from .options import load as load_dataset
     from .options import loaded, report_skipped
