@@ -8,6 +8,7 @@ of what they check.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -121,14 +122,50 @@ def _normalised(v: np.ndarray, intra: bool, power: bool) -> np.ndarray:
     return (flat / norm if norm > 0 else flat).astype(np.float32)
 
 
-def minibatch_kmeans_sklearn(point_sets: Sequence[np.ndarray], k: int, random_state: int = 0) -> np.ndarray:
-    """The paper's codebook: scikit-learn ``MiniBatchKMeans``, ``partial_fit`` one image at a time."""
+def minibatch_kmeans_sklearn(point_sets: Sequence[np.ndarray], k: int, random_state: int = 0,
+                             seconds: list[float] | None = None) -> np.ndarray:
+    """The paper's codebook: scikit-learn ``MiniBatchKMeans``, ``partial_fit`` one image's points
+    ``(S, D)`` at a time → centres ``(k, D)`` float32; each call's seconds appended to ``seconds``."""
     from sklearn.cluster import MiniBatchKMeans
 
     km = MiniBatchKMeans(n_clusters=k, random_state=random_state, n_init=1)
     for pts in point_sets:
+        t = time.perf_counter()
         km.partial_fit(pts)
+        if seconds is not None:
+            seconds.append(time.perf_counter() - t)
     return km.cluster_centers_.astype(np.float32)
+
+
+def soft_weights(cross: np.ndarray, c_sq: np.ndarray, scale: float, cutoff: float) -> np.ndarray:
+    """Soft assignment's weights point by point in float64, from the cross term x·cᵀ ``(n, S, k)`` and
+    the centres' squared norms ``(k,)``: ``e_j = exp(−z_j)`` with ``z_j = scale·(d²_j − min d²)``
+    (‖x‖² cancels), ``e_j = 0`` where ``z_j > cutoff``, divided by their sum (a NaN point: NaN).
+    Centre-major: ``(n, k, S)`` float32."""
+    n, s_count, k = cross.shape
+    out = np.empty((n, k, s_count), dtype=np.float32)
+    for i in range(n):
+        for s in range(s_count):
+            d2 = c_sq.astype(np.float64) - 2.0 * cross[i, s].astype(np.float64)
+            z = scale * (d2 - d2.min())
+            with np.errstate(invalid="ignore"):
+                e = np.where(z <= cutoff, np.exp(-np.minimum(z, cutoff)), 0.0)
+                out[i, :, s] = e / e.sum()
+    return out
+
+
+def minibatch_update(batch: np.ndarray, labels: np.ndarray, centres: np.ndarray,
+                     counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One mini-batch k-means step (Sculley; scikit-learn's batch mean): each centre ``(k, D)`` moves
+    to the count-weighted mean of itself and its new points of ``batch`` ``(b, D)`` (``labels``
+    ``(b,)``); a centre without points stays. New centres float32 and counts ``(k,)`` float64."""
+    new_c, new_n = centres.astype(np.float64), counts.astype(np.float64)
+    for j in range(len(centres)):
+        members = batch[labels == j].astype(np.float64)
+        if len(members):
+            new_c[j] = (new_c[j] * new_n[j] + members.sum(axis=0)) / (new_n[j] + len(members))
+            new_n[j] += len(members)
+    return new_c.astype(np.float32), new_n
 
 
 # -- vectorised NumPy twins of the kernels: oracles for the tests, each checked against the loops above --

@@ -126,14 +126,11 @@ def test_minibatch_update_kernels_agree() -> None:
     labels[labels == 4] = 3  # centre 4 gets no points and must stay put
     centres = rng.standard_normal((5, 9), dtype=np.float32)
     counts = np.array([0, 3, 10, 0, 7], dtype=np.float64)
-    expected = centres.copy()
-    for j in range(5):
-        members = batch[labels == j]
-        if len(members):
-            expected[j] = (centres[j] * counts[j] + members.sum(0)) / (counts[j] + len(members))
+    expected, expected_n = reference.minibatch_update(batch, labels, centres, counts)
     got_c, got_n = centres.copy(), counts.copy()
     cpu.minibatch_update(batch, labels, got_c, got_n)
     np.testing.assert_allclose(got_c, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got_n, expected_n)
     assert got_n[4] == 7 and np.array_equal(got_c[4], centres[4]) and got_n[0] == (labels == 0).sum()
 
 

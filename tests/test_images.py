@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from fastvlad import config
+from fastvlad import config, reference
 from fastvlad.errors import ImageReadError, ParameterError
 from fastvlad.images import (
     MIN_SIDE,
@@ -214,6 +214,8 @@ def test_caffe_normalisation_one_pixel() -> None:
     rgb = np.zeros((1, 1, 3), np.float32)
     rgb[0, 0] = (10, 20, 30)
     np.testing.assert_allclose(caffe(rgb)[:, 0, 0], np.array([30, 20, 10]) - CAFFE_MEAN_BGR, rtol=1e-6)
+    image = np.random.default_rng(0).uniform(0, 255, (5, 7, 3)).astype(np.float32)
+    np.testing.assert_array_equal(caffe(image), reference.caffe_preprocess(image))
 
 
 def test_preprocess_resizes_and_keeps_native() -> None:

@@ -342,6 +342,26 @@ def test_soft_weights_kernel_is_the_expression(n: int, s: int, k: int) -> None:
             np.testing.assert_array_equal(got[:, 1], got[:, 2])
 
 
+@pytest.mark.parametrize("softness", [0.5, 10.0, 400.0])
+def test_soft_weights_of_both_backends_are_the_reference_loop(softness: float) -> None:
+    """The CPU kernel and the array expression (the CUDA backend's) against ``reference.soft_weights``,
+    a float64 loop over points that shares no code with either: a defect common to both (they are
+    checked against each other above) shows here. Within float32 rounding of d² (the loop takes the
+    same float32 cross term)."""
+    rng = np.random.default_rng(11)
+    cross, c = _soft_case(rng, 2, 70, 9)
+    c_sq = (c * c).sum(axis=1)
+    scale = vlad.soft_scale(softness, vlad.spacing(c))
+    want = reference.soft_weights(cross, c_sq, scale, vlad.SOFT_CUTOFF)
+    with np.errstate(invalid="ignore"):  # the NaN point: 0 / 0
+        both = [CPU.soft_weights(cross, c_sq, scale, vlad.SOFT_CUTOFF),
+                base.soft_weights(cross, c_sq, scale, vlad.SOFT_CUTOFF)]
+    assert np.isnan(want[1, :, 5]).all() and np.isfinite(np.delete(want, 5, axis=2)).all()
+    for got in both:
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+
+
 def test_soft_weights_kernel_makes_every_row_nan_when_a_centre_is_nan() -> None:
     """A NaN centre (an edited model) makes every point's minimum NaN in NumPy, so every weight: the
     kernel's too, not finite weights over the other centres that would hide it."""

@@ -70,17 +70,11 @@ def _image_pass(source: ImageSource, prep: Preprocess, backbone: Backbone, setti
 
 
 def _time_kmeans(point_sets: list[np.ndarray], k: int, seed: int) -> tuple[np.ndarray, float, float]:
-    """The loop of ``reference.minibatch_kmeans_sklearn``, timed per call: centres, the first
-    ``partial_fit`` (k-means++ initialisation included) and the mean of the later ones, in seconds."""
-    from sklearn.cluster import MiniBatchKMeans
-
-    km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=1)
-    seconds = []
-    for pts in point_sets:
-        t = time.perf_counter()
-        km.partial_fit(pts)
-        seconds.append(time.perf_counter() - t)
-    return km.cluster_centers_.astype(np.float32), seconds[0], float(np.mean(seconds[1:] or seconds))
+    """``reference.minibatch_kmeans_sklearn``, timed per call: centres, the first ``partial_fit``
+    (k-means++ initialisation included) and the mean of the later ones, in seconds."""
+    seconds: list[float] = []
+    centres = reference.minibatch_kmeans_sklearn(point_sets, k, seed, seconds)
+    return centres, seconds[0], float(np.mean(seconds[1:] or seconds))
 
 
 def _full_map_compiled(taps: list[np.ndarray], mode: str, out: dict[str, np.ndarray]) -> None:
