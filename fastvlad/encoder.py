@@ -64,9 +64,6 @@ from .projection import Projection
 
 log = logging.getLogger("fastvlad")
 
-#: A CNN: (n, 3, H, W) float32 pixels → one (n, h_l, w_l, C_l) array per tap (``backbone.Backbone``).
-CNN = Callable[[np.ndarray], list]
-
 
 @dataclass(frozen=True)
 class EncoderSettings:

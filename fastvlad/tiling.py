@@ -306,15 +306,30 @@ _CACHE: OrderedDict[tuple[Any, ...], tuple[Any, Prepared]] = OrderedDict()
 _INFLIGHT: dict[tuple[Any, ...], threading.Lock] = {}
 
 
+def _cache_key(m: Micrograph, settings: Settings) -> tuple[Any, ...]:
+    """What makes a prepared micrograph still valid: a file's path with its size and modification
+    time (a microscope that rewrites one file between predictions must not get the first file's
+    answers), or an array's ``Micrograph`` itself (each call wraps a bare array anew, so an array
+    refilled in place between calls is read again); then the pixel size and the settings."""
+    if isinstance(m.source, np.ndarray):
+        return (id(m), m.pixel_size_nm, settings)
+    try:
+        stat = os.stat(m.source)
+        changed: tuple[int, ...] = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    except OSError:
+        changed = ()  # preparing it raises the reader's own error
+    return (str(m.source), changed, m.pixel_size_nm, settings)
+
+
 def prepared(m: Micrograph, settings: Settings) -> Prepared:
     """``prepare(m, settings)``, shared by the tiles of ``m``: the last ``CACHE_MICROGRAPHS``
     micrographs stay in memory; two threads asking for the same one prepare it once."""
-    key = (id(m.source) if isinstance(m.source, np.ndarray) else str(m.source), m.pixel_size_nm, settings)
+    key = _cache_key(m, settings)
 
     def cached() -> Prepared | None:  # under _LOCK
         hit = _CACHE.get(key)
-        # an array's entry holds the array itself, so its id cannot have been reused by another
-        if hit is None or (isinstance(m.source, np.ndarray) and hit[0] is not m.source):
+        # an array's entry holds its Micrograph, so that id cannot have been reused by another
+        if hit is None or (isinstance(m.source, np.ndarray) and hit[0] is not m):
             return None
         _CACHE.move_to_end(key)
         return hit[1]
@@ -335,7 +350,7 @@ def prepared(m: Micrograph, settings: Settings) -> Prepared:
             with _LOCK:
                 _INFLIGHT.pop(key, None)
         with _LOCK:
-            _CACHE[key] = (m.source, result)
+            _CACHE[key] = (m, result)
             while len(_CACHE) > CACHE_MICROGRAPHS:
                 _CACHE.popitem(last=False)
     return result

@@ -25,7 +25,6 @@ from .backends import Backend, normalise
 from .backends.cpu import CPU
 from .errors import ParameterError
 
-NORMALISATIONS = ("intra", "power")
 __all__ = ["SOFT_CUTOFF", "SOFT_SCALE_MAX", "encode", "encode_from_taps", "encode_soft", "normalise", "residual_sums",
            "soft_scale", "soft_weights", "spacing"]
 

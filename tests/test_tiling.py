@@ -61,6 +61,31 @@ def test_tile_count_stride_and_cover() -> None:
     assert len(tiling.boxes(128, 128, (64, 64))) == 4
 
 
+def test_a_micrograph_changed_between_predictions_is_read_again(tmp_path: Path) -> None:
+    """A microscope that rewrites one file between predictions (or a bare array refilled in place)
+    got the first micrograph's answers again: prepared micrographs were cached by path (or by the
+    array's id) alone."""
+    from PIL import Image
+
+    from fastvlad import demo
+
+    model = fitted_copy(tile=(64, 64))
+    images, _ = demo.make_dataset(2, size=64, random_state=3)
+    first, second = (np.tile(np.clip(np.asarray(images[i]), 0, 255).astype(np.uint8), (2, 2)) for i in (0, 5))
+    live, fresh = tmp_path / "live.png", tmp_path / "fresh.png"
+    Image.fromarray(second).save(fresh)
+    Image.fromarray(first).save(live)
+    before = model.predict_proba([str(live)])
+    Image.fromarray(second).save(live)
+    after, want = model.predict_proba([str(live)]), model.predict_proba([str(fresh)])
+    assert not np.allclose(before, want, rtol=0, atol=1e-4)  # the two micrographs differ
+    np.testing.assert_array_equal(after, want)
+    buffer = first.copy()
+    model.predict_proba([buffer])
+    buffer[:] = second
+    np.testing.assert_array_equal(model.predict_proba([buffer]), model.predict_proba([second.copy()]))
+
+
 def test_tiles_are_cut_from_the_prepared_micrograph() -> None:
     image = np.arange(100 * 130, dtype=np.uint16).reshape(100, 130)
     settings = tiling.Settings(tile=(40, 50), stride=(40, 50))
