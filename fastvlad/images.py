@@ -275,8 +275,11 @@ def _note_pages(path: Path, n: int) -> None:
 def _open_pil(path: Path) -> Any:
     from PIL import Image
 
-    # Process-wide, but only ever loosened: our own limit (_check_pixels) replaces Pillow's.
-    Image.MAX_IMAGE_PIXELS = None
+    # Pillow checks its own limit (a warning above it, an error at twice it) as it opens and loads;
+    # ours (_check_pixels) is the one that names the file. Pillow's is process-wide, so it is raised
+    # only as far as ours — never switched off, nor lowered, for the application fastvlad runs in.
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < config.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = config.MAX_IMAGE_PIXELS
     return Image.open(path)
 
 

@@ -12,6 +12,7 @@ import builtins
 import io
 import os
 import struct
+import warnings
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -281,6 +282,24 @@ def test_decompression_bomb_limit_is_configurable(tmp_path: Path, monkeypatch: p
             PREP(p)
         with pytest.raises(ImageReadError, match="decompression-bomb"):
             probe(p)
+
+
+def test_pillows_own_limit_is_raised_to_ours_not_switched_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading an image had set Pillow's process-wide ``MAX_IMAGE_PIXELS`` to None: the host
+    application (napari, a notebook) lost Pillow's decompression-bomb guard. It is raised only to
+    fastvlad's limit, kept where it is higher, and left off where the application switched it off."""
+    path = tmp_path / "small.png"
+    path.write_bytes(_png_bytes(np.zeros((40, 50), np.uint8)))
+    for before, after in ((89_478_485, config.MAX_IMAGE_PIXELS), (1 << 40, 1 << 40), (None, None)):
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", before)
+        assert PREP(path).shape == (3, 32, 32)
+        assert Image.MAX_IMAGE_PIXELS == after
+    big = np.zeros((300, 400), np.uint8)  # over Pillow's default limit scaled down, under ours
+    (tmp_path / "big.png").write_bytes(_png_bytes(big))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would fail here
+        assert PREP(tmp_path / "big.png").shape == (3, 32, 32)
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads files whatever their mode")
