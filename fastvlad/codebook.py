@@ -23,13 +23,13 @@ from .errors import ParameterError
 log = logging.getLogger("fastvlad")
 
 
-def _assign_blocks(x: Any, centres: Any, backend: Backend, block_rows: int, with_dist: bool) -> tuple[Any, Any]:
+def _assign_blocks(x: Any, centres: Any, backend: Backend, block_rows: int | None, with_dist: bool) -> tuple[Any, Any]:
     if x.ndim != 2 or centres.ndim != 2 or x.shape[1] != centres.shape[1]:
         raise ParameterError(f"x {tuple(x.shape)} must be (m, dim) and centres {tuple(centres.shape)} (k, dim)")
-    return backend.assign(x, centres, block_rows, with_dist)
+    return backend.assign(x, centres, block_rows or config.ASSIGN_BLOCK_ROWS, with_dist)  # read at call time
 
 
-def assign(x: Any, centres: Any, backend: Backend = CPU, block_rows: int = config.ASSIGN_BLOCK_ROWS) -> tuple[Any, Any]:
+def assign(x: Any, centres: Any, backend: Backend = CPU, block_rows: int | None = None) -> tuple[Any, Any]:
     """Nearest centre of every point, and the squared distance to it.
 
     x: ``(m, dim)`` float32/float16 points, any strides; centres: ``(k, dim)`` float32.
@@ -39,7 +39,7 @@ def assign(x: Any, centres: Any, backend: Backend = CPU, block_rows: int = confi
     return _assign_blocks(x, centres, backend, block_rows, with_dist=True)
 
 
-def nearest(x: Any, centres: Any, backend: Backend = CPU, block_rows: int = config.ASSIGN_BLOCK_ROWS) -> Any:
+def nearest(x: Any, centres: Any, backend: Backend = CPU, block_rows: int | None = None) -> Any:
     """The labels of ``assign`` alone (skips the ‖x‖² pass): ``(m,)`` int32."""
     return _assign_blocks(x, centres, backend, block_rows, with_dist=False)[0]
 

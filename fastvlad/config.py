@@ -1,4 +1,5 @@
-"""Tunables and paths in one place (block sizes, batch sizes, cache folder)."""
+"""Tunables and paths in one place (block sizes, batch sizes, cache folder). Each is read when it is
+used, so setting one (``fastvlad.config.CPU_BATCH_SIZE = 4``) takes effect from the next call."""
 
 from __future__ import annotations
 

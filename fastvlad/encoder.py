@@ -255,8 +255,10 @@ class SamplePlan:
 
 
 def sample_plan(n_sources: int, n_images: int, settings: EncoderSettings,
-                max_points: int = config.CODEBOOK_MAX_POINTS) -> SamplePlan:
-    """``n_images`` random positions of ``n_sources`` and the rows to keep of each, ``max_points`` in all."""
+                max_points: int | None = None) -> SamplePlan:
+    """``n_images`` random positions of ``n_sources`` and the rows to keep of each, ``max_points`` in all
+    (``config.CODEBOOK_MAX_POINTS`` when None, read at the call)."""
+    max_points = max_points or config.CODEBOOK_MAX_POINTS
     rng = np.random.default_rng(settings.random_state)
     chosen = np.sort(rng.choice(n_sources, size=min(n_images, n_sources), replace=False))
     per_image = max(1, min(settings.n_points, max_points // len(chosen)))
@@ -393,7 +395,7 @@ class Encoder:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def codebook_sample(self, sources: Sequence[AnySource], n_images: int = 100,
-                        max_points: int = config.CODEBOOK_MAX_POINTS, timings: Timings | None = None) -> np.ndarray:
+                        max_points: int | None = None, timings: Timings | None = None) -> np.ndarray:
         """Full hypercolumns ``(m, dim)`` float32 of ``n_images`` random images, ``max_points`` points at most."""
         timings = timings or Timings()
         plan = sample_plan(len(sources), n_images, self.settings, max_points)
@@ -406,7 +408,7 @@ class Encoder:
         return np.concatenate(rows)
 
     def fit_codebook(self, sources: Sequence[AnySource], k: int, n_images: int = 100,
-                     max_points: int = config.CODEBOOK_MAX_POINTS, timings: Timings | None = None) -> Encoder:
+                     max_points: int | None = None, timings: Timings | None = None) -> Encoder:
         """This encoder with the hypercolumn PCA (when ``settings.pca``) and the k-means centres
         ``(k, p or dim)``, both fitted on one codebook sample of ``sources``."""
         timings = timings or Timings()

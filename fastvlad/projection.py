@@ -81,10 +81,11 @@ class Projection:
 
 
 def fit(sample: np.ndarray, components: int, whiten: bool = False, random_state: int = 0,
-        max_points: int = config.PCA_MAX_POINTS) -> Projection:
+        max_points: int | None = None) -> Projection:
     """PCA of a hypercolumn sample ``(m, dim)`` float32 → the top ``components`` axes.
 
-    Exact: the ``(dim, dim)`` covariance of at most ``max_points`` rows (a seeded subset) and
+    Exact: the ``(dim, dim)`` covariance of at most ``max_points`` rows (a seeded subset;
+    ``config.PCA_MAX_POINTS`` when None, read at the call) and
     its eigendecomposition. Each axis's sign is fixed so its largest entry is positive, so the
     result depends only on the sample and the seed.
     """
@@ -95,6 +96,7 @@ def fit(sample: np.ndarray, components: int, whiten: bool = False, random_state:
         raise ParameterError(f"pca={components}: must be between 1 and the hypercolumn size {dim} (or None for no PCA)")
     if m < 2:
         raise ParameterError(f"PCA needs at least 2 sampled points, got {m}; raise density or codebook_images")
+    max_points = max_points or config.PCA_MAX_POINTS
     if m > max_points:
         rows = np.sort(np.random.default_rng(random_state).choice(m, size=max_points, replace=False))
         sample = sample[rows]

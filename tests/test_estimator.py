@@ -229,6 +229,35 @@ def test_gpu_backend_decodes_on_several_threads(monkeypatch: pytest.MonkeyPatch)
     assert backends.resolve("cuda", batch_size=3) == dataclasses.replace(gpu, batch_size=3)
 
 
+def test_config_tunables_set_at_run_time_take_effect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch sizes, the assignment's block rows and the PCA's and codebook's point caps were
+    frozen into default arguments at import: setting ``fastvlad.config.X`` did nothing for them
+    while ``MAX_IMAGE_PIXELS``, read at the call, worked."""
+    from fastvlad import codebook, config, projection
+    from fastvlad.encoder import sample_plan
+
+    monkeypatch.setattr(config, "CPU_BATCH_SIZE", 3)
+    monkeypatch.setattr(config, "GPU_BATCH_SIZE", 5)
+    assert backends.resolve("cpu").batch_size == 3
+    monkeypatch.setattr(backends, "cuda_problem", lambda: None)
+    assert backends.resolve("cuda").batch_size == 5
+    seen: list[int] = []
+    monkeypatch.setattr(config, "ASSIGN_BLOCK_ROWS", 7)
+    real = CpuBackend.assign
+    monkeypatch.setattr(CpuBackend, "assign", lambda self, x, c, rows, dist: seen.append(rows) or real(self, x, c, rows, dist))
+    rng = np.random.default_rng(0)
+    x, c = rng.standard_normal((20, 4), dtype=np.float32), rng.standard_normal((3, 4), dtype=np.float32)
+    np.testing.assert_array_equal(codebook.nearest(x, c), reference.assign(x, c))
+    assert seen == [7]
+    monkeypatch.setattr(config, "CODEBOOK_MAX_POINTS", 40)
+    plan = sample_plan(10, 10, EncoderSettings(density=10.0, image_size=(32, 32)))
+    assert plan.per_image * len(plan.chosen) <= 40
+    monkeypatch.setattr(config, "PCA_MAX_POINTS", 30)
+    sample = rng.standard_normal((200, 6), dtype=np.float32)
+    np.testing.assert_array_equal(projection.fit(sample, 2).weight, projection.fit(sample, 2, max_points=30).weight)
+    assert not np.allclose(projection.fit(sample, 2).weight, projection.fit(sample, 2, max_points=200).weight)
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_points_are_sampled_while_decoding(small_demo: tuple[list[np.ndarray], np.ndarray], threads: int) -> None:
     """``Encoder.batches`` samples every image's points on the decoding threads: the same points

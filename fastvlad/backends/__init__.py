@@ -36,17 +36,19 @@ def resolve(device: str = "auto", batch_size: int | None = None) -> Backend:
 def _pick(device: str) -> Backend:
     from .cpu import CPU
 
+    # The config tunables are read here, at each call, so that setting one takes effect.
     if device == "cpu":
-        return CPU
+        return CPU.with_batch_size(config.CPU_BATCH_SIZE)
     problem = cuda_problem()
     if problem is None:
         from .cuda import CudaBackend
 
-        return CudaBackend(decode_threads=min(config.GPU_DECODE_THREADS, config.usable_cores()))
+        return CudaBackend(batch_size=config.GPU_BATCH_SIZE,
+                           decode_threads=min(config.GPU_DECODE_THREADS, config.usable_cores()))
     if device == "cuda":
         raise DeviceUnavailableError(f"device='cuda' is not available: {problem}. Install with {GPU_INSTALL}")
     _notice_cpu_fallback(problem)
-    return CPU
+    return CPU.with_batch_size(config.CPU_BATCH_SIZE)
 
 
 @functools.lru_cache(maxsize=1)
