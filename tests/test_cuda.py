@@ -95,6 +95,18 @@ def test_gather_host_points_and_strided_out(cp: ModuleType) -> None:
     np.testing.assert_array_equal(host_out, want)
 
 
+def test_gather_into_an_out_whose_channels_are_not_adjacent(cp: ModuleType) -> None:
+    """An ``out`` whose channels are strided (every other column) must get each channel in its own
+    column, the others untouched: the kernel writes dense rows only into a dense channel axis."""
+    rng = np.random.default_rng(1)
+    taps = [rng.standard_normal((2, 9, 8, 5)).astype(np.float32)]
+    points = np.stack([hypercolumn.sample_points(rng, 30, 9, 8) for _ in range(2)])
+    full = cp.zeros((2, 30, 10), cp.float32)
+    hypercolumn.gather([cp.asarray(t) for t in taps], cp.asarray(points), backend=GPU, out=full[:, :, ::2])
+    np.testing.assert_array_equal(cp.asnumpy(full[:, :, ::2]), hypercolumn.gather(taps, points))
+    assert not cp.asnumpy(full[:, :, 1::2]).any()
+
+
 def assert_only_near_ties_differ(x: np.ndarray, centres: np.ndarray, got: np.ndarray, want: np.ndarray) -> None:
     """Labels ``got`` and ``want`` of the points ``x`` may differ only on near-ties: rows where both
     labels' exact (float64) squared distances are within 1e-4 of the distance scale (‖x‖² + max ‖c‖²,

@@ -227,3 +227,39 @@ def test_tap_tuples_of_any_count_share_one_numba_type() -> None:
         types.add(numba.typeof(args[0]))
     types.add(numba.typeof(cpu.no_taps(2)[0]))
     assert len(types) == 1, types
+
+
+def test_the_last_pixel_of_an_upsampled_tap_is_its_last_value_exactly() -> None:
+    """At the edge the half-pixel source clips to the tap's last row: weight 0 on the row past it, so
+    the value is copied bit for bit (a clip one row too far blends in a third of a duplicate: the
+    last bits change, which the oracle's tolerance would not see). 3×: at 2× the blend rounds back."""
+    table = hypercolumn.axis_table(9, 3, "half_pixel")
+    assert table.w[-1] == 0 and table.lo[-1] == 2
+    tap = np.random.default_rng(0).standard_normal((1, 3, 3, 64), dtype=np.float32)
+    got = hypercolumn.gather([np.zeros((1, 9, 9, 1), np.float32), tap], np.array([[[8, 8]]], np.int32))
+    np.testing.assert_array_equal(got[0, 0, 1:], tap[0, 2, 2])
+
+
+@pytest.mark.parametrize(("mode", "want"), [("half_pixel", [0, 0.25, 0.75, 1]), ("asymmetric", [0, 0.5, 1, 1])])
+def test_upsampling_coordinates_by_hand(mode: str, want: list[float]) -> None:
+    """A 2-row tap [0, 1] upsampled to 4 rows, the values worked out by hand for each mode: the kernel
+    and the oracle share their formula's idea, so each is checked against numbers, not each other."""
+    tap = np.array([0.0, 1.0], np.float32).reshape(1, 2, 1, 1)
+    points = np.array([[[r, 0] for r in range(4)]], np.int32)
+    got = hypercolumn.gather([np.zeros((1, 4, 1, 1), np.float32), tap], points, mode)[0, :, 1]
+    np.testing.assert_allclose(got, want, atol=1e-7)
+    np.testing.assert_allclose(reference.upsample_bilinear(tap[0], (4, 1), mode)[:, 0, 0], want, atol=1e-7)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "float64"])
+def test_gather_add_keeps_what_an_out_of_another_layout_held(layout: str) -> None:
+    """``gather_add`` into an ``out`` the kernel cannot write in place (Fortran order, float64) works on
+    a dense copy, which must start from ``out``'s values, not zeros."""
+    rng = np.random.default_rng(6)
+    maps = [rng.standard_normal((2, h, h + 1, 5), dtype=np.float32) for h in (20, 10)]
+    points = np.stack([hypercolumn.sample_points(rng, 33, 20, 21) for _ in range(2)])
+    held = rng.standard_normal((2, 33, 5), dtype=np.float32)
+    out = np.asfortranarray(held) if layout == "fortran" else held.astype(np.float64)
+    hypercolumn.gather_add(maps, points, out, (20, 21))
+    want = held + sum(reference.gather([m], points, out_hw=(20, 21)) for m in maps)
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)

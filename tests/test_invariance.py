@@ -473,3 +473,11 @@ def test_each_view_names_its_progress_bar() -> None:
     assert [v.label() for v in predict_views(3, (0.7,))] == [
         "encoding", "encoding, mirrored", "encoding, flipped up–down", "encoding, turned 180°", "encoding, at 0.7×"]
     assert View(1, 1.2).label() == "encoding, mirrored, at 1.2×"
+
+
+def test_the_stretch_by_hand() -> None:
+    """The 1st–99th percentile stretch of a 0..100 ramp, by hand (the other tests derive their
+    expectations from ``STRETCH_PERCENTILES`` itself): 1 → 0, 50 → 255·49/98, 98 → 255·97/98, 99 → 255."""
+    out = intensity.stretch(np.arange(101, dtype=np.float32).reshape(1, 101))[0]
+    np.testing.assert_allclose(out[[0, 1, 50, 98, 99, 100]], [0, 0, 255 * 49 / 98, 255 * 97 / 98, 255, 255], rtol=1e-6)
+

@@ -213,3 +213,26 @@ def test_the_axes_do_not_depend_on_blas_threads() -> None:
         with threadpool_limits(threads, user_api="blas"):
             fits.append(projection.fit(sample, 64).weight)
     np.testing.assert_array_equal(fits[0], fits[1])
+
+
+def test_whitened_axes_have_unit_sample_variance() -> None:
+    """On 50 points the covariance's n − 1 matters: whitened variances 1.02 with n."""
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((50, 6)) * np.arange(1, 7)).astype(np.float32)
+    y = projection.fit(x, 4, whiten=True).apply(x).astype(np.float64)
+    np.testing.assert_allclose(np.diag(np.cov(y, rowvar=False)), 1.0, rtol=1e-4)
+
+
+def test_whitening_floors_a_flat_direction_by_the_largest_variance() -> None:
+    """A direction with almost no variance is divided by at most √(1e-6 · the largest eigenvalue)."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((500, 5)).astype(np.float32)
+    x[:, 4] *= 1e-5
+    assert np.abs(projection.fit(x, 5, whiten=True).weight).max() <= 1.01 / np.sqrt(1e-6 * 0.5)
+
+
+def test_the_pca_subsample_is_drawn_from_the_seed() -> None:
+    x = np.random.default_rng(3).standard_normal((1000, 6)).astype(np.float32) * np.arange(1, 7)
+    a = projection.fit(x, 3, random_state=0, max_points=100).weight
+    assert not np.array_equal(a, projection.fit(x, 3, random_state=1, max_points=100).weight)
+    np.testing.assert_array_equal(a, projection.fit(x, 3, random_state=0, max_points=100).weight)

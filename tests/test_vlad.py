@@ -423,3 +423,33 @@ def test_soft_weights_stay_finite_when_softness_over_unit_leaves_float32() -> No
     x = np.array([[[4.1, 3.9], [-1.0, -1.0]]], np.float32)
     w = vlad.soft_weights(x, c, 1e6, unit)
     np.testing.assert_array_equal(w, [[[0, 0, 0, 1], [1, 0, 0, 0]]])
+
+
+def test_power_normalisation_keeps_the_sign_by_hand() -> None:
+    """The signed square root worked out by hand: residual sum (4, −9) → (2, −3)/√13. The kernel, the
+    shared ``normalise`` and the oracle are otherwise only checked against each other."""
+    x = np.array([[[1.0, -4.0], [3.0, -5.0]]], np.float32)
+    centres = np.zeros((1, 2), np.float32)
+    want = np.array([2.0, -3.0]) / np.sqrt(13.0)
+    np.testing.assert_allclose(vlad.encode(x, np.zeros((1, 2), np.int32), centres, intra=False, power=True)[0],
+                               want, rtol=1e-6)
+    np.testing.assert_allclose(reference.vlad(x[0], centres, intra=False, power=True), want, rtol=1e-6)
+    np.testing.assert_allclose(base.normalise(np.array([[[4.0, -9.0]]]), intra=False, power=True)[0], want, rtol=1e-6)
+
+
+def test_soft_weights_sum_to_one_over_many_centres() -> None:
+    """With thousands of near-equal weights a float32 row sum drifts (2.7e-6 at k = 4,000); the kernel
+    sums in float64, so every point's weights sum to 1 within float32 rounding of each weight."""
+    rng = np.random.default_rng(0)
+    cross = (1e-3 * rng.standard_normal((1, 64, 4000))).astype(np.float32)
+    got = CPU.soft_weights(cross, np.zeros(4000, np.float32), 1.0, 30.0)[0].astype(np.float64)
+    want = reference.soft_weights(cross, np.zeros(4000, np.float32), 1.0, 30.0)[0].astype(np.float64)
+    assert np.abs(got.sum(axis=0) - 1).max() < 1e-6
+    assert np.abs(got - want).max() / want.max() < 1e-6
+
+
+def test_a_weight_exactly_at_the_cutoff_is_kept() -> None:
+    """``z == cutoff`` keeps its weight, e^−30, in both backends (the cutoff drops only what is beyond it)."""
+    cross, c_sq = np.zeros((1, 1, 2), np.float32), np.array([0.0, 30.0], np.float32)  # z = [0, 30]
+    for got in (CPU.soft_weights(cross, c_sq, 1.0, 30.0), base.soft_weights(cross, c_sq, 1.0, 30.0)):
+        np.testing.assert_allclose(got[0, :, 0], [1 / (1 + np.exp(-30.0)), np.exp(-30.0)], rtol=1e-5)
