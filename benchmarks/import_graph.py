@@ -238,27 +238,53 @@ def _module_aliases(here: str, tree: ast.AST, mods: dict[str, Path]) -> dict[str
     return out
 
 
+def _private_module_outside(source: str, package: str) -> bool:
+    """Whether dotted module ``source`` has a private segment (``pkg._mod``) and ``package`` (the
+    importer's; "" for a script) lies outside the package that segment belongs to."""
+    parts = source.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("_") and not part.startswith("__"):
+            owner = ".".join(parts[:i])
+            return package != owner and not package.startswith(owner + ".")
+    return False
+
+
+def _private_uses_in(path: Path, here: str, name: str, mods: dict[str, Path], root: Path) -> list[tuple[str, int, str]]:
+    """``_private_uses``' findings in one file: ``name`` its module ("" for a script), ``here`` its package."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    aliases = _module_aliases(here, tree, mods)
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            source = _from_source(node, here)
+            hits = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+            if source in mods and source != name and hits:
+                out.append((str(path.relative_to(root)), node.lineno, f"from {source} import {', '.join(hits)}"))
+            elif source in mods and _private_module_outside(source, here):
+                out.append((str(path.relative_to(root)), node.lineno, f"from {source} import ..."))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in mods and _private_module_outside(alias.name, here):
+                    out.append((str(path.relative_to(root)), node.lineno, f"import {alias.name}"))
+        elif (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
+            dotted = ast.unparse(node.value)
+            head, _, rest = dotted.partition(".")
+            target = aliases.get(head, "") + (f".{rest}" if rest and head in aliases else "")
+            if target in mods and target != name:
+                out.append((str(path.relative_to(root)), node.lineno, ast.unparse(node)))
+    return out
+
+
 def private_uses(root: Path) -> list[tuple[str, int, str]]:
-    """Private names (``_x``, not dunders) of one package module used from another, as
-    ``module._x`` or ``from module import _x``: (file, line, code)."""
+    """Private names (``_x``, not dunders) of one package module used from another module or from a
+    script in ``benchmarks/``, as ``module._x`` or ``from module import _x``, and private modules
+    (``pkg._mod``) imported from outside ``pkg``: (file, line, code)."""
     mods = modules(root)
     out = []
     for name, path in mods.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        here = _package_of(name, mods)
-        aliases = _module_aliases(here, tree, mods)
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                source = _from_source(node, here)
-                hits = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
-                if source in mods and source != name and hits:
-                    out.append((str(path.relative_to(root)), node.lineno, f"from {source} import {', '.join(hits)}"))
-            elif (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
-                dotted = ast.unparse(node.value)
-                head, _, rest = dotted.partition(".")
-                target = aliases.get(head, "") + (f".{rest}" if rest and head in aliases else "")
-                if target in mods and target != name:
-                    out.append((str(path.relative_to(root)), node.lineno, ast.unparse(node)))
+        out += _private_uses_in(path, _package_of(name, mods), name, mods, root)
+    for path in sorted((root / "benchmarks").glob("*.py")):
+        out += _private_uses_in(path, "", "", mods, root)
     return sorted(out)
 
 

@@ -361,12 +361,12 @@ def _check_array(arr: np.ndarray, name: object) -> np.ndarray:
                              "(H, W, 3) or (H, W, 4)", hint)
     if min(arr.shape[:2]) < 1:
         raise ImageReadError(name, f"shape {arr.shape} has no pixels")
-    if arr.ndim == 3 and _equal_channels(arr):
+    if arr.ndim == 3 and equal_channels(arr):
         return arr[..., 0]  # a gray picture stored as RGB: the same codes as stored as gray
     return arr
 
 
-def _equal_channels(arr: np.ndarray) -> bool:
+def equal_channels(arr: np.ndarray) -> bool:
     """Whether the three channels of ``(H, W, 3)`` are equal: the stretch's percentiles over H·W·3
     repeated levels interpolate between other order statistics than over the H·W gray ones."""
     return bool(np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]))

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import config, hypercolumn
-from .backends import Backend
-from .backends._blas import single_threaded_blas
+from .backends import Backend, single_threaded_blas
 from .backends.cpu import CPU
 from .errors import ParameterError
 

@@ -128,6 +128,22 @@ def test_reader_finds_private_names_used_across_modules(made_up: Path) -> None:
     assert import_graph.private_uses(made_up) == [(e, 4, "from fastvlad.a import _q"), (e, 5, "a._p")]
 
 
+def test_reader_finds_private_modules_and_scripts_using_privates(tmp_path: Path) -> None:
+    """A private module (``sub/_priv.py``) read from outside its package, and a script in
+    ``benchmarks/`` using a package module's private name, are found; the package's own use is not."""
+    files = {"fastvlad/__init__.py": "", "fastvlad/a.py": "_p = 1\n", "fastvlad/sub/__init__.py": "",
+             "fastvlad/sub/_priv.py": "y = 1\n", "fastvlad/sub/g.py": "from ._priv import y\n",
+             "fastvlad/f.py": "from .sub._priv import y\n",
+             "benchmarks/script.py": "from fastvlad import a\nimport fastvlad.sub._priv\nx = a._p\n"}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    script = str(Path("benchmarks/script.py"))
+    assert import_graph.private_uses(tmp_path) == [
+        (script, 2, "import fastvlad.sub._priv"), (script, 3, "a._p"),
+        (str(Path("fastvlad/f.py")), 1, "from fastvlad.sub._priv import ...")]
+
+
 def test_reader_finds_private_calls(made_up: Path) -> None:
     assert import_graph.private_methods(made_up) == {"_hidden"}
     assert import_graph.private_calls(made_up) == [(str(Path("fastvlad/e.py")), 2, "m._hidden")]

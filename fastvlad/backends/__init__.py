@@ -15,9 +15,10 @@ import logging
 
 from .. import config
 from ..errors import DeviceUnavailableError, ParameterError
+from ._blas import single_threaded_blas
 from .base import GPU_INSTALL, AxisTable, Backend, Tables, normalise
 
-__all__ = ["DEVICES", "AxisTable", "Backend", "Tables", "cuda_problem", "normalise", "resolve"]
+__all__ = ["DEVICES", "AxisTable", "Backend", "Tables", "cuda_problem", "normalise", "resolve", "single_threaded_blas"]
 
 log = logging.getLogger("fastvlad")
 
