@@ -318,8 +318,4 @@ def _remove_stale(side_files: list[Path]) -> None:
 
 
 def _csv_bytes(rows: list[tuple[str, str]]) -> bytes:
-    import io
-
-    text = io.StringIO()
-    csv.writer(text).writerows(rows)
-    return outputs.encoded(text.getvalue())
+    return outputs.encoded(_csv_text([list(row) for row in rows]))
