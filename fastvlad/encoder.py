@@ -165,9 +165,10 @@ class Workspace:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self._buffers: dict[tuple[int, ...], object] = {}
+        self._buffers: dict[tuple[int, ...], Any] = {}
 
-    def empty(self, shape: tuple[int, ...]):  # type: ignore[no-untyped-def]
+    def empty(self, shape: tuple[int, ...]) -> Any:
+        """A float32 array of ``shape`` on the backend, reused while the shape repeats (contents undefined)."""
         if shape not in self._buffers:
             self._buffers.clear()
             self._buffers[shape] = self.backend.xp.empty(shape, dtype=np.float32)

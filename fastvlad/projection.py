@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -59,8 +60,8 @@ class Projection:
     def components(self) -> int:
         return int(self.weight.shape[1])
 
-    def apply(self, x):  # type: ignore[no-untyped-def]
-        """``(…, dim)`` → ``(…, p)`` float32."""
+    def apply(self, x: Any) -> Any:
+        """``(…, dim)`` float32 → ``(…, p)`` float32, a NumPy or CuPy array as the projection's."""
         return (x.reshape(-1, self.dim) @ self.weight + self.bias).reshape(*x.shape[:-1], self.components)
 
     def to(self, asarray: Callable) -> Projection:  # type: ignore[type-arg]
@@ -146,8 +147,9 @@ def points_side(taps: Sequence, n_points: int, components: int, order: str = "au
     return m
 
 
-def gather(taps: Sequence, points, projection: Projection, mode: str = "half_pixel",  # type: ignore[no-untyped-def]
-           backend: Backend = CPU, order: str = "auto", out=None, gathered=None, out_hw=None):
+def gather(taps: Sequence[Any], points: Any, projection: Projection, mode: str = "half_pixel",
+           backend: Backend = CPU, order: str = "auto", out: Any = None, gathered: Any = None,
+           out_hw: tuple[int, int] | None = None) -> Any:
     """Projected hypercolumns of every image at its points, without building the full hypercolumns.
 
     taps: ``(n, h_l, w_l, C_l)`` channels-last maps on ``backend`` (NumPy or CuPy arrays), whose

@@ -6,6 +6,10 @@ Run once, from the repository root, on the tree whose codes are to be recorded:
 (small images, k = 8), the centres and projection fitted on the CPU, and the codes of the CPU path
 and of the emulated GPU path (``tests/cuda_emu``) computed with those centres, plus a fingerprint of
 the BLAS that made them (the test is exact on a matching BLAS, within float32 rounding elsewhere).
+
+Historic: it runs on a tree of that commit only, through the API of its time (``fastvlad._cuda``,
+``backends._cuda_problem``), which is gone since; re-recording on a later tree would first port the
+emulated-GPU lines to ``backends.cuda`` — and would record that tree's codes, not 96300e5's.
 """
 
 from __future__ import annotations
