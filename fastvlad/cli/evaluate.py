@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import typer
@@ -110,40 +110,51 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(DEFAULT
     split_values = ds.column(split) if split is not None else None
     check_folds(folds, split_values, split.strip().lower() if split is not None else "split", ds.origin)
     est = estimator(density, k, image_size, device, backbone, taps, seed, on_error, faithful, pca, aspect=aspect,
-                    normalize=normalize, points=points, softness=softness, power=power, classifier=classifier, augment=augment, zoom=zoom, alpha=alpha,
-                    code_pca=code_pca,
-                    zoom_jitter=zoom_jitter, tta=tta, tta_zoom=tta_zoom,
-                    **precision_of(precision, None),
+                    normalize=normalize, points=points, softness=softness, power=power, classifier=classifier,
+                    augment=augment, zoom=zoom, alpha=alpha, code_pca=code_pca, zoom_jitter=zoom_jitter, tta=tta,
+                    tta_zoom=tta_zoom, **precision_of(precision, None),
                     **micrograph_params(scale, missing_scale, tile, tile_stride, crop_bottom))
     if shift_magnification:
         check_magnification_size(checks.image_size(est.image_size))  # before the CV, not after it
-    sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)
-    tiled = tiling.Settings.of(est).tile is not None
-    if tiled:
-        if report:
-            raise WriteError("--report with --tile is not supported yet (its thumbnails are per image); "
-                             "use --json and --confusion")
-        if split is not None or shift or shift_magnification or refit != "head":
-            raise ParameterError("--split, --shift and --refit all with --tile are not supported yet; tile the "
-                                 "micrographs into a manifest with a series column instead (see README, From the "
-                                 "microscope)")
+    if tiling.Settings.of(est).tile is not None:
+        _check_tiled(report, split, shift or shift_magnification, refit)
         from ..micrograph_cv import cross_validate_tiles
 
-        cv = cross_validate_tiles(est, sources, ds.y, ds.groups, folds)  # a micrograph's tiles in one fold
-        res = cv.result
+        cv = cross_validate_tiles(est, tiling.sources_of(ds.paths, ds.pixel_size_nm), ds.y, ds.groups, folds)
+        res = cv.result  # a micrograph's tiles in one fold
+        _print_cv(res, "tiles")
+        agg, acc = cv.micrographs()
+        typer.echo(f"micrograph accuracy (mean of its tiles' probabilities): {acc:.3f} on "
+                   f"{int((agg.readable > 0).sum())} micrographs ({len(cv.plan.sources)} tiles)")
     else:
+        sources = tiling.sources_of(ds.paths, ds.pixel_size_nm)
         plan = tiling.plan_for(est, sources)  # rescaled or cropped, one input per image
         inputs = plan.sources if plan is not None else sources
         res = cross_validate(est, inputs, ds.y, ds.groups, folds, split=split_values,
                              split_name=split.strip().lower() if split else "split", refit=refit)
         if shift or shift_magnification:
             shift_check(res, inputs, shift_images or None, random_state=seed, magnification=shift_magnification)
-    _print_cv(res, "tiles" if tiled else "images")
-    if tiled:
-        agg, acc = cv.micrographs()
-        typer.echo(f"micrograph accuracy (mean of its tiles' probabilities): {acc:.3f} on "
-                   f"{int((agg.readable > 0).sum())} micrographs ({len(cv.plan.sources)} tiles)")
-    if report:  # first: of the outputs, the one most likely to fail, and then none is written
+        _print_cv(res, "images")
+    _write_outputs(res, est, ds, report, json_out, confusion_png)
+    report_skipped(res.skipped)
+
+
+def _check_tiled(report: Optional[Path], split: Optional[str], shifted: bool, refit: str) -> None:
+    """What cross-validation by micrograph tiles (``--tile``) cannot do yet, refused before any work."""
+    if report:
+        raise WriteError("--report with --tile is not supported yet (its thumbnails are per image); "
+                         "use --json and --confusion")
+    if split is not None or shifted or refit != "head":
+        raise ParameterError("--split, --shift and --refit all with --tile are not supported yet; tile the "
+                             "micrographs into a manifest with a series column instead (see README, From the "
+                             "microscope)")
+
+
+def _write_outputs(res: CVResult, est: Any, ds: Any, report: Optional[Path], json_out: Optional[Path],
+                   confusion_png: Optional[Path]) -> None:
+    """The report folder, the JSON and the confusion PNG that were asked for, the report first: of
+    the outputs, the one most likely to fail, and then none is written."""
+    if report:
         from ..report import write_report
 
         path = write_report(report, res, est, ds)
@@ -157,7 +168,6 @@ def evaluate(data: Path = typer.Argument(...), folds: int = typer.Option(DEFAULT
         from ..plots import confusion_matrix_png
 
         confusion_matrix_png(res.confusion(), res.classes, confusion_png)
-    report_skipped(res.skipped)
 
 
 def _note_unused(folds: int, split: Optional[str], shift_images: int, shifted: bool) -> None:
