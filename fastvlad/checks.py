@@ -120,6 +120,7 @@ def flag(name: str, value: Any) -> bool:
 
 
 def choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    """``value`` when it is one of the strings ``allowed``; else a ``ParameterError`` naming ``name``."""
     if not isinstance(value, str) or value not in allowed:
         raise ParameterError(f"{name}={value!r} is unknown; use one of {tuple(allowed)}")
     return value
@@ -228,6 +229,7 @@ def zoom(value: Any, size: tuple[int, int] | None, name: str = "zoom") -> tuple[
 
 
 def backbone_and_taps(backbone: Any, taps: Any) -> None:
+    """A backbone name or ONNX path, and taps None or a list of non-empty tensor names."""
     if not isinstance(backbone, (str, os.PathLike)):
         raise ParameterError(f"backbone={backbone!r}: give 'vgg16' or the path of an ONNX model")
     if taps is not None and (isinstance(taps, str) or not all(isinstance(t, str) and t for t in taps)):
@@ -400,6 +402,7 @@ def _plain_labels(labels: np.ndarray) -> bool:
 
 
 def enough_classes(classes: np.ndarray) -> None:
+    """At least two distinct training labels ``(n_classes,)``."""
     if len(classes) < 2:
         raise InvalidDatasetError(f"only one class ({[c.item() if hasattr(c, 'item') else c for c in classes]}) in the "
                                   "training labels; need at least two")

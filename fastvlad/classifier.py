@@ -76,7 +76,7 @@ def _advance_per_round(bar: progress.Progress):  # type: ignore[no-untyped-def]
     return Advance()
 
 
-def predict_proba(head, codes: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+def predict_proba(head: Any, codes: np.ndarray) -> np.ndarray:
     """Class probabilities ``(n, n_classes)`` float32 of a fitted head (an XGBoost booster or a ``LinearHead``)."""
     if isinstance(head, LinearHead):
         return head.predict_proba(codes)
@@ -85,12 +85,13 @@ def predict_proba(head, codes: np.ndarray) -> np.ndarray:  # type: ignore[no-unt
     return head.predict(xgb.DMatrix(codes)).astype(np.float32)
 
 
-def to_bytes(booster) -> bytes:  # type: ignore[no-untyped-def]
+def to_bytes(booster: Any) -> bytes:
     """The booster as XGBoost's UBJSON (no pickle)."""
     return bytes(booster.save_raw(raw_format="ubj"))
 
 
-def from_bytes(data: bytes):  # type: ignore[no-untyped-def]
+def from_bytes(data: bytes) -> Any:
+    """An XGBoost booster from its UBJSON (checked by ``booster_check`` first when it comes from a file)."""
     import xgboost as xgb
 
     booster = xgb.Booster()
@@ -150,16 +151,19 @@ class LinearHead:
         return ((x - self.axes.mean)[:, None, :] * through[None]) * self.axes.inverse_length(x)[:, None, None]
 
     def predict_proba(self, codes: np.ndarray) -> np.ndarray:
+        """The softmax of the scores of codes ``(n, D)``: ``(n, n_classes)`` float32."""
         m = self.margin(codes)
         m -= m.max(axis=1, keepdims=True)
         e = np.exp(m)
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
     def to_array(self) -> np.ndarray:
+        """The coefficients and intercepts as the model file's ``linear.npy``: ``(n_classes, d + 1)`` float32."""
         return np.hstack([self.coef, self.intercept[:, None]]).astype(np.float32)
 
     @classmethod
     def from_array(cls, a: np.ndarray, axes: CodeAxes | None = None) -> LinearHead:
+        """The head of ``to_array``'s ``(n_classes, d + 1)``, on ``axes`` (or on the codes themselves)."""
         a = np.ascontiguousarray(a, dtype=np.float32)
         return cls(np.ascontiguousarray(a[:, :-1]), np.ascontiguousarray(a[:, -1]), axes)
 
@@ -218,6 +222,7 @@ class CodeAxes:
 
     @classmethod
     def from_array(cls, a: np.ndarray) -> CodeAxes:
+        """The axes of ``to_array``'s ``(d + 1, D)``: the d axes as rows, then the mean code."""
         a = np.asarray(a, dtype=np.float32)
         return cls(np.ascontiguousarray(a[-1]), np.ascontiguousarray(a[:-1].T))
 

@@ -119,6 +119,7 @@ class Timings:
     synchronize: Callable[[], None] | None = None
 
     def add(self, stage: str, since: float) -> float:
+        """Add the seconds since ``since`` (after the backend's queued work, when timed) to ``stage``; returns now."""
         if self.synchronize is not None:
             self.synchronize()
         now = time.perf_counter()
@@ -186,6 +187,7 @@ class GpuMemoryRetry:
         self.size = max(1, backend.batch_size)
 
     def run(self, n: int, work: Callable[[slice], None]) -> None:
+        """``work`` over slices of ``range(n)``, halving the slice on GPU out-of-memory and retrying it."""
         start = 0
         while start < n:
             part = slice(start, min(n, start + self.size))

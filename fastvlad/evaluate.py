@@ -167,11 +167,13 @@ class CVResult:
         return mean_interval(self.fold_accuracy) if self.leave_one_out else None
 
     def per_class(self) -> dict[str, dict[str, float]]:
+        """Precision, recall, F1 and support of every class over the out-of-fold predictions."""
         p, r, f, s = precision_recall_fscore_support(self.y_true, self.y_pred, labels=self.classes, zero_division=0)
         return {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
                 for i, c in enumerate(self.classes)}
 
     def confusion(self) -> np.ndarray:
+        """The confusion matrix ``(n_classes, n_classes)`` int64: rows true, columns predicted, in ``classes`` order."""
         return confusion_matrix(self.y_true, self.y_pred, labels=self.classes)
 
     def per_fold(self) -> list[dict[str, Any]]:
@@ -282,6 +284,7 @@ def confounds(y: np.ndarray, values: np.ndarray | None) -> list[tuple[str, str]]
 
 
 def confound_warning(cls: str, value: str, column: str) -> str:
+    """The one-line warning for a class whose images all share one value of the split ``column``."""
     return (f"warning: class {cls} comes from one {column} only ({value}): accuracy here cannot tell class "
             f"from {column}")
 

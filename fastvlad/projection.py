@@ -74,6 +74,7 @@ class Projection:
 
     @classmethod
     def from_array(cls, a: np.ndarray, explained_variance_ratio: float = float("nan")) -> Projection:
+        """The projection of ``to_array``'s ``(dim + 1, p)``: the weights, then the bias row."""
         if a.ndim != 2 or a.shape[0] < 2:
             raise ParameterError(f"a projection array must be (dim + 1, p); got shape {a.shape}")
         a = np.asarray(a, dtype=np.float32)
