@@ -154,6 +154,10 @@ class EncodedBatch:
     dist: np.ndarray | None = None  # (n, S) float32 squared distance of every point's hypercolumn to it
 
 
+#: What ``Encoder.encode`` may keep of each batch's codes ``(n_batch, k·dim)`` instead of the codes: a
+#: function to ``(n_batch, width)`` float32 rows, and that width.
+Reduce = tuple[Callable[[np.ndarray], np.ndarray], int]
+
 #: Why encoding stopped when the model's arrays overflow float32 (``Encoder.encode_batches``).
 OVERFLOW = ("the model's codebook or projection, or the backbone's taps, overflow float32 when encoding (its VLAD "
             "codes would not be finite); the model file or the backbone (an ONNX file given as backbone=) is "
@@ -497,28 +501,35 @@ class Encoder:
             yield kept
 
     def encode_view(self, sources: Sequence[AnySource], view: View, timings: Timings | None = None,
-                    label: str | None = None) -> Encoded:
+                    label: str | None = None, reduce: Reduce | None = None) -> Encoded:
         """``encode`` of every image as ``view`` shows it: flipped by ``view.op``, at the input size times
         ``view.zoom``; the progress bar says so unless ``label`` is given."""
         encoder = self if view.zoom == 1.0 else replace(self, settings=self.settings.zoomed(view.zoom))
-        return encoder.encode(flipped(sources, view.op) if view.op else sources, timings, label or view.label())
+        return encoder.encode(flipped(sources, view.op) if view.op else sources, timings, label or view.label(), reduce)
 
-    def encode(self, sources: Sequence[AnySource], timings: Timings | None = None, label: str = "encoding") -> Encoded:
+    def encode(self, sources: Sequence[AnySource], timings: Timings | None = None, label: str = "encoding",
+               reduce: Reduce | None = None) -> Encoded:
         """VLAD codes of every image: ``(n, k·dim)`` float32 (dim = p with a projection), one CNN pass each.
-        ``label`` names the pass on the progress bar."""
-        codes = np.zeros((len(sources), self.centres.size if self.centres is not None else 0), dtype=np.float32)
+        ``label`` names the pass on the progress bar. With ``reduce`` (a function and its output width),
+        each batch's codes are replaced as they come by what it makes of them, e.g. class probabilities
+        ``(n_batch, n_classes)``: a run over many images then holds n × width values, not n × k·dim."""
+        width = reduce[1] if reduce is not None else self.centres.size if self.centres is not None else 0
+        rows = np.zeros((len(sources), width), dtype=np.float32)
         scales = np.full(len(sources), np.nan)
         done = np.zeros(len(sources), dtype=bool)
         failed: list[tuple[int, ImageReadError]] = []
         with progress.bar(len(sources), label) as bar:
             for enc in self.encode_batches(sources, timings):
                 failed += enc.batch.failed
-                codes[enc.batch.indices] = enc.codes
+                if len(enc.batch.indices):
+                    rows[enc.batch.indices] = enc.codes if reduce is None else reduce[0](enc.codes)
                 scales[enc.batch.indices] = enc.batch.scales
                 done[enc.batch.indices] = True
                 bar.advance(len(enc.batch.indices) + len(enc.batch.failed))
         ok = np.flatnonzero(done)
-        return Encoded(codes[ok], ok, failed, scales[ok])
+        if len(ok) == len(sources):  # every image read: no second copy of the rows
+            return Encoded(rows, ok, failed, scales)
+        return Encoded(rows[ok], ok, failed, scales[ok])
 
 
 @dataclass(frozen=True)

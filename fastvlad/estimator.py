@@ -31,7 +31,15 @@ from . import (
 )
 from ._version import __version__
 from .backbone import DEFAULT_BACKBONE
-from .encoder import Encoded, Encoder, Timings, View, predict_views, training_copies
+from .encoder import (
+    Encoded,
+    Encoder,
+    Reduce,
+    Timings,
+    View,
+    predict_views,
+    training_copies,
+)
 from .errors import (
     InvalidDatasetError,
     NotFittedError,
@@ -369,6 +377,11 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     # -- using a fitted model ---------------------------------------------------------------------
     def encode(self, X: Sequence[ImageSource], timings: Timings | None = None) -> Encoded:
         """Codes of the readable images and the failures (with ``on_error="skip"``)."""
+        return self._encoded(X, timings)
+
+    def _encoded(self, X: Sequence[ImageSource], timings: Timings | None = None,
+                 reduce: Reduce | None = None) -> Encoded:
+        """``encode``, or with ``reduce`` what it makes of each batch's codes (``Encoder.encode``)."""
         check_fitted(self)
         X = checks.sources(X)
         checks.runtime(self)
@@ -376,7 +389,7 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
             checks.readable(X)
         encoder = Encoder.of(self)
         with kernel_guard():
-            return encoder.encode(X, timings)
+            return encoder.encode(X, timings, reduce=reduce)
 
     def transform(self, X: Sequence[ImageSource]) -> np.ndarray:
         """VLAD codes ``(n, k·dim)`` float32; rows of skipped images are NaN. With tiling, one row
@@ -404,11 +417,13 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
     def proba_over_views(self, X: Sequence[ImageSource]) -> tuple[np.ndarray, Encoded]:
         """``(n, n_classes)`` float32 of images used as they are (no tiling; NaN rows for images that
         could not be read): the mean over each image's ``views`` (itself, its first ``tta`` flips,
-        itself at each ``tta_zoom`` factor). Also the images' own encoding, which says which failed."""
+        itself at each ``tta_zoom`` factor). Also the images' own encoding, which says which failed
+        (its rows the probabilities, not the codes: each batch's codes go as soon as the head has read
+        them, so predicting on many images holds n × n_classes values, not n × k·dim)."""
         X = checks.sources(X)
-        encoded = self.encode(X)
+        encoded = self._encoded(X, reduce=self.proba_reduce())
         self.note_other_scales(X, encoded)
-        return self.mean_over_views(X, self.predict_proba_codes(encoded.rows(len(X)))), encoded
+        return self.mean_over_views(X, encoded.rows(len(X))), encoded
 
     def note_other_scales(self, X: Sequence[ImageSource], encoded: Encoded) -> None:
         """Log a warning when images reach the network at another scale than the training images did
@@ -444,8 +459,11 @@ class FastVLAD(ClassifierMixin, BaseEstimator):
         """``(n, n_classes)`` float32 of every image as ``view`` shows it (NaN rows for images that
         could not be read): one term of the mean over ``views``."""
         with kernel_guard():
-            enc = Encoder.of(self).encode_view(X, view)
-        return self.predict_proba_codes(enc.rows(len(X)))
+            return Encoder.of(self).encode_view(X, view, reduce=self.proba_reduce()).rows(len(X))
+
+    def proba_reduce(self) -> Reduce:
+        """What ``Encoder.encode`` keeps of each batch when predicting: the class probabilities."""
+        return self.predict_proba_codes, len(self.classes_)
 
     def predict_proba_codes(self, codes: np.ndarray) -> np.ndarray:
         """Probabilities from precomputed codes (NaN rows give NaN probabilities)."""

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import queue
+import re
 import stat
 import threading
 import warnings
@@ -280,7 +281,13 @@ def _open_pil(path: Path) -> Any:
     # only as far as ours — never switched off, nor lowered, for the application fastvlad runs in.
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < config.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = config.MAX_IMAGE_PIXELS
-    return Image.open(path)
+    try:
+        return Image.open(path)
+    except Image.DecompressionBombError as exc:  # over twice Pillow's limit: refused before our own check
+        counted = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(counted.group(1))} pixels" if counted else "its size"
+        raise ImageReadError(path, f"{size} exceeds the limit of {config.MAX_IMAGE_PIXELS} (decompression-bomb "
+                             "guard)", "raise fastvlad.config.MAX_IMAGE_PIXELS if the image is genuine") from None
 
 
 def _read_pil(path: Path) -> np.ndarray:

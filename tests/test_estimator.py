@@ -591,3 +591,30 @@ def test_errors_are_the_ones_scikit_learn_code_catches() -> None:
         FastVLAD().predict([np.zeros((32, 32), np.uint8)])
     with pytest.raises(ValueError, match="X is empty"):
         tiny_model.fitted().predict([])
+
+
+def test_predicting_many_images_does_not_hold_their_codes() -> None:
+    """Predicting held every image's codes (n × k·dim float32, in several copies) until the end, about
+    135 kB per image at the default k and pca: 50,000 micrographs in one call meant gigabytes. Each
+    batch's codes now go as soon as the head has read them; what grows with n is the probabilities."""
+    import tracemalloc
+
+    images, labels = tiny_model.demo_images()
+    # k = 64: codes of 16 kB, far above what predicting keeps per image besides them (its list of
+    # sources and their mirrors' wrappers, about 1 kB); the mirror too, as predict averages it
+    model = FastVLAD(**small_model_params(k=64, density=0.2, codebook_images=24, tta=1)).fit(list(images), labels)
+    code_bytes = 4 * model.codebook_.size
+
+    def peak(n: int) -> int:
+        X = [images[i % len(images)] for i in range(n)]
+        tracemalloc.start()
+        try:
+            model.predict_proba(X)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak(8)  # first calls allocate once (the backbone's session, caches)
+    grown = (peak(256) - peak(64)) / 192  # both past the first batches, where the decoding queue fills
+    assert grown < 0.5 * code_bytes, f"{grown:.0f} bytes per image kept, the codes are {code_bytes}"
+
