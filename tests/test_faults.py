@@ -117,6 +117,8 @@ def test_interrupted_train_save_exits_cleanly_and_writes_nothing(vgg16_path: Pat
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert "Traceback" not in err
+    # one line says so (the log had ended at the last progress line, as if the job had just stopped)
+    assert f"{'interrupted' if sig == signal.SIGINT else 'terminated'}: stopped; nothing more is written" in err, err
     assert not target.exists() and _parts(tmp_path) == []
 
 

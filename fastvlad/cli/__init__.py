@@ -102,8 +102,18 @@ def offers_on_error(args: Sequence[str]) -> bool:
     return command is not None and any(p.name == "on_error" for p in command.params)
 
 
-def _terminate(signum: int, frame: object) -> None:
-    # SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so atomic writes remove their temp files.
+def _stop(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM (kill, a job scheduler): one line for the log, which had ended at the last
+    progress line (Click handles Ctrl-C before ``main`` sees it), then unwind, so that atomic writes
+    remove their temp files."""
+    import signal
+
+    interrupted = signum == signal.SIGINT
+    sys.stderr.write(f"{'interrupted' if interrupted else 'terminated'}: stopped; nothing more is written, and "
+                     "files from earlier runs are as they were\n")
+    sys.stderr.flush()
+    if interrupted:
+        raise KeyboardInterrupt
     raise SystemExit(128 + signum)
 
 
@@ -120,7 +130,11 @@ def main() -> None:
     if empty:
         typer.echo(f"error: {empty} is empty; give a path or value (is a shell variable unset?)", err=True)
         sys.exit(2)
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, _stop)
+    # Ctrl-C only where it interrupts at all (a job started with SIGINT ignored keeps ignoring it).
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _stop)
     try:
         app()
     except FastVLADError as exc:
@@ -131,8 +145,7 @@ def main() -> None:
             and offers_on_error(sys.argv[1:]) else ""
         typer.echo(f"error: {one_line(str(exc))}{hint}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+    except KeyboardInterrupt:  # said by _stop
         sys.exit(130)
     except OSError as exc:
         if _VERBOSE:
@@ -156,3 +169,5 @@ def main() -> None:
         sys.exit(1)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_int)
