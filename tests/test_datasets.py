@@ -268,6 +268,8 @@ def test_missing_csv_files_are_skipped_and_reported(vgg16_path: Path, two_classe
     rows = list(csv.DictReader(out.open()))
     assert [r["path"] for r in rows] == ["a/0.png", "gone.png", "b/0.png"]
     assert "file not found" in rows[1]["error"] and "gone.png: file not found" in res.stderr
+    # the summary says the run was not clean (the exit code is 0, as --on-error skip asks)
+    assert "wrote 3 predictions to" in res.stdout and "(1 of the images could not be read" in res.stdout
 
 
 def test_bad_on_error_value(two_classes: Path, tmp_path: Path) -> None:

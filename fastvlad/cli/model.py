@@ -145,12 +145,16 @@ def predict(model_path: Path = typer.Argument(..., metavar="MODEL"),
         proba, skipped = distributed.predict_proba(client, X, model) if X else (np.zeros((0, len(model.classes_))), [])
     rows = _prediction_rows(ds, model.classes_, proba, dict(skipped), plan, per_image, bool(model.tile), min_margin)
     outputs.write_text(output, _csv_text(rows))
-    report_skipped((plan.failures() if plan is not None else []) + list(skipped))
+    unreadable = (plan.failures() if plan is not None else []) + list(skipped)
+    report_skipped(unreadable)
     if len(ds) == 1 and not outputs.is_stdout(output):  # one image: its answer, not only a file name
         typer.echo(_answer(rows[1:], rows[0], per_image or plan is None or not model.tile))
     unit = "tile predictions" if plan is not None and model.tile and not per_image else "predictions"
-    outputs.message(f"wrote {len(rows) - 1} {unit} to {'standard output' if outputs.is_stdout(output) else output}",
-                    output)
+    # the count says the run was not clean: the exit code is 0 with --on-error skip, as asked
+    without = (f" ({len(unreadable)} of the images could not be read: their rows' error column says why)"
+               if unreadable else "")
+    outputs.message(f"wrote {len(rows) - 1} {unit} to {'standard output' if outputs.is_stdout(output) else output}"
+                    f"{without}", output)
 
 
 def _prediction_rows(ds, classes: np.ndarray, proba: np.ndarray, failed: dict[str, str],  # type: ignore[no-untyped-def]
