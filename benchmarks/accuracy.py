@@ -70,7 +70,9 @@ from fastvlad import (
 from fastvlad.classifier import BoosterSettings, balanced_weights
 from fastvlad.encoder import (
     COPY_STAGES,
+    Encoded,
     Encoder,
+    Reduce,
     Timings,
     View,
     Workspace,
@@ -531,13 +533,13 @@ _ENCODE_VIEW = Encoder.encode_view
 
 
 def encode_exposed(self: Encoder, sources: Any, view: View, timings: Timings | None = None,
-                   label: str | None = None) -> Any:
+                   label: str | None = None, reduce: Reduce | None = None) -> Encoded:
     """``Encoder.encode_view`` that also shows an ``ExposedView``: every source re-exposed first."""
     if isinstance(view, ExposedView):
         sources = [images.Transformed(s, functools.partial(exposed, exposure=view.exposure), f"exposed {view.exposure}")
                    for s in sources]
         view = View(view.op, view.zoom)
-    return _ENCODE_VIEW(self, sources, view, timings, label)
+    return _ENCODE_VIEW(self, sources, view, timings, label, reduce)
 
 
 def jitter_with(values: np.ndarray, rng: np.random.Generator, gamma_range: tuple[float, float],
