@@ -261,9 +261,13 @@ def _check_pixels(path: object, width: int, height: int, depth: int = 1) -> None
     if width < 1 or height < 1:
         raise ImageReadError(path, f"{width}×{height} pixels: the image is empty", _unreadable())
     if width * height * depth > config.MAX_IMAGE_PIXELS:
-        raise ImageReadError(path, f"{width}×{height}{f'×{depth}' if depth > 1 else ''} pixels exceeds the limit "
-                             f"of {config.MAX_IMAGE_PIXELS} (decompression-bomb guard)",
-                             "raise fastvlad.config.MAX_IMAGE_PIXELS if the image is genuine")
+        raise _over_the_limit(path, f"{width}×{height}{f'×{depth}' if depth > 1 else ''} pixels")
+
+
+def _over_the_limit(path: object, size: str) -> ImageReadError:
+    """The decompression-bomb guard's refusal of an image of ``size`` (in words)."""
+    return ImageReadError(path, f"{size} exceeds the limit of {config.MAX_IMAGE_PIXELS} (decompression-bomb guard)",
+                          "raise fastvlad.config.MAX_IMAGE_PIXELS if the image is genuine")
 
 
 def _note_pages(path: Path, n: int) -> None:
@@ -285,9 +289,7 @@ def _open_pil(path: Path) -> Any:
         return Image.open(path)
     except Image.DecompressionBombError as exc:  # over twice Pillow's limit: refused before our own check
         counted = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(counted.group(1))} pixels" if counted else "its size"
-        raise ImageReadError(path, f"{size} exceeds the limit of {config.MAX_IMAGE_PIXELS} (decompression-bomb "
-                             "guard)", "raise fastvlad.config.MAX_IMAGE_PIXELS if the image is genuine") from None
+        raise _over_the_limit(path, f"{int(counted.group(1))} pixels" if counted else "its size") from None
 
 
 def _read_pil(path: Path) -> np.ndarray:

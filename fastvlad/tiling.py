@@ -152,21 +152,30 @@ class Tile:
         return self.micrograph.digest() + f"{self.box}{self.settings}".encode()
 
 
-_DIGESTS: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+_DIGESTS: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+
+
+def _file_state(path: Path | str) -> tuple[int, int, int] | None:
+    """A file's size, modification time and inode, which change when it is rewritten (None: it
+    cannot be read): what keeps what was computed from it, its digest or its prepared pixels, valid."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def _source_digest(source: Path | str | np.ndarray) -> bytes:
-    """SHA-256 of a file (cached by path, size and mtime: tiles of a micrograph share it) or an array."""
+    """SHA-256 of a file (cached by path and ``_file_state``: tiles of a micrograph share it) or an array."""
     h = hashlib.sha256()
     if isinstance(source, np.ndarray):
         h.update(f"{source.dtype}{source.shape}".encode())
         h.update(np.ascontiguousarray(source).tobytes())
         return h.digest()
-    try:
-        st = os.stat(source)
-    except OSError:
+    state = _file_state(source)
+    if state is None:
         return hashlib.sha256(b"\0unreadable\0" + str(source).encode()).digest()
-    key = (str(source), st.st_size, st.st_mtime_ns)
+    key = (str(source), *state)
     with _LOCK:
         if key in _DIGESTS:
             return _DIGESTS[key]
@@ -313,12 +322,8 @@ def _cache_key(m: Micrograph, settings: Settings) -> tuple[Any, ...]:
     refilled in place between calls is read again); then the pixel size and the settings."""
     if isinstance(m.source, np.ndarray):
         return (id(m), m.pixel_size_nm, settings)
-    try:
-        stat = os.stat(m.source)
-        changed: tuple[int, ...] = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    except OSError:
-        changed = ()  # preparing it raises the reader's own error
-    return (str(m.source), changed, m.pixel_size_nm, settings)
+    # None when it cannot be read: preparing it raises the reader's own error
+    return (str(m.source), _file_state(m.source), m.pixel_size_nm, settings)
 
 
 def prepared(m: Micrograph, settings: Settings) -> Prepared:
