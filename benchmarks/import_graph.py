@@ -253,25 +253,26 @@ def _private_uses_in(path: Path, here: str, name: str, mods: dict[str, Path], ro
     """``_private_uses``' findings in one file: ``name`` its module ("" for a script), ``here`` its package."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     aliases = _module_aliases(here, tree, mods)
+    file = str(path.relative_to(root))
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module:
             source = _from_source(node, here)
             hits = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
             if source in mods and source != name and hits:
-                out.append((str(path.relative_to(root)), node.lineno, f"from {source} import {', '.join(hits)}"))
+                out.append((file, node.lineno, f"from {source} import {', '.join(hits)}"))
             elif source in mods and _private_module_outside(source, here):
-                out.append((str(path.relative_to(root)), node.lineno, f"from {source} import ..."))
+                out.append((file, node.lineno, f"from {source} import ..."))
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name in mods and _private_module_outside(alias.name, here):
-                    out.append((str(path.relative_to(root)), node.lineno, f"import {alias.name}"))
+                    out.append((file, node.lineno, f"import {alias.name}"))
         elif (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
             dotted = ast.unparse(node.value)
             head, _, rest = dotted.partition(".")
             target = aliases.get(head, "") + (f".{rest}" if rest and head in aliases else "")
             if target in mods and target != name:
-                out.append((str(path.relative_to(root)), node.lineno, ast.unparse(node)))
+                out.append((file, node.lineno, ast.unparse(node)))
     return out
 
 

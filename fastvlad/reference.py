@@ -144,9 +144,10 @@ def soft_weights(cross: np.ndarray, c_sq: np.ndarray, scale: float, cutoff: floa
     Centre-major: ``(n, k, S)`` float32."""
     n, s_count, k = cross.shape
     out = np.empty((n, k, s_count), dtype=np.float32)
+    c_sq64 = c_sq.astype(np.float64)
     for i in range(n):
         for s in range(s_count):
-            d2 = c_sq.astype(np.float64) - 2.0 * cross[i, s].astype(np.float64)
+            d2 = c_sq64 - 2.0 * cross[i, s].astype(np.float64)
             z = scale * (d2 - d2.min())
             with np.errstate(invalid="ignore"):
                 e = np.where(z <= cutoff, np.exp(-np.minimum(z, cutoff)), 0.0)

@@ -4,6 +4,7 @@ and the VLAD codes of images (with a saved model's codebook or a new one)."""
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -233,7 +234,7 @@ def _answer(rows: list[list[object]], header: list[object], whole: bool) -> str:
             f"{tiles}{sure})")
 
 
-def _csv_text(rows: list[list[object]]) -> str:
+def _csv_text(rows: Sequence[Sequence[object]]) -> str:
     import io
 
     text = io.StringIO()
@@ -322,4 +323,4 @@ def _remove_stale(side_files: list[Path]) -> None:
 
 
 def _csv_bytes(rows: list[tuple[str, str]]) -> bytes:
-    return outputs.encoded(_csv_text([list(row) for row in rows]))
+    return outputs.encoded(_csv_text(rows))
